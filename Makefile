@@ -1,0 +1,42 @@
+# The README's two commands. Both create .venv themselves on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
+EXTRAS := operator,trainer,s3,gcs,dev
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: test demo lint typecheck unit crd lock bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check pip==25.3
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy operator/olmo_operator trainer/olmo_trainer
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test: lint typecheck unit
+
+demo: $(STAMP)
+	$(VENV)/bin/olmorun validate examples/olmorun-tiny.yaml
+	$(VENV)/bin/olmorun render examples/olmorun-tiny.yaml > /dev/null
+	$(VENV)/bin/olmorun local examples/olmorun-tiny.yaml --workdir .olmorun-demo
+
+crd: $(STAMP)
+	$(VENV)/bin/olmorun crd
+
+lock: $(STAMP)
+	{ echo '# Exact versions of every package in the dev environment (pip freeze). Regenerate: make lock'; \
+	  $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) .olmorun-demo .pytest_cache .mypy_cache .ruff_cache

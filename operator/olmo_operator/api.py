@@ -1,0 +1,490 @@
+"""The OlmoRun API: pydantic spec and status, the single source of truth.
+
+The CRD (crd.py), the README reference, `olmorun validate` and the operator's parsing all derive from
+these models. Python names are snake_case; the wire format is camelCase (Kubernetes convention).
+
+    run = parse_olmorun(yaml.safe_load(text))      # raises SpecError with every problem at once
+    problems = check_olmorun(document)             # the same, as a list
+
+Phase kinds that the trainer does not implement yet are valid API (so a spec can carry the whole
+recipe) but are reported by `unimplemented_phases()`; the planner refuses to run them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from olmo_trainer.config import (
+    IMPLEMENTED_KINDS,
+    POST_TRAINING_KINDS,
+    BatchConfig,
+    CheckpointConfig,
+    ConfigModel,
+    DataConfig,
+    DPOConfig,
+    ModelSpec,
+    OptimConfig,
+    ParallelConfig,
+    PhaseKind,
+    RLVRConfig,
+    ScheduleConfig,
+    SFTConfig,
+    Tokens,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+GROUP = "olmorun.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "OlmoRun"
+PLURAL = "olmoruns"
+SINGULAR = "olmorun"
+SHORT_NAMES = ("olmo",)
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "file", "memory")
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec
+# ---------------------------------------------------------------------------------------------
+
+
+class SecretRef(ConfigModel):
+    """A Secret in the run's namespace; its keys become environment variables of the jobs."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Secret name. Storage: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or GOOGLE_APPLICATION_CREDENTIALS); wandb: WANDB_API_KEY."""
+
+
+class StorageSpec(ConfigModel):
+    """Object storage that holds configs, checkpoints, metrics and exports of the run."""
+
+    uri: str = Field(min_length=1)
+    """Root URI: s3://bucket/prefix, gs://bucket/prefix, or file:///path (local runs)."""
+    secret_ref: SecretRef | None = None
+    """Credentials for the storage, never inline."""
+    endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, SeaweedFS, R2); empty for AWS."""
+
+
+class Toleration(ConfigModel):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ClusterSpec(ConfigModel):
+    """Where and how the jobs are placed."""
+
+    gpus_per_node: int = Field(default=8, ge=0)
+    """GPUs each node (pod) requests; 0 runs on CPU."""
+    procs_per_node: int | None = Field(default=None, gt=0)
+    """Training processes per node; defaults to gpusPerNode (1 on CPU)."""
+    cpu: str | None = None
+    """CPU request per pod, e.g. '96'."""
+    memory: str | None = None
+    """Memory request per pod, e.g. '1600Gi'."""
+    shm_size: str = "64Gi"
+    """Size of the memory-backed /dev/shm volume (data-loader workers and NCCL need it)."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    """core/v1 Affinity, passed through unchanged."""
+    queue: str = "default"
+    """Volcano queue."""
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    """Service account of the training pods (e.g. for workload identity)."""
+
+    @property
+    def procs(self) -> int:
+        return self.procs_per_node or max(self.gpus_per_node, 1)
+
+
+class WandbSpec(ConfigModel):
+    """Weights & Biases tracking; offline unless the Secret provides WANDB_API_KEY."""
+
+    project: str = Field(min_length=1)
+    entity: str | None = None
+    secret_ref: SecretRef | None = None
+
+
+class TrackingSpec(ConfigModel):
+    wandb: WandbSpec | None = None
+
+
+class RetryPolicy(ConfigModel):
+    """Retries of a failed job; every retry resumes from the newest committed checkpoint."""
+
+    backoff_limit: int = Field(default=3, ge=0)
+    """Retries per job before the phase fails."""
+    backoff_seconds: int = Field(default=30, ge=0)
+    """Delay before the first retry; doubles each time."""
+    max_backoff_seconds: int = Field(default=3600, ge=0)
+    """Upper bound of the delay."""
+
+
+class PhaseSpec(ConfigModel):
+    """One stage of the recipe. Phases form a DAG through `from`."""
+
+    name: str = Field(min_length=1, max_length=40)
+    """Unique DNS label, used in job names, labels and storage paths."""
+    kind: PhaseKind
+    """pretrain | anneal | soup | sft | dpo | rlvr."""
+    from_: str | None = Field(default=None, alias="from")
+    """Parent phase: start from its final checkpoint (soup: average its seeds)."""
+    seeds: list[int] = Field(default_factory=list)
+    """Fan out into one job per seed (data-order seeds of a soup). Empty: one job with the run seed."""
+    nodes: int = Field(default=1, gt=0)
+    """Nodes per job."""
+    max_tokens: Tokens | None = None
+    """Token budget, e.g. 50B or 3.9T."""
+    max_steps: int | None = Field(default=None, gt=0)
+    """Step budget (overrides maxTokens when both are set)."""
+    data: DataConfig | None = None
+    optim: OptimConfig | None = None
+    schedule: ScheduleConfig | None = None
+    batch: BatchConfig | None = None
+    checkpoint: CheckpointConfig | None = None
+    parallel: ParallelConfig | None = None
+    sft: SFTConfig | None = None
+    dpo: DPOConfig | None = None
+    rlvr: RLVRConfig | None = None
+    archive: bool = True
+    """Verify and register the final checkpoint in the archive when the phase succeeds."""
+
+
+class OlmoRunSpec(ConfigModel):
+    """The whole recipe of one run."""
+
+    image: str = Field(min_length=1)
+    """Trainer image; pin by digest (@sha256:...) for reproducibility."""
+    model: ModelSpec
+    storage: StorageSpec
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    seed: int = Field(default=6198, ge=0)
+    """Run seed (OLMo 2: 6198). Immutable."""
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    suspend: bool = False
+    """Stop submitting; running jobs are cancelled and resume from their checkpoint when cleared."""
+    phases: list[PhaseSpec] = Field(min_length=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Status (Kubernetes API conventions)
+# ---------------------------------------------------------------------------------------------
+
+PhaseState = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Blocked"]
+
+
+class StatusModel(BaseModel):
+    """Status objects are written by the operator: lenient on read, camelCase on the wire."""
+
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
+
+
+class Condition(StatusModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class JobStatus(StatusModel):
+    """One job of a phase (one per seed when the phase fans out)."""
+
+    name: str
+    """Deterministic job name `<run>-<phase>[-s<seed>]-a<attempt>`."""
+    seed: int
+    state: PhaseState = "Pending"
+    attempts: int = 0
+    checkpoint: str | None = None
+    """Newest committed checkpoint URI."""
+    step: int | None = None
+    tokens: int | None = None
+    last_loss: float | None = None
+    message: str = ""
+    retry_at: str | None = None
+    """When the next attempt is submitted (RFC 3339)."""
+
+
+class PhaseStatus(StatusModel):
+    state: PhaseState = "Pending"
+    attempts: int = 0
+    """Submissions so far, over all jobs of the phase."""
+    jobs: list[JobStatus] = Field(default_factory=list)
+    checkpoint: str | None = None
+    """The phase's final committed checkpoint (soup: the averaged one)."""
+    archive: str | None = None
+    """Verified archive URI of the final checkpoint."""
+    step: int | None = None
+    tokens: int | None = None
+    last_loss: float | None = None
+    message: str = ""
+    spec_hash: str | None = None
+    """Hash of the phase spec when it started; a later edit is refused."""
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class OlmoRunStatus(StatusModel):
+    observed_generation: int | None = None
+    stage: str | None = None
+    """The phase(s) running now, or Succeeded/Failed/Suspended/Invalid."""
+    conditions: list[Condition] = Field(default_factory=list)
+    phases: dict[str, PhaseStatus] = Field(default_factory=dict)
+    step: int | None = None
+    """Step of the current stage (for `kubectl get -o wide`)."""
+    tokens: int | None = None
+    last_loss: float | None = None
+    storage: str | None = None
+    """Root URI of this run's files: <storage>/<namespace>/<run>."""
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class OlmoRun(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    api_version: Literal["olmorun.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["OlmoRun"] = KIND
+    metadata: ObjectMeta
+    spec: OlmoRunSpec
+    status: OlmoRunStatus = Field(default_factory=OlmoRunStatus)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+    def phase(self, name: str) -> PhaseSpec:
+        for phase in self.spec.phases:
+            if phase.name == name:
+                return phase
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: every problem at once, each with its field path and a fix
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class SpecError(ValueError):
+    """An OlmoRun that cannot be accepted; `problems` names every field at fault."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def _loc_to_path(loc: Iterable[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("function-after", "function-before") or part.startswith(("function-", "tagged-union")):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(document)"
+
+
+def _pydantic_problems(error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; remove it or check its spelling (fields are camelCase)"
+        elif item["type"] == "missing":
+            message = "required field is missing; add it"
+        elif item["type"] == "literal_error":
+            message = f"{message} (got {item.get('input')!r})"
+        problems.append(Problem(_loc_to_path(item["loc"]), message))
+    return problems
+
+
+def _job_world(phase: PhaseSpec, cluster: ClusterSpec) -> int:
+    return phase.nodes * cluster.procs
+
+
+def semantic_problems(run: OlmoRun) -> list[Problem]:
+    """Checks that types cannot express: names, the phase DAG, fan-out/fan-in, divisibility."""
+    problems: list[Problem] = []
+    spec = run.spec
+    name = run.metadata.name
+    if not DNS_LABEL.match(name) or len(name) > 63:
+        problems.append(
+            Problem("metadata.name", f"{name!r} must be a DNS label: lowercase letters, digits and '-', at most 63")
+        )
+    scheme = spec.storage.uri.split("://", 1)[0] if "://" in spec.storage.uri else "file"
+    if scheme not in STORAGE_SCHEMES:
+        problems.append(Problem("spec.storage.uri", f"scheme {scheme!r} is not supported; use one of {STORAGE_SCHEMES}"))
+
+    by_name: dict[str, int] = {}
+    for i, phase in enumerate(spec.phases):
+        where = f"spec.phases[{i}]"
+        if not DNS_LABEL.match(phase.name):
+            problems.append(Problem(f"{where}.name", f"{phase.name!r} must be a DNS label (lowercase, digits, '-')"))
+        if phase.name in by_name:
+            problems.append(
+                Problem(f"{where}.name", f"duplicate phase name {phase.name!r} (also spec.phases[{by_name[phase.name]}]); rename one")
+            )
+        else:
+            by_name[phase.name] = i
+    for i, phase in enumerate(spec.phases):
+        problems += _phase_problems(run, i, phase, by_name)
+    problems += _cycle_problems(spec.phases, by_name)
+    return problems
+
+
+def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec, by_name: dict[str, int]) -> list[Problem]:
+    where = f"spec.phases[{i}]"
+    spec = run.spec
+    out: list[Problem] = []
+    parent = spec.phases[by_name[phase.from_]] if phase.from_ in by_name else None
+    if phase.from_ is not None and parent is None:
+        out.append(Problem(f"{where}.from", f"no phase named {phase.from_!r}; choose one of {sorted(by_name)}"))
+    needs_parent = phase.kind in POST_TRAINING_KINDS | {"anneal", "soup"}
+    if needs_parent and phase.from_ is None:
+        out.append(Problem(f"{where}.from", f"a {phase.kind} phase starts from another phase; set `from`"))
+    if len(set(phase.seeds)) != len(phase.seeds):
+        out.append(Problem(f"{where}.seeds", "seeds repeat; list each seed once"))
+    if phase.kind == "soup":
+        if parent is not None and len(parent.seeds) < 2:
+            out.append(
+                Problem(f"{where}.from", f"soup averages the seeds of a fanned-out phase; {parent.name!r} has {len(parent.seeds)} seeds (need >= 2)")
+            )
+        if phase.seeds:
+            out.append(Problem(f"{where}.seeds", "a soup takes its ingredients from its parent's seeds; remove `seeds`"))
+        for field in ("data", "optim", "schedule", "batch", "sft", "dpo", "rlvr"):
+            if getattr(phase, field) is not None:
+                out.append(Problem(f"{where}.{field}", f"a soup does not train; remove `{field}`"))
+        return out
+    if phase.kind in ("pretrain", "anneal"):
+        if phase.data is None:
+            out.append(Problem(f"{where}.data", f"a {phase.kind} phase needs `data` (token-array sources)"))
+        if phase.max_tokens is None and phase.max_steps is None:
+            out.append(Problem(f"{where}.maxTokens", "set a budget: maxTokens (e.g. 50B) or maxSteps"))
+    if phase.kind in POST_TRAINING_KINDS and getattr(phase, phase.kind) is None:
+        out.append(Problem(f"{where}.{phase.kind}", f"a {phase.kind} phase needs its `{phase.kind}` settings (data, ...)"))
+    for other in POST_TRAINING_KINDS - {phase.kind}:
+        if getattr(phase, other) is not None:
+            out.append(Problem(f"{where}.{other}", f"`{other}` settings belong to a {other} phase, not {phase.kind}; remove them"))
+    if phase.kind in ("pretrain", "anneal") and phase.batch is None:
+        out.append(Problem(f"{where}.batch", "set batch.globalBatchSize (instances per optimizer step)"))
+    if phase.batch is not None:
+        world = _job_world(phase, spec.cluster)
+        per_step = world * phase.batch.micro_batch_size
+        if phase.batch.global_batch_size % per_step:
+            out.append(
+                Problem(
+                    f"{where}.batch.globalBatchSize",
+                    f"{phase.batch.global_batch_size} is not divisible by nodes x procsPerNode x microBatchSize = "
+                    f"{phase.nodes} x {spec.cluster.procs} x {phase.batch.micro_batch_size} = {per_step}; "
+                    f"use a multiple of {per_step}",
+                )
+            )
+    if phase.optim is not None and phase.optim.lr == "inherit" and phase.from_ is None:
+        out.append(Problem(f"{where}.optim.lr", "`inherit` takes the LR where the parent stopped; set `from` or a number"))
+    if phase.data is not None and phase.data.sequence_length > run.spec.model.resolve().max_sequence_length:
+        out.append(
+            Problem(
+                f"{where}.data.sequenceLength",
+                f"{phase.data.sequence_length} exceeds the model's maxSequenceLength "
+                f"{run.spec.model.resolve().max_sequence_length}; shorten it or raise the model's",
+            )
+        )
+    return out
+
+
+def _cycle_problems(phases: list[PhaseSpec], by_name: dict[str, int]) -> list[Problem]:
+    out = []
+    for i, phase in enumerate(phases):
+        seen = {phase.name}
+        current = phase.from_
+        while current is not None and current in by_name:
+            if current in seen:
+                out.append(Problem(f"spec.phases[{i}].from", f"phase {phase.name!r} depends on itself through {current!r}; break the cycle"))
+                break
+            seen.add(current)
+            current = phases[by_name[current]].from_
+    return out
+
+
+def check_olmorun(document: Any) -> list[Problem]:
+    """Every problem with a document, as a list (empty when it is a valid OlmoRun)."""
+    try:
+        parse_olmorun(document)
+    except SpecError as error:
+        return error.problems
+    return []
+
+
+def parse_olmorun(document: Any) -> OlmoRun:
+    """Parse and validate an OlmoRun document (a dict from YAML/JSON). Raises SpecError."""
+    if not isinstance(document, dict):
+        raise SpecError([Problem("(document)", f"an OlmoRun is a mapping, got {type(document).__name__}")])
+    try:
+        run = OlmoRun.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(_pydantic_problems(error)) from None
+    problems = semantic_problems(run)
+    if problems:
+        raise SpecError(problems)
+    return run
+
+
+def unimplemented_phases(run: OlmoRun) -> list[PhaseSpec]:
+    """Phases whose kind the trainer does not implement in this release (refused when reached)."""
+    return [p for p in run.spec.phases if p.kind not in IMPLEMENTED_KINDS]
+
+
+def topological_order(run: OlmoRun) -> list[PhaseSpec]:
+    """Phases parents-first (stable in spec order). Assumes a validated, acyclic spec."""
+    done: set[str] = set()
+    ordered: list[PhaseSpec] = []
+    pending = list(run.spec.phases)
+    while pending:
+        for phase in pending:
+            if phase.from_ is None or phase.from_ in done:
+                ordered.append(phase)
+                done.add(phase.name)
+                pending.remove(phase)
+                break
+        else:  # pragma: no cover - only reachable with a cycle, which validation rejects
+            raise ValueError("phases form a cycle")
+    return ordered

@@ -1,0 +1,49 @@
+"""`olmorun` command line: a thin router over the library; every command is a small function.
+
+Commands live in small modules that each add their subparsers (`register`) so that the CLI never
+imports torch unless a trainer command runs. User errors print the problem and exit 2, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Each module defines `register(subparsers)`; its handlers are set with `set_defaults(func=...)`.
+COMMAND_MODULES = (
+    "olmo_operator.cli_spec",  # validate, crd
+)
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="olmorun", description="Reproduce the OLMo 2 recipe: validate, render, run and verify OlmoRuns."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"olmorun {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
