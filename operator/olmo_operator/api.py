@@ -71,6 +71,9 @@ class StorageSpec(ConfigModel):
     """Credentials for the storage, never inline."""
     endpoint_url: str | None = None
     """S3-compatible endpoint (MinIO, SeaweedFS, R2); empty for AWS."""
+    scratch_uri: str | None = None
+    """Where jobs write checkpoints while training (a shared filesystem or bucket); defaults to `uri`.
+    Final checkpoints are always archived, verified, under `uri`."""
 
 
 class Toleration(ConfigModel):
