@@ -1,0 +1,156 @@
+"""The OLMo 2 transformer: one readable file, architecture only.
+
+Reads top to bottom: norm -> rotary -> attention -> MLP -> block -> model. The config is
+`olmo_trainer.config.ModelConfig` (presets 1B/7B/13B/32B and `tiny`). What makes it OLMo 2
+(../shared/OLMO2.md): the *reordered* norm (each sublayer's output is normalised before the residual
+add), RMSNorm in fp32 with eps 1e-6, QK-norm over the whole q/k projection (before splitting heads and
+before RoPE), SwiGLU, RoPE theta 500k, no biases, an untied LM head after a final norm, and GQA.
+
+    model = Transformer(ModelConfig.preset("tiny"))
+    logits = model(input_ids)                       # (B, T) -> (B, T, embedding_size), float32
+
+    with torch.device("meta"):                      # big presets: build without memory, then
+        model = Transformer(ModelConfig.preset("olmo2-7b"))
+    model.to_empty(device="cuda"); model.init_weights()
+
+Parallelism (FSDP2 per block), activation checkpointing and compile live outside this file; they wrap
+each element of `model.blocks`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from olmo_trainer.config import ModelConfig
+
+# Truncated-normal init is cut at +-3 std (OLMo 2: "init ... truncated at 3 std").
+INIT_CUTOFF_STDS = 3.0
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learnable weight, computed in fp32 whatever the input dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 so that bf16 activations do not lose the small variance terms.
+        out = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
+        return out.to(x.dtype)
+
+
+def rotary_tables(
+    seq_len: int, head_dim: int, theta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of RoPE angles, each (T, head_dim), halves duplicated (the `rotate_half` layout)."""
+    # Computed per forward rather than stored as a buffer: nothing to re-create after a meta-device
+    # build, and the cost (T x D/2 multiplies) is negligible next to the matmuls.
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # (T, D/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, D)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) queries or keys by position; the first and second halves of D form pairs."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Causal multi-head attention with QK-norm and grouped key/value heads."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.dim_head
+        self.w_q = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.w_k = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.w_v = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.w_out = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        # QK-norm spans the whole projection (all heads at once), not each head separately.
+        self.q_norm = RMSNorm(self.n_heads * self.head_dim, config.norm_eps)
+        self.k_norm = RMSNorm(self.n_kv_heads * self.head_dim, config.norm_eps)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        B, T, _ = x.shape
+        D, H, KV = self.head_dim, self.n_heads, self.n_kv_heads
+        q = self.q_norm(self.w_q(x)).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_norm(self.w_k(x)).view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
+        v = self.w_v(x).view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV != H)  # (B, H, T, D)
+        return self.w_out(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, d)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x); w1 is the gate, w3 the up and w2 the down projection."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(config.d_model, config.hidden, bias=False)
+        self.w2 = nn.Linear(config.hidden, config.d_model, bias=False)
+        self.w3 = nn.Linear(config.d_model, config.hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # (B, T, d) -> (B, T, F) -> (B, T, d)
+
+
+class Block(nn.Module):
+    """OLMo 2's reordered-norm block: normalise each sublayer's output, then add it to the residual."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention = Attention(config)
+        self.attention_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.feed_forward_norm = RMSNorm(config.d_model, config.norm_eps)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        h = x + self.attention_norm(self.attention(x, rope))
+        return h + self.feed_forward_norm(self.feed_forward(h))
+
+
+class Transformer(nn.Module):
+    """Token ids (B, T) -> float32 logits (B, T, embedding_size)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = nn.Embedding(config.padded_vocab, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab, bias=False)  # untied
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        rope = rotary_tables(T, self.config.dim_head, self.config.rope_theta, input_ids.device)  # 2 x (T, D)
+        x = self.embeddings(input_ids)  # (B, T, d)
+        for block in self.blocks:
+            x = block(x, rope)
+        return self.lm_head(self.norm(x)).float()  # (B, T, V)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """OLMo 2 init: every weight (embeddings included) ~ N(0, std) truncated at +-3 std; norms 1.
+
+        Call after `to_empty()` when the model was built on the meta device. Parameters are visited in
+        `named_parameters()` order, so one generator seed gives one model on every device.
+        """
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+            elif isinstance(module, nn.Linear | nn.Embedding):
+                cut = INIT_CUTOFF_STDS * std
+                nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-cut, b=cut, generator=generator)
+
+    def num_params(self) -> int:
+        """Number of parameters (all of them; the embedding and LM head are separate matrices)."""
+        return sum(p.numel() for p in self.parameters())
