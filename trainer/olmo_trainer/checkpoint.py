@@ -1,0 +1,506 @@
+"""Sharded checkpoints: DCP save/load, atomic commit by MANIFEST, retention, resharding on load.
+
+A checkpoint is a directory `<directory>/stepN/` holding
+
+    .metadata, __<rank>_0.distcp   torch.distributed.checkpoint shards of {"model": ..., "optim": ...}
+    trainer.pt                      {"world_size": W, "ranks": [rank 0's trainer state, ..., rank W-1's]}
+    config.json                     the TrainConfig of the job (when given): the checkpoint describes itself
+    MANIFEST.json                   sha256 of every other file, written LAST by rank 0 (see manifest.py)
+
+A directory without a valid MANIFEST does not exist: `latest()` ignores it and `cleanup_uncommitted()`
+removes it. Model and optimizer go through `get_state_dict`/`set_state_dict`, so the same code serves
+plain modules, DDP and FSDP2, and DCP reshards on load: a checkpoint written by W ranks loads on any
+other world size. Trainer state (step, tokens, data position, per-rank RNG states) is gathered from
+every rank into one small file; on a different world size rank r gets the state saved by rank r % W.
+
+Saving a step that is already committed is skipped (never overwritten): a job that resumes exactly at
+a checkpoint and saves it again is a no-op, not a rewrite of archived files.
+
+    ckpt = Checkpointer(f"{cfg.save_dir}/checkpoints", cfg.checkpoint, config_hash=cfg.config_hash(),
+                        parent=cfg.init_from, train_config=cfg)
+    if (found := ckpt.latest()) is not None:
+        ckpt.load(found[1], app_state)
+    ...
+    ckpt.save(step, app_state)          # collective: every rank calls it
+    ckpt.save(step, app_state, final=True); ckpt.wait()
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from fsspec import AbstractFileSystem
+from torch import nn
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
+
+from olmo_trainer import manifest
+from olmo_trainer.config import CheckpointConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+TRAINER_NAME = "trainer.pt"
+MODEL_KEY = "model"
+OPTIM_KEY = "optim"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, uncommitted, or does not fit what is being loaded into it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure logic
+# ---------------------------------------------------------------------------------------------
+
+
+def step_uri(directory: str, step: int) -> str:
+    return f"{directory.rstrip('/')}/step{step}"
+
+
+def steps_to_delete(
+    committed: list[tuple[int, bool]], *, keep_last: int, keep_every: int | None
+) -> list[int]:
+    """Retention: of the committed (step, final) pairs, the steps to delete.
+
+    Kept: the newest `keep_last`, every step that is a multiple of `keep_every`, and any final one.
+    """
+    steps = sorted(step for step, _ in committed)
+    keep = set(steps[-keep_last:]) if keep_last > 0 else set()
+    keep |= {step for step, final in committed if final}
+    if keep_every:
+        keep |= {step for step in steps if step % keep_every == 0}
+    return [step for step in steps if step not in keep]
+
+
+def trainer_state_for_rank(saved: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The trainer state a rank resumes with; on a world-size change rank r takes rank r % W's."""
+    states = saved["ranks"]
+    return states[rank % len(states)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage and process-group helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _writer(uri: str, storage_options: dict[str, Any]) -> StorageWriter:
+    fs, path = manifest.filesystem(uri, **storage_options)
+    if _is_local(fs):
+        return dcp.FileSystemWriter(path)
+    return FsspecWriter(uri, **storage_options)
+
+
+def _reader(uri: str, storage_options: dict[str, Any]) -> StorageReader:
+    fs, path = manifest.filesystem(uri, **storage_options)
+    if _is_local(fs):
+        return dcp.FileSystemReader(path)
+    return FsspecReader(uri, **storage_options)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if _distributed() else 1
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def _from_rank0(value: Any) -> Any:
+    """Rank 0's value on every rank, so that every rank takes the same branch before a collective."""
+    if not _distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather_to_rank0(value: Any) -> list[Any] | None:
+    """Every rank's value, in rank order, on rank 0 (None elsewhere)."""
+    if not _distributed():
+        return [value]
+    gathered: list[Any] | None = [None] * _world_size() if _rank() == 0 else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
+@contextmanager
+def _single_process() -> Iterator[None]:
+    """DCP warns on every call without a process group; for a one-process job that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to .* in a single process.*")
+        yield
+
+
+def _require_committed(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    fs, path = manifest.filesystem(uri, **storage_options)
+    found = manifest.read_manifest(fs, path)
+    if found is None:
+        raise CheckpointError(f"{uri} is not a committed checkpoint (no valid {manifest.MANIFEST_NAME})")
+    return found
+
+
+def _saved_keys(uri: str, storage_options: dict[str, Any]) -> set[str]:
+    return set(_reader(uri, storage_options).read_metadata().state_dict_metadata)
+
+
+def _model_and_optim(app_state: dict[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+    model = app_state.get(MODEL_KEY)
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"app_state[{MODEL_KEY!r}] must be an nn.Module, got {type(model).__name__}")
+    return model, app_state.get(OPTIM_KEY)
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpointer a training job uses
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """An asynchronous save whose shards are still being written."""
+
+    step: int
+    uri: str
+    final: bool
+    future: Future[Any]
+
+
+class Checkpointer:
+    """Saves, commits, finds, loads and prunes the `stepN/` checkpoints of one job directory."""
+
+    def __init__(
+        self,
+        directory: str,
+        cfg: CheckpointConfig,
+        *,
+        config_hash: str,
+        parent: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        train_config: TrainConfig | None = None,
+    ) -> None:
+        self.directory = directory.rstrip("/")
+        self.cfg = cfg
+        self.config_hash = config_hash
+        self.parent = parent
+        self.storage_options = dict(storage_options or {})
+        self.train_config = train_config
+        self.fs, self.path = manifest.filesystem(self.directory, **self.storage_options)
+        self._pending: _Pending | None = None
+        # A dedicated gloo group for async saves: the upload thread runs collectives while training
+        # uses the default group, and two threads must never share one process group.
+        self._async_group: Any = None
+
+    # Finding ---------------------------------------------------------------------------------
+    def latest(self) -> tuple[int, str] | None:
+        """The newest committed (step, uri); uncommitted directories do not count."""
+        found = manifest.latest_committed(self.fs, self.path)
+        return None if found is None else (found[0], step_uri(self.directory, found[0]))
+
+    def committed(self) -> list[tuple[int, str]]:
+        """Every committed (step, uri), by step ascending."""
+        return [(step, step_uri(self.directory, step)) for step, _ in manifest.committed_steps(self.fs, self.path)]
+
+    # Saving ----------------------------------------------------------------------------------
+    def save(self, step: int, app_state: dict[str, Any], *, final: bool = False) -> str:
+        """Write step `step` (collective). Synchronous saves are committed on return; async ones by
+        `wait()` or the next save. Returns the step directory's URI."""
+        self.wait()
+        uri = step_uri(self.directory, step)
+        if _from_rank0(self._prepare_dir(uri) if _rank() == 0 else None) == "committed":
+            log.warning("checkpoint %s is already committed; not overwriting it", uri)
+            return uri
+        _barrier()  # rank 0 has cleared any partial leftovers before anyone writes
+        self._write_side_files(uri, app_state)
+        state = self._state_to_save(app_state)
+        writer = _writer(uri, self.storage_options)
+        if self.cfg.async_save:
+            with _single_process():
+                future = dcp.async_save(state, storage_writer=writer, process_group=self._async_pg())
+            assert isinstance(future, Future)
+            self._pending = _Pending(step, uri, final, future)
+        else:
+            with _single_process():
+                dcp.save(state, storage_writer=writer)
+            self._commit(step, uri, final)
+        return uri
+
+    def wait(self) -> None:
+        """Finish a pending asynchronous save and commit it (collective when one is pending)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.future.result()
+            self._commit(pending.step, pending.uri, pending.final)
+
+    def _prepare_dir(self, uri: str) -> str:
+        """Rank 0: 'committed' when the step exists, else make an empty directory for it."""
+        fs, path = manifest.filesystem(uri, **self.storage_options)
+        if manifest.read_manifest(fs, path) is not None:
+            return "committed"
+        if fs.exists(path):  # a crashed attempt: its shards may come from another world size
+            fs.rm(path, recursive=True)
+        fs.makedirs(path, exist_ok=True)
+        return "fresh"
+
+    def _write_side_files(self, uri: str, app_state: dict[str, Any]) -> None:
+        """trainer.pt (every rank's state, gathered) and config.json, written by rank 0."""
+        trainer = app_state.get("trainer")
+        states = _gather_to_rank0(trainer.state_dict()) if trainer is not None else None
+        if _rank() != 0:
+            return
+        fs, path = manifest.filesystem(uri, **self.storage_options)
+        if states is not None:
+            with fs.open(f"{path}/{TRAINER_NAME}", "wb") as stream:
+                torch.save({"world_size": len(states), "ranks": states}, stream)
+        if self.train_config is not None:
+            fs.pipe_file(f"{path}/{CONFIG_NAME}", self.train_config.to_json().encode())
+
+    def _state_to_save(self, app_state: dict[str, Any]) -> dict[str, Any]:
+        model, optim = _model_and_optim(app_state)
+        if optim is None:
+            return {MODEL_KEY: get_model_state_dict(model)}
+        model_sd, optim_sd = get_state_dict(model, optim)
+        return {MODEL_KEY: model_sd, OPTIM_KEY: optim_sd}
+
+    def _commit(self, step: int, uri: str, final: bool) -> None:
+        """All shards are written: rank 0 writes the MANIFEST last, then applies retention."""
+        _barrier()
+        if _rank() == 0:
+            fs, path = manifest.filesystem(uri, **self.storage_options)
+            extra = {"worldSize": _world_size(), **({"final": True} if final else {})}
+            record = manifest.build_manifest(
+                fs, path, step=step, config_hash=self.config_hash, parent=self.parent, extra=extra
+            )
+            manifest.commit(fs, path, record)
+            log.info("committed checkpoint %s (%d files)", uri, len(record["files"]))
+            self._apply_retention()
+        _barrier()  # nobody returns before the commit is visible
+
+    def _async_pg(self) -> Any:
+        if _distributed() and self._async_group is None:
+            self._async_group = dist.new_group(backend="gloo")
+        return self._async_group
+
+    # Retention and cleaning (rank 0) -----------------------------------------------------------
+    def _apply_retention(self) -> None:
+        committed = []
+        for step, path in manifest.committed_steps(self.fs, self.path):
+            record = manifest.read_manifest(self.fs, path) or {}
+            committed.append((step, bool(record.get("extra", {}).get("final"))))
+        doomed = steps_to_delete(committed, keep_last=self.cfg.keep_last, keep_every=self.cfg.keep_every)
+        for step in doomed:
+            self._delete(f"{self.path}/step{step}")
+            log.info("retention: deleted checkpoint step%d", step)
+
+    def _delete(self, path: str) -> None:
+        # MANIFEST first: a deletion cut short leaves an uncommitted directory, never a broken committed one.
+        self.fs.rm(f"{path}/{manifest.MANIFEST_NAME}")
+        self.fs.rm(path, recursive=True)
+
+    def cleanup_uncommitted(self) -> None:
+        """Rank 0 removes step directories without a MANIFEST (crashed saves); others do nothing."""
+        if _rank() != 0:
+            return
+        pending = self._pending.uri if self._pending else None
+        for step, path in manifest.step_dirs(self.fs, self.path):
+            if manifest.read_manifest(self.fs, path) is None and step_uri(self.directory, step) != pending:
+                log.warning("removing uncommitted checkpoint directory %s", path)
+                self.fs.rm(path, recursive=True)
+
+    # Loading ---------------------------------------------------------------------------------
+    def load(self, uri: str, app_state: dict[str, Any]) -> None:
+        """Restore model, optimizer and trainer state from a committed checkpoint (collective)."""
+        self.wait()
+        problem = _from_rank0(_load_problem(uri, app_state, self.storage_options) if _rank() == 0 else None)
+        if problem:
+            raise CheckpointError(problem)
+        model, optim = _model_and_optim(app_state)
+        reader = _reader(uri, self.storage_options)
+        if optim is None:
+            load_model_weights(uri, model, storage_options=self.storage_options)
+        else:
+            model_sd, optim_sd = get_state_dict(model, optim)
+            state: dict[str, Any] = {MODEL_KEY: model_sd, OPTIM_KEY: optim_sd}
+            with _single_process():
+                dcp.load(state, storage_reader=reader)
+            set_state_dict(
+                model, optim, model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIM_KEY]
+            )
+        trainer = app_state.get("trainer")
+        if trainer is not None:
+            saved = _read_trainer_file(uri, self.storage_options)
+            if saved["world_size"] != _world_size():
+                log.warning(
+                    "%s was saved by %d ranks and is loaded by %d: per-rank trainer state is reused modulo %d",
+                    uri, saved["world_size"], _world_size(), saved["world_size"],
+                )
+            trainer.load_state_dict(trainer_state_for_rank(saved, _rank()))
+
+
+def _load_problem(uri: str, app_state: dict[str, Any], storage_options: dict[str, Any]) -> str | None:
+    """Why `uri` cannot restore `app_state`, or None (checked once, by rank 0)."""
+    try:
+        _require_committed(uri, storage_options)
+    except CheckpointError as error:
+        return str(error)
+    keys = _saved_keys(uri, storage_options)
+    if app_state.get(OPTIM_KEY) is not None and not any(k.startswith(f"{OPTIM_KEY}.") for k in keys):
+        return f"{uri} holds model weights only (e.g. a soup): use load_model_weights / init_from"
+    if app_state.get("trainer") is not None:
+        fs, path = manifest.filesystem(uri, **storage_options)
+        if not fs.exists(f"{path}/{TRAINER_NAME}"):
+            return f"{uri} has no {TRAINER_NAME}: it cannot resume a training job"
+    return None
+
+
+def _read_trainer_file(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    fs, path = manifest.filesystem(uri, **storage_options)
+    target = f"{path}/{TRAINER_NAME}"
+    if not fs.exists(target):
+        raise CheckpointError(f"{uri} has no trainer state ({TRAINER_NAME}); it is a weights-only checkpoint")
+    with fs.open(target, "rb") as stream:
+        # Our own committed file, trusted like DCP's own pickled items; may hold RNG states of any library.
+        saved: dict[str, Any] = torch.load(stream, map_location="cpu", weights_only=False)
+    return saved
+
+
+# ---------------------------------------------------------------------------------------------
+# Functions on one checkpoint (init_from, soup, export, tests)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_model_weights(uri: str, model: nn.Module, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Load only the model weights of a committed checkpoint into `model` (collective when
+    distributed; works for plain, DDP and FSDP2 models of any world size)."""
+    options = dict(storage_options or {})
+    _require_committed(uri, options)
+    state = {MODEL_KEY: get_model_state_dict(model)}
+    with _single_process():
+        dcp.load(state, storage_reader=_reader(uri, options))
+    set_model_state_dict(model, state[MODEL_KEY])
+
+
+def read_trainer_state(uri: str, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The trainer state rank 0 saved (step, tokens, last LR, ...); no model needed."""
+    options = dict(storage_options or {})
+    _require_committed(uri, options)
+    return trainer_state_for_rank(_read_trainer_file(uri, options), 0)
+
+
+def read_train_config(uri: str, *, storage_options: dict[str, Any] | None = None) -> TrainConfig | None:
+    """The TrainConfig recorded in a checkpoint's config.json, or None when it has none."""
+    fs, path = manifest.filesystem(uri, **(storage_options or {}))
+    try:
+        blob = fs.cat_file(f"{path}/{CONFIG_NAME}")
+    except FileNotFoundError:
+        return None
+    return TrainConfig.model_validate_json(blob)
+
+
+def load_full_state_dict(
+    uri: str, *, storage_options: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """All model weights of a committed checkpoint, consolidated in this process (CPU tensors)."""
+    options = dict(storage_options or {})
+    _require_committed(uri, options)
+    metadata = _reader(uri, options).read_metadata()
+    prefix = f"{MODEL_KEY}."
+    weights = {
+        key[len(prefix) :]: torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in metadata.state_dict_metadata.items()
+        if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
+    }
+    if not weights:
+        raise CheckpointError(f"{uri} holds no model weights")
+    state: dict[str, Any] = {MODEL_KEY: weights}
+    with _single_process():
+        dcp.load(state, storage_reader=_reader(uri, options), no_dist=True)
+    return state[MODEL_KEY]
+
+
+def save_model_weights(
+    uri: str,
+    weights: dict[str, torch.Tensor],
+    *,
+    step: int,
+    config_hash: str | None = None,
+    parent: str | None = None,
+    extra: dict[str, Any] | None = None,
+    config_json: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Write and commit a weights-only checkpoint from one process (soups). Refuses to overwrite."""
+    options = dict(storage_options or {})
+    fs, path = manifest.filesystem(uri, **options)
+    if manifest.read_manifest(fs, path) is not None:
+        raise CheckpointError(f"{uri} is already a committed checkpoint; refusing to overwrite it")
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.makedirs(path, exist_ok=True)
+    if config_json is not None:
+        fs.pipe_file(f"{path}/{CONFIG_NAME}", config_json.encode())
+    with _single_process():
+        dcp.save({MODEL_KEY: weights}, storage_writer=_writer(uri, options), no_dist=True)
+    record = manifest.build_manifest(fs, path, step=step, config_hash=config_hash, parent=parent, extra=extra)
+    manifest.commit(fs, path, record)
+    return uri
+
+
+def manifest_sha256(uri: str, *, storage_options: dict[str, Any] | None = None) -> str:
+    """sha256 of a checkpoint's MANIFEST.json bytes: names one exact committed checkpoint."""
+    fs, path = manifest.filesystem(uri, **(storage_options or {}))
+    return manifest.sha256_file(fs, f"{path}/{manifest.MANIFEST_NAME}")
+
+
+def config_json_of(uri: str, *, storage_options: dict[str, Any] | None = None) -> str | None:
+    """The raw config.json of a checkpoint, or None."""
+    fs, path = manifest.filesystem(uri, **(storage_options or {}))
+    try:
+        return bytes(fs.cat_file(f"{path}/{CONFIG_NAME}")).decode()
+    except FileNotFoundError:
+        return None
+
+
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "config_json_of",
+    "load_full_state_dict",
+    "load_model_weights",
+    "manifest_sha256",
+    "read_train_config",
+    "read_trainer_state",
+    "save_model_weights",
+    "step_uri",
+    "steps_to_delete",
+]
