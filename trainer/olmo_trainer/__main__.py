@@ -1,0 +1,109 @@
+"""`python -m olmo_trainer <kind> --config URI [--dry-run]`: the command every training job runs.
+
+    torchrun --nproc_per_node=8 -m olmo_trainer pretrain --config s3://bucket/run/phases/pretrain/config.json
+
+`pretrain` and `anneal` run the loop of train.py, `soup` averages checkpoints (soup.py). `sft`, `dpo`
+and `rlvr` are refused with exit code 3: they are not implemented in this release, and nothing else
+is ever run under their name. `--dry-run` prints the resolved config, parameter count, FLOPs per
+token and tokens per step, and trains nothing. A bad command line or config exits 2 with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from olmo_trainer.config import IMPLEMENTED_KINDS, TrainConfig
+
+KINDS = ("pretrain", "anneal", "soup", "sft", "dpo", "rlvr")
+EXIT_USAGE = 2
+EXIT_NOT_IMPLEMENTED = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m olmo_trainer", description="Run one phase of an OLMo 2 recipe."
+    )
+    parser.add_argument("kind", choices=KINDS, help="the phase kind; must match the config's `kind`")
+    parser.add_argument(
+        "--config", required=True, metavar="URI", help="TrainConfig JSON: a path or fsspec URL"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print what would run and exit")
+    return parser
+
+
+def load_config(uri: str) -> TrainConfig:
+    """Read and validate a TrainConfig JSON from a local path or an fsspec URL."""
+    import fsspec
+
+    with fsspec.open(uri, "rb") as stream:
+        return TrainConfig.model_validate_json(stream.read())
+
+
+def dry_run(cfg: TrainConfig) -> dict[str, object]:
+    """What a job would do, computed without torch.distributed (world size from WORLD_SIZE, default 1)."""
+    import os
+
+    from olmo_trainer.train import plan_steps
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    summary: dict[str, object] = {
+        "config": cfg.model_dump(mode="json", by_alias=True),
+        "configHash": cfg.config_hash(),
+        "numParams": cfg.model.num_params(),
+        "numNonEmbeddingParams": cfg.model.num_non_embedding_params(),
+    }
+    if cfg.kind in ("pretrain", "anneal"):
+        plan = plan_steps(cfg, world)
+        summary.update(
+            worldSize=world,
+            flopsPerToken=plan.flops_per_token,
+            tokensPerStep=plan.tokens_per_step,
+            gradientAccumulation=plan.accumulation,
+            totalSteps=plan.total_steps,
+            totalTokens=plan.total_tokens,
+        )
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.kind not in IMPLEMENTED_KINDS:
+        print(f"olmo_trainer: `{args.kind}` is not implemented in this release", file=sys.stderr)
+        return EXIT_NOT_IMPLEMENTED
+    try:
+        cfg = load_config(args.config)
+    except FileNotFoundError:
+        print(f"olmo_trainer: config {args.config} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as error:
+        print(f"olmo_trainer: config {args.config} is invalid:\n{error}", file=sys.stderr)
+        return EXIT_USAGE
+    if cfg.kind != args.kind:
+        print(
+            f"olmo_trainer: the command says {args.kind} but the config is a {cfg.kind} phase",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        if args.dry_run:
+            print(json.dumps(dry_run(cfg), indent=2))
+            return 0
+        if cfg.kind == "soup":
+            from olmo_trainer import soup
+
+            return int(soup.main(cfg) or 0)
+        from olmo_trainer.train import train
+
+        return train(cfg)
+    except ValueError as error:  # budget/batch/inherit problems found while resolving the run
+        print(f"olmo_trainer {args.kind}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Metrics of a training job: `<save_dir>/metrics.jsonl` (the record the runner parses) and wandb.
+
+Only rank 0 tracks. metrics.jsonl holds one JSON object per optimizer step. On a local disk each
+line is appended and flushed at once; object stores cannot append, so there the whole file is
+re-uploaded, at most every `flush_seconds` and always on close. After a resume, lines of steps
+beyond the checkpoint (work that was redone) and a torn last line are dropped, so the file never
+shows a step twice.
+
+wandb runs offline unless WANDB_API_KEY is set; WANDB_MODE, when set, wins (e.g. `disabled`). Its
+directory lives inside a local save dir, else in a temporary directory, never the working tree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+from olmo_trainer.config import TrainConfig
+from olmo_trainer.manifest import filesystem
+
+METRICS_NAME = "metrics.jsonl"
+
+# bf16 dense peak FLOP/s by device name fragment (H200 has H100's compute, more memory bandwidth).
+PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Peak bf16 FLOP/s of an accelerator, None for a CPU or an unknown device (MFU is not reported)."""
+    if not device_name:
+        return None
+    for fragment, flops in PEAK_FLOPS.items():
+        if fragment in device_name:
+            return flops
+    return None
+
+
+def mfu(
+    tokens_per_s: float, flops_per_token: int, peak_per_device: float | None, num_devices: int
+) -> float | None:
+    """Model FLOPs utilisation: achieved training FLOP/s over the devices' peak."""
+    if peak_per_device is None or num_devices <= 0:
+        return None
+    return tokens_per_s * flops_per_token / (peak_per_device * num_devices)
+
+
+def clean_lines(text: str, *, up_to_step: int | None) -> list[str]:
+    """Parseable lines whose step is <= up_to_step (all parseable lines when None)."""
+    kept = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill
+        if isinstance(record, dict) and (up_to_step is None or record.get("step", 0) <= up_to_step):
+            kept.append(line)
+    return kept
+
+
+class MetricsFile:
+    """Append-only metrics.jsonl on any fsspec filesystem."""
+
+    def __init__(self, save_dir: str, *, resume_step: int | None, flush_seconds: float = 30.0) -> None:
+        self.fs, root = filesystem(save_dir)
+        self.path = f"{root.rstrip('/')}/{METRICS_NAME}"
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.local = protocol in ("file", "local")
+        self.flush_seconds = flush_seconds
+        existing = self.fs.cat_file(self.path).decode() if self.fs.exists(self.path) else ""
+        # A fresh start owns the file from scratch; a resume keeps what its checkpoint covers.
+        self.lines = clean_lines(existing, up_to_step=resume_step if resume_step is not None else 0)
+        self.fs.makedirs(root, exist_ok=True)
+        self._last_upload = 0.0
+        self._upload()
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps({k: _jsonable(v) for k, v in record.items()})
+        self.lines.append(line)
+        if self.local:
+            with self.fs.open(self.path, "a") as stream:
+                stream.write(line + "\n")
+        elif time.monotonic() - self._last_upload >= self.flush_seconds:
+            self._upload()
+
+    def close(self) -> None:
+        if not self.local:
+            self._upload()
+
+    def _upload(self) -> None:
+        self.fs.pipe_file(self.path, "".join(line + "\n" for line in self.lines).encode())
+        self._last_upload = time.monotonic()
+
+
+def _jsonable(value: Any) -> Any:
+    # NaN/inf are not JSON; a diverged loss is recorded as null rather than breaking the parser.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def wandb_mode() -> str:
+    """WANDB_MODE when set, else online with an API key and offline without."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+class Tracker:
+    """metrics.jsonl + wandb for rank 0; every method is a no-op on other ranks."""
+
+    def __init__(self, cfg: TrainConfig, *, rank: int, resume_step: int | None) -> None:
+        self.enabled = rank == 0
+        self.metrics: MetricsFile | None = None
+        self.wandb_run: Any = None
+        if not self.enabled:
+            return
+        self.metrics = MetricsFile(cfg.save_dir, resume_step=resume_step)
+        if wandb_mode() != "disabled":
+            self.wandb_run = _start_wandb(cfg)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.append(record)
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in record.items() if v is not None}, step=record["step"])
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def _start_wandb(cfg: TrainConfig) -> Any:
+    import wandb  # imported lazily: it is slow to import and not needed on other ranks
+
+    fs, root = filesystem(cfg.save_dir)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        directory = os.path.join(root, "wandb")
+        os.makedirs(directory, exist_ok=True)
+    else:
+        directory = tempfile.mkdtemp(prefix="olmorun-wandb-")
+    # One wandb run per (config, save dir): a resumed job continues the same run.
+    run_id = cfg.config_hash() + "-" + cfg.run[:20].lower()
+    return wandb.init(
+        project=cfg.tracking.project or cfg.run,
+        entity=cfg.tracking.entity,
+        name=f"{cfg.run}-{cfg.phase}-s{cfg.seed}",
+        id="".join(c if c.isalnum() or c == "-" else "-" for c in run_id),
+        resume="allow",
+        dir=directory,
+        mode=wandb_mode(),
+        config=cfg.model_dump(mode="json"),
+    )

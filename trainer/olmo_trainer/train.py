@@ -1,0 +1,430 @@
+"""The training loop of pretraining and annealing, run under torchrun (one process per GPU).
+
+    torchrun --nproc_per_node=8 -m olmo_trainer pretrain --config s3://bucket/run/phases/p/config.json
+
+One call of `train(cfg)`: join the process group, build the model on the meta device, materialise
+and initialise it from a seeded generator (identical on every rank), wrap it (DDP or FSDP2, optional
+activation checkpointing and compile), then resume from the newest committed checkpoint of this
+phase, or else start from the parent phase's weights (`init_from`). Each optimizer step accumulates
+gradients over micro-batches, clips, steps AdamW at the scheduled LR, appends a line to
+metrics.jsonl and, every `checkpoint.interval_steps` and at the end, saves a checkpoint.
+
+Exact resume: the checkpoint holds the model, optimizer, tokens seen, the data position and the RNG
+states, and CPU runs use deterministic algorithms, so a killed and restarted run ends bit-identical
+to an uninterrupted one. On SIGTERM (preemption, a pod being evicted) the current step finishes, a
+checkpoint is saved and the process exits with PREEMPTED_EXIT_CODE; the retried job resumes there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from olmo_trainer.config import TrainConfig
+from olmo_trainer.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    init_distributed,
+    parallelize,
+    set_gradient_sync,
+)
+from olmo_trainer.manifest import filesystem
+from olmo_trainer.model import Transformer
+from olmo_trainer.objectives.lm import lm_loss
+from olmo_trainer.optim import build_optimizer
+from olmo_trainer.schedule import Schedule, build_schedule
+from olmo_trainer.tracking import Tracker, mfu, peak_flops
+
+PREEMPTED_EXIT_CODE = 143
+"""Exit status after a SIGTERM was honoured (checkpoint saved): 128 + SIGTERM, what a shell reports."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure arithmetic of a run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How a phase's budget turns into optimizer steps on a given world size."""
+
+    global_batch_size: int
+    micro_batch_size: int
+    accumulation: int
+    sequence_length: int
+    tokens_per_step: int
+    total_steps: int
+    flops_per_token: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_steps * self.tokens_per_step
+
+
+def plan_steps(cfg: TrainConfig, world_size: int) -> StepPlan:
+    """Global batch = micro x world x accumulation; steps from maxSteps, else ceil(maxTokens / step)."""
+    if cfg.batch is None or cfg.data is None:
+        raise ValueError(f"a {cfg.kind} job needs `batch` and `data`")
+    micro, global_batch = cfg.batch.micro_batch_size, cfg.batch.global_batch_size
+    if global_batch % (micro * world_size):
+        raise ValueError(
+            f"globalBatchSize {global_batch} is not divisible by microBatchSize x world size = {micro} x {world_size}"
+        )
+    seq = cfg.data.sequence_length
+    tokens_per_step = global_batch * seq
+    if cfg.max_steps is not None:
+        total = cfg.max_steps
+    elif cfg.max_tokens is not None:
+        total = max(1, math.ceil(cfg.max_tokens / tokens_per_step))
+    else:
+        raise ValueError("set a budget: maxSteps or maxTokens")
+    return StepPlan(
+        global_batch_size=global_batch,
+        micro_batch_size=micro,
+        accumulation=global_batch // (micro * world_size),
+        sequence_length=seq,
+        tokens_per_step=tokens_per_step,
+        total_steps=total,
+        flops_per_token=cfg.model.flops_per_token(seq),
+    )
+
+
+def peak_lr(cfg: TrainConfig) -> float:
+    """The configured LR, or for `lr: inherit` the last LR of the parent phase's checkpoint."""
+    if cfg.optim.lr != "inherit":
+        return float(cfg.optim.lr)
+    if cfg.init_from is None:
+        raise ValueError("optim.lr is `inherit` but there is no initFrom checkpoint to inherit it from")
+    from olmo_trainer.checkpoint import read_trainer_state
+
+    state = read_trainer_state(cfg.init_from)
+    if "lr" not in state:
+        raise ValueError(f"{cfg.init_from}: its trainer state records no `lr` to inherit")
+    return float(state["lr"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer state: what a checkpoint records besides model and optimizer
+# ---------------------------------------------------------------------------------------------
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass
+class TrainerState:
+    """Step, tokens seen, last LR, data position and RNG states (Stateful, for app_state["trainer"]).
+
+    The checkpointer gathers this state from every rank (RNG states differ by rank) into trainer.pt;
+    `lr` is what an annealing phase with `lr: inherit` reads back from rank 0's.
+    """
+
+    device: torch.device
+    data: Any = None
+    """The DistributedBatches whose position is saved (Stateful)."""
+    step: int = 0
+    tokens: int = 0
+    lr: float = 0.0
+    preempted: bool = field(default=False, compare=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "lr": self.lr,
+            "data": self.data.state_dict() if self.data is not None else {},
+            "rng": _rng_state(self.device),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.tokens, self.lr = int(state["step"]), int(state["tokens"]), float(state["lr"])
+        if self.data is not None and state.get("data"):
+            self.data.load_state_dict(state["data"])
+        if "rng" in state:
+            _set_rng_state(state["rng"], self.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed every generator; on CPU also demand deterministic kernels (bit-identical reruns)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> Transformer:
+    """Build on the meta device (no memory), materialise on `device`, init from a seeded generator.
+
+    Every rank draws the same numbers, so every rank starts from the same weights before wrapping.
+    """
+    with torch.device("meta"):
+        model = Transformer(cfg.model)
+    model.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    model.init_weights(generator)
+    return model
+
+
+def work_dir(cfg: TrainConfig) -> str:
+    """Local scratch for the data pipeline: OLMO_WORK_DIR, else beside a local save dir, else /tmp."""
+    if os.environ.get("OLMO_WORK_DIR"):
+        return os.environ["OLMO_WORK_DIR"]
+    fs, root = filesystem(cfg.save_dir)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return os.path.join(root, "work")
+    return os.path.join(tempfile.gettempdir(), "olmorun-work", cfg.config_hash())
+
+
+def build_batches(cfg: TrainConfig, plan: StepPlan, info: DistInfo) -> Any:
+    """This rank's DistributedBatches over the phase's data mixture."""
+    from olmo_trainer.data import DistributedBatches, build_dataset
+
+    assert cfg.data is not None
+    seed = cfg.data.seed if cfg.data.seed is not None else cfg.seed
+    scratch = work_dir(cfg)
+    dataset = build_dataset(cfg.data, seed=seed, work_dir=scratch)
+    return DistributedBatches(
+        dataset,
+        global_batch_size=plan.global_batch_size,
+        micro_batch_size=plan.micro_batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=seed,
+        work_dir=scratch,
+    )
+
+
+def _autocast(cfg: TrainConfig, info: DistInfo) -> contextlib.AbstractContextManager[Any]:
+    # FSDP2 already computes in bf16 through its MixedPrecisionPolicy; DDP needs autocast. CPU: fp32.
+    if info.is_cuda and cfg.parallel.precision == "bf16" and cfg.parallel.strategy == "ddp":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _sync_context(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+    """No gradient all-reduce on non-final micro-batches: DDP's no_sync, FSDP2's requires_gradient_sync."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if sync else model.no_sync()
+    set_gradient_sync(model, sync)
+    return contextlib.nullcontext()
+
+
+def _grad_norm(model: nn.Module, max_norm: float | None) -> float:
+    """Clip to max_norm (FSDP2's DTensor grads included) and return the norm before clipping."""
+    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm is not None else math.inf)
+    full = getattr(norm, "full_tensor", None)  # a DTensor under FSDP2
+    return float(full() if full is not None else norm)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """What one optimizer step measured (summed over ranks already)."""
+
+    ce: float
+    z: float
+    grad_norm: float
+    stop: bool
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[torch.Tensor],
+    *,
+    cfg: TrainConfig,
+    info: DistInfo,
+    lr: float,
+    stop: bool,
+) -> Step:
+    """Forward/backward every micro-batch, clip, step. Agrees on `stop` across ranks in the same collective."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    ce_sum = torch.zeros((), device=info.device, dtype=torch.float64)
+    z_sum = torch.zeros_like(ce_sum)
+    count = len(micro_batches)
+    for index, batch in enumerate(micro_batches):
+        tokens = batch.to(info.device, non_blocking=True)
+        with _sync_context(model, index == count - 1), _autocast(cfg, info):
+            out = lm_loss(model(tokens), tokens, z_loss=cfg.optim.z_loss)
+            # Every micro-batch has the same number of targets, so the mean of means is exact.
+            (out.loss / count).backward()
+        ce_sum += out.ce
+        z_sum += out.z
+    grad_norm = _grad_norm(model, cfg.optim.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ce, z, stops = all_reduce_sum([ce_sum.item() / count, z_sum.item() / count, float(stop)], info)
+    return Step(ce=ce / info.world_size, z=z / info.world_size, grad_norm=grad_norm, stop=stops > 0)
+
+
+def _install_sigterm(state: TrainerState) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        state.preempted = True  # acted on at the next step boundary, by every rank together
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _log_line(step: int, total: int, record: dict[str, Any]) -> str:
+    return (
+        f"step {step}/{total} loss {record['loss']:.4f} lr {record['lr']:.3e} "
+        f"grad_norm {record['grad_norm']:.3f} tok/s {record['tokens_per_s']:,.0f}"
+    )
+
+
+@dataclass
+class Job:
+    """Everything a running job holds; `loop()` steps it to its budget."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    plan: StepPlan
+    schedule: Schedule
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    state: TrainerState
+    checkpointer: Any
+    tracker: Tracker | None = None
+
+    @property
+    def app_state(self) -> dict[str, Any]:
+        return {"model": self.model, "optim": self.optimizer, "trainer": self.state}
+
+    def loop(self, batches: Iterator[list[torch.Tensor]]) -> bool:
+        """Steps until the budget or an agreed preemption; True when preempted before the end."""
+        cfg, info, plan, state = self.cfg, self.info, self.plan, self.state
+        peak = peak_flops(torch.cuda.get_device_name(info.device) if info.is_cuda else None)
+        last = time.perf_counter()
+        while state.step < plan.total_steps:
+            lr = self.schedule.lr(state.tokens + plan.tokens_per_step)
+            result = train_step(
+                self.model, self.optimizer, next(batches), cfg=cfg, info=info, lr=lr, stop=state.preempted
+            )
+            state.step, state.tokens, state.lr = state.step + 1, state.tokens + plan.tokens_per_step, lr
+            now = time.perf_counter()
+            tokens_per_s = plan.tokens_per_step / max(now - last, 1e-9)
+            record = {
+                "step": state.step,
+                "tokens": state.tokens,
+                "loss": result.ce,
+                "z_loss": result.z,
+                "grad_norm": result.grad_norm,
+                "lr": lr,
+                "tokens_per_s": tokens_per_s,
+                "mfu": mfu(tokens_per_s, plan.flops_per_token, peak, info.world_size),
+            }
+            if self.tracker is not None:
+                self.tracker.log(record)
+            if info.rank == 0:
+                print(_log_line(state.step, plan.total_steps, record), flush=True)
+            final = state.step == plan.total_steps
+            if final or result.stop or state.step % cfg.checkpoint.interval_steps == 0:
+                self.checkpointer.save(state.step, self.app_state, final=final)
+            last = time.perf_counter()  # a checkpoint save or a log write is not training time
+            if result.stop and not final:
+                if info.rank == 0:
+                    print(f"preempted: saved step {state.step}, exiting {PREEMPTED_EXIT_CODE}", flush=True)
+                return True
+        return False
+
+
+def setup(cfg: TrainConfig) -> tuple[Job, Any]:
+    """Join the process group, build and wrap the model and optimizer, resume or init. Returns (job, batches)."""
+    from olmo_trainer.checkpoint import Checkpointer, load_model_weights
+
+    info = init_distributed()
+    seed_everything(cfg.seed, info.device)
+    plan = plan_steps(cfg, info.world_size)
+    schedule = build_schedule(
+        cfg.schedule,
+        peak_lr=peak_lr(cfg),
+        tokens_per_step=plan.tokens_per_step,
+        total_tokens=plan.total_tokens,
+    )
+    model = parallelize(build_model(cfg, info.device), cfg.parallel, info)
+    batches = build_batches(cfg, plan, info)
+    job = Job(
+        cfg=cfg,
+        info=info,
+        plan=plan,
+        schedule=schedule,
+        model=model,
+        optimizer=build_optimizer(model, cfg.optim, lr=schedule.lr(0)),
+        state=TrainerState(device=info.device, data=batches),
+        checkpointer=Checkpointer(
+            f"{cfg.save_dir.rstrip('/')}/checkpoints",
+            cfg.checkpoint,
+            config_hash=cfg.config_hash(),
+            parent=cfg.init_from,
+        ),
+    )
+    job.checkpointer.cleanup_uncommitted()
+    dist.barrier()  # nobody lists checkpoints while rank 0 is still removing torn ones
+    latest = job.checkpointer.latest()
+    if latest is not None:
+        job.checkpointer.load(latest[1], job.app_state)
+    elif cfg.init_from is not None:
+        load_model_weights(cfg.init_from, model)
+    if info.rank == 0:
+        origin = (
+            f"resumed from {latest[1]}"
+            if latest
+            else f"initialised from {cfg.init_from or f'seed {cfg.seed}'}"
+        )
+        print(f"{cfg.run}/{cfg.phase}: {cfg.model.num_params():,} params, {plan.total_steps} steps, {origin}")
+    return job, batches
+
+
+def train(cfg: TrainConfig) -> int:
+    """Run a pretrain/anneal job to its budget (or a SIGTERM). Returns the process exit code."""
+    job, batches = setup(cfg)
+    _install_sigterm(job.state)
+    job.tracker = Tracker(cfg, rank=job.info.rank, resume_step=job.state.step)
+    try:
+        preempted = job.loop(iter(batches))
+    finally:
+        job.tracker.close()
+    job.checkpointer.wait()
+    dist.barrier()
+    dist.destroy_process_group()
+    return PREEMPTED_EXIT_CODE if preempted else 0
