@@ -17,6 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
 from olmo_trainer.config import (
     IMPLEMENTED_KINDS,
     POST_TRAINING_KINDS,
@@ -34,8 +37,6 @@ from olmo_trainer.config import (
     SFTConfig,
     Tokens,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
 
 GROUP = "olmorun.dev"
 VERSION = "v1alpha1"
@@ -146,7 +147,7 @@ class PhaseSpec(ConfigModel):
     """pretrain | anneal | soup | sft | dpo | rlvr."""
     from_: str | None = Field(default=None, alias="from")
     """Parent phase: start from its final checkpoint (soup: average its seeds)."""
-    seeds: list[int] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list, max_length=16)
     """Fan out into one job per seed (data-order seeds of a soup). Empty: one job with the run seed."""
     nodes: int = Field(default=1, gt=0)
     """Nodes per job."""
@@ -181,7 +182,7 @@ class OlmoRunSpec(ConfigModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     suspend: bool = False
     """Stop submitting; running jobs are cancelled and resume from their checkpoint when cleared."""
-    phases: list[PhaseSpec] = Field(min_length=1)
+    phases: list[PhaseSpec] = Field(min_length=1, max_length=32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +215,13 @@ class JobStatus(StatusModel):
     seed: int
     state: PhaseState = "Pending"
     attempts: int = 0
+    """Submissions of this job so far; the current one is named `...-a<attempts>`."""
+    failures: int = 0
+    """Failed attempts counted against spec.retry.backoffLimit (preemptions and lost jobs do not count)."""
     checkpoint: str | None = None
     """Newest committed checkpoint URI."""
+    archive: str | None = None
+    """Verified archive URI of the job's final checkpoint."""
     step: int | None = None
     tokens: int | None = None
     last_loss: float | None = None
@@ -271,8 +277,8 @@ class ObjectMeta(BaseModel):
 class OlmoRun(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    api_version: Literal["olmorun.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
-    kind: Literal["OlmoRun"] = KIND
+    api_version: Literal["olmorun.dev/v1alpha1"] = Field(default="olmorun.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["OlmoRun"] = "OlmoRun"
     metadata: ObjectMeta
     spec: OlmoRunSpec
     status: OlmoRunStatus = Field(default_factory=OlmoRunStatus)
@@ -344,53 +350,84 @@ def _job_world(phase: PhaseSpec, cluster: ClusterSpec) -> int:
     return phase.nodes * cluster.procs
 
 
-def semantic_problems(run: OlmoRun) -> list[Problem]:
-    """Checks that types cannot express: names, the phase DAG, fan-out/fan-in, divisibility."""
+def _raw_phases(document: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = document.get("spec")
+    phases = spec.get("phases") if isinstance(spec, dict) else None
+    if not isinstance(phases, list):
+        return []
+    return [p if isinstance(p, dict) else {} for p in phases]
+
+
+def graph_problems(document: dict[str, Any]) -> list[Problem]:
+    """Names and the phase DAG, checked on the raw document so they are reported even when other
+    fields have type errors: DNS names, unique phases, `from` targets, cycles, parents, fan-in."""
     problems: list[Problem] = []
-    spec = run.spec
-    name = run.metadata.name
-    if not DNS_LABEL.match(name) or len(name) > 63:
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if isinstance(name, str) and (not DNS_LABEL.match(name) or len(name) > 63):
         problems.append(
             Problem("metadata.name", f"{name!r} must be a DNS label: lowercase letters, digits and '-', at most 63")
         )
-    scheme = spec.storage.uri.split("://", 1)[0] if "://" in spec.storage.uri else "file"
-    if scheme not in STORAGE_SCHEMES:
-        problems.append(Problem("spec.storage.uri", f"scheme {scheme!r} is not supported; use one of {STORAGE_SCHEMES}"))
-
+    phases = _raw_phases(document)
+    names = [p.get("name") if isinstance(p.get("name"), str) else None for p in phases]
+    parents = [p.get("from") if isinstance(p.get("from"), str) else None for p in phases]
+    kinds = [p.get("kind") if isinstance(p.get("kind"), str) else None for p in phases]
     by_name: dict[str, int] = {}
-    for i, phase in enumerate(spec.phases):
+    for i, phase_name in enumerate(names):
         where = f"spec.phases[{i}]"
-        if not DNS_LABEL.match(phase.name):
-            problems.append(Problem(f"{where}.name", f"{phase.name!r} must be a DNS label (lowercase, digits, '-')"))
-        if phase.name in by_name:
-            problems.append(
-                Problem(f"{where}.name", f"duplicate phase name {phase.name!r} (also spec.phases[{by_name[phase.name]}]); rename one")
-            )
+        if phase_name is None:
+            continue
+        if not DNS_LABEL.match(phase_name):
+            problems.append(Problem(f"{where}.name", f"{phase_name!r} must be a DNS label (lowercase, digits, '-')"))
+        if phase_name in by_name:
+            first = by_name[phase_name]
+            problems.append(Problem(f"{where}.name", f"duplicate phase name {phase_name!r} (also spec.phases[{first}]); rename one"))
         else:
-            by_name[phase.name] = i
-    for i, phase in enumerate(spec.phases):
-        problems += _phase_problems(run, i, phase, by_name)
-    problems += _cycle_problems(spec.phases, by_name)
+            by_name[phase_name] = i
+    for i, parent in enumerate(parents):
+        where = f"spec.phases[{i}]"
+        kind = kinds[i]
+        if parent is not None and parent not in by_name:
+            problems.append(Problem(f"{where}.from", f"no phase named {parent!r}; choose one of {sorted(by_name)}"))
+        if parent is None and kind in POST_TRAINING_KINDS | {"anneal", "soup"}:
+            problems.append(Problem(f"{where}.from", f"a {kind} phase starts from another phase; set `from`"))
+        if kind == "soup" and parent in by_name:
+            seeds = phases[by_name[parent]].get("seeds")
+            count = len(seeds) if isinstance(seeds, list) else 0
+            if count < 2:
+                problems.append(
+                    Problem(f"{where}.from", f"soup averages the seeds of a fanned-out phase; {parent!r} has {count} seeds (need >= 2)")
+                )
+        seen = {names[i]}
+        current = parent
+        while current is not None and current in by_name:
+            if current in seen:
+                problems.append(Problem(f"{where}.from", f"phase {names[i]!r} depends on itself through {current!r}; break the cycle"))
+                break
+            seen.add(current)
+            current = parents[by_name[current]]
     return problems
 
 
-def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec, by_name: dict[str, int]) -> list[Problem]:
+def semantic_problems(run: OlmoRun) -> list[Problem]:
+    """Checks on a well-typed run that types cannot express: budgets, data, batch divisibility."""
+    problems: list[Problem] = []
+    spec = run.spec
+    scheme = spec.storage.uri.split("://", 1)[0] if "://" in spec.storage.uri else "file"
+    if scheme not in STORAGE_SCHEMES:
+        problems.append(Problem("spec.storage.uri", f"scheme {scheme!r} is not supported; use one of {STORAGE_SCHEMES}"))
+    for i, phase in enumerate(spec.phases):
+        problems += _phase_problems(run, i, phase)
+    return problems
+
+
+def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
     where = f"spec.phases[{i}]"
     spec = run.spec
     out: list[Problem] = []
-    parent = spec.phases[by_name[phase.from_]] if phase.from_ in by_name else None
-    if phase.from_ is not None and parent is None:
-        out.append(Problem(f"{where}.from", f"no phase named {phase.from_!r}; choose one of {sorted(by_name)}"))
-    needs_parent = phase.kind in POST_TRAINING_KINDS | {"anneal", "soup"}
-    if needs_parent and phase.from_ is None:
-        out.append(Problem(f"{where}.from", f"a {phase.kind} phase starts from another phase; set `from`"))
     if len(set(phase.seeds)) != len(phase.seeds):
         out.append(Problem(f"{where}.seeds", "seeds repeat; list each seed once"))
     if phase.kind == "soup":
-        if parent is not None and len(parent.seeds) < 2:
-            out.append(
-                Problem(f"{where}.from", f"soup averages the seeds of a fanned-out phase; {parent.name!r} has {len(parent.seeds)} seeds (need >= 2)")
-            )
         if phase.seeds:
             out.append(Problem(f"{where}.seeds", "a soup takes its ingredients from its parent's seeds; remove `seeds`"))
         for field in ("data", "optim", "schedule", "batch", "sft", "dpo", "rlvr"):
@@ -402,13 +439,13 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec, by_name: dict[str, i
             out.append(Problem(f"{where}.data", f"a {phase.kind} phase needs `data` (token-array sources)"))
         if phase.max_tokens is None and phase.max_steps is None:
             out.append(Problem(f"{where}.maxTokens", "set a budget: maxTokens (e.g. 50B) or maxSteps"))
+        if phase.batch is None:
+            out.append(Problem(f"{where}.batch", "set batch.globalBatchSize (instances per optimizer step)"))
     if phase.kind in POST_TRAINING_KINDS and getattr(phase, phase.kind) is None:
         out.append(Problem(f"{where}.{phase.kind}", f"a {phase.kind} phase needs its `{phase.kind}` settings (data, ...)"))
     for other in POST_TRAINING_KINDS - {phase.kind}:
         if getattr(phase, other) is not None:
             out.append(Problem(f"{where}.{other}", f"`{other}` settings belong to a {other} phase, not {phase.kind}; remove them"))
-    if phase.kind in ("pretrain", "anneal") and phase.batch is None:
-        out.append(Problem(f"{where}.batch", "set batch.globalBatchSize (instances per optimizer step)"))
     if phase.batch is not None:
         world = _job_world(phase, spec.cluster)
         per_step = world * phase.batch.micro_batch_size
@@ -423,28 +460,14 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec, by_name: dict[str, i
             )
     if phase.optim is not None and phase.optim.lr == "inherit" and phase.from_ is None:
         out.append(Problem(f"{where}.optim.lr", "`inherit` takes the LR where the parent stopped; set `from` or a number"))
-    if phase.data is not None and phase.data.sequence_length > run.spec.model.resolve().max_sequence_length:
+    max_len = spec.model.resolve().max_sequence_length
+    if phase.data is not None and phase.data.sequence_length > max_len:
         out.append(
             Problem(
                 f"{where}.data.sequenceLength",
-                f"{phase.data.sequence_length} exceeds the model's maxSequenceLength "
-                f"{run.spec.model.resolve().max_sequence_length}; shorten it or raise the model's",
+                f"{phase.data.sequence_length} exceeds the model's maxSequenceLength {max_len}; shorten it or raise the model's",
             )
         )
-    return out
-
-
-def _cycle_problems(phases: list[PhaseSpec], by_name: dict[str, int]) -> list[Problem]:
-    out = []
-    for i, phase in enumerate(phases):
-        seen = {phase.name}
-        current = phase.from_
-        while current is not None and current in by_name:
-            if current in seen:
-                out.append(Problem(f"spec.phases[{i}].from", f"phase {phase.name!r} depends on itself through {current!r}; break the cycle"))
-                break
-            seen.add(current)
-            current = phases[by_name[current]].from_
     return out
 
 
@@ -461,14 +484,21 @@ def parse_olmorun(document: Any) -> OlmoRun:
     """Parse and validate an OlmoRun document (a dict from YAML/JSON). Raises SpecError."""
     if not isinstance(document, dict):
         raise SpecError([Problem("(document)", f"an OlmoRun is a mapping, got {type(document).__name__}")])
+    problems = graph_problems(document)
     try:
         run = OlmoRun.model_validate(document)
     except ValidationError as error:
-        raise SpecError(_pydantic_problems(error)) from None
-    problems = semantic_problems(run)
+        raise SpecError(_merge(_pydantic_problems(error), problems)) from None
+    problems += semantic_problems(run)
     if problems:
         raise SpecError(problems)
     return run
+
+
+def _merge(first: list[Problem], second: list[Problem]) -> list[Problem]:
+    """Both lists in order, without repeating a path already reported."""
+    paths = {p.path for p in first}
+    return first + [p for p in second if p.path not in paths]
 
 
 def unimplemented_phases(run: OlmoRun) -> list[PhaseSpec]:

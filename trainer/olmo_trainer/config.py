@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import re
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,7 +21,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     WithJsonSchema,
     model_validator,
 )
@@ -48,7 +48,9 @@ def parse_tokens(value: Any) -> int:
         match = _TOKENS_RE.match(value)
         if match:
             number, suffix = match.groups()
-            return round(float(number) * _SUFFIX[suffix.upper()])
+            count = Decimal(number) * _SUFFIX[suffix.upper()]
+            if count == count.to_integral_value():
+                return int(count)
     raise ValueError(f"{value!r} is not a token count: write an integer or a number with K/M/B/T, e.g. '50B'")
 
 

@@ -1,0 +1,121 @@
+"""`olmorun validate FILE...` and `olmorun crd`: commands about the OlmoRun spec itself.
+
+`validate` reads YAML or JSON (several documents per file allowed), prints a one-line summary for a
+valid OlmoRun and every problem with its field path otherwise. It never prints a traceback for user
+input. `crd` writes the CustomResourceDefinition generated from api.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from olmo_operator import api, crd
+from olmo_operator.cli import UserError
+from olmo_trainer.config import format_tokens
+
+
+def register(sub: Any) -> None:
+    validate = sub.add_parser("validate", help="check OlmoRun files; print every problem with its field path")
+    validate.add_argument("files", nargs="+", metavar="FILE", help="OlmoRun YAML/JSON files ('-' for stdin)")
+    validate.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    validate.set_defaults(func=cmd_validate)
+
+    gen = sub.add_parser("crd", help="write the OlmoRun CustomResourceDefinition generated from the API")
+    gen.add_argument("-o", "--out", default=str(crd.CRD_PATH), help="output path, '-' for stdout (default: %(default)s)")
+    gen.add_argument("--check", action="store_true", help="exit 1 if the file differs from the generated CRD")
+    gen.set_defaults(func=cmd_crd)
+
+
+def load_documents(path: str) -> list[Any]:
+    """YAML/JSON documents of a file; raises UserError with the position of a syntax error."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not documents:
+        raise UserError(f"{path}: no document found")
+    return documents
+
+
+def summarize(run: api.OlmoRun) -> str:
+    """One line: name, model and size, the phase chain with budgets and fan-out, placement."""
+    model = run.spec.model.resolve()
+    phases = []
+    for phase in api.topological_order(run):
+        text = phase.name if phase.name == phase.kind else f"{phase.name}({phase.kind})"
+        if phase.seeds:
+            text += f" x{len(phase.seeds)} seeds"
+        if phase.max_tokens is not None:
+            text += f" {format_tokens(phase.max_tokens)} tok"
+        elif phase.max_steps is not None:
+            text += f" {phase.max_steps} steps"
+        phases.append(text)
+    cluster = run.spec.cluster
+    per_node = f"{cluster.gpus_per_node} GPUs" if cluster.gpus_per_node else f"{cluster.procs} CPU procs"
+    nodes = max(p.nodes for p in run.spec.phases)
+    preset = run.spec.model.preset or "custom"
+    return (
+        f"OlmoRun {run.metadata.name}: valid; model {preset} ({model.num_params() / 1e6:,.1f}M params); "
+        f"{' -> '.join(phases)}; up to {nodes} node(s) x {per_node}"
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            documents = load_documents(path)
+        except UserError as error:
+            print(f"{error}", file=sys.stderr)
+            failed = True
+            continue
+        for index, document in enumerate(documents):
+            label = path if len(documents) == 1 else f"{path}[{index}]"
+            try:
+                run = api.parse_olmorun(document)
+            except api.SpecError as error:
+                failed = True
+                print(f"{label}: invalid OlmoRun ({len(error.problems)} problem(s)):", file=sys.stderr)
+                for problem in error.problems:
+                    print(f"  - {problem}", file=sys.stderr)
+                continue
+            if not args.quiet:
+                print(f"{label}: {summarize(run)}")
+            blocked = [f"{p.name} ({p.kind})" for p in api.unimplemented_phases(run)]
+            if blocked:
+                print(
+                    f"{label}: note: not implemented in this release: {', '.join(blocked)}; "
+                    "the run stops at the first of them with reason KindNotImplemented",
+                    file=sys.stderr,
+                )
+    return 1 if failed else 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    rendered = crd.render_crd()
+    if args.out == "-":
+        sys.stdout.write(rendered)
+        return 0
+    path = Path(args.out)
+    if args.check:
+        current = path.read_text() if path.exists() else ""
+        if current != rendered:
+            print(f"{path} is out of date with api.py; run `olmorun crd` and commit it", file=sys.stderr)
+            return 1
+        print(f"{path} is current")
+        return 0
+    crd.write_crd(path)
+    print(f"wrote {path}")
+    return 0
