@@ -124,6 +124,8 @@ class WandbSpec(ConfigModel):
 
 
 class TrackingSpec(ConfigModel):
+    """Experiment tracking of every job (metrics.jsonl is always written to storage)."""
+
     wandb: WandbSpec | None = None
 
 

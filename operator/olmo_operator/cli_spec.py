@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from olmo_operator import api, crd
+from olmo_operator import api, crd, reference
 from olmo_operator.cli import UserError
 from olmo_trainer.config import format_tokens
 
@@ -29,6 +29,11 @@ def register(sub: Any) -> None:
     gen.add_argument("-o", "--out", default=str(crd.CRD_PATH), help="output path, '-' for stdout (default: %(default)s)")
     gen.add_argument("--check", action="store_true", help="exit 1 if the file differs from the generated CRD")
     gen.set_defaults(func=cmd_crd)
+
+    ref = sub.add_parser("reference", help="print the OlmoRun reference (Markdown) or update the README's copy")
+    ref.add_argument("--readme", help="rewrite the generated block of this README instead of printing")
+    ref.add_argument("--check", action="store_true", help="with --readme: exit 1 if the block is stale")
+    ref.set_defaults(func=cmd_reference)
 
 
 def load_documents(path: str) -> list[Any]:
@@ -118,4 +123,19 @@ def cmd_crd(args: argparse.Namespace) -> int:
         return 0
     crd.write_crd(path)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    if not args.readme:
+        print(reference.render_reference())
+        return 0
+    try:
+        current = reference.update_readme(Path(args.readme), check=args.check)
+    except (OSError, ValueError) as error:
+        raise UserError(str(error)) from None
+    if args.check and not current:
+        print(f"{args.readme}: the OlmoRun reference is stale; run `olmorun reference --readme {args.readme}`", file=sys.stderr)
+        return 1
+    print(f"{args.readme}: reference {'current' if current else 'updated'}")
     return 0

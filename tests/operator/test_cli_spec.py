@@ -66,3 +66,15 @@ def test_crd_check_detects_drift(tmp_path: Path) -> None:
     out.write_text(out.read_text().replace("olmo", "olmx", 1))
     drift = run("crd", "--out", str(out), "--check")
     assert drift.returncode == 1 and "out of date" in drift.stderr
+
+
+def test_readme_reference_is_current() -> None:
+    result = run("reference", "--readme", "README.md", "--check")
+    assert result.returncode == 0, result.stderr
+
+
+def test_reference_covers_every_spec_model() -> None:
+    text = run("reference").stdout
+    for heading in ("OlmoRunSpec", "PhaseSpec", "DataConfig", "OptimConfig", "ScheduleConfig", "ClusterSpec", "RetryPolicy"):
+        assert f"### {heading}" in text
+    assert "| `maxTokens` | tokens (int or `50B`) |" in text
