@@ -484,8 +484,14 @@ def latest_checkpoint(checkpoints_uri: str, *, options: dict[str, Any] | None = 
     return step, f"{checkpoints_uri.rstrip('/')}/{path.rsplit('/', 1)[-1]}"
 
 
-def step_dir_names(uri: str, *, options: dict[str, Any] | None = None) -> list[int]:
-    """Steps of every `stepN/` directory under uri, committed or not (for messages)."""
+def is_committed(uri: str, *, options: dict[str, Any] | None = None) -> bool:
+    """Whether uri is a directory with a valid MANIFEST."""
+    fs, directory = _open_fs(uri, options)
+    return _access(uri, lambda: mf.read_manifest(fs, directory)) is not None
+
+
+def list_steps(uri: str, *, options: dict[str, Any] | None = None) -> list[int]:
+    """Steps of every `stepN/` directory under uri, committed or not, ascending."""
     fs, directory = _open_fs(uri, options)
     return [step for step, _ in _access(uri, lambda: mf.step_dirs(fs, directory))]
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # Each module defines `register(subparsers)`; its handlers are set with `set_defaults(func=...)`.
 COMMAND_MODULES = (
     "olmo_operator.cli_spec",  # validate, crd
+    "olmo_operator.cli_storage",  # archive, verify
 )
 
 
