@@ -21,7 +21,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, object]]:
     embedding_ids = {
         id(p) for module in model.modules() if isinstance(module, nn.Embedding) for p in module.parameters()
     }
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if not param.requires_grad:
             continue

@@ -139,7 +139,7 @@ def _start_wandb(cfg: TrainConfig) -> Any:
     fs, root = filesystem(cfg.save_dir)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):
-        directory = os.path.join(root, "wandb")
+        directory = root  # wandb writes into <dir>/wandb/
         os.makedirs(directory, exist_ok=True)
     else:
         directory = tempfile.mkdtemp(prefix="olmorun-wandb-")
@@ -152,6 +152,6 @@ def _start_wandb(cfg: TrainConfig) -> Any:
         id="".join(c if c.isalnum() or c == "-" else "-" for c in run_id),
         resume="allow",
         dir=directory,
-        mode=wandb_mode(),
+        mode=wandb_mode(),  # type: ignore[arg-type]  # WANDB_MODE is checked by wandb itself
         config=cfg.model_dump(mode="json"),
     )

@@ -259,12 +259,11 @@ def _grad_norm(model: nn.Module, max_norm: float | None) -> float:
 
 @dataclass
 class Step:
-    """What one optimizer step measured (summed over ranks already)."""
+    """What one optimizer step measured on this rank."""
 
     ce: float
     z: float
     grad_norm: float
-    stop: bool
 
 
 def train_step(
@@ -275,9 +274,8 @@ def train_step(
     cfg: TrainConfig,
     info: DistInfo,
     lr: float,
-    stop: bool,
 ) -> Step:
-    """Forward/backward every micro-batch, clip, step. Agrees on `stop` across ranks in the same collective."""
+    """Forward/backward every micro-batch, clip, step AdamW at `lr`. Losses are this rank's means."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     ce_sum = torch.zeros((), device=info.device, dtype=torch.float64)
@@ -294,8 +292,7 @@ def train_step(
     grad_norm = _grad_norm(model, cfg.optim.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    ce, z, stops = all_reduce_sum([ce_sum.item() / count, z_sum.item() / count, float(stop)], info)
-    return Step(ce=ce / info.world_size, z=z / info.world_size, grad_norm=grad_norm, stop=stops > 0)
+    return Step(ce=ce_sum.item() / count, z=z_sum.item() / count, grad_norm=grad_norm)
 
 
 def _install_sigterm(state: TrainerState) -> None:
@@ -337,17 +334,18 @@ class Job:
         last = time.perf_counter()
         while state.step < plan.total_steps:
             lr = self.schedule.lr(state.tokens + plan.tokens_per_step)
-            result = train_step(
-                self.model, self.optimizer, next(batches), cfg=cfg, info=info, lr=lr, stop=state.preempted
-            )
+            result = train_step(self.model, self.optimizer, next(batches), cfg=cfg, info=info, lr=lr)
+            # One collective per step: the mean losses, and whether any rank got a SIGTERM by now.
+            ce, z, stops = all_reduce_sum([result.ce, result.z, float(state.preempted)], info)
+            stop = stops > 0
             state.step, state.tokens, state.lr = state.step + 1, state.tokens + plan.tokens_per_step, lr
             now = time.perf_counter()
             tokens_per_s = plan.tokens_per_step / max(now - last, 1e-9)
             record = {
                 "step": state.step,
                 "tokens": state.tokens,
-                "loss": result.ce,
-                "z_loss": result.z,
+                "loss": ce / info.world_size,
+                "z_loss": z / info.world_size,
                 "grad_norm": result.grad_norm,
                 "lr": lr,
                 "tokens_per_s": tokens_per_s,
@@ -358,10 +356,10 @@ class Job:
             if info.rank == 0:
                 print(_log_line(state.step, plan.total_steps, record), flush=True)
             final = state.step == plan.total_steps
-            if final or result.stop or state.step % cfg.checkpoint.interval_steps == 0:
+            if final or stop or state.step % cfg.checkpoint.interval_steps == 0:
                 self.checkpointer.save(state.step, self.app_state, final=final)
             last = time.perf_counter()  # a checkpoint save or a log write is not training time
-            if result.stop and not final:
+            if stop and not final:
                 if info.rank == 0:
                     print(f"preempted: saved step {state.step}, exiting {PREEMPTED_EXIT_CODE}", flush=True)
                 return True
