@@ -1,0 +1,108 @@
+"""Names and storage paths of one OlmoRun: pure string functions, no I/O.
+
+Every file of a run lives under `<storage>/<namespace>/<run>/` (DESIGN.md, "Object storage layout"):
+
+    run.json                              reproducibility manifest (written once)
+    phases/<p>[/s<seed>]/config.json      the exact resolved config a job runs
+    archive/<p>[-s<seed>]/stepN/          verified copy of a phase's final checkpoint
+
+Jobs write checkpoints and metrics to their save_dir, `phases/<p>[/s<seed>]` under
+`spec.storage.scratchUri` (a fast shared filesystem) or, by default, under `spec.storage.uri`.
+A phase "fans out" when it lists `seeds`: then every path and job name carries the seed.
+Jobs are named `<run>-<phase>[-s<seed>]-a<attempt>` (<= 63 characters, hashed when longer) so that
+a repeated submission is detected by the scheduler (409 Conflict), never duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from olmo_operator.api import OlmoRun, PhaseSpec
+
+MAX_NAME = 63
+"""Kubernetes object names used as DNS labels (and label values) hold at most 63 characters."""
+_STEP = re.compile(r"/step(\d+)/?$")
+
+
+def fans_out(phase: PhaseSpec) -> bool:
+    """True when the phase runs one job per listed seed (and names carry `-s<seed>`)."""
+    return bool(phase.seeds)
+
+
+def job_seeds(run: OlmoRun, phase: PhaseSpec) -> list[int]:
+    """The seed of every job of a phase: its `seeds`, or the run seed for a single job."""
+    return list(phase.seeds) if phase.seeds else [run.spec.seed]
+
+
+def job_key(phase: PhaseSpec, seed: int) -> str:
+    """`<phase>` or `<phase>-s<seed>`: identifies one job of a phase across its attempts."""
+    return f"{phase.name}-s{seed}" if fans_out(phase) else phase.name
+
+
+def job_name(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int) -> str:
+    """Deterministic job name `<run>-<phase>[-s<seed>]-a<attempt>`, at most 63 characters.
+
+    A longer name keeps its readable head and ends in a hash of the full name, so distinct jobs
+    never collide and the attempt stays visible at the end.
+    """
+    full = f"{run.name}-{job_key(phase, seed)}-a{attempt}"
+    if len(full) <= MAX_NAME:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    tail = f"-{digest}-a{attempt}"
+    head = full[: MAX_NAME - len(tail)].rstrip("-")
+    return f"{head}{tail}"
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def run_root(run: OlmoRun) -> str:
+    """`<storage>/<namespace>/<run>`: where the run's configs, manifests and archives live."""
+    return _join(run.spec.storage.uri, run.namespace, run.name)
+
+
+def scratch_root(run: OlmoRun) -> str:
+    """Root of the jobs' save dirs: `<scratchUri or uri>/<namespace>/<run>`."""
+    base = run.spec.storage.scratch_uri or run.spec.storage.uri
+    return _join(base, run.namespace, run.name)
+
+
+def run_manifest_uri(run: OlmoRun) -> str:
+    return _join(run_root(run), "run.json")
+
+
+def _phase_dir(phase: PhaseSpec, seed: int) -> str:
+    return f"phases/{phase.name}/s{seed}" if fans_out(phase) else f"phases/{phase.name}"
+
+
+def config_uri(run: OlmoRun, phase: PhaseSpec, seed: int) -> str:
+    """`<run root>/phases/<p>[/s<seed>]/config.json`, written before the job is submitted."""
+    return _join(run_root(run), _phase_dir(phase, seed), "config.json")
+
+
+def save_dir(run: OlmoRun, phase: PhaseSpec, seed: int) -> str:
+    """Where a job writes `checkpoints/stepN/` and `metrics.jsonl`; the same for every attempt,
+    so a retry resumes from the newest committed checkpoint by itself."""
+    return _join(scratch_root(run), _phase_dir(phase, seed))
+
+
+def checkpoints_dir(save: str) -> str:
+    return _join(save, "checkpoints")
+
+
+def metrics_uri(save: str) -> str:
+    return _join(save, "metrics.jsonl")
+
+
+def archive_uri(run: OlmoRun, phase: PhaseSpec, seed: int, step: int) -> str:
+    """`<run root>/archive/<p>[-s<seed>]/step<N>`: the verified copy of a final checkpoint."""
+    return _join(run_root(run), "archive", job_key(phase, seed), f"step{step}")
+
+
+def step_of(checkpoint_uri: str) -> int | None:
+    """The N of a `.../stepN` checkpoint URI (None when the URI does not end that way)."""
+    match = _STEP.search(checkpoint_uri)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,653 @@
+"""The planner: PURE and total. (run, observation, now) -> the actions to take and the whole new status.
+
+    result = plan(run, Observation(jobs={...}, archives={...}), now)
+    for action in result.actions: ...              # reconcile.apply does the I/O
+    patch_status(result.status)                     # decided in memory, written once
+
+No kopf, Kubernetes, torchx or fsspec here: the kopf handlers and the local runner both call this through
+reconcile.py, and the table-driven tests in tests/operator/test_plan.py call it directly.
+
+Behaviour, per phase in topological order:
+- A phase starts when its parent succeeded (its final checkpoint archived and verified). It submits one
+  job per seed (a soup: one job averaging the parent's per-seed checkpoints). Its spec hash is stored.
+- A phase whose kind this release does not implement becomes `Blocked` (reason KindNotImplemented) when
+  reached; nothing else ever runs under its name.
+- A failed job is retried after `backoffSeconds * 2**(failures-1)` (capped) up to `backoffLimit`
+  failures. A preempted job (exit 143) or a job that disappeared is resubmitted at once and does not
+  count as a failure. Every attempt shares the save_dir, so it resumes from the newest checkpoint.
+- A job that succeeded has its final checkpoint archived (copy + verify); the phase succeeds when all
+  of its jobs are archived (or `archive: false`).
+- `suspend: true` cancels active jobs; clearing it resubmits them (they resume from checkpoints).
+- An edit to a phase that already started is refused (condition Invalid, reason SpecChangeRefused);
+  its running jobs are untouched and its retries keep the config written when it started.
+- A failed phase fails the run and cancels the jobs still running.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Literal
+
+from olmo_operator import layout
+from olmo_operator.api import (
+    Condition,
+    JobStatus,
+    OlmoRun,
+    OlmoRunStatus,
+    PhaseSpec,
+    PhaseStatus,
+    topological_order,
+)
+from olmo_operator.resolve import resolve_config
+from olmo_trainer.config import IMPLEMENTED_KINDS, TrainConfig, hash_json
+
+# ---------------------------------------------------------------------------------------------
+# Observation: what reconcile saw (inputs)
+# ---------------------------------------------------------------------------------------------
+
+ObservedState = Literal["Pending", "Running", "Succeeded", "Failed", "Missing"]
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: the job was stopped from outside, not broken
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The last line of a job's metrics.jsonl."""
+
+    step: int
+    tokens: int | None = None
+    loss: float | None = None
+    tokens_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """One job as the scheduler and its save_dir show it."""
+
+    name: str
+    state: ObservedState
+    exit_code: int | None = None
+    preempted: bool = False
+    """Stopped by SIGTERM (eviction, preemption, node drain): resubmitted without counting a failure."""
+    message: str = ""
+    checkpoint: tuple[int, str] | None = None
+    """Newest committed checkpoint (step, uri) in the job's save_dir."""
+    metrics: Metrics | None = None
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    """The outcome of copying and verifying one final checkpoint."""
+
+    key: str
+    """layout.job_key of the job whose checkpoint was archived."""
+    src: str
+    dst: str
+    ok: bool
+    message: str = ""
+    retryable: bool = False
+    """A transient I/O error (try again next reconcile) rather than a checksum mismatch."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    jobs: dict[str, JobObservation] = field(default_factory=dict)
+    """By job name. A job absent from this map is Missing."""
+    archives: dict[str, ArchiveResult] = field(default_factory=dict)
+    """By layout.job_key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan: what to do (outputs)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitJob:
+    phase: str
+    seed: int
+    attempt: int
+    job_name: str
+    config_uri: str
+    train_config: TrainConfig
+    write_config: bool = True
+    """True when the phase starts now (write config_uri); False for a retry or resubmission, which runs
+    the config written when the job started (written only if missing), so a refused edit never leaks in."""
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    job_name: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ArchiveCheckpoint:
+    phase: str
+    seed: int
+    key: str
+    src: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class WriteRunManifest:
+    uri: str
+    document: dict[str, object]
+    """Spec, image, seeds; apply adds the software versions."""
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A Kubernetes Event (or a line of `olmorun local` output)."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+Action = SubmitJob | CancelJob | ArchiveCheckpoint | WriteRunManifest | Emit
+
+
+@dataclass
+class Plan:
+    status: OlmoRunStatus
+    """The complete new status; persist it once."""
+    actions: list[Action] = field(default_factory=list)
+    requeue_after: float | None = None
+    """Seconds until a timed decision (a retry backoff) falls due; None when nothing is waiting."""
+
+    @property
+    def events(self) -> list[Emit]:
+        return [a for a in self.actions if isinstance(a, Emit)]
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will happen without a spec change: succeeded, failed, or blocked."""
+        return is_finished(self.status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+ACTIVE_JOB_STATES = ("Pending", "Running", "Retrying")
+CANCELLED_BY_FAILURE = "cancelled: another phase failed"
+CONDITION_TYPES = ("Succeeded", "Progressing", "Invalid", "Suspended")
+
+
+def timestamp(now: dt.datetime) -> str:
+    """RFC 3339 in UTC with a Z, as Kubernetes writes it."""
+    return now.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_timestamp(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def phase_spec_hash(run: OlmoRun, phase: PhaseSpec) -> str:
+    """What a started phase may not change: its own spec, the model, the image and the run seed."""
+    return hash_json(
+        {
+            "phase": phase.model_dump(mode="json", by_alias=True),
+            "model": run.spec.model.model_dump(mode="json", by_alias=True),
+            "image": run.spec.image,
+            "seed": run.spec.seed,
+        }
+    )
+
+
+def condition(status: OlmoRunStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def set_condition(
+    status: OlmoRunStatus,
+    type_: str,
+    value: Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str,
+    now: dt.datetime,
+    generation: int | None,
+) -> None:
+    """Upsert a condition; lastTransitionTime changes only when its status flips."""
+    old = condition(status, type_)
+    changed = old is None or old.status != value
+    new = Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=timestamp(now) if changed or old is None else old.last_transition_time,
+        observed_generation=generation,
+    )
+    others = [c for c in status.conditions if c.type != type_]
+    status.conditions = sorted([*others, new], key=_condition_order)
+
+
+def _condition_order(c: Condition) -> tuple[int, str]:
+    order = CONDITION_TYPES.index(c.type) if c.type in CONDITION_TYPES else len(CONDITION_TYPES)
+    return order, c.type
+
+
+def is_finished(status: OlmoRunStatus) -> bool:
+    """Succeeded, failed, or stopped at a blocked phase with nothing else running."""
+    succeeded = condition(status, "Succeeded")
+    progressing = condition(status, "Progressing")
+    if succeeded is None or succeeded.status == "Unknown":
+        return False
+    return progressing is None or progressing.status == "False"
+
+
+def invalid_status(
+    status: OlmoRunStatus, message: str, now: dt.datetime, generation: int | None
+) -> OlmoRunStatus:
+    """The status of a run whose spec does not parse (SpecError): nothing is planned or touched."""
+    new = status.model_copy(deep=True)
+    new.stage = "Invalid"
+    new.observed_generation = generation
+    set_condition(new, "Invalid", "True", "SpecInvalid", message, now, generation)
+    set_condition(
+        new,
+        "Progressing",
+        "False",
+        "SpecInvalid",
+        "fix the spec; nothing runs until it is valid",
+        now,
+        generation,
+    )
+    if condition(new, "Succeeded") is None:
+        set_condition(new, "Succeeded", "Unknown", "SpecInvalid", message, now, generation)
+    return new
+
+
+def _backoff(run: OlmoRun, failures: int) -> int:
+    retry = run.spec.retry
+    return int(min(retry.backoff_seconds * 2 ** max(failures - 1, 0), retry.max_backoff_seconds))
+
+
+# ---------------------------------------------------------------------------------------------
+# The planner
+# ---------------------------------------------------------------------------------------------
+
+
+class _Planner:
+    """One planning pass; accumulates actions and mutates a private copy of the status."""
+
+    def __init__(self, run: OlmoRun, observed: Observation, now: dt.datetime):
+        self.run = run
+        self.observed = observed
+        self.now = now
+        self.ts = timestamp(now)
+        self.status = run.status.model_copy(deep=True)
+        self.actions: list[Action] = []
+        self.requeue: list[float] = []
+        self.refused: list[str] = []
+        self.generation = run.metadata.generation
+
+    # -- small utilities ------------------------------------------------------------------------
+    def emit(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.actions.append(Emit(type_, reason, message))
+
+    def phase_status(self, phase: PhaseSpec) -> PhaseStatus:
+        return self.status.phases.setdefault(phase.name, PhaseStatus())
+
+    def run_failed(self) -> bool:
+        return any(
+            self.status.phases.get(p.name, PhaseStatus()).state == "Failed" for p in self.run.spec.phases
+        )
+
+    # -- entry ----------------------------------------------------------------------------------
+    def plan(self) -> Plan:
+        if self.status.storage is None:
+            self.status.storage = layout.run_root(self.run)
+            self.actions.append(WriteRunManifest(layout.run_manifest_uri(self.run), self._run_document()))
+        order = topological_order(self.run)
+        for phase in order:
+            self._check_spec_hash(phase)
+        for phase in order:
+            if self.run_failed():
+                break
+            self._plan_phase(phase)
+        if self.run_failed() or self.run.spec.suspend:
+            self._cancel_active("run failed" if self.run_failed() else "suspended")
+        self._summarize(order)
+        return Plan(self.status, self.actions, min(self.requeue) if self.requeue else None)
+
+    def _run_document(self) -> dict[str, object]:
+        return {
+            "apiVersion": self.run.api_version,
+            "kind": self.run.kind,
+            "metadata": {
+                "name": self.run.name,
+                "namespace": self.run.namespace,
+                "uid": self.run.metadata.uid,
+            },
+            "spec": self.run.spec.model_dump(mode="json", by_alias=True),
+            "image": self.run.spec.image,
+            "seeds": {p.name: layout.job_seeds(self.run, p) for p in self.run.spec.phases},
+            "createdAt": self.ts,
+        }
+
+    def _check_spec_hash(self, phase: PhaseSpec) -> None:
+        ps = self.status.phases.get(phase.name)
+        if ps is None or ps.spec_hash is None:
+            return
+        if ps.spec_hash != phase_spec_hash(self.run, phase):
+            self.refused.append(phase.name)
+
+    # -- phases ---------------------------------------------------------------------------------
+    def _plan_phase(self, phase: PhaseSpec) -> None:
+        ps = self.phase_status(phase)
+        if ps.state in ("Succeeded", "Failed"):
+            return
+        if phase.from_ is not None:
+            parent = self.phase_status(self.run.phase(phase.from_))
+            if parent.state != "Succeeded":
+                ps.state = "Pending"
+                ps.message = f"waiting for phase {phase.from_!r} ({parent.state})"
+                return
+        if phase.kind not in IMPLEMENTED_KINDS:
+            self._block(phase, ps)
+            return
+        if self.run.spec.suspend:
+            if ps.spec_hash is None:
+                ps.message = "suspended before it started"
+            return
+        if ps.spec_hash is None:
+            ps.spec_hash = phase_spec_hash(self.run, phase)
+            ps.started_at = self.ts
+            ps.jobs = [
+                JobStatus(name=layout.job_name(self.run, phase, seed, 1), seed=seed)
+                for seed in layout.job_seeds(self.run, phase)
+            ]
+            self.emit(
+                "Normal", "PhaseStarted", f"phase {phase.name!r} ({phase.kind}) starts {len(ps.jobs)} job(s)"
+            )
+        for job in ps.jobs:
+            self._plan_job(phase, ps, job)
+        self._aggregate(phase, ps)
+
+    def _block(self, phase: PhaseSpec, ps: PhaseStatus) -> None:
+        message = (
+            f"phase {phase.name!r} has kind {phase.kind!r}, which this release of the trainer does not implement "
+            f"(implemented: {', '.join(sorted(IMPLEMENTED_KINDS))}); it was not run. Its parent's checkpoint "
+            f"is kept; remove the phase or upgrade olmorun to continue."
+        )
+        if ps.state != "Blocked":
+            self.emit("Warning", "KindNotImplemented", message)
+        ps.state = "Blocked"
+        ps.message = message
+
+    def _aggregate(self, phase: PhaseSpec, ps: PhaseStatus) -> None:
+        jobs = ps.jobs
+        ps.attempts = sum(j.attempts for j in jobs)
+        steps = [j.step for j in jobs if j.step is not None]
+        tokens = [j.tokens for j in jobs if j.tokens is not None]
+        losses = [j.last_loss for j in jobs if j.last_loss is not None]
+        ps.step = min(steps) if steps else ps.step
+        ps.tokens = sum(tokens) if tokens else ps.tokens
+        ps.last_loss = sum(losses) / len(losses) if losses else ps.last_loss
+        failed = [j for j in jobs if j.state == "Failed"]
+        if failed:
+            ps.state = "Failed"
+            ps.finished_at = self.ts
+            ps.message = f"phase {phase.name!r} failed: job {failed[0].name}: {failed[0].message}"
+            self.emit("Warning", "PhaseFailed", ps.message)
+            return
+        done = all(j.state == "Succeeded" and (j.archive or not phase.archive) for j in jobs)
+        if done:
+            ps.state = "Succeeded"
+            ps.finished_at = self.ts
+            if not layout.fans_out(phase):
+                ps.checkpoint = jobs[0].checkpoint
+                ps.archive = jobs[0].archive
+            ps.message = f"{len(jobs)} job(s) succeeded" + (
+                ", final checkpoints archived" if phase.archive else ""
+            )
+            self.emit("Normal", "PhaseSucceeded", f"phase {phase.name!r} succeeded")
+            return
+        states = {j.state for j in jobs}
+        ps.state = "Running" if "Running" in states else "Retrying" if "Retrying" in states else "Pending"
+        if all(j.state == "Succeeded" for j in jobs):
+            ps.state = "Running"
+            ps.message = "archiving final checkpoint(s)"
+        elif phase.name in self.refused:
+            ps.message = "spec edit refused; running with the spec it started with"
+        else:
+            ps.message = ""
+
+    # -- jobs -----------------------------------------------------------------------------------
+    def _submit(self, phase: PhaseSpec, ps: PhaseStatus, job: JobStatus, attempt: int) -> None:
+        name = layout.job_name(self.run, phase, job.seed, attempt)
+        config = self._train_config(phase, job.seed)
+        job.name = name
+        job.attempts = attempt
+        job.state = "Pending"
+        job.retry_at = None
+        uri = layout.config_uri(self.run, phase, job.seed)
+        self.actions.append(
+            SubmitJob(phase.name, job.seed, attempt, name, uri, config, write_config=attempt == 1)
+        )
+
+    def _train_config(self, phase: PhaseSpec, seed: int) -> TrainConfig:
+        if phase.from_ is None:
+            return resolve_config(self.run, phase, seed)
+        parent = self.run.phase(phase.from_)
+        finals = _final_checkpoints(parent, self.phase_status(parent))
+        if phase.kind == "soup":
+            return resolve_config(self.run, phase, seed, soup_from=finals)
+        # A non-soup child of a fanned-out phase continues from its first seed's checkpoint.
+        return resolve_config(self.run, phase, seed, init_from=finals[0] if finals else None)
+
+    def _plan_job(self, phase: PhaseSpec, ps: PhaseStatus, job: JobStatus) -> None:
+        if job.state == "Succeeded":
+            self._plan_archive(phase, job)
+            return
+        if job.state == "Failed":
+            return
+        if job.attempts == 0:
+            self._submit(phase, ps, job, 1)
+            return
+        if job.state == "Retrying":
+            due = parse_timestamp(job.retry_at) if job.retry_at else self.now
+            if due <= self.now:
+                self._submit(phase, ps, job, job.attempts + 1)
+                self.emit("Normal", "Retrying", f"job {job.name} submitted (attempt {job.attempts})")
+            else:
+                self.requeue.append((due - self.now).total_seconds())
+            return
+        obs = self.observed.jobs.get(job.name, JobObservation(job.name, "Missing"))
+        self._record_progress(job, obs)
+        if obs.state in ("Pending", "Running"):
+            job.state = obs.state
+            job.message = obs.message
+        elif obs.state == "Succeeded":
+            self._job_succeeded(phase, job, obs)
+        elif obs.state == "Missing" or obs.preempted or obs.exit_code == PREEMPTED_EXIT:
+            # Lost or preempted: not the job's fault; resubmit now, resuming from the newest checkpoint.
+            was = job.name
+            why = "disappeared" if obs.state == "Missing" else "was preempted"
+            self._submit(phase, ps, job, job.attempts + 1)
+            self.emit("Normal", "Resubmitted", f"job {was} {why}; resubmitted as {job.name} (not a failure)")
+        else:
+            self._job_failed(job, obs)
+
+    def _record_progress(self, job: JobStatus, obs: JobObservation) -> None:
+        if obs.checkpoint is not None:
+            job.checkpoint = obs.checkpoint[1]
+        if obs.metrics is not None:
+            job.step = obs.metrics.step
+            job.tokens = obs.metrics.tokens if obs.metrics.tokens is not None else job.tokens
+            job.last_loss = obs.metrics.loss if obs.metrics.loss is not None else job.last_loss
+
+    def _job_succeeded(self, phase: PhaseSpec, job: JobStatus, obs: JobObservation) -> None:
+        if obs.checkpoint is None:
+            job.state = "Failed"
+            job.message = (
+                "the job exited 0 but left no committed checkpoint (no MANIFEST.json under checkpoints/)"
+            )
+            return
+        job.state = "Succeeded"
+        job.checkpoint = obs.checkpoint[1]
+        job.message = f"final checkpoint step {obs.checkpoint[0]}"
+        self.emit("Normal", "JobSucceeded", f"job {job.name} succeeded at step {obs.checkpoint[0]}")
+        self._plan_archive(phase, job)
+
+    def _job_failed(self, job: JobStatus, obs: JobObservation) -> None:
+        job.failures += 1
+        cause = obs.message or (f"exit code {obs.exit_code}" if obs.exit_code is not None else "failed")
+        limit = self.run.spec.retry.backoff_limit
+        if job.failures > limit:
+            job.state = "Failed"
+            job.message = f"{cause}; gave up after {job.failures} failure(s) (backoffLimit {limit})"
+            return
+        delay = _backoff(self.run, job.failures)
+        job.state = "Retrying"
+        job.retry_at = timestamp(self.now + dt.timedelta(seconds=delay))
+        job.message = f"{cause}; retry {job.failures}/{limit} in {delay}s"
+        self.requeue.append(float(delay))
+        self.emit("Warning", "JobFailed", f"job {job.name}: {job.message}")
+
+    def _plan_archive(self, phase: PhaseSpec, job: JobStatus) -> None:
+        if not phase.archive or job.archive or job.checkpoint is None:
+            return
+        key = layout.job_key(phase, job.seed)
+        step = layout.step_of(job.checkpoint)
+        dst = layout.archive_uri(self.run, phase, job.seed, step if step is not None else 0)
+        result = self.observed.archives.get(key)
+        if result is not None and result.dst == dst and result.ok:
+            job.archive = dst
+            self.emit("Normal", "Archived", f"{job.checkpoint} archived and verified at {dst}")
+            return
+        if result is not None and result.dst == dst and not result.retryable:
+            job.state = "Failed"
+            job.message = f"archive of {job.checkpoint} failed verification: {result.message}"
+            return
+        if result is not None and result.dst == dst:
+            self.emit(
+                "Warning", "ArchiveRetry", f"archive of {job.checkpoint} failed, retrying: {result.message}"
+            )
+        self.actions.append(ArchiveCheckpoint(phase.name, job.seed, key, job.checkpoint, dst))
+
+    def _cancel_active(self, why: str) -> None:
+        for phase in self.run.spec.phases:
+            ps = self.status.phases.get(phase.name)
+            if ps is None:
+                continue
+            for job in ps.jobs:
+                if job.state not in ("Pending", "Running") or job.attempts == 0:
+                    continue
+                obs = self.observed.jobs.get(job.name)
+                if obs is not None and obs.state in ("Pending", "Running"):
+                    self.actions.append(CancelJob(job.name, why))
+                    self.emit("Normal", "Cancelled", f"job {job.name} cancelled: {why}")
+                job.message = f"cancelled: {why}"
+                if why == "run failed":
+                    job.state = "Failed"
+            if ps.state not in ACTIVE_JOB_STATES or not ps.jobs:
+                continue
+            if why == "suspended":
+                ps.message = (
+                    "suspended: jobs cancelled; they resume from their newest checkpoint when resumed"
+                )
+            else:
+                ps.state = "Failed"
+                ps.finished_at = self.ts
+                ps.message = CANCELLED_BY_FAILURE
+
+    # -- summary --------------------------------------------------------------------------------
+    def _summarize(self, order: list[PhaseSpec]) -> None:
+        st, now, gen = self.status, self.now, self.generation
+        st.observed_generation = gen
+        states = {p.name: self.phase_status(p) for p in order}
+        # The phase that caused a failure first; the others were cancelled because of it.
+        failed = sorted(
+            (n for n, s in states.items() if s.state == "Failed"),
+            key=lambda n: states[n].message == CANCELLED_BY_FAILURE,
+        )
+        blocked = [n for n, s in states.items() if s.state == "Blocked"]
+        active = [n for n, s in states.items() if s.state in ACTIVE_JOB_STATES and s.jobs]
+        suspended = self.run.spec.suspend
+        current = next((states[n] for n in active), None) or next(
+            (s for s in reversed(states.values()) if s.step is not None), None
+        )
+        if current is not None:
+            st.step, st.tokens, st.last_loss = current.step, current.tokens, current.last_loss
+
+        if self.refused:
+            names = ", ".join(self.refused)
+            set_condition(
+                st,
+                "Invalid",
+                "True",
+                "SpecChangeRefused",
+                f"phase(s) {names} already started; their spec, the model, image and seed cannot change. "
+                "Revert the edit (running jobs continue with the spec they started with) or create a new OlmoRun.",
+                now,
+                gen,
+            )
+        else:
+            set_condition(st, "Invalid", "False", "Valid", "the spec is valid", now, gen)
+        set_condition(
+            st,
+            "Suspended",
+            "True" if suspended else "False",
+            "Suspended" if suspended else "NotSuspended",
+            "spec.suspend is true: no job runs" if suspended else "",
+            now,
+            gen,
+        )
+
+        if failed:
+            first = states[failed[0]]
+            set_condition(st, "Succeeded", "False", "PhaseFailed", first.message, now, gen)
+            set_condition(
+                st,
+                "Progressing",
+                "False",
+                "PhaseFailed",
+                f"the run stopped: phase {failed[0]!r} failed",
+                now,
+                gen,
+            )
+            st.stage = "Failed"
+        elif all(s.state == "Succeeded" for s in states.values()):
+            set_condition(
+                st, "Succeeded", "True", "Succeeded", f"all {len(states)} phases succeeded", now, gen
+            )
+            set_condition(st, "Progressing", "False", "Succeeded", "the run is complete", now, gen)
+            st.stage = "Succeeded"
+        elif suspended:
+            set_condition(st, "Succeeded", "Unknown", "Suspended", "the run is suspended", now, gen)
+            set_condition(st, "Progressing", "False", "Suspended", "spec.suspend is true", now, gen)
+            st.stage = "Suspended"
+        elif blocked and not active:
+            message = states[blocked[0]].message
+            set_condition(st, "Succeeded", "False", "KindNotImplemented", message, now, gen)
+            set_condition(
+                st, "Progressing", "False", "KindNotImplemented", f"stopped at phase {blocked[0]!r}", now, gen
+            )
+            st.stage = "Blocked"
+        else:
+            running = ", ".join(active) or "starting"
+            reason = "KindNotImplemented" if blocked else "Running"
+            message = f"running: {running}" + (f"; blocked: {', '.join(blocked)}" if blocked else "")
+            set_condition(st, "Succeeded", "False" if blocked else "Unknown", reason, message, now, gen)
+            set_condition(st, "Progressing", "True", "Running", f"running: {running}", now, gen)
+            st.stage = ",".join(active) or "Pending"
+
+
+def _final_checkpoints(phase: PhaseSpec, ps: PhaseStatus) -> list[str]:
+    """The final checkpoint of every job of a succeeded phase (archived copy when there is one)."""
+    out = []
+    for job in ps.jobs:
+        uri = job.archive or job.checkpoint
+        if uri is not None:
+            out.append(uri)
+    return out
+
+
+def plan(run: OlmoRun, observed: Observation, now: dt.datetime) -> Plan:
+    """Decide every action and the whole new status of `run` from what was observed at `now`."""
+    return _Planner(run, observed, now).plan()

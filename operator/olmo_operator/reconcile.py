@@ -1,0 +1,270 @@
+"""One reconcile step, shared by the kopf handlers and `olmorun local`: observe -> plan -> apply.
+
+    status, events = reconcile(run, launcher=launcher, now=now, storage_options=opts)
+    result = reconcile_plan(run, launcher=launcher, now=now)     # the same, with requeue_after
+
+- observe: `launcher.describe` of every job the status expects to be active, the newest committed
+  checkpoint and the last metrics line of each job's save_dir, and archives already present.
+- plan: plan.plan (pure) decides the actions and the complete new status.
+- apply: write run.json and configs, submit, cancel, archive (copy + verify, archive.py). Archive results
+  feed a second planning pass in the same step, so the status records them and children start at once.
+
+No kopf and no sleeping here: the caller persists the returned status once and decides when to call
+again (`requeue_after`, or a poll interval).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any, Protocol
+
+from fsspec import AbstractFileSystem
+
+from olmo_operator import layout
+from olmo_operator.api import JobStatus, OlmoRun, OlmoRunStatus, PhaseSpec
+from olmo_operator.plan import (
+    ArchiveCheckpoint,
+    ArchiveResult,
+    CancelJob,
+    Emit,
+    JobObservation,
+    Metrics,
+    Observation,
+    Plan,
+    SubmitJob,
+    WriteRunManifest,
+    plan,
+)
+from olmo_trainer import manifest as ckpt
+
+ARCHIVE_WORKERS = 8
+_METRICS_TAIL = 64 * 1024  # bytes read from the end of metrics.jsonl: the last line is all we need
+
+
+class JobLauncher(Protocol):
+    """What reconcile needs from launcher.Launcher (tests may pass any object with these)."""
+
+    @property
+    def single_host(self) -> bool:
+        """True for the local scheduler: a job's nodes x procs run as processes of one host."""
+        ...
+
+    def submit(self, app: Any, job_name: str) -> str: ...
+
+    def describe(self, job_name: str) -> JobObservation: ...
+
+    def cancel(self, job_name: str) -> None: ...
+
+
+Options = Mapping[str, Any] | None
+
+
+def _fs(uri: str, options: Options) -> tuple[AbstractFileSystem, str]:
+    return ckpt.filesystem(uri, **dict(options or {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Observe
+# ---------------------------------------------------------------------------------------------
+
+
+def _tracked_jobs(run: OlmoRun) -> list[tuple[PhaseSpec, JobStatus]]:
+    out = []
+    for phase in run.spec.phases:
+        ps = run.status.phases.get(phase.name)
+        for job in ps.jobs if ps else []:
+            out.append((phase, job))
+    return out
+
+
+def last_metrics(uri: str, options: Options = None) -> Metrics | None:
+    """The last complete JSON line of a metrics.jsonl (None when absent or empty)."""
+    fs, path = _fs(uri, options)
+    try:
+        size = int(fs.size(path))
+        blob = fs.cat_file(path, start=max(0, size - _METRICS_TAIL))
+    except FileNotFoundError:
+        return None
+    for line in reversed(blob.decode(errors="replace").splitlines()):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written, or the cut-off first line of the tail
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            return Metrics(
+                step=row["step"],
+                tokens=row.get("tokens"),
+                loss=row.get("loss"),
+                tokens_per_s=row.get("tokens_per_s"),
+            )
+    return None
+
+
+def newest_checkpoint(save_dir: str, options: Options = None) -> tuple[int, str] | None:
+    """(step, uri) of the newest committed checkpoint under `<save_dir>/checkpoints/`."""
+    checkpoints = layout.checkpoints_dir(save_dir)
+    fs, path = _fs(checkpoints, options)
+    found = ckpt.latest_committed(fs, path)
+    if found is None:
+        return None
+    step, _ = found
+    return step, f"{checkpoints}/step{step}"
+
+
+def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = None) -> Observation:
+    """Everything plan() needs to know about the world, for the jobs the status tracks."""
+    jobs: dict[str, JobObservation] = {}
+    archives: dict[str, ArchiveResult] = {}
+    for phase, job in _tracked_jobs(run):
+        if job.attempts == 0 or job.state not in ("Pending", "Running", "Succeeded"):
+            continue
+        save = layout.save_dir(run, phase, job.seed)
+        if job.state == "Succeeded":
+            found = _existing_archive(run, phase, job, storage_options)
+            if found is not None:
+                archives[found.key] = found
+            continue
+        described = launcher.describe(job.name)
+        jobs[job.name] = JobObservation(
+            name=job.name,
+            state=described.state,
+            exit_code=described.exit_code,
+            preempted=described.preempted,
+            message=described.message,
+            checkpoint=newest_checkpoint(save, storage_options),
+            metrics=last_metrics(layout.metrics_uri(save), storage_options),
+        )
+    return Observation(jobs=jobs, archives=archives)
+
+
+def _existing_archive(
+    run: OlmoRun, phase: PhaseSpec, job: JobStatus, options: Options
+) -> ArchiveResult | None:
+    """An archive committed by an earlier step whose status write was lost: verify it, don't recopy."""
+    if job.archive or not job.checkpoint or not phase.archive:
+        return None
+    step = layout.step_of(job.checkpoint)
+    dst = layout.archive_uri(run, phase, job.seed, step if step is not None else 0)
+    fs, path = _fs(dst, options)
+    if ckpt.read_manifest(fs, path) is None:
+        return None
+    report = ckpt.verify(fs, path, uri=dst)
+    key = layout.job_key(phase, job.seed)
+    return ArchiveResult(key, job.checkpoint, dst, report.ok, report.summary(), retryable=not report.ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Apply
+# ---------------------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for dist in ("olmorun", "torchx-nightly", "kopf", "pydantic", "fsspec"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def write_run_manifest(action: WriteRunManifest, options: Options) -> None:
+    """run.json is written once: a run's reproducibility record is never rewritten."""
+    fs, path = _fs(action.uri, options)
+    if fs.exists(path):
+        return
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, json.dumps({**action.document, "versions": _versions()}, indent=2).encode())
+
+
+def write_config(action: SubmitJob, options: Options) -> None:
+    fs, path = _fs(action.config_uri, options)
+    if not action.write_config and fs.exists(path):
+        return  # a retry runs exactly the config its phase started with
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, action.train_config.to_json().encode())
+
+
+def archive(action: ArchiveCheckpoint, options: Options) -> ArchiveResult:
+    """Copy a final checkpoint to the archive and re-hash it there (archive.py, by engineer C)."""
+    from olmo_operator import archive as arch  # imported late: archive.py pulls in the object-store clients
+
+    opts = dict(options or {})
+    try:
+        arch.archive_checkpoint(
+            action.src, action.dst, src_options=opts, dst_options=opts, workers=ARCHIVE_WORKERS
+        )
+        report = arch.verify_checkpoint(action.dst, options=opts)
+    except (OSError, ValueError, RuntimeError) as error:
+        return ArchiveResult(action.key, action.src, action.dst, ok=False, message=str(error), retryable=True)
+    return ArchiveResult(action.key, action.src, action.dst, ok=report.ok, message=report.summary())
+
+
+def apply(
+    run: OlmoRun, result: Plan, *, launcher: JobLauncher, storage_options: Options = None
+) -> list[ArchiveResult]:
+    """Carry out a plan's actions in order; returns the archive results for a second planning pass."""
+    from olmo_operator.launcher import app_for_job  # torchx is only needed when something is submitted
+
+    archived = []
+    for action in result.actions:
+        if isinstance(action, WriteRunManifest):
+            write_run_manifest(action, storage_options)
+        elif isinstance(action, SubmitJob):
+            write_config(action, storage_options)
+            phase = run.phase(action.phase)
+            app = app_for_job(
+                run, phase, action.seed, action.attempt, action.config_uri, single_host=launcher.single_host
+            )
+            launcher.submit(app, action.job_name)
+        elif isinstance(action, CancelJob):
+            launcher.cancel(action.job_name)
+        elif isinstance(action, ArchiveCheckpoint):
+            archived.append(archive(action, storage_options))
+    return archived
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconcile
+# ---------------------------------------------------------------------------------------------
+
+
+def reconcile_plan(
+    run: OlmoRun, *, launcher: JobLauncher, now: dt.datetime, storage_options: Options = None
+) -> Plan:
+    """observe -> plan -> apply; after archiving, plan and apply once more with the results.
+
+    Returns the final plan: `.status` to persist, `.events` (of both passes) to emit, `.requeue_after`.
+    """
+    observed = observe(run, launcher=launcher, storage_options=storage_options)
+    first = plan(run, observed, now)
+    archived = apply(run, first, launcher=launcher, storage_options=storage_options)
+    if not archived:
+        return first
+    # Second pass on top of the first pass's status: the same observation, the archive results, and
+    # the jobs the first pass submitted (Pending: they exist now), so nothing is done twice.
+    after = run.model_copy(update={"status": first.status})
+    submitted = {
+        a.job_name: JobObservation(a.job_name, "Pending") for a in first.actions if isinstance(a, SubmitJob)
+    }
+    observed = Observation(
+        jobs={**observed.jobs, **submitted}, archives={**observed.archives, **{a.key: a for a in archived}}
+    )
+    second = plan(after, observed, now)
+    done = list(first.actions)  # actions hold lists and dicts: compared by equality, not hashed
+    # Archives the second pass asks for again failed just now: they are retried at the next step.
+    second.actions = [a for a in second.actions if not isinstance(a, ArchiveCheckpoint) and a not in done]
+    apply(after, second, launcher=launcher, storage_options=storage_options)
+    return Plan(second.status, [*first.actions, *second.actions], second.requeue_after)
+
+
+def reconcile(
+    run: OlmoRun, *, launcher: JobLauncher, now: dt.datetime, storage_options: Options = None
+) -> tuple[OlmoRunStatus, list[Emit]]:
+    """One reconcile step: the new status (persist it once) and the events to emit."""
+    result = reconcile_plan(run, launcher=launcher, now=now, storage_options=storage_options)
+    return result.status, result.events
