@@ -1,0 +1,115 @@
+"""Token-array files: OLMo's headerless `.npy` (raw uint16/uint32, no numpy header), read by memmap.
+
+A file is a flat run of token ids; documents are separated by EOS. Local paths are memory-mapped in
+place. fsspec URLs (s3://, gs://, memory://, ...) are downloaded once into a local cache directory,
+keyed by URL and size, and then memory-mapped, so random access never goes over the network.
+
+    paths = expand_paths(["s3://bucket/dclm/*.npy"])
+    tokens = open_tokens(paths[0], "uint32", cache_dir="/tmp/work/cache")   # np.memmap (N,)
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+
+import fsspec
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+
+INDEX_NAME = "index.json"
+"""The small JSON index `olmorun data prepare|synth` writes next to the arrays (docs, tokens, dtype)."""
+
+
+def is_local(path: str) -> bool:
+    """True for plain paths and file:// URLs."""
+    return isinstance(fsspec.core.url_to_fs(path)[0], LocalFileSystem)
+
+
+def _has_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def expand_paths(paths: Sequence[str]) -> list[str]:
+    """Globs and directories -> files (each pattern sorted, so the order is stable); URLs keep their scheme."""
+    out: list[str] = []
+    for pattern in paths:
+        fs, path = fsspec.core.url_to_fs(pattern)
+        if is_local(pattern):
+            local = fs._strip_protocol(path)
+            found = sorted(glob.glob(local)) if _has_glob(local) else [local]
+            found = [f for p in found for f in (_npy_in(p) if os.path.isdir(p) else [p])]
+        else:
+            if _has_glob(path):
+                found = sorted(fs.glob(path))
+            elif fs.isdir(path):
+                found = sorted(p for p in fs.find(path) if str(p).endswith(".npy"))
+            else:
+                found = [path]
+            found = [fs.unstrip_protocol(p) for p in found]
+        if not found:
+            raise FileNotFoundError(f"no token files match {pattern!r}")
+        out.extend(found)
+    return out
+
+
+def _npy_in(directory: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(directory, "**", "*.npy"), recursive=True))
+
+
+def local_copy(url: str, cache_dir: str) -> str:
+    """A local path holding the bytes of `url`: the path itself if local, else a cached download."""
+    if is_local(url):
+        return str(fsspec.core.url_to_fs(url)[1])
+    fs, path = fsspec.core.url_to_fs(url)
+    size = int(fs.size(path))
+    key = hashlib.sha256(f"{url}\0{size}".encode()).hexdigest()[:20]
+    target = os.path.join(cache_dir, f"{key}-{os.path.basename(path)}")
+    if os.path.exists(target) and os.path.getsize(target) == size:
+        return target
+    os.makedirs(cache_dir, exist_ok=True)
+    # Download beside the target and rename: concurrent ranks on one node never read a partial file.
+    fd, partial = tempfile.mkstemp(dir=cache_dir, prefix=".partial-")
+    os.close(fd)
+    try:
+        fs.get_file(path, partial)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def open_tokens(path: str, dtype: str, *, cache_dir: str) -> np.ndarray:
+    """Memory-map a headerless token file (a remote one is cached locally first)."""
+    local = local_copy(path, cache_dir)
+    itemsize = np.dtype(dtype).itemsize
+    size = os.path.getsize(local)
+    if size % itemsize:
+        raise ValueError(f"{path}: {size} bytes is not a whole number of {dtype} tokens (wrong dtype?)")
+    if size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(local, dtype=dtype, mode="r")
+
+
+def write_tokens(path: str, tokens: Iterable[int] | np.ndarray, dtype: str) -> int:
+    """Write tokens as a headerless array of `dtype` (atomically); returns the number written."""
+    array = np.asarray(tokens)
+    limit = np.iinfo(np.dtype(dtype)).max
+    if array.size and (array.min() < 0 or array.max() > limit):
+        raise ValueError(f"token ids outside 0..{limit} cannot be stored as {dtype}")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(array.astype(dtype, copy=False).tobytes())
+    os.replace(partial, path)
+    return int(array.size)
+
+
+def smallest_dtype(vocab_size: int) -> str:
+    """The smallest unsigned dtype that holds every id of a vocabulary (uint16 below 65536)."""
+    return "uint16" if vocab_size <= 2**16 else "uint32"
