@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "olmo_operator.cli_spec",  # validate, crd
     "olmo_operator.cli_storage",  # archive, verify
+    "olmo_operator.cli_data",  # data synth, data prepare
 )
 
 

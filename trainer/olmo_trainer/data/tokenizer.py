@@ -49,7 +49,10 @@ class HFTokenizer:
         from tokenizers import Tokenizer as RustTokenizer
 
         self.name = path
-        self._tok = RustTokenizer.from_file(path)
+        try:
+            self._tok = RustTokenizer.from_file(path)
+        except Exception as error:  # the Rust library raises a bare Exception for unreadable files
+            raise ValueError(f"{path}: not a usable tokenizer.json ({error})") from None
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         if eos_token_id is None:
             found = [i for i in map(self._tok.token_to_id, _EOS_CANDIDATES) if i is not None]
