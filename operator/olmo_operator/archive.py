@@ -153,13 +153,13 @@ def _open_fs(uri: str, options: dict[str, Any] | None) -> tuple[AbstractFileSyst
         fs, path = mf.filesystem(uri, **options)
     except (ImportError, ValueError) as error:
         # fsspec names the missing package or the unknown protocol; options are not in the message.
-        raise ArchiveError(f"{uri}: cannot open this storage: {error}") from None
+        raise StorageAccessError(f"{uri}: cannot open this storage: {error}") from None
     fs.invalidate_cache()  # a long-lived process must see objects written by others since
     return fs, path.rstrip("/")
 
 
 def _access(uri: str, call: Callable[[], Any]) -> Any:
-    """Run a storage call, turning refused credentials into a StorageAccessError."""
+    """Run a storage call, turning refused credentials and unreachable storage into StorageAccessError."""
     try:
         return call()
     except PermissionError as error:
@@ -169,6 +169,16 @@ def _access(uri: str, call: Callable[[], Any]) -> Any:
         ) from None
     except ConnectionError as error:
         raise StorageAccessError(f"{uri}: storage unreachable ({_first_line(error)})") from None
+    except Exception as error:
+        # Client libraries raise their own types (botocore NoCredentialsError, EndpointConnectionError,
+        # google.auth errors): name the type and its message, which carry no secret values.
+        if type(error).__module__.split(".")[0] not in _CLIENT_LIBRARIES:
+            raise
+        hint = "; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" if "Credentials" in type(error).__name__ else ""
+        raise StorageAccessError(f"{uri}: {type(error).__name__}: {_first_line(error)}{hint}") from None
+
+
+_CLIENT_LIBRARIES = frozenset({"botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "google"})
 
 
 def _first_line(error: BaseException) -> str:
