@@ -64,7 +64,11 @@ Options = Mapping[str, Any] | None
 
 
 def _fs(uri: str, options: Options) -> tuple[AbstractFileSystem, str]:
-    return ckpt.filesystem(uri, **dict(options or {}))
+    from olmo_operator.archive import storage_options
+
+    fs, path = ckpt.filesystem(uri, **(dict(options) if options is not None else storage_options(uri)))
+    fs.invalidate_cache()  # a long-lived operator must see what the jobs wrote since its last step
+    return fs, path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,17 +194,23 @@ def write_config(action: SubmitJob, options: Options) -> None:
 
 
 def archive(action: ArchiveCheckpoint, options: Options) -> ArchiveResult:
-    """Copy a final checkpoint to the archive and re-hash it there (archive.py, by engineer C)."""
-    from olmo_operator import archive as arch  # imported late: archive.py pulls in the object-store clients
+    """Copy a final checkpoint to the archive and re-hash it there (archive.py).
 
-    opts = dict(options or {})
+    Storage that cannot be reached is worth another try; a source that is corrupt or not committed,
+    or a destination holding a different checkpoint, is not.
+    """
+    from olmo_operator import archive as arch
+
+    opts = dict(options) if options is not None else None  # None: credentials from the environment
     try:
         arch.archive_checkpoint(
             action.src, action.dst, src_options=opts, dst_options=opts, workers=ARCHIVE_WORKERS
         )
-        report = arch.verify_checkpoint(action.dst, options=opts)
-    except (OSError, ValueError, RuntimeError) as error:
+        report = arch.verify_checkpoint(action.dst, options=opts, workers=ARCHIVE_WORKERS)
+    except (arch.StorageAccessError, OSError) as error:
         return ArchiveResult(action.key, action.src, action.dst, ok=False, message=str(error), retryable=True)
+    except arch.ArchiveError as error:
+        return ArchiveResult(action.key, action.src, action.dst, ok=False, message=str(error))
     return ArchiveResult(action.key, action.src, action.dst, ok=report.ok, message=report.summary())
 
 
