@@ -437,10 +437,11 @@ def test_edit_of_a_started_phase_is_refused_and_running_jobs_are_untouched() -> 
     assert cond(reverted, "Invalid") == ("False", "Valid")
 
 
-@pytest.mark.parametrize("kind", ["sft"])
+@pytest.mark.parametrize("kind", ["sft", "dpo", "rlvr"])
 def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> None:
-    run, result = step(make_run(pretrain(), anneal([1, 2]), SOUP, SFT))
-    assert run.status.phases["sft"].state == "Pending"  # not reached yet: not blocked
+    post = {"name": kind, "kind": kind, "from": "soup", kind: {"data": {"paths": ["x.jsonl"]}}}
+    run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, post))
+    assert run.status.phases[kind].state == "Pending"  # not reached yet: not blocked
     assert cond(run, "Succeeded") == ("Unknown", "Running")
     for phase in ("pretrain", "anneal", "soup"):
         run = finish_phase(run, phase)
