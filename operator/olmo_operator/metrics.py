@@ -2,7 +2,8 @@
 
     metrics = Metrics()                                   # its own registry: tests make as many as they like
     with metrics.time_reconcile("timer"): ...             # olmorun_reconcile_duration_seconds
-    metrics.record_events(events)                         # submissions, retries, every event by reason
+    metrics.record_submissions(2, retries=1)              # jobs submitted by one reconcile
+    metrics.record_events(events)                         # every event posted, by type and reason
     metrics.set_state("ns", "run", "Running")             # olmorun_runs{state=...}
     metrics.serve(9090)
 
@@ -21,10 +22,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-SUBMISSION_REASONS = frozenset({"Submitted", "Retrying", "Resubmitted"})
-"""Event reasons that mean a job was submitted (first attempt, retry after failure, resubmission)."""
-RETRY_REASONS = frozenset({"Retrying", "Resubmitted"})
-"""Event reasons that mean a job was submitted again."""
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -63,7 +60,7 @@ class Metrics:
         self.registry.register(_RunsByState(self._states, self._lock))
         self.submissions = Counter("olmorun_job_submissions", "Jobs submitted (retries included)",
                                    registry=self.registry)
-        self.retries = Counter("olmorun_job_retries", "Jobs submitted again after a failure or loss",
+        self.retries = Counter("olmorun_job_retries", "Attempts after the first (failure, preemption, loss)",
                                registry=self.registry)
         self.events = Counter("olmorun_events", "Kubernetes Events posted", ["type", "reason"],
                               registry=self.registry)
@@ -85,10 +82,11 @@ class Metrics:
     def record_events(self, events: Iterable[Event]) -> None:
         for event in events:
             self.events.labels(type=event.type, reason=event.reason).inc()
-            if event.reason in SUBMISSION_REASONS:
-                self.submissions.inc()
-            if event.reason in RETRY_REASONS:
-                self.retries.inc()
+
+    def record_submissions(self, count: int, retries: int = 0) -> None:
+        """`count` jobs submitted, of which `retries` were attempts after the first."""
+        self.submissions.inc(count)
+        self.retries.inc(retries)
 
     def record_error(self, kind: str) -> None:
         self.errors.labels(error=kind).inc()
@@ -100,6 +98,11 @@ class Metrics:
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._states.pop((namespace, name), None)
+
+    def tracked(self) -> int:
+        """How many runs the operator has seen and not yet forgotten."""
+        with self._lock:
+            return len(self._states)
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's current value (0 when absent): for tests and the benchmark."""

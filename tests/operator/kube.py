@@ -43,7 +43,12 @@ import attrs
 import jsonpatch
 import kmock
 import kubernetes
+import pytest
 from kmock._internal import dicts as kmock_dicts
+
+from olmo_operator.__main__ import operate
+from olmo_operator.metrics import Metrics
+from olmo_operator.settings import Settings
 
 OLMORUNS = kmock.resource("olmorun.dev", "v1alpha1", "olmoruns")
 VCJOBS = kmock.resource("batch.volcano.sh", "v1alpha1", "jobs")
@@ -163,7 +168,7 @@ def crd_info(crd: Mapping[str, Any]) -> dict[kmock.resource, kmock.ResourceInfo]
 
 @dataclass(frozen=True)
 class Rejection:
-    """A write the emulator refused (schema or conflict): tests assert there are none unexpected."""
+    """A write the emulator refused: invalid content (`rejections`) or a lost race (`conflicts`)."""
 
     status: int
     resource: str
@@ -209,6 +214,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     schemas: dict[kmock.resource, dict[str, Any]] = attrs.field(factory=dict)
     rejections: list[Rejection] = attrs.field(factory=list)
+    conflicts: list[Rejection] = attrs.field(factory=list)
     log: list[Call] = attrs.field(factory=list)
     _revisions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
@@ -303,11 +309,13 @@ class Emulator(kmock.KubernetesEmulator):
             try:
                 new = jsonpatch.apply_patch(old, data, in_place=False)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
-                raise self._reject(422, request, [f"JSON patch failed: {error}"]) from None
+                # kopf's optimistic concurrency at work (a `test` of resourceVersion): not a test failure.
+                raise self._reject(422, request, [f"JSON patch failed: {error}"], conflict=True) from None
         elif isinstance(data, dict):
             wanted_rv = (data.get("metadata") or {}).get("resourceVersion")
             if wanted_rv is not None and wanted_rv != current_rv:
-                raise self._reject(409, request, [f"resourceVersion {wanted_rv} is stale (now {current_rv})"])
+                raise self._reject(409, request, [f"resourceVersion {wanted_rv} is stale (now {current_rv})"],
+                                   conflict=True)
             if request.method == kmock.method.PUT:
                 new = copy.deepcopy(data)
                 new.setdefault("metadata", {}).update(
@@ -383,11 +391,14 @@ class Emulator(kmock.KubernetesEmulator):
         if problems:
             raise self._reject(422, request, problems)
 
-    def _reject(self, status: int, request: kmock.Request, reasons: list[str]) -> kmock.KubernetesError:
+    def _reject(
+        self, status: int, request: kmock.Request, reasons: list[str], *, conflict: bool = False
+    ) -> kmock.KubernetesError:
+        """An API error to raise; refused content (not lost races) is recorded in `rejections`."""
         name = request.name or ((request.data or {}).get("metadata", {}).get("name") if isinstance(request.data, dict) else None)
         res = request.resource
         where = f"{res.group}/{res.version}/{res.plural}" if res is not None else request.url.path
-        self.rejections.append(Rejection(status, where, name, tuple(reasons)))
+        (self.conflicts if conflict else self.rejections).append(Rejection(status, where, name, tuple(reasons)))
         reason = {409: "Conflict", 422: "Invalid", 400: "BadRequest"}.get(status, "Error")
         return _error(status, reason, "; ".join(reasons))
 
@@ -487,3 +498,74 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+class OperatorThread:
+    """The real operator (`olmo_operator.__main__.operate`: kopf + our handlers) in a thread.
+
+    It talks to the emulator over HTTP like the real one talks to a cluster; stopping it and starting
+    a new one is an operator restart (its in-memory state is lost, the cluster's is not).
+    """
+
+    def __init__(self, kube: KubeServer, *, resync_seconds: float = 0.3, health_port: int = 0,
+                 metrics: Metrics | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.settings = Settings(
+            resync_seconds=resync_seconds, error_delay_seconds=0.5, metrics_port=0, health_port=health_port,
+            kube_server=kube.url, max_workers=4, log_level="INFO",
+        )
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="olmo-operator", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(operate(self.settings, metrics=self.metrics, clock=self.clock,
+                                stop_flag=self._stop, ready_flag=self._ready))
+        except BaseException as error:  # surfaced by __enter__/__exit__: a crashed operator fails the test
+            self._error = error
+            self._ready.set()
+
+    def __enter__(self) -> OperatorThread:
+        self._thread.start()
+        if not self._ready.wait(timeout=30) or self._error is not None:
+            raise RuntimeError(f"the operator did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            raise RuntimeError("the operator did not stop within 30s")
+        if self._error is not None:
+            raise RuntimeError(f"the operator crashed: {self._error!r}") from self._error
+
+
+# ---------------------------------------------------------------------------------------------
+# pytest fixtures (tests/operator/conftest.py exposes them; other folders import them)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(name="kube")
+def kube_fixture() -> Iterator[KubeServer]:
+    """An emulated cluster that knows the OlmoRun CRD (schema enforced) and Volcano Jobs.
+
+    Fails the test at teardown if any write was refused that the test did not clear from
+    `kube.emulator.rejections` (a status field missing from the CRD schema ends up here).
+    """
+    from olmo_operator.crd import build_crd
+
+    with KubeServer([build_crd()]) as server:
+        yield server
+        refused = server.emulator.rejections
+        assert refused == [], f"writes refused by the emulated API server: {refused}"
+
+
+@pytest.fixture(name="kubectl")
+def kubectl_fixture(kube: KubeServer) -> kubernetes.client.CustomObjectsApi:
+    """A client of the emulated cluster, as kubectl (or the Volcano controller) would use it."""
+    client = kube.api_client()
+    client.user_agent = "olmorun-tests"
+    return kubernetes.client.CustomObjectsApi(client)

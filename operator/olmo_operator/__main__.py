@@ -1,0 +1,123 @@
+"""`python -m olmo_operator`: the OlmoRun operator (kopf), its /metrics and its /healthz.
+
+Configuration comes from the environment (settings.py). The Deployment probes
+`GET :$OLMORUN_HEALTH_PORT/healthz` (kopf's liveness endpoint: it answers while the operator's event
+loop is alive) and Prometheus scrapes `:$OLMORUN_METRICS_PORT/metrics`.
+
+Tests and the benchmark run the very same operator in-process through `operate(...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from olmo_operator.handlers import Context, LauncherFactory, build_registry, redact, secret_values
+from olmo_operator.metrics import Metrics
+from olmo_operator.reconcile import JobLauncher
+from olmo_operator.settings import Settings, SettingsError
+
+
+def kube_client(settings: Settings) -> Any:
+    """The Kubernetes client the launcher uses: the same server kopf talks to."""
+    import kubernetes
+
+    if settings.kube_server:
+        config = kubernetes.client.Configuration()
+        config.host = settings.kube_server
+    else:
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        config = kubernetes.client.Configuration.get_default_copy()
+    config.connection_pool_maxsize = settings.max_workers  # one connection per worker thread
+    return kubernetes.client.ApiClient(config)
+
+
+def launcher_factory(settings: Settings, api_client: Any = None) -> LauncherFactory:
+    """One torchx Launcher per namespace, created on first use and shared by every run there."""
+    from olmo_operator.launcher import Launcher
+
+    launchers: dict[str, JobLauncher] = {}
+    lock = threading.Lock()
+    client: list[Any] = [api_client]
+
+    def launcher_for(namespace: str) -> JobLauncher:
+        with lock:
+            if namespace not in launchers:
+                if client[0] is None and settings.scheduler == "kubernetes":
+                    client[0] = kube_client(settings)
+                launchers[namespace] = Launcher(settings.scheduler, namespace=namespace, api_client=client[0])  # type: ignore[arg-type]
+            return launchers[namespace]
+
+    return launcher_for
+
+
+async def operate(
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    launcher_for: LauncherFactory | None = None,
+    clock: Callable[[], Any] | None = None,
+    stop_flag: Any = None,
+    ready_flag: Any = None,
+) -> None:
+    """Run the operator until `stop_flag` is set (a threading.Event or an asyncio future)."""
+    context = Context(settings=settings, metrics=metrics or Metrics(),
+                      launcher_for=launcher_for or launcher_factory(settings))
+    if clock is not None:
+        context.clock = clock
+    await kopf.operator(
+        registry=build_registry(settings),
+        memo=kopf.Memo(context=context),
+        clusterwide=settings.clusterwide,
+        namespaces=settings.namespaces,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        liveness_endpoint=settings.liveness_endpoint,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+class _Redacting(logging.Filter):
+    """Keeps credentials out of logs, whatever an exception or a patch dump contains."""
+
+    def __init__(self, secrets: frozenset[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg = redact(record.getMessage(), self.secrets)
+            record.args = None
+        return True
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as error:
+        print(f"olmo_operator: {error}", file=sys.stderr)
+        return 2
+    kopf.configure(verbose=settings.log_level == "DEBUG")
+    logging.getLogger().setLevel(settings.log_level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Redacting(secret_values(os.environ)))
+    metrics = Metrics()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    asyncio.run(operate(settings, metrics=metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""The real operator (kopf + our handlers, in-process) against the emulated Kubernetes API.
+
+The test plays the user (kubectl apply/delete), the Volcano controller (moving `status.state.phase`
+of the Jobs) and the trainer (committing checkpoints with olmo_trainer.manifest in a file:// storage).
+Every OlmoRun write is validated against the generated CRD schema by the emulator (tests/operator/kube.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+from olmo_operator import api, layout
+from olmo_operator.handlers import INVALID_REASON, merge_patch, redact, secret_values
+from olmo_operator.launcher import LABEL_PHASE, LABEL_RUN
+from olmo_operator.settings import FINALIZER, Settings, SettingsError
+from olmo_trainer import manifest
+from tests.operator.kube import (
+    EVENTS,
+    OLMORUNS,
+    VCJOBS,
+    KubeServer,
+    OperatorThread,
+    kube_fixture,  # noqa: F401  (the `kube` fixture)
+    kubectl_fixture,  # noqa: F401  (the `kubectl` fixture)
+    validate_structural,
+    wait_for,
+)
+
+NS = "default"
+GROUP, VERSION = api.GROUP, api.VERSION
+
+
+def olmorun(name: str, storage: Path, *, seeds: tuple[int, ...] = (), backoff: int = 1) -> dict[str, Any]:
+    """A small valid run: pretrain, then (with seeds) an anneal fanned out over them."""
+    data = {"sequenceLength": 32, "sources": [{"name": "g", "synthetic": {"kind": "general", "numTokens": "10K"}}]}
+    phases: list[dict[str, Any]] = [
+        {"name": "pretrain", "kind": "pretrain", "maxSteps": 4, "data": data,
+         "batch": {"globalBatchSize": 2, "microBatchSize": 1}},
+    ]
+    if seeds:
+        phases.append({"name": "anneal", "kind": "anneal", "from": "pretrain", "seeds": list(seeds), "maxSteps": 2,
+                       "data": data, "batch": {"globalBatchSize": 2, "microBatchSize": 1}})
+    return {
+        "apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "image": "registry.example/olmorun-trainer@sha256:" + "0" * 64,
+            "model": {"preset": "tiny"},
+            "storage": {"uri": storage.as_uri(), "secretRef": {"name": "s3-credentials"}},
+            "cluster": {"gpusPerNode": 0, "procsPerNode": 2, "queue": "research"},
+            "retry": {"backoffLimit": 2, "backoffSeconds": backoff, "maxBackoffSeconds": backoff},
+            "phases": phases,
+        },
+    }
+
+
+# --- the three roles the test plays ----------------------------------------------------------
+
+
+def apply(kubectl: kubernetes.client.CustomObjectsApi, body: dict[str, Any]) -> None:
+    kubectl.create_namespaced_custom_object(GROUP, VERSION, NS, api.PLURAL, body)
+
+
+def set_job_phase(kubectl: kubernetes.client.CustomObjectsApi, job: str, phase: str) -> None:
+    """What Volcano's controller does: the Job's `status.state.phase`."""
+    kubectl.patch_namespaced_custom_object_status(
+        "batch.volcano.sh", "v1alpha1", NS, "jobs", job, {"status": {"state": {"phase": phase}}}
+    )
+
+
+def commit_checkpoint(body: dict[str, Any], phase: str, seed: int, step: int) -> str:
+    """What the trainer does: a step directory with a file, committed by its MANIFEST."""
+    run = api.parse_olmorun(body)
+    save = layout.save_dir(run, run.phase(phase), seed)
+    fs, root = manifest.filesystem(layout.checkpoints_dir(save))
+    directory = f"{root}/step{step}"
+    fs.makedirs(directory, exist_ok=True)
+    fs.pipe_file(f"{directory}/model.pt", f"weights of {phase}/{seed} at {step}".encode())
+    manifest.commit(fs, directory, manifest.build_manifest(fs, directory, step=step))
+    return directory
+
+
+# --- observations ------------------------------------------------------------------------------
+
+
+def status_of(kube: KubeServer, name: str) -> dict[str, Any]:
+    return (kube.get(OLMORUNS, NS, name) or {}).get("status", {})
+
+
+def condition(kube: KubeServer, name: str, type_: str) -> dict[str, Any]:
+    return next((c for c in status_of(kube, name).get("conditions", []) if c["type"] == type_), {})
+
+
+def phase_state(kube: KubeServer, name: str, phase: str) -> str | None:
+    return status_of(kube, name).get("phases", {}).get(phase, {}).get("state")
+
+
+def jobs_of(kube: KubeServer, run: str) -> dict[str, dict[str, Any]]:
+    return {n: j for n, j in kube.objects(VCJOBS, NS).items() if j["metadata"].get("labels", {}).get(LABEL_RUN) == run}
+
+
+def reasons(kube: KubeServer, run: str) -> list[str]:
+    return [e.get("reason", "") for e in kube.objects(EVENTS, NS).values()
+            if e.get("involvedObject", {}).get("name") == run]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+
+
+def test_run_lifecycle_jobs_phases_events_and_delete(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
+    body = olmorun("life", tmp_path, seeds=(11, 22))
+    health = free_port()
+    with OperatorThread(kube, health_port=health) as operator:
+        apply(kubectl, body)
+        job = wait_for(lambda: jobs_of(kube, "life").get("life-pretrain-a1"), what="the pretrain job")
+
+        # The Volcano Job has the shape the trainer needs.
+        task = job["spec"]["tasks"][0]
+        container = task["template"]["spec"]["containers"][0]
+        run_uid = kube.get(OLMORUNS, NS, "life")["metadata"]["uid"]
+        assert container["image"] == body["spec"]["image"]
+        assert task["replicas"] == 1
+        assert job["spec"]["queue"] == "research"
+        assert job["metadata"]["labels"][LABEL_PHASE] == "pretrain"
+        assert job["metadata"]["ownerReferences"] == [
+            {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": "life", "uid": run_uid,
+             "controller": True, "blockOwnerDeletion": True}]
+        assert {"secretRef": {"name": "s3-credentials"}} in container["envFrom"]
+        run = kube.get(OLMORUNS, NS, "life")
+        assert FINALIZER in run["metadata"]["finalizers"]
+        assert (tmp_path / NS / "life" / "run.json").exists()
+
+        set_job_phase(kubectl, "life-pretrain-a1", "Running")
+        wait_for(lambda: phase_state(kube, "life", "pretrain") == "Running", what="pretrain Running")
+        assert status_of(kube, "life")["stage"] == "pretrain"
+        assert condition(kube, "life", "Progressing")["status"] == "True"
+
+        commit_checkpoint(body, "pretrain", 6198, 4)
+        set_job_phase(kubectl, "life-pretrain-a1", "Completed")
+        wait_for(lambda: phase_state(kube, "life", "pretrain") == "Succeeded", what="pretrain Succeeded")
+        archived = status_of(kube, "life")["phases"]["pretrain"]["archive"]
+        assert archived.endswith("/archive/pretrain/step4")
+        assert manifest.verify(*manifest.filesystem(archived)).ok
+
+        # The anneal fans out into one job per seed; the run succeeds when both are archived.
+        wait_for(lambda: {"life-anneal-s11-a1", "life-anneal-s22-a1"} <= set(jobs_of(kube, "life")), what="anneal jobs")
+        for seed in (11, 22):
+            commit_checkpoint(body, "anneal", seed, 2)
+            set_job_phase(kubectl, f"life-anneal-s{seed}-a1", "Completed")
+        wait_for(lambda: condition(kube, "life", "Succeeded").get("status") == "True", what="run Succeeded")
+        status = status_of(kube, "life")
+        assert status["stage"] == "Succeeded"
+        assert status["observedGeneration"] == 1
+        assert condition(kube, "life", "Progressing")["status"] == "False"
+        wait_for(lambda: {"PhaseSucceeded", "JobSucceeded", "Archived"} <= set(reasons(kube, "life")), what="events")
+
+        # Metrics and liveness of the live operator.
+        assert operator.metrics.value("olmorun_job_submissions_total") == 3
+        assert operator.metrics.value("olmorun_job_retries_total") == 0
+        assert operator.metrics.value("olmorun_runs", state="Succeeded") == 1
+        assert operator.metrics.value("olmorun_reconcile_duration_seconds_count", trigger="create") >= 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=5) as answer:
+            assert answer.status == 200
+
+        # A finished run is not polled: no job is described any more.
+        calls = len([c for c in kube.calls if c.resource == "jobs" and c.action == "FETCH"])
+        time.sleep(1.0)  # three resync intervals
+        assert len([c for c in kube.calls if c.resource == "jobs" and c.action == "FETCH"]) == calls
+
+        # Delete: every job is cancelled, then the finalizer goes and the run with it.
+        kubectl.delete_namespaced_custom_object(GROUP, VERSION, NS, api.PLURAL, "life")
+        wait_for(lambda: kube.get(OLMORUNS, NS, "life") is None, what="the run to be gone")
+        assert jobs_of(kube, "life") == {}
+        assert sorted(kube.ever_created(VCJOBS)) == ["life-anneal-s11-a1", "life-anneal-s22-a1", "life-pretrain-a1"]
+
+
+def test_restart_mid_run_creates_no_duplicate_and_delete_cancels(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
+    body = olmorun("restart", tmp_path)
+    with OperatorThread(kube):
+        apply(kubectl, body)
+        wait_for(lambda: "restart-pretrain-a1" in jobs_of(kube, "restart"), what="the job")
+        set_job_phase(kubectl, "restart-pretrain-a1", "Running")
+        wait_for(lambda: phase_state(kube, "restart", "pretrain") == "Running", what="Running")
+    before = copy.deepcopy(status_of(kube, "restart"))
+
+    with OperatorThread(kube) as again:
+        # resume + several timer ticks of a fresh operator that remembers nothing
+        wait_for(lambda: again.metrics.value("olmorun_reconcile_duration_seconds_count", trigger="timer") >= 3,
+                 what="the new operator's timer")
+        assert kube.ever_created(VCJOBS) == ["restart-pretrain-a1"]
+        assert again.metrics.value("olmorun_job_submissions_total") == 0
+        after = status_of(kube, "restart")
+        assert after["phases"]["pretrain"]["jobs"] == before["phases"]["pretrain"]["jobs"]
+
+        kubectl.delete_namespaced_custom_object(GROUP, VERSION, NS, api.PLURAL, "restart")
+        wait_for(lambda: kube.get(OLMORUNS, NS, "restart") is None, what="the run to be gone")
+        assert jobs_of(kube, "restart") == {}, "the running job was not cancelled"
+
+
+def test_invalid_spec_gets_invalid_condition_and_no_job(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
+    body = olmorun("bad", tmp_path)
+    body["spec"]["phases"][0]["batch"]["globalBatchSize"] = 3  # passes the CRD schema, not divisible by 2 procs
+    with OperatorThread(kube):
+        apply(kubectl, body)
+        invalid = wait_for(lambda: condition(kube, "bad", "Invalid"), what="the Invalid condition")
+        assert invalid["status"] == "True"
+        assert invalid["reason"] == INVALID_REASON
+        assert "spec.phases[0].batch.globalBatchSize" in invalid["message"]
+        assert status_of(kube, "bad")["stage"] == "Invalid"
+        wait_for(lambda: INVALID_REASON in reasons(kube, "bad"), what="a Warning event")
+        assert kube.ever_created(VCJOBS) == []
+
+        # Fixing the spec is an update: the run proceeds.
+        kubectl.patch_namespaced_custom_object(
+            GROUP, VERSION, NS, api.PLURAL, "bad", {"spec": {"phases": [{**body["spec"]["phases"][0],
+                                                                         "batch": {"globalBatchSize": 4, "microBatchSize": 1}}]}})
+        wait_for(lambda: "bad-pretrain-a1" in jobs_of(kube, "bad"), what="the job after the fix")
+        wait_for(lambda: condition(kube, "bad", "Invalid").get("status") != "True", what="Invalid cleared")
+        assert status_of(kube, "bad")["observedGeneration"] == 2
+        assert reasons(kube, "bad").count(INVALID_REASON) == 1
+
+
+def test_failed_job_is_retried_after_backoff(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
+    body = olmorun("flaky", tmp_path, backoff=1)
+    with OperatorThread(kube) as operator:
+        apply(kubectl, body)
+        wait_for(lambda: "flaky-pretrain-a1" in jobs_of(kube, "flaky"), what="the first attempt")
+        set_job_phase(kubectl, "flaky-pretrain-a1", "Failed")
+        job = wait_for(lambda: (status_of(kube, "flaky").get("phases", {}).get("pretrain", {}).get("jobs") or [{}])[0]
+                       if phase_state(kube, "flaky", "pretrain") == "Retrying" else None, what="Retrying")
+        assert job["retryAt"]
+        assert "flaky-pretrain-a2" not in jobs_of(kube, "flaky"), "retried before the backoff"
+        wait_for(lambda: "flaky-pretrain-a2" in jobs_of(kube, "flaky"), timeout=10, what="the second attempt")
+        wait_for(lambda: {"JobFailed", "Retrying"} <= set(reasons(kube, "flaky")), what="events")
+        assert operator.metrics.value("olmorun_job_retries_total") == 1
+        # The second attempt runs the same config, resuming from the same save_dir.
+        first, second = jobs_of(kube, "flaky")["flaky-pretrain-a1"], jobs_of(kube, "flaky")["flaky-pretrain-a2"]
+        assert first["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["image"] == \
+            second["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["image"]
+
+
+# --- the emulator itself: what makes the scenarios above trustworthy -------------------------
+
+
+def test_emulator_refuses_fields_the_crd_schema_lacks(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
+    apply(kubectl, olmorun("schema", tmp_path))
+    obj = kube.get(OLMORUNS, NS, "schema")
+    assert obj["metadata"]["uid"] and obj["metadata"]["generation"] == 1
+    version = obj["metadata"]["resourceVersion"]
+
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        kubectl.patch_namespaced_custom_object_status(GROUP, VERSION, NS, api.PLURAL, "schema",
+                                                      {"status": {"notInTheSchema": 1}})
+    assert refused.value.status == 422
+    assert kube.emulator.rejections[-1].reasons == ("status.notInTheSchema: field not declared in the schema "
+                                                    "(the API server would prune it)",)
+    kube.emulator.rejections.clear()
+
+    # A status write bumps resourceVersion, not generation; a no-op write changes nothing.
+    kubectl.patch_namespaced_custom_object_status(GROUP, VERSION, NS, api.PLURAL, "schema", {"status": {"stage": "x"}})
+    obj = kube.get(OLMORUNS, NS, "schema")
+    assert obj["metadata"]["resourceVersion"] != version and obj["metadata"]["generation"] == 1
+    version = obj["metadata"]["resourceVersion"]
+    kubectl.patch_namespaced_custom_object_status(GROUP, VERSION, NS, api.PLURAL, "schema", {"status": {"stage": "x"}})
+    assert kube.get(OLMORUNS, NS, "schema")["metadata"]["resourceVersion"] == version
+    # Status through the main resource is ignored (status subresource), spec bumps generation.
+    kubectl.patch_namespaced_custom_object(GROUP, VERSION, NS, api.PLURAL, "schema",
+                                           {"spec": {"seed": 7}, "status": {"stage": "y"}})
+    obj = kube.get(OLMORUNS, NS, "schema")
+    assert obj["metadata"]["generation"] == 2 and obj["status"]["stage"] == "x"
+
+
+def test_every_status_the_planner_writes_fits_the_crd_schema(tmp_path: Path) -> None:
+    """A fully populated status (every field set) round-trips through the generated schema."""
+    from olmo_operator.crd import build_crd
+
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    job = api.JobStatus(name="j", seed=1, state="Running", attempts=2, checkpoint="s3://b/c", step=3, tokens=4,
+                        last_loss=1.5, message="m", retry_at="2026-01-01T00:00:00Z")
+    full = api.OlmoRunStatus(
+        observed_generation=1, stage="pretrain", step=1, tokens=2, last_loss=0.5, storage="s3://b",
+        conditions=[api.Condition(type="Succeeded", status="Unknown", reason="r", message="m",
+                                  last_transition_time="2026-01-01T00:00:00Z", observed_generation=1)],
+        phases={"pretrain": api.PhaseStatus(state="Running", attempts=1, jobs=[job], checkpoint="c", archive="a",
+                                            step=1, tokens=2, last_loss=0.1, message="m", spec_hash="h",
+                                            started_at="t", finished_at="t")},
+    )
+    dumped = full.model_dump(by_alias=True, mode="json", exclude_none=True)
+    for model in (api.OlmoRunStatus, api.PhaseStatus, api.JobStatus, api.Condition):  # nothing left unset
+        assert model.model_fields.keys() <= {*(model.model_fields)}, model
+    assert validate_structural({"status": dumped}, {"type": "object", "properties": {"status": schema["properties"]["status"]}}) == []
+
+
+# --- small pure helpers of the handlers and settings -------------------------------------------
+
+
+def test_merge_patch_writes_only_changes_and_deletes_removed_keys() -> None:
+    old = {"stage": "a", "phases": {"p": {"state": "Running", "step": 3}}, "step": 1}
+    new = {"stage": "a", "phases": {"p": {"state": "Succeeded"}}, "tokens": 5}
+    assert merge_patch(old, new) == {"phases": {"p": {"state": "Succeeded", "step": None}}, "step": None, "tokens": 5}
+    assert merge_patch(new, new) == {}
+
+
+def test_secrets_are_redacted_everywhere() -> None:
+    secrets = secret_values({"AWS_SECRET_ACCESS_KEY": "hunter2hunter2", "HOME": "/root", "WANDB_API_KEY": "short"})
+    assert secrets == {"hunter2hunter2"}
+    assert redact({"m": ["key hunter2hunter2 leaked"]}, secrets) == {"m": ["key *** leaked"]}
+
+
+def test_settings_from_environment() -> None:
+    settings = Settings.from_env({"OLMORUN_NAMESPACES": "a, b", "OLMORUN_RESYNC_SECONDS": "2.5",
+                                  "OLMORUN_METRICS_PORT": "0", "OLMORUN_KUBE_SERVER": "http://x:8001/"})
+    assert settings.namespaces == ("a", "b") and not settings.clusterwide
+    assert settings.resync_seconds == 2.5 and settings.metrics_port == 0 and settings.kube_server == "http://x:8001"
+    assert Settings.from_env({}).clusterwide and Settings.from_env({}).liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    for env, fault in [({"OLMORUN_RESYNC_SECONDS": "soon"}, "OLMORUN_RESYNC_SECONDS"),
+                       ({"OLMORUN_METRICS_PORT": "70000"}, "OLMORUN_METRICS_PORT"),
+                       ({"OLMORUN_LOG_LEVEL": "loud"}, "OLMORUN_LOG_LEVEL")]:
+        with pytest.raises(SettingsError, match=fault):
+            Settings.from_env(env)
