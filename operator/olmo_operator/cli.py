@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "olmo_operator.cli_spec",  # validate, crd
     "olmo_operator.cli_storage",  # archive, verify
     "olmo_operator.cli_data",  # data synth, data prepare
+    "olmo_operator.cli_run",  # render, local, status
 )
 
 

@@ -1,0 +1,222 @@
+"""`olmorun render | local | status`: see what a run would submit, run it here, and watch it.
+
+olmorun render run.yaml                  # every job's resolved config + Volcano Job (YAML, nothing submitted)
+olmorun local run.yaml [--workdir DIR]   # the embedded runner (local.py); exit 0 ok, 1 failed, 4 blocked
+olmorun status [run.yaml] [--workdir DIR]  # like `kubectl get olmo -o wide`, plus a table per phase
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from olmo_operator import api, layout
+from olmo_operator.cli import UserError
+from olmo_operator.plan import condition, parse_timestamp
+from olmo_operator.resolve import resolve_config
+
+
+def register(sub: Any) -> None:
+    render = sub.add_parser(
+        "render", help="print every job's resolved config and Volcano Job; submit nothing"
+    )
+    render.add_argument("file", metavar="FILE", help="OlmoRun YAML/JSON ('-' for stdin)")
+    render.add_argument("-n", "--namespace", help="namespace of the jobs (default: the run's)")
+    render.set_defaults(func=cmd_render)
+
+    local = sub.add_parser("local", help="run an OlmoRun on this machine with the operator's own loop")
+    local.add_argument("file", metavar="FILE", help="OlmoRun YAML/JSON")
+    local.add_argument("--workdir", help="state, logs and storage (default: .olmorun/<run name>)")
+    local.add_argument(
+        "--storage",
+        help="'spec' keeps the spec's storage URIs; any other URI replaces them (default: <workdir>/storage)",
+    )
+    local.add_argument(
+        "--poll", type=float, default=1.5, help="seconds between reconcile steps (default 1.5)"
+    )
+    local.set_defaults(func=cmd_local)
+
+    status = sub.add_parser("status", help="print a local run's status (or an OlmoRun document's)")
+    status.add_argument(
+        "file", nargs="?", metavar="FILE", help="the run's spec, its state.json, or `kubectl get -o yaml`"
+    )
+    status.add_argument("--workdir", help="the local run's workdir (default: .olmorun/<run name>)")
+    status.set_defaults(func=cmd_status)
+
+
+def load_run(path: str) -> tuple[api.OlmoRun, dict[str, Any]]:
+    """The first document of a file, parsed and validated; UserError names every problem."""
+    from olmo_operator.cli_spec import load_documents
+
+    document = load_documents(path)[0]
+    try:
+        return api.parse_olmorun(document), document
+    except api.SpecError as error:
+        problems = "\n  ".join(str(p) for p in error.problems)
+        raise UserError(f"{path} is not a valid OlmoRun:\n  {problems}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# render
+# ---------------------------------------------------------------------------------------------
+
+
+def _parent_finals(run: api.OlmoRun, phase: api.PhaseSpec) -> list[str]:
+    """Where the parent's final checkpoints will be: the step is only known when it finishes."""
+    if phase.from_ is None:
+        return []
+    parent = run.phase(phase.from_)
+    return [
+        f"{layout.run_root(run)}/archive/{layout.job_key(parent, seed)}/step<final>"
+        for seed in layout.job_seeds(run, parent)
+    ]
+
+
+def render_documents(run: api.OlmoRun, namespace: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(comment, document) for every job: its resolved config, then its Volcano Job."""
+    from olmo_operator.launcher import Launcher, app_for_job
+    from olmo_trainer.config import IMPLEMENTED_KINDS
+
+    launcher = Launcher("kubernetes", namespace=namespace or run.namespace)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for phase in api.topological_order(run):
+        finals = _parent_finals(run, phase)
+        for seed in layout.job_seeds(run, phase):
+            init = finals[0] if finals and phase.kind != "soup" else None
+            soup = finals if phase.kind == "soup" else []
+            config = resolve_config(run, phase, seed, init_from=init, soup_from=soup)
+            uri = layout.config_uri(run, phase, seed)
+            comment = f"TrainConfig of {layout.job_key(phase, seed)}, written to {uri}"
+            if phase.kind not in IMPLEMENTED_KINDS:
+                comment += (f"\n# NOT RUN: kind {phase.kind!r} is not implemented in this release; "
+                            "the run stops here (Blocked, KindNotImplemented)")  # fmt: skip
+            out.append((comment, json.loads(config.to_json())))
+            if phase.kind not in IMPLEMENTED_KINDS:
+                continue
+            name = layout.job_name(run, phase, seed, 1)
+            app = app_for_job(run, phase, seed, 1, uri)
+            out.append(
+                (f"Volcano Job of {layout.job_key(phase, seed)} (attempt 1)", launcher.render(app, name))
+            )
+    return out
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    run, _ = load_run(args.file)
+    chunks = []
+    for comment, document in render_documents(run, args.namespace):
+        body = yaml.safe_dump(document, sort_keys=False)
+        chunks.append(f"# {comment}\n{body}")
+    sys.stdout.write("---\n".join(chunks))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# local
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from olmo_operator import local
+
+    run, document = load_run(args.file)
+    workdir = Path(args.workdir) if args.workdir else local.default_workdir(run)
+    return local.run_local(
+        local.localize(run, workdir, args.storage), workdir=workdir, document=document, poll_seconds=args.poll
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+# ---------------------------------------------------------------------------------------------
+
+
+def _age(since: str | None, now: dt.datetime) -> str:
+    if not since:
+        return "-"
+    seconds = int((now - parse_timestamp(since)).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _num(value: float | int | None, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now: dt.datetime,
+                  kinds: dict[str, str] | None = None) -> str:  # fmt: skip
+    """`kubectl get olmo -o wide` columns, then one row per phase (and per job of a fanned-out phase)."""
+    succeeded = condition(status, "Succeeded")
+    head = [["NAME", "STAGE", "SUCCEEDED", "REASON", "STEP", "TOKENS", "LOSS", "AGE"]]
+    head.append([
+        name, status.stage or "-", succeeded.status if succeeded else "-", succeeded.reason if succeeded else "-",
+        _num(status.step), _num(status.tokens), _num(status.last_loss, "{:.4f}"), _age(created, now),
+    ])  # fmt: skip
+    rows = [["PHASE", "KIND", "STATE", "ATTEMPTS", "STEP", "TOKENS", "LOSS", "ARCHIVE/CHECKPOINT", "MESSAGE"]]
+    for phase, ps in status.phases.items():
+        kind = (kinds or {}).get(phase, "")
+        where = ps.archive or ps.checkpoint or "-"
+        rows.append([phase, kind, ps.state, str(ps.attempts), _num(ps.step), _num(ps.tokens),
+                     _num(ps.last_loss, "{:.4f}"), where, ps.message])  # fmt: skip
+        if len(ps.jobs) > 1:
+            for job in ps.jobs:
+                rows.append([f"  s{job.seed}", "", job.state, str(job.attempts), _num(job.step), _num(job.tokens),
+                             _num(job.last_loss, "{:.4f}"), job.archive or job.checkpoint or "-", job.message])  # fmt: skip
+    text = _table(head) + "\n\n" + _table(rows)
+    if succeeded is not None and succeeded.message:
+        text += f"\n\n{succeeded.type}={succeeded.status} ({succeeded.reason}): {succeeded.message}"
+    return text + "\n"
+
+
+def _status_source(args: argparse.Namespace) -> tuple[str, api.OlmoRunStatus, str | None, dict[str, str]]:
+    from olmo_operator import local
+
+    workdir = Path(args.workdir) if args.workdir else None
+    if args.file and Path(args.file).name != local.STATE_FILE:
+        from olmo_operator.cli_spec import load_documents
+
+        document = load_documents(args.file)[0]
+        if not isinstance(document, dict):
+            raise UserError(f"{args.file}: not an OlmoRun document")
+        meta = document.get("metadata") or {}
+        if document.get("status") and workdir is None:  # `kubectl get olmo NAME -o yaml`
+            status = api.OlmoRunStatus.model_validate(document["status"])
+            return meta.get("name", "?"), status, meta.get("creationTimestamp"), _kinds(document)
+        workdir = workdir or Path(".olmorun") / str(meta.get("name", ""))
+    elif args.file:
+        workdir = Path(args.file).parent
+    if workdir is None:
+        raise UserError("give the run's FILE or --workdir DIR")
+    state = local.read_state(workdir)
+    if state is None:
+        raise UserError(
+            f"no local run in {workdir} (no {local.STATE_FILE}); start one with `olmorun local FILE`"
+        )
+    name = str(state.document.get("metadata", {}).get("name", "?"))
+    return name, state.status, state.created_at, _kinds(state.document)
+
+
+def _kinds(document: dict[str, Any]) -> dict[str, str]:
+    phases = (document.get("spec") or {}).get("phases") or []
+    return {p["name"]: p.get("kind", "") for p in phases if isinstance(p, dict) and "name" in p}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    name, status, created, kinds = _status_source(args)
+    sys.stdout.write(format_status(name, status, created, dt.datetime.now(dt.UTC), kinds))
+    return 0
