@@ -8,13 +8,19 @@ Every OlmoRun write is validated against the generated CRD schema by the emulato
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+import typing
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import kubernetes
+import pydantic
 import pytest
 
 from olmo_operator import api, layout
@@ -283,25 +289,35 @@ def test_emulator_refuses_fields_the_crd_schema_lacks(kube: KubeServer, kubectl:
     assert obj["metadata"]["generation"] == 2 and obj["status"]["stage"] == "x"
 
 
-def test_every_status_the_planner_writes_fits_the_crd_schema(tmp_path: Path) -> None:
-    """A fully populated status (every field set) round-trips through the generated schema."""
+def _filled(annotation: Any) -> Any:
+    """A sample value of a type, with every field of a model set (optional ones included)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return annotation(**{name: _filled(f.annotation) for name, f in annotation.model_fields.items()})
+    if origin is typing.Literal:
+        return args[0]
+    if origin is list:
+        return [_filled(args[0])]
+    if origin is dict:
+        return {"k": _filled(args[1])}
+    if args:  # X | None
+        return _filled(args[0])
+    return {str: "x", int: 1, float: 0.5, bool: True}[annotation]
+
+
+def test_every_status_field_fits_the_crd_schema() -> None:
+    """A status with EVERY field set (a field added to api.py later included) passes the schema."""
     from olmo_operator.crd import build_crd
 
-    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    job = api.JobStatus(name="j", seed=1, state="Running", attempts=2, checkpoint="s3://b/c", step=3, tokens=4,
-                        last_loss=1.5, message="m", retry_at="2026-01-01T00:00:00Z")
-    full = api.OlmoRunStatus(
-        observed_generation=1, stage="pretrain", step=1, tokens=2, last_loss=0.5, storage="s3://b",
-        conditions=[api.Condition(type="Succeeded", status="Unknown", reason="r", message="m",
-                                  last_transition_time="2026-01-01T00:00:00Z", observed_generation=1)],
-        phases={"pretrain": api.PhaseStatus(state="Running", attempts=1, jobs=[job], checkpoint="c", archive="a",
-                                            step=1, tokens=2, last_loss=0.1, message="m", spec_hash="h",
-                                            started_at="t", finished_at="t")},
-    )
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    full = _filled(api.OlmoRunStatus)
     dumped = full.model_dump(by_alias=True, mode="json", exclude_none=True)
-    for model in (api.OlmoRunStatus, api.PhaseStatus, api.JobStatus, api.Condition):  # nothing left unset
-        assert model.model_fields.keys() <= {*(model.model_fields)}, model
-    assert validate_structural({"status": dumped}, {"type": "object", "properties": {"status": schema["properties"]["status"]}}) == []
+    assert dumped["phases"]["k"]["jobs"][0]["retryAt"] == "x"  # nested optional fields are present
+    assert validate_structural(dumped, schema) == []
+    dumped["phases"]["k"]["jobs"][0]["notInApi"] = 1
+    assert validate_structural(dumped, schema) == [
+        "phases.k.jobs[0].notInApi: field not declared in the schema (the API server would prune it)"]
 
 
 # --- small pure helpers of the handlers and settings -------------------------------------------
@@ -331,3 +347,35 @@ def test_settings_from_environment() -> None:
                        ({"OLMORUN_LOG_LEVEL": "loud"}, "OLMORUN_LOG_LEVEL")]:
         with pytest.raises(SettingsError, match=fault):
             Settings.from_env(env)
+
+
+def test_python_m_olmo_operator_serves_runs_health_and_metrics(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
+    """The entry point of the operator image, as a process of its own."""
+    health, metrics = free_port(), free_port()
+    env = {**os.environ, "OLMORUN_KUBE_SERVER": kube.url, "OLMORUN_RESYNC_SECONDS": "0.3",
+           "OLMORUN_HEALTH_PORT": str(health), "OLMORUN_METRICS_PORT": str(metrics)}
+    bad = subprocess.run([sys.executable, "-m", "olmo_operator"], env={**env, "OLMORUN_RESYNC_SECONDS": "x"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "OLMORUN_RESYNC_SECONDS" in bad.stderr and "Traceback" not in bad.stderr
+
+    process = subprocess.Popen([sys.executable, "-m", "olmo_operator"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        apply(kubectl, olmorun("proc", tmp_path))
+        wait_for(lambda: "proc-pretrain-a1" in jobs_of(kube, "proc"), timeout=60, what="the job")
+
+        def get(port: int, path: str) -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+                    return answer.read().decode() if answer.status == 200 else ""
+            except OSError:
+                return ""
+
+        assert wait_for(lambda: get(health, "/healthz"), what="/healthz")
+        exposition = wait_for(lambda: get(metrics, "/metrics"), what="/metrics")
+        assert "olmorun_job_submissions_total 1.0" in exposition
+        assert 'olmorun_runs{state="pretrain"} 1.0' in exposition
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
