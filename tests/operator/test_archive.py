@@ -10,9 +10,9 @@ from typing import Any
 
 import fsspec
 import pytest
+
 from olmo_operator import archive
 from olmo_trainer import manifest as mf
-
 from tests.s3server import S3Server
 
 # Sizes straddle archive.PART_SIZE only in the multipart test (which lowers it), keeping this fast.
