@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/ holds the S3 server helper
 
 import fsspec  # noqa: E402
+
 from olmo_operator import archive  # noqa: E402
 from olmo_trainer import manifest as mf  # noqa: E402
-
 from tests.s3server import S3Server  # noqa: E402
 
 
@@ -41,9 +41,9 @@ def make_checkpoint(directory: Path, count: int, size_mib: int) -> None:
     mf.commit(fs, str(directory), mf.build_manifest(fs, str(directory), step=1))
 
 
-def timed(call: Callable[[], object]) -> float:
+def timed(call: Callable[..., object], *args: object, **kwargs: object) -> float:
     started = time.perf_counter()
-    call()
+    call(*args, **kwargs)
     return time.perf_counter() - started
 
 
@@ -59,16 +59,11 @@ def bench_set(server: S3Server, workdir: Path, count: int, size_mib: int, worker
     for rep in range(repeat):
         prefix = f"{bucket}/r{rep}"
         targets = [f"{prefix}/put/{p.name}" for p in files]
-        times["fs.put"].append(timed(lambda: fs.put([str(p) for p in files], targets)))
-        times["archive"].append(
-            timed(lambda: archive.archive_checkpoint(str(src), f"{prefix}/a/step1", dst_options=opts, workers=workers))
-        )
+        times["fs.put"].append(timed(fs.put, [str(p) for p in files], targets))
+        run = archive.archive_checkpoint
+        times["archive"].append(timed(run, str(src), f"{prefix}/a/step1", dst_options=opts, workers=workers))
         times["archive+verify_remote"].append(
-            timed(
-                lambda: archive.archive_checkpoint(
-                    str(src), f"{prefix}/v/step1", dst_options=opts, workers=workers, verify_remote=True
-                )
-            )
+            timed(run, str(src), f"{prefix}/v/step1", dst_options=opts, workers=workers, verify_remote=True)
         )
     return {name: total / 2**20 / statistics.median(values) for name, values in times.items()}
 
