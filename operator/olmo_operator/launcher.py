@@ -133,22 +133,23 @@ def _command(kind: str, config_uri: str, *, nnodes: int, nproc: int, rdzv_endpoi
     "stopped from outside" (preempted: resubmit, no failure counted) apart from "broken" (retry).
     Dollars are doubled: torchx substitutes its macros with string.Template.
     """
-    torchrun = shlex.join(
-        [
-            "torchrun",
-            "--nnodes", str(nnodes),
-            "--nproc_per_node", str(nproc),
-            "--rdzv_backend", "c10d",
-            "--rdzv_id", rdzv_id,
-            "--max_restarts", "0",
-            "--tee", "3",
-            "-m", "olmo_trainer", kind,
-            "--config", config_uri,
-        ]
-    ).replace("$", "$$")  # fmt: skip
+    def quoted(*args: str) -> str:
+        return shlex.join(args).replace("$", "$$")
+
+    launcher = quoted(
+        "torchrun",
+        "--nnodes", str(nnodes),
+        "--nproc_per_node", str(nproc),
+        "--rdzv_backend", "c10d",
+        "--rdzv_id", rdzv_id,
+        "--max_restarts", "0",
+        "--tee", "3",
+    )  # fmt: skip
+    # The endpoint stays unquoted: on Kubernetes it is a shell expansion of rank 0's host variable.
+    trainer = quoted("-m", "olmo_trainer", kind, "--config", config_uri)
     return (
         "trap 'kill -TERM $$child 2>/dev/null; wait $$child; exit 143' TERM INT; "
-        f"{torchrun} --rdzv_endpoint {rdzv_endpoint} & child=$$!; wait $$child"
+        f"{launcher} --rdzv_endpoint {rdzv_endpoint} {trainer} & child=$$!; wait $$child"
     )
 
 
