@@ -9,13 +9,20 @@ sets it. `tiny_config` writes a TrainConfig JSON for the tiny preset on syntheti
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from olmo_trainer.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,10 +122,10 @@ def tiny_config(directory: Path, *, name: str = "config.json", **overrides: Any)
             "sources": [{"name": "general", "synthetic": {"numTokens": "200K", "seed": 3}}],
             "sequenceLength": 64,
         },
-        "optim": {"lr": 1e-2},
-        "schedule": {"warmupSteps": 3},
+        "optim": {"lr": 6e-3},
+        "schedule": {"warmupSteps": 2, "finalLrRatio": 0.5},
         "batch": {"globalBatchSize": 8, "microBatchSize": 2},
-        "maxSteps": 30,
+        "maxSteps": 40,
         "checkpoint": {"intervalSteps": 10, "keepLast": 5},
         "parallel": {"strategy": "fsdp"},
         "saveDir": str(directory / "out"),
@@ -132,3 +139,21 @@ def tiny_config(directory: Path, *, name: str = "config.json", **overrides: Any)
 def read_metrics(save_dir: Path) -> list[dict[str, Any]]:
     text = (save_dir / "metrics.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class Run:
+    config: TrainConfig
+    save_dir: Path
+    output: str
+
+
+@functools.cache
+def reference_run() -> Run:
+    """The FSDP2 run of `tiny_config`, trained once per test session and shared by the test files."""
+    directory = Path(tempfile.mkdtemp(prefix="olmorun-reference-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = tiny_config(directory)
+    result = torchrun(["pretrain", "--config", str(path)])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return Run(TrainConfig.model_validate_json(path.read_text()), directory / "out", result.stdout)

@@ -1,0 +1,141 @@
+"""Exact resume and preemption of a 2-process FSDP2 run (tiny preset, 40 steps, checkpoint every 10).
+
+A run killed with SIGKILL at a random step after its first checkpoint, then restarted, must end with
+a final checkpoint whose every tensor (model and optimizer) equals the uninterrupted reference's
+bit for bit, and must log each step once. SIGTERM must save at the next step boundary and exit 143.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from olmo_trainer.checkpoint import read_trainer_state
+from olmo_trainer.manifest import committed_steps, filesystem, step_dirs
+from olmo_trainer.train import PREEMPTED_EXIT_CODE
+from tests.trainer.dist_util import read_metrics, reference_run, start_torchrun, tiny_config, torchrun
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for_step(save_dir: Path, proc: subprocess.Popen[bytes], step: int, timeout: float = 90) -> int:
+    """Poll metrics.jsonl until it records `step` (or more); returns the last step seen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        try:
+            lines = (save_dir / "metrics.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        done = [line for line in lines if line.endswith("}")]
+        if len(done) >= step:
+            return len(done)
+        time.sleep(0.005)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def full_state(checkpoint: Path, scratch: Path) -> dict[str, Any]:
+    """Every tensor of a DCP checkpoint (model and optimizer), consolidated in this process."""
+    target = scratch / f"{checkpoint.parent.parent.parent.name}-{checkpoint.name}.pt"
+    dcp_to_torch_save(str(checkpoint), str(target))
+    state: dict[str, Any] = torch.load(target, weights_only=False)
+    return state
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def test_sigkill_then_restart_ends_bit_identical(tmp_path: Path) -> None:
+    reference = reference_run()
+    config = tiny_config(tmp_path)
+    save_dir = tmp_path / "out"
+    kill_after = random.randint(12, 37)  # past the step-10 checkpoint, possibly inside a later save
+    proc = start_torchrun(["pretrain", "--config", str(config)], log=tmp_path / "first.log")
+    try:
+        reached = wait_for_step(save_dir, proc, kill_after)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    print(f"killed after step {reached}")
+    assert 10 <= max(step for step, _ in committed_steps(*filesystem(str(save_dir / "checkpoints")))) < 40
+
+    second = torchrun(["pretrain", "--config", str(config)])
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+
+    ours, theirs = read_metrics(save_dir), read_metrics(reference.save_dir)
+    assert [m["step"] for m in ours] == list(range(1, 41))  # redone steps replace, never repeat
+    assert [m["loss"] for m in ours] == [m["loss"] for m in theirs]
+
+    mine = flatten(full_state(save_dir / "checkpoints" / "step40", tmp_path))
+    gold = flatten(full_state(reference.save_dir / "checkpoints" / "step40", tmp_path))
+    assert mine.keys() == gold.keys()
+    assert any(key.startswith("optim.") for key in gold) and any(key.startswith("model.") for key in gold)
+    for key, value in gold.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(mine[key], value), key
+        else:
+            assert mine[key] == value, key
+    assert read_trainer_state(str(save_dir / "checkpoints" / "step40"))["tokens"] == 40 * 8 * 64
+
+
+def test_sigterm_saves_at_the_next_step_boundary_and_exits_143(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, maxSteps=5000, checkpoint={"intervalSteps": 1000})
+    save_dir = tmp_path / "out"
+    proc = start_torchrun(["pretrain", "--config", str(config)], log=tmp_path / "run.log")
+    try:
+        wait_for_step(save_dir, proc, 3)
+        proc.send_signal(signal.SIGTERM)  # to torchrun, as Kubernetes does; it forwards to the workers
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (tmp_path / "run.log").read_text()
+    assert f"exiting {PREEMPTED_EXIT_CODE}" in log
+    assert f"exitcode: {PREEMPTED_EXIT_CODE}" in log or "got signal: 15" in log
+    last = read_metrics(save_dir)[-1]["step"]
+    saved = committed_steps(*filesystem(str(save_dir / "checkpoints")))
+    assert [step for step, _ in saved] == [last]  # saved exactly where it stopped, no later step ran
+    assert last < 1000
+    assert step_dirs(*filesystem(str(save_dir / "checkpoints"))) == saved
+
+
+def test_sigterm_exit_code_without_torchrun(tmp_path: Path) -> None:
+    """A single process (no launcher in between) reports PREEMPTED_EXIT_CODE itself."""
+    import sys
+
+    from tests.trainer.dist_util import REPO, _env
+
+    config = tiny_config(tmp_path, maxSteps=5000, checkpoint={"intervalSteps": 1000})
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "olmo_trainer", "pretrain", "--config", str(config)],
+            cwd=REPO,
+            env=_env(None),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_step(tmp_path / "out", proc, 2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == PREEMPTED_EXIT_CODE
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last = read_metrics(tmp_path / "out")[-1]["step"]
+    assert (tmp_path / "out" / "checkpoints" / f"step{last}" / "MANIFEST.json").exists()

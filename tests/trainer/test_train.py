@@ -1,0 +1,154 @@
+"""The training loop under torchrun with 2 gloo processes on the tiny preset (seq 64, 40 steps).
+
+One FSDP2 reference run (cached for the whole session, see dist_util.reference_run) is checked to
+learn, to log every step, and to end in a final committed checkpoint; a second identical run must be
+bit-identical; a DDP run without gradient accumulation must match FSDP2 with accumulation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from olmo_trainer.config import TrainConfig
+from olmo_trainer.manifest import latest_committed, read_manifest
+from olmo_trainer.schedule import build_schedule
+from olmo_trainer.train import plan_steps
+from tests.trainer.dist_util import read_metrics, reference_run, tiny_config, torchrun, trainer
+
+pytestmark = pytest.mark.slow
+
+
+def unigram_entropy(cfg: TrainConfig, steps: int) -> float:
+    """Entropy (nats) of the token frequencies in exactly the batches the run trained on."""
+    from olmo_trainer.data import DistributedBatches, build_dataset
+
+    assert cfg.data is not None and cfg.batch is not None
+    work = str(Path(cfg.save_dir) / "work")
+    dataset = build_dataset(cfg.data, seed=cfg.seed, work_dir=work)
+    batches = DistributedBatches(
+        dataset,
+        global_batch_size=cfg.batch.global_batch_size,
+        micro_batch_size=cfg.batch.global_batch_size,
+        rank=0,
+        world_size=1,
+        seed=cfg.seed,
+        work_dir=work,
+    )
+    counts: Counter[int] = Counter()
+    for _, micro_batches in zip(range(steps), batches, strict=False):
+        for batch in micro_batches:
+            counts.update(batch[:, 1:].flatten().tolist())  # the predicted tokens
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+def test_two_processes_learn_well_below_the_unigram_entropy() -> None:
+    run = reference_run()
+    metrics = read_metrics(run.save_dir)
+    entropy = unigram_entropy(run.config, steps=len(metrics))
+    first, final = metrics[0]["loss"], sum(m["loss"] for m in metrics[-3:]) / 3
+    assert first > entropy  # starts near log(vocab): knows nothing
+    # Half a nat below what the best context-free model could reach: it has learned to use context.
+    assert final < entropy - 0.5, f"final loss {final:.3f} vs unigram entropy {entropy:.3f}"
+
+
+def test_every_step_is_logged_once_with_its_schedule() -> None:
+    run = reference_run()
+    metrics = read_metrics(run.save_dir)
+    plan = plan_steps(run.config, world_size=2)
+    assert [m["step"] for m in metrics] == list(range(1, plan.total_steps + 1))
+    assert [m["tokens"] for m in metrics] == [s * 8 * 64 for s in range(1, plan.total_steps + 1)]
+    schedule = build_schedule(
+        run.config.schedule,
+        peak_lr=6e-3,
+        tokens_per_step=plan.tokens_per_step,
+        total_tokens=plan.total_tokens,
+    )
+    assert [m["lr"] for m in metrics] == [schedule.lr(m["tokens"]) for m in metrics]
+    assert max(m["lr"] for m in metrics) == pytest.approx(6e-3)
+    for m in metrics:
+        assert m["mfu"] is None  # CPU: no peak to compare with
+        assert m["tokens_per_s"] > 0 and m["grad_norm"] > 0
+        assert 0 < m["z_loss"] < 1e-5 * 100  # coef 1e-5 times lse^2 of a small vocabulary
+
+
+def test_checkpoints_at_interval_and_final() -> None:
+    run = reference_run()
+    checkpoints = run.save_dir / "checkpoints"
+    found = latest_committed(*_local(checkpoints))
+    assert found is not None and found[0] == 40
+    manifest = read_manifest(*_local(checkpoints / "step40"))
+    assert manifest is not None and manifest["extra"]["final"] is True
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step10", "step20", "step30", "step40"]
+
+
+def test_same_config_twice_gives_bit_identical_losses(tmp_path: Path) -> None:
+    run = reference_run()
+    again = torchrun(["pretrain", "--config", str(tiny_config(tmp_path))])
+    assert again.returncode == 0, again.stderr[-3000:]
+    ours, theirs = read_metrics(tmp_path / "out"), read_metrics(run.save_dir)
+    assert [m["loss"] for m in ours] == [m["loss"] for m in theirs]
+    assert [m["grad_norm"] for m in ours] == [m["grad_norm"] for m in theirs]
+
+
+def test_ddp_without_accumulation_matches_fsdp_with_accumulation(tmp_path: Path) -> None:
+    # FSDP2: micro 2 x world 2 x accumulation 2. DDP: micro 4 x world 2 x accumulation 1. Same global
+    # batches, so the same losses: both the sharding and the accumulation's loss scaling are checked.
+    run = reference_run()
+    config = tiny_config(
+        tmp_path, parallel={"strategy": "ddp"}, batch={"globalBatchSize": 8, "microBatchSize": 4}
+    )
+    ddp = torchrun(["pretrain", "--config", str(config)])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ours, theirs = read_metrics(tmp_path / "out"), read_metrics(run.save_dir)
+    assert len(ours) == len(theirs) == 40
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5, rel=1e-5), a["step"]
+        if a["step"] <= 10:  # later, float-order differences grow in the (sensitive) gradient norm
+            assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), a["step"]
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, maxSteps=None, maxTokens="100K")
+    result = trainer(["pretrain", "--config", str(config), "--dry-run"], env={"WORLD_SIZE": "2"})
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    cfg = TrainConfig.model_validate_json(config.read_text())
+    assert summary["numParams"] == cfg.model.num_params()
+    assert summary["flopsPerToken"] == cfg.model.flops_per_token(64)
+    assert summary["tokensPerStep"] == 8 * 64
+    assert summary["gradientAccumulation"] == 2
+    assert summary["totalSteps"] == math.ceil(100_000 / 512)
+    assert summary["config"]["model"]["dModel"] == 64
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo", "rlvr"])
+def test_post_training_kinds_are_refused_not_substituted(tmp_path: Path, kind: str) -> None:
+    result = trainer([kind, "--config", str(tiny_config(tmp_path))])
+    assert result.returncode == 3
+    assert "not implemented in this release" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
+    mismatch = trainer(["anneal", "--config", str(tiny_config(tmp_path))])
+    assert mismatch.returncode == 2 and "config is a pretrain phase" in mismatch.stderr
+    missing = trainer(["pretrain", "--config", str(tmp_path / "nope.json")])
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    bad = tiny_config(tmp_path, name="bad.json", maxSteps=-1)
+    invalid = trainer(["pretrain", "--config", str(bad)])
+    assert invalid.returncode == 2 and "maxSteps" in invalid.stderr
+    for result in (mismatch, missing, invalid):
+        assert "Traceback" not in result.stderr
+
+
+def _local(path: Path) -> tuple[object, str]:
+    from olmo_trainer.manifest import filesystem
+
+    return filesystem(str(path))
