@@ -1,0 +1,221 @@
+"""reconcile(): observe -> plan -> apply against real storage (local files and a real S3 server).
+
+The scheduler boundary is a small scripted launcher: it records what reconcile submits (the real
+AppDefs) and lets a test say what each job did, writing the checkpoints and metrics a trainer writes
+(committed with the real MANIFEST code). Archiving and verification run the real archive.py.
+The real torchx local scheduler with the real trainer is exercised by tests/e2e/test_local_run.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+import yaml
+from torchx.specs import AppDef
+
+from olmo_operator import layout
+from olmo_operator.api import OlmoRun, parse_olmorun
+from olmo_operator.plan import JobObservation, ObservedState
+from olmo_operator.reconcile import last_metrics, reconcile, reconcile_plan
+from olmo_trainer import manifest
+from olmo_trainer.config import TrainConfig
+from tests.s3server import S3Server
+
+T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+EXAMPLE = Path(__file__).parents[2] / "examples" / "olmorun-tiny.yaml"
+
+
+class ScriptedLauncher:
+    """Records submissions; job states are set by the test (as a scheduler would report them)."""
+
+    single_host = False
+
+    def __init__(self) -> None:
+        self.apps: dict[str, AppDef] = {}
+        self.states: dict[str, JobObservation] = {}
+        self.cancelled: list[str] = []
+
+    def submit(self, app: AppDef, job_name: str) -> str:
+        self.apps[job_name] = app
+        self.states.setdefault(job_name, JobObservation(job_name, "Pending"))
+        return job_name
+
+    def describe(self, job_name: str) -> JobObservation:
+        return self.states.get(job_name, JobObservation(job_name, "Missing"))
+
+    def cancel(self, job_name: str) -> None:
+        self.cancelled.append(job_name)
+        self.states.pop(job_name, None)
+
+    def set(self, job_name: str, state: ObservedState, exit_code: int | None = None) -> None:
+        self.states[job_name] = JobObservation(job_name, state, exit_code=exit_code)
+
+
+def train(save_dir: str, step: int, loss: float = 3.0) -> str:
+    """What a trainer leaves in its save_dir: a committed stepN/ and a metrics line."""
+    fs, root = manifest.filesystem(save_dir)
+    directory = f"{root}/checkpoints/step{step}"
+    fs.makedirs(directory, exist_ok=True)
+    fs.pipe_file(f"{directory}/model.distcp", f"weights at {step}".encode() * 100)
+    fs.pipe_file(f"{directory}/.metadata", b"dcp metadata")
+    manifest.commit(fs, directory, manifest.build_manifest(fs, directory, step=step))
+    line = json.dumps({"step": step, "tokens": step * 1024, "loss": loss, "tokens_per_s": 5000.0})
+    with fs.open(f"{root}/metrics.jsonl", "a") as stream:
+        stream.write(line + "\n")
+    return f"{save_dir}/checkpoints/step{step}"
+
+
+def make_run(storage: str) -> OlmoRun:
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["metadata"].update(namespace="lab", uid="uid-7", generation=1)
+    document["spec"]["storage"] = {"uri": storage}
+    document["spec"]["phases"] = document["spec"]["phases"][:3]
+    return parse_olmorun(document)
+
+
+def step(run: OlmoRun, launcher: ScriptedLauncher, now: dt.datetime = T0) -> OlmoRun:
+    status, _ = reconcile(run, launcher=launcher, now=now)
+    return run.model_copy(update={"status": status})
+
+
+def read_json(uri: str) -> Any:
+    with fsspec.open(uri, "rb") as stream:
+        return json.loads(stream.read())
+
+
+def test_pipeline_writes_configs_archives_and_starts_children_in_the_same_step(tmp_path: Path) -> None:
+    run = make_run(tmp_path.as_uri())
+    launcher = ScriptedLauncher()
+    run = step(run, launcher)
+    root = layout.run_root(run)
+    record = read_json(f"{root}/run.json")
+    assert record["spec"]["image"] == run.spec.image and record["seeds"]["anneal"] == [42, 42069]
+    assert "olmorun" in record["versions"]
+    config = TrainConfig.model_validate(read_json(f"{root}/phases/pretrain/config.json"))
+    assert config.save_dir == f"{root}/phases/pretrain" and config.kind == "pretrain"
+    [name] = launcher.apps
+    assert name == "olmo2-tiny-pretrain-a1"
+    assert f"--config {root}/phases/pretrain/config.json" in launcher.apps[name].roles[0].args[1]
+
+    save = layout.save_dir(run, run.phase("pretrain"), 6198)
+    train(save, 4, loss=4.5)
+    launcher.set(name, "Running")
+    run = step(run, launcher)
+    job = run.status.phases["pretrain"].jobs[0]
+    assert (job.state, job.step, job.tokens, job.last_loss) == ("Running", 4, 4096, 4.5)
+    assert job.checkpoint == f"{save}/checkpoints/step4"
+
+    final = train(save, 8, loss=4.0)
+    launcher.set(name, "Succeeded", 0)
+    result = reconcile_plan(run, launcher=launcher, now=T0)
+    run = run.model_copy(update={"status": result.status})
+    pretrain = run.status.phases["pretrain"]
+    assert pretrain.state == "Succeeded" and pretrain.checkpoint == final
+    assert pretrain.archive == f"{root}/archive/pretrain/step8"
+    fs, path = manifest.filesystem(pretrain.archive)
+    assert manifest.verify(fs, path).ok
+    # The same step started the anneal seeds, from the verified archive.
+    assert sorted(launcher.apps) == ["olmo2-tiny-anneal-s42-a1", "olmo2-tiny-anneal-s42069-a1", name]
+    for seed in (42, 42069):
+        child = TrainConfig.model_validate(read_json(f"{root}/phases/anneal/s{seed}/config.json"))
+        assert child.init_from == pretrain.archive and child.data.seed == seed  # type: ignore[union-attr]
+    assert [e.reason for e in result.events] == ["JobSucceeded", "Archived", "PhaseSucceeded", "PhaseStarted"]
+
+
+def test_retry_keeps_the_config_the_phase_started_with_and_run_json_is_written_once(tmp_path: Path) -> None:
+    run = make_run(tmp_path.as_uri())
+    launcher = ScriptedLauncher()
+    run = step(run, launcher)
+    root = layout.run_root(run)
+    config_uri = f"{root}/phases/pretrain/config.json"
+    first_record = read_json(f"{root}/run.json")
+    fs, path = manifest.filesystem(config_uri)
+    original = fs.cat_file(path)
+    # An edit of the started phase (refused) must not leak into the retry's config.
+    edited = yaml.safe_load(EXAMPLE.read_text())
+    edited["metadata"].update(namespace="lab", uid="uid-7", generation=2)
+    edited["spec"]["storage"] = {"uri": tmp_path.as_uri()}
+    edited["spec"]["phases"] = edited["spec"]["phases"][:3]
+    edited["spec"]["phases"][0]["maxTokens"] = "1M"
+    run = parse_olmorun(edited).model_copy(update={"status": run.status})
+    launcher.set("olmo2-tiny-pretrain-a1", "Failed", 143)  # preempted: resubmitted at once
+    run = step(run, launcher)
+    assert "olmo2-tiny-pretrain-a2" in launcher.apps
+    assert fs.cat_file(path) == original
+    assert read_json(f"{root}/run.json") == first_record
+    assert run.status.conditions[2].reason == "SpecChangeRefused"
+
+
+def test_corrupt_checkpoint_fails_the_phase_instead_of_archiving_it(tmp_path: Path) -> None:
+    run = make_run(tmp_path.as_uri())
+    launcher = ScriptedLauncher()
+    run = step(run, launcher)
+    final = train(layout.save_dir(run, run.phase("pretrain"), 6198), 8)
+    fs, path = manifest.filesystem(final)
+    fs.pipe_file(f"{path}/model.distcp", b"bit rot")
+    launcher.set("olmo2-tiny-pretrain-a1", "Succeeded", 0)
+    run = step(run, launcher)
+    pretrain = run.status.phases["pretrain"]
+    assert pretrain.state == "Failed" and "archive" in pretrain.message
+    assert run.status.stage == "Failed"
+    assert not any(n.startswith("olmo2-tiny-anneal") for n in launcher.apps)
+
+
+def test_an_archive_made_before_a_lost_status_write_is_verified_not_copied_again(tmp_path: Path) -> None:
+    run = make_run(tmp_path.as_uri())
+    launcher = ScriptedLauncher()
+    run = step(run, launcher)
+    train(layout.save_dir(run, run.phase("pretrain"), 6198), 8)
+    launcher.set("olmo2-tiny-pretrain-a1", "Succeeded", 0)
+    before = run
+    after = step(run, launcher)
+    archive = after.status.phases["pretrain"].archive
+    assert archive is not None
+    # Replay from the status before the archive was recorded, with the job's success already known.
+    status = before.status.model_copy(deep=True)
+    job = status.phases["pretrain"].jobs[0]
+    job.state, job.checkpoint = (
+        "Succeeded",
+        f"{layout.save_dir(run, run.phase('pretrain'), 6198)}/checkpoints/step8",
+    )
+    replay = reconcile_plan(before.model_copy(update={"status": status}), launcher=launcher, now=T0)
+    assert replay.status.phases["pretrain"].archive == archive
+    assert not [a for a in replay.actions if type(a).__name__ == "ArchiveCheckpoint"]
+
+
+def test_archive_to_a_real_s3_bucket_with_credentials_from_the_environment(
+    tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = s3_server.make_bucket("reconcile")
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["metadata"].update(namespace="lab", uid="uid-7")
+    document["spec"]["storage"] = {"uri": f"s3://{bucket}/runs", "scratchUri": tmp_path.as_uri()}
+    document["spec"]["phases"] = document["spec"]["phases"][:1]
+    run = parse_olmorun(document)
+    launcher = ScriptedLauncher()
+    run = step(run, launcher)
+    fs = s3_server.filesystem()
+    assert fs.exists(f"{bucket}/runs/lab/olmo2-tiny/phases/pretrain/config.json")
+    train(layout.save_dir(run, run.phase("pretrain"), 6198), 6)
+    launcher.set("olmo2-tiny-pretrain-a1", "Succeeded", 0)
+    run = step(run, launcher)
+    assert (
+        run.status.phases["pretrain"].archive == f"s3://{bucket}/runs/lab/olmo2-tiny/archive/pretrain/step6"
+    )
+    assert fs.exists(f"{bucket}/runs/lab/olmo2-tiny/archive/pretrain/step6/MANIFEST.json")
+    assert run.status.stage == "Succeeded"
+
+
+def test_last_metrics_reads_the_last_complete_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    assert last_metrics(path.as_uri()) is None
+    path.write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "tokens": 64, "loss": 8.5}\n{"step": 3, "lo')
+    metrics = last_metrics(path.as_uri())
+    assert metrics is not None and (metrics.step, metrics.tokens, metrics.loss) == (2, 64, 8.5)
