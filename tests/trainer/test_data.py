@@ -9,6 +9,7 @@ import fsspec
 import numpy as np
 import pytest
 import torch
+
 from olmo_trainer.config import DataConfig
 from olmo_trainer.data import DistributedBatches, TokenDataset, build_dataset, mixture_counts
 from olmo_trainer.data.arrays import write_tokens

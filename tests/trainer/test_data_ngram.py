@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from olmo_trainer.data.ngram import repeated_ngram_mask, repeated_ngram_reference
 from olmo_trainer.data.synth import synthesize
 

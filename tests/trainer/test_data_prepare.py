@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from olmo_operator import cli
 from olmo_trainer.config import DataConfig, ModelConfig
 from olmo_trainer.data import DistributedBatches, build_dataset

@@ -11,6 +11,7 @@ import fsspec
 import pytest
 import torch
 import transformers
+
 from olmo_trainer.config import ModelConfig
 from olmo_trainer.export import (
     INDEX_NAME,

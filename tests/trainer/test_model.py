@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from olmo_trainer.config import PRESET_NAMES, ModelConfig
 from olmo_trainer.model import INIT_CUTOFF_STDS, RMSNorm, Transformer
 
