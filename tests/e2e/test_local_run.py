@@ -1,0 +1,141 @@
+"""End to end: `olmorun local` runs a cut-down tiny pipeline with the real trainer, torchx and torchrun.
+
+pretrain -> anneal x2 seeds -> soup, a few steps each (built from examples/olmorun-tiny.yaml with the
+budgets cut and the unimplemented post-training phases left out), in a subprocess exactly as a user
+runs it. A second test interrupts a run with SIGINT mid-pretrain and checks that rerunning the same
+command resumes from the newest checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from olmo_operator.archive import verify_checkpoint
+from olmo_trainer import manifest
+
+ROOT = Path(__file__).parents[2]
+OLMORUN = [sys.executable, "-m", "olmo_operator.cli"]
+pytestmark = pytest.mark.slow
+
+
+def small_spec(tmp_path: Path, *, pretrain_steps: int, phases: int = 3, interval: int = 4) -> Path:
+    """The tiny example with tiny budgets: a step is 8 sequences of 128 tokens."""
+    document = yaml.safe_load((ROOT / "examples" / "olmorun-tiny.yaml").read_text())
+    kept = document["spec"]["phases"][:phases]
+    batch = {"globalBatchSize": 8, "microBatchSize": 4}
+    kept[0].update(
+        maxTokens=pretrain_steps * 8 * 128, batch=batch, checkpoint={"intervalSteps": interval, "keepLast": 2}
+    )
+    kept[0]["schedule"]["warmupSteps"] = 2
+    for phase in kept[:2]:
+        for source in phase["data"]["sources"]:
+            source["synthetic"]["numTokens"] = "60K"  # generated on the fly: keep it small
+    if phases > 1:
+        kept[1].update(maxTokens=3 * 8 * 128, batch=batch, checkpoint={"intervalSteps": 2, "keepLast": 2})
+    document["spec"]["phases"] = kept
+    document["spec"]["retry"] = {"backoffLimit": 0, "backoffSeconds": 1}
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def olmorun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*OLMORUN, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def state(workdir: Path) -> dict[str, Any]:
+    return json.loads((workdir / "state.json").read_text())
+
+
+def storage(workdir: Path) -> Path:
+    return workdir / "storage" / "default" / "olmo2-tiny"
+
+
+def test_tiny_pipeline_runs_to_success_with_verified_archives_and_a_soup(tmp_path: Path) -> None:
+    spec, workdir = small_spec(tmp_path, pretrain_steps=6), tmp_path / "wd"
+    done = olmorun("local", str(spec), "--workdir", str(workdir), "--poll", "0.5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "run olmo2-tiny succeeded" in done.stdout
+    assert "pretrain" in done.stdout and "step 6/6" in done.stdout  # live progress lines
+
+    status = state(workdir)["status"]
+    phases = status["phases"]
+    assert {name: p["state"] for name, p in phases.items()} == {
+        "pretrain": "Succeeded",
+        "anneal": "Succeeded",
+        "soup": "Succeeded",
+    }
+    anneal_archives = [job["archive"] for job in phases["anneal"]["jobs"]]
+    assert len(anneal_archives) == 2
+    for uri in [phases["pretrain"]["archive"], *anneal_archives, phases["soup"]["archive"]]:
+        assert verify_checkpoint(uri).ok, uri
+    # The soup's committed MANIFEST names both anneal checkpoints it averaged.
+    fs, soup_dir = manifest.filesystem(phases["soup"]["checkpoint"])
+    soup_manifest = json.dumps(manifest.read_manifest(fs, soup_dir))
+    for uri in anneal_archives:
+        assert uri in soup_manifest or uri.removeprefix("file://") in soup_manifest
+    # Each job ran the config written for it; the run's record exists.
+    assert (storage(workdir) / "run.json").exists()
+    assert (storage(workdir) / "phases" / "anneal" / "s42069" / "config.json").exists()
+
+    shown = olmorun("status", "--workdir", str(workdir))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STAGE", "SUCCEEDED", "REASON", "STEP", "TOKENS", "LOSS", "AGE"]
+    assert lines[1].split()[:4] == ["olmo2-tiny", "Succeeded", "True", "Succeeded"]
+    assert any(line.split()[:3] == ["anneal", "anneal", "Succeeded"] for line in lines)
+    assert any(line.split()[:2] == ["s42069", "Succeeded"] for line in lines)
+
+
+def _wait_for_checkpoint(checkpoints: Path, proc: subprocess.Popen[str], timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "olmorun local ended before it could be interrupted"
+        fs, path = manifest.filesystem(str(checkpoints))
+        found = manifest.latest_committed(fs, path)
+        if found is not None:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint was committed in time")
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    spec, workdir = small_spec(tmp_path, pretrain_steps=30, phases=1, interval=3), tmp_path / "wd"
+    command = [*OLMORUN, "local", str(spec), "--workdir", str(workdir), "--poll", "0.5"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        reached = _wait_for_checkpoint(storage(workdir) / "phases" / "pretrain" / "checkpoints", proc)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    job = state(workdir)["status"]["phases"]["pretrain"]["jobs"][0]
+    assert job["name"] == "olmo2-tiny-pretrain-a1"
+    # No training process survives the interruption.
+    config = storage(workdir) / "phases" / "pretrain" / "config.json"
+    assert subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True).stdout == ""
+
+    resumed = olmorun("local", str(spec), "--workdir", str(workdir), "--poll", "0.5")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resubmitted as olmo2-tiny-pretrain-a2 (not a failure)" in resumed.stdout
+    job = state(workdir)["status"]["phases"]["pretrain"]["jobs"][0]
+    assert (job["name"], job["attempts"], job.get("failures", 0)) == ("olmo2-tiny-pretrain-a2", 2, 0)
+    # The second attempt continued from a checkpoint: nothing restarted from step 1, and where the
+    # metrics go back (steps redone since the last checkpoint) they go back no further than it.
+    with (storage(workdir) / "phases" / "pretrain" / "metrics.jsonl").open() as lines:
+        steps = [json.loads(line)["step"] for line in lines if line.strip()]
+    assert steps.count(1) == 1 and max(steps) == 30, steps
+    restarts = [steps[i] for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    assert all(s > reached for s in restarts), (reached, steps)
