@@ -335,3 +335,49 @@ def test_kubernetes_failures_tell_preemption_from_crashes(
         assert observed.state == "Failed" and observed.preempted is preempted
         if exit_code:
             assert observed.exit_code == exit_code
+
+
+# ---------------------------------------------------------------------------------------------
+# olmorun render
+# ---------------------------------------------------------------------------------------------
+
+
+def test_olmorun_render_prints_every_config_and_job_and_submits_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from olmo_operator.cli import main
+
+    assert main(["render", str(EXAMPLES / "olmorun-tiny.yaml"), "--namespace", "demo"]) == 0
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    jobs = [d for d in documents if d.get("kind") == "Job"]
+    configs = [d for d in documents if "saveDir" in d]
+    assert [j["metadata"]["name"] for j in jobs] == [
+        "olmo2-tiny-pretrain-a1",
+        "olmo2-tiny-anneal-s42-a1",
+        "olmo2-tiny-anneal-s42069-a1",
+        "olmo2-tiny-soup-a1",
+    ]
+    assert all(j["metadata"]["namespace"] == "demo" for j in jobs)
+    assert [(c["phase"], c["seed"]) for c in configs] == [
+        ("pretrain", 6198), ("anneal", 42), ("anneal", 42069), ("soup", 6198), ("sft", 6198), ("dpo", 6198), ("rlvr", 6198),
+    ]  # fmt: skip
+    root = "file:///tmp/olmorun/storage/default/olmo2-tiny"
+    assert configs[1]["initFrom"] == f"{root}/archive/pretrain/step<final>"
+    assert configs[3]["soupFrom"] == [
+        f"{root}/archive/anneal-s42/step<final>",
+        f"{root}/archive/anneal-s42069/step<final>",
+    ]
+
+
+def test_olmorun_render_names_every_problem_of_a_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from olmo_operator.cli import main
+
+    bad = yaml.safe_load((EXAMPLES / "olmorun-tiny.yaml").read_text())
+    bad["spec"]["phases"][1]["from"] = "nowhere"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["render", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "spec.phases[1].from" in err and "Traceback" not in err

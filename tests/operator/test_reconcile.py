@@ -219,3 +219,81 @@ def test_last_metrics_reads_the_last_complete_line(tmp_path: Path) -> None:
     path.write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "tokens": 64, "loss": 8.5}\n{"step": 3, "lo')
     metrics = last_metrics(path.as_uri())
     assert metrics is not None and (metrics.step, metrics.tokens, metrics.loss) == (2, 64, 8.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The local runner's pieces (its whole loop runs in tests/e2e/test_local_run.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_local_storage_goes_under_the_workdir_unless_told_otherwise(tmp_path: Path) -> None:
+    from olmo_operator.local import localize
+
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["spec"]["storage"] = {"uri": "s3://bucket/x", "scratchUri": "file:///scratch"}
+    run = parse_olmorun(document)
+    local = localize(run, tmp_path / "wd")
+    assert local.spec.storage.uri == (tmp_path / "wd" / "storage").as_uri()
+    assert local.spec.storage.scratch_uri is None
+    assert localize(run, tmp_path, "spec").spec.storage == run.spec.storage
+    assert localize(run, tmp_path, "file:///elsewhere").spec.storage.uri == "file:///elsewhere"
+
+
+def test_local_state_resumes_and_counts_spec_edits_as_generations(tmp_path: Path) -> None:
+    from olmo_operator.local import read_state, start_state, write_state
+
+    run = make_run(tmp_path.as_uri())
+    state = start_state(run, {"metadata": {"name": run.name}}, tmp_path, T0)
+    assert state.generation == 1 and read_state(tmp_path) is None
+    state.status = step(run, ScriptedLauncher()).status
+    write_state(tmp_path, state)
+    again = start_state(run, {"metadata": {"name": run.name}}, tmp_path, T0 + dt.timedelta(hours=1))
+    assert (
+        again.generation == 1 and again.status == state.status and again.created_at == "2026-03-01T00:00:00Z"
+    )
+    edited = run.model_copy(update={"spec": run.spec.model_copy(update={"seed": 1})})
+    assert start_state(edited, {"metadata": {"name": run.name}}, tmp_path, T0).generation == 2
+    another = run.model_copy(update={"metadata": run.metadata.model_copy(update={"name": "another"})})
+    other = start_state(another, {"metadata": {"name": "another"}}, tmp_path, T0)
+    assert other.status.phases == {}  # another run's state is not inherited (the names differ)
+
+
+def test_local_exit_codes_and_status_table(tmp_path: Path) -> None:
+    from olmo_operator.cli_run import format_status
+    from olmo_operator.local import EXIT_BLOCKED, EXIT_FAILED, EXIT_SUCCEEDED, exit_code
+
+    run = make_run(tmp_path.as_uri())
+    launcher = ScriptedLauncher()
+    run = step(run, launcher)
+    assert exit_code(run.status) == EXIT_FAILED  # not finished: never "success"
+    text = format_status(
+        run.name, run.status, "2026-03-01T00:00:00Z", T0 + dt.timedelta(minutes=5), {"pretrain": "pretrain"}
+    )
+    head, phases = text.split("\n\n")[:2]
+    assert head.splitlines()[1].split() == [
+        "olmo2-tiny",
+        "pretrain",
+        "Unknown",
+        "Running",
+        "-",
+        "-",
+        "-",
+        "5m",
+    ]
+    assert phases.splitlines()[1].split()[:4] == ["pretrain", "pretrain", "Pending", "1"]
+    launcher.set("olmo2-tiny-pretrain-a1", "Failed", 1)
+    run = step(run, launcher)
+    run = step(run, launcher, T0 + dt.timedelta(minutes=1))
+    launcher.set("olmo2-tiny-pretrain-a2", "Failed", 1)
+    run = step(run, launcher, T0 + dt.timedelta(minutes=1))
+    launcher.set("olmo2-tiny-pretrain-a3", "Failed", 1)
+    run = step(run, launcher, T0 + dt.timedelta(minutes=2))
+    run = step(run, launcher, T0 + dt.timedelta(minutes=3))
+    assert run.status.stage == "Failed" and exit_code(run.status) == EXIT_FAILED
+    blocked = run.status.model_copy(deep=True)
+    blocked.conditions[0] = blocked.conditions[0].model_copy(
+        update={"status": "False", "reason": "KindNotImplemented"}
+    )
+    assert exit_code(blocked) == EXIT_BLOCKED
+    blocked.conditions[0] = blocked.conditions[0].model_copy(update={"status": "True", "reason": "Succeeded"})
+    assert exit_code(blocked) == EXIT_SUCCEEDED
