@@ -118,6 +118,23 @@ def test_corrupted_source_is_refused_and_dst_stays_uncommitted(
     assert not archive.verify_checkpoint(dst, options=s3_server.storage_options()).committed
 
 
+def test_corrupt_multipart_source_is_aborted(
+    s3_server: S3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive, "PART_SIZE", 5 * 2**20)
+    src = make_checkpoint(tmp_path, files={"big.distcp": 11 * 2**20})
+    with (src / "big.distcp").open("r+b") as stream:  # the last part differs: found only after all uploads
+        stream.seek(-1, os.SEEK_END)
+        last = stream.read(1)
+        stream.seek(-1, os.SEEK_END)
+        stream.write(bytes([last[0] ^ 0xFF]))
+    with pytest.raises(archive.CorruptSourceError, match=r"big\.distcp sha256 differs"):
+        archive.archive_checkpoint(str(src), f"{bucket}/step100", dst_options=s3_server.storage_options())
+    client = s3_server.client()
+    assert client.list_objects_v2(Bucket=bucket[5:]).get("KeyCount", 0) == 0
+    assert not client.list_multipart_uploads(Bucket=bucket[5:]).get("Uploads")  # aborted, not left behind
+
+
 def test_uncommitted_source_is_refused(tmp_path: Path) -> None:
     src = make_checkpoint(tmp_path)
     (src / mf.MANIFEST_NAME).unlink()

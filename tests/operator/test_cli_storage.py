@@ -113,9 +113,11 @@ def test_killed_archive_leaves_no_manifest_and_rerun_resumes(
 
     code, out, _ = run_cli(capsys, "verify", dst)
     assert code == 1 and "NOT COMMITTED" in out
-    code, out, _ = run_cli(capsys, "archive", str(src), dst)
-    assert code == 0
-    assert f"{len(files) - len(done)} copied" in out and f"{len(done)} skipped" in out
+    report = archive.archive_checkpoint(str(src), dst)
+    # The server may still finish the one PUT in flight at the kill (its body was sent), so that file
+    # can be skipped too; every object present is whole (S3 writes are atomic) and is reused.
+    assert len(done) <= report.skipped <= len(done) + 1
+    assert report.copied == len(files) - report.skipped
     code, out, _ = run_cli(capsys, "verify", dst)
     assert code == 0 and f"OK ({len(files)} files verified)" in out
 
