@@ -367,7 +367,8 @@ class Launcher:
                 return JobObservation(job_name, "Missing")
             raise
         if job.get("metadata", {}).get("deletionTimestamp"):
-            return JobObservation(job_name, "Missing", message="being deleted")
+            # Foreground deletion: the Job stays until its pods are gone; until then it still "runs".
+            return JobObservation(job_name, "Running", message="terminating", terminating=True)
         phase = job.get("status", {}).get("state", {}).get("phase", "Pending")
         state = _VOLCANO_STATES.get(phase, "Pending")
         if state != "Failed":
@@ -398,7 +399,7 @@ class Launcher:
 
         try:
             self._custom().delete_namespaced_custom_object(
-                namespace=self.namespace, name=job_name, propagation_policy="Background", **VOLCANO
+                namespace=self.namespace, name=job_name, propagation_policy="Foreground", **VOLCANO
             )
         except ApiException as error:
             if error.status != 404:

@@ -70,6 +70,9 @@ class JobObservation:
     preempted: bool = False
     """Stopped by SIGTERM (eviction, preemption, node drain): resubmitted without counting a failure."""
     message: str = ""
+    terminating: bool = False
+    """Cancelled, its pods still stopping: not cancelled again, and not replaced until it is gone
+    (two attempts must never write to the same save_dir)."""
     checkpoint: tuple[int, str] | None = None
     """Newest committed checkpoint (step, uri) in the job's save_dir."""
     metrics: Metrics | None = None
@@ -539,7 +542,7 @@ class _Planner:
                 if job.state not in ("Pending", "Running") or job.attempts == 0:
                     continue
                 obs = self.observed.jobs.get(job.name)
-                if obs is not None and obs.state in ("Pending", "Running"):
+                if obs is not None and obs.state in ("Pending", "Running") and not obs.terminating:
                     self.actions.append(CancelJob(job.name, why))
                     self.emit("Normal", "Cancelled", f"job {job.name} cancelled: {why}")
                 job.message = f"cancelled: {why}"

@@ -139,6 +139,7 @@ def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = N
             exit_code=described.exit_code,
             preempted=described.preempted,
             message=described.message,
+            terminating=described.terminating,
             checkpoint=newest_checkpoint(save, storage_options),
             metrics=last_metrics(layout.metrics_uri(save), storage_options),
         )

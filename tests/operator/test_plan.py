@@ -509,3 +509,16 @@ def test_every_event_is_an_emit_with_a_known_type() -> None:
     run, result = step(make_run(pretrain(), anneal([1, 2]), SOUP))
     assert all(isinstance(e, Emit) and e.type in ("Normal", "Warning") for e in result.events)
     assert isinstance(run.status.phases["pretrain"], PhaseStatus)
+
+
+def test_a_terminating_job_is_neither_cancelled_again_nor_replaced_until_gone() -> None:
+    run, _ = step(make_run())
+    terminating = {"r-pretrain-a1": JobObservation("r-pretrain-a1", "Running", terminating=True)}
+    suspended = run.model_copy(update={"spec": run.spec.model_copy(update={"suspend": True})})
+    suspended, result = step(suspended, terminating)
+    assert not of(result, CancelJob)
+    resumed = suspended.model_copy(update={"spec": run.spec})
+    resumed, result = step(resumed, terminating)
+    assert not of(result, SubmitJob)  # two attempts never write to one save_dir at once
+    resumed, result = step(resumed)
+    assert [s.job_name for s in of(result, SubmitJob)] == ["r-pretrain-a2"]
