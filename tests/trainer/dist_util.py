@@ -56,7 +56,7 @@ def torchrun_command(args: list[str], *, nproc: int) -> list[str]:
 
 
 def torchrun(
-    args: list[str], *, nproc: int = 2, timeout: float = 120, env: dict[str, str] | None = None
+    args: list[str], *, nproc: int = 2, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run to completion and return the result (stdout and stderr captured)."""
     return subprocess.run(

@@ -108,9 +108,36 @@ def test_ddp_without_accumulation_matches_fsdp_with_accumulation(tmp_path: Path)
     ours, theirs = read_metrics(tmp_path / "out"), read_metrics(run.save_dir)
     assert len(ours) == len(theirs) == 40
     for a, b in zip(ours, theirs, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5, rel=1e-5), a["step"]
-        if a["step"] <= 10:  # later, float-order differences grow in the (sensitive) gradient norm
+        # Summation order differs (all-reduce vs reduce-scatter, one vs two micro-batches); the ~1e-7
+        # differences compound over the steps, so the late steps get a slightly looser bound.
+        assert abs(a["loss"] - b["loss"]) < (1e-5 if a["step"] <= 30 else 5e-5), a["step"]
+        if a["step"] <= 10:  # the gradient norm is more sensitive still
             assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), a["step"]
+
+
+def test_anneal_inherits_the_parents_lr_and_weights(tmp_path: Path) -> None:
+    """One process without torchrun (accumulation 4), wandb offline, starting from the reference."""
+    run = reference_run()
+    parent = str(run.save_dir / "checkpoints" / "step40")
+    parent_lr = read_metrics(run.save_dir)[-1]["lr"]
+    config = tiny_config(
+        tmp_path,
+        kind="anneal",
+        phase="anneal",
+        initFrom=parent,
+        optim={"lr": "inherit"},
+        schedule={"kind": "linear"},
+        maxSteps=4,
+    )
+    result = trainer(["anneal", "--config", str(config)], env={"WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "out")
+    assert [m["lr"] for m in metrics] == pytest.approx([parent_lr * f for f in (0.75, 0.5, 0.25, 0.0)])
+    # Starts from the parent's weights: the loss continues where pretraining ended, not at log(V).
+    assert metrics[0]["loss"] < read_metrics(run.save_dir)[-1]["loss"] + 0.3
+    manifest = read_manifest(*_local(tmp_path / "out" / "checkpoints" / "step4"))
+    assert manifest is not None and manifest["parent"] == parent
+    assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))
 
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path) -> None:
