@@ -36,6 +36,7 @@ from olmo_operator.settings import ANNOTATION_PREFIX, FINALIZER, Settings
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 log = logging.getLogger(__name__)
 INVALID_REASON = "InvalidSpec"
+RUN_STATES = ("Pending", "Running", "Succeeded", "Failed", "Suspended", "Blocked", "Invalid")
 _SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|API_KEY|ACCESS_KEY|CREDENTIALS)", re.IGNORECASE)
 
 LauncherFactory = Callable[[str], JobLauncher]
@@ -114,10 +115,12 @@ def on_timer(*, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None
 def on_delete(*, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Cancel every job the run ever submitted; kopf then removes the finalizer."""
     context: Context = memo.context
-    document = _plain(body)
-    launcher = context.launcher_for(document["metadata"].get("namespace", "default"))
-    names = job_names(document)
-    _guarded(context, "delete", lambda: _cancel_all(launcher, names))
+    guard: _Guard = memo.setdefault("guard", _Guard())
+    with guard.lock:  # a reconcile in flight finishes first; its jobs are in the status it wrote
+        document = guard.freshest(_plain(body))
+        launcher = context.launcher_for(document["metadata"].get("namespace", "default"))
+        names = job_names(document)
+        _guarded(context, "delete", lambda: _cancel_all(launcher, names))
     context.metrics.forget(document["metadata"].get("namespace", "default"), document["metadata"]["name"])
     log.info("%s/%s: cancelled %d job(s)", document["metadata"].get("namespace"), document["metadata"]["name"],
              len(names))
@@ -168,7 +171,7 @@ def step(body: kopf.Body, patch: kopf.Patch, memo: Any, *, trigger: str) -> None
             patch.setdefault("status", {}).update(changes)
         guard.remember(document, new)
         meta = document["metadata"]
-        context.metrics.set_state(meta.get("namespace", "default"), meta["name"], status.stage)
+        context.metrics.set_state(meta.get("namespace", "default"), meta["name"], run_state(status))
         for event in events:
             kopf.event(body, type=event.type, reason=event.reason, message=redact(event.message, context.secrets))
 
@@ -263,6 +266,13 @@ def job_names(document: Mapping[str, Any]) -> list[str]:
                 phase = run.phase(phase_name)
                 names += [layout.job_name(run, phase, job.seed, a) for a in range(1, job.attempts + 1)]
     return list(dict.fromkeys(names))
+
+
+def run_state(status: api.OlmoRunStatus) -> str:
+    """A bounded label for metrics: the stage, except that the phases running now read "Running"."""
+    if status.stage in (None, "Pending"):
+        return "Pending"
+    return status.stage if status.stage in RUN_STATES else "Running"
 
 
 def secret_values(env: Mapping[str, str]) -> frozenset[str]:

@@ -374,7 +374,7 @@ def test_python_m_olmo_operator_serves_runs_health_and_metrics(kube: KubeServer,
         assert wait_for(lambda: get(health, "/healthz"), what="/healthz")
         exposition = wait_for(lambda: get(metrics, "/metrics"), what="/metrics")
         assert "olmorun_job_submissions_total 1.0" in exposition
-        assert 'olmorun_runs{state="pretrain"} 1.0' in exposition
+        assert 'olmorun_runs{state="Running"} 1.0' in exposition
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)

@@ -14,7 +14,9 @@ names no objects created with `generateName`. `Emulator` adds, on every write:
   where an unknown field is an ERROR (the API server would silently prune it): 422, recorded in
   `rejections` so a test fails on it;
 - deletion with finalizers marks `deletionTimestamp` (a write like any other);
-- `watch=True` (the kubernetes client's spelling), PUT, and lists with `kind`/`apiVersion`.
+- `watch=True` (the kubernetes client's spelling), PUT, lists with `kind`/`apiVersion`, and a list and
+  watch of `/api/v1/namespaces` (a fixed set) so that kopf can serve named namespaces;
+- a create answers 201 (the kubernetes client only decodes a created object from a 201).
 
 It does no garbage collection through ownerReferences: a test sees exactly what the operator deletes.
 
@@ -29,6 +31,7 @@ import contextlib
 import copy
 import datetime as dt
 import itertools
+import json
 import re
 import secrets
 import threading
@@ -58,6 +61,7 @@ SECRETS = kmock.resource("", "v1", "secrets")
 PODS = kmock.resource("", "v1", "pods")
 
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
+_NAMESPACE_LIST = re.compile(r"^/api/v1/namespaces/?$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,9 +205,13 @@ class Call:
         action = request.action.value if request.action is not None else str(request.method.value)
         if request.method == kmock.method.GET and request.params.get("watch", "").lower() == "true":
             action = "WATCH"
+        name = request.name
+        if name is None and isinstance(request.data, dict):  # a create names its object in the body
+            name = (request.data.get("metadata") or {}).get("name")
         return cls(
-            action=action, resource=str(request.resource.plural) if request.resource else request.url.path,
-            namespace=request.namespace, name=request.name, subresource=request.subresource,
+            action=action, resource=str(request.resource.plural) if request.resource and request.resource.plural
+            else request.url.path,
+            namespace=request.namespace, name=name, subresource=request.subresource,
             agent=request.headers.get("User-Agent", ""), at=time.monotonic(),
         )
 
@@ -215,6 +223,8 @@ class Emulator(kmock.KubernetesEmulator):
     schemas: dict[kmock.resource, dict[str, Any]] = attrs.field(factory=dict)
     rejections: list[Rejection] = attrs.field(factory=list)
     conflicts: list[Rejection] = attrs.field(factory=list)
+    namespaces: set[str] = attrs.field(factory=lambda: {"default"})
+    """What `GET /api/v1/namespaces` lists (a fixed set)."""
     log: list[Call] = attrs.field(factory=list)
     _revisions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
@@ -230,6 +240,32 @@ class Emulator(kmock.KubernetesEmulator):
 
     def _has_status(self, resource: kmock.resource) -> bool:
         return resource in self.resources and "status" in self.resources[resource].subresources
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock's URL parser reads `/api/v1/namespaces` as "a namespace with no name" and fails with
+        # a 500 before any handler runs; kopf lists and watches it when it serves named namespaces.
+        if raw_request.method == "GET" and _NAMESPACE_LIST.match(raw_request.path):
+            return await self._serve_namespaces(raw_request)
+        return await super().__call__(raw_request)
+
+    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        watch = raw_request.query.get("watch", "").lower() == "true"
+        self.log.append(Call("WATCH" if watch else "LIST", "namespaces", None, None, None,
+                             raw_request.headers.get("User-Agent", ""), time.monotonic()))
+        items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "uid": ns, "resourceVersion": "1"},
+                  "status": {"phase": "Active"}} for ns in sorted(self.namespaces)]
+        if not watch:
+            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
+                                              "metadata": {"resourceVersion": "1"}, "items": items})
+        response = aiohttp.web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(raw_request)
+        for item in items:
+            await response.write(json.dumps({"type": "ADDED", "object": item}).encode() + b"\n")
+        # The set of namespaces never changes: hold the stream open until its timeout or the shutdown.
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await asyncio.sleep(float(raw_request.query.get("timeoutSeconds") or 3600))
+        return response
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         self.log.append(Call.of(request))
@@ -411,8 +447,8 @@ class Emulator(kmock.KubernetesEmulator):
 class KubeServer:
     """The emulator served on 127.0.0.1:<random port> from a background event loop."""
 
-    def __init__(self, crds: list[Mapping[str, Any]] = ()) -> None:  # type: ignore[assignment]
-        self.emulator = Emulator()
+    def __init__(self, crds: list[Mapping[str, Any]] = (), namespaces: tuple[str, ...] = ("default",)) -> None:  # type: ignore[assignment]
+        self.emulator = Emulator(namespaces=set(namespaces))
         for resource in (NAMESPACES, EVENTS, SECRETS, PODS):
             kind = {"namespaces": "Namespace", "events": "Event", "secrets": "Secret", "pods": "Pod"}[str(resource.plural)]
             self.emulator.declare(resource, kmock.ResourceInfo(
