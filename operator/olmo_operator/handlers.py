@@ -10,8 +10,9 @@ planner event. An invalid spec gets `Invalid=True` (reason InvalidSpec, every va
 no job. Deletion is held by a finalizer until every job of the run is cancelled. Transient failures
 raise kopf.TemporaryError(delay=...) and kopf retries; nothing here sleeps.
 
-Job state is polled by the timer (OLMORUN_RESYNC_SECONDS), not watched: one watch on every Volcano Job
-of the cluster would cost more than a describe per active job, and a finished run is not polled at all.
+Job state is polled by the timer (OLMORUN_RESYNC_SECONDS) rather than watched: the launcher's describe is
+the one view of a job that every torchx scheduler offers, it costs one GET per active job per interval
+(bench/RESULTS.md), and a finished or invalid run is not polled at all.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.execution.max_workers = ours.max_workers
-    settings.posting.level = logging.INFO
+    settings.posting.level = logging.WARNING  # kopf's own failures become Events; its INFO chatter does not
 
 
 def login(*, memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -171,7 +171,10 @@ def test_run_lifecycle_jobs_phases_events_and_delete(kube: KubeServer, kubectl: 
         assert status["stage"] == "Succeeded"
         assert status["observedGeneration"] == 1
         assert condition(kube, "life", "Progressing")["status"] == "False"
-        wait_for(lambda: {"PhaseSucceeded", "JobSucceeded", "Archived"} <= set(reasons(kube, "life")), what="events")
+        wait_for(lambda: {"PhaseStarted", "PhaseSucceeded", "JobSucceeded", "Archived"} <= set(reasons(kube, "life")),
+                 what="events")
+        assert {e["type"] for e in kube.objects(EVENTS, NS).values()} == {"Normal"}
+        assert {e["involvedObject"]["uid"] for e in kube.objects(EVENTS, NS).values()} == {run_uid}
 
         # Metrics and liveness of the live operator.
         assert operator.metrics.value("olmorun_job_submissions_total") == 3
@@ -251,11 +254,45 @@ def test_failed_job_is_retried_after_backoff(kube: KubeServer, kubectl: Any, tmp
         assert "flaky-pretrain-a2" not in jobs_of(kube, "flaky"), "retried before the backoff"
         wait_for(lambda: "flaky-pretrain-a2" in jobs_of(kube, "flaky"), timeout=10, what="the second attempt")
         wait_for(lambda: {"JobFailed", "Retrying"} <= set(reasons(kube, "flaky")), what="events")
+        failed = [e for e in kube.objects(EVENTS, NS).values() if e["reason"] == "JobFailed"]
+        assert [e["type"] for e in failed] == ["Warning"]
         assert operator.metrics.value("olmorun_job_retries_total") == 1
         # The second attempt runs the same config, resuming from the same save_dir.
         first, second = jobs_of(kube, "flaky")["flaky-pretrain-a1"], jobs_of(kube, "flaky")["flaky-pretrain-a2"]
         assert first["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["image"] == \
             second["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_storage_error_is_retried_by_kopf_then_the_run_proceeds(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "storage"
+    blocker.write_text("a file where the storage directory should be")  # every write under it fails
+    with OperatorThread(kube) as operator:
+        apply(kubectl, olmorun("blocked", blocker))
+        wait_for(lambda: operator.metrics.value("olmorun_reconcile_errors_total", error="temporary") >= 2,
+                 what="temporary errors, retried")
+        assert kube.ever_created(VCJOBS) == []
+        blocker.unlink()
+        wait_for(lambda: "blocked-pretrain-a1" in jobs_of(kube, "blocked"), what="the job once storage works")
+        assert operator.metrics.value("olmorun_reconcile_errors_total", error="permanent") == 0
+
+
+def test_namespaced_operator_ignores_other_namespaces(tmp_path: Path) -> None:
+    from olmo_operator.crd import build_crd
+
+    with KubeServer([build_crd()], namespaces=("default", "other")) as server:
+        client = server.api_client()
+        kubectl = kubernetes.client.CustomObjectsApi(client)
+        with OperatorThread(server, namespaces=("default",)) as operator:
+            outside = olmorun("outside", tmp_path)
+            outside["metadata"]["namespace"] = "other"
+            kubectl.create_namespaced_custom_object(GROUP, VERSION, "other", api.PLURAL, outside)
+            apply(kubectl, olmorun("inside", tmp_path))
+            wait_for(lambda: "inside-pretrain-a1" in jobs_of(server, "inside"), what="the served run's job")
+            wait_for(lambda: operator.metrics.value("olmorun_reconcile_duration_seconds_count", trigger="timer") >= 3,
+                     what="a few timer ticks")
+        assert server.ever_created(VCJOBS) == ["inside-pretrain-a1"]
+        assert "status" not in server.get(OLMORUNS, "other", "outside")
+        assert server.emulator.rejections == []
 
 
 # --- the emulator itself: what makes the scenarios above trustworthy -------------------------

@@ -544,9 +544,11 @@ class OperatorThread:
     """
 
     def __init__(self, kube: KubeServer, *, resync_seconds: float = 0.3, health_port: int = 0,
-                 metrics: Metrics | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
+                 namespaces: tuple[str, ...] = (), metrics: Metrics | None = None,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
         self.settings = Settings(
-            resync_seconds=resync_seconds, error_delay_seconds=0.5, metrics_port=0, health_port=health_port,
+            namespaces=namespaces, resync_seconds=resync_seconds, error_delay_seconds=0.5, metrics_port=0,
+            health_port=health_port,
             kube_server=kube.url, max_workers=4, log_level="INFO",
         )
         self.metrics = metrics or Metrics()
