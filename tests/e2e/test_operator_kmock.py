@@ -251,8 +251,11 @@ def test_failed_job_is_retried_after_backoff(kube: KubeServer, kubectl: Any, tmp
         job = wait_for(lambda: (status_of(kube, "flaky").get("phases", {}).get("pretrain", {}).get("jobs") or [{}])[0]
                        if phase_state(kube, "flaky", "pretrain") == "Retrying" else None, what="Retrying")
         assert job["retryAt"]
-        assert "flaky-pretrain-a2" not in jobs_of(kube, "flaky"), "retried before the backoff"
         wait_for(lambda: "flaky-pretrain-a2" in jobs_of(kube, "flaky"), timeout=10, what="the second attempt")
+        # Server-side timestamps: the retry came no sooner than the backoff after the failure.
+        failed_at = max(c.at for c in kube.calls if c.name == "flaky-pretrain-a1" and c.subresource == "status")
+        retried_at = min(c.at for c in kube.calls if c.name == "flaky-pretrain-a2" and c.action == "CREATE")
+        assert retried_at - failed_at >= 1.0, "retried before the backoff"
         wait_for(lambda: {"JobFailed", "Retrying"} <= set(reasons(kube, "flaky")), what="events")
         failed = [e for e in kube.objects(EVENTS, NS).values() if e["reason"] == "JobFailed"]
         assert [e["type"] for e in failed] == ["Warning"]
