@@ -89,3 +89,24 @@ def test_gpu_bench_smoke_runs_on_cpu(tmp_path: Path) -> None:
     assert record["preset"] == "tiny" and record["seq"] == 64 and record["tokens_per_s_per_gpu"] > 0
     assert record["mfu"] is None and record["flops_per_token"] > 0
     assert "| tokens/s/GPU | MFU |" in result.stdout and "| tiny | 64 |" in result.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (CPU counterpart: the smoke test)"
+)
+def test_gpu_bench_bf16_fsdp_compile_on_cuda(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_bench.json"
+    args = ["--preset", "tiny", "--seq", "128", "--warmup", "1", "--steps", "2", "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, "bench/gpu_bench.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["precision"] == "bf16" and record["compile"] is True and record["max_memory_gib"] > 0
+    assert record["last_loss"] == pytest.approx(record["first_loss"], abs=1.0)  # finite, sane

@@ -11,6 +11,7 @@ token and tokens per step, and trains nothing. A bad command line or config exit
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -94,8 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(dry_run(cfg), indent=2))
             return 0
         if cfg.kind == "soup":
-            from olmo_trainer import soup
-
+            soup = importlib.import_module("olmo_trainer.soup")  # B2's module; imports torch lazily here
             return int(soup.main(cfg) or 0)
         from olmo_trainer.train import train
 
