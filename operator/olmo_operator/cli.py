@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "olmo_operator.cli_storage",  # archive, verify
     "olmo_operator.cli_data",  # data synth, data prepare
     "olmo_operator.cli_run",  # render, local, status
+    "olmo_operator.cli_export",  # export-hf
 )
 
 

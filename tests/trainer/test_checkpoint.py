@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
+
 from olmo_trainer import manifest
 from olmo_trainer.checkpoint import (
     Checkpointer,
@@ -23,7 +25,6 @@ from olmo_trainer.checkpoint import (
     steps_to_delete,
 )
 from olmo_trainer.config import CheckpointConfig, ModelConfig, TrainConfig
-from torch import nn
 
 REPO = Path(__file__).resolve().parents[2]
 

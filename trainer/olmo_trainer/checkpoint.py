@@ -41,6 +41,7 @@ import torch.distributed.checkpoint as dcp
 from fsspec import AbstractFileSystem
 from torch import nn
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
@@ -160,6 +161,16 @@ def _single_process() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to .* in a single process.*")
         yield
+
+
+def _dcp_load(uri: str, state: dict[str, Any], reader: StorageReader, *, no_dist: bool = False) -> None:
+    """dcp.load, with its failures (a BaseException carrying every rank's error) as a CheckpointError."""
+    try:
+        with _single_process():
+            dcp.load(state, storage_reader=reader, no_dist=no_dist)
+    except CheckpointException as error:
+        reasons = sorted({f"{type(exc).__name__}: {exc}" for exc, _ in error.failures.values()})
+        raise CheckpointError(f"cannot load {uri}: {'; '.join(reasons)}") from None
 
 
 def _require_committed(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
@@ -351,8 +362,7 @@ class Checkpointer:
         else:
             model_sd, optim_sd = get_state_dict(model, optim)
             state: dict[str, Any] = {MODEL_KEY: model_sd, OPTIM_KEY: optim_sd}
-            with _single_process():
-                dcp.load(state, storage_reader=reader)
+            _dcp_load(uri, state, reader)
             set_state_dict(
                 model, optim, model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIM_KEY]
             )
@@ -405,8 +415,7 @@ def load_model_weights(uri: str, model: nn.Module, *, storage_options: dict[str,
     options = dict(storage_options or {})
     _require_committed(uri, options)
     state = {MODEL_KEY: get_model_state_dict(model)}
-    with _single_process():
-        dcp.load(state, storage_reader=_reader(uri, options))
+    _dcp_load(uri, state, _reader(uri, options))
     set_model_state_dict(model, state[MODEL_KEY])
 
 
@@ -443,8 +452,7 @@ def load_full_state_dict(
     if not weights:
         raise CheckpointError(f"{uri} holds no model weights")
     state: dict[str, Any] = {MODEL_KEY: weights}
-    with _single_process():
-        dcp.load(state, storage_reader=_reader(uri, options), no_dist=True)
+    _dcp_load(uri, state, _reader(uri, options), no_dist=True)
     return state[MODEL_KEY]
 
 
