@@ -243,7 +243,7 @@ def test_invalid_spec_gets_invalid_condition_and_no_job(kube: KubeServer, kubect
 
 
 def test_failed_job_is_retried_after_backoff(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
-    body = olmorun("flaky", tmp_path, backoff=1)
+    body = olmorun("flaky", tmp_path, backoff=2)
     with OperatorThread(kube) as operator:
         apply(kubectl, body)
         wait_for(lambda: "flaky-pretrain-a1" in jobs_of(kube, "flaky"), what="the first attempt")
@@ -252,10 +252,11 @@ def test_failed_job_is_retried_after_backoff(kube: KubeServer, kubectl: Any, tmp
                        if phase_state(kube, "flaky", "pretrain") == "Retrying" else None, what="Retrying")
         assert job["retryAt"]
         wait_for(lambda: "flaky-pretrain-a2" in jobs_of(kube, "flaky"), timeout=10, what="the second attempt")
-        # Server-side timestamps: the retry came no sooner than the backoff after the failure.
+        # Server-side timestamps: the retry came no sooner than the backoff after the failure, less the 1 s
+        # resolution of status.retryAt (RFC 3339 in whole seconds, so a retry may come up to 1 s early).
         failed_at = max(c.at for c in kube.calls if c.name == "flaky-pretrain-a1" and c.subresource == "status")
         retried_at = min(c.at for c in kube.calls if c.name == "flaky-pretrain-a2" and c.action == "CREATE")
-        assert retried_at - failed_at >= 1.0, "retried before the backoff"
+        assert retried_at - failed_at >= 2.0 - 1.0, "retried before the backoff"
         wait_for(lambda: {"JobFailed", "Retrying"} <= set(reasons(kube, "flaky")), what="events")
         failed = [e for e in kube.objects(EVENTS, NS).values() if e["reason"] == "JobFailed"]
         assert [e["type"] for e in failed] == ["Warning"]
