@@ -7,8 +7,9 @@ gradient-norm spikes.
 How: tokens repeat with period p over a stretch exactly when x[i] == x[i - p] along it. An n-gram of
 length p repeated R times in a row is a stretch of R*p tokens in which that holds for the last (R-1)*p
 positions: a run of (R-1)*p consecutive matches. For each p we compare the batch with itself shifted
-by p and look for such a run with a sliding-window sum over a cumulative sum: O(T) numpy work per
-period, no Python loop over tokens.
+by p and look for such a run by repeated ANDs of shifted copies: no Python loop over tokens. A
+necessary condition on every p-th token screens rows first, so clean text costs about
+sum(1/p) ~ 3.2 comparisons per token instead of 13 full passes.
 
     drop = repeated_ngram_mask(batch)           # batch (N, T) -> bool (N,)
 """
@@ -19,13 +20,19 @@ import numpy as np
 
 
 def _has_run(matches: np.ndarray, length: int) -> np.ndarray:
-    """Per row of a bool (N, M) array: is there a run of >= `length` consecutive True values?"""
-    if length > matches.shape[1]:
-        return np.zeros(matches.shape[0], dtype=bool)
-    counts = np.zeros((matches.shape[0], matches.shape[1] + 1), dtype=np.int32)
-    np.cumsum(matches, axis=1, dtype=np.int32, out=counts[:, 1:])
-    window = counts[:, length:] - counts[:, :-length]  # matches inside each window of `length`
-    return (window == length).any(axis=1)
+    """Per row of a bool (N, M) array: is there a run of >= `length` consecutive True values?
+
+    By doubling: after k steps `run[:, i]` says matches[i : i + 2**k] are all True; one more AND with
+    a shifted copy reaches any length. About log2(length) byte-wise ANDs, no integer arithmetic.
+    """
+    run, have = matches, 1
+    while have * 2 <= length:
+        run = run[:, have:] & run[:, :-have]
+        have *= 2
+    if have < length:
+        rest = length - have  # <= have, so the two windows overlap or touch: one contiguous run
+        run = run[:, rest:] & run[:, :-rest]
+    return np.asarray(run.any(axis=1)) if run.shape[1] else np.zeros(matches.shape[0], dtype=bool)
 
 
 def repeated_ngram_mask(tokens: np.ndarray, *, max_period: int = 13, max_repetitions: int = 32) -> np.ndarray:
@@ -37,12 +44,16 @@ def repeated_ngram_mask(tokens: np.ndarray, *, max_period: int = 13, max_repetit
         needed = (max_repetitions - 1) * period
         if needed >= batch.shape[1]:
             break  # longer periods cannot repeat enough times inside the window
-        rows = np.flatnonzero(~drop)  # rows already dropped need no more work
-        if rows.size == 0:
-            break
-        sub = batch[rows]
-        matches = sub[:, period:] == sub[:, :-period]  # (n, T - p)
-        drop[rows[_has_run(matches, needed)]] = True
+        # Cheap necessary condition first, at 1/period of the work: a run of `needed` matches spans
+        # max_repetitions - 1 consecutive multiples of `period`, so the tokens at those multiples are
+        # max_repetitions equal values in a row. Natural text almost never passes it.
+        strided = batch[:, ::period]
+        same = strided[:, 1:] == strided[:, :-1]  # (N, T / p)
+        rows = np.flatnonzero(_has_run(same, max_repetitions - 1) & ~drop)
+        if rows.size:  # the exact test on the few candidate rows
+            sub = batch[rows]
+            matches = sub[:, period:] == sub[:, :-period]  # (n, T - p)
+            drop[rows[_has_run(matches, needed)]] = True
     return drop
 
 
