@@ -8,6 +8,7 @@ Every OlmoRun write is validated against the generated CRD schema by the emulato
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import pydantic
 import pytest
 
 from olmo_operator import api, layout
+from olmo_operator.__main__ import _Redacting
 from olmo_operator.handlers import INVALID_REASON, merge_patch, redact, secret_values
 from olmo_operator.launcher import LABEL_PHASE, LABEL_RUN
 from olmo_operator.settings import FINALIZER, Settings, SettingsError
@@ -329,6 +331,21 @@ def test_emulator_refuses_fields_the_crd_schema_lacks(kube: KubeServer, kubectl:
     obj = kube.get(OLMORUNS, NS, "schema")
     assert obj["metadata"]["generation"] == 2 and obj["status"]["stage"] == "x"
 
+    # PUT replaces, with optimistic concurrency on resourceVersion.
+    stale = copy.deepcopy(obj)
+    stale["metadata"]["resourceVersion"] = version
+    with pytest.raises(kubernetes.client.ApiException) as conflict:
+        kubectl.replace_namespaced_custom_object(GROUP, VERSION, NS, api.PLURAL, "schema", stale)
+    assert conflict.value.status == 409
+    obj["spec"]["seed"] = 8
+    replaced = kubectl.replace_namespaced_custom_object(GROUP, VERSION, NS, api.PLURAL, "schema", obj)
+    assert replaced["spec"]["seed"] == 8 and replaced["metadata"]["generation"] == 3
+    # The kubernetes client's watch=True is a watch (it streams the object as ADDED first).
+    stream = kubernetes.watch.Watch().stream(kubectl.list_namespaced_custom_object, GROUP, VERSION, NS, api.PLURAL,
+                                             timeout_seconds=1)
+    first = next(iter(stream))
+    assert first["type"] == "ADDED" and first["object"]["metadata"]["name"] == "schema"
+
 
 def _filled(annotation: Any) -> Any:
     """A sample value of a type, with every field of a model set (optional ones included)."""
@@ -375,6 +392,12 @@ def test_secrets_are_redacted_everywhere() -> None:
     secrets = secret_values({"AWS_SECRET_ACCESS_KEY": "hunter2hunter2", "HOME": "/root", "WANDB_API_KEY": "short"})
     assert secrets == {"hunter2hunter2"}
     assert redact({"m": ["key hunter2hunter2 leaked"]}, secrets) == {"m": ["key *** leaked"]}
+
+
+def test_log_records_are_redacted() -> None:
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "key=%s", ("hunter2hunter2",), None)
+    assert _Redacting(frozenset({"hunter2hunter2"})).filter(record)
+    assert record.getMessage() == "key=***"
 
 
 def test_settings_from_environment() -> None:

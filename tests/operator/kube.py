@@ -14,7 +14,8 @@ names no objects created with `generateName`. `Emulator` adds, on every write:
   where an unknown field is an ERROR (the API server would silently prune it): 422, recorded in
   `rejections` so a test fails on it;
 - deletion with finalizers marks `deletionTimestamp` (a write like any other);
-- `watch=True` (the kubernetes client's spelling), PUT, lists with `kind`/`apiVersion`, and a list and
+- `watch=True` (the kubernetes client's spelling), a watch's `timeoutSeconds`, PUT, lists with
+  `kind`/`apiVersion`, and a list and
   watch of `/api/v1/namespaces` (a fixed set) so that kopf can serve named namespaces;
 - a create answers 201 (the kubernetes client only decodes a created object from a 201).
 
@@ -37,7 +38,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -406,6 +407,25 @@ class Emulator(kmock.KubernetesEmulator):
             await self._buses[request.resource].put({"type": "DELETED", "object": old})
         return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success",
                                           "details": {"name": request.name}})
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        """kmock's watch, ended after `timeoutSeconds` like the API server's (clients then re-watch)."""
+        timeout = float(request.params.get("timeoutSeconds") or 0)
+        stream = super()._serve_watch(request)
+        if not timeout:
+            async for item in stream:
+                yield item
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    item = await asyncio.wait_for(anext(stream), timeout=left)
+                except (StopAsyncIteration, TimeoutError):
+                    break
+                yield item
+        finally:
+            await stream.aclose()
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         payload = await super()._serve_list(request)
