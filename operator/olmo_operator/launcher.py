@@ -197,12 +197,16 @@ def app_for_job(
     """
     procs = run.spec.cluster.procs
     name = layout.job_name(run, phase, seed, attempt)
-    if single_host:
+    cluster = run.spec.cluster
+    gpus = cluster.gpus_per_node
+    if phase.kind == "soup":
+        # Averaging is one process on CPU (one ingredient in memory at a time): no GPUs, no peers.
+        nnodes, nproc, gpus, endpoint = 1, 1, 0, "localhost:0"
+    elif single_host:
         nnodes, nproc, endpoint = 1, phase.nodes * procs, "localhost:0"  # port 0: a free port
     else:
         nnodes, nproc = phase.nodes, procs
         endpoint = f"$${{{specs.macros.rank0_env}:=localhost}}:{RDZV_PORT}"
-    cluster = run.spec.cluster
     role = specs.Role(
         name=ROLE,
         image=run.spec.image,
@@ -216,7 +220,7 @@ def app_for_job(
         num_replicas=nnodes,
         resource=specs.Resource(
             cpu=cpu_cores(cluster.cpu),  # torchx multiplies by 1000: fractions work
-            gpu=cluster.gpus_per_node,
+            gpu=gpus,
             memMB=memory_mb(cluster.memory),
         ),
         env=_env(run, phase, seed, attempt, config_uri),

@@ -381,3 +381,21 @@ def test_olmorun_render_names_every_problem_of_a_bad_file(
     assert main(["render", str(path)]) == 2
     err = capsys.readouterr().err
     assert "spec.phases[1].from" in err and "Traceback" not in err
+
+
+def test_a_soup_is_one_process_on_one_node_without_gpus() -> None:
+    run = parse_olmorun({
+        **GPU_SPEC,
+        "spec": {**GPU_SPEC["spec"], "phases": [
+            *GPU_SPEC["spec"]["phases"],
+            {"name": "anneal", "kind": "anneal", "from": "pretrain", "seeds": [1, 2], "nodes": 2, "maxTokens": "50B",
+             "data": GPU_SPEC["spec"]["phases"][0]["data"], "batch": {"globalBatchSize": 1024, "microBatchSize": 2}},
+            {"name": "soup", "kind": "soup", "from": "anneal"},
+        ]},
+    })  # fmt: skip
+    manifest = rendered(run, "soup", 6198)
+    [task] = manifest["spec"]["tasks"]
+    [container] = task["template"]["spec"]["containers"]
+    assert "--nnodes 1 --nproc_per_node 1" in container["command"][2]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert task["template"]["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"}
