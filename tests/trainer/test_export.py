@@ -105,6 +105,7 @@ def test_round_trip_keeps_config_and_weights_with_sharding(tmp_path: Path) -> No
     assert len(set(index["weight_map"].values())) > 1
     back = from_hf(str(tmp_path))
     assert back.config == cfg
+    assert all(p.requires_grad for p in back.parameters())  # ready to fine-tune
     for (name, a), b in zip(model.state_dict().items(), back.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 

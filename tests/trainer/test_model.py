@@ -132,3 +132,26 @@ def test_rmsnorm_is_computed_in_float32() -> None:
     got = norm(x.to(torch.bfloat16))
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=1e-2)
+
+
+def _bf16_matches_fp32(device: str) -> None:
+    torch.manual_seed(0)
+    model = Transformer(tiny(n_kv_heads=2)).to(device).eval()
+    ids = torch.randint(0, 260, (2, 64), device=device)
+    with torch.no_grad():
+        reference = model(ids)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            mixed = model(ids)
+    assert mixed.dtype == torch.float32
+    # bf16 keeps ~3 significant digits; the logits of a fresh model are O(0.1).
+    torch.testing.assert_close(mixed, reference, rtol=0.05, atol=0.02)
+
+
+def test_bf16_autocast_forward_stays_close_to_fp32_on_cpu() -> None:
+    _bf16_matches_fp32("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_autocast_forward_stays_close_to_fp32_on_gpu() -> None:
+    _bf16_matches_fp32("cuda")
