@@ -145,6 +145,8 @@ def progress_lines(run: OlmoRun, last: dict[str, int]) -> list[str]:
     """One line per running job whose step advanced since the last call (`last` is updated)."""
     lines = []
     for phase in run.spec.phases:
+        if phase.kind == "soup":
+            continue  # averaging has no steps to follow; its events say when it is done
         ps = run.status.phases.get(phase.name)
         for job in ps.jobs if ps else []:
             if job.state != "Running":
