@@ -140,6 +140,16 @@ def test_anneal_inherits_the_parents_lr_and_weights(tmp_path: Path) -> None:
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))
 
 
+def test_soup_kind_dispatches_to_the_soup(tmp_path: Path) -> None:
+    run = reference_run()
+    ingredients = [str(run.save_dir / "checkpoints" / f"step{s}") for s in (30, 40)]
+    config = tiny_config(tmp_path, kind="soup", phase="soup", soupFrom=ingredients, data=None, batch=None)
+    result = trainer(["soup", "--config", str(config)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "averaged 2 checkpoints" in result.stdout
+    assert read_manifest(*_local(tmp_path / "out" / "checkpoints" / "step40")) is not None
+
+
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, maxSteps=None, maxTokens="100K")
     result = trainer(["pretrain", "--config", str(config), "--dry-run"], env={"WORLD_SIZE": "2"})
