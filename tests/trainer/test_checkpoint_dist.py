@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from olmo_trainer import manifest
 from olmo_trainer.checkpoint import Checkpointer, load_full_state_dict
 from olmo_trainer.config import CheckpointConfig
 
@@ -165,11 +166,17 @@ def test_resharding_between_one_and_two_processes(tmp_path: Path) -> None:
         assert_states_equal(full_state(model, optim), torch.load(tmp_path / f"expected-{strategy}.pt"))
         torch.manual_seed(0)
         assert trainer.step == 2 and torch.equal(trainer.rng, torch.get_rng_state())  # rank 0's
+        # Each rank hashed its own shard into the MANIFEST: a full re-hash agrees with every entry.
+        report = manifest.verify(*manifest.filesystem(str(tmp_path / f"two-{strategy}" / "step2")))
+        assert report.ok and {"__0_0.distcp", "__1_0.distcp"} <= set(
+            manifest.read_manifest(*manifest.filesystem(str(tmp_path / f"two-{strategy}" / "step2")))["files"]
+        )
         saved = torch.load(tmp_path / f"two-{strategy}" / "step2" / "trainer.pt", weights_only=False)
         assert saved["world_size"] == 2
         assert not torch.equal(saved["ranks"][0]["rng"], saved["ranks"][1]["rng"])
 
     expected_async = torch.load(tmp_path / "expected-async.pt")
     got = load_full_state_dict(str(tmp_path / "async" / "step1"))
+    assert manifest.verify(*manifest.filesystem(str(tmp_path / "async" / "step1"))).ok
     for key, value in expected_async.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -132,9 +132,9 @@ def _world_size() -> int:
     return dist.get_world_size() if _distributed() else 1
 
 
-def _barrier() -> None:
+def _barrier(group: Any = None) -> None:
     if _distributed():
-        dist.barrier()
+        dist.barrier(group=group)
 
 
 def _from_rank0(value: Any) -> Any:
@@ -146,13 +146,27 @@ def _from_rank0(value: Any) -> Any:
     return box[0]
 
 
-def _gather_to_rank0(value: Any) -> list[Any] | None:
+def _gather_to_rank0(value: Any, group: Any = None) -> list[Any] | None:
     """Every rank's value, in rank order, on rank 0 (None elsewhere)."""
     if not _distributed():
         return [value]
     gathered: list[Any] | None = [None] * _world_size() if _rank() == 0 else None
-    dist.gather_object(value, gathered, dst=0)
+    dist.gather_object(value, gathered, dst=0, group=group)
     return gathered
+
+
+def _hash_own_shards(fs: AbstractFileSystem, path: str, rank: int) -> dict[str, dict[str, Any]]:
+    """MANIFEST entries of the shard files this rank wrote (DCP names them `__<rank>_<n>.distcp`).
+
+    Every rank hashes its own shards in parallel; rank 0 hashes whatever is left (metadata, side files).
+    """
+    prefix = f"__{rank}_"
+    entries = {}
+    for name in fs.ls(path, detail=False):
+        rel = str(name).rstrip("/").rsplit("/", 1)[-1]
+        if rel.startswith(prefix) and rel.endswith(".distcp"):
+            entries[rel] = {"sha256": manifest.sha256_file(fs, str(name)), "size": int(fs.size(str(name)))}
+    return entries
 
 
 @contextmanager
@@ -203,8 +217,8 @@ class _Pending:
 
     step: int
     uri: str
-    final: bool
-    future: Future[Any]
+    future: Future[None]
+    """Completes when the shards are written and the MANIFEST is committed."""
 
 
 class Checkpointer:
@@ -228,9 +242,10 @@ class Checkpointer:
         self.train_config = train_config
         self.fs, self.path = manifest.filesystem(self.directory, **self.storage_options)
         self._pending: _Pending | None = None
-        # A dedicated gloo group for async saves: the upload thread runs collectives while training
-        # uses the default group, and two threads must never share one process group.
+        # A dedicated gloo group for async saves: the upload and commit threads run collectives while
+        # training uses the default group, and two threads must never share one process group.
         self._async_group: Any = None
+        self._committer: ThreadPoolExecutor | None = None
 
     # Finding ---------------------------------------------------------------------------------
     def latest(self) -> tuple[int, str] | None:
@@ -256,10 +271,13 @@ class Checkpointer:
         state = self._state_to_save(app_state)
         writer = _writer(uri, self.storage_options)
         if self.cfg.async_save:
+            group = self._async_pg()
             with _single_process():
-                future = dcp.async_save(state, storage_writer=writer, process_group=self._async_pg())
-            assert isinstance(future, Future)
-            self._pending = _Pending(step, uri, final, future)
+                upload = dcp.async_save(state, storage_writer=writer, process_group=group)
+            assert isinstance(upload, Future)
+            self._committer = self._committer or ThreadPoolExecutor(1, thread_name_prefix="ckpt-commit")
+            done = self._committer.submit(self._commit_after, upload, step, uri, final, group)
+            self._pending = _Pending(step, uri, done)
         else:
             with _single_process():
                 dcp.save(state, storage_writer=writer)
@@ -267,11 +285,10 @@ class Checkpointer:
         return uri
 
     def wait(self) -> None:
-        """Finish a pending asynchronous save and commit it (collective when one is pending)."""
+        """Block until a pending asynchronous save is written and committed (re-raises its error)."""
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.future.result()
-            self._commit(pending.step, pending.uri, pending.final)
 
     def _prepare_dir(self, uri: str) -> str:
         """Rank 0: 'committed' when the step exists, else make an empty directory for it."""
@@ -303,19 +320,26 @@ class Checkpointer:
         model_sd, optim_sd = get_state_dict(model, optim)
         return {MODEL_KEY: model_sd, OPTIM_KEY: optim_sd}
 
-    def _commit(self, step: int, uri: str, final: bool) -> None:
-        """All shards are written: rank 0 writes the MANIFEST last, then applies retention."""
-        _barrier()
-        if _rank() == 0:
-            fs, path = manifest.filesystem(uri, **self.storage_options)
+    def _commit(self, step: int, uri: str, final: bool, group: Any = None) -> None:
+        """All shards are written: each rank hashes its own, rank 0 writes the MANIFEST last and
+        applies retention. Collective over `group` (the default group for synchronous saves)."""
+        fs, path = manifest.filesystem(uri, **self.storage_options)
+        hashed = _gather_to_rank0(_hash_own_shards(fs, path, _rank()), group)  # also waits for every rank
+        if hashed is not None and _rank() == 0:
+            known = {rel: entry for part in hashed for rel, entry in part.items()}
             extra = {"worldSize": _world_size(), **({"final": True} if final else {})}
             record = manifest.build_manifest(
-                fs, path, step=step, config_hash=self.config_hash, parent=self.parent, extra=extra
+                fs, path, step=step, config_hash=self.config_hash, parent=self.parent, extra=extra, known=known
             )
             manifest.commit(fs, path, record)
             log.info("committed checkpoint %s (%d files)", uri, len(record["files"]))
             self._apply_retention()
-        _barrier()  # nobody returns before the commit is visible
+        _barrier(group)  # nobody returns before the commit is visible
+
+    def _commit_after(self, upload: Future[Any], step: int, uri: str, final: bool, group: Any) -> None:
+        """Background thread of an async save: wait for the shards, then commit on the async group."""
+        upload.result()
+        self._commit(step, uri, final, group)
 
     def _async_pg(self) -> Any:
         if _distributed() and self._async_group is None:

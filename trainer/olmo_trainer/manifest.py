@@ -58,12 +58,20 @@ def build_manifest(
     config_hash: str | None = None,
     parent: str | None = None,
     extra: dict[str, Any] | None = None,
+    known: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Hash every file of a checkpoint directory into a manifest (not yet written)."""
+    """Hash every file of a checkpoint directory into a manifest (not yet written).
+
+    `known` holds entries ({"sha256", "size"} by relative path) already hashed elsewhere, e.g. by the
+    rank that wrote the shard, so that one process does not re-read a whole sharded checkpoint.
+    """
     files = {}
     for rel in list_files(fs, directory):
         path = f"{directory.rstrip('/')}/{rel}"
-        files[rel] = {"sha256": sha256_file(fs, path), "size": int(fs.size(path))}
+        if known and rel in known:
+            files[rel] = {"sha256": known[rel]["sha256"], "size": int(known[rel]["size"])}
+        else:
+            files[rel] = {"sha256": sha256_file(fs, path), "size": int(fs.size(path))}
     return {
         "format": FORMAT,
         "step": step,
