@@ -6,15 +6,15 @@ committed checkpoint, and never looks like one before it is complete:
 
 - every file is hashed while it streams (one read of the source) and checked against the MANIFEST
   before the destination object becomes visible; a mismatch aborts that object and fails the archive;
-- after each upload the remote size is checked, and with `verify_remote=True` the remote object is
-  read back and re-hashed;
+- after the uploads one listing checks every remote size (one LIST per 1000 objects, not a HEAD per
+  file), and with `verify_remote=True` every remote object is read back and re-hashed;
 - the MANIFEST is uploaded last, byte for byte, and only when every file is in place: an interrupted
   archive leaves no MANIFEST at the destination, and a rerun skips what is already there.
 
-How a rerun knows a file is already there (idempotence): on S3 every object is written with its
-sha256 in the object metadata (`x-amz-meta-olmorun-sha256`), set by the same PUT (or multipart
-completion) that makes the content visible, so a HEAD with the right size and sha256 proves it was
-written from a verified source. A plain overwrite drops that metadata, so an object replaced by
+How a rerun knows a file is already there (idempotence): one listing gives the candidates with the
+right size. On S3 every object is written with its sha256 in the object metadata
+(`x-amz-meta-olmorun-sha256`), set by the same PUT (or multipart completion) that makes the content
+visible, so a HEAD showing that sha256 proves the object was written from a verified source. A plain overwrite drops that metadata, so an object replaced by
 anything else is uploaded again. Other filesystems (local, gs://) keep no such record here: a
 destination file is skipped when its size matches and a re-hash of it matches the MANIFEST.
 `verify_checkpoint` always re-hashes everything and is the check to trust.
@@ -197,17 +197,19 @@ class _Destination:
     def __init__(self, fs: AbstractFileSystem) -> None:
         self.fs = fs
 
-    def present(self, path: str, expected: dict[str, Any]) -> bool:
+    def listing(self, directory: str) -> dict[str, int]:
+        """Size of every file under directory, by relative path: one LIST per 1000 objects on S3/GCS."""
+        self.fs.invalidate_cache(directory)
         try:
-            if int(self.fs.size(path)) != expected["size"]:
-                return False
+            found = self.fs.find(directory, detail=True)
         except FileNotFoundError:
-            return False
-        return mf.sha256_file(self.fs, path) == expected["sha256"]
+            return {}
+        prefix = f"{directory}/"
+        return {name[len(prefix) :]: int(info["size"]) for name, info in found.items() if name.startswith(prefix)}
 
-    def size(self, path: str) -> int:
-        self.fs.invalidate_cache(path)
-        return int(self.fs.info(path)["size"])
+    def present(self, path: str, expected: dict[str, Any]) -> bool:
+        """Whether the file at path (already known to have the right size) is the expected one."""
+        return mf.sha256_file(self.fs, path) == expected["sha256"]
 
     def write(self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]) -> None:
         """Write the parts to path; `check` raises CorruptSourceError after the last part if the source was bad.
@@ -227,28 +229,20 @@ class _Destination:
 
 
 class _S3Destination(_Destination):
-    """S3: an object becomes visible only through a PUT or multipart completion carrying its sha256."""
+    """S3: an object becomes visible only through a PUT or multipart completion carrying its sha256.
+
+    A process killed during a multipart upload leaves its parts invisible but stored until aborted:
+    give archive buckets an AbortIncompleteMultipartUpload lifecycle rule.
+    """
 
     def present(self, path: str, expected: dict[str, Any]) -> bool:
-        head = self._head(path)
-        if head is None:
+        bucket, key, _ = self.fs.split_path(path)
+        try:
+            head = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
             return False
         stored = (head.get("Metadata") or {}).get(SHA256_METADATA)
         return int(head["ContentLength"]) == expected["size"] and stored == expected["sha256"]
-
-    def size(self, path: str) -> int:
-        head = self._head(path)  # a HEAD, not fs.info: s3fs may answer that from a stale listing cache
-        if head is None:
-            raise FileNotFoundError(path)
-        return int(head["ContentLength"])
-
-    def _head(self, path: str) -> dict[str, Any] | None:
-        bucket, key, _ = self.fs.split_path(path)
-        try:
-            head: dict[str, Any] = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
-        except FileNotFoundError:
-            return None
-        return head
 
     def write(self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]) -> None:
         bucket, key, _ = self.fs.split_path(path)
@@ -276,7 +270,10 @@ class _S3Destination(_Destination):
                 MultipartUpload={"Parts": done},
             )
         except BaseException:
-            self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            try:
+                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            except Exception as error:  # keep the original error; the bucket's lifecycle rule reaps it
+                log.warning("could not abort the multipart upload of %s: %s", path, _first_line(error))
             raise
 
 
@@ -330,9 +327,12 @@ def archive_checkpoint(
     files: dict[str, dict[str, Any]] = manifest["files"]
     dest = _destination(dst_fs)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="archive") as pool:
-        found = _access(dst, lambda: list(pool.map(lambda rel: dest.present(f"{dst_dir}/{rel}", files[rel]), files)))
-        present = dict(zip(files, found, strict=True))
-        to_copy, to_skip = plan_copy(files, present.__getitem__)
+        # One listing finds files of the right size; only those are checked further (HEAD or re-hash).
+        listed = _access(dst, lambda: dest.listing(dst_dir))
+        candidates = [rel for rel in files if listed.get(rel) == files[rel]["size"]]
+        found = _access(dst, lambda: list(pool.map(lambda rel: dest.present(f"{dst_dir}/{rel}", files[rel]), candidates)))
+        present = {rel for rel, ok in zip(candidates, found, strict=True) if ok}
+        to_copy, to_skip = plan_copy(files, present.__contains__)
 
         def copy(rel: str) -> None:
             _copy_file(src_fs, f"{src_dir}/{rel}", dest, f"{dst_dir}/{rel}", rel, files[rel], verify_remote)
@@ -344,6 +344,7 @@ def archive_checkpoint(
         if verify_remote:
             outcomes += pool.map(lambda rel: _outcome(dst, rel, recheck), to_skip)
     _raise_failures(src, outcomes)
+    _check_sizes(dst, _access(dst, lambda: dest.listing(dst_dir)), {rel: files[rel] for rel in to_copy})
     if already is None:
         _access(dst, lambda: _commit_blob(dst_fs, dst_dir, blob))
     report = ArchiveReport(
@@ -446,11 +447,19 @@ def _copy_file(
             raise CorruptSourceError(f"{rel} sha256 differs from MANIFEST")
 
     dest.write(dst_path, expected, parts(), check)
-    remote_size = dest.size(dst_path)
-    if remote_size != size:
-        raise ArchiveError(f"{rel}: destination has {remote_size} bytes after upload, expected {size}")
     if verify_remote:
         _check_remote(dest.fs, dst_path, rel, expected)
+
+
+def _check_sizes(uri: str, listed: dict[str, int], uploaded: dict[str, dict[str, Any]]) -> None:
+    """After the uploads, before the MANIFEST: every uploaded file has its size at the destination."""
+    wrong = [
+        f"{rel} ({listed.get(rel, 'missing')} bytes, expected {expected['size']})"
+        for rel, expected in uploaded.items()
+        if listed.get(rel) != expected["size"]
+    ]
+    if wrong:
+        raise ArchiveError(f"{uri}: destination sizes differ after upload: " + "; ".join(sorted(wrong)))
 
 
 def _check_remote(fs: AbstractFileSystem, path: str, rel: str, expected: dict[str, Any]) -> None:

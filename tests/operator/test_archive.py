@@ -213,3 +213,10 @@ def test_plan_copy_orders_largest_first_and_skips_present() -> None:
     files = {"a": {"size": 1}, "b": {"size": 30}, "c": {"size": 20}, "d": {"size": 30}}
     assert archive.plan_copy(files, lambda rel: rel == "c") == (["b", "d", "a"], ["c"])
     assert archive.plan_copy({}, lambda rel: True) == ([], [])
+
+
+def test_size_check_after_upload_names_every_wrong_file() -> None:
+    uploaded = {"a": {"size": 3}, "b": {"size": 5}, "c": {"size": 0}}
+    archive._check_sizes("s3://b/step1", {"a": 3, "b": 5, "c": 0, "extra": 9}, uploaded)
+    with pytest.raises(archive.ArchiveError, match=r"a \(2 bytes, expected 3\); c \(missing bytes, expected 0\)"):
+        archive._check_sizes("s3://b/step1", {"a": 2, "b": 5}, uploaded)
