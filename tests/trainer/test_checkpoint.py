@@ -307,3 +307,30 @@ def test_crash_before_manifest_keeps_previous_checkpoint(tmp_path: Path) -> None
     ckpt.save(2, {"model": model})
     assert [s for s, _ in ckpt.committed()] == [2]
     assert json.loads((ckpt_dir / "step2" / manifest.MANIFEST_NAME).read_text())["step"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_checkpoint_restores_on_cpu_and_on_cuda(tmp_path: Path) -> None:
+    """GPU counterpart of the round trip: an async save of CUDA tensors restores on either device."""
+    torch.manual_seed(0)
+    model = TinyNet().cuda()
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randint(0, 11, (4, 3), device="cuda")).pow(2).mean().backward()
+    optim.step()
+    ckpt = Checkpointer(str(tmp_path), cfg(async_save=True), config_hash="h")
+    uri = ckpt.save(1, app(model, optim, TrainerState(1)))
+    ckpt.wait()
+    expected = {k: v.cpu() for k, v in model.state_dict().items()}
+
+    cpu_model, cpu_optim = trained(seed=1)
+    ckpt.load(uri, app(cpu_model, cpu_optim, None))
+    torch.manual_seed(2)
+    cuda_model = TinyNet().cuda()
+    cuda_optim = torch.optim.AdamW(cuda_model.parameters(), lr=1e-2)
+    ckpt.load(uri, app(cuda_model, cuda_optim, None))
+    for key, value in expected.items():
+        assert torch.equal(cpu_model.state_dict()[key], value), key
+        assert torch.equal(cuda_model.state_dict()[key].cpu(), value), key
+    exp_avg = next(iter(cuda_optim.state.values()))["exp_avg"]
+    assert exp_avg.is_cuda
