@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from olmo_trainer.checkpoint import load_full_state_dict
+from olmo_trainer.checkpoint import load_full_state_dict, read_train_config
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.manifest import latest_committed, read_manifest
 from olmo_trainer.schedule import build_schedule
@@ -87,6 +87,7 @@ def test_checkpoints_at_interval_and_final() -> None:
     manifest = read_manifest(*_local(checkpoints / "step40"))
     assert manifest is not None and manifest["extra"]["final"] is True
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step10", "step20", "step30", "step40"]
+    assert read_train_config(str(checkpoints / "step40")) == run.config  # the checkpoint describes itself
 
 
 def test_same_config_twice_gives_bit_identical_losses(tmp_path: Path) -> None:

@@ -11,7 +11,10 @@ metrics.jsonl and, every `checkpoint.interval_steps` and at the end, saves a che
 
 Exact resume: the checkpoint holds the model, optimizer, tokens seen, the data position and the RNG
 states, and CPU runs use deterministic algorithms, so a killed and restarted run ends bit-identical
-to an uninterrupted one. On SIGTERM (preemption, a pod being evicted) the current step finishes, a
+to an uninterrupted one. (GPU runs are not forced deterministic: that would cost throughput.)
+
+Every rank materialises the whole model before FSDP2 keeps its shard: simple, and identical
+weights everywhere by construction; it needs one full fp32 copy per GPU at start (7B: 28 GB). On SIGTERM (preemption, a pod being evicted) the current step finishes, a
 checkpoint is saved and the process exits with PREEMPTED_EXIT_CODE; the retried job resumes there.
 """
 
@@ -394,6 +397,7 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
             cfg.checkpoint,
             config_hash=cfg.config_hash(),
             parent=cfg.init_from,
+            train_config=cfg,  # each checkpoint carries the config that produced it
         ),
     )
     job.checkpointer.cleanup_uncommitted()
