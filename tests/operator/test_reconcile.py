@@ -193,7 +193,7 @@ def test_archive_to_a_real_s3_bucket_with_credentials_from_the_environment(
 ) -> None:
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
-    bucket = s3_server.make_bucket("reconcile")
+    bucket = s3_server.make_bucket("reconcile").removeprefix("s3://")
     document = yaml.safe_load(EXAMPLE.read_text())
     document["metadata"].update(namespace="lab", uid="uid-7")
     document["spec"]["storage"] = {"uri": f"s3://{bucket}/runs", "scratchUri": tmp_path.as_uri()}
