@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,13 +137,23 @@ def _barrier(group: Any = None) -> None:
         dist.barrier(group=group)
 
 
-def _from_rank0(value: Any) -> Any:
-    """Rank 0's value on every rank, so that every rank takes the same branch before a collective."""
-    if not _distributed():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def _decided_by_rank0(decide: Callable[[], Any]) -> Any:
+    """Rank 0 runs `decide` and every rank gets its result (or its error, raised everywhere as a
+    CheckpointError), so that all ranks take the same branch and none hangs in a later collective."""
+    outcome: tuple[bool, Any] = (True, None)
+    if _rank() == 0:
+        try:
+            outcome = (True, decide())
+        except Exception as error:
+            outcome = (False, f"{type(error).__name__}: {error}")
+    if _distributed():
+        box = [outcome]
+        dist.broadcast_object_list(box, src=0)
+        outcome = box[0]
+    ok, value = outcome
+    if not ok:
+        raise CheckpointError(value)
+    return value
 
 
 def _gather_to_rank0(value: Any, group: Any = None) -> list[Any] | None:
@@ -263,7 +273,7 @@ class Checkpointer:
         `wait()` or the next save. Returns the step directory's URI."""
         self.wait()
         uri = step_uri(self.directory, step)
-        if _from_rank0(self._prepare_dir(uri) if _rank() == 0 else None) == "committed":
+        if _decided_by_rank0(lambda: self._prepare_dir(uri)) == "committed":
             log.warning("checkpoint %s is already committed; not overwriting it", uri)
             return uri
         _barrier()  # rank 0 has cleared any partial leftovers before anyone writes
@@ -376,7 +386,7 @@ class Checkpointer:
     def load(self, uri: str, app_state: dict[str, Any]) -> None:
         """Restore model, optimizer and trainer state from a committed checkpoint (collective)."""
         self.wait()
-        problem = _from_rank0(_load_problem(uri, app_state, self.storage_options) if _rank() == 0 else None)
+        problem = _decided_by_rank0(lambda: _load_problem(uri, app_state, self.storage_options))
         if problem:
             raise CheckpointError(problem)
         model, optim = _model_and_optim(app_state)
