@@ -16,6 +16,7 @@ soup job whose output is already committed with the same ingredients does nothin
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -168,6 +169,8 @@ def main(cfg: TrainConfig) -> int:
     """The soup phase: average `cfg.soup_from` into `<save_dir>/checkpoints/stepN` and log it."""
     from olmo_trainer.tracking import MetricsFile
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # launched by torchrun with several processes: one writer is enough
     if not cfg.soup_from:
         print("olmo_trainer soup: soupFrom lists no checkpoints to average", file=sys.stderr)
         return EXIT_USAGE
