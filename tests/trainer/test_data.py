@@ -243,3 +243,16 @@ def test_synthetic_sources_are_materialised_in_the_work_dir(tmp_path: Path) -> N
     ]
     assert ds.counts == mixture_counts([312, 78], [0.8, 0.2])
     assert max(int(ds[i].max()) for i in range(len(ds))) <= 256
+
+
+def test_a_saved_position_is_valid_in_another_work_dir(tmp_path: Path) -> None:
+    cfg = data_config([{"name": "g", "synthetic": {"kind": "general", "numTokens": "4K"}}], seq=32)
+    first = build_dataset(cfg, seed=0, work_dir=str(tmp_path / "node-a"))
+    second = build_dataset(cfg, seed=0, work_dir=str(tmp_path / "node-b"))
+    assert first.fingerprint == second.fingerprint
+    it = batches(first, tmp_path / "node-a")
+    expected = take(it, 3)[2]
+    resumed = batches(second, tmp_path / "node-b")
+    saved = batches(first, tmp_path / "node-a", start_step=2).state_dict()
+    resumed.load_state_dict(saved)
+    assert all(torch.equal(a, b) for a, b in zip(next(iter(resumed)), expected, strict=True))

@@ -146,12 +146,18 @@ class TokenDataset:
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the instances and their mixture: files, sizes, counts, length, seed."""
+        """Identity of the instances and their mixture: file names and sizes, counts, length, seed.
+
+        File *names*, not full paths: the same data mounted elsewhere, or a synthetic corpus in another
+        work dir, is the same dataset, so a saved data position stays valid across machines.
+        """
         description = {
             "sources": [
                 {
                     "name": s.name,
-                    "files": [[p, int(a.shape[0])] for p, a in zip(s.paths, s.arrays, strict=True)],
+                    "files": [
+                        [os.path.basename(p), int(a.shape[0])] for p, a in zip(s.paths, s.arrays, strict=True)
+                    ],
                 }
                 for s in self.sources
             ],
