@@ -26,10 +26,17 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# The tiny recipe on CPU, from scratch each time. `olmorun local` exits 4 when the run stops at a phase
+# whose kind this release does not implement (sft): everything before it succeeded and was verified.
 demo: $(STAMP)
 	$(VENV)/bin/olmorun validate examples/olmorun-tiny.yaml
 	$(VENV)/bin/olmorun render examples/olmorun-tiny.yaml > /dev/null
-	$(VENV)/bin/olmorun local examples/olmorun-tiny.yaml --workdir .olmorun-demo
+	rm -rf .olmorun-demo
+	$(VENV)/bin/olmorun local examples/olmorun-tiny.yaml --workdir .olmorun-demo; rc=$$?; \
+	  if [ $$rc -eq 4 ]; then echo "demo: pretrain, anneal x2 and soup done; sft/dpo/rlvr are not implemented yet"; \
+	  elif [ $$rc -ne 0 ]; then exit $$rc; fi
+	$(VENV)/bin/olmorun status --workdir .olmorun-demo
+	$(VENV)/bin/olmorun verify .olmorun-demo/storage/default/olmo2-tiny/archive/soup
 
 crd: $(STAMP)
 	$(VENV)/bin/olmorun crd

@@ -22,6 +22,10 @@ from olmo_operator.api import OlmoRun, PhaseSpec
 
 MAX_NAME = 63
 """Kubernetes object names used as DNS labels (and label values) hold at most 63 characters."""
+POD_SUFFIX = "-trainer-999-0"
+"""Volcano names each pod `<job>-<task>-<index>` (torchx tasks are `trainer-<node>`) and uses it as the
+pod's hostname, itself a 63-character DNS label: the job name leaves room for up to 1000 nodes."""
+MAX_JOB_NAME = MAX_NAME - len(POD_SUFFIX)
 _STEP = re.compile(r"/step(\d+)/?$")
 
 
@@ -41,17 +45,17 @@ def job_key(phase: PhaseSpec, seed: int) -> str:
 
 
 def job_name(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int) -> str:
-    """Deterministic job name `<run>-<phase>[-s<seed>]-a<attempt>`, at most 63 characters.
+    """Deterministic job name `<run>-<phase>[-s<seed>]-a<attempt>`, at most MAX_JOB_NAME (49) characters.
 
     A longer name keeps its readable head and ends in a hash of the full name, so distinct jobs
     never collide and the attempt stays visible at the end.
     """
     full = f"{run.name}-{job_key(phase, seed)}-a{attempt}"
-    if len(full) <= MAX_NAME:
+    if len(full) <= MAX_JOB_NAME:
         return full
     digest = hashlib.sha256(full.encode()).hexdigest()[:8]
     tail = f"-{digest}-a{attempt}"
-    head = full[: MAX_NAME - len(tail)].rstrip("-")
+    head = full[: MAX_JOB_NAME - len(tail)].rstrip("-")
     return f"{head}{tail}"
 
 

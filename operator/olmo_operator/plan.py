@@ -249,18 +249,18 @@ def invalid_status(
     new = status.model_copy(deep=True)
     new.stage = "Invalid"
     new.observed_generation = generation
-    set_condition(new, "Invalid", "True", "SpecInvalid", message, now, generation)
+    set_condition(new, "Invalid", "True", "InvalidSpec", message, now, generation)
     set_condition(
         new,
         "Progressing",
         "False",
-        "SpecInvalid",
+        "InvalidSpec",
         "fix the spec; nothing runs until it is valid",
         now,
         generation,
     )
     if condition(new, "Succeeded") is None:
-        set_condition(new, "Succeeded", "Unknown", "SpecInvalid", message, now, generation)
+        set_condition(new, "Succeeded", "Unknown", "InvalidSpec", message, now, generation)
     return new
 
 

@@ -259,6 +259,7 @@ def test_job_name_is_reexported_and_bounded() -> None:
     run = parse_olmorun({**GPU_SPEC, "metadata": {"name": "n" * 63}})
     name = job_name(run, run.phase("pretrain"), 6198, 100)
     assert len(name) <= 63 and name.endswith("-a100")
+    assert len(f"{name}-trainer-999-0") <= 63, "Volcano pod hostnames must stay DNS labels"
 
 
 # ---------------------------------------------------------------------------------------------

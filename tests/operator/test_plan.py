@@ -489,7 +489,7 @@ def test_invalid_status_for_a_spec_that_does_not_parse() -> None:
     status = invalid_status(make_run().status, "spec.phases[0].kind: bad", T0, 4)
     assert status.stage == "Invalid"
     c = condition(status, "Invalid")
-    assert c is not None and (c.status, c.reason, c.observed_generation) == ("True", "SpecInvalid", 4)
+    assert c is not None and (c.status, c.reason, c.observed_generation) == ("True", "InvalidSpec", 4)
     assert not is_finished(status)
 
 
