@@ -31,7 +31,7 @@ import kopf
 from olmo_operator import api, layout
 from olmo_operator.metrics import Metrics
 from olmo_operator.plan import Emit, SubmitJob, invalid_status, is_finished, set_condition
-from olmo_operator.reconcile import JobLauncher, reconcile_plan
+from olmo_operator.reconcile import JobLauncher, StorageInUseError, reconcile_plan
 from olmo_operator.settings import ANNOTATION_PREFIX, FINALIZER, Settings
 
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
@@ -216,6 +216,8 @@ def _guarded(context: Context, trigger: str, work: Callable[[], Any]) -> Any:
 
 def is_permanent(error: BaseException) -> bool:
     """An API answer that retrying cannot change (bad request, forbidden, rejected by admission)."""
+    if isinstance(error, StorageInUseError):
+        return True
     status = getattr(error, "status", None)
     return isinstance(status, int) and status in (400, 403, 422)
 

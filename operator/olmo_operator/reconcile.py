@@ -177,10 +177,23 @@ def _versions() -> dict[str, str]:
     return found
 
 
+class StorageInUseError(RuntimeError):
+    """The run's storage path holds another OlmoRun's files (same name, different uid): resuming
+    from them would silently continue someone else's training."""
+
+
 def write_run_manifest(action: WriteRunManifest, options: Options) -> None:
-    """run.json is written once: a run's reproducibility record is never rewritten."""
+    """run.json is written once: a run's reproducibility record is never rewritten. A run.json of a
+    different OlmoRun (a deleted run recreated under the same name) stops the run instead."""
     fs, path = _fs(action.uri, options)
     if fs.exists(path):
+        previous = json.loads(fs.cat_file(path)).get("metadata", {}).get("uid")
+        current = action.document.get("metadata", {}).get("uid")  # type: ignore[union-attr]
+        if previous and current and previous != current:
+            raise StorageInUseError(
+                f"{action.uri} belongs to an earlier OlmoRun of this name (uid {previous}); its checkpoints "
+                "would be resumed. Delete that storage path or give this run another name."
+            )
         return
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     fs.pipe_file(path, json.dumps({**action.document, "versions": _versions()}, indent=2).encode())

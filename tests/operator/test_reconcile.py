@@ -21,7 +21,7 @@ from torchx.specs import AppDef
 from olmo_operator import layout
 from olmo_operator.api import OlmoRun, parse_olmorun
 from olmo_operator.plan import JobObservation, ObservedState
-from olmo_operator.reconcile import last_metrics, reconcile, reconcile_plan
+from olmo_operator.reconcile import StorageInUseError, last_metrics, reconcile, reconcile_plan
 from olmo_trainer import manifest
 from olmo_trainer.config import TrainConfig
 from tests.s3server import S3Server
@@ -149,6 +149,18 @@ def test_retry_keeps_the_config_the_phase_started_with_and_run_json_is_written_o
     assert fs.cat_file(path) == original
     assert read_json(f"{root}/run.json") == first_record
     assert run.status.conditions[2].reason == "SpecChangeRefused"
+
+
+def test_a_recreated_run_never_resumes_the_previous_runs_checkpoints(tmp_path: Path) -> None:
+    """Same name and storage, new uid: the earlier run's files must not be picked up silently."""
+    step(make_run(tmp_path.as_uri()), ScriptedLauncher())
+    recreated = make_run(tmp_path.as_uri())
+    recreated.metadata.uid = "uid-8"
+    launcher = ScriptedLauncher()
+    with pytest.raises(StorageInUseError, match="uid uid-7"):
+        reconcile(recreated, launcher=launcher, now=T0)
+    assert launcher.apps == {}
+    step(make_run(tmp_path.as_uri()), ScriptedLauncher())  # the original run itself carries on
 
 
 def test_corrupt_checkpoint_fails_the_phase_instead_of_archiving_it(tmp_path: Path) -> None:
