@@ -188,7 +188,8 @@ def write_run_manifest(action: WriteRunManifest, options: Options) -> None:
     fs, path = _fs(action.uri, options)
     if fs.exists(path):
         previous = json.loads(fs.cat_file(path)).get("metadata", {}).get("uid")
-        current = action.document.get("metadata", {}).get("uid")  # type: ignore[union-attr]
+        metadata = action.document.get("metadata")
+        current = metadata.get("uid") if isinstance(metadata, dict) else None
         if previous and current and previous != current:
             raise StorageInUseError(
                 f"{action.uri} belongs to an earlier OlmoRun of this name (uid {previous}); its checkpoints "
