@@ -130,3 +130,27 @@ def test_soup_phase_entry_point_is_discoverable_and_idempotent(tmp_path: Path) -
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already committed" in again.stdout
     assert (tmp_path / "soup" / "checkpoints" / "step9" / manifest.MANIFEST_NAME).read_bytes() == before
+
+
+def test_holds_one_ingredient_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays at about two models (the fp32 sum + one ingredient), whatever the number of ingredients."""
+    import gc
+    import weakref
+
+    from olmo_trainer import soup as soup_module
+
+    uris = [ingredient(tmp_path, seed, 5)[0] for seed in (1, 2, 3)]
+    loaded: list[weakref.ref[torch.Tensor]] = []
+    alive_at_load: list[int] = []
+    real = soup_module.load_full_state_dict
+
+    def tracking(uri: str, **kwargs: object) -> dict[str, torch.Tensor]:
+        gc.collect()
+        alive_at_load.append(sum(ref() is not None for ref in loaded))
+        weights = real(uri, **kwargs)  # type: ignore[arg-type]
+        loaded.extend(weakref.ref(t) for t in weights.values())
+        return weights
+
+    monkeypatch.setattr(soup_module, "load_full_state_dict", tracking)
+    average_checkpoints(uris, str(tmp_path / "soup"))
+    assert alive_at_load == [0, 0, 0]
