@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,16 +59,26 @@ def torchrun_command(args: list[str], *, nproc: int) -> list[str]:
 def torchrun(
     args: list[str], *, nproc: int = 2, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run to completion and return the result (stdout and stderr captured)."""
-    return subprocess.run(
+    """Run to completion and return the result (stdout and stderr captured).
+
+    On a timeout the whole process group is killed: torchrun's workers must not outlive a test.
+    """
+    proc = subprocess.Popen(
         torchrun_command(args, nproc=nproc),
         cwd=REPO,
         env=_env(env),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def start_torchrun(
