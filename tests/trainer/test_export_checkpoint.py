@@ -17,10 +17,12 @@ from olmo_trainer.model import Transformer
 MODEL = ModelConfig.preset("tiny", n_kv_heads=2)
 
 
-def trained_checkpoint(tmp: Path, *, with_config: bool = True) -> tuple[str, Transformer, TrainConfig]:
-    cfg = TrainConfig(run="r", phase="pretrain", kind="pretrain", seed=3, model=MODEL, save_dir=str(tmp / "run"))
+def trained_checkpoint(
+    tmp: Path, *, with_config: bool = True, seed: int = 3
+) -> tuple[str, Transformer, TrainConfig]:
+    cfg = TrainConfig(run="r", phase="pretrain", kind="pretrain", seed=seed, model=MODEL, save_dir=str(tmp / "run"))
     model = Transformer(MODEL)
-    model.init_weights(torch.Generator().manual_seed(3))
+    model.init_weights(torch.Generator().manual_seed(seed))
     optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ids = torch.randint(0, 260, (2, 16), generator=torch.Generator().manual_seed(4))
     model(ids).logsumexp(-1).mean().backward()  # one step moves every weight, norms included
@@ -107,3 +109,22 @@ def test_checkpoint_without_config_needs_config_flag(tmp_path: Path, capsys: pyt
     ids = torch.randint(0, 260, (1, 8), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids).logits.float(), model(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_a_soup_exports_like_any_checkpoint(tmp_path: Path) -> None:
+    """The recipe's end: anneal seeds -> soup -> Hugging Face folder."""
+    from olmo_trainer.checkpoint import load_model_weights
+    from olmo_trainer.soup import average_checkpoints
+
+    first, model_a, _ = trained_checkpoint(tmp_path / "a", seed=1)
+    second, model_b, _ = trained_checkpoint(tmp_path / "b", seed=2)
+    soup = average_checkpoints([first, second], str(tmp_path / "soup" / "checkpoints" / "step1"))
+    assert export(soup, str(tmp_path / "hf")) == 0
+
+    ours = Transformer(MODEL)
+    load_model_weights(soup, ours)
+    torch.testing.assert_close(ours.lm_head.weight, (model_a.lm_head.weight + model_b.lm_head.weight) / 2)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    ids = torch.randint(0, 260, (2, 12), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids).logits.float(), ours.eval()(ids), rtol=1e-5, atol=1e-5)
