@@ -175,6 +175,18 @@ def test_local_destinations(tmp_path: Path, scheme: str) -> None:
     assert archive.latest_checkpoint(parent) == (100, dst)
 
 
+def test_restore_from_s3_to_local(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+    # The way back (a job resuming from the archive): S3 source, local destination, same checks.
+    src = make_checkpoint(tmp_path / "scratch")
+    archived = f"{bucket}/checkpoints/step100"
+    archive.archive_checkpoint(str(src), archived, dst_options=s3_server.storage_options())
+    restored = tmp_path / "restored" / "step100"
+    report = archive.archive_checkpoint(archived, str(restored), src_options=s3_server.storage_options())
+    assert report.copied == len(FILES)
+    assert (restored / mf.MANIFEST_NAME).read_bytes() == (src / mf.MANIFEST_NAME).read_bytes()
+    assert archive.verify_checkpoint(str(restored)).ok
+
+
 def test_wrong_credentials_give_a_clean_error_without_the_secret(
     s3_server: S3Server, bucket: str, tmp_path: Path
 ) -> None:
