@@ -5,7 +5,8 @@ A checkpoint is a directory `<directory>/stepN/` holding
     .metadata, __<rank>_0.distcp   torch.distributed.checkpoint shards of {"model": ..., "optim": ...}
     trainer.pt                      {"world_size": W, "ranks": [rank 0's trainer state, ..., rank W-1's]}
     config.json                     the TrainConfig of the job (when given): the checkpoint describes itself
-    MANIFEST.json                   sha256 of every other file, written LAST by rank 0 (see manifest.py)
+    MANIFEST.json                   sha256 of every other file, written LAST by rank 0 (see manifest.py);
+                                    each rank hashes the shards it wrote, so the commit scales with ranks
 
 A directory without a valid MANIFEST does not exist: `latest()` ignores it and `cleanup_uncommitted()`
 removes it. Model and optimizer go through `get_state_dict`/`set_state_dict`, so the same code serves
@@ -14,7 +15,12 @@ other world size. Trainer state (step, tokens, data position, per-rank RNG state
 every rank into one small file; on a different world size rank r gets the state saved by rank r % W.
 
 Saving a step that is already committed is skipped (never overwritten): a job that resumes exactly at
-a checkpoint and saves it again is a no-op, not a rewrite of archived files.
+a checkpoint and saves it again is a no-op, not a rewrite of archived files. With `async_save`, the
+state is copied to CPU memory during `save()`; shard writing and the commit (hashing, MANIFEST,
+retention) run in background threads on a dedicated gloo group, and `wait()` (or the next save)
+blocks until the MANIFEST is written. Retention runs after each commit on rank 0 and deletes a
+checkpoint's MANIFEST first, so an interrupted deletion leaves an uncommitted directory, never a
+half-deleted "committed" one.
 
     ckpt = Checkpointer(f"{cfg.save_dir}/checkpoints", cfg.checkpoint, config_hash=cfg.config_hash(),
                         parent=cfg.init_from, train_config=cfg)
