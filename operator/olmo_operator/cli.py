@@ -50,4 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m olmo_operator.cli` runs this file as __main__; the command modules raise the UserError
+    # of the imported olmo_operator.cli, so dispatch through that module, not this copy.
+    from olmo_operator.cli import main as _main
+
+    sys.exit(_main())
