@@ -84,6 +84,7 @@ class Attention(nn.Module):
         k = self.k_norm(self.w_k(x)).view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
         v = self.w_v(x).view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        # enable_gqa: the flash kernel serves each K/V head to its query group without copying K/V.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV != H)  # (B, H, T, D)
         return self.w_out(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, d)
 
