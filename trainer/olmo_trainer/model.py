@@ -142,7 +142,7 @@ class Transformer(nn.Module):
         """OLMo 2 init: every weight (embeddings included) ~ N(0, std) truncated at +-3 std; norms 1.
 
         Call after `to_empty()` when the model was built on the meta device. Parameters are visited in
-        `named_parameters()` order, so one generator seed gives one model on every device.
+        module order, so the same generator seed gives the same weights on every rank.
         """
         std = self.config.init_std
         for module in self.modules():
