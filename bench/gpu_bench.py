@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "trainer"))  # runnable from a checkout without in
 import torch  # noqa: E402
 
 from olmo_trainer.config import BatchConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig  # noqa: E402
-from olmo_trainer.distributed import init_distributed, parallelize  # noqa: E402
+from olmo_trainer.distributed import init_distributed  # noqa: E402
 from olmo_trainer.optim import build_optimizer  # noqa: E402
 from olmo_trainer.tracking import mfu, peak_flops  # noqa: E402
 from olmo_trainer.train import build_model, seed_everything, train_step  # noqa: E402
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = bench_config(args, info.world_size)
     seed_everything(cfg.seed, info.device)
     started = time.perf_counter()
-    model = parallelize(build_model(cfg, info.device), cfg.parallel, info)
+    model = build_model(cfg, info)
     optimizer = build_optimizer(model, cfg.optim, lr=3e-4)
     generator = torch.Generator().manual_seed(info.rank)
     vocab = cfg.model.vocab_size

@@ -67,10 +67,11 @@ def init_distributed() -> DistInfo:
 
 
 def parallelize(model: nn.Module, cfg: ParallelConfig, info: DistInfo) -> nn.Module:
-    """Wrap a materialised, initialised model for training; returns the module to call and optimise.
+    """Wrap a model for training; returns the module to call and optimise.
 
-    The model must have `.blocks` (an nn.ModuleList); its parameters must already be identical on
-    every rank (FSDP2 keeps each rank's shard of them, DDP checks and replicates them).
+    The model must have `.blocks` (an nn.ModuleList). FSDP2 shards it in place and may be given a
+    meta-device model (materialise and init afterwards: each rank then allocates only its shards);
+    DDP needs the materialised model with identical parameters on every rank (it checks them).
     """
     blocks: nn.ModuleList = model.blocks  # type: ignore[assignment]
     for index, block in enumerate(blocks):

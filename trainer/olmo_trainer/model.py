@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from olmo_trainer.config import ModelConfig
 
@@ -117,6 +118,21 @@ class Block(nn.Module):
         return h + self.feed_forward_norm(self.feed_forward(h))
 
 
+@torch.no_grad()
+def init_truncated_normal(weight: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+    """N(0, std) cut at +-3 std. A sharded (FSDP2 DTensor) weight draws the full tensor, one weight at a
+    time, and keeps its own shard: sharded and unsharded models start from the same numbers, and no
+    rank ever holds more than its shards plus one full weight."""
+    cut = INIT_CUTOFF_STDS * std
+    if not isinstance(weight, DTensor):
+        nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-cut, b=cut, generator=generator)
+        return
+    full = torch.empty(weight.shape, dtype=weight.dtype, device=weight.to_local().device)
+    nn.init.trunc_normal_(full, mean=0.0, std=std, a=-cut, b=cut, generator=generator)
+    shard = distribute_tensor(full, weight.device_mesh, weight.placements, src_data_rank=None)
+    weight.to_local().copy_(shard.to_local())
+
+
 class Transformer(nn.Module):
     """Token ids (B, T) -> float32 logits (B, T, embedding_size)."""
 
@@ -149,8 +165,7 @@ class Transformer(nn.Module):
             if isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
             elif isinstance(module, nn.Linear | nn.Embedding):
-                cut = INIT_CUTOFF_STDS * std
-                nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-cut, b=cut, generator=generator)
+                init_truncated_normal(module.weight, std, generator)
 
     def num_params(self) -> int:
         """Number of parameters (all of them; the embedding and LM head are separate matrices)."""

@@ -190,17 +190,22 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> Transformer:
-    """Build on the meta device (no memory), materialise on `device`, init from a seeded generator.
+def build_model(cfg: TrainConfig, info: DistInfo) -> torch.nn.Module:
+    """Build on the meta device (no memory), parallelise, materialise on the device, init from a seed.
 
-    Every rank draws the same numbers, so every rank starts from the same weights before wrapping.
+    FSDP2 shards the meta model before anything is allocated, so a rank only ever holds its shards
+    (plus one full weight while it is initialised): a 32B model never has to fit on one GPU. DDP
+    materialises the full model first. Either way every rank draws the same numbers from the seeded
+    generator, so all parallelisms start from the same weights.
     """
     with torch.device("meta"):
         model = Transformer(cfg.model)
-    model.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    model.init_weights(generator)
-    return model
+    fsdp = cfg.parallel.strategy == "fsdp"
+    if fsdp:
+        parallelize(model, cfg.parallel, info)  # in place: parameters become (meta) DTensor shards
+    model.to_empty(device=info.device)
+    model.init_weights(torch.Generator(device=info.device).manual_seed(cfg.seed))
+    return model if fsdp else parallelize(model, cfg.parallel, info)
 
 
 def work_dir(cfg: TrainConfig) -> str:
@@ -382,7 +387,7 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
         tokens_per_step=plan.tokens_per_step,
         total_tokens=plan.total_tokens,
     )
-    model = parallelize(build_model(cfg, info.device), cfg.parallel, info)
+    model = build_model(cfg, info)
     batches = build_batches(cfg, plan, info)
     job = Job(
         cfg=cfg,
