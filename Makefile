@@ -37,6 +37,7 @@ demo: $(STAMP)
 	  elif [ $$rc -ne 0 ]; then exit $$rc; fi
 	$(VENV)/bin/olmorun status --workdir .olmorun-demo
 	$(VENV)/bin/olmorun verify .olmorun-demo/storage/default/olmo2-tiny/archive/soup
+	$(VENV)/bin/olmorun export-hf .olmorun-demo/storage/default/olmo2-tiny/archive/soup .olmorun-demo/hf
 
 crd: $(STAMP)
 	$(VENV)/bin/olmorun crd

@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
     export = sub.add_parser(
         "export-hf", help="write a committed checkpoint as a Hugging Face Olmo2ForCausalLM folder"
     )
-    export.add_argument("checkpoint", metavar="CHECKPOINT", help="committed stepN/ directory: path or fsspec URL")
+    export.add_argument("checkpoint", metavar="CHECKPOINT", help="committed stepN/ directory, or a directory of steps (its latest committed); path or fsspec URL")
     export.add_argument("out", metavar="OUT", help="output directory (path or fsspec URL); must not hold an export")
     export.add_argument("--tokenizer", metavar="DIR", help="tokenizer files to copy beside the weights")
     export.add_argument("--dtype", choices=DTYPES, help="convert the weights (default: as stored)")
@@ -57,6 +57,16 @@ def _read_train_config(uri: str) -> TrainConfig:
         raise UserError(f"{uri} is not a valid TrainConfig: {error}") from None
 
 
+def resolve_checkpoint(uri: str) -> str:
+    """A stepN/ directory as given; a directory of steps (checkpoints/, an archive) -> its latest committed."""
+    fs, path = _filesystem(uri)
+    if manifest.read_manifest(fs, path) is None:
+        latest = manifest.latest_committed(fs, path)
+        if latest is not None:
+            return f"{uri.rstrip('/')}/step{latest[0]}"
+    return uri
+
+
 def resolve_inputs(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
     """Verify the checkpoint and find its model config and tokenizer; UserError for any problem."""
     fs, path = _filesystem(args.checkpoint)
@@ -81,6 +91,7 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
     config, tokenizer = resolve_inputs(args)
     import torch
 

@@ -128,3 +128,11 @@ def test_a_soup_exports_like_any_checkpoint(tmp_path: Path) -> None:
     ids = torch.randint(0, 260, (2, 12), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids).logits.float(), ours.eval()(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_a_directory_of_steps_exports_its_latest_committed_step(tmp_path: Path) -> None:
+    uri, _, _ = trained_checkpoint(tmp_path)
+    checkpoints = uri.rsplit("/", 1)[0]
+    (Path(checkpoints) / "step7").mkdir()  # a torn save: no MANIFEST, so not a checkpoint
+    assert export(checkpoints, str(tmp_path / "hf")) == 0
+    assert (tmp_path / "hf" / "config.json").exists()
