@@ -168,9 +168,23 @@ def _env(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int, config_uri: st
     return {k: v.replace("$", "$$") for k, v in env.items()}
 
 
+TRAINER_UID = 1000
+"""The unprivileged user of the trainer image; training pods never run as root."""
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": TRAINER_UID,
+    "runAsGroup": TRAINER_UID,
+    "fsGroup": TRAINER_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# Capabilities are not all dropped: RDMA/InfiniBand transports of NCCL need IPC_LOCK on some clusters.
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "privileged": False}
+
+
 def _pod_overlay(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int) -> dict[str, Any]:
     cluster = run.spec.cluster
     spec: dict[str, Any] = {
+        "securityContext": dict(POD_SECURITY),
         # torchx mounts an unbounded memory emptyDir on /dev/shm; bound it to cluster.shmSize.
         JOIN("volumes", on="name"): [
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}}
@@ -339,6 +353,7 @@ class Launcher:
         secrets = [s for s in app.metadata.get(SECRETS_KEY, "").split(",") if s]
         for task in manifest["spec"]["tasks"]:
             for container in task["template"]["spec"]["containers"]:
+                container["securityContext"] = dict(CONTAINER_SECURITY)
                 if secrets:
                     container["envFrom"] = [{"secretRef": {"name": s}} for s in secrets]
         return manifest
