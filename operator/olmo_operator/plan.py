@@ -507,7 +507,8 @@ class _Planner:
             return
         delay = _backoff(self.run, job.failures)
         job.state = "Retrying"
-        job.retry_at = timestamp(self.now + dt.timedelta(seconds=delay))
+        # Round up to the next whole second (timestamps have no fraction): a retry is never early.
+        job.retry_at = timestamp(self.now + dt.timedelta(seconds=delay) + dt.timedelta(microseconds=999_999))
         job.message = f"{cause}; retry {job.failures}/{limit} in {delay}s"
         self.requeue.append(float(delay))
         self.emit("Warning", "JobFailed", f"job {job.name}: {job.message}")

@@ -16,6 +16,7 @@ again (`requeue_after`, or a poll interval).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import platform
 from collections.abc import Mapping
@@ -167,6 +168,7 @@ def _existing_archive(
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for dist in ("olmorun", "torchx-nightly", "kopf", "pydantic", "fsspec"):
