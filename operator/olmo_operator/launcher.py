@@ -44,6 +44,8 @@ VOLCANO = {"group": "batch.volcano.sh", "version": "v1alpha1", "plural": "jobs"}
 # AppDef metadata keys: what the Volcano Job needs beyond the role, carried by the app itself.
 SECRETS_KEY = "olmorun.dev/env-from-secrets"
 OWNER_KEY = "olmorun.dev/owner"
+QUANTITIES_KEY = "olmorun.dev/quantities"
+"""The spec's cpu/memory strings: torchx rounds them (cores x 1000 m, MB), the Job keeps them as written."""
 QUEUE_KEY = "olmorun.dev/queue"
 SERVICE_ACCOUNT_KEY = "olmorun.dev/service-account"
 PRIORITY_CLASS_KEY = "olmorun.dev/priority-class"
@@ -245,6 +247,7 @@ def app_for_job(
     metadata = {
         SECRETS_KEY: ",".join(secret_names(run)),
         OWNER_KEY: json.dumps(owner_reference(run), sort_keys=True),
+        QUANTITIES_KEY: json.dumps({"cpu": cluster.cpu, "memory": cluster.memory}),
         QUEUE_KEY: cluster.queue,
         SERVICE_ACCOUNT_KEY: cluster.service_account_name or "",
         PRIORITY_CLASS_KEY: cluster.priority_class_name or "",
@@ -351,9 +354,12 @@ class Launcher:
         if app.metadata.get(OWNER_KEY):
             meta["ownerReferences"] = [json.loads(app.metadata[OWNER_KEY])]
         secrets = [s for s in app.metadata.get(SECRETS_KEY, "").split(",") if s]
+        quantities = {k: v for k, v in json.loads(app.metadata.get(QUANTITIES_KEY, "{}")).items() if v}
         for task in manifest["spec"]["tasks"]:
             for container in task["template"]["spec"]["containers"]:
                 container["securityContext"] = dict(CONTAINER_SECURITY)
+                for bound in ("requests", "limits"):
+                    container.setdefault("resources", {}).setdefault(bound, {}).update(quantities)
                 if secrets:
                     container["envFrom"] = [{"secretRef": {"name": s}} for s in secrets]
         return manifest

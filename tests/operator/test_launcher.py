@@ -193,7 +193,7 @@ def test_pods_get_placement_resources_shm_and_secrets_only_by_reference() -> Non
     assert spec["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}]
     [container] = spec["containers"]
     resources = container["resources"]
-    assert resources["limits"] == {"cpu": "96000m", "memory": "1717987M", "nvidia.com/gpu": "8"}
+    assert resources["limits"] == {"cpu": "96", "memory": "1600Gi", "nvidia.com/gpu": "8"}  # as written
     assert resources["requests"] == resources["limits"]
     assert container["envFrom"] == [
         {"secretRef": {"name": "s3-credentials"}},
