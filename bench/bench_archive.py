@@ -26,11 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/ holds the S3 server helper
 
-import fsspec  # noqa: E402
+import fsspec
 
-from olmo_operator import archive  # noqa: E402
-from olmo_trainer import manifest as mf  # noqa: E402
-from tests.s3server import S3Server  # noqa: E402
+from olmo_operator import archive
+from olmo_trainer import manifest as mf
+from tests.s3server import S3Server
 
 
 def make_checkpoint(directory: Path, count: int, size_mib: int) -> None:

@@ -38,12 +38,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import kubernetes  # noqa: E402
+import kubernetes
 
-from olmo_operator import api, layout  # noqa: E402
-from olmo_operator.crd import build_crd  # noqa: E402
-from olmo_trainer import manifest  # noqa: E402
-from tests.operator.kube import OLMORUNS, VCJOBS, Call, KubeServer  # noqa: E402
+from olmo_operator import api, layout
+from olmo_operator.crd import build_crd
+from olmo_trainer import manifest
+from tests.operator.kube import OLMORUNS, VCJOBS, Call, KubeServer
 
 NS = "bench"
 AGENT = "olmorun-bench"

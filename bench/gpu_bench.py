@@ -26,13 +26,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "trainer"))  # runnable from a checkout without installing the package
 
-import torch  # noqa: E402
+import torch
 
-from olmo_trainer.config import BatchConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig  # noqa: E402
-from olmo_trainer.distributed import init_distributed  # noqa: E402
-from olmo_trainer.optim import build_optimizer  # noqa: E402
-from olmo_trainer.tracking import mfu, peak_flops  # noqa: E402
-from olmo_trainer.train import build_model, seed_everything, train_step  # noqa: E402
+from olmo_trainer.config import BatchConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
+from olmo_trainer.distributed import init_distributed
+from olmo_trainer.optim import build_optimizer
+from olmo_trainer.tracking import mfu, peak_flops
+from olmo_trainer.train import build_model, seed_everything, train_step
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
