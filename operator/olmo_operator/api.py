@@ -393,12 +393,20 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
             problems.append(Problem(f"{where}.from", f"no phase named {parent!r}; choose one of {sorted(by_name)}"))
         if parent is None and kind in POST_TRAINING_KINDS | {"anneal", "soup"}:
             problems.append(Problem(f"{where}.from", f"a {kind} phase starts from another phase; set `from`"))
-        if kind == "soup" and parent in by_name:
+        if parent in by_name:
             seeds = phases[by_name[parent]].get("seeds")
             count = len(seeds) if isinstance(seeds, list) else 0
-            if count < 2:
+            if kind == "soup" and count < 2:
                 problems.append(
                     Problem(f"{where}.from", f"soup averages the seeds of a fanned-out phase; {parent!r} has {count} seeds (need >= 2)")
+                )
+            elif kind != "soup" and count >= 2:
+                problems.append(
+                    Problem(
+                        f"{where}.from",
+                        f"{parent!r} fans out into {count} seeds, so it has no single final checkpoint; "
+                        f"add a soup phase (kind: soup, from: {parent}) and start from it",
+                    )
                 )
         seen = {names[i]}
         current = parent

@@ -55,6 +55,7 @@ def test_camel_case_round_trip_keeps_every_field() -> None:
         (lambda d: d["spec"]["phases"][1].pop("from"), "spec.phases[1].from", "set `from`"),
         (lambda d: d["spec"]["phases"][1].update(seeds=[1]), "spec.phases[2].from", "need >= 2"),
         (lambda d: d["spec"]["phases"][0].update({"from": "rlvr"}), "spec.phases[0].from", "cycle"),
+        (lambda d: d["spec"]["phases"][3].update({"from": "anneal"}), "spec.phases[3].from", "add a soup phase"),
         (lambda d: d["metadata"].update(name="Not_A_Name"), "metadata.name", "DNS label"),
         (lambda d: d["spec"]["phases"][0].update(name="Pre Train"), "spec.phases[0].name", "DNS label"),
         (lambda d: d["spec"].update(colour="red"), "spec.colour", "unknown field"),
