@@ -38,7 +38,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -467,7 +467,7 @@ class Emulator(kmock.KubernetesEmulator):
 class KubeServer:
     """The emulator served on 127.0.0.1:<random port> from a background event loop."""
 
-    def __init__(self, crds: list[Mapping[str, Any]] = (), namespaces: tuple[str, ...] = ("default",)) -> None:  # type: ignore[assignment]
+    def __init__(self, crds: Sequence[Mapping[str, Any]] = (), namespaces: tuple[str, ...] = ("default",)) -> None:
         self.emulator = Emulator(namespaces=set(namespaces))
         for resource in (NAMESPACES, EVENTS, SECRETS, PODS):
             kind = {"namespaces": "Namespace", "events": "Event", "secrets": "Secret", "pods": "Pod"}[str(resource.plural)]

@@ -117,6 +117,12 @@ def reasons(result: Plan) -> list[str]:
     return [e.reason for e in result.events]
 
 
+def message(run: OlmoRun, type_: str) -> str:
+    found = condition(run.status, type_)
+    assert found is not None, f"no {type_} condition"
+    return found.message
+
+
 def cond(run: OlmoRun, type_: str) -> tuple[str, str]:
     c = condition(run.status, type_)
     assert c is not None
@@ -332,7 +338,7 @@ def test_retry_backoff_doubles_is_capped_and_gives_up_after_the_limit() -> None:
     assert "gave up after 3 failure(s) (backoffLimit 2)" in j.message
     assert run.status.phases["pretrain"].state == "Failed"
     assert cond(run, "Succeeded") == ("False", "PhaseFailed")
-    assert "phase 'pretrain' failed" in condition(run.status, "Succeeded").message  # type: ignore[union-attr]
+    assert "phase 'pretrain' failed" in message(run, "Succeeded")
     assert cond(run, "Progressing") == ("False", "PhaseFailed")
     assert run.status.stage == "Failed" and is_finished(run.status)
     assert "PhaseFailed" in reasons(result)
@@ -364,7 +370,7 @@ def test_one_failed_seed_fails_the_run_and_cancels_its_siblings() -> None:
     run, result = step(run, jobs)
     assert [c.job_name for c in of(result, CancelJob)] == ["r-anneal-s2-a1"]
     assert run.status.phases["anneal"].state == "Failed"
-    assert "OOM" in condition(run.status, "Succeeded").message  # type: ignore[union-attr]
+    assert "OOM" in message(run, "Succeeded")
     assert run.status.stage == "Failed"
 
 

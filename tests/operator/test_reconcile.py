@@ -123,7 +123,8 @@ def test_pipeline_writes_configs_archives_and_starts_children_in_the_same_step(t
     assert sorted(launcher.apps) == ["olmo2-tiny-anneal-s42-a1", "olmo2-tiny-anneal-s42069-a1", name]
     for seed in (42, 42069):
         child = TrainConfig.model_validate(read_json(f"{root}/phases/anneal/s{seed}/config.json"))
-        assert child.init_from == pretrain.archive and child.data.seed == seed  # type: ignore[union-attr]
+        assert child.data is not None
+        assert child.init_from == pretrain.archive and child.data.seed == seed
     assert [e.reason for e in result.events] == ["JobSucceeded", "Archived", "PhaseSucceeded", "PhaseStarted"]
 
 

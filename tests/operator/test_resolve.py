@@ -30,7 +30,7 @@ def test_pretrain_config_takes_the_phase_and_the_run_defaults() -> None:
     assert (config.run, config.phase, config.kind, config.seed) == ("olmo2-tiny", "pretrain", "pretrain", 6198)
     assert config.model == ModelConfig.preset("tiny")
     assert config.data is not None and config.data.seed == 6198  # data-order seed = the job's seed
-    assert config.data.sources == phase.data.sources  # type: ignore[union-attr]
+    assert phase.data is not None and config.data.sources == phase.data.sources
     assert config.optim.lr == 3.0e-3 and config.optim.betas == OptimConfig().betas  # defaults merged
     assert config.max_tokens == 400_000 and config.max_steps is None
     assert config.checkpoint.interval_steps == 50
@@ -49,7 +49,8 @@ def test_anneal_seed_starts_from_the_parent_archive_with_its_own_data_order() ->
     a = resolve_config(run, phase, 42, init_from=parent)
     b = resolve_config(run, phase, 42069, init_from=parent)
     assert a.init_from == b.init_from == parent
-    assert (a.data.seed, b.data.seed) == (42, 42069)  # type: ignore[union-attr]
+    assert a.data is not None and b.data is not None
+    assert (a.data.seed, b.data.seed) == (42, 42069)
     assert a.optim.lr == "inherit"
     assert a.save_dir.endswith("/phases/anneal/s42") and b.save_dir.endswith("/phases/anneal/s42069")
     assert a.config_hash() != b.config_hash()
@@ -59,7 +60,8 @@ def test_pinned_data_seed_is_kept() -> None:
     document = yaml.safe_load(EXAMPLE.read_text())
     document["spec"]["phases"][0]["data"]["seed"] = 7
     run = parse_olmorun(document)
-    assert resolve_config(run, run.phase("pretrain"), 6198).data.seed == 7  # type: ignore[union-attr]
+    data = resolve_config(run, run.phase("pretrain"), 6198).data
+    assert data is not None and data.seed == 7
 
 
 def test_soup_lists_the_seed_checkpoints_and_trains_nothing() -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from olmo_trainer.config import TrainConfig
+from olmo_trainer.config import ModelConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,17 +118,7 @@ def tiny_config(directory: Path, *, name: str = "config.json", **overrides: Any)
         "phase": "pretrain",
         "kind": "pretrain",
         "seed": 7,
-        "model": {
-            "d_model": 64,
-            "n_layers": 2,
-            "n_heads": 4,
-            "mlp_hidden": 256,
-            "vocab_size": 260,
-            "embedding_size": 384,
-            "max_sequence_length": 128,
-            "eos_token_id": 256,
-            "pad_token_id": 257,
-        },
+        "model": ModelConfig.preset("tiny").model_dump(),
         "data": {
             "sources": [{"name": "general", "synthetic": {"numTokens": "200K", "seed": 3}}],
             "sequenceLength": 64,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from pydantic import ValidationError
 
@@ -18,7 +20,7 @@ from olmo_trainer import config as C
     ],
 )
 def test_presets_are_olmo2(preset: str, d_model: int, layers: int, heads: int, kv_heads: int, hidden: int, billions: float) -> None:
-    m = C.ModelConfig.preset(preset)  # type: ignore[arg-type]
+    m = C.ModelConfig.preset(cast(C.PresetName, preset))
     assert (m.d_model, m.n_layers, m.n_heads, m.kv_heads, m.hidden) == (d_model, layers, heads, kv_heads, hidden)
     assert m.dim_head == 128 and m.rope_theta == 500_000 and m.norm_eps == 1e-6 and m.init_std == 0.02
     assert (m.vocab_size, m.padded_vocab, m.eos_token_id, m.pad_token_id) == (100_278, 100_352, 100_257, 100_277)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -74,18 +75,22 @@ def test_metrics_file_drops_redone_steps_and_torn_lines_on_resume(tmp_path: Path
     assert (tmp_path / "metrics.jsonl").read_text() == ""
 
 
-def test_gpu_bench_smoke_runs_on_cpu(tmp_path: Path) -> None:
-    out = tmp_path / "gpu_bench.json"
+def run_gpu_bench(out: Path, *args: str, timeout: float) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """bench/gpu_bench.py as a session with a GPU runs it; returns the process and its JSON record."""
     result = subprocess.run(
-        [sys.executable, "bench/gpu_bench.py", "--smoke", "--out", str(out)],
+        [sys.executable, "bench/gpu_bench.py", *args, "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads(out.read_text())
+    return result, json.loads(out.read_text())
+
+
+def test_gpu_bench_smoke_runs_on_cpu(tmp_path: Path) -> None:
+    result, record = run_gpu_bench(tmp_path / "gpu_bench.json", "--smoke", timeout=120)
     assert record["preset"] == "tiny" and record["seq"] == 64 and record["tokens_per_s_per_gpu"] > 0
     assert record["mfu"] is None and record["flops_per_token"] > 0
     assert "| tokens/s/GPU | MFU |" in result.stdout and "| tiny | 64 |" in result.stdout
@@ -96,17 +101,7 @@ def test_gpu_bench_smoke_runs_on_cpu(tmp_path: Path) -> None:
     not torch.cuda.is_available(), reason="needs a CUDA GPU (CPU counterpart: the smoke test)"
 )
 def test_gpu_bench_bf16_fsdp_compile_on_cuda(tmp_path: Path) -> None:
-    out = tmp_path / "gpu_bench.json"
-    args = ["--preset", "tiny", "--seq", "128", "--warmup", "1", "--steps", "2", "--out", str(out)]
-    result = subprocess.run(
-        [sys.executable, "bench/gpu_bench.py", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads(out.read_text())
+    args = ["--preset", "tiny", "--seq", "128", "--warmup", "1", "--steps", "2"]
+    _, record = run_gpu_bench(tmp_path / "gpu_bench.json", *args, timeout=600)
     assert record["precision"] == "bf16" and record["compile"] is True and record["max_memory_gib"] > 0
     assert record["last_loss"] == pytest.approx(record["first_loss"], abs=1.0)  # finite, sane
