@@ -30,6 +30,7 @@ import torch
 
 from olmo_trainer.config import BatchConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 from olmo_trainer.distributed import init_distributed
+from olmo_trainer.objectives.lm import LMObjective
 from olmo_trainer.optim import build_optimizer
 from olmo_trainer.tracking import mfu, peak_flops
 from olmo_trainer.train import build_model, seed_everything, train_step
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     model = build_model(cfg, info)
     optimizer = build_optimizer(model, cfg.optim, lr=3e-4)
+    objective = LMObjective(cfg)
+    objective.device = info.device
     generator = torch.Generator().manual_seed(info.rank)
     vocab = cfg.model.vocab_size
 
@@ -102,13 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         if info.is_cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        step = train_step(model, optimizer, batch(), cfg=cfg, info=info, lr=3e-4)  # .item() syncs the GPU
+        step = train_step(model, optimizer, objective, batch(), cfg=cfg, info=info, lr=3e-4)  # .item() syncs
         elapsed = time.perf_counter() - t0
-        losses.append(step.ce)
+        ce = step.sums["ce"] * info.world_size / step.denominator  # this rank's mean CE
+        losses.append(ce)
         if index >= args.warmup:
             times.append(elapsed)
         if info.rank == 0:
-            print(f"step {index + 1}: {elapsed * 1000:.0f} ms loss {step.ce:.3f}", flush=True)
+            print(f"step {index + 1}: {elapsed * 1000:.0f} ms loss {ce:.3f}", flush=True)
     median = statistics.median(times)
     tokens_per_s_gpu = args.micro_batch * args.seq / median
     device_name = torch.cuda.get_device_name(info.device) if info.is_cuda else "cpu"

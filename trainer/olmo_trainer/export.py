@@ -302,3 +302,29 @@ def from_hf(path: str) -> Transformer:
     # assign=True adopts the loaded tensors (and their dtype) instead of copying into meta storage.
     model.load_state_dict(sd, strict=True, assign=True)
     return model
+
+
+def is_hf_folder(uri: str) -> bool:
+    """True when `uri` is a Hugging Face OLMo 2 checkpoint folder (config.json of model_type olmo2),
+    as opposed to one of our committed checkpoints (MANIFEST.json + DCP shards)."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    config_path = f"{root.rstrip('/')}/{CONFIG_NAME}"
+    if not fs.exists(config_path) or fs.exists(f"{root.rstrip('/')}/MANIFEST.json"):
+        return False
+    try:
+        return json.loads(fs.cat_file(config_path)).get("model_type") == "olmo2"
+    except (ValueError, AttributeError):
+        return False
+
+
+def load_hf_into(uri: str, model: torch.nn.Module) -> None:
+    """Copy a Hugging Face OLMo 2 folder's weights into `model` (plain, DDP or FSDP2; every rank reads
+    the full tensors and keeps its shard). Raises ValueError when the shapes do not fit the model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    with _local_dir_for_reading(uri) as local:
+        sd: dict[str, Any] = dict(state_dict_from_hf(load_hf_state_dict(local)))
+    try:
+        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=True))
+    except (RuntimeError, KeyError) as error:
+        raise ValueError(f"{uri}: its weights do not fit the configured model ({error})") from None

@@ -1,4 +1,4 @@
-"""The training loop of pretraining and annealing, run under torchrun (one process per GPU).
+"""The ONE training loop of every training phase, run under torchrun (one process per GPU).
 
     torchrun --nproc_per_node=8 -m olmo_trainer pretrain --config s3://bucket/run/phases/p/config.json
 
@@ -8,6 +8,10 @@ activation checkpointing and compile), then resume from the newest committed che
 phase, or else start from the parent phase's weights (`init_from`). Each optimizer step accumulates
 gradients over micro-batches, clips, steps AdamW at the scheduled LR, appends a line to
 metrics.jsonl and, every `checkpoint.interval_steps` and at the end, saves a checkpoint.
+
+What is trained is an objective plugged in by kind (objectives/: lm for pretrain/anneal, sft, dpo):
+its data, batch type, loss and logged metrics. The contract is in objectives/__init__.py; this file
+never looks inside a batch.
 
 Exact resume: the checkpoint holds the model, optimizer, tokens seen, the data position and the RNG
 states, and CPU runs use deterministic algorithms, so a killed and restarted run ends bit-identical
@@ -46,7 +50,7 @@ from olmo_trainer.distributed import (
 )
 from olmo_trainer.manifest import filesystem
 from olmo_trainer.model import Transformer
-from olmo_trainer.objectives.lm import lm_loss
+from olmo_trainer.objectives import Objective, build_objective
 from olmo_trainer.optim import build_optimizer
 from olmo_trainer.schedule import Schedule, build_schedule
 from olmo_trainer.tracking import Tracker, mfu, peak_flops
@@ -267,40 +271,47 @@ def _grad_norm(model: nn.Module, max_norm: float | None) -> float:
 
 @dataclass
 class Step:
-    """What one optimizer step measured on this rank."""
+    """What one optimizer step measured on this rank: metric sums, the global denominator, grad norm."""
 
-    ce: float
-    z: float
+    sums: dict[str, float]
+    denominator: float
     grad_norm: float
 
 
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    micro_batches: list[torch.Tensor],
+    objective: Objective,
+    micro_batches: list[Any],
     *,
     cfg: TrainConfig,
     info: DistInfo,
     lr: float,
 ) -> Step:
-    """Forward/backward every micro-batch, clip, step AdamW at `lr`. Losses are this rank's means."""
+    """Forward/backward every micro-batch, clip, step AdamW at `lr`.
+
+    Each micro-batch's loss is a sum; backward runs on `loss * world / D`, D the step's denominator
+    summed over ranks, because DDP and FSDP2 average gradients over ranks: the update is the gradient of
+    (global sum) / D, whatever the micro-batch size, accumulation or world size.
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    ce_sum = torch.zeros((), device=info.device, dtype=torch.float64)
-    z_sum = torch.zeros_like(ce_sum)
+    micro_batches = objective.step_inputs(model, micro_batches)
+    (denominator,) = all_reduce_sum([objective.denominator(micro_batches)], info)
+    scale = info.world_size / denominator if denominator > 0 else 0.0
+    sums: dict[str, torch.Tensor] = {}
     count = len(micro_batches)
     for index, batch in enumerate(micro_batches):
-        tokens = batch.to(info.device, non_blocking=True)
         with _sync_context(model, index == count - 1), _autocast(cfg, info):
-            out = lm_loss(model(tokens), tokens, z_loss=cfg.optim.z_loss)
-            # Every micro-batch has the same number of targets, so the mean of means is exact.
-            (out.loss / count).backward()
-        ce_sum += out.ce
-        z_sum += out.z
+            out = objective.loss(model, batch)
+            (out.loss * scale).backward()
+        for key, value in out.sums.items():
+            value = torch.as_tensor(value, dtype=torch.float64, device=info.device)
+            sums[key] = sums[key] + value if key in sums else value
     grad_norm = _grad_norm(model, cfg.optim.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return Step(ce=ce_sum.item() / count, z=z_sum.item() / count, grad_norm=grad_norm)
+    return Step({k: float(v.item()) for k, v in sums.items()}, denominator, grad_norm)
 
 
 def _install_sigterm(state: TrainerState) -> None:
@@ -329,6 +340,7 @@ class Job:
     optimizer: torch.optim.Optimizer
     state: TrainerState
     checkpointer: Any
+    objective: Objective
     tracker: Tracker | None = None
 
     @property
@@ -341,19 +353,24 @@ class Job:
         peak = peak_flops(torch.cuda.get_device_name(info.device) if info.is_cuda else None)
         last = time.perf_counter()
         while state.step < plan.total_steps:
-            lr = self.schedule.lr(state.tokens + plan.tokens_per_step)
-            result = train_step(self.model, self.optimizer, next(batches), cfg=cfg, info=info, lr=lr)
-            # One collective per step: the mean losses, and whether any rank got a SIGTERM by now.
-            ce, z, stops = all_reduce_sum([result.ce, result.z, float(state.preempted)], info)
-            stop = stops > 0
-            state.step, state.tokens, state.lr = state.step + 1, state.tokens + plan.tokens_per_step, lr
+            # The schedule runs on nominal tokens (steps x tokens_per_step), so that a phase whose
+            # steps train a varying number of tokens (post-training) still follows it exactly.
+            lr = self.schedule.lr((state.step + 1) * plan.tokens_per_step)
+            result = train_step(
+                self.model, self.optimizer, self.objective, next(batches), cfg=cfg, info=info, lr=lr
+            )
+            # One collective per step: the metric sums, and whether any rank got a SIGTERM by now.
+            keys = sorted(result.sums)
+            reduced = all_reduce_sum([*(result.sums[k] for k in keys), float(state.preempted)], info)
+            sums, stop = dict(zip(keys, reduced[:-1], strict=True)), reduced[-1] > 0
+            step_tokens = int(sums.get("tokens", plan.tokens_per_step))
+            state.step, state.tokens, state.lr = state.step + 1, state.tokens + step_tokens, lr
             now = time.perf_counter()
-            tokens_per_s = plan.tokens_per_step / max(now - last, 1e-9)
+            tokens_per_s = step_tokens / max(now - last, 1e-9)
             record = {
                 "step": state.step,
                 "tokens": state.tokens,
-                "loss": ce / info.world_size,
-                "z_loss": z / info.world_size,
+                **self.objective.metrics(sums, result.denominator),
                 "grad_norm": result.grad_norm,
                 "lr": lr,
                 "tokens_per_s": tokens_per_s,
@@ -375,12 +392,14 @@ class Job:
 
 
 def setup(cfg: TrainConfig) -> tuple[Job, Any]:
-    """Join the process group, build and wrap the model and optimizer, resume or init. Returns (job, batches)."""
-    from olmo_trainer.checkpoint import Checkpointer, load_model_weights
+    """Join the process group, build the objective's data, the wrapped model and optimizer, then init
+    from the parent, let the objective prepare, and resume. Returns (job, batches)."""
+    from olmo_trainer.checkpoint import Checkpointer
 
     info = init_distributed()
     seed_everything(cfg.seed, info.device)
-    plan = plan_steps(cfg, info.world_size)
+    objective = build_objective(cfg)
+    plan, batches = objective.build(cfg, info)
     schedule = build_schedule(
         cfg.schedule,
         peak_lr=peak_lr(cfg),
@@ -388,7 +407,6 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
         total_tokens=plan.total_tokens,
     )
     model = build_model(cfg, info)
-    batches = build_batches(cfg, plan, info)
     job = Job(
         cfg=cfg,
         info=info,
@@ -404,14 +422,18 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
             parent=cfg.init_from,
             train_config=cfg,  # each checkpoint carries the config that produced it
         ),
+        objective=objective,
     )
     job.checkpointer.cleanup_uncommitted()
     dist.barrier()  # nobody lists checkpoints while rank 0 is still removing torn ones
     latest = job.checkpointer.latest()
+    # The parent's weights first, on a resume too: the objective may need the frozen parent (DPO's
+    # reference); a resumed job then overwrites them with its own checkpoint.
+    if cfg.init_from is not None:
+        load_initial_weights(cfg.init_from, model)
+    objective.prepare(model, info)
     if latest is not None:
         job.checkpointer.load(latest[1], job.app_state)
-    elif cfg.init_from is not None:
-        load_model_weights(cfg.init_from, model)
     if info.rank == 0:
         origin = (
             f"resumed from {latest[1]}"
@@ -422,8 +444,20 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
     return job, batches
 
 
+def load_initial_weights(uri: str, model: nn.Module) -> None:
+    """Load `initFrom` into the (wrapped) model: a committed checkpoint, or a Hugging Face OLMo 2 folder
+    (config.json + safetensors, as `olmorun export-hf` writes and the Hub's OLMo-2 repositories hold)."""
+    from olmo_trainer.checkpoint import load_model_weights
+    from olmo_trainer.export import is_hf_folder, load_hf_into
+
+    if is_hf_folder(uri):
+        load_hf_into(uri, model)
+    else:
+        load_model_weights(uri, model)
+
+
 def train(cfg: TrainConfig) -> int:
-    """Run a pretrain/anneal job to its budget (or a SIGTERM). Returns the process exit code."""
+    """Run a training job (any objective) to its budget (or a SIGTERM). Returns the process exit code."""
     job, batches = setup(cfg)
     _install_sigterm(job.state)
     job.tracker = Tracker(cfg, rank=job.info.rank, resume_step=job.state.step)

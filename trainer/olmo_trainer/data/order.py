@@ -10,6 +10,10 @@ before a global batch is full, that partial batch is dropped and the next epoch 
 the global batch's instances r, r + W, r + 2W, ... (strided by data-parallel rank, W = world size) and
 cuts them into consecutive micro-batches.
 
+Any dataset with `__len__`, `fingerprint` and `ngram_filter` works: `read_many(ids)` gives fixed-length
+token rows (yielded as LongTensor micro-batches), or `micro_batches(ids, micro_batch_size)` cuts this
+rank's rows itself (chat data: padded, variable-length rows).
+
 Position. The state is (step, epoch, cursor in that epoch's order): `state_dict()` after k steps,
 loaded into a fresh instance, continues with exactly step k's batches, on any world size. `start_step`
 re-derives the position from the beginning instead (cheap without the filter; with it, the skipped
@@ -56,7 +60,7 @@ class DistributedBatches:
 
     def __init__(
         self,
-        dataset: TokenDataset,
+        dataset: TokenDataset | Any,
         *,
         global_batch_size: int,
         micro_batch_size: int,
@@ -164,9 +168,14 @@ class DistributedBatches:
         """This rank's share of a global batch: every world_size-th instance from position rank."""
         return global_ids[self.rank :: self.world_size]
 
-    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+    def __iter__(self) -> Iterator[list[Any]]:
+        # A dataset of variable-length rows (data/chat.py) cuts its own micro-batches (padding them).
+        collate = getattr(self.dataset, "micro_batches", None)
         while True:
             global_ids, tokens = self._next_global_batch()
+            if collate is not None:
+                yield collate(self.rank_indices(global_ids), self.micro_batch_size)
+                continue
             mine = tokens[self.rank :: self.world_size] if tokens is not None else None
             if mine is None:
                 mine = self.dataset.read_many(self.rank_indices(global_ids))

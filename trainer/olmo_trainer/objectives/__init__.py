@@ -1,1 +1,100 @@
-"""Training objectives: what a micro-batch's loss is. `lm` serves pretraining and annealing."""
+"""Training objectives plugged into the one loop of train.py: `lm`, `sft`, `dpo` (and later RL ones).
+
+The loop (train.py) owns everything that is the same for every phase: the process group, the model and
+its wrapping (DDP/FSDP2), the optimizer and LR schedule, gradient accumulation and its gradient-sync
+switch, clipping, the SIGTERM -> checkpoint -> exit 143 path, checkpoints and exact resume, metrics.jsonl
+and wandb. An objective owns only what differs: its data, its batch type, its loss and its metrics.
+
+Contract (`Objective`; `build_objective(cfg)` picks one by `cfg.kind`):
+
+1. `build(cfg, info) -> (StepPlan, batches)`: this rank's step source and the plan it implies
+   (global batch, micro batch, accumulation, total steps, `tokens_per_step` for the token-defined LR
+   schedule). `batches` is an iterator whose every item is one optimizer step's list of this rank's
+   micro-batches (any type the objective likes), and it must be Stateful (`state_dict()` /
+   `load_state_dict()`): the loop saves its position in every checkpoint, so a resumed job sees exactly
+   the batches it would have seen. `data.DistributedBatches` gives both for any dataset with
+   `__len__`, `fingerprint` and `read_many` or `micro_batches` (see data/order.py).
+2. `prepare(model, info)`: called once after the parent's weights are loaded (`initFrom`) and BEFORE a
+   resumed job loads its own checkpoint, so `model` is the frozen parent here (DPO computes or loads
+   its reference log-probs). Collective: every rank calls it.
+3. Per step, `step_inputs(model, micro_batches)` may turn the data into what the loss needs (an RL
+   objective generates rollouts here, under no_grad; the default returns them unchanged). Then
+   `denominator(micro_batches)` is this rank's share of the step's loss normaliser (target tokens,
+   sequences, pairs, ...). The loop sums it over ranks BEFORE any forward pass: call it D.
+4. `loss(model, micro_batch) -> LossOutput`: `loss` is a scalar SUM over the micro-batch's units, and
+   the loop runs backward on `loss * world_size / D` (DDP and FSDP2 average gradients over ranks). The
+   gradient is therefore that of (sum over every micro-batch of every rank) / D: exactly the same
+   whatever the micro-batch size, the accumulation or the world size. `sums` are detached metric sums
+   (floats or 0-d tensors); the loop adds them over micro-batches and ranks in one collective. A sum
+   named `tokens` is the step's trained-token count (it advances `tokens` in metrics and checkpoints).
+5. `metrics(sums, D) -> dict`: the logged values of a step from the global sums. Must contain `loss`
+   (the number the operator shows as lastLoss). Keys are flat (`rewards/margin`), floats.
+
+No objective has its own loop, checkpoint or resume code: a new one is a module here with these five
+methods and a line in `build_objective`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from olmo_trainer.config import TrainConfig
+    from olmo_trainer.distributed import DistInfo
+    from olmo_trainer.train import StepPlan
+
+
+class LossOutput(NamedTuple):
+    """One micro-batch: `loss` is a scalar sum to backpropagate; `sums` detached metric sums."""
+
+    loss: torch.Tensor
+    sums: Mapping[str, torch.Tensor | float]
+
+
+class StepSource(Protocol):
+    """Iterates optimizer steps (each: this rank's micro-batches) and saves/restores its position."""
+
+    def __iter__(self) -> Iterator[list[Any]]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Objective(Protocol):
+    """What a phase kind plugs into train.py (see the module docstring for the contract)."""
+
+    def build(self, cfg: TrainConfig, info: DistInfo) -> tuple[StepPlan, StepSource]: ...
+
+    def prepare(self, model: nn.Module, info: DistInfo) -> None: ...
+
+    def step_inputs(self, model: nn.Module, micro_batches: list[Any]) -> list[Any]: ...
+
+    def denominator(self, micro_batches: list[Any]) -> float: ...
+
+    def loss(self, model: nn.Module, micro_batch: Any) -> LossOutput: ...
+
+    def metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]: ...
+
+
+class BaseObjective:
+    """Defaults for the optional steps: nothing to prepare, micro-batches used as they come."""
+
+    def prepare(self, model: nn.Module, info: DistInfo) -> None:
+        return None
+
+    def step_inputs(self, model: nn.Module, micro_batches: list[Any]) -> list[Any]:
+        return micro_batches
+
+
+def build_objective(cfg: TrainConfig) -> Objective:
+    """The objective of a training phase kind. Raises ValueError for a kind without one."""
+    if cfg.kind in ("pretrain", "anneal"):
+        from olmo_trainer.objectives.lm import LMObjective
+
+        return LMObjective(cfg)
+    raise ValueError(f"phase kind {cfg.kind!r} has no training objective in this release")
