@@ -8,16 +8,23 @@ before RoPE), SwiGLU, RoPE theta 500k, no biases, an untied LM head after a fina
 
     model = Transformer(ModelConfig.preset("tiny"))
     logits = model(input_ids)                       # (B, T) -> (B, T, embedding_size), float32
+    logits = model(new_ids, cache=kv_cache)         # generation: see olmo_trainer.generate
 
     with torch.device("meta"):                      # big presets: build without memory, then
         model = Transformer(ModelConfig.preset("olmo2-7b"))
     model.to_empty(device="cuda"); model.init_weights()
 
 Parallelism (FSDP2 per block), activation checkpointing and compile live outside this file; they wrap
-each element of `model.blocks`.
+each element of `model.blocks`. Inference lives outside it too: the one hook is the optional `cache`
+argument (the `DecodeCache` protocol), through which `olmo_trainer.generate` supplies each row's
+positions and each layer's past keys/values. It cannot live entirely outside: calling the model itself
+(not its submodules) is what keeps FSDP2's per-module hooks, checkpoint wrappers and compile working.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -44,15 +51,17 @@ class RMSNorm(nn.Module):
         return out.to(x.dtype)
 
 
-def rotary_tables(
-    seq_len: int, head_dim: int, theta: float, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of RoPE angles, each (T, head_dim), halves duplicated (the `rotate_half` layout)."""
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of RoPE angles at integer `positions` (T,) or (B, T): each (T, D) or (B, 1, T, D),
+    halves duplicated (the `rotate_half` layout); they broadcast against (B, H, T, D)."""
     # Computed per forward rather than stored as a buffer: nothing to re-create after a meta-device
     # build, and the cost (T x D/2 multiplies) is negligible next to the matmuls.
+    device = positions.device
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # (T, D/2)
-    angles = torch.cat((angles, angles), dim=-1)  # (T, D)
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # (..., T, D/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (..., T, D)
+    if angles.dim() == 3:
+        angles = angles.unsqueeze(1)  # (B, 1, T, D): one table per row, shared by the heads
     return angles.cos(), angles.sin()
 
 
@@ -61,6 +70,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class LayerCache(Protocol):
+    """Past keys/values of one attention layer during generation (implemented in olmo_trainer.generate)."""
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store the new (B, KV, T, D) keys/values; return all keys and values so far (B, KV, S, D)
+        and the boolean attention mask (B, 1, T, S): True where a query may see a key."""
+        ...
+
+
+class DecodeCache(Protocol):
+    """What a generating forward passes down: positions of the new tokens and one cache per layer."""
+
+    positions: torch.Tensor
+    """(B, T) RoPE positions of the new tokens (rows of a left-padded batch start at 0)."""
+    layers: Sequence[LayerCache]
 
 
 class Attention(nn.Module):
@@ -78,7 +104,9 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.n_heads * self.head_dim, config.norm_eps)
         self.k_norm = RMSNorm(self.n_kv_heads * self.head_dim, config.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: LayerCache | None = None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         D, H, KV = self.head_dim, self.n_heads, self.n_kv_heads
         q = self.q_norm(self.w_q(x)).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -86,7 +114,11 @@ class Attention(nn.Module):
         v = self.w_v(x).view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         # enable_gqa: the flash kernel serves each K/V head to its query group without copying K/V.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV != H)  # (B, H, T, D)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV != H)  # (B, H, T, D)
+        else:  # generation: attend to the cached keys too, through the cache's padding-aware mask
+            k, v, mask = cache.update(k, v)  # (B, KV, S, D) x 2, (B, 1, T, S)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=KV != H)
         return self.w_out(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, d)
 
 
@@ -113,8 +145,10 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(config)
         self.feed_forward_norm = RMSNorm(config.d_model, config.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        h = x + self.attention_norm(self.attention(x, rope))
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: LayerCache | None = None
+    ) -> torch.Tensor:
+        h = x + self.attention_norm(self.attention(x, rope, cache))
         return h + self.feed_forward_norm(self.feed_forward(h))
 
 
@@ -145,12 +179,15 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab, bias=False)  # untied
         self.init_weights()
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        T = input_ids.shape[1]
-        rope = rotary_tables(T, self.config.dim_head, self.config.rope_theta, input_ids.device)  # 2 x (T, D)
+    def forward(self, input_ids: torch.Tensor, cache: DecodeCache | None = None) -> torch.Tensor:
+        if cache is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+        else:
+            positions = cache.positions  # (B, T)
+        rope = rotary_tables(positions, self.config.dim_head, self.config.rope_theta)  # 2 x (T, D) or (B, 1, T, D)
         x = self.embeddings(input_ids)  # (B, T, d)
-        for block in self.blocks:
-            x = block(x, rope)
+        for index, block in enumerate(self.blocks):
+            x = block(x, rope) if cache is None else block(x, rope, cache.layers[index])
         return self.lm_head(self.norm(x)).float()  # (B, T, V)
 
     @torch.no_grad()
