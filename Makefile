@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
-EXTRAS := operator,trainer,s3,gcs,dev
+EXTRAS := operator,trainer,s3,gcs,report,dev
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: test demo lint typecheck unit crd lock bench clean

@@ -163,6 +163,7 @@ def _env(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int, config_uri: st
         "OLMORUN_SEED": str(seed),
         "OLMORUN_ATTEMPT": str(attempt),
         "OLMORUN_CONFIG": config_uri,
+        "OLMORUN_IMAGE": run.spec.image,  # recorded in the job's env.json (olmo_trainer.environment)
         "LOGLEVEL": "WARNING",
     }
     if run.spec.storage.endpoint_url:  # an address, not a credential: credentials come from Secrets

@@ -97,6 +97,12 @@ def test_same_config_twice_gives_bit_identical_losses(tmp_path: Path) -> None:
     ours, theirs = read_metrics(tmp_path / "out"), read_metrics(run.save_dir)
     assert [m["loss"] for m in ours] == [m["loss"] for m in theirs]
     assert [m["grad_norm"] for m in ours] == [m["grad_norm"] for m in theirs]
+    # The same weights and optimizer state (content identity), the same data order, in another directory.
+    final = [read_manifest(*_local(d / "checkpoints" / "step40")) for d in (tmp_path / "out", run.save_dir)]
+    assert final[0] is not None and final[1] is not None
+    assert final[0]["content"] == final[1]["content"]
+    envs = [json.loads((d / "env.json").read_text())["data"] for d in (tmp_path / "out", run.save_dir)]
+    assert envs[0] == envs[1]
 
 
 def test_ddp_without_accumulation_matches_fsdp_with_accumulation(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ from fsspec import AbstractFileSystem
 from torch import nn
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
@@ -57,7 +57,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
-from olmo_trainer import manifest
+from olmo_trainer import identity, manifest
 from olmo_trainer.config import CheckpointConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -112,11 +112,28 @@ def _is_local(fs: AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
+class _ReproducibleFileSystemWriter(dcp.FileSystemWriter):
+    """DCP's writer without its observability record: `storage_meta()` (a public StorageWriter hook,
+    "None by default") would put a random save_id and the absolute checkpoint path into `.metadata`,
+    so that two identical saves never had identical files. Without it `.metadata` is a function of
+    the saved state and the world size alone."""
+
+    def storage_meta(self) -> StorageMeta | None:
+        return None
+
+
+class _ReproducibleFsspecWriter(FsspecWriter):
+    """FsspecWriter (s3://, gs://) without the random save_id and path; see _ReproducibleFileSystemWriter."""
+
+    def storage_meta(self) -> StorageMeta | None:
+        return None
+
+
 def _writer(uri: str, storage_options: dict[str, Any]) -> StorageWriter:
     fs, path = manifest.filesystem(uri, **storage_options)
     if _is_local(fs):
-        return dcp.FileSystemWriter(path)
-    return FsspecWriter(uri, **storage_options)
+        return _ReproducibleFileSystemWriter(path)
+    return _ReproducibleFsspecWriter(uri, **storage_options)
 
 
 def _reader(uri: str, storage_options: dict[str, Any]) -> StorageReader:
@@ -340,17 +357,30 @@ class Checkpointer:
         """All shards are written: each rank hashes its own, rank 0 writes the MANIFEST last and
         applies retention. Collective over `group` (the default group for synchronous saves)."""
         fs, path = manifest.filesystem(uri, **self.storage_options)
-        hashed = _gather_to_rank0(_hash_own_shards(fs, path, _rank()), group)  # also waits for every rank
+        _barrier(group)  # every shard and .metadata are written before anyone reads tensors back
+        own = (_hash_own_shards(fs, path, _rank()), self._own_digests(uri))
+        hashed = _gather_to_rank0(own, group)  # also waits for every rank
         if hashed is not None and _rank() == 0:
-            known = {rel: entry for part in hashed for rel, entry in part.items()}
+            known = {rel: entry for files, _ in hashed for rel, entry in files.items()}
+            digests = {key: value for _, part in hashed for key, value in part.items()}
             extra = {"worldSize": _world_size(), **({"final": True} if final else {})}
             record = manifest.build_manifest(
-                fs, path, step=step, config_hash=self.config_hash, parent=self.parent, extra=extra, known=known
+                fs, path, step=step, config_hash=self.config_hash, parent=self.parent, extra=extra, known=known,
+                content=identity.content_record(digests),
             )
             manifest.commit(fs, path, record)
             log.info("committed checkpoint %s (%d files)", uri, len(record["files"]))
             self._apply_retention()
         _barrier(group)  # nobody returns before the commit is visible
+
+    def _own_digests(self, uri: str) -> dict[str, str]:
+        """This rank's share of the content identity: tensors read back from storage and hashed."""
+        def reader() -> StorageReader:
+            return _reader(uri, self.storage_options)
+
+        with _single_process():
+            entries = identity.tensor_entries(reader().read_metadata())
+            return identity.digests_from_storage(reader, identity.share(entries, _rank(), _world_size()))
 
     def _commit_after(self, upload: Future[Any], step: int, uri: str, final: bool, group: Any) -> None:
         """Background thread of an async save: wait for the shards, then commit on the async group."""
@@ -519,7 +549,10 @@ def save_model_weights(
         fs.pipe_file(f"{path}/{CONFIG_NAME}", config_json.encode())
     with _single_process():
         dcp.save({MODEL_KEY: weights}, storage_writer=_writer(uri, options), no_dist=True)
-    record = manifest.build_manifest(fs, path, step=step, config_hash=config_hash, parent=parent, extra=extra)
+    content = identity.content_record(identity.digests_of(weights, f"{MODEL_KEY}."))
+    record = manifest.build_manifest(
+        fs, path, step=step, config_hash=config_hash, parent=parent, extra=extra, content=content
+    )
     manifest.commit(fs, path, record)
     return uri
 

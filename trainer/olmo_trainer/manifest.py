@@ -59,11 +59,14 @@ def build_manifest(
     parent: str | None = None,
     extra: dict[str, Any] | None = None,
     known: dict[str, dict[str, Any]] | None = None,
+    content: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Hash every file of a checkpoint directory into a manifest (not yet written).
 
     `known` holds entries ({"sha256", "size"} by relative path) already hashed elsewhere, e.g. by the
     rank that wrote the shard, so that one process does not re-read a whole sharded checkpoint.
+    `content` is the checkpoint's content identity (olmo_trainer.identity.content_record): a hash of
+    its tensors by name that does not depend on file layout, world size or storage path.
     """
     files = {}
     for rel in list_files(fs, directory):
@@ -80,7 +83,14 @@ def build_manifest(
         "createdAt": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "files": files,
         **({"extra": extra} if extra else {}),
+        **({"content": content} if content else {}),
     }
+
+
+def content_sha256(record: dict[str, Any] | None) -> str | None:
+    """The content identity of a checkpoint from its MANIFEST (None for checkpoints made before it existed)."""
+    content = (record or {}).get("content")
+    return content.get("sha256") if isinstance(content, dict) else None
 
 
 def commit(fs: AbstractFileSystem, directory: str, manifest: dict[str, Any]) -> None:

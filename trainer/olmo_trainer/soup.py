@@ -174,6 +174,9 @@ def main(cfg: TrainConfig) -> int:
     if not cfg.soup_from:
         print("olmo_trainer soup: soupFrom lists no checkpoints to average", file=sys.stderr)
         return EXIT_USAGE
+    from olmo_trainer.environment import write_env
+
+    write_env(cfg)
     out_uri = soup_output_uri(cfg)
     if _already_done(out_uri, cfg.soup_from):
         print(f"{cfg.run}/{cfg.phase}: soup {out_uri} already committed")

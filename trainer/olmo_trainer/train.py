@@ -48,6 +48,7 @@ from olmo_trainer.distributed import (
     parallelize,
     set_gradient_sync,
 )
+from olmo_trainer.environment import write_env
 from olmo_trainer.manifest import filesystem
 from olmo_trainer.model import Transformer
 from olmo_trainer.objectives import Objective, build_objective
@@ -435,6 +436,7 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
     if latest is not None:
         job.checkpointer.load(latest[1], job.app_state)
     if info.rank == 0:
+        write_env(cfg, batches=batches)  # the job's run record: versions, devices, determinism, data hashes
         origin = (
             f"resumed from {latest[1]}"
             if latest
