@@ -38,6 +38,8 @@ demo: $(STAMP)
 	$(VENV)/bin/olmorun status --workdir .olmorun-demo
 	$(VENV)/bin/olmorun verify .olmorun-demo/storage/default/olmo2-tiny/archive/soup
 	$(VENV)/bin/olmorun export-hf .olmorun-demo/storage/default/olmo2-tiny/archive/soup .olmorun-demo/hf
+	@echo "demo report (open it in a browser):"
+	@$(VENV)/bin/olmorun report .olmorun-demo -o .olmorun-demo/report.html
 
 crd: $(STAMP)
 	$(VENV)/bin/olmorun crd

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "olmo_operator.cli_data",  # data synth, data prepare
     "olmo_operator.cli_run",  # render, local, status
     "olmo_operator.cli_export",  # export-hf
+    "olmo_operator.cli_diff",  # diff, report
 )
 
 

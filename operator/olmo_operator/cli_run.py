@@ -216,7 +216,32 @@ def _kinds(document: dict[str, Any]) -> dict[str, str]:
     return {p["name"]: p.get("kind", "") for p in phases if isinstance(p, dict) and "name" in p}
 
 
+def final_contents(status: api.OlmoRunStatus) -> list[list[str]]:
+    """[job, checkpoint, content sha256] of every job's final checkpoint (archive, else scratch), read
+    from its MANIFEST; '-' where none is recorded or the storage cannot be read."""
+    from olmo_operator.archive import storage_options
+    from olmo_trainer import manifest
+
+    rows = []
+    for phase, ps in status.phases.items():
+        for job in ps.jobs:
+            uri = job.archive or job.checkpoint
+            if not uri or job.state != "Succeeded":
+                continue
+            try:
+                fs, path = manifest.filesystem(uri, **storage_options(uri))
+                sha = manifest.content_sha256(manifest.read_manifest(fs, path))
+            except (OSError, ImportError, ValueError):
+                sha = None
+            key = f"{phase}-s{job.seed}" if len(ps.jobs) > 1 else phase
+            rows.append([key, f"step{layout.step_of(uri)}", sha or "-"])
+    return rows
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     name, status, created, kinds = _status_source(args)
     sys.stdout.write(format_status(name, status, created, dt.datetime.now(dt.UTC), kinds))
+    contents = final_contents(status)
+    if contents:
+        sys.stdout.write("\n" + _table([["JOB", "FINAL", "CONTENT SHA256 (tensors by name)"], *contents]) + "\n")
     return 0
