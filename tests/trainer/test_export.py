@@ -16,6 +16,7 @@ from olmo_trainer.config import ModelConfig
 from olmo_trainer.export import (
     INDEX_NAME,
     from_hf,
+    hf_config_dict,
     model_config_from_hf,
     state_dict_from_hf,
     state_dict_to_hf,
@@ -142,25 +143,44 @@ def test_name_mappings_are_inverse_and_strip_wrapper_prefixes() -> None:
         state_dict_to_hf({k: v for k, v in sd.items() if "lm_head" not in k}, model.config)
 
 
-def test_model_config_from_a_released_transformers4_config() -> None:
-    # The shape of allenai/OLMo-2-1124-7B's config.json (transformers 4: rope_theta at top level).
-    released = {
-        "architectures": ["Olmo2ForCausalLM"],
-        "model_type": "olmo2",
-        "hidden_size": 4096,
-        "intermediate_size": 11008,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 32,
-        "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-06,
-        "rope_theta": 500000,
-        "rope_scaling": None,
-        "vocab_size": 100352,
-        "eos_token_id": 100257,
-        "pad_token_id": 100277,
-        "tie_word_embeddings": False,
+RELEASED_7B_CONFIG = Path(__file__).parent / "data" / "olmo2-1124-7b-config.json"
+"""allenai/OLMo-2-1124-7B's config.json as published on the Hugging Face Hub (revision with
+`Olmo2ForCausalLM`, transformers 4.47 layout)."""
+
+# Keys transformers 5 writes that the transformers-4 release lacks, and ours (the tokenizer's size).
+_OUR_EXTRA_KEYS = {"rope_parameters", "dtype", "bos_token_id", "tokenizer_vocab_size"}
+
+
+def test_exported_config_has_the_released_7b_keys_and_values() -> None:
+    released = json.loads(RELEASED_7B_CONFIG.read_text())
+    ours = hf_config_dict(ModelConfig.preset("olmo2-7b"), torch.float32)
+    assert set(ours) == set(released) | _OUR_EXTRA_KEYS
+    # The 7B preset exported is the released config, value for value (the version is the installed one).
+    assert {k: v for k, v in ours.items() if k in released and k != "transformers_version"} == {
+        k: v for k, v in released.items() if k != "transformers_version"
     }
+    assert ours["transformers_version"] == transformers.__version__
+    assert ours["rope_parameters"] == {"rope_type": "default", "rope_theta": 500_000.0}
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_exported_config_reads_as_the_transformers5_layout_alone(kind: str, tmp_path: Path) -> None:
+    """The transformers-4 keys change nothing for transformers 5: same config, same RoPE theta."""
+    cfg = build(kind).config
+    full = hf_config_dict(cfg, torch.float32)
+    v5_only = {k: v for k, v in full.items() if k not in ("rope_theta", "rope_scaling", "torch_dtype")}
+    read = {}
+    for name, content in (("full", full), ("v5", v5_only)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(content))
+        read[name] = transformers.AutoConfig.from_pretrained(str(tmp_path / name)).to_dict()
+        read[name].pop("_name_or_path")
+    assert read["full"] == read["v5"]
+    assert read["full"]["rope_parameters"] == {"rope_type": "default", "rope_theta": 500_000.0}
+
+
+def test_model_config_from_a_released_transformers4_config() -> None:
+    released = json.loads(RELEASED_7B_CONFIG.read_text())
     cfg = model_config_from_hf(released)
     preset = ModelConfig.preset("olmo2-7b")
     assert cfg.num_params() == preset.num_params()

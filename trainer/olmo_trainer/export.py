@@ -15,6 +15,7 @@ The layouts of the tensors are identical (both use the rotate-half RoPE layout),
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -139,8 +140,23 @@ def _first_id(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _transformers_version() -> str | None:
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    """The Olmo2 `config.json` of a ModelConfig (transformers 5 layout)."""
+    """The Olmo2 `config.json` of a ModelConfig, read the same by transformers 4.47+ and 5.x.
+
+    It carries every key of the released allenai/OLMo-2-1124-7B config.json (transformers 4 layout:
+    top-level `rope_theta`, `rope_scaling: null`, `torch_dtype`), plus what transformers 5 writes
+    (`rope_parameters`, `dtype`). Without the top-level `rope_theta`, transformers 4.x silently falls
+    back to its default theta of 10,000 and computes different logits. `transformers_version` is the
+    installed version, left out when transformers is not installed.
+    """
+    dtype_name = str(dtype).removeprefix("torch.")
     out: dict[str, Any] = {
         "architectures": ["Olmo2ForCausalLM"],
         "model_type": "olmo2",
@@ -155,7 +171,9 @@ def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
         "max_position_embeddings": cfg.max_sequence_length,
         "initializer_range": cfg.init_std,
         "rms_norm_eps": cfg.norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_theta": cfg.rope_theta,  # transformers 4.x
+        "rope_scaling": None,  # transformers 4.x: plain RoPE
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},  # transformers 5.x
         "attention_bias": False,
         "attention_dropout": 0.0,
         "tie_word_embeddings": False,
@@ -164,10 +182,14 @@ def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
         "bos_token_id": cfg.eos_token_id,
         "eos_token_id": cfg.eos_token_id,
         "pad_token_id": cfg.pad_token_id,
-        "dtype": str(dtype).removeprefix("torch."),
+        "torch_dtype": dtype_name,  # transformers 4.x
+        "dtype": dtype_name,  # transformers 5.x
     }
     if cfg.dim_head != cfg.d_model // cfg.n_heads:
         out["head_dim"] = cfg.dim_head  # transformers' Olmo2 attention and RoPE read it when present
+    version = _transformers_version()
+    if version is not None:
+        out["transformers_version"] = version
     return out
 
 
