@@ -48,8 +48,8 @@ def register(sub: Any) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from olmo_trainer.data.prepare import INDEX_FORMAT, write_index
-    from olmo_trainer.data.synth import BYTE_EOS, SYNTH_DTYPE, write_synthetic
-    from olmo_trainer.data.tokenizer import BYTE_VOCAB_SIZE
+    from olmo_trainer.data.synth import SYNTH_DTYPE, write_synthetic
+    from olmo_trainer.data_record import BYTE_EOS, BYTE_VOCAB_SIZE
 
     try:
         num_tokens = parse_tokens(args.tokens)

@@ -17,12 +17,18 @@ import yaml
 from olmo_operator import api, crd, reference
 from olmo_operator.cli import UserError
 from olmo_trainer.config import format_tokens
+from olmo_trainer.data_record import check_data
 
 
 def register(sub: Any) -> None:
     validate = sub.add_parser("validate", help="check OlmoRun files; print every problem with its field path")
     validate.add_argument("files", nargs="+", metavar="FILE", help="OlmoRun YAML/JSON files ('-' for stdin)")
     validate.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    validate.add_argument(
+        "--remote-data",
+        action="store_true",
+        help="also read the index.json of s3:// and gs:// data (local data is always checked)",
+    )
     validate.set_defaults(func=cmd_validate)
 
     gen = sub.add_parser("crd", help="write the OlmoRun CustomResourceDefinition generated from the API")
@@ -77,6 +83,31 @@ def summarize(run: api.OlmoRun) -> str:
     )
 
 
+def check_run_data(run: api.OlmoRun, *, remote: bool) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of every phase's token data against the run's model, for the data this
+    process can read: index.json records (vocabulary, EOS, dtype) via data_record.check_data."""
+    model = run.spec.model.resolve()
+    problems: list[str] = []
+    warnings: list[str] = []
+    for i, phase in enumerate(run.spec.phases):
+        if phase.data is None:
+            continue
+        try:
+            check = check_data(
+                phase.data,
+                model,
+                field=f"spec.phases[{i}].data",
+                model_field="spec.model.overrides",
+                remote=remote,
+            )
+        except ValueError as error:  # an index.json that is not JSON
+            problems.append(f"spec.phases[{i}].data: {error}")
+            continue
+        problems += check.problems
+        warnings += check.warnings
+    return problems, warnings
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
@@ -96,6 +127,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 for problem in error.problems:
                     print(f"  - {problem}", file=sys.stderr)
                 continue
+            mismatches, warnings = check_run_data(run, remote=args.remote_data)
+            if mismatches:
+                failed = True
+                print(f"{label}: data does not match the model ({len(mismatches)} problem(s)):", file=sys.stderr)
+                for mismatch in mismatches:
+                    print(f"  - {mismatch}", file=sys.stderr)
+                continue
+            for warning in warnings:
+                print(f"{label}: warning: {warning}", file=sys.stderr)
             if not args.quiet:
                 print(f"{label}: {summarize(run)}")
             blocked = [f"{p.name} ({p.kind})" for p in api.unimplemented_phases(run)]

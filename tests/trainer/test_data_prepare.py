@@ -175,13 +175,3 @@ def test_synthetic_data_is_learnable_by_the_tiny_model(tmp_path: Path, kind: str
     print(f"{kind}: unigram {unigram:.3f} nats, final loss {np.mean(losses[-10:]):.3f}")
     assert math.log(260) > unigram > 2.5
     assert np.mean(losses[-10:]) < 0.75 * unigram
-
-
-def test_a_data_config_dtype_that_contradicts_the_index_is_refused(tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "docs.jsonl", DOCS * 20)
-    assert cli.main(["data", "prepare", src, "--out", str(tmp_path / "out")]) == 0  # bytes -> uint16
-    cfg = DataConfig.model_validate(
-        {"sources": [{"name": "d", "paths": [str(tmp_path / "out")]}], "sequenceLength": 8, "dtype": "uint32"}
-    )
-    with pytest.raises(ValueError, match="holds uint16 tokens"):
-        build_dataset(cfg, seed=0, work_dir=str(tmp_path / "w"))

@@ -29,6 +29,7 @@ import math
 import os
 import random
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -224,6 +225,20 @@ def work_dir(cfg: TrainConfig) -> str:
     return os.path.join(tempfile.gettempdir(), "olmorun-work", cfg.config_hash())
 
 
+def check_data_matches_model(cfg: TrainConfig, info: DistInfo) -> None:
+    """Refuse data whose recorded vocabulary/EOS/dtype contradict the config (ValueError); rank 0 warns
+    about sources without a record (data_record.py)."""
+    from olmo_trainer.data_record import check_data
+
+    assert cfg.data is not None
+    check = check_data(cfg.data, cfg.model)
+    if check.problems:
+        raise ValueError("the data does not match the model:\n  - " + "\n  - ".join(check.problems))
+    if info.rank == 0:
+        for warning in check.warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
 def build_batches(cfg: TrainConfig, plan: StepPlan, info: DistInfo) -> Any:
     """This rank's DistributedBatches over the phase's data mixture."""
     from olmo_trainer.data import DistributedBatches, build_dataset
@@ -231,6 +246,7 @@ def build_batches(cfg: TrainConfig, plan: StepPlan, info: DistInfo) -> Any:
     assert cfg.data is not None
     seed = cfg.data.seed if cfg.data.seed is not None else cfg.seed
     scratch = work_dir(cfg)
+    check_data_matches_model(cfg, info)
     dataset = build_dataset(cfg.data, seed=seed, work_dir=scratch)
     return DistributedBatches(
         dataset,
@@ -240,6 +256,7 @@ def build_batches(cfg: TrainConfig, plan: StepPlan, info: DistInfo) -> Any:
         world_size=info.world_size,
         seed=seed,
         work_dir=scratch,
+        vocab_size=cfg.model.vocab_size,
     )
 
 

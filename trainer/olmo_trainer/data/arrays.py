@@ -18,15 +18,8 @@ from collections.abc import Iterable, Sequence
 
 import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 
-INDEX_NAME = "index.json"
-"""The small JSON index `olmorun data prepare|synth` writes next to the arrays (docs, tokens, dtype)."""
-
-
-def is_local(path: str) -> bool:
-    """True for plain paths and file:// URLs."""
-    return isinstance(fsspec.core.url_to_fs(path)[0], LocalFileSystem)
+from olmo_trainer.data_record import is_local
 
 
 def _has_glob(path: str) -> bool:

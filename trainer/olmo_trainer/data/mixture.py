@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from olmo_trainer.config import DataConfig, DataSource, NgramFilter
-from olmo_trainer.data.arrays import INDEX_NAME, expand_paths, is_local, open_tokens
+from olmo_trainer.data.arrays import expand_paths, open_tokens
 from olmo_trainer.data.ngram import repeated_ngram_mask
 from olmo_trainer.data.synth import SYNTH_DTYPE, write_synthetic
 
@@ -172,19 +172,6 @@ class TokenDataset:
         return self.sources[self.locate(i)[0]].name
 
 
-def _check_index_dtype(path: str, dtype: str) -> None:
-    """Fail early when `olmorun data prepare` recorded a different dtype next to a local array."""
-    index_path = os.path.join(os.path.dirname(path), INDEX_NAME)
-    if not is_local(path) or not os.path.exists(index_path):
-        return
-    with open(index_path) as f:
-        recorded = json.load(f).get("dtype")
-    if recorded and recorded != dtype:
-        raise ValueError(
-            f"{path} holds {recorded} tokens (see {index_path}) but the data config says {dtype}"
-        )
-
-
 def open_source(source: DataSource, *, sequence_length: int, dtype: str, work_dir: str) -> SourceWindows:
     """Materialise (synthetic) or locate (paths) one source's files and memory-map them."""
     if source.synthetic is not None:
@@ -193,8 +180,6 @@ def open_source(source: DataSource, *, sequence_length: int, dtype: str, work_di
         paths, dtype = [path], SYNTH_DTYPE
     else:
         paths = expand_paths(source.paths)
-    for path in paths:
-        _check_index_dtype(path, dtype)
     cache = os.path.join(work_dir, "cache")
     arrays = [open_tokens(p, dtype, cache_dir=cache) for p in paths]
     return SourceWindows(source.name, paths, arrays, sequence_length)

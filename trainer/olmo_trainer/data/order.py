@@ -55,6 +55,10 @@ def global_indices(num_instances: int, *, seed: int, epoch: int, path: str) -> n
     return order
 
 
+class TokenIdOutOfRange(ValueError):
+    """A token id is not below the model's vocabulary size."""
+
+
 class DistributedBatches:
     """Iterates optimizer steps; each yields this rank's list of micro-batches (LongTensor (mb, T))."""
 
@@ -69,6 +73,7 @@ class DistributedBatches:
         seed: int,
         start_step: int = 0,
         work_dir: str,
+        vocab_size: int | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size}")
@@ -86,6 +91,8 @@ class DistributedBatches:
         self.micro_batch_size = micro_batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.work_dir = work_dir
+        self.vocab_size = vocab_size
+        """Ids must be below it (the model's vocabulary); None: unchecked."""
         self.step = self.epoch = self.cursor = 0
         self._order: tuple[int, np.ndarray] | None = None
         self.seek(start_step)
@@ -168,6 +175,22 @@ class DistributedBatches:
         """This rank's share of a global batch: every world_size-th instance from position rank."""
         return global_ids[self.rank :: self.world_size]
 
+    def _check_ids(self, tokens: np.ndarray, instances: np.ndarray) -> None:
+        """Refuse ids the model has no embedding for: a clear error instead of an IndexError in it."""
+        if self.vocab_size is None or tokens.size == 0:
+            return
+        row_max = tokens.max(axis=1)  # one pass over (B, T) on the host, before any device work
+        if int(row_max.max()) < self.vocab_size:
+            return
+        row = int(np.argmax(row_max >= self.vocab_size))
+        top, instance = int(row_max[row]), int(instances[row])
+        raise TokenIdOutOfRange(
+            f"token id {top} in instance {instance} (source {self.dataset.source_of(instance)!r}) is "
+            f"outside the model's vocabulary of {self.vocab_size} ids: the data was tokenized with "
+            "another vocabulary. Prepare it with the model's tokenizer, or set the model's vocabSize "
+            f"(and embeddingSize) above {top}."
+        )
+
     def __iter__(self) -> Iterator[list[Any]]:
         # A dataset of variable-length rows (data/chat.py) cuts its own micro-batches (padding them).
         collate = getattr(self.dataset, "micro_batches", None)
@@ -179,5 +202,6 @@ class DistributedBatches:
             mine = tokens[self.rank :: self.world_size] if tokens is not None else None
             if mine is None:
                 mine = self.dataset.read_many(self.rank_indices(global_ids))
+            self._check_ids(mine, self.rank_indices(global_ids))
             batch = torch.from_numpy(mine.astype(np.int64))  # (global / world, T)
             yield list(batch.split(self.micro_batch_size))

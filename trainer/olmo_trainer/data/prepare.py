@@ -20,8 +20,9 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from olmo_trainer.data.arrays import INDEX_NAME, smallest_dtype
+from olmo_trainer.data.arrays import smallest_dtype
 from olmo_trainer.data.tokenizer import Tokenizer, load_tokenizer
+from olmo_trainer.data_record import INDEX_NAME
 
 INDEX_FORMAT = "olmorun.tokens/v1"
 _BATCH_DOCS = 512  # documents per tokenizer call: amortises the call overhead, bounds memory

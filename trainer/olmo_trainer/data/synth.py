@@ -23,9 +23,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from olmo_trainer.data.arrays import write_tokens
+from olmo_trainer.data_record import BYTE_EOS
 
-BYTE_EOS = 256
-"""End of document in the byte-level vocabulary (ModelConfig.preset('tiny').eos_token_id)."""
 SYNTH_DTYPE = "uint16"
 _LANGUAGE_SEED = 20250101  # fixes the invented lexicon; independent of the per-corpus seed
 _CONSONANTS = "bcdfghklmnprstvz"

@@ -15,10 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from olmo_trainer.data.synth import BYTE_EOS
+from olmo_trainer.data_record import BYTE_EOS, BYTE_VOCAB_SIZE
 
-BYTE_VOCAB_SIZE = 260
-"""Bytes 0..255, EOS 256, PAD 257 and two spare ids (the `tiny` preset's vocab_size)."""
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>")
 
 
