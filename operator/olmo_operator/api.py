@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from functools import partial
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from olmo_trainer.config import (
@@ -49,6 +50,45 @@ SHORT_NAMES = ("olmo",)
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file", "memory")
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes resource quantities
+# ---------------------------------------------------------------------------------------------
+
+QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]{1,2}))?$"
+"""The grammar of a Kubernetes resource quantity, without a minus sign (requests are never negative):
+a decimal number, then an optional binary suffix Ki..Ei, decimal suffix n|u|m|k|M|G|T|P|E or an
+integer exponent e<n> (k8s.io/apimachinery pkg/api/resource/quantity.go, parseQuantityString: the
+exponent takes digits only, stricter than the pattern kubebuilder emits; we also bound it to two
+digits, far beyond any request, where Python's Decimal in parse_quantity would overflow). The CRD schema carries it as
+`pattern` (with `minimum: 0` for unquoted integers) and pydantic checks it: both doors agree.
+`launcher.py` reads the values with kubernetes.utils.parse_quantity."""
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+
+
+def check_quantity(value: Any, example: str) -> str:
+    """A quantity as the API server stores it (a string); an unquoted integer is accepted as its digits.
+
+    Raises ValueError naming a valid example for anything else (`16GB`, a float, a negative number).
+    """
+    hint = (
+        f"write a number with an optional suffix Ki/Mi/Gi/Ti (powers of 1024), k/M/G/T (powers of "
+        f"1000) or m (thousandths), e.g. {example!r}"
+    )
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, float):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity as written (a bare fraction): quote it, or {hint}")
+    if isinstance(value, str) and _QUANTITY.match(value):
+        return value
+    raise ValueError(f"{value!r} is not a Kubernetes quantity: {hint}")
+
+
+_QUANTITY_SCHEMA = WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "minimum": 0})
+CpuQuantity = Annotated[str, BeforeValidator(partial(check_quantity, example="96")), _QUANTITY_SCHEMA]
+MemoryQuantity = Annotated[str, BeforeValidator(partial(check_quantity, example="1600Gi")), _QUANTITY_SCHEMA]
+ShmQuantity = Annotated[str, BeforeValidator(partial(check_quantity, example="64Gi")), _QUANTITY_SCHEMA]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,11 +134,11 @@ class ClusterSpec(ConfigModel):
     """GPUs each node (pod) requests; 0 runs on CPU."""
     procs_per_node: int | None = Field(default=None, gt=0)
     """Training processes per node; defaults to gpusPerNode (1 on CPU)."""
-    cpu: str | None = None
-    """CPU request per pod, e.g. '96'."""
-    memory: str | None = None
-    """Memory request per pod, e.g. '1600Gi'."""
-    shm_size: str = "64Gi"
+    cpu: CpuQuantity | None = None
+    """CPU request per pod, a Kubernetes quantity: '96', 96 or '500m'."""
+    memory: MemoryQuantity | None = None
+    """Memory request per pod, a Kubernetes quantity, e.g. '1600Gi' (not '1600GB')."""
+    shm_size: ShmQuantity = "64Gi"
     """Size of the memory-backed /dev/shm volume (data-loader workers and NCCL need it)."""
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)

@@ -7,7 +7,8 @@ Every trigger (create, update, resume, the resync timer) runs the same level-bas
 parse (api.parse_olmorun) -> reconcile.reconcile_plan (observe -> plan -> apply) -> ONE status patch,
 written as a minimal merge patch (nothing changed: no write at all), plus one Kubernetes Event per
 planner event. An invalid spec gets `Invalid=True` (reason InvalidSpec, every validation message) and
-no job. Deletion is held by a finalizer until every job of the run is cancelled. Transient failures
+no job; so does a spec that parses but fails later on its way to a job (reconcile.spec_fault: a config
+that does not validate, a job the API server refuses with 400/422), which kopf then stops retrying. Deletion is held by a finalizer until every job of the run is cancelled. Transient failures
 raise kopf.TemporaryError(delay=...) and kopf retries; nothing here sleeps.
 
 Job state is polled by the timer (OLMORUN_RESYNC_SECONDS) rather than watched: the launcher's describe is
@@ -30,8 +31,8 @@ import kopf
 
 from olmo_operator import api, layout
 from olmo_operator.metrics import Metrics
-from olmo_operator.plan import Emit, SubmitJob, invalid_status, is_finished, set_condition
-from olmo_operator.reconcile import JobLauncher, StorageInUseError, reconcile_plan
+from olmo_operator.plan import Emit, Plan, SubmitJob, invalid_status, is_finished
+from olmo_operator.reconcile import JobLauncher, StorageInUseError, reconcile_plan, spec_fault
 from olmo_operator.settings import ANNOTATION_PREFIX, FINALIZER, Settings
 
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
@@ -183,22 +184,54 @@ def _reconcile(context: Context, document: dict[str, Any], trigger: str) -> tupl
     try:
         run = api.parse_olmorun(document)
     except api.SpecError as error:
-        old = api.OlmoRunStatus.model_validate(document.get("status") or {})
-        status = invalid_status(old, str(error), now, generation)
-        set_condition(status, "Invalid", "True", INVALID_REASON, str(error), now, generation)
-        was = next((c for c in old.conditions if c.type == "Invalid" and c.status == "True"), None)
-        repeated = was is not None and was.message == str(error)
-        return status, [] if repeated else [Emit("Warning", INVALID_REASON, str(error))]
+        return _invalid(document, str(error), now, generation)
+    old = api.OlmoRunStatus.model_validate(document.get("status") or {})
+    if _invalid_at(old, generation):
+        # This generation already failed on its way to a job (a timer or a resume raced the patch, or
+        # the operator restarted): the same spec would fail the same way. Only an edit re-plans.
+        return old, []
     from olmo_operator.archive import storage_options
 
     options = storage_options(run.spec.storage.uri, endpoint_url=run.spec.storage.endpoint_url)
     launcher = context.launcher_for(run.namespace)
-    result = _guarded(context, trigger, lambda: reconcile_plan(run, launcher=launcher, now=now,
-                                                                storage_options=options))
+
+    def work() -> Plan | str:
+        try:
+            return reconcile_plan(run, launcher=launcher, now=now, storage_options=options)
+        except Exception as error:
+            fault = spec_fault(error)  # the spec's fault: Invalid, never retried as transient
+            if fault is None:
+                raise
+            return fault
+
+    result = _guarded(context, trigger, work)
+    if isinstance(result, str):
+        return _invalid(document, result, now, generation)
     submitted = [a for a in result.actions if isinstance(a, SubmitJob)]
     context.metrics.record_submissions(len(submitted), retries=sum(1 for a in submitted if a.attempt > 1))
     context.metrics.record_events(result.events)
     return result.status, result.events
+
+
+def _invalid_at(status: api.OlmoRunStatus, generation: int | None) -> bool:
+    invalid = next((c for c in status.conditions if c.type == "Invalid"), None)
+    return (
+        invalid is not None
+        and invalid.status == "True"
+        and invalid.reason == INVALID_REASON
+        and status.observed_generation == generation
+    )
+
+
+def _invalid(
+    document: dict[str, Any], message: str, now: dt.datetime, generation: int | None
+) -> tuple[api.OlmoRunStatus, list[Emit]]:
+    """Invalid=True with `message`; one Warning event per distinct message; nothing planned."""
+    old = api.OlmoRunStatus.model_validate(document.get("status") or {})
+    status = invalid_status(old, message, now, generation)
+    was = next((c for c in old.conditions if c.type == "Invalid" and c.status == "True"), None)
+    repeated = was is not None and was.message == message
+    return status, [] if repeated else [Emit("Warning", INVALID_REASON, message)]
 
 
 def _guarded(context: Context, trigger: str, work: Callable[[], Any]) -> Any:

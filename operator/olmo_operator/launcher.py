@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shlex
 import sys
 from typing import Any, Literal
@@ -60,36 +59,23 @@ Scheduler = Literal["kubernetes", "local_cwd"]
 # Pure: AppDef, labels, owner reference
 # ---------------------------------------------------------------------------------------------
 
-_QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
-_BYTES = {
-    "": 1,
-    "k": 1e3,
-    "K": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-}
-
-
 def cpu_cores(quantity: str | None) -> float:
-    """A Kubernetes CPU quantity ('96', '500m') in cores; 0 when unset (no request)."""
-    if not quantity:
-        return 0.0
-    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    """A Kubernetes CPU quantity ('96', '500m') in cores; 0 when unset (no request).
+
+    Read with the Kubernetes client's own parser; api.py has already checked the quantity grammar.
+    """
+    from kubernetes.utils import parse_quantity  # here: the kubernetes client is slow to import
+
+    return float(parse_quantity(quantity)) if quantity else 0.0
 
 
 def memory_mb(quantity: str | None) -> int:
-    """A Kubernetes memory quantity ('1600Gi', '512M') in MB (torchx's unit); 0 when unset."""
+    """A Kubernetes memory quantity ('1600Gi', '512M') in MB (torchx's unit), rounded up; 0 when unset."""
+    from kubernetes.utils import parse_quantity
+
     if not quantity:
         return 0
-    match = _QUANTITY.match(quantity.strip())
-    if not match or match.group(2) not in _BYTES:
-        raise ValueError(f"{quantity!r} is not a memory quantity like 64Gi or 512M")
-    return math.ceil(float(match.group(1)) * _BYTES[match.group(2)] / 1e6)
+    return math.ceil(parse_quantity(quantity) / 10**6)
 
 
 def job_labels(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int) -> dict[str, str]:

@@ -30,8 +30,8 @@ from typing import Any, TextIO
 
 from olmo_operator import layout
 from olmo_operator.api import OlmoRun, OlmoRunStatus, PhaseSpec
-from olmo_operator.plan import Emit, condition
-from olmo_operator.reconcile import last_metrics, reconcile_plan
+from olmo_operator.plan import Emit, condition, invalid_status
+from olmo_operator.reconcile import last_metrics, reconcile_plan, spec_fault
 from olmo_trainer.config import format_tokens, hash_json
 
 STATE_FILE = "state.json"
@@ -41,6 +41,8 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 EXIT_BLOCKED = 4
 """The run stopped at a phase whose kind this release does not implement (all it could run succeeded)."""
+EXIT_INVALID = 2
+"""The spec cannot become jobs (the same code as any other user error of the CLI)."""
 
 
 def default_workdir(run: OlmoRun) -> Path:
@@ -230,10 +232,17 @@ def run_local(
             flush=True,
         )
         return EXIT_INTERRUPTED
-    except Exception:
+    except Exception as error:
         launcher.close()  # never leave training processes behind a crashed runner
+        fault = spec_fault(error)
+        if fault is None:
+            write_state(workdir, state)
+            raise
+        # The spec's fault, found on its way to a job: the same Invalid status as the operator's.
+        state.status = invalid_status(state.status, fault, clock(), run.metadata.generation)
         write_state(workdir, state)
-        raise
+        print(f"run {run.name} INVALID: {fault}\n  fix the spec and run the same command again", file=out, flush=True)
+        return EXIT_INVALID
     return _finish(run, workdir, out)
 
 

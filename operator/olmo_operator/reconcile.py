@@ -295,3 +295,28 @@ def reconcile(
     """One reconcile step: the new status (persist it once) and the events to emit."""
     result = reconcile_plan(run, launcher=launcher, now=now, storage_options=storage_options)
     return result.status, result.events
+
+
+def spec_fault(error: BaseException) -> str | None:
+    """The message when `error` is the spec's fault, so that retrying cannot help; None otherwise.
+
+    The spec's fault: a ValueError while planning or building a job (pydantic's ValidationError and
+    api.SpecError are ValueErrors: a config resolved from the spec is invalid), and an API server
+    answer 400/422 to a job we submit (admission refused what the spec describes). Not its fault: I/O
+    (OSError, an unreachable API server, a 5xx), unreadable JSON in storage, or a run whose storage
+    holds another run's files (StorageInUseError, handled on its own). The kopf handlers and
+    `olmorun local` both turn a fault into `Invalid=True` with the message and stop retrying.
+    """
+    if isinstance(error, json.JSONDecodeError):
+        return None
+    if isinstance(error, ValueError):
+        return str(error)
+    status = getattr(error, "status", None)
+    if isinstance(status, int) and status in (400, 422):
+        body = getattr(error, "body", None)
+        try:
+            detail = json.loads(body).get("message", body) if body else getattr(error, "reason", "")
+        except (TypeError, ValueError, AttributeError):
+            detail = body
+        return f"the API server refused a job of this run ({status}): {detail}"
+    return None

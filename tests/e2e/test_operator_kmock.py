@@ -244,6 +244,57 @@ def test_invalid_spec_gets_invalid_condition_and_no_job(kube: KubeServer, kubect
         assert reasons(kube, "bad").count(INVALID_REASON) == 1
 
 
+def test_a_malformed_quantity_is_refused_by_the_api_server_and_creates_nothing(
+    kube: KubeServer, kubectl: Any, tmp_path: Path
+) -> None:
+    """`memory: 16GB` (Kubernetes writes 16G or 16Gi): the CRD schema's quantity pattern refuses it."""
+    body = olmorun("quantity", tmp_path)
+    body["spec"]["cluster"]["memory"] = "16GB"
+    with OperatorThread(kube):
+        with pytest.raises(kubernetes.client.ApiException) as refused:
+            apply(kubectl, body)
+        assert refused.value.status == 422 and "cluster.memory" in str(refused.value.body)
+        kube.emulator.rejections.clear()
+        body["spec"]["cluster"].update(memory="16Gi", cpu=4)  # what Kubernetes accepts, an unquoted cpu too
+        apply(kubectl, body)
+        job = wait_for(lambda: jobs_of(kube, "quantity").get("quantity-pretrain-a1"), what="the job")
+        resources = job["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["resources"]
+        assert resources["requests"] == {"cpu": "4", "memory": "16Gi"}
+
+
+def test_a_job_refused_by_admission_makes_the_run_invalid_and_is_not_retried(
+    kube: KubeServer, kubectl: Any, tmp_path: Path
+) -> None:
+    """A spec both doors accept, whose job the API server refuses (422: Volcano's queue admission, played
+    by a schema on Volcano Jobs): the user's fault, so Invalid=True with the server's message, no
+    TemporaryError loop; fixing the spec proceeds."""
+    kube.emulator.schemas[VCJOBS] = {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                                "properties": {"queue": {"type": "string", "enum": ["default"]}}}},
+    }  # fmt: skip
+    body = olmorun("refused", tmp_path)  # queue: research
+    with OperatorThread(kube) as operator:
+        apply(kubectl, body)
+        invalid = wait_for(lambda: condition(kube, "refused", "Invalid").get("status") == "True"
+                           and condition(kube, "refused", "Invalid"), what="Invalid=True")
+        assert invalid["reason"] == INVALID_REASON
+        assert "refused a job of this run (422)" in invalid["message"] and "research" in invalid["message"]
+        assert status_of(kube, "refused")["stage"] == "Invalid"
+        time.sleep(2.0)  # 4 resync periods and error delays: a transient error would have been retried
+        creates = [c for c in kube.calls if c.action == "CREATE" and c.resource == "jobs"
+                   and c.name == "refused-pretrain-a1"]  # fmt: skip
+        assert len(creates) == 1, "the refused job was submitted again"
+        assert operator.metrics.value("olmorun_reconcile_errors_total", error="temporary") == 0
+        assert reasons(kube, "refused").count(INVALID_REASON) == 1
+        kube.emulator.rejections.clear()
+
+        kubectl.patch_namespaced_custom_object(GROUP, VERSION, NS, api.PLURAL, "refused",
+                                               {"spec": {"cluster": {**body["spec"]["cluster"], "queue": "default"}}})
+        wait_for(lambda: "refused-pretrain-a1" in jobs_of(kube, "refused"), what="the job after the fix")
+        wait_for(lambda: condition(kube, "refused", "Invalid").get("status") == "False", what="Invalid cleared")
+
+
 def test_failed_job_is_retried_after_backoff(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
     body = olmorun("flaky", tmp_path, backoff=2)
     with OperatorThread(kube) as operator:

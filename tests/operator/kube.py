@@ -89,7 +89,10 @@ def validate_structural(value: Any, schema: Mapping[str, Any], path: str = "") -
         return [] if schema.get("nullable") else [f"{where}: null is not allowed"]
     if schema.get("x-kubernetes-int-or-string"):
         ok = _TYPES["integer"](value) or _TYPES["string"](value)
-        return [] if ok else [f"{where}: must be an integer or a string, got {type(value).__name__}"]
+        # A string is still checked against `pattern` (a Kubernetes quantity, say), as the API server does.
+        return _scalar_problems(value, schema, where) if ok else [
+            f"{where}: must be an integer or a string, got {type(value).__name__}"
+        ]
     kind = schema.get("type")
     if kind is not None and not _TYPES[kind](value):
         return [f"{where}: must be {kind}, got {type(value).__name__}"]
