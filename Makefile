@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha25
 EXTRAS := operator,trainer,s3,gcs,report,dev
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: test demo lint typecheck unit crd lock bench clean
+.PHONY: test demo lint typecheck unit crd lock bench clean mutation
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,12 @@ demo: $(STAMP)
 	@echo "demo report (open it in a browser):"
 	@$(VENV)/bin/olmorun report .olmorun-demo -o .olmorun-demo/report.html
 
+# Mutation testing (slow, not part of `make test`): each module against its fast tests, >= 90% killed.
+# One module: make mutation MODULES=plan. Results and the equivalent-mutant list: bench/mutation*.
+MODULES ?=
+mutation: $(STAMP)
+	$(PY) bench/mutation.py $(MODULES) --min 90
+
 crd: $(STAMP)
 	$(VENV)/bin/olmorun crd
 
@@ -49,4 +55,4 @@ lock: $(STAMP)
 	  $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > requirements.lock
 
 clean:
-	rm -rf $(VENV) .olmorun-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .olmorun-demo .pytest_cache .mypy_cache .ruff_cache .mutation
