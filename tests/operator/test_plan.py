@@ -7,18 +7,20 @@ the run with its new status, so a case reads as a sequence of observations.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import hashlib
+import json
 from typing import Any
 
 import pytest
 
 from olmo_operator import layout
-from olmo_operator.api import JobStatus, OlmoRun, PhaseStatus, parse_olmorun
+from olmo_operator.api import JobStatus, OlmoRun, parse_olmorun
 from olmo_operator.plan import (
     ArchiveCheckpoint,
     ArchiveResult,
     CancelJob,
-    Emit,
     JobObservation,
     Metrics,
     Observation,
@@ -83,8 +85,15 @@ def step(
     archives: list[ArchiveResult] | None = None,
     now: dt.datetime = T0,
 ) -> tuple[OlmoRun, Plan]:
-    """Plan once; the run comes back carrying the new status (as the API server would store it)."""
-    result = plan(run, Observation(jobs=jobs or {}, archives={a.key: a for a in archives or []}), now)
+    """Plan once; the run comes back carrying the new status (as the API server would store it).
+
+    Every case goes through here, so every row also checks purity: plan() leaves its inputs unchanged."""
+    observed = Observation(jobs=jobs or {}, archives={a.key: a for a in archives or []})
+    before, seen = run.model_dump(mode="json"), copy.deepcopy(observed)
+    result = plan(run, observed, now)
+    assert run.model_dump(mode="json") == before, "plan() changed the run it was given"
+    assert observed == seen, "plan() changed the observation it was given"
+    assert result.status is not run.status
     return run.model_copy(update={"status": result.status}), result
 
 
@@ -499,24 +508,6 @@ def test_invalid_status_for_a_spec_that_does_not_parse() -> None:
     assert not is_finished(status)
 
 
-def test_job_names_are_deterministic_short_and_hashed_when_long() -> None:
-    run = make_run(pretrain(), anneal([42]))
-    assert layout.job_name(run, run.phase("anneal"), 42, 3) == "r-anneal-s42-a3"
-    long_run = parse_olmorun(
-        {**run.model_dump(by_alias=True, exclude={"status"}), "metadata": {"name": "x" * 60}}
-    )
-    a = layout.job_name(long_run, long_run.phase("anneal"), 42, 12)
-    b = layout.job_name(long_run, long_run.phase("anneal"), 43, 12)
-    assert len(a) <= 63 and len(b) <= 63 and a != b and a.endswith("-a12")
-    assert a == layout.job_name(long_run, long_run.phase("anneal"), 42, 12)
-
-
-def test_every_event_is_an_emit_with_a_known_type() -> None:
-    run, result = step(make_run(pretrain(), anneal([1, 2]), SOUP))
-    assert all(isinstance(e, Emit) and e.type in ("Normal", "Warning") for e in result.events)
-    assert isinstance(run.status.phases["pretrain"], PhaseStatus)
-
-
 def test_a_terminating_job_is_neither_cancelled_again_nor_replaced_until_gone() -> None:
     run, _ = step(make_run())
     terminating = {"r-pretrain-a1": JobObservation("r-pretrain-a1", "Running", terminating=True)}
@@ -528,3 +519,517 @@ def test_a_terminating_job_is_neither_cancelled_again_nor_replaced_until_gone() 
     assert not of(result, SubmitJob)  # two attempts never write to one save_dir at once
     resumed, result = step(resumed)
     assert [s.job_name for s in of(result, SubmitJob)] == ["r-pretrain-a2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Boundaries of the retry timing: doubling below the cap, the cap, sub-second clocks
+# ---------------------------------------------------------------------------------------------
+
+
+def fail_attempts(run: OlmoRun, count: int, now: dt.datetime = T0) -> list[tuple[str | None, str, float | None]]:
+    """Fail the current attempt `count` times, submitting each retry when due: (retryAt, message, requeue)."""
+    seen = []
+    for _ in range(count):
+        name = job(run, "pretrain").name
+        run, result = step(run, {name: JobObservation(name, "Failed", exit_code=1)}, now=now)
+        j = job(run, "pretrain")
+        seen.append((j.retry_at, j.message, result.requeue_after))
+        assert j.retry_at is not None
+        now = parse(j.retry_at)
+        run, _ = step(run, now=now)
+    return seen
+
+
+def parse(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_backoff_doubles_below_the_cap() -> None:
+    run, _ = step(make_run(retry={"backoffLimit": 4, "backoffSeconds": 10, "maxBackoffSeconds": 1000}))
+    seen = fail_attempts(run, 4)
+    assert [requeue for _, _, requeue in seen] == [10.0, 20.0, 40.0, 80.0]
+    assert [retry_at for retry_at, _, _ in seen] == [
+        "2026-01-01T12:00:10Z",  # T0 + 10
+        "2026-01-01T12:00:30Z",  # failed again at its retry time, + 20
+        "2026-01-01T12:01:10Z",  # + 40
+        "2026-01-01T12:02:30Z",  # + 80
+    ]
+    assert [message for _, message, _ in seen] == [
+        "exit code 1; retry 1/4 in 10s",
+        "exit code 1; retry 2/4 in 20s",
+        "exit code 1; retry 3/4 in 40s",
+        "exit code 1; retry 4/4 in 80s",
+    ]
+
+
+def test_backoff_reaches_the_cap_exactly_and_stays_there() -> None:
+    run, _ = step(make_run(retry={"backoffLimit": 4, "backoffSeconds": 10, "maxBackoffSeconds": 40}))
+    seen = fail_attempts(run, 4)
+    assert [requeue for _, _, requeue in seen] == [10.0, 20.0, 40.0, 40.0]  # 40 = the cap; 80 capped
+
+
+def test_zero_backoff_retries_at_once() -> None:
+    run, _ = step(make_run(retry={"backoffLimit": 1, "backoffSeconds": 0, "maxBackoffSeconds": 0}))
+    run, result = step(run, {"r-pretrain-a1": FAILED})
+    assert (job(run, "pretrain").retry_at, result.requeue_after) == ("2026-01-01T12:00:00Z", 0.0)
+    run, result = step(run)
+    assert [s.job_name for s in of(result, SubmitJob)] == ["r-pretrain-a2"]
+
+
+@pytest.mark.parametrize(
+    ("offset_us", "retry_at"),
+    [
+        (0, "2026-01-01T12:00:10Z"),  # whole second: exactly now + 10 s
+        (1, "2026-01-01T12:00:11Z"),  # one microsecond later rounds up, never early
+        (300_000, "2026-01-01T12:00:11Z"),
+        (999_999, "2026-01-01T12:00:11Z"),
+    ],
+)
+def test_retry_at_rounds_a_sub_second_clock_up(offset_us: int, retry_at: str) -> None:
+    now = T0 + dt.timedelta(microseconds=offset_us)
+    run, _ = step(make_run(), now=now)
+    run, result = step(run, {"r-pretrain-a1": FAILED}, now=now)
+    assert job(run, "pretrain").retry_at == retry_at
+    assert result.requeue_after == 10.0
+
+
+def test_a_retry_is_due_at_its_second_and_not_a_microsecond_before() -> None:
+    run, _ = step(make_run())
+    run, _ = step(run, {"r-pretrain-a1": FAILED})
+    due = T0 + dt.timedelta(seconds=10)
+    _, early = step(run, now=due - dt.timedelta(microseconds=1))
+    assert not of(early, SubmitJob) and early.requeue_after == pytest.approx(1e-6)
+    _, on_time = step(run, now=due)
+    assert [s.job_name for s in of(on_time, SubmitJob)] == ["r-pretrain-a2"]
+    assert on_time.requeue_after is None
+
+
+def test_the_earliest_of_several_waiting_retries_sets_the_requeue() -> None:
+    run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, retry={"backoffLimit": 3, "backoffSeconds": 10, "maxBackoffSeconds": 100}))
+    run = finish_phase(run, "pretrain")
+    fail = {n: JobObservation(n, "Failed", exit_code=1) for n in ("r-anneal-s1-a1", "r-anneal-s2-a1")}
+    run, _ = step(run, fail)  # both wait 10 s
+    run, _ = step(run, now=T0 + dt.timedelta(seconds=10))  # both resubmitted as a2
+    run, result = step(run, {"r-anneal-s1-a2": JobObservation("r-anneal-s1-a2", "Failed", exit_code=1),
+                             "r-anneal-s2-a2": running("r-anneal-s2-a2")}, now=T0 + dt.timedelta(seconds=12))
+    assert result.requeue_after == 20.0
+    _, later = step(run, {"r-anneal-s2-a2": running("r-anneal-s2-a2")}, now=T0 + dt.timedelta(seconds=27))
+    assert later.requeue_after == pytest.approx(5.0)  # retry of s1 due at 12 + 20 = 32
+
+
+@pytest.mark.parametrize(
+    ("observed", "message"),
+    [
+        (JobObservation("r-pretrain-a1", "Failed", exit_code=2), "exit code 2; retry 1/2 in 10s"),
+        (JobObservation("r-pretrain-a1", "Failed"), "failed; retry 1/2 in 10s"),
+        (JobObservation("r-pretrain-a1", "Failed", exit_code=0, message="OOMKilled"), "OOMKilled; retry 1/2 in 10s"),
+    ],
+    ids=["exit-code", "no-exit-code", "scheduler-message"],
+)
+def test_failure_message_names_the_cause_or_falls_back(observed: JobObservation, message: str) -> None:
+    run, _ = step(make_run())
+    run, result = step(run, {"r-pretrain-a1": observed})
+    assert job(run, "pretrain").message == message
+    assert [(e.type, e.reason, e.message) for e in result.events] == [
+        ("Warning", "JobFailed", f"job r-pretrain-a1: {message}")
+    ]
+
+
+def test_backoff_limit_counts_failures_not_attempts() -> None:
+    run, _ = step(make_run(retry={"backoffLimit": 1}))  # backoffSeconds: the default 30
+    run, _ = step(run, {"r-pretrain-a1": FAILED})
+    assert job(run, "pretrain").state == "Retrying"  # 1 failure of 1 allowed retry
+    assert job(run, "pretrain").retry_at == "2026-01-01T12:00:30Z"
+    run, _ = step(run, now=T0 + dt.timedelta(seconds=30))
+    run, _ = step(run, {"r-pretrain-a2": JobObservation("r-pretrain-a2", "Failed", exit_code=143)})
+    run, _ = step(run, {"r-pretrain-a3": JobObservation("r-pretrain-a3", "Failed", exit_code=1)})
+    j = job(run, "pretrain")
+    assert (j.state, j.attempts, j.failures, j.message) == (
+        "Failed",
+        3,
+        2,
+        "exit code 1; gave up after 2 failure(s) (backoffLimit 1)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: every status field and event the planner writes, per situation
+# ---------------------------------------------------------------------------------------------
+
+T1 = T0 + dt.timedelta(minutes=1)
+PRE = "s3://b/root/ns/r/phases/pretrain/checkpoints"
+ARC = "s3://b/root/ns/r/archive"
+
+
+def _pretrain_done(run: OlmoRun, metrics: Metrics | None = None) -> JobObservation:
+    return JobObservation("r-pretrain-a1", "Succeeded", exit_code=0, checkpoint=(10, f"{PRE}/step10"), metrics=metrics)
+
+
+def row_start() -> tuple[OlmoRun, Plan]:
+    return step(make_run(pretrain(), anneal()))
+
+
+def row_progress_of_a_fanned_out_phase() -> tuple[OlmoRun, Plan]:
+    run = finish_phase(step(make_run(pretrain(), anneal([1, 2]), SOUP))[0], "pretrain")
+    s1 = JobObservation("r-anneal-s1-a1", "Running", checkpoint=(2, "c1/step2"), metrics=Metrics(3, 300, 2.0))
+    s2 = JobObservation("r-anneal-s2-a1", "Pending", metrics=Metrics(5, 500, 3.0))
+    return step(run, {s1.name: s1, s2.name: s2}, now=T1)
+
+
+def row_job_succeeded() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run(pretrain(), anneal()))
+    return step(run, {"r-pretrain-a1": _pretrain_done(run)}, now=T1)
+
+
+def row_archived() -> tuple[OlmoRun, Plan]:
+    run, result = row_job_succeeded()
+    return step(run, archives=[archived(a) for a in of(result, ArchiveCheckpoint)], now=T1)
+
+
+def row_archive_retry() -> tuple[OlmoRun, Plan]:
+    run, result = row_job_succeeded()
+    return step(run, archives=[archived(a, ok=False, retryable=True) for a in of(result, ArchiveCheckpoint)])
+
+
+def row_archive_refused() -> tuple[OlmoRun, Plan]:
+    run, result = row_job_succeeded()
+    return step(run, archives=[archived(a, ok=False) for a in of(result, ArchiveCheckpoint)], now=T1)
+
+
+def row_not_archived() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run(pretrain(archive=False)))
+    return step(run, {"r-pretrain-a1": _pretrain_done(run)}, now=T1)
+
+
+def row_no_checkpoint() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run(retry={"backoffLimit": 0}))
+    return step(run, {"r-pretrain-a1": JobObservation("r-pretrain-a1", "Succeeded", exit_code=0)}, now=T1)
+
+
+def row_retrying() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run())
+    return step(run, {"r-pretrain-a1": FAILED})
+
+
+def row_retry_submitted() -> tuple[OlmoRun, Plan]:
+    run, _ = row_retrying()
+    return step(run, now=T0 + dt.timedelta(seconds=10))
+
+
+def row_lost() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run())
+    return step(run)
+
+
+def row_preempted() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run())
+    return step(run, {"r-pretrain-a1": JobObservation("r-pretrain-a1", "Failed", exit_code=143)})
+
+
+def row_phase_failed() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run(pretrain(), anneal(), retry={"backoffLimit": 0}))
+    return step(run, {"r-pretrain-a1": FAILED}, now=T1)
+
+
+def row_seed_failed() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, retry={"backoffLimit": 0}))
+    run = finish_phase(run, "pretrain")
+    s1 = JobObservation("r-anneal-s1-a1", "Failed", exit_code=1, message="OOM")
+    return step(run, {s1.name: s1, "r-anneal-s2-a1": running("r-anneal-s2-a1")}, now=T1)
+
+
+def row_branch_cancelled() -> tuple[OlmoRun, Plan]:
+    """Branches a and b start from pretrain; b fails while a runs: a is cancelled, b named as the cause."""
+    a, b = anneal(name="a"), anneal(name="b")
+    run, _ = step(make_run(pretrain(), a, b, retry={"backoffLimit": 0}))
+    run = finish_phase(run, "pretrain")
+    return step(run, {"r-a-a1": running("r-a-a1"), "r-b-a1": JobObservation("r-b-a1", "Failed", exit_code=1)}, now=T1)
+
+
+def row_suspended() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run())
+    run = run.model_copy(update={"spec": run.spec.model_copy(update={"suspend": True})})
+    return step(run, {"r-pretrain-a1": running("r-pretrain-a1")}, now=T1)
+
+
+def row_suspended_before_start() -> tuple[OlmoRun, Plan]:
+    return step(make_run(suspend=True))
+
+
+def row_blocked() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run(pretrain(), {**SFT, "from": "pretrain"}))
+    run, result = row_job_succeeded_of(run)
+    return step(run, archives=[archived(a) for a in of(result, ArchiveCheckpoint)], now=T1)
+
+
+def row_job_succeeded_of(run: OlmoRun) -> tuple[OlmoRun, Plan]:
+    return step(run, {"r-pretrain-a1": _pretrain_done(run)})
+
+
+def row_blocked_while_a_branch_runs() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run(pretrain(), {**SFT, "from": "pretrain"}, anneal()))
+    run = finish_phase(run, "pretrain")
+    return step(run, {"r-anneal-a1": running("r-anneal-a1")}, now=T1)
+
+
+def row_edit_refused() -> tuple[OlmoRun, Plan]:
+    run, _ = step(make_run())
+    edited = make_run(pretrain(maxSteps=99), generation=2).model_copy(update={"status": run.status})
+    return step(edited, {"r-pretrain-a1": running("r-pretrain-a1")}, now=T1)
+
+
+def row_run_succeeded() -> tuple[OlmoRun, Plan]:
+    """Both phases report figures; after the run ends the run-level ones are the last phase's."""
+    run, _ = step(make_run(pretrain(archive=False), anneal(archive=False)))
+    run, _ = step(run, {"r-pretrain-a1": _pretrain_done(run, Metrics(10, 1000, 2.0))})
+    done_ = JobObservation("r-anneal-a1", "Succeeded", checkpoint=(5, "a/step5"), metrics=Metrics(5, 500, 1.5))
+    return step(run, {"r-anneal-a1": done_}, now=T1)
+
+
+def cond_of(run: OlmoRun, type_: str) -> tuple[str, str, str]:
+    c = condition(run.status, type_)
+    assert c is not None
+    return c.status, c.reason, c.message
+
+
+PRETRAIN_STARTED = ("Normal", "PhaseStarted", "phase 'pretrain' (pretrain) starts 1 job(s)")
+SFT_BLOCKED = (
+    "phase 'sft' has kind 'sft', which this release of the trainer does not implement (implemented: anneal, "
+    "pretrain, soup); it was not run. Its parent's checkpoint is kept; remove the phase or upgrade olmorun to continue."
+)
+GAVE_UP = "exit code 1; gave up after 1 failure(s) (backoffLimit 0)"
+
+# (situation, expected events (type, reason, message), expected status fields: wire path -> value)
+TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
+    (row_start, [PRETRAIN_STARTED], {
+        "storage": "s3://b/root/ns/r", "observedGeneration": 1, "stage": "pretrain",
+        "step": None, "tokens": None, "lastLoss": None,
+        "phases.pretrain.state": "Pending", "phases.pretrain.attempts": 1, "phases.pretrain.message": "",
+        "phases.pretrain.startedAt": "2026-01-01T12:00:00Z", "phases.pretrain.finishedAt": None,
+        "phases.pretrain.jobs": [{"name": "r-pretrain-a1", "seed": 6198, "state": "Pending", "attempts": 1,
+                                  "failures": 0, "message": ""}],
+        "phases.anneal.state": "Pending", "phases.anneal.jobs": [], "phases.anneal.specHash": None,
+        "phases.anneal.message": "waiting for phase 'pretrain' (Pending)", "phases.anneal.startedAt": None,
+        "cond.Succeeded": ("Unknown", "Running", "running: pretrain"),
+        "cond.Progressing": ("True", "Running", "running: pretrain"),
+        "cond.Invalid": ("False", "Valid", "the spec is valid"),
+        "cond.Suspended": ("False", "NotSuspended", ""),
+    }),
+    (row_progress_of_a_fanned_out_phase, [], {
+        "stage": "anneal", "step": 3, "tokens": 800, "lastLoss": 2.5,
+        "phases.anneal.state": "Running", "phases.anneal.attempts": 2,
+        "phases.anneal.step": 3, "phases.anneal.tokens": 800, "phases.anneal.lastLoss": 2.5,
+        "phases.anneal.jobs.0.checkpoint": "c1/step2", "phases.anneal.jobs.0.state": "Running",
+        "phases.anneal.jobs.1.state": "Pending", "phases.anneal.jobs.1.checkpoint": None,
+        "phases.anneal.jobs.1.step": 5, "phases.anneal.jobs.1.tokens": 500, "phases.anneal.jobs.1.lastLoss": 3.0,
+    }),
+    (row_job_succeeded, [("Normal", "JobSucceeded", "job r-pretrain-a1 succeeded at step 10")], {
+        "phases.pretrain.state": "Running", "phases.pretrain.message": "archiving final checkpoint(s)",
+        "phases.pretrain.jobs.0.state": "Succeeded", "phases.pretrain.jobs.0.message": "final checkpoint step 10",
+        "phases.pretrain.jobs.0.checkpoint": f"{PRE}/step10", "phases.pretrain.jobs.0.archive": None,
+        "phases.pretrain.finishedAt": None, "stage": "pretrain",
+    }),
+    (row_archived, [
+        ("Normal", "Archived", f"{PRE}/step10 archived and verified at {ARC}/pretrain/step10"),
+        ("Normal", "PhaseSucceeded", "phase 'pretrain' succeeded"),
+        ("Normal", "PhaseStarted", "phase 'anneal' (anneal) starts 1 job(s)"),
+    ], {
+        "phases.pretrain.state": "Succeeded", "phases.pretrain.finishedAt": "2026-01-01T12:01:00Z",
+        "phases.pretrain.message": "1 job(s) succeeded, final checkpoints archived",
+        "phases.pretrain.checkpoint": f"{PRE}/step10", "phases.pretrain.archive": f"{ARC}/pretrain/step10",
+        "phases.pretrain.jobs.0.archive": f"{ARC}/pretrain/step10",
+        "phases.anneal.startedAt": "2026-01-01T12:01:00Z", "stage": "anneal",
+    }),
+    (row_archive_retry, [
+        ("Warning", "ArchiveRetry", f"archive of {PRE}/step10 failed, retrying: sha256 mismatch"),
+    ], {"phases.pretrain.state": "Running", "phases.pretrain.jobs.0.state": "Succeeded"}),
+    (row_archive_refused, [("Warning", "PhaseFailed", (
+        f"phase 'pretrain' failed: job r-pretrain-a1: archive of {PRE}/step10 failed verification: sha256 mismatch"
+    ))], {
+        "phases.pretrain.state": "Failed", "phases.pretrain.jobs.0.state": "Failed",
+        "phases.pretrain.finishedAt": "2026-01-01T12:01:00Z", "phases.pretrain.archive": None,
+    }),
+    (row_not_archived, [
+        ("Normal", "JobSucceeded", "job r-pretrain-a1 succeeded at step 10"),
+        ("Normal", "PhaseSucceeded", "phase 'pretrain' succeeded"),
+    ], {
+        "phases.pretrain.state": "Succeeded", "phases.pretrain.message": "1 job(s) succeeded",
+        "phases.pretrain.checkpoint": f"{PRE}/step10", "phases.pretrain.archive": None,
+        "cond.Succeeded": ("True", "Succeeded", "all 1 phases succeeded"),
+    }),
+    (row_no_checkpoint, [("Warning", "PhaseFailed", (
+        "phase 'pretrain' failed: job r-pretrain-a1: the job exited 0 but left no committed checkpoint "
+        "(no MANIFEST.json under checkpoints/)"
+    ))], {"phases.pretrain.jobs.0.state": "Failed", "phases.pretrain.jobs.0.checkpoint": None}),
+    (row_retrying, [("Warning", "JobFailed", "job r-pretrain-a1: exit code 1; retry 1/2 in 10s")], {
+        "phases.pretrain.state": "Retrying", "stage": "pretrain", "phases.pretrain.message": "",
+        "phases.pretrain.jobs.0.retryAt": "2026-01-01T12:00:10Z", "phases.pretrain.jobs.0.failures": 1,
+        "phases.pretrain.jobs.0.state": "Retrying", "phases.pretrain.attempts": 1,
+        "cond.Succeeded": ("Unknown", "Running", "running: pretrain"),
+    }),
+    (row_retry_submitted, [("Normal", "Retrying", "job r-pretrain-a2 submitted (attempt 2)")], {
+        "phases.pretrain.jobs.0.retryAt": None, "phases.pretrain.jobs.0.name": "r-pretrain-a2",
+        "phases.pretrain.jobs.0.state": "Pending", "phases.pretrain.jobs.0.attempts": 2,
+        "phases.pretrain.attempts": 2, "phases.pretrain.state": "Pending",
+        "phases.pretrain.startedAt": "2026-01-01T12:00:00Z",
+    }),
+    (row_lost, [("Normal", "Resubmitted", "job r-pretrain-a1 disappeared; resubmitted as r-pretrain-a2 (not a failure)")],
+     {"phases.pretrain.jobs.0.failures": 0, "phases.pretrain.jobs.0.attempts": 2}),
+    (row_preempted, [("Normal", "Resubmitted", "job r-pretrain-a1 was preempted; resubmitted as r-pretrain-a2 (not a failure)")],
+     {"phases.pretrain.jobs.0.failures": 0, "phases.pretrain.jobs.0.name": "r-pretrain-a2"}),
+    (row_phase_failed, [("Warning", "PhaseFailed", f"phase 'pretrain' failed: job r-pretrain-a1: {GAVE_UP}")], {
+        "phases.pretrain.state": "Failed", "phases.pretrain.startedAt": "2026-01-01T12:00:00Z",
+        "phases.pretrain.finishedAt": "2026-01-01T12:01:00Z",
+        "phases.pretrain.jobs.0.state": "Failed", "phases.pretrain.jobs.0.message": GAVE_UP,
+        "phases.pretrain.jobs.0.retryAt": None, "stage": "Failed",
+        "cond.Succeeded": ("False", "PhaseFailed", f"phase 'pretrain' failed: job r-pretrain-a1: {GAVE_UP}"),
+        "cond.Progressing": ("False", "PhaseFailed", "the run stopped: phase 'pretrain' failed"),
+    }),
+    (row_seed_failed, [
+        ("Warning", "PhaseFailed", "phase 'anneal' failed: job r-anneal-s1-a1: OOM; gave up after 1 failure(s) (backoffLimit 0)"),
+        ("Normal", "Cancelled", "job r-anneal-s2-a1 cancelled: run failed"),
+    ], {
+        "phases.anneal.jobs.1.state": "Failed", "phases.anneal.jobs.1.message": "cancelled: run failed",
+        "phases.anneal.state": "Failed", "phases.anneal.finishedAt": "2026-01-01T12:01:00Z",
+        "phases.soup.state": "Pending", "phases.soup.jobs": [],
+    }),
+    (row_branch_cancelled, [
+        ("Warning", "PhaseFailed", f"phase 'b' failed: job r-b-a1: {GAVE_UP}"),
+        ("Normal", "Cancelled", "job r-a-a1 cancelled: run failed"),
+    ], {
+        "phases.a.state": "Failed", "phases.a.message": "cancelled: another phase failed",
+        "phases.a.finishedAt": "2026-01-01T12:01:00Z", "phases.a.jobs.0.state": "Failed",
+        "phases.a.jobs.0.message": "cancelled: run failed",
+        "cond.Succeeded": ("False", "PhaseFailed", f"phase 'b' failed: job r-b-a1: {GAVE_UP}"),
+        "cond.Progressing": ("False", "PhaseFailed", "the run stopped: phase 'b' failed"),
+    }),
+    (row_suspended, [("Normal", "Cancelled", "job r-pretrain-a1 cancelled: suspended")], {
+        "phases.pretrain.state": "Pending", "phases.pretrain.finishedAt": None,
+        "phases.pretrain.message": "suspended: jobs cancelled; they resume from their newest checkpoint when resumed",
+        "phases.pretrain.jobs.0.state": "Pending", "phases.pretrain.jobs.0.message": "cancelled: suspended",
+        "stage": "Suspended",
+        "cond.Suspended": ("True", "Suspended", "spec.suspend is true: no job runs"),
+        "cond.Succeeded": ("Unknown", "Suspended", "the run is suspended"),
+        "cond.Progressing": ("False", "Suspended", "spec.suspend is true"),
+    }),
+    (row_suspended_before_start, [], {
+        "phases.pretrain.message": "suspended before it started", "phases.pretrain.jobs": [],
+        "phases.pretrain.specHash": None, "phases.pretrain.startedAt": None, "stage": "Suspended",
+    }),
+    (row_blocked, [
+        ("Normal", "Archived", f"{PRE}/step10 archived and verified at {ARC}/pretrain/step10"),
+        ("Normal", "PhaseSucceeded", "phase 'pretrain' succeeded"),
+        ("Warning", "KindNotImplemented", SFT_BLOCKED),
+    ], {
+        "phases.sft.state": "Blocked", "phases.sft.message": SFT_BLOCKED, "phases.sft.jobs": [],
+        "phases.sft.specHash": None, "stage": "Blocked",
+        "cond.Succeeded": ("False", "KindNotImplemented", SFT_BLOCKED),
+        "cond.Progressing": ("False", "KindNotImplemented", "stopped at phase 'sft'"),
+    }),
+    (row_blocked_while_a_branch_runs, [], {
+        "stage": "anneal", "phases.sft.state": "Blocked",
+        "cond.Succeeded": ("False", "KindNotImplemented", "running: anneal; blocked: sft"),
+        "cond.Progressing": ("True", "Running", "running: anneal"),
+    }),
+    (row_edit_refused, [], {
+        "observedGeneration": 2, "phases.pretrain.state": "Running",
+        "phases.pretrain.message": "spec edit refused; running with the spec it started with",
+        "cond.Invalid": ("True", "SpecChangeRefused", (
+            "phase(s) pretrain already started; their spec, the model, image and seed cannot change. Revert the "
+            "edit (running jobs continue with the spec they started with) or create a new OlmoRun."
+        )),
+    }),
+    (row_run_succeeded, [
+        ("Normal", "JobSucceeded", "job r-anneal-a1 succeeded at step 5"),
+        ("Normal", "PhaseSucceeded", "phase 'anneal' succeeded"),
+    ], {
+        "stage": "Succeeded", "step": 5, "tokens": 500, "lastLoss": 1.5,
+        "phases.pretrain.step": 10, "phases.pretrain.tokens": 1000, "phases.pretrain.lastLoss": 2.0,
+        "phases.anneal.checkpoint": "a/step5", "phases.anneal.finishedAt": "2026-01-01T12:01:00Z",
+        "cond.Succeeded": ("True", "Succeeded", "all 2 phases succeeded"),
+        "cond.Progressing": ("False", "Succeeded", "the run is complete"),
+    }),
+]
+
+
+def field_of(run: OlmoRun, path: str) -> Any:
+    """A status field by wire path (`phases.p.jobs.0.state`); `cond.T` is (status, reason, message)."""
+    if path.startswith("cond."):
+        return cond_of(run, path.removeprefix("cond."))
+    node: Any = run.status.model_dump(mode="json", by_alias=True)
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def _subset(actual: Any, expected: Any) -> Any:
+    """For list-of-dict fields only the keys a row names are compared."""
+    if isinstance(expected, list) and all(isinstance(e, dict) for e in expected) and isinstance(actual, list):
+        return [{k: a.get(k) for k in e} for a, e in zip(actual, expected, strict=False)] + actual[len(expected):]
+    return actual
+
+
+@pytest.mark.parametrize(("situation", "events", "fields"), TABLE, ids=[row[0].__name__[4:] for row in TABLE])
+def test_status_fields_and_events(situation: Any, events: list[tuple[str, str, str]], fields: dict[str, Any]) -> None:
+    run, result = situation()
+    assert [(e.type, e.reason, e.message) for e in result.events] == events
+    for path, expected in fields.items():
+        assert _subset(field_of(run, path), expected) == expected, path
+
+
+def test_kind_not_implemented_is_emitted_once_on_the_transition() -> None:
+    run, first = row_blocked()
+    assert reasons(first).count("KindNotImplemented") == 1
+    for later in (T1, T1 + dt.timedelta(hours=1)):
+        run, again = step(run, now=later)
+        assert not again.actions and run.status.phases["sft"].state == "Blocked"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinned formats: an upgrade that changes them would refuse every started phase / break readers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_spec_hash_recipe_is_pinned() -> None:
+    """The hash stored in status.phases[*].specHash. If this changes, every phase started before an
+    upgrade is refused as edited (SpecChangeRefused) after it: a new field with a default changes the
+    dump too. Change it only together with a migration of stored hashes."""
+    run = make_run()
+    phase = run.phase("pretrain")
+    recipe = {
+        "phase": phase.model_dump(mode="json", by_alias=True),
+        "model": run.spec.model.model_dump(mode="json", by_alias=True),
+        "image": "img@sha256:abc",
+        "seed": 6198,
+    }
+    blob = json.dumps(recipe, sort_keys=True, separators=(",", ":"), default=str).encode()
+    assert phase_spec_hash(run, phase) == hashlib.sha256(blob).hexdigest()[:16]
+    assert phase_spec_hash(run, phase) == PINNED_SPEC_HASH
+    # What it covers: the phase, the model, the image and the run seed; not the rest of the spec.
+    for change in ({"image": "img@sha256:def"}, {"seed": 7}, {"model": {"preset": "olmo2-1b"}}):
+        assert phase_spec_hash(make_run(**change), phase) != PINNED_SPEC_HASH, change
+    assert phase_spec_hash(make_run(pretrain(maxSteps=11)), make_run(pretrain(maxSteps=11)).phase("pretrain")) != PINNED_SPEC_HASH
+    for free in ({"suspend": True}, {"retry": {"backoffLimit": 9}}, {"cluster": {"gpusPerNode": 0, "queue": "q"}}):
+        assert phase_spec_hash(make_run(**free), phase) == PINNED_SPEC_HASH, free
+
+
+PINNED_SPEC_HASH = "0ac74088648b0c0e"
+
+
+def test_run_record_keys_are_pinned() -> None:
+    run, result = step(make_run(pretrain(), anneal([42, 7]), SOUP))
+    [record] = of(result, WriteRunManifest)
+    assert sorted(record.document) == ["apiVersion", "createdAt", "image", "kind", "metadata", "seeds", "spec"]
+    assert record.document["metadata"] == {"name": "r", "namespace": "ns", "uid": "u-1"}
+    assert (record.document["apiVersion"], record.document["kind"]) == ("olmorun.dev/v1alpha1", "OlmoRun")
+    assert (record.document["image"], record.document["createdAt"]) == ("img@sha256:abc", "2026-01-01T12:00:00Z")
+    assert record.document["seeds"] == {"pretrain": [6198], "anneal": [42, 7], "soup": [6198]}
+    assert record.document["spec"] == run.spec.model_dump(mode="json", by_alias=True)
+
+
+def test_timestamps_are_utc_whole_seconds_with_a_z() -> None:
+    from olmo_operator.plan import parse_timestamp, timestamp
+
+    local = dt.datetime(2026, 1, 1, 14, 0, 0, 999_999, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert timestamp(local) == "2026-01-01T12:00:00Z"
+    assert parse_timestamp("2026-01-01T12:00:00Z") == T0
