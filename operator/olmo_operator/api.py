@@ -362,19 +362,27 @@ class SpecError(ValueError):
         super().__init__("; ".join(str(p) for p in problems))
 
 
-def _loc_to_path(loc: Iterable[int | str]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in ("function-after", "function-before") or part.startswith(("function-", "tagged-union")):
-            continue
+def _loc_to_path(loc: Iterable[int | str], document: Any, *, missing: bool = False) -> str:
+    """The document path of a pydantic error location, e.g. `spec.phases[1].optim.lr`.
+
+    Only keys and indices that exist in the document are kept (plus the last key of a `missing`
+    field): pydantic also puts labels of union members and validators in `loc` (`float`,
+    `literal['inherit']`, `function-after[...]`), which name no field a user could find."""
+    parts = list(loc)
+    path, node = "", document
+    for i, part in enumerate(parts):
+        in_dict = isinstance(node, dict) and part in node
+        if in_dict or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            node = node[part]
+        elif missing and i == len(parts) - 1 and isinstance(node, dict):
+            node = None
         else:
-            path += f".{part}" if path else str(part)
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
     return path or "(document)"
 
 
-def _pydantic_problems(error: ValidationError) -> list[Problem]:
+def _pydantic_problems(error: ValidationError, document: Any) -> list[Problem]:
     problems = []
     for item in error.errors():
         message = item["msg"].removeprefix("Value error, ")
@@ -384,7 +392,8 @@ def _pydantic_problems(error: ValidationError) -> list[Problem]:
             message = "required field is missing; add it"
         elif item["type"] == "literal_error":
             message = f"{message} (got {item.get('input')!r})"
-        problems.append(Problem(_loc_to_path(item["loc"]), message))
+        path = _loc_to_path(item["loc"], document, missing=item["type"] == "missing")
+        problems.append(Problem(path, message))
     return problems
 
 
@@ -538,7 +547,7 @@ def parse_olmorun(document: Any) -> OlmoRun:
     try:
         run = OlmoRun.model_validate(document)
     except ValidationError as error:
-        raise SpecError(_merge(_pydantic_problems(error), problems)) from None
+        raise SpecError(_merge(_pydantic_problems(error, document), problems)) from None
     problems += semantic_problems(run)
     if problems:
         raise SpecError(problems)

@@ -1,0 +1,204 @@
+"""Every validation rule of api.py fed the bad input it exists for, with its exact message, and the
+limits of names and counts on both sides of the boundary.
+
+The document is the tiny example (pretrain -> anneal x2 seeds -> soup -> sft -> dpo -> rlvr; one
+node of 2 CPU processes, microBatchSize 4, so a global batch must be a multiple of 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from olmo_operator import api
+
+TINY = Path(__file__).parents[2] / "examples" / "olmorun-tiny.yaml"
+PHASES = ["anneal", "dpo", "pretrain", "rlvr", "sft", "soup"]
+
+
+def tiny() -> dict[str, Any]:
+    return yaml.safe_load(TINY.read_text())
+
+
+def phase(document: dict[str, Any], index: int) -> dict[str, Any]:
+    found: dict[str, Any] = document["spec"]["phases"][index]
+    return found
+
+
+def problems_of(document: Any) -> dict[str, str]:
+    found = api.check_olmorun(document)
+    assert len({p.path for p in found}) == len(found), f"a path is reported twice: {found}"
+    return {p.path: p.message for p in found}
+
+
+Edit = Callable[[dict[str, Any]], Any]
+
+# (edit of the tiny example, the one problem it causes: path, exact message)
+RULES: list[tuple[str, Edit, str, str]] = [
+    ("name-not-dns", lambda d: d["metadata"].update(name="Not_A_Name"), "metadata.name",
+     "'Not_A_Name' must be a DNS label: lowercase letters, digits and '-', at most 63"),
+    ("name-64-chars", lambda d: d["metadata"].update(name="a" * 64), "metadata.name",
+     f"{'a' * 64!r} must be a DNS label: lowercase letters, digits and '-', at most 63"),
+    ("name-ends-in-dash", lambda d: d["metadata"].update(name="run-"), "metadata.name",
+     "'run-' must be a DNS label: lowercase letters, digits and '-', at most 63"),
+    ("phase-name-not-dns", lambda d: phase(d, 5).update(name="Rl Vr"), "spec.phases[5].name",
+     "'Rl Vr' must be a DNS label (lowercase, digits, '-')"),
+    ("phase-name-41-chars", lambda d: phase(d, 5).update(name="r" * 41), "spec.phases[5].name",
+     "String should have at most 40 characters"),
+    ("duplicate-phase", lambda d: phase(d, 5).update(name="pretrain"), "spec.phases[5].name",
+     "duplicate phase name 'pretrain' (also spec.phases[0]); rename one"),
+    ("unknown-parent", lambda d: phase(d, 5).update({"from": "nope"}), "spec.phases[5].from",
+     f"no phase named 'nope'; choose one of {PHASES}"),
+    ("anneal-without-parent", lambda d: (phase(d, 1).pop("from"), phase(d, 2).update({"from": "pretrain"})),
+     "spec.phases[1].from", "a anneal phase starts from another phase; set `from`"),
+    ("soup-without-parent", lambda d: phase(d, 2).pop("from"), "spec.phases[2].from",
+     "a soup phase starts from another phase; set `from`"),
+    ("dpo-without-parent", lambda d: phase(d, 4).pop("from"), "spec.phases[4].from",
+     "a dpo phase starts from another phase; set `from`"),
+    ("soup-of-one-seed", lambda d: phase(d, 1).update(seeds=[42]), "spec.phases[2].from",
+     "soup averages the seeds of a fanned-out phase; 'anneal' has 1 seeds (need >= 2)"),
+    ("soup-of-no-seed", lambda d: phase(d, 1).pop("seeds"), "spec.phases[2].from",
+     "soup averages the seeds of a fanned-out phase; 'anneal' has 0 seeds (need >= 2)"),
+    ("training-from-fan-out", lambda d: phase(d, 3).update({"from": "anneal"}), "spec.phases[3].from",
+     "'anneal' fans out into 2 seeds, so it has no single final checkpoint; "
+     "add a soup phase (kind: soup, from: anneal) and start from it"),
+    ("cycle", lambda d: phase(d, 0).update({"from": "rlvr"}), "spec.phases[0].from",
+     "phase 'pretrain' depends on itself through 'pretrain'; break the cycle"),
+    ("storage-scheme", lambda d: d["spec"]["storage"].update(uri="ftp://host/x"), "spec.storage.uri",
+     "scheme 'ftp' is not supported; use one of ('s3', 'gs', 'gcs', 'file', 'memory')"),
+    ("seeds-repeat", lambda d: phase(d, 1).update(seeds=[42, 7, 42]), "spec.phases[1].seeds",
+     "seeds repeat; list each seed once"),
+    ("seeds-17", lambda d: phase(d, 1).update(seeds=list(range(17))), "spec.phases[1].seeds",
+     "List should have at most 16 items after validation, not 17"),
+    ("soup-with-seeds", lambda d: phase(d, 2).update(seeds=[1, 2]), "spec.phases[2].seeds",
+     "a soup takes its ingredients from its parent's seeds; remove `seeds`"),
+    *[
+        (f"soup-with-{field}", (lambda f, i: lambda d: phase(d, 2).update({f: phase(d, i)[f]}))(field, src),
+         f"spec.phases[2].{field}", f"a soup does not train; remove `{field}`")
+        for field, src in [("data", 0), ("optim", 0), ("schedule", 0), ("batch", 0), ("sft", 3), ("dpo", 4), ("rlvr", 5)]
+    ],
+    ("pretrain-without-data", lambda d: phase(d, 0).pop("data"), "spec.phases[0].data",
+     "a pretrain phase needs `data` (token-array sources)"),
+    ("anneal-without-data", lambda d: phase(d, 1).pop("data"), "spec.phases[1].data",
+     "a anneal phase needs `data` (token-array sources)"),
+    ("no-budget", lambda d: phase(d, 1).pop("maxTokens"), "spec.phases[1].maxTokens",
+     "set a budget: maxTokens (e.g. 50B) or maxSteps"),
+    ("no-batch", lambda d: phase(d, 0).pop("batch"), "spec.phases[0].batch",
+     "set batch.globalBatchSize (instances per optimizer step)"),
+    *[
+        (f"{kind}-without-settings", (lambda i, k: lambda d: phase(d, i).pop(k))(index, kind),
+         f"spec.phases[{index}].{kind}", f"a {kind} phase needs its `{kind}` settings (data, ...)")
+        for index, kind in [(3, "sft"), (4, "dpo"), (5, "rlvr")]
+    ],
+    ("dpo-settings-in-sft", lambda d: phase(d, 3).update(dpo=phase(d, 4)["dpo"]), "spec.phases[3].dpo",
+     "`dpo` settings belong to a dpo phase, not sft; remove them"),
+    ("sft-settings-in-pretrain", lambda d: phase(d, 0).update(sft=phase(d, 3)["sft"]), "spec.phases[0].sft",
+     "`sft` settings belong to a sft phase, not pretrain; remove them"),
+    ("batch-not-divisible", lambda d: phase(d, 0)["batch"].update(globalBatchSize=12),
+     "spec.phases[0].batch.globalBatchSize",
+     "12 is not divisible by nodes x procsPerNode x microBatchSize = 1 x 2 x 4 = 8; use a multiple of 8"),
+    ("batch-not-divisible-3-nodes", lambda d: phase(d, 0).update(nodes=3), "spec.phases[0].batch.globalBatchSize",
+     "16 is not divisible by nodes x procsPerNode x microBatchSize = 3 x 2 x 4 = 24; use a multiple of 24"),
+    ("inherit-without-parent", lambda d: phase(d, 0)["optim"].update(lr="inherit"), "spec.phases[0].optim.lr",
+     "`inherit` takes the LR where the parent stopped; set `from` or a number"),
+    ("sequence-too-long", lambda d: phase(d, 0)["data"].update(sequenceLength=129),
+     "spec.phases[0].data.sequenceLength",
+     "129 exceeds the model's maxSequenceLength 128; shorten it or raise the model's"),
+    ("unknown-kind", lambda d: phase(d, 0).update(kind="pretraining"), "spec.phases[0].kind",
+     "Input should be 'pretrain', 'anneal', 'soup', 'sft', 'dpo' or 'rlvr' (got 'pretraining')"),
+    ("unknown-field", lambda d: d["spec"].update(colour="red"), "spec.colour",
+     "unknown field; remove it or check its spelling (fields are camelCase)"),
+    ("missing-field", lambda d: d["spec"].pop("image"), "spec.image", "required field is missing; add it"),
+    ("negative-seed", lambda d: d["spec"].update(seed=-1), "spec.seed", "Input should be greater than or equal to 0"),
+    ("zero-nodes", lambda d: phase(d, 0).update(nodes=0), "spec.phases[0].nodes", "Input should be greater than 0"),
+]
+
+
+@pytest.mark.parametrize(("edit", "path", "message"), [r[1:] for r in RULES], ids=[r[0] for r in RULES])
+def test_every_rule_rejects_its_bad_input(edit: Edit, path: str, message: str) -> None:
+    document = tiny()
+    assert problems_of(document) == {}
+    edit(document)
+    found = problems_of(document)
+    assert path in found, found
+    assert found[path] == message
+    with pytest.raises(api.SpecError) as error:
+        api.parse_olmorun(document)
+    assert f"{path}: {message}" in str(error.value)
+
+
+# (edit that sits exactly on a limit and must be accepted)
+LIMITS: list[tuple[str, Edit]] = [
+    ("name-63-chars", lambda d: d["metadata"].update(name="a" * 63)),
+    ("name-1-char", lambda d: d["metadata"].update(name="a")),
+    ("phase-name-40-chars", lambda d: (phase(d, 5).update(name="r" * 40))),
+    ("soup-of-two-seeds", lambda d: phase(d, 1).update(seeds=[1, 2])),
+    ("sixteen-seeds", lambda d: phase(d, 1).update(seeds=list(range(16)))),
+    ("batch-one-step", lambda d: phase(d, 0)["batch"].update(globalBatchSize=8)),
+    ("sequence-at-the-model-limit", lambda d: phase(d, 0)["data"].update(sequenceLength=128)),
+    ("steps-instead-of-tokens", lambda d: (phase(d, 1).pop("maxTokens"), phase(d, 1).update(maxSteps=3))),
+    ("plain-path-storage", lambda d: d["spec"]["storage"].update(uri="/data/olmorun")),
+    ("memory-storage", lambda d: d["spec"]["storage"].update(uri="memory://x")),
+    ("seed-zero", lambda d: d["spec"].update(seed=0)),
+]
+
+
+@pytest.mark.parametrize("edit", [e for _, e in LIMITS], ids=[n for n, _ in LIMITS])
+def test_values_on_the_limits_are_accepted(edit: Edit) -> None:
+    document = tiny()
+    edit(document)
+    assert problems_of(document) == {}
+
+
+def test_a_path_is_reported_once_even_when_two_checks_fail_on_it() -> None:
+    document = tiny()
+    phase(document, 5).update(name="R" * 41)  # too long for pydantic, and no DNS label either
+    found = api.check_olmorun(document)
+    assert [(p.path, p.message) for p in found if p.path == "spec.phases[5].name"] == [
+        ("spec.phases[5].name", "String should have at most 40 characters")
+    ]
+
+
+def test_union_labels_never_appear_in_a_path() -> None:
+    document = tiny()
+    phase(document, 1)["optim"]["lr"] = None  # a number or 'inherit': pydantic tries both
+    found = api.check_olmorun(document)
+    assert {p.path for p in found} == {"spec.phases[1].optim.lr"}
+    assert sorted(p.message for p in found) == ["Input should be 'inherit' (got None)", "Input should be a valid number"]
+
+
+@pytest.mark.parametrize(("document", "kind"), [(None, "NoneType"), ([], "list"), ("text", "str"), (3, "int")])
+def test_a_document_that_is_no_mapping(document: Any, kind: str) -> None:
+    with pytest.raises(api.SpecError) as error:
+        api.parse_olmorun(document)
+    [problem] = error.value.problems
+    assert (problem.path, problem.message) == ("(document)", f"an OlmoRun is a mapping, got {kind}")
+    assert str(error.value) == f"(document): an OlmoRun is a mapping, got {kind}"
+
+
+def test_topological_order_puts_parents_first_and_keeps_spec_order_otherwise() -> None:
+    document = tiny()
+    phases = document["spec"]["phases"]
+    document["spec"]["phases"] = [phases[3], phases[2], phases[0], phases[1]]  # sft, soup, pretrain, anneal
+    run = api.parse_olmorun(document)
+    assert [p.name for p in api.topological_order(run)] == ["pretrain", "anneal", "soup", "sft"]
+    branches = tiny()
+    branches["spec"]["phases"] = [phases[0], {**phases[1], "name": "b"}, {**phases[1], "name": "a", "seeds": []}]
+    run = api.parse_olmorun(branches)
+    assert [p.name for p in api.topological_order(run)] == ["pretrain", "b", "a"]
+
+
+def test_run_accessors() -> None:
+    run = api.parse_olmorun(tiny())
+    assert (run.name, run.namespace) == ("olmo2-tiny", "default")
+    assert run.phase("soup").kind == "soup"
+    with pytest.raises(KeyError):
+        run.phase("nope")
+    assert [p.name for p in api.unimplemented_phases(run)] == ["sft", "dpo", "rlvr"]
+    assert run.spec.cluster.procs == 2
+    assert api.ClusterSpec(gpus_per_node=8).procs == 8
+    assert api.ClusterSpec(gpus_per_node=0).procs == 1
