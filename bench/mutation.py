@@ -46,6 +46,15 @@ class Target:
     """The module's file, as `<package>/<path>` inside PACKAGES."""
     tests: tuple[str, ...]
     """Its fast tests (files or node ids under tests/)."""
+    functions: tuple[str, ...] = ()
+    """Only mutants of these functions count (`name` or `Class.method`); empty: the whole module."""
+
+    def counts(self, mutant: str) -> bool:
+        """Whether a mutmut key (`pkg.mod.x_name__mutmut_3`, `pkg.mod.xǁClassǁmethod__mutmut_3`) counts."""
+        if not self.functions:
+            return True
+        function = mutant.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0]
+        return function.removeprefix("x_").removeprefix("xǁ").replace("ǁ", ".") in self.functions
 
 
 TARGETS: dict[str, Target] = {
@@ -59,8 +68,13 @@ TARGETS: dict[str, Target] = {
         (
             "tests/trainer/test_train_units.py::test_lm_loss_is_shifted_cross_entropy_plus_z_loss",
             "tests/trainer/test_train_units.py::test_lm_loss_gradient_flows_only_through_loss",
+            "tests/trainer/test_train_units.py::test_lm_loss_sum_reduction_and_low_precision_logits",
         ),
+        functions=("lm_loss",),  # the loss function; the objective's plumbing is the training loop's tests
     ),
+    "grpo": Target("olmo_trainer/objectives/grpo.py", ("tests/trainer/test_rl_losses.py",)),
+    "ppo": Target("olmo_trainer/objectives/ppo.py", ("tests/trainer/test_rl_losses.py",)),
+    "rewards": Target("olmo_trainer/rewards.py", ("tests/trainer/test_rewards.py",)),
 }
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
@@ -138,7 +152,9 @@ def run_module(name: str, target: Target, jobs: int, show: bool) -> Score:
     if result.returncode != 0 or not meta.exists():
         tail = (result.stdout + result.stderr)[-3000:]
         raise SystemExit(f"{name}: mutmut failed (exit {result.returncode}); log {where / 'mutmut.log'}\n{tail}")
-    codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    codes: dict[str, int | None] = {
+        key: code for key, code in json.loads(meta.read_text())["exit_code_by_key"].items() if target.counts(key)
+    }
     statuses = {key: status_by_exit_code[code] for key, code in codes.items()}
     score = Score(name, total=sum(1 for s in statuses.values() if s != "skipped"))
     score.killed = sum(1 for s in statuses.values() if s in KILLED)

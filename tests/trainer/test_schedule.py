@@ -11,7 +11,7 @@ import torch
 from olmo_trainer.config import ModelConfig, OptimConfig, ScheduleConfig
 from olmo_trainer.model import Transformer
 from olmo_trainer.optim import build_optimizer, param_groups
-from olmo_trainer.schedule import build_schedule
+from olmo_trainer.schedule import Schedule, build_schedule
 from tests.trainer.dist_util import free_port
 
 STEP = 1000  # tokens per step
@@ -85,9 +85,50 @@ def test_constant_holds_the_peak_after_warmup() -> None:
     assert [s.lr(t * STEP) for t in range(5)] == [0.0, 0.25, 0.5, 0.5, 0.5]
 
 
-def test_bad_inputs_are_refused() -> None:
-    with pytest.raises(ValueError, match="bad schedule"):
-        build_schedule(cosine(), peak_lr=1.0, tokens_per_step=0, total_tokens=10)
+@pytest.mark.parametrize(
+    ("peak_lr", "tokens_per_step", "total_tokens"),
+    [(-1e-9, 1, 1), (1.0, 0, 1), (1.0, 1, 0), (1.0, -5, 10), (1.0, 10, -1)],
+)
+def test_bad_inputs_are_refused(peak_lr: float, tokens_per_step: int, total_tokens: int) -> None:
+    with pytest.raises(ValueError, match="bad schedule inputs: peak_lr="):
+        build_schedule(cosine(), peak_lr=peak_lr, tokens_per_step=tokens_per_step, total_tokens=total_tokens)
+
+
+def test_inputs_on_the_limits_are_accepted() -> None:
+    # A zero LR (a frozen phase) and one-token steps or budgets are legal.
+    s = build_schedule(cosine(), peak_lr=0.0, tokens_per_step=1, total_tokens=1)
+    assert (s.peak_lr, s.warmup_tokens, s.t_max_tokens, s.final_lr) == (0.0, 0, 1, 0.0)
+
+
+@pytest.mark.parametrize(("kind", "final"), [("cosine", 0.25), ("linear", 0.0), ("constant", 2.5)])
+def test_final_lr_of_each_kind(kind: str, final: float) -> None:
+    cfg = ScheduleConfig.model_validate({"kind": kind, "finalLrRatio": 0.1})
+    s = build_schedule(cfg, peak_lr=2.5, tokens_per_step=STEP, total_tokens=10 * STEP)
+    assert (s.kind, s.peak_lr, s.final_lr, s.t_max_tokens) == (kind, 2.5, final, 10 * STEP)
+
+
+def test_a_schedule_whose_t_max_is_within_warmup_ends_at_its_final_lr() -> None:
+    # t_max <= warmup: no decay span; after warmup the LR is the end value (no division by zero).
+    for t_max in (5 * STEP, 4 * STEP):
+        s = build_schedule(cosine(warmupSteps=5, tMaxTokens=t_max), peak_lr=1.0, tokens_per_step=STEP, total_tokens=9 * STEP)
+        assert s.lr(5 * STEP) == pytest.approx(0.1)
+        assert s.lr(9 * STEP) == pytest.approx(0.1)
+
+
+def test_a_one_token_decay_span() -> None:
+    s = Schedule(kind="linear", peak_lr=1.0, warmup_tokens=0, t_max_tokens=1, final_lr=0.0)
+    assert [s.lr(0), s.lr(1), s.lr(2)] == [1.0, 0.0, 0.0]
+
+
+def test_the_lr_formula_of_each_kind_between_peak_and_final() -> None:
+    """Schedule.lr with a final LR that build_schedule would not choose, so that each term shows."""
+    linear = Schedule(kind="linear", peak_lr=1.0, warmup_tokens=0, t_max_tokens=100, final_lr=0.2)
+    assert linear.lr(50) == pytest.approx(0.2 + 0.8 * 0.5)
+    assert linear.lr(100) == pytest.approx(0.2)
+    cosine_ = Schedule(kind="cosine", peak_lr=1.0, warmup_tokens=0, t_max_tokens=100, final_lr=0.2)
+    assert cosine_.lr(25) == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+    constant = Schedule(kind="constant", peak_lr=1.0, warmup_tokens=10, t_max_tokens=100, final_lr=0.2)
+    assert [constant.lr(5), constant.lr(10), constant.lr(50), constant.lr(100)] == [0.5, 1.0, 1.0, 1.0]
 
 
 def tiny_model() -> Transformer:

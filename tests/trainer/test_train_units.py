@@ -40,6 +40,22 @@ def test_lm_loss_gradient_flows_only_through_loss() -> None:
     assert not out.ce.requires_grad and not out.z.requires_grad
 
 
+def test_lm_loss_sum_reduction_and_low_precision_logits() -> None:
+    """reduction="sum" adds every target (the loop divides by the global count); bf16 logits are
+    reduced in float32, so the loss does not lose the bits that z-loss and CE differ by."""
+    generator = torch.Generator().manual_seed(1)
+    logits = (torch.randn(2, 6, 11, generator=generator) * 3).bfloat16()
+    tokens = torch.randint(0, 11, (2, 6), generator=generator)
+    mean = lm_loss(logits.float(), tokens, z_loss=0.5)
+    total = lm_loss(logits, tokens, z_loss=0.5, reduction="sum")
+    assert total.loss.dtype == total.ce.dtype == total.z.dtype == torch.float32
+    targets = 2 * 5
+    torch.testing.assert_close(total.ce, mean.ce * targets)
+    torch.testing.assert_close(total.z, mean.z * targets)
+    torch.testing.assert_close(total.loss, (mean.ce + mean.z) * targets)
+    assert lm_loss(logits, tokens, z_loss=0.0).z == 0.0
+
+
 def config(tmp_path: Path, **overrides: object) -> TrainConfig:
     return TrainConfig.model_validate_json(tiny_config(tmp_path, **overrides).read_text())
 
