@@ -43,6 +43,7 @@ import kubernetes
 from olmo_operator import api, layout
 from olmo_operator.crd import build_crd
 from olmo_trainer import manifest
+from tests.dcp_files import dcp_metadata
 from tests.operator.kube import OLMORUNS, VCJOBS, Call, KubeServer
 
 NS = "bench"
@@ -69,7 +70,8 @@ def commit_checkpoint(body: dict[str, Any]) -> None:
     fs, root = manifest.filesystem(layout.checkpoints_dir(layout.save_dir(run, run.phase("pretrain"), run.spec.seed)))
     directory = f"{root}/step4"
     fs.makedirs(directory, exist_ok=True)
-    fs.pipe_file(f"{directory}/model.pt", os.urandom(4096))
+    fs.pipe_file(f"{directory}/__0_0.distcp", os.urandom(4096))
+    fs.pipe_file(f"{directory}/.metadata", dcp_metadata(["__0_0.distcp"]))
     manifest.commit(fs, directory, manifest.build_manifest(fs, directory, step=4))
 
 

@@ -474,7 +474,8 @@ def _check_remote(fs: AbstractFileSystem, path: str, rel: str, expected: dict[st
 
 
 def verify_checkpoint(uri: str, *, options: dict[str, Any] | None = None, workers: int = 8) -> mf.VerifyReport:
-    """Re-hash every file of the checkpoint at uri against its MANIFEST, in parallel."""
+    """Re-hash every file of the checkpoint at uri against its MANIFEST, in parallel; then the
+    checks of manifest.verify that the MANIFEST lists every file and everything DCP needs."""
     fs, directory = _open_fs(uri, options)
     manifest = _access(uri, lambda: mf.read_manifest(fs, directory))
     report = mf.VerifyReport(uri=uri, committed=manifest is not None)
@@ -490,6 +491,10 @@ def verify_checkpoint(uri: str, *, options: dict[str, Any] | None = None, worker
     report.checked = len(files)
     report.missing = [rel for (rel, _), p in zip(files, problems, strict=True) if p == "missing"]
     report.corrupted = [rel for (rel, _), p in zip(files, problems, strict=True) if p == "corrupted"]
+    damaged = {*report.missing, *report.corrupted}
+    report.unlisted, report.incomplete = _access(
+        uri, lambda: mf.completeness(fs, directory, manifest["files"], damaged)
+    )
     return report
 
 

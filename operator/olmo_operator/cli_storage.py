@@ -3,9 +3,10 @@
 Credentials come from the environment only (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_ENDPOINT_URL,
 GOOGLE_APPLICATION_CREDENTIALS), as a Kubernetes Secret provides them; nothing here prints them.
 
-Exit codes: 0 done / verified OK; 1 the data is bad (missing or corrupted files, a checkpoint that
-is not committed, a corrupt source); 2 the request is wrong (a URI that is no checkpoint, refused
-credentials, a destination that holds another checkpoint).
+Exit codes: 0 done / verified OK; 1 the data is bad (missing, corrupted or unlisted files, a MANIFEST
+that lacks the DCP `.metadata` or a shard it names, a checkpoint that is not committed, a corrupt
+source); 2 the request is wrong (a URI that is no checkpoint, refused credentials, a destination
+that holds another checkpoint).
 
     olmorun archive /scratch/run/checkpoints/step100 s3://bucket/run/checkpoints/step100
     olmorun verify s3://bucket/run/checkpoints/          # the latest committed step
@@ -92,6 +93,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"  missing    {rel}")
         for rel in report.corrupted:
             print(f"  corrupted  {rel}")
+        for rel in report.unlisted:
+            print(f"  unlisted   {rel}")
+        for rel in report.incomplete:
+            print(f"  lacking    {rel}")
     return 0 if report.ok else 1
 
 
@@ -128,4 +133,6 @@ def _as_json(report: mf.VerifyReport, requested: str, note: str | None) -> dict[
         "checked": report.checked,
         "missing": report.missing,
         "corrupted": report.corrupted,
+        "unlisted": report.unlisted,
+        "incomplete": report.incomplete,
     }

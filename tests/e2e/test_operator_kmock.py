@@ -30,6 +30,7 @@ from olmo_operator.handlers import INVALID_REASON, merge_patch, redact, secret_v
 from olmo_operator.launcher import LABEL_PHASE, LABEL_RUN
 from olmo_operator.settings import FINALIZER, Settings, SettingsError
 from olmo_trainer import manifest
+from tests.dcp_files import dcp_metadata
 from tests.operator.kube import (
     EVENTS,
     OLMORUNS,
@@ -84,13 +85,14 @@ def set_job_phase(kubectl: kubernetes.client.CustomObjectsApi, job: str, phase: 
 
 
 def commit_checkpoint(body: dict[str, Any], phase: str, seed: int, step: int) -> str:
-    """What the trainer does: a step directory with a file, committed by its MANIFEST."""
+    """What the trainer does: a step directory with a shard and its DCP index, committed by its MANIFEST."""
     run = api.parse_olmorun(body)
     save = layout.save_dir(run, run.phase(phase), seed)
     fs, root = manifest.filesystem(layout.checkpoints_dir(save))
     directory = f"{root}/step{step}"
     fs.makedirs(directory, exist_ok=True)
-    fs.pipe_file(f"{directory}/model.pt", f"weights of {phase}/{seed} at {step}".encode())
+    fs.pipe_file(f"{directory}/__0_0.distcp", f"weights of {phase}/{seed} at {step}".encode())
+    fs.pipe_file(f"{directory}/.metadata", dcp_metadata(["__0_0.distcp"]))
     manifest.commit(fs, directory, manifest.build_manifest(fs, directory, step=step))
     return directory
 

@@ -13,6 +13,7 @@ import pytest
 
 from olmo_operator import archive
 from olmo_trainer import manifest as mf
+from tests.dcp_files import dcp_metadata
 from tests.s3server import S3Server
 
 # Sizes straddle archive.PART_SIZE only in the multipart test (which lowers it), keeping this fast.
@@ -20,18 +21,21 @@ FILES = {
     "__0_0.distcp": 300_000,
     "__1_0.distcp": 200_001,
     "nested/optim/__0_0.distcp": 65_536,
-    ".metadata": 1_234,
+    ".metadata": None,  # a real DCP index naming the .distcp files (tests/dcp_files.py)
     "empty.bin": 0,
 }
 
 
-def make_checkpoint(root: Path, step: int = 100, files: dict[str, int] | None = None) -> Path:
-    """A committed `stepN/` of random plain files (no torch needed), like the trainer writes."""
+def make_checkpoint(root: Path, step: int = 100, files: dict[str, int | None] | None = None) -> Path:
+    """A committed `stepN/` of random plain files and the DCP `.metadata` naming its shards, like the
+    trainer writes (no tensors needed)."""
     directory = root / f"step{step}"
-    for rel, size in (files or FILES).items():
+    files = files or FILES
+    shards = [rel for rel in files if rel.endswith(".distcp")]
+    for rel, size in files.items():
         path = directory / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(secrets.token_bytes(size))
+        path.write_bytes(dcp_metadata(shards) if size is None else secrets.token_bytes(size))
     fs = fsspec.filesystem("file")
     mf.commit(fs, str(directory), mf.build_manifest(fs, str(directory), step=step, config_hash="abc"))
     return directory
@@ -49,7 +53,7 @@ def test_archive_to_s3_then_verify_ok(s3_server: S3Server, bucket: str, tmp_path
     opts = s3_server.storage_options()
     report = archive.archive_checkpoint(str(src), dst, dst_options=opts, workers=3)
     assert (report.copied, report.skipped, report.step) == (len(FILES), 0, 100)
-    assert report.bytes == sum(FILES.values())
+    assert report.bytes == sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME)
     assert report.verified is False
     verified = archive.verify_checkpoint(dst, options=opts)
     assert verified.ok, verified.summary()
@@ -71,10 +75,10 @@ def test_multipart_upload_and_verify_remote(
 ) -> None:
     # 5 MiB is S3's smallest part: a 12 MiB file goes up in three parts.
     monkeypatch.setattr(archive, "PART_SIZE", 5 * 2**20)
-    src = make_checkpoint(tmp_path, files={"big.distcp": 12 * 2**20 + 7, "small": 10})
+    src = make_checkpoint(tmp_path, files={"big.distcp": 12 * 2**20 + 7, "small": 10, ".metadata": None})
     dst = f"{bucket}/step100"
     report = archive.archive_checkpoint(str(src), dst, dst_options=s3_server.storage_options(), verify_remote=True)
-    assert (report.copied, report.verified) == (2, True)
+    assert (report.copied, report.verified) == (3, True)
     etag = s3_server.client().head_object(Bucket=bucket[5:], Key="step100/big.distcp")["ETag"]
     assert etag.strip('"').endswith("-3")  # really multipart, so the part path is what was tested
     assert archive.verify_checkpoint(dst, options=s3_server.storage_options()).ok

@@ -90,7 +90,8 @@ def test_verify_reports_corrupted_and_missing_files(
 def test_killed_archive_leaves_no_manifest_and_rerun_resumes(
     s3_env: S3Server, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    files = {f"__{i}_0.distcp": 2 * 2**20 for i in range(16)}
+    files: dict[str, int | None] = {f"__{i}_0.distcp": 2 * 2**20 for i in range(16)}
+    files[".metadata"] = None  # the DCP index naming the 16 shards
     src = make_checkpoint(tmp_path, files=files)
     dst = f"{bucket}/step100"
     client = s3_env.client()
@@ -161,8 +162,30 @@ def test_user_errors_and_uncommitted(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_corrupt_source_exits_1_and_commits_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = make_checkpoint(tmp_path / "scratch")
-    (src / ".metadata").write_bytes(b"x" * 1_234)
+    size = (src / ".metadata").stat().st_size
+    (src / ".metadata").write_bytes(b"x" * size)  # same size, other bytes: only the hash can tell
     dst = tmp_path / "archive" / "step100"
     code, _, err = run_cli(capsys, "archive", str(src), f"file://{dst}")
     assert code == 1 and ".metadata sha256 differs from MANIFEST" in err
     assert not (dst / mf.MANIFEST_NAME).exists() and not (dst / ".metadata").exists()
+
+
+def test_verify_names_unlisted_files_and_what_the_manifest_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = make_checkpoint(tmp_path)
+    record = mf.read_manifest(*mf.filesystem(str(src)))
+    assert record is not None
+    del record["files"]["__1_0.distcp"]  # a MANIFEST that left a shard out...
+    mf.commit(*mf.filesystem(str(src)), record)
+    (src / "late.log").write_text("written after the commit")  # ...and a file nobody listed
+    code, out, _ = run_cli(capsys, "verify", str(src))
+    assert code == 1
+    assert "FAILED (0 missing, 0 corrupted, 2 not in MANIFEST.json of 4 files; MANIFEST.json lacks __1_0.distcp)" in out
+    assert "  unlisted   __1_0.distcp" in out and "  unlisted   late.log" in out
+    assert "  lacking    __1_0.distcp" in out
+    code, out, _ = run_cli(capsys, "verify", str(src), "--json")
+    report = json.loads(out)
+    assert (code, report["ok"], report["unlisted"], report["incomplete"]) == (
+        1, False, ["__1_0.distcp", "late.log"], ["__1_0.distcp"],
+    )  # fmt: skip

@@ -24,6 +24,7 @@ from olmo_operator.plan import JobObservation, ObservedState
 from olmo_operator.reconcile import StorageInUseError, last_metrics, reconcile, reconcile_plan
 from olmo_trainer import manifest
 from olmo_trainer.config import TrainConfig
+from tests.dcp_files import dcp_metadata
 from tests.s3server import S3Server
 
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -62,7 +63,7 @@ def train(save_dir: str, step: int, loss: float = 3.0) -> str:
     directory = f"{root}/checkpoints/step{step}"
     fs.makedirs(directory, exist_ok=True)
     fs.pipe_file(f"{directory}/model.distcp", f"weights at {step}".encode() * 100)
-    fs.pipe_file(f"{directory}/.metadata", b"dcp metadata")
+    fs.pipe_file(f"{directory}/.metadata", dcp_metadata(["model.distcp"]))
     manifest.commit(fs, directory, manifest.build_manifest(fs, directory, step=step))
     line = json.dumps({"step": step, "tokens": step * 1024, "loss": loss, "tokens_per_s": 5000.0})
     with fs.open(f"{root}/metrics.jsonl", "a") as stream:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
+import pickle
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,10 @@ from fsspec import AbstractFileSystem
 
 MANIFEST_NAME = "MANIFEST.json"
 FORMAT = "olmorun.checkpoint/v1"
+DCP_METADATA = ".metadata"
+"""torch.distributed.checkpoint's index of a checkpoint: which shard file holds each tensor. Every
+checkpoint of this project is a DCP one, so a MANIFEST that lacks it, or lacks a shard it names,
+describes a checkpoint that cannot be loaded (torch filesystem.py `_metadata_fn`)."""
 STEP_DIR = re.compile(r"^step(\d+)$")
 _CHUNK = 8 * 1024 * 1024
 
@@ -120,18 +126,25 @@ def read_manifest(fs: AbstractFileSystem, directory: str) -> dict[str, Any] | No
 
 @dataclass
 class VerifyReport:
-    """The result of re-hashing a checkpoint against its MANIFEST."""
+    """The result of checking a checkpoint directory against its MANIFEST."""
 
     uri: str
     committed: bool
     checked: int = 0
+    """Files listed in the MANIFEST (each re-hashed)."""
     missing: list[str] = field(default_factory=list)
+    """Listed in the MANIFEST, absent from the directory."""
     corrupted: list[str] = field(default_factory=list)
     """Files whose size or sha256 differs from the MANIFEST."""
+    unlisted: list[str] = field(default_factory=list)
+    """In the directory, absent from the MANIFEST: written after the commit, or left out of it."""
+    incomplete: list[str] = field(default_factory=list)
+    """What a DCP checkpoint needs that the MANIFEST lacks: `.metadata`, or the shard files it names
+    (`.metadata (unreadable)` when it is no DCP index)."""
 
     @property
     def ok(self) -> bool:
-        return self.committed and not self.missing and not self.corrupted
+        return self.committed and not (self.missing or self.corrupted or self.unlisted or self.incomplete)
 
     def summary(self) -> str:
         if not self.committed:
@@ -139,7 +152,75 @@ class VerifyReport:
         if self.ok:
             return f"{self.uri}: OK ({self.checked} files verified)"
         parts = [f"{len(self.missing)} missing", f"{len(self.corrupted)} corrupted"]
-        return f"{self.uri}: FAILED ({', '.join(parts)} of {self.checked} files)"
+        if self.unlisted:
+            parts.append(f"{len(self.unlisted)} not in {MANIFEST_NAME}")
+        detail = f"{', '.join(parts)} of {self.checked} files"
+        if self.incomplete:
+            detail += f"; {MANIFEST_NAME} lacks {', '.join(self.incomplete)}"
+        return f"{self.uri}: FAILED ({detail})"
+
+
+class _Inert:
+    """An object of a `.metadata` pickle rebuilt as data only: the arguments and state it was saved with."""
+
+    args: tuple[Any, ...] = ()
+    state: Any = None
+
+    def __init__(self, *args: Any, **_: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _InertUnpickler(pickle.Unpickler):
+    """Every class a pickle names becomes an _Inert subclass: no code of the file runs, no torch needed."""
+
+    def find_class(self, module: str, name: str) -> type[_Inert]:
+        return type(name, (_Inert,), {"__module__": f"inert.{module}"})
+
+
+def dcp_shard_names(blob: bytes) -> set[str]:
+    """The shard files that a DCP `.metadata` names: the `relative_path` of every storage entry.
+
+    `.metadata` is a pickle of torch.distributed.checkpoint.metadata.Metadata whose `storage_data`
+    maps each tensor chunk to a `_StorageInfo(relative_path, offset, length)` (torch
+    distributed/checkpoint/filesystem.py). Read without torch and without running any code of the
+    file. Raises ValueError when the blob is not such a pickle.
+    """
+    try:
+        root = _InertUnpickler(io.BytesIO(blob)).load()
+    except Exception as error:  # any malformed pickle: truncated, foreign, not a pickle at all
+        raise ValueError(f"not a DCP {DCP_METADATA}: {error}") from None
+    storage = root.state.get("storage_data") if isinstance(root, _Inert) and isinstance(root.state, dict) else None
+    if not isinstance(storage, dict):
+        raise ValueError(f"not a DCP {DCP_METADATA}: no storage_data")
+    names = set()
+    for info in storage.values():
+        path = info.state.get("relative_path") if isinstance(info, _Inert) and isinstance(info.state, dict) else None
+        if not isinstance(path, str):
+            raise ValueError(f"not a DCP {DCP_METADATA}: a storage entry has no relative_path")
+        names.add(path)
+    return names
+
+
+def completeness(
+    fs: AbstractFileSystem, directory: str, files: dict[str, Any], damaged: set[str]
+) -> tuple[list[str], list[str]]:
+    """(unlisted, incomplete) of a checkpoint whose MANIFEST lists `files` (see VerifyReport).
+
+    `damaged` holds the listed files already found missing or corrupted: a damaged `.metadata` says
+    nothing about the shards, so it is not read."""
+    unlisted = [rel for rel in list_files(fs, directory) if rel not in files]
+    if DCP_METADATA not in files:
+        return unlisted, [DCP_METADATA]
+    if DCP_METADATA in damaged:
+        return unlisted, []
+    try:
+        names = dcp_shard_names(fs.cat_file(f"{directory.rstrip('/')}/{DCP_METADATA}"))
+    except ValueError:
+        return unlisted, [f"{DCP_METADATA} (unreadable)"]
+    return unlisted, sorted(names - set(files))
 
 
 def verify_file(fs: AbstractFileSystem, path: str, expected: dict[str, Any]) -> str | None:
@@ -154,18 +235,21 @@ def verify_file(fs: AbstractFileSystem, path: str, expected: dict[str, Any]) -> 
 
 
 def verify(fs: AbstractFileSystem, directory: str, uri: str | None = None) -> VerifyReport:
-    """Re-hash every file of a committed checkpoint against its MANIFEST."""
+    """Check a checkpoint directory against its MANIFEST: every listed file re-hashed, every file of
+    the directory listed, and every file its DCP `.metadata` names listed. `ok` only when all hold."""
     manifest = read_manifest(fs, directory)
     report = VerifyReport(uri=uri or directory, committed=manifest is not None)
     if manifest is None:
         return report
-    for rel, expected in sorted(manifest["files"].items()):
+    files = manifest["files"]
+    for rel, expected in sorted(files.items()):
         report.checked += 1
         problem = verify_file(fs, f"{directory.rstrip('/')}/{rel}", expected)
         if problem == "missing":
             report.missing.append(rel)
         elif problem == "corrupted":
             report.corrupted.append(rel)
+    report.unlisted, report.incomplete = completeness(fs, directory, files, {*report.missing, *report.corrupted})
     return report
 
 
