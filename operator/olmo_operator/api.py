@@ -29,6 +29,7 @@ from olmo_trainer.config import (
     ConfigModel,
     DataConfig,
     DPOConfig,
+    EvalConfig,
     ModelSpec,
     OptimConfig,
     ParallelConfig,
@@ -206,6 +207,8 @@ class PhaseSpec(ConfigModel):
     sft: SFTConfig | None = None
     dpo: DPOConfig | None = None
     rlvr: RLVRConfig | None = None
+    eval: EvalConfig | None = None
+    """Evaluate the phase's final model (a soup: the averaged one); figures in status.phases.<p>.eval."""
     archive: bool = True
     """Verify and register the final checkpoint in the archive when the phase succeeds."""
 
@@ -267,6 +270,8 @@ class JobStatus(StatusModel):
     step: int | None = None
     tokens: int | None = None
     last_loss: float | None = None
+    eval: dict[str, float] = Field(default_factory=dict)
+    """Final evaluation of this job's model: {eval/<task>/<metric>: value}."""
     message: str = ""
     retry_at: str | None = None
     """When the next attempt is submitted (RFC 3339)."""
@@ -284,6 +289,8 @@ class PhaseStatus(StatusModel):
     step: int | None = None
     tokens: int | None = None
     last_loss: float | None = None
+    eval: dict[str, float] = Field(default_factory=dict)
+    """Final evaluation of the phase's model (its single job's; fanned-out jobs keep their own)."""
     message: str = ""
     spec_hash: str | None = None
     """Hash of the phase spec when it started; a later edit is refused."""
@@ -489,7 +496,7 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
     if phase.kind == "soup":
         if phase.seeds:
             out.append(Problem(f"{where}.seeds", "a soup takes its ingredients from its parent's seeds; remove `seeds`"))
-        for field in ("data", "optim", "schedule", "batch", "sft", "dpo", "rlvr"):
+        for field in ("data", "optim", "schedule", "batch", "sft", "dpo", "rlvr"):  # eval is allowed
             if getattr(phase, field) is not None:
                 out.append(Problem(f"{where}.{field}", f"a soup does not train; remove `{field}`"))
         return out
@@ -502,6 +509,17 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
             out.append(Problem(f"{where}.batch", "set batch.globalBatchSize (instances per optimizer step)"))
     if phase.kind in POST_TRAINING_KINDS and getattr(phase, phase.kind) is None:
         out.append(Problem(f"{where}.{phase.kind}", f"a {phase.kind} phase needs its `{phase.kind}` settings (data, ...)"))
+    if phase.kind in POST_TRAINING_KINDS and phase.batch is None:
+        out.append(Problem(f"{where}.batch", "set batch.globalBatchSize (sequences or pairs per optimizer step)"))
+    post = getattr(phase, phase.kind, None) if phase.kind in POST_TRAINING_KINDS else None
+    model_max = spec.model.resolve().max_sequence_length
+    if post is not None and post.data.max_length > model_max:
+        out.append(
+            Problem(
+                f"{where}.{phase.kind}.data.maxLength",
+                f"{post.data.max_length} exceeds the model's maxSequenceLength {model_max}; shorten it or raise the model's",
+            )
+        )
     for other in POST_TRAINING_KINDS - {phase.kind}:
         if getattr(phase, other) is not None:
             out.append(Problem(f"{where}.{other}", f"`{other}` settings belong to a {other} phase, not {phase.kind}; remove them"))

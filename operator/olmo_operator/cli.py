@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "olmo_operator.cli_run",  # render, local, status
     "olmo_operator.cli_export",  # export-hf
     "olmo_operator.cli_diff",  # diff, report
+    "olmo_operator.cli_eval",  # eval
 )
 
 

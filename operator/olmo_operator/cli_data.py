@@ -1,6 +1,7 @@
-"""`olmorun data synth|prepare`: make token arrays for training.
+"""`olmorun data synth|prepare`: make token arrays for training, and chat sets for post-training.
 
     olmorun data synth OUT_DIR --kind general|math --tokens 1M --seed 0
+    olmorun data synth OUT_DIR --kind chat --seed 0        # tiny-{sft,dpo,rlvr,heldout,mc}.jsonl
     olmorun data prepare docs/*.jsonl.gz --out DIR [--tokenizer tokenizer.json] [--dtype uint16|uint32]
 
 `synth` writes a small deterministic byte-level corpus for the `tiny` preset (the same bytes a
@@ -27,7 +28,11 @@ def register(sub: Any) -> None:
     )
     synth.add_argument("out_dir", metavar="OUT_DIR", help="directory for the .npy token array and index.json")
     synth.add_argument(
-        "--kind", choices=("general", "math"), default="general", help="prose-like or arithmetic"
+        "--kind",
+        choices=("general", "math", "chat"),
+        default="general",
+        help="prose-like or arithmetic token arrays, or chat: arithmetic word problems as SFT, preference, "
+        "RL and held-out JSONL sets",
     )
     synth.add_argument(
         "--tokens", default="1M", help="how many tokens, e.g. 1M or 500K (default: %(default)s)"
@@ -47,6 +52,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    if args.kind == "chat":
+        return _synth_chat(args)
     from olmo_trainer.data.prepare import INDEX_FORMAT, write_index
     from olmo_trainer.data.synth import SYNTH_DTYPE, write_synthetic
     from olmo_trainer.data_record import BYTE_EOS, BYTE_VOCAB_SIZE
@@ -78,6 +85,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
     }
     write_index(args.out_dir, index)
     print(f"wrote {format_tokens(num_tokens)} {args.kind} tokens ({SYNTH_DTYPE}) to {path}")
+    return 0
+
+
+def _synth_chat(args: argparse.Namespace) -> int:
+    from olmo_trainer.data.synth import write_chat_sets
+
+    try:
+        paths = write_chat_sets(args.out_dir, args.seed)
+    except OSError as error:
+        raise UserError(f"cannot write to {args.out_dir}: {error.strerror or error}") from None
+    for name, path in paths.items():
+        print(f"wrote {name} set to {path}")
     return 0
 
 

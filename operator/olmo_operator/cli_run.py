@@ -178,6 +178,15 @@ def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now
                 rows.append([f"  s{job.seed}", "", job.state, str(job.attempts), _num(job.step), _num(job.tokens),
                              _num(job.last_loss, "{:.4f}"), job.archive or job.checkpoint or "-", job.message])  # fmt: skip
     text = _table(head) + "\n\n" + _table(rows)
+    evals = [["PHASE", "EVAL", "VALUE"]]
+    for phase, ps in status.phases.items():
+        figures = ps.eval or {}
+        if not figures and len(ps.jobs) > 1:  # a fanned-out phase: each seed's own figures
+            for job in ps.jobs:
+                evals += [[f"{phase}/s{job.seed}", k.removeprefix("eval/"), f"{v:.4f}"] for k, v in job.eval.items()]
+        evals += [[phase, k.removeprefix("eval/"), f"{v:.4f}"] for k, v in figures.items()]
+    if len(evals) > 1:
+        text += "\n\n" + _table(evals)
     if succeeded is not None and succeeded.message:
         text += f"\n\n{succeeded.type}={succeeded.status} ({succeeded.reason}): {succeeded.message}"
     return text + "\n"

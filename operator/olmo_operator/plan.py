@@ -10,8 +10,11 @@ reconcile.py, and the table-driven tests in tests/operator/test_plan.py call it 
 Behaviour, per phase in topological order:
 - A phase starts when its parent succeeded (its final checkpoint archived and verified). It submits one
   job per seed (a soup: one job averaging the parent's per-seed checkpoints). Its spec hash is stored.
-- A phase whose kind this release does not implement becomes `Blocked` (reason KindNotImplemented) when
+- sft and dpo phases run like any training phase (from their parent's final checkpoint); a phase whose
+  kind this release does not implement (rlvr) becomes `Blocked` (reason KindNotImplemented) when
   reached; nothing else ever runs under its name.
+- A job's final evaluation (`eval/<task>/<metric>` in its metrics) is copied into its status and, for a
+  phase of one job, into `status.phases.<p>.eval`.
 - A failed job is retried after `backoffSeconds * 2**(failures-1)` (capped) up to `backoffLimit`
   failures. A preempted job (exit 143) or a job that disappeared is resubmitted at once and does not
   count as a failure. Every attempt shares the save_dir, so it resumes from the newest checkpoint.
@@ -58,6 +61,8 @@ class Metrics:
     tokens: int | None = None
     loss: float | None = None
     tokens_per_s: float | None = None
+    eval: dict[str, float] = field(default_factory=dict)
+    """The job's final evaluation, `eval/<task>/<metric>` keys, once it logged one."""
 
 
 @dataclass(frozen=True)
@@ -405,6 +410,7 @@ class _Planner:
             if not layout.fans_out(phase):
                 ps.checkpoint = jobs[0].checkpoint
                 ps.archive = jobs[0].archive
+                ps.eval = dict(jobs[0].eval)
             ps.message = f"{len(jobs)} job(s) succeeded" + (
                 ", final checkpoints archived" if phase.archive else ""
             )
@@ -483,6 +489,7 @@ class _Planner:
             job.step = obs.metrics.step
             job.tokens = obs.metrics.tokens if obs.metrics.tokens is not None else job.tokens
             job.last_loss = obs.metrics.loss if obs.metrics.loss is not None else job.last_loss
+            job.eval = dict(obs.metrics.eval) or job.eval
 
     def _job_succeeded(self, phase: PhaseSpec, job: JobStatus, obs: JobObservation) -> None:
         if obs.checkpoint is None:

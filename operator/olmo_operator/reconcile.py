@@ -87,26 +87,42 @@ def _tracked_jobs(run: OlmoRun) -> list[tuple[PhaseSpec, JobStatus]]:
 
 
 def last_metrics(uri: str, options: Options = None) -> Metrics | None:
-    """The last complete JSON line of a metrics.jsonl (None when absent or empty)."""
+    """The last complete JSON line of a metrics.jsonl (None when absent or empty), with the loss of the
+    last line that has one and the `eval/...` figures of the last line that has them (a final
+    evaluation is logged on a line of its own, after the last training step)."""
     fs, path = _fs(uri, options)
     try:
         size = int(fs.size(path))
         blob = fs.cat_file(path, start=max(0, size - _METRICS_TAIL))
     except FileNotFoundError:
         return None
+    last: dict[str, Any] | None = None
+    loss_row: dict[str, Any] | None = None
+    evaluation: dict[str, float] = {}
     for line in reversed(blob.decode(errors="replace").splitlines()):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line being written, or the cut-off first line of the tail
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            return Metrics(
-                step=row["step"],
-                tokens=row.get("tokens"),
-                loss=row.get("loss"),
-                tokens_per_s=row.get("tokens_per_s"),
-            )
-    return None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            continue
+        last = last or row
+        if loss_row is None and row.get("loss") is not None:
+            loss_row = row
+        if not evaluation:
+            evaluation = {k: float(v) for k, v in row.items() if k.startswith("eval/") and isinstance(v, int | float)}
+        if loss_row is not None and evaluation:
+            break
+    if last is None:
+        return None
+    source = loss_row or last
+    return Metrics(
+        step=last["step"],
+        tokens=source.get("tokens"),
+        loss=source.get("loss"),
+        tokens_per_s=source.get("tokens_per_s"),
+        eval=evaluation,
+    )
 
 
 def newest_checkpoint(save_dir: str, options: Options = None) -> tuple[int, str] | None:

@@ -83,4 +83,5 @@ def resolve_config(
         sft=phase.sft,
         dpo=phase.dpo,
         rlvr=phase.rlvr,
+        eval=phase.eval,
     )

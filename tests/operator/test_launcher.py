@@ -362,6 +362,8 @@ def test_olmorun_render_prints_every_config_and_job_and_submits_nothing(
         "olmo2-tiny-anneal-s42-a1",
         "olmo2-tiny-anneal-s42069-a1",
         "olmo2-tiny-soup-a1",
+        "olmo2-tiny-sft-a1",
+        "olmo2-tiny-dpo-a1",
     ]
     assert all(j["metadata"]["namespace"] == "demo" for j in jobs)
     assert [(c["phase"], c["seed"]) for c in configs] == [

@@ -58,7 +58,7 @@ def anneal(seeds: list[int] | None = None, **extra: Any) -> dict[str, Any]:
 
 
 SOUP = {"name": "soup", "kind": "soup", "from": "anneal"}
-SFT = {"name": "sft", "kind": "sft", "from": "soup", "sft": {"data": {"paths": ["x.jsonl"]}}}
+SFT = {"name": "sft", "kind": "sft", "from": "soup", "sft": {"data": {"paths": ["x.jsonl"], "maxLength": 64}}, "batch": BATCH}
 
 
 def make_run(*phases: dict[str, Any], generation: int = 1, **spec: Any) -> OlmoRun:
@@ -452,9 +452,9 @@ def test_edit_of_a_started_phase_is_refused_and_running_jobs_are_untouched() -> 
     assert cond(reverted, "Invalid") == ("False", "Valid")
 
 
-@pytest.mark.parametrize("kind", ["sft", "dpo", "rlvr"])
+@pytest.mark.parametrize("kind", ["rlvr"])
 def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> None:
-    post = {"name": kind, "kind": kind, "from": "soup", kind: {"data": {"paths": ["x.jsonl"]}}}
+    post = {"name": kind, "kind": kind, "from": "soup", kind: {"data": {"paths": ["x.jsonl"], "maxLength": 64}}, "batch": BATCH}
     run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, post))
     assert run.status.phases[kind].state == "Pending"  # not reached yet: not blocked
     assert cond(run, "Succeeded") == ("Unknown", "Running")
@@ -473,15 +473,41 @@ def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> Non
 
 def test_blocked_branch_reports_while_another_branch_still_runs() -> None:
     run, _ = step(
-        make_run(pretrain(), {"name": "sft", "kind": "sft", "from": "pretrain", "sft": SFT["sft"]}, anneal())
+        make_run(pretrain(), {"name": "rl", "kind": "rlvr", "from": "pretrain", "rlvr": SFT["sft"], "batch": BATCH}, anneal())
     )
     run = finish_phase(run, "pretrain")
-    assert run.status.phases["sft"].state == "Blocked"
+    assert run.status.phases["rl"].state == "Blocked"
     assert run.status.phases["anneal"].state == "Pending" and run.status.phases["anneal"].jobs
     assert cond(run, "Succeeded") == ("False", "KindNotImplemented")
     assert cond(run, "Progressing") == ("True", "Running")
     assert not is_finished(run.status)
     assert run.status.stage == "anneal"
+
+
+def test_sft_and_dpo_run_like_training_phases_from_their_parents_final_checkpoint() -> None:
+    dpo = {"name": "dpo", "kind": "dpo", "from": "sft", "dpo": {"data": {"paths": ["p.jsonl"], "maxLength": 64}}, "batch": BATCH}
+    run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, SFT, dpo))
+    for phase in ("pretrain", "anneal", "soup"):
+        run = finish_phase(run, phase)
+    run, started = step(run)
+    [submit] = of(started, SubmitJob)
+    soup_final = run.status.phases["soup"].archive
+    assert submit.phase == "sft" and submit.train_config.kind == "sft"
+    assert submit.train_config.init_from == soup_final and submit.train_config.sft is not None
+    # A final evaluation logged by the job reaches the job's and the phase's status.
+    name = submit.job_name
+    save = layout.save_dir(run, run.phase("sft"), 6198)
+    figures = {"eval/arith/accuracy": 0.75}
+    finished = JobObservation(
+        name, "Succeeded", exit_code=0, checkpoint=(20, f"{save}/checkpoints/step20"),
+        metrics=Metrics(step=20, eval=figures),
+    )  # fmt: skip
+    run, result = step(run, {name: finished})
+    run, _ = step(run, {name: finished}, [archived(a) for a in of(result, ArchiveCheckpoint)])
+    assert run.status.phases["sft"].state == "Succeeded" and run.status.phases["sft"].eval == figures
+    [dpo_submit] = of(step(run)[1], SubmitJob)
+    assert dpo_submit.train_config.init_from == run.status.phases["sft"].archive
+    assert dpo_submit.train_config.dpo is not None and dpo_submit.train_config.dpo.loss == "dpo_norm"
 
 
 # ---------------------------------------------------------------------------------------------

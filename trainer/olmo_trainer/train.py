@@ -475,6 +475,18 @@ def load_initial_weights(uri: str, model: nn.Module) -> None:
         load_model_weights(uri, model)
 
 
+def final_eval(job: Job) -> dict[str, float]:
+    """Evaluate the trained model on the phase's `eval` tasks (collective: every rank scores its share)."""
+    from olmo_trainer.evaluate import evaluate, unsharded_copy
+
+    cfg, info = job.cfg, job.info
+    assert cfg.eval is not None
+    model = unsharded_copy(job.model, cfg.model, info.device)
+    return evaluate(
+        model, cfg.eval, device=info.device, max_length=cfg.model.max_sequence_length, work_dir=work_dir(cfg), seed=cfg.seed
+    )
+
+
 def train(cfg: TrainConfig) -> int:
     """Run a training job (any objective) to its budget (or a SIGTERM). Returns the process exit code."""
     job, batches = setup(cfg)
@@ -482,6 +494,11 @@ def train(cfg: TrainConfig) -> int:
     job.tracker = Tracker(cfg, rank=job.info.rank, resume_step=job.state.step)
     try:
         preempted = job.loop(iter(batches))
+        if not preempted and cfg.eval is not None:
+            results = final_eval(job)
+            job.tracker.log({"step": job.state.step, **results})
+            if job.info.rank == 0:
+                print("eval: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
     finally:
         job.tracker.close()
     job.checkpointer.wait()

@@ -150,3 +150,101 @@ def write_synthetic(out_dir: str, kind: str, num_tokens: int, seed: int) -> str:
         return path
     write_tokens(path, synthesize(kind, num_tokens, seed), SYNTH_DTYPE)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat sets for post-training: arithmetic word problems with checkable answers
+# ---------------------------------------------------------------------------------------------
+
+CHAT_FILES = {
+    "sft": "tiny-sft.jsonl",
+    "dpo": "tiny-dpo.jsonl",
+    "rlvr": "tiny-rlvr.jsonl",
+    "heldout": "tiny-heldout.jsonl",
+    "mc": "tiny-mc.jsonl",
+}
+"""What `write_chat_sets` writes (the names examples/olmorun-tiny.yaml points at)."""
+CHAT_SIZES = {"sft": 3000, "dpo": 1500, "rlvr": 400, "heldout": 200, "mc": 200}
+_QUESTIONS = (
+    "{name} has {a} {noun}s and gets {b} more. How many {noun}s does {name} have?",
+    "{name} had {a} {noun}s and found {b} more. How many {noun}s now?",
+    "What is {a} plus {b}?",
+    "{name} has {a} {noun}s and gives away {b}. How many {noun}s are left?",
+    "{name} had {a} {noun}s and lost {b}. How many {noun}s remain?",
+    "What is {a} minus {b}?",
+)
+
+
+def arithmetic_problem(rng: random.Random) -> tuple[str, str, int]:
+    """(question, worked answer ending in 'The answer is N.', N) with small numbers (0..20)."""
+    template = rng.randrange(len(_QUESTIONS))
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    if template >= 3:  # subtraction: keep the answer non-negative
+        a, b = max(a, b) + rng.randint(0, 9), min(a, b)
+        op, answer = "-", a - b
+    else:
+        op, answer = "+", a + b
+    question = _QUESTIONS[template].format(
+        name=rng.choice(_LEXICON["name"]), noun=rng.choice(_LEXICON["noun"]), a=a, b=b
+    )
+    return question, f"{a} {op} {b} = {answer}. The answer is {answer}.", answer
+
+
+def _wrong(rng: random.Random, answer: int) -> int:
+    return max(0, answer + rng.choice([-3, -2, -1, 1, 2, 3])) if answer > 2 else answer + rng.randint(1, 3)
+
+
+def chat_sets(seed: int, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, object]]]:
+    """Deterministic rows for every set of CHAT_FILES. Questions are unique across all sets, so the
+    held-out rows are never seen in training (the numbers themselves do recur: the task is to read
+    a new question and do the sum).
+
+    sft:     {"messages": [user, assistant]}
+    dpo:     {"chosen": [user, assistant correct], "rejected": [user, assistant wrong]}
+    rlvr, heldout: {"messages": [user], "ground_truth": "N", "dataset": "gsm8k"}
+    mc:      {"query": "<chat prompt>", "choices": [" worked answers"...], "gold": i} (acc_norm task)
+    """
+    sizes = {**CHAT_SIZES, **(sizes or {})}
+    rng = random.Random(f"olmorun-chat-{seed}")
+    seen: set[str] = set()
+    out: dict[str, list[dict[str, object]]] = {name: [] for name in CHAT_FILES}
+    for name in ("heldout", "mc", "rlvr", "dpo", "sft"):  # held-out first: it claims its questions
+        while len(out[name]) < sizes[name]:
+            question, solution, answer = arithmetic_problem(rng)
+            if question in seen:
+                continue
+            seen.add(question)
+            user = {"role": "user", "content": question}
+            if name == "sft":
+                out[name].append({"messages": [user, {"role": "assistant", "content": solution}]})
+            elif name == "dpo":
+                wrong = _wrong(rng, answer)
+                bad = solution.replace(f"= {answer}.", f"= {wrong}.").replace(f"is {answer}.", f"is {wrong}.")
+                out[name].append(
+                    {
+                        "chosen": [user, {"role": "assistant", "content": solution}],
+                        "rejected": [user, {"role": "assistant", "content": bad}],
+                    }
+                )
+            elif name == "mc":
+                wrongs = sorted({_wrong(rng, answer) for _ in range(6)} - {answer})[:3]
+                choices = sorted([answer, *wrongs])
+                query = f"<|user|>\n{question}\n<|assistant|>\nThe answer is"
+                out[name].append({"query": query, "choices": [f" {c}." for c in choices], "gold": choices.index(answer)})
+            else:
+                out[name].append({"messages": [user], "ground_truth": str(answer), "dataset": "gsm8k"})
+    return out
+
+
+def write_chat_sets(out_dir: str, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, str]:
+    """Write every chat set as JSON lines into `out_dir`; returns {set: path}."""
+    import json
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for name, rows in chat_sets(seed, sizes).items():
+        path = os.path.join(out_dir, CHAT_FILES[name])
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+        paths[name] = path
+    return paths

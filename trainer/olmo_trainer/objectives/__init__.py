@@ -97,4 +97,12 @@ def build_objective(cfg: TrainConfig) -> Objective:
         from olmo_trainer.objectives.lm import LMObjective
 
         return LMObjective(cfg)
+    if cfg.kind == "sft":
+        from olmo_trainer.objectives.sft import SFTObjective
+
+        return SFTObjective(cfg)
+    if cfg.kind == "dpo":
+        from olmo_trainer.objectives.dpo import DPOObjective
+
+        return DPOObjective(cfg)
     raise ValueError(f"phase kind {cfg.kind!r} has no training objective in this release")

@@ -1,0 +1,129 @@
+"""Post-training and evaluation arithmetic against values computed by hand on tiny tensors: SFT's
+summed cross-entropy and its reductions under accumulation, the DPO loss and rewards, acc / acc_norm,
+answer extraction. The in-process model is the tiny preset (no process group needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from olmo_trainer.config import ModelConfig, TrainConfig
+from olmo_trainer.data.chat import IGNORE, ChatBatch, pad_rows
+from olmo_trainer.evaluate import ChoiceScores, answer_matches, last_number, mc_correct
+from olmo_trainer.model import Transformer
+from olmo_trainer.objectives.dpo import dpo_terms
+from olmo_trainer.objectives.sft import SFTObjective, sft_loss_sum, token_logps
+
+
+def _batch(ids: list[list[int]], labels: list[list[int]]) -> ChatBatch:
+    import numpy as np
+
+    rows = [(np.asarray(i), np.asarray(lab)) for i, lab in zip(ids, labels, strict=True)]
+    return pad_rows(rows, pad_id=0, index=list(range(len(rows))))
+
+
+def test_summed_ce_of_uniform_logits_is_trained_tokens_times_log_v() -> None:
+    batch = _batch([[1, 2, 3, 1]], [[IGNORE, IGNORE, 3, 1]])  # two trained targets
+    logits = torch.zeros(1, 4, 4)  # uniform over 4 ids: every log-prob is -ln 4
+    ce, trained = sft_loss_sum(logits, batch)
+    assert trained == 2 and ce.item() == pytest.approx(2 * math.log(4))
+
+
+def test_token_logps_by_hand() -> None:
+    logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0], [5.0, 5.0]]])  # (1, 3, 2)
+    logp, mask = token_logps(logits, torch.tensor([[0, 1, 0]]), torch.tensor([[IGNORE, 1, 0]]))
+    # position 0 predicts token 1 with p = 3/4; position 1 predicts token 0 with p = 1/2
+    assert mask.tolist() == [[True, True]]
+    assert logp[0].tolist() == pytest.approx([math.log(0.75), math.log(0.5)])
+
+
+def _sft(reduction: str) -> SFTObjective:
+    cfg = TrainConfig(
+        run="r",
+        phase="sft",
+        kind="sft",
+        seed=0,
+        model=ModelConfig.preset("tiny"),
+        sft={"data": {"paths": ["unused.jsonl"]}, "reduction": reduction},
+        save_dir="/tmp/unused",
+    )
+    return SFTObjective(cfg)
+
+
+def _grads(model: Transformer, objective: SFTObjective, micro_batches: list[ChatBatch]) -> torch.Tensor:
+    """What train.py does for one step on one rank: backward on loss / D for every micro-batch."""
+    model.zero_grad()
+    denominator = objective.denominator(micro_batches)
+    for batch in micro_batches:
+        (objective.loss(model, batch).loss / denominator).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_reduction_does_not_change_with_the_micro_batch_size(reduction: str) -> None:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny"))
+    objective = _sft(reduction)
+    rows = [torch.randint(0, 256, (n,)).tolist() for n in (9, 5, 12, 7)]
+    labels = [[IGNORE] * (len(r) // 2) + r[len(r) // 2 :] for r in rows]  # different trained counts
+    whole = _batch(rows, labels)
+    halves = [_batch(rows[:2], labels[:2]), _batch(rows[2:], labels[2:])]
+    singles = [_batch([r], [lab]) for r, lab in zip(rows, labels, strict=True)]
+    reference = _grads(model, objective, [whole])
+    for split in (halves, singles):
+        assert torch.allclose(_grads(model, objective, split), reference, atol=1e-6, rtol=1e-5)
+
+
+def test_sum_is_summed_ce_per_sequence_and_mean_is_per_token() -> None:
+    model = Transformer(ModelConfig.preset("tiny"))
+    rows = [[1, 2, 3, 4, 5], [6, 7, 8]]
+    labels = [[IGNORE, 2, 3, 4, 5], [IGNORE, IGNORE, 8]]  # 4 + 1 trained tokens
+    batch = _batch(rows, labels)
+    ce_sum = sum_objective_value = _sft("sum").loss(model, batch).loss.item()
+    assert _sft("sum").denominator([batch]) == 2  # sequences
+    assert _sft("mean").denominator([batch]) == 5  # trained tokens
+    logits = model(batch.input_ids)
+    by_hand = -(token_logps(logits, batch.input_ids, batch.labels)[0].sum()).item()
+    assert sum_objective_value == pytest.approx(by_hand) and ce_sum > 0
+
+
+def test_dpo_loss_and_rewards_by_hand() -> None:
+    terms = dpo_terms(
+        torch.tensor([-1.0, -2.0]),  # pi chosen
+        torch.tensor([-2.0, -1.0]),  # pi rejected
+        torch.tensor([-1.5, -1.5]),  # ref chosen
+        torch.tensor([-1.5, -1.5]),  # ref rejected
+        beta=5.0,
+    )
+    # pair 0: (0.5) - (-0.5) = 1 -> loss = log(1 + e^-5); pair 1: -1 -> log(1 + e^5)
+    assert terms.losses.tolist() == pytest.approx([math.log1p(math.exp(-5)), math.log1p(math.exp(5))])
+    assert terms.chosen_rewards.tolist() == pytest.approx([2.5, -2.5])
+    assert terms.rejected_rewards.tolist() == pytest.approx([-2.5, 2.5])
+
+
+def test_acc_and_acc_norm_disagree_when_lengths_differ() -> None:
+    # choice 0: -4 over 2 chars (-2/char); choice 1: -6 over 10 chars (-0.6/char)
+    q = ChoiceScores(logprobs=[-4.0, -6.0], lengths=[2, 10], gold=1)
+    assert mc_correct(q) == (False, True)
+    assert mc_correct(ChoiceScores([-4.0, -6.0], [2, 10], gold=0)) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("output", "number"),
+    [
+        ("3 + 4 = 7. The answer is 7.", "7"),
+        ("It costs 1,234 dollars", "1234"),
+        ("down to -3", "-3"),
+        ("about 2.5 or 3.75", "3.75"),
+        ("no digits here", None),
+    ],
+)
+def test_last_number(output: str, number: str | None) -> None:
+    assert last_number(output) == number
+
+
+def test_answer_matches_numerically() -> None:
+    assert answer_matches("so 12.0", "12") and answer_matches("The answer is 1,000.", "1000")
+    assert not answer_matches("The answer is 8.", "7") and not answer_matches("none", "7")
