@@ -138,6 +138,13 @@ def data_record(batches: Any) -> dict[str, Any] | None:
     if dataset is None or not hasattr(batches, "order"):
         return None
     order = np.asarray(batches.order(0)).astype("<u8")
+    if not hasattr(dataset, "read_raw"):  # chat rows of varying length (data/chat.py): no token windows
+        return {
+            "fingerprint": dataset.fingerprint,
+            "numInstances": len(dataset),
+            "orderSha256": hashlib.sha256(order.tobytes()).hexdigest(),
+            "chat": getattr(dataset, "description", None),
+        }
     picks = np.linspace(0, len(dataset) - 1, num=min(SAMPLE_INSTANCES, len(dataset)), dtype=np.int64)
     sample = hashlib.sha256()
     for index in picks:

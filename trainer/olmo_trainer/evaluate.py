@@ -182,27 +182,24 @@ def continuation_logprobs(
 
 @torch.no_grad()
 def greedy(
-    model: nn.Module, prompts: Sequence[list[int]], *, max_new_tokens: int, eos: int, max_length: int, device: torch.device
+    model: Transformer, prompts: Sequence[list[int]], *, max_new_tokens: int, eos: int, pad: int, max_length: int
 ) -> list[list[int]]:
-    """Greedy decoding of a batch of prompts (no KV cache: every step re-reads the right-padded batch and
-    takes each row's logits at its own last position). A row stops at EOS, max_new_tokens or max_length."""
-    rows = [list(p[-(max_length - 1) :]) for p in prompts]
-    outputs: list[list[int]] = [[] for _ in rows]
-    active = [True] * len(rows)
-    for _ in range(max_new_tokens):
-        live = [i for i, a in enumerate(active) if a]
-        if not live:
-            break
-        logits = model(_right_padded([rows[i] for i in live], device))  # (b, L, V)
-        for j, i in enumerate(live):
-            token = int(logits[j, len(rows[i]) - 1].argmax())
-            if token == eos:
-                active[i] = False
-                continue
-            rows[i].append(token)
-            outputs[i].append(token)
-            active[i] = len(rows[i]) < max_length
-    return outputs
+    """Greedy answers of a batch of prompts (generate.py: left-padded, KV cache), without their EOS.
+    A prompt longer than max_length - 1 keeps its end."""
+    from olmo_trainer.generate import Sampling, generate
+
+    rollout = generate(
+        model,
+        [p[-(max_length - 1) :] for p in prompts],
+        Sampling(max_new_tokens=max_new_tokens, temperature=0.0),
+        eos_token_id=eos,
+        pad_token_id=pad,
+        vocab_size=model.config.vocab_size,
+    )
+    out = []
+    for row, mask in zip(rollout.responses.tolist(), rollout.response_mask.tolist(), strict=True):
+        out.append([t for t, m in zip(row, mask, strict=True) if m and t != eos])
+    return out
 
 
 def _mine(n: int, rank: int, world: int) -> range:
@@ -243,7 +240,7 @@ def eval_multiple_choice(
 
 
 def eval_generate(
-    model: nn.Module, task: EvalTask, tok: ChatTokenizer, device: torch.device, max_length: int, batch_size: int = 64
+    model: Transformer, task: EvalTask, tok: ChatTokenizer, device: torch.device, max_length: int, batch_size: int = 64
 ) -> dict[str, float]:
     rows = [row for _, _, row in read_rows(task.paths)][: task.limit]
     rank, world = _rank_world()
@@ -253,7 +250,12 @@ def eval_generate(
         chunk = mine[lo : lo + batch_size]
         prompts = [encode_prompt(tok, row["messages"]).tolist() for row in chunk]
         outs = greedy(
-            model, prompts, max_new_tokens=task.max_new_tokens, eos=tok.eos_token_id, max_length=max_length, device=device
+            model,
+            prompts,
+            max_new_tokens=task.max_new_tokens,
+            eos=tok.eos_token_id,
+            pad=tok.pad_token_id,
+            max_length=max_length,
         )
         correct += sum(answer_matches(tok.decode(o), str(r["ground_truth"])) for o, r in zip(outs, chunk, strict=True))
     correct, count = _reduce([correct, float(len(mine))], device)
@@ -280,7 +282,7 @@ def eval_perplexity(model: nn.Module, task: EvalTask, device: torch.device, work
     return {"ce": ce, "perplexity": math.exp(ce), "count": float(n)}
 
 
-def evaluate(model: nn.Module, cfg: EvalConfig, *, device: torch.device, max_length: int, work_dir: str, seed: int = 0) -> dict[str, float]:
+def evaluate(model: Transformer, cfg: EvalConfig, *, device: torch.device, max_length: int, work_dir: str, seed: int = 0) -> dict[str, float]:
     """Every task of `cfg` on an unsharded `model` -> {"eval/<task>/<metric>": value}. Collective when a
     process group is initialised (every rank must call it)."""
     tok = load_chat_tokenizer(cfg.tokenizer)
