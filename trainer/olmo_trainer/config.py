@@ -410,7 +410,7 @@ class ChatDataConfig(ConfigModel):
     max_length: int = Field(default=4096, gt=0)
     """Tokens per example (longer ones are truncated; rows left with nothing to train are dropped)."""
     tokenizer: str | None = None
-    """Local tokenizer.json (dolma2 for the OLMo 2 presets); null: the byte-level vocabulary of `tiny`."""
+    """tokenizer.json, a path or fsspec URL (dolma2 for the OLMo 2 presets); null: the bytes of `tiny`."""
 
 
 class SFTConfig(ConfigModel):

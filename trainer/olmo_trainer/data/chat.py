@@ -128,14 +128,18 @@ class ByteChatTokenizer:
 
 
 class HFChatTokenizer:
-    """A Hugging Face `tokenizer.json` (dolma2: `<|endoftext|>` 100257, `<|pad|>` 100277), offline."""
+    """A Hugging Face `tokenizer.json` (dolma2: `<|endoftext|>` 100257, `<|pad|>` 100277), offline, from a
+    local path or an fsspec URL."""
 
     def __init__(self, path: str) -> None:
         from tokenizers import Tokenizer
 
         self.name = os.path.basename(os.path.dirname(path)) or path
         try:
-            self._tok = Tokenizer.from_file(path)
+            with fsspec.open(path, "rt", encoding="utf-8") as stream:  # a local path or any fsspec URL
+                self._tok = Tokenizer.from_str(stream.read())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such tokenizer.json") from None
         except Exception as error:  # the Rust library raises a bare Exception for unreadable files
             raise ValueError(f"{path}: not a usable tokenizer.json ({error})") from None
         eos, pad = self._tok.token_to_id(EOS_TEXT), self._tok.token_to_id(PAD_TEXT)
@@ -153,7 +157,7 @@ class HFChatTokenizer:
 
 
 def load_chat_tokenizer(path: str | None) -> ChatTokenizer:
-    """The tokenizer.json at `path` (local), or the byte-level one when `path` is None."""
+    """The tokenizer.json at `path` (local or fsspec URL), or the byte-level one when `path` is None."""
     return ByteChatTokenizer() if path is None else HFChatTokenizer(path)
 
 
