@@ -65,10 +65,12 @@ def storage(workdir: Path) -> Path:
     return workdir / "storage" / "default" / "olmo2-tiny"
 
 
+@pytest.mark.timeout(1200)
 def test_tiny_pipeline_runs_to_success_with_verified_archives_and_a_soup(tmp_path: Path) -> None:
     """pretrain -> anneal x2 -> soup -> sft -> dpo, each phase evaluated as the example configures it."""
     spec, workdir = small_spec(tmp_path, pretrain_steps=6, phases=5), tmp_path / "wd"
-    done = olmorun("local", str(spec), "--workdir", str(workdir), "--poll", "0.5")
+    # Six torchrun jobs and three evaluations: minutes on 2 shared cores.
+    done = olmorun("local", str(spec), "--workdir", str(workdir), "--poll", "0.5", timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "run olmo2-tiny succeeded" in done.stdout
     assert "pretrain" in done.stdout and "step 6/6" in done.stdout  # live progress lines
