@@ -194,10 +194,14 @@ def parse_timestamp(text: str) -> dt.datetime:
 
 
 def phase_spec_hash(run: OlmoRun, phase: PhaseSpec) -> str:
-    """What a started phase may not change: its own spec, the model, the image and the run seed."""
+    """What a started phase may not change: its own spec, the model, the image and the run seed.
+
+    A field added to PhaseSpec after release (`eval`) is left out while unset, so the hashes stored by
+    phases started before it was added stay valid (no SpecChangeRefused after an upgrade)."""
+    added_later = {name for name in ("eval",) if getattr(phase, name) is None}
     return hash_json(
         {
-            "phase": phase.model_dump(mode="json", by_alias=True),
+            "phase": phase.model_dump(mode="json", by_alias=True, exclude=added_later),
             "model": run.spec.model.model_dump(mode="json", by_alias=True),
             "image": run.spec.image,
             "seed": run.spec.seed,
