@@ -9,6 +9,7 @@ the archive and reconcile call.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -273,3 +274,87 @@ class _FakeMetadata:
 
     def __init__(self, storage_data: dict[str, Any]) -> None:
         self.storage_data = storage_data
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths given with a trailing slash, object stores (fsspec memory), step listings, content identity
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_function_takes_a_directory_with_a_trailing_slash_on_an_object_store() -> None:
+    fs = fsspec.filesystem("memory")
+    directory = f"/slash-{os.getpid()}/run/checkpoints/step3"
+    fs.pipe_file(f"{directory}/__0_0.distcp", b"shard")
+    fs.pipe_file(f"{directory}/nested/x.bin", b"xx")
+    fs.pipe_file(f"{directory}/.metadata", dcp_metadata(["__0_0.distcp"]))
+    assert manifest.list_files(fs, directory + "/") == [".metadata", "__0_0.distcp", "nested/x.bin"]
+    record = manifest.build_manifest(fs, directory + "/", step=3, content={"sha256": "c"})
+    assert record["files"]["nested/x.bin"] == {"sha256": hashlib.sha256(b"xx").hexdigest(), "size": 2}
+    assert record["content"] == {"sha256": "c"} and manifest.content_sha256(record) == "c"
+    created = dt.datetime.fromisoformat(record["createdAt"])
+    assert created.utcoffset() == dt.timedelta(0) and abs(dt.datetime.now(dt.UTC) - created) < dt.timedelta(minutes=5)
+    manifest.commit(fs, directory + "/", record)
+    assert fs.cat_file(f"{directory}/{manifest.MANIFEST_NAME}") == json.dumps(record, indent=2, sort_keys=True).encode()
+    assert manifest.read_manifest(fs, directory + "/") == record
+    report = manifest.verify(fs, directory + "/")
+    assert report.ok and report.checked == 3, report
+    fs.pipe_file(f"{directory}/late", b"!")
+    assert manifest.verify(fs, directory + "/").unlisted == ["late"]
+    checkpoints = directory.rsplit("/", 1)[0] + "/"
+    assert manifest.step_dirs(fs, checkpoints) == [(3, f"{checkpoints}step3")]
+
+
+def test_known_hashes_are_taken_as_given() -> None:
+    """`known` entries (hashed by the rank that wrote the shard) are not read again."""
+    fs = fsspec.filesystem("memory")
+    directory = f"/known-{os.getpid()}/step1"
+    fs.pipe_file(f"{directory}/a", b"aaaa")
+    fs.pipe_file(f"{directory}/b", b"bb")
+    record = manifest.build_manifest(fs, directory, step=1, known={"a": {"sha256": "from-rank-3", "size": "4"}})
+    assert record["files"] == {
+        "a": {"sha256": "from-rank-3", "size": 4},
+        "b": {"sha256": hashlib.sha256(b"bb").hexdigest(), "size": 2},
+    }
+
+
+def test_step_listings_are_numeric_and_only_committed_ones_count(tmp_path: Path) -> None:
+    fs = fsspec.filesystem("file")
+    checkpoints = tmp_path / "checkpoints"
+    for name in ("step2", "step10", "step1", "latest", "step5.tmp", "stepx"):
+        (checkpoints / name).mkdir(parents=True)
+    (checkpoints / "step3").write_text("a file, not a directory")
+    for step in (1, 10):
+        manifest.commit(fs, str(checkpoints / f"step{step}"), manifest.build_manifest(fs, str(checkpoints / f"step{step}"), step=step))
+    root = str(checkpoints)
+    expected = [(1, f"{root}/step1"), (2, f"{root}/step2"), (10, f"{root}/step10")]
+    assert manifest.step_dirs(fs, root) == expected
+    assert manifest.step_dirs(fs, root + "/") == expected
+    assert manifest.committed_steps(fs, root) == [expected[0], expected[2]]
+    assert manifest.latest_committed(fs, root) == expected[2]
+    assert manifest.step_dirs(fs, str(tmp_path / "absent")) == []
+    assert manifest.latest_committed(fs, str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [(None, None), ({}, None), ({"content": "x"}, None), ({"content": {}}, None), ({"content": {"sha256": "h"}}, "h")],
+)
+def test_content_sha256(record: dict[str, Any] | None, expected: str | None) -> None:
+    assert manifest.content_sha256(record) == expected
+
+
+def test_local_and_object_store_filesystems_are_told_apart(tmp_path: Path) -> None:
+    local, _ = manifest.filesystem(str(tmp_path), auto_mkdir=True)
+    assert local.auto_mkdir  # storage options reach the filesystem
+    assert manifest._is_local(local) and manifest._is_local(fsspec.filesystem("local"))
+    assert not manifest._is_local(fsspec.filesystem("memory"))
+
+    class Named(fsspec.AbstractFileSystem):
+        protocol = "local"
+
+    assert manifest._is_local(Named())
+
+
+def test_summary_lists_every_lacking_name(tmp_path: Path) -> None:
+    report = manifest.VerifyReport(uri="u", committed=True, checked=2, incomplete=["a.distcp", "b.distcp"])
+    assert report.summary() == "u: FAILED (0 missing, 0 corrupted of 2 files; MANIFEST.json lacks a.distcp, b.distcp)"
