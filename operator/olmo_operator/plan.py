@@ -193,6 +193,12 @@ def parse_timestamp(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def run_spec_hash(run: OlmoRun) -> str:
+    """What a run trains: its whole spec but `storage` (where it is written). Recorded in run.json;
+    `olmorun diff` compares it."""
+    return hash_json(run.spec.model_dump(mode="json", by_alias=True, exclude={"storage"}))
+
+
 def phase_spec_hash(run: OlmoRun, phase: PhaseSpec) -> str:
     """What a started phase may not change: its own spec, the model, the image and the run seed.
 
@@ -338,6 +344,8 @@ class _Planner:
             "spec": self.run.spec.model_dump(mode="json", by_alias=True),
             "image": self.run.spec.image,
             "seeds": {p.name: layout.job_seeds(self.run, p) for p in self.run.spec.phases},
+            "specHash": run_spec_hash(self.run),
+            "phaseSpecHashes": {p.name: phase_spec_hash(self.run, p) for p in self.run.spec.phases},
             "createdAt": self.ts,
         }
 

@@ -24,6 +24,7 @@ from fsspec import AbstractFileSystem
 
 from olmo_operator import api, layout
 from olmo_operator.archive import storage_options
+from olmo_operator.plan import run_spec_hash
 from olmo_operator.rundiff import JobRecord, RunRecord
 from olmo_trainer import manifest
 from olmo_trainer.config import hash_json
@@ -103,11 +104,6 @@ def portable_config_hash(config: dict[str, Any], roots: re.Pattern[str]) -> str:
     return hash_json(portable({k: v for k, v in config.items() if k != "saveDir"}, roots))
 
 
-def spec_hash(spec: dict[str, Any]) -> str:
-    """What a run trains: its spec without `storage` (where it is written)."""
-    return hash_json({k: v for k, v in spec.items() if k != "storage"})
-
-
 def _metrics(uri: str) -> list[dict[str, Any]]:
     fs, path = _fs(uri)
     try:
@@ -168,5 +164,5 @@ def read_run(target: str) -> RunRecord:
     ]
     spec = document.get("spec") or {}
     return RunRecord(
-        uri=root, name=run.name, spec_hash=spec_hash(spec), spec=spec, run_json=document, jobs=jobs, status=status
+        uri=root, name=run.name, spec_hash=run_spec_hash(run), spec=spec, run_json=document, jobs=jobs, status=status
     )

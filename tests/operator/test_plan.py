@@ -32,6 +32,7 @@ from olmo_operator.plan import (
     is_finished,
     phase_spec_hash,
     plan,
+    run_spec_hash,
 )
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -161,6 +162,8 @@ def test_first_step_writes_manifest_and_submits_root_phase_only() -> None:
     [manifest] = of(result, WriteRunManifest)
     assert manifest.uri == "s3://b/root/ns/r/run.json"
     assert manifest.document["seeds"] == {"pretrain": [6198], "anneal": [6198]}
+    assert manifest.document["specHash"] == run_spec_hash(run) and set(manifest.document["phaseSpecHashes"]) == {
+        "pretrain", "anneal"}  # fmt: skip
     [submit] = of(result, SubmitJob)
     assert (submit.phase, submit.seed, submit.attempt, submit.job_name) == (
         "pretrain",
@@ -1050,7 +1053,8 @@ PINNED_SPEC_HASH = "0ac74088648b0c0e"
 def test_run_record_keys_are_pinned() -> None:
     run, result = step(make_run(pretrain(), anneal([42, 7]), SOUP))
     [record] = of(result, WriteRunManifest)
-    assert sorted(record.document) == ["apiVersion", "createdAt", "image", "kind", "metadata", "seeds", "spec"]
+    assert sorted(record.document) == ["apiVersion", "createdAt", "image", "kind", "metadata", "phaseSpecHashes", "seeds",
+                                       "spec", "specHash"]
     assert record.document["metadata"] == {"name": "r", "namespace": "ns", "uid": "u-1"}
     assert (record.document["apiVersion"], record.document["kind"]) == ("olmorun.dev/v1alpha1", "OlmoRun")
     assert (record.document["image"], record.document["createdAt"]) == ("img@sha256:abc", "2026-01-01T12:00:00Z")
@@ -1064,3 +1068,11 @@ def test_timestamps_are_utc_whole_seconds_with_a_z() -> None:
     local = dt.datetime(2026, 1, 1, 14, 0, 0, 999_999, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     assert timestamp(local) == "2026-01-01T12:00:00Z"
     assert parse_timestamp("2026-01-01T12:00:00Z") == T0
+
+
+def test_run_spec_hash_ignores_where_the_run_is_written() -> None:
+    run = make_run(pretrain(), anneal())
+    moved = run.model_copy(update={"spec": run.spec.model_copy(
+        update={"storage": run.spec.storage.model_copy(update={"uri": "file:///elsewhere"})})})  # fmt: skip
+    reseeded = run.model_copy(update={"spec": run.spec.model_copy(update={"seed": 1})})
+    assert run_spec_hash(moved) == run_spec_hash(run) != run_spec_hash(reseeded)
