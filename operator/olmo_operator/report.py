@@ -145,7 +145,7 @@ def curves_figure(phase: str, jobs: Sequence[JobRecord], soup: JobRecord | None)
             steps, values = _series(job, key)
             if steps:
                 label = f"seed {job.seed}" if len(jobs) > 1 else None
-                ax.plot(steps, values, color=COLORS[index % len(COLORS)], lw=1.4, label=label)
+                ax.plot(steps, values, color=COLORS[index % len(COLORS)], lw=1.2, alpha=0.9, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")
         if key == "lr":
@@ -156,7 +156,7 @@ def curves_figure(phase: str, jobs: Sequence[JobRecord], soup: JobRecord | None)
         last = max((max(_series(j, "loss")[0] or [0]) for j in jobs), default=0)
         axes[0].axvline(last, color=KIND_COLORS["soup"], ls="--", lw=1.2, label=f"soup '{soup.phase}' (their average)")
     if len(jobs) > 1 or soup is not None:
-        axes[0].legend(frameon=False, fontsize=8)
+        axes[0].legend(fontsize=7, loc="upper right", framealpha=0.85)
     fig.tight_layout()
     return _png(fig)
 
@@ -239,8 +239,7 @@ def checkpoint_table(record: RunRecord) -> str:
     rows: list[list[Any]] = []
     for job in record.jobs:
         if not job.checkpoints:
-            rows.append([job.label, None, None, None, None, None])
-            continue
+            continue  # a job that never committed a checkpoint (not run yet, or not implemented)
         step = max(job.checkpoints)
         content = job.checkpoints[step] or {}
         rows.append([job.label, step, content.get("sha256"), content.get("model"), content.get("optim"),
@@ -257,14 +256,17 @@ def summary_table(record: RunRecord) -> str:
         spans = [(_time((j.env or {}).get("writtenAt")), _time(j.finished_at)) for j in jobs]
         seconds = [(end - start).total_seconds() for start, end in spans if start and end]
         finals = [(j.checkpoints[max(j.checkpoints)] or {}).get("sha256") for j in jobs if j.checkpoints]
+        state = ((record.status or {}).get("phases") or {}).get(phase, {}).get("state")
         rows.append([
-            phase, kind, len(jobs), max((r.get("step", 0) for r in last), default=None),
+            phase, kind, state or ("done" if finals else "not run"), len(jobs),
+            max((r.get("step", 0) for r in last), default=None),
             max((r.get("tokens") or 0 for r in last), default=None) or None,
             f"{sum(losses) / len(losses):.4f}" if losses else None,
-            f"{max(seconds):.0f}s" if seconds else None, finals[0] if len(finals) == 1 else f"{len(finals)} checkpoints",
+            f"{max(seconds):.0f}s" if seconds else None,
+            finals[0] if len(finals) == 1 else f"{len(finals)} checkpoints" if finals else None,
         ])  # fmt: skip
-    return _table(["phase", "kind", "jobs", "steps", "tokens", "final loss", "duration", "content sha256"], rows,
-                  mono=(7,))  # fmt: skip
+    return _table(["phase", "kind", "state", "jobs", "steps", "tokens", "final loss", "duration", "content sha256"],
+                  rows, mono=(8,))  # fmt: skip
 
 
 def _first_env(record: RunRecord) -> dict[str, Any]:
