@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pickle
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -283,7 +284,7 @@ class _FakeMetadata:
 
 def test_every_function_takes_a_directory_with_a_trailing_slash_on_an_object_store() -> None:
     fs = fsspec.filesystem("memory")
-    directory = f"/slash-{os.getpid()}/run/checkpoints/step3"
+    directory = f"/slash-{uuid.uuid4().hex}/run/checkpoints/step3"  # the memory filesystem is per process
     fs.pipe_file(f"{directory}/__0_0.distcp", b"shard")
     fs.pipe_file(f"{directory}/nested/x.bin", b"xx")
     fs.pipe_file(f"{directory}/.metadata", dcp_metadata(["__0_0.distcp"]))
@@ -307,7 +308,7 @@ def test_every_function_takes_a_directory_with_a_trailing_slash_on_an_object_sto
 def test_known_hashes_are_taken_as_given() -> None:
     """`known` entries (hashed by the rank that wrote the shard) are not read again."""
     fs = fsspec.filesystem("memory")
-    directory = f"/known-{os.getpid()}/step1"
+    directory = f"/known-{uuid.uuid4().hex}/step1"
     fs.pipe_file(f"{directory}/a", b"aaaa")
     fs.pipe_file(f"{directory}/b", b"bb")
     record = manifest.build_manifest(fs, directory, step=1, known={"a": {"sha256": "from-rank-3", "size": "4"}})
