@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha25
 EXTRAS := operator,trainer,s3,gcs,report,dev
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: test demo lint typecheck unit crd lock bench clean mutation
+.PHONY: test demo lint typecheck unit crd manifests lock bench clean mutation
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,6 +52,10 @@ mutation: $(STAMP)
 
 crd: $(STAMP)
 	$(VENV)/bin/olmorun crd
+
+# manifests/operator and manifests/training: the Helm chart's default rendering (tests/deploy/chart.py).
+manifests: $(STAMP) crd
+	$(PY) -m tests.deploy.chart
 
 lock: $(STAMP)
 	{ echo '# Exact versions of every package in the dev environment (pip freeze). Regenerate: make lock'; \

@@ -19,10 +19,14 @@ from typing import Any
 
 import kopf
 
+from olmo_operator import __version__
 from olmo_operator.handlers import Context, LauncherFactory, build_registry, redact, secret_values
 from olmo_operator.metrics import Metrics
 from olmo_operator.reconcile import JobLauncher
 from olmo_operator.settings import Settings, SettingsError
+
+USER_AGENT = f"olmorun-operator/{__version__}"
+"""User-Agent of the launcher's Kubernetes client (kopf's own requests say `kopf/<version>`)."""
 
 
 def kube_client(settings: Settings) -> Any:
@@ -39,7 +43,9 @@ def kube_client(settings: Settings) -> Any:
             kubernetes.config.load_kube_config()
         config = kubernetes.client.Configuration.get_default_copy()
     config.connection_pool_maxsize = settings.max_workers  # one connection per worker thread
-    return kubernetes.client.ApiClient(config)
+    client = kubernetes.client.ApiClient(config)
+    client.user_agent = USER_AGENT  # the API server's audit log (and the RBAC test) can tell our requests apart
+    return client
 
 
 def launcher_factory(settings: Settings, api_client: Any = None) -> LauncherFactory:

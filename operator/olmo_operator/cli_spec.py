@@ -32,8 +32,9 @@ def register(sub: Any) -> None:
     validate.set_defaults(func=cmd_validate)
 
     gen = sub.add_parser("crd", help="write the OlmoRun CustomResourceDefinition generated from the API")
-    gen.add_argument("-o", "--out", default=str(crd.CRD_PATH), help="output path, '-' for stdout (default: %(default)s)")
-    gen.add_argument("--check", action="store_true", help="exit 1 if the file differs from the generated CRD")
+    gen.add_argument("-o", "--out", help="one output path, '-' for stdout (default: every committed copy: "
+                     f"{', '.join(map(str, crd.CRD_PATHS))})")
+    gen.add_argument("--check", action="store_true", help="exit 1 if a file differs from the generated CRD")
     gen.set_defaults(func=cmd_crd)
 
     ref = sub.add_parser("reference", help="print the OlmoRun reference (Markdown) or update the README's copy")
@@ -153,16 +154,17 @@ def cmd_crd(args: argparse.Namespace) -> int:
     if args.out == "-":
         sys.stdout.write(rendered)
         return 0
-    path = Path(args.out)
+    paths = [Path(args.out)] if args.out else [Path(p) for p in crd.CRD_PATHS]
     if args.check:
-        current = path.read_text() if path.exists() else ""
-        if current != rendered:
+        stale = [p for p in paths if (p.read_text() if p.exists() else "") != rendered]
+        for path in stale:
             print(f"{path} is out of date with api.py; run `olmorun crd` and commit it", file=sys.stderr)
-            return 1
-        print(f"{path} is current")
-        return 0
-    crd.write_crd(path)
-    print(f"wrote {path}")
+        for path in sorted(set(paths) - set(stale)):
+            print(f"{path} is current")
+        return 1 if stale else 0
+    for path in paths:
+        crd.write_crd(path)
+        print(f"wrote {path}")
     return 0
 
 

@@ -3,7 +3,8 @@
 pydantic emits JSON Schema 2020-12 with `$ref`s, `anyOf` for optionals and numeric exclusive bounds;
 the API server wants an OpenAPI v3 *structural* schema. `structural()` converts one into the other
 (rules in ../shared/STACK.md). `build_crd()` adds the status subresource, printer columns, the short
-name and CEL rules; `olmorun crd` writes it to manifests/crd/ and a golden test keeps it current.
+name and CEL rules; `olmorun crd` writes it to manifests/crd/ and to the Helm chart's crds/ (the same
+bytes in both: CRD_PATHS), and a golden test keeps both current.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from olmo_operator import api
 
 CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 CRD_PATH = Path("manifests/crd") / f"{CRD_NAME}.yaml"
+CHART_CRD_PATH = Path("manifests/chart/olmorun/crds") / f"{CRD_NAME}.yaml"
+CRD_PATHS = (CRD_PATH, CHART_CRD_PATH)
+"""Every committed copy of the CRD: `kubectl apply -k manifests/` reads the first, `helm install` the second."""
 
 # Keys that OpenAPI v3 (Kubernetes' subset) accepts on a schema node; everything else is dropped.
 _KEEP = {

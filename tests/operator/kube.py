@@ -62,6 +62,12 @@ SECRETS = kmock.resource("", "v1", "secrets")
 PODS = kmock.resource("", "v1", "pods")
 
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
+
+TEST_AGENT = "olmorun-tests"
+"""User-Agent of the clients the tests use (playing kubectl or Volcano): not the operator's requests."""
+REQUEST_LOG: list[list[Call]] = []
+"""The requests of every emulator of this test session, one list per server, appended when it stops: the
+RBAC test (tests/e2e/test_rbac_from_requests.py) derives the verbs the operator really uses from it."""
 _NAMESPACE_LIST = re.compile(r"^/api/v1/namespaces/?$")
 
 
@@ -203,6 +209,10 @@ class Call:
     subresource: str | None
     agent: str
     at: float
+    method: str = "GET"
+    """The HTTP method: kmock's action UPDATE is a PATCH or a PUT, which RBAC tells apart (patch/update)."""
+    group: str | None = None
+    """The API group of the resource ("" for the core group; None for a non-resource URL such as /apis)."""
 
     @classmethod
     def of(cls, request: kmock.Request) -> Call:
@@ -216,7 +226,8 @@ class Call:
             action=action, resource=str(request.resource.plural) if request.resource and request.resource.plural
             else request.url.path,
             namespace=request.namespace, name=name, subresource=request.subresource,
-            agent=request.headers.get("User-Agent", ""), at=time.monotonic(),
+            agent=request.headers.get("User-Agent", ""), at=time.monotonic(), method=str(request.method.value),
+            group=str(request.resource.group or "") if request.resource and request.resource.plural else None,
         )
 
 
@@ -255,7 +266,7 @@ class Emulator(kmock.KubernetesEmulator):
     async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         watch = raw_request.query.get("watch", "").lower() == "true"
         self.log.append(Call("WATCH" if watch else "LIST", "namespaces", None, None, None,
-                             raw_request.headers.get("User-Agent", ""), time.monotonic()))
+                             raw_request.headers.get("User-Agent", ""), time.monotonic(), group=""))
         items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "uid": ns, "resourceVersion": "1"},
                   "status": {"phase": "Active"}} for ns in sorted(self.namespaces)]
         if not watch:
@@ -491,6 +502,7 @@ class KubeServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        REQUEST_LOG.append(list(self.emulator.log))
         self.call(self._stack.aclose())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
@@ -544,7 +556,9 @@ class KubeServer:
     def api_client(self) -> kubernetes.client.ApiClient:
         config = kubernetes.client.Configuration()
         config.host = self.url
-        return kubernetes.client.ApiClient(config)
+        client = kubernetes.client.ApiClient(config)
+        client.user_agent = TEST_AGENT
+        return client
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
@@ -627,6 +641,4 @@ def kube_fixture() -> Iterator[KubeServer]:
 @pytest.fixture(name="kubectl")
 def kubectl_fixture(kube: KubeServer) -> kubernetes.client.CustomObjectsApi:
     """A client of the emulated cluster, as kubectl (or the Volcano controller) would use it."""
-    client = kube.api_client()
-    client.user_agent = "olmorun-tests"
-    return kubernetes.client.CustomObjectsApi(client)
+    return kubernetes.client.CustomObjectsApi(kube.api_client())

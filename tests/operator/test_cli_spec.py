@@ -68,6 +68,18 @@ def test_crd_check_detects_drift(tmp_path: Path) -> None:
     assert drift.returncode == 1 and "out of date" in drift.stderr
 
 
+def test_crd_writes_and_checks_every_committed_copy(tmp_path: Path) -> None:
+    """Without --out, `olmorun crd` writes manifests/crd/ and the Helm chart's crds/ together."""
+    written = subprocess.run([*OLMORUN, "crd"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert written.returncode == 0, written.stderr
+    from olmo_operator import crd
+
+    assert [(tmp_path / p).read_text() for p in crd.CRD_PATHS] == [crd.render_crd()] * 2
+    (tmp_path / crd.CHART_CRD_PATH).write_text("stale")
+    drift = subprocess.run([*OLMORUN, "crd", "--check"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert drift.returncode == 1 and str(crd.CHART_CRD_PATH) in drift.stderr and str(crd.CRD_PATH) not in drift.stderr
+
+
 def test_readme_reference_is_current() -> None:
     result = run("reference", "--readme", "README.md", "--check")
     assert result.returncode == 0, result.stderr
