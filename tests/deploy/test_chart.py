@@ -23,6 +23,7 @@ CUSTOM: dict[str, Any] = {
     "logLevel": "DEBUG",
     "metrics": {"enabled": True, "port": 9200, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+    "envFrom": [{"secretRef": {"name": "s3-credentials"}}],
     "nodeSelector": {"pool": "system"},
     "tolerations": [{"key": "system", "operator": "Exists", "effect": "NoSchedule"}],
     "podDisruptionBudget": {"enabled": True},
@@ -87,6 +88,7 @@ def test_custom_values_reach_the_objects() -> None:
     assert env["OLMORUN_NAMESPACES"] == "research,prod" and env["OLMORUN_RESYNC_SECONDS"] == "12.5"
     assert env["OLMORUN_LOG_LEVEL"] == "DEBUG" and env["OLMORUN_METRICS_PORT"] == "9200"
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
     assert chart.find(objects, "Service")["spec"]["ports"][0]["port"] == 9200
     assert chart.find(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
 

@@ -294,6 +294,8 @@ class Emulator(kmock.KubernetesEmulator):
     async def _dispatch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.method == kmock.method.GET and request.params.get("watch", "").lower() == "true":
             request = self._swap(request, attrs.evolve(request, action=kmock.action.WATCH))
+        if request.action == kmock.action.WATCH and request.resource is not None:
+            return await self._stream_watch(request)
         writes = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
         is_put = request.method == kmock.method.PUT and request.name is not None
         if request.resource is None or not (request.action in writes or is_put):
@@ -311,6 +313,27 @@ class Emulator(kmock.KubernetesEmulator):
             if request.action == kmock.action.DELETE:
                 return await self._delete(request, current)
             return await self._update(request, current)
+
+    async def _stream_watch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """A watch streamed as the API server does: JSON lines, `Content-Type: application/json`.
+
+        kmock's generic stream is sent as application/octet-stream, which kopf and the Python client
+        accept but kubectl refuses (`kubectl get -w`, `kubectl wait`).
+        """
+        assert request._raw_request is not None
+        response = aiohttp.web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(request._raw_request)
+        stream = self._serve_watch(request)
+        try:
+            async for event in stream:
+                if isinstance(event, dict):  # kmock opens its stream with an empty bytes chunk
+                    await response.write(json.dumps(event).encode() + b"\n")
+        except (asyncio.CancelledError, ConnectionError):
+            pass  # the client went away, or the server is stopping
+        finally:
+            await stream.aclose()
+        return response
 
     def _swap(self, old: kmock.Request, new: kmock.Request) -> kmock.Request:
         """kmock finds reactions for requests it recorded (by identity): record the rewritten one."""
