@@ -102,7 +102,7 @@ def test_custom_values_reach_the_objects() -> None:
         policy = chart.find(objects, "NetworkPolicy", namespace=namespace)
         assert {"protocol": "TCP", "port": 8333} in policy["spec"]["egress"][2]["ports"]
     cluster_role = chart.find(objects, "ClusterRole")
-    assert [r["resources"] for r in cluster_role["rules"]] == [["namespaces"]]
+    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"], ["namespaces"]]
 
 
 def test_service_monitor_is_rendered_only_where_the_monitoring_api_exists() -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
-import kmock
 import kubernetes
 import kubernetes_validate
 import pytest
@@ -29,10 +28,9 @@ from olmo_operator import api, crd
 from olmo_operator.archive import storage_options
 from olmo_trainer.tracking import wandb_mode
 from tests.deploy import chart
-from tests.operator.kube import _VERBS, OLMORUNS, KubeServer, wait_for
+from tests.operator.kube import CRDS, OLMORUNS, KubeServer, wait_for
 
 ROOT = Path(__file__).parents[2]
-CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 
 def readme_commands() -> list[list[str]]:
@@ -69,8 +67,6 @@ class Cluster:
 @pytest.fixture(name="cluster")
 def cluster_fixture(tmp_path: Path) -> Iterator[Cluster]:
     with KubeServer([crd.build_crd()]) as kube:
-        kube.emulator.declare(CRDS, kmock.ResourceInfo(kind="CustomResourceDefinition", namespaced=False, verbs=_VERBS,
-                                                       shortnames=["crd", "crds"], singular="customresourcedefinition"))
         yield Cluster(kube, tmp_path)
         assert kube.emulator.rejections == [], kube.emulator.rejections
 

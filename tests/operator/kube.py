@@ -60,6 +60,7 @@ EVENTS = kmock.resource("", "v1", "events")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 SECRETS = kmock.resource("", "v1", "secrets")
 PODS = kmock.resource("", "v1", "pods")
+CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 
@@ -512,6 +513,11 @@ class KubeServer:
                 kind=kind, verbs=_VERBS, namespaced=resource is not NAMESPACES))
         self.emulator.declare(VCJOBS, kmock.ResourceInfo(kind="Job", singular="job", namespaced=True,
                                                          verbs=_VERBS, subresources={"status"}))
+        # The CRDs are served as objects too, as a cluster does: kopf watches them to follow resource changes.
+        self.emulator.declare(CRDS, kmock.ResourceInfo(kind="CustomResourceDefinition", namespaced=False,
+                                                       verbs=_VERBS, shortnames=["crd", "crds"],
+                                                       singular="customresourcedefinition"))
+        self._crds = list(crds)
         for crd in crds:
             self.emulator.declare_crd(crd)
         self.loop = asyncio.new_event_loop()
@@ -522,6 +528,9 @@ class KubeServer:
     def __enter__(self) -> KubeServer:
         self._thread.start()
         self.url = str(self.call(self._start()))
+        client = kubernetes.client.CustomObjectsApi(self.api_client())
+        for crd in self._crds:  # applied as `kubectl apply -f manifests/crd/` would
+            client.create_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions", dict(crd))
         return self
 
     def __exit__(self, *exc: object) -> None:

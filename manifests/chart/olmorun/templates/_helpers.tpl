@@ -49,7 +49,8 @@ with the requests recorded in the emulator while the operator runs, both ways).
   the OwnerReferencesPermissionEnforcement admission plugin allows only with this permission;
 - Volcano jobs: submitted (create), observed (get), cancelled (delete); never listed or watched;
 - pods list: the exit code and reason of a failed job's pods;
-- events create: kopf posts the run's Events.
+- events create: kopf posts the run's Events;
+- customresourcedefinitions list/watch (cluster-wide): kopf follows changes of the resources it serves.
 No Secret access: jobs receive Secrets through envFrom; the operator never reads them.
 */}}
 {{- define "olmorun.namespacedRules" -}}
@@ -73,9 +74,17 @@ No Secret access: jobs receive Secrets through envFrom; the operator never reads
   verbs: ["create"]
 {{- end -}}
 
+{{/* Cluster-scoped, in every mode: kopf lists and watches CRDs to notice changes of the resources it serves. */}}
+{{- define "olmorun.crdRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- end -}}
+
 {{/* Only when serving named namespaces: kopf lists and watches namespaces to follow the ones it serves
 (serving every namespace, it watches the runs cluster-wide and never reads namespaces). */}}
 {{- define "olmorun.clusterRules" -}}
+{{ include "olmorun.crdRules" . }}
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
