@@ -85,8 +85,8 @@ IMAGE_ARGS = --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
 	--build-arg REVISION=$(shell git rev-parse HEAD) \
 	--build-arg VERSION=$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) \
 	--output type=docker,rewrite-timestamp=true
-TRAINER_IMAGE ?= ghcr.io/olmorun/olmorun-trainer
-OPERATOR_IMAGE ?= ghcr.io/olmorun/olmorun-operator
+TRAINER_IMAGE ?= ghcr.io/olmorun/trainer
+OPERATOR_IMAGE ?= ghcr.io/olmorun/operator
 
 image:
 	docker buildx build $(IMAGE_ARGS) -t $(TRAINER_IMAGE):$$(git rev-parse --short HEAD) -f Dockerfile .

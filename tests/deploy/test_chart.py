@@ -68,7 +68,7 @@ def test_default_values_serve_every_namespace_with_a_cluster_role() -> None:
     env = env_of(objects)
     assert env["OLMORUN_NAMESPACES"] == "" and env["OLMORUN_RESYNC_SECONDS"] == "30"
     container = chart.find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == f"ghcr.io/olmorun/olmorun-operator:{__version__}"
+    assert container["image"] == f"ghcr.io/olmorun/operator:{__version__}"
     binding = chart.find(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "olmorun-operator", "namespace": "olmorun-system"}]
 
