@@ -15,8 +15,9 @@ How a job ends (its process exit code, read by the operator's launcher and plann
     0 done   1 failed (torchrun's code for any worker failure)   2 bad command line or config
     3 kind not implemented   143 stopped by SIGTERM after saving a checkpoint (preempted: resubmit)
 
-How many optimizer steps it runs: `total_steps` (the operator's progress and ETA) and `plan_steps`
-(the trainer's whole per-world-size arithmetic) share one formula.
+How many optimizer steps it runs: `total_steps` (the operator's progress and ETA), `plan_steps`
+(the trainer's whole per-world-size arithmetic) and `final_step` (where its last checkpoint lands,
+which `olmorun render` shows) share one formula.
 
     step_uri("s3://b/run/phases/pretrain/checkpoints", 100)   # 's3://b/run/phases/pretrain/checkpoints/step100'
     step_of("s3://b/run/archive/pretrain/step100/")           # 100
@@ -166,3 +167,21 @@ def plan_steps(cfg: TrainConfig, world_size: int) -> StepPlan:
         ),
         flops_per_token=cfg.model.flops_per_token(seq),
     )
+
+
+def final_step(cfg: TrainConfig) -> int | None:
+    """The step of the job's final checkpoint, known from its config alone; None when it is not.
+
+    A job with a step budget (batch, data, maxSteps or maxTokens) commits its last checkpoint at
+    `total_steps` (train.py saves at step == total_steps, marked final). A soup commits at the largest
+    step among its ingredients (soup.py), read here from their `step<N>` names. Any other job (an
+    epoch budget, ingredients not named by step) has a final step known only when it finishes.
+    """
+    if cfg.kind == "soup":
+        steps = [step_of(uri) for uri in cfg.soup_from]
+        known = [s for s in steps if s is not None]
+        return max(known) if known and len(known) == len(steps) else None
+    if cfg.batch is None or cfg.data is None or (cfg.max_steps is None and cfg.max_tokens is None):
+        return None
+    tokens_per_step = cfg.batch.global_batch_size * cfg.data.sequence_length
+    return total_steps(max_steps=cfg.max_steps, max_tokens=cfg.max_tokens, tokens_per_step=tokens_per_step)
