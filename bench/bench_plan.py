@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from olmo_operator import layout
+from olmo_operator.actions import ArchiveCheckpoint, ArchiveResult, JobObservation, Observation
 from olmo_operator.api import OlmoRun, parse_olmorun
-from olmo_operator.plan import ArchiveCheckpoint, ArchiveResult, JobObservation, Observation, plan
+from olmo_operator.plan import plan
 from olmo_operator.reconcile import observe
+from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -67,13 +69,11 @@ def drive_to_last_phase(run: OlmoRun) -> OlmoRun:
 
 
 class Running:
-    single_host = False
-
     def describe(self, job_name: str) -> JobObservation:
         return JobObservation(job_name, "Running")
 
-    def submit(self, app: Any, job_name: str) -> str:
-        return job_name
+    def submit(self, request: JobRequest) -> str:
+        return request.name
 
     def cancel(self, job_name: str) -> None:
         return None

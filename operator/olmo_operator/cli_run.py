@@ -75,9 +75,9 @@ def render_documents(
     The jobs are preview.preview_run's: the planner's own submissions in a world where every job
     succeeds, so what is printed is what the operator will create.
     """
-    from olmo_operator.launcher import Launcher, app_for_job
+    from olmo_operator.launcher_volcano import VolcanoLauncher
 
-    launcher = Launcher("kubernetes", namespace=namespace or run.namespace)
+    launcher = VolcanoLauncher(namespace or run.namespace)
     result = result or preview_run(run)
     out: list[tuple[str, dict[str, Any]]] = []
     for submit in result.submissions:
@@ -87,8 +87,7 @@ def render_documents(
         if submit.job_name in result.unknown_steps:
             comment += "\n# its final step is known only when it finishes: children show it as step0"
         out.append((comment, json.loads(submit.train_config.to_json())))
-        app = app_for_job(run, phase, submit.seed, submit.attempt, submit.config_uri)
-        out.append((f"Volcano Job of {key} (attempt {submit.attempt})", launcher.render(app, submit.job_name)))
+        out.append((f"Volcano Job of {key} (attempt {submit.attempt})", launcher.render(submit.request)))
     return out
 
 

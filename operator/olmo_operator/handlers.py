@@ -30,8 +30,9 @@ from typing import Any
 import kopf
 
 from olmo_operator import api, layout
+from olmo_operator.actions import Emit, SubmitJob
 from olmo_operator.metrics import Metrics
-from olmo_operator.plan import Emit, Plan, SubmitJob, invalid_status, is_finished
+from olmo_operator.plan import Plan, invalid_status, is_finished
 from olmo_operator.reconcile import JobLauncher, StorageInUseError, reconcile_plan, spec_fault
 from olmo_operator.settings import ANNOTATION_PREFIX, FINALIZER, Settings
 

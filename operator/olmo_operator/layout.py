@@ -37,7 +37,7 @@ __all__ = [
     "job_name",
     "job_seeds",
     "metrics_uri",
-    "run_manifest_uri",
+    "run_record_uri",
     "run_root",
     "save_dir",
     "scratch_root",
@@ -94,7 +94,7 @@ def scratch_root(run: OlmoRun) -> str:
     return join(base, run.namespace, run.name)
 
 
-def run_manifest_uri(run: OlmoRun) -> str:
+def run_record_uri(run: OlmoRun) -> str:
     return join(run_root(run), "run.json")
 
 

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from olmo_operator import layout
+from olmo_operator.actions import Emit
 from olmo_operator.api import OlmoRun, OlmoRunStatus, PhaseSpec
-from olmo_operator.plan import Emit, condition, invalid_status
+from olmo_operator.plan import condition, invalid_status
 from olmo_operator.reconcile import last_metrics, reconcile_plan, spec_fault
 from olmo_trainer.config import format_tokens, hash_json
 from olmo_trainer.layout import total_steps
@@ -203,13 +204,13 @@ def run_local(
     """
     from torchx.schedulers.local_scheduler import SignalException
 
-    from olmo_operator.launcher import Launcher  # torchx: only the runner needs it
+    from olmo_operator.launcher_local import LocalLauncher  # torchx: only the runner needs it
 
     workdir.mkdir(parents=True, exist_ok=True)
     state = start_state(run, document or run.model_dump(mode="json", by_alias=True), workdir, clock())
     run.metadata.generation = state.generation
     run = run.model_copy(update={"status": state.status})
-    launcher = Launcher("local_cwd", namespace=run.namespace, log_dir=str(workdir.resolve() / "logs"))
+    launcher = LocalLauncher(log_dir=str(workdir.resolve() / "logs"))
     print(f"olmorun local: {run.name} in {workdir} (storage {layout.run_root(run)})", file=out, flush=True)
     seen: dict[str, int] = {}
     try:

@@ -1,5 +1,7 @@
 """The planner: PURE and total. (run, observation, now) -> the actions to take and the whole new status.
 
+Its inputs and outputs (Observation, SubmitJob, ...) are defined in actions.py; this module decides.
+
     result = plan(run, Observation(jobs={...}, archives={...}), now)
     for action in result.actions: ...              # reconcile.apply does the I/O
     patch_status(result.status)                     # decided in memory, written once
@@ -30,6 +32,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from olmo_operator import layout
+from olmo_operator.actions import (
+    Action,
+    ArchiveCheckpoint,
+    CancelJob,
+    Emit,
+    JobObservation,
+    Observation,
+    SubmitJob,
+    WriteRunRecord,
+)
 from olmo_operator.api import (
     Condition,
     JobStatus,
@@ -39,117 +51,10 @@ from olmo_operator.api import (
     PhaseStatus,
     topological_order,
 )
+from olmo_operator.request import job_request
 from olmo_operator.resolve import resolve_config
 from olmo_trainer.config import IMPLEMENTED_KINDS, TrainConfig, hash_json
 from olmo_trainer.layout import EXIT_PREEMPTED
-
-# ---------------------------------------------------------------------------------------------
-# Observation: what reconcile saw (inputs)
-# ---------------------------------------------------------------------------------------------
-
-ObservedState = Literal["Pending", "Running", "Succeeded", "Failed", "Missing"]
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """The last line of a job's metrics.jsonl."""
-
-    step: int
-    tokens: int | None = None
-    loss: float | None = None
-    tokens_per_s: float | None = None
-
-
-@dataclass(frozen=True)
-class JobObservation:
-    """One job as the scheduler and its save_dir show it."""
-
-    name: str
-    state: ObservedState
-    exit_code: int | None = None
-    preempted: bool = False
-    """Stopped by SIGTERM (eviction, preemption, node drain): resubmitted without counting a failure."""
-    message: str = ""
-    terminating: bool = False
-    """Cancelled, its pods still stopping: not cancelled again, and not replaced until it is gone
-    (two attempts must never write to the same save_dir)."""
-    checkpoint: tuple[int, str] | None = None
-    """Newest committed checkpoint (step, uri) in the job's save_dir."""
-    metrics: Metrics | None = None
-
-
-@dataclass(frozen=True)
-class ArchiveResult:
-    """The outcome of copying and verifying one final checkpoint."""
-
-    key: str
-    """layout.job_key of the job whose checkpoint was archived."""
-    src: str
-    dst: str
-    ok: bool
-    message: str = ""
-    retryable: bool = False
-    """A transient I/O error (try again next reconcile) rather than a checksum mismatch."""
-
-
-@dataclass(frozen=True)
-class Observation:
-    jobs: dict[str, JobObservation] = field(default_factory=dict)
-    """By job name. A job absent from this map is Missing."""
-    archives: dict[str, ArchiveResult] = field(default_factory=dict)
-    """By layout.job_key."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Plan: what to do (outputs)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SubmitJob:
-    phase: str
-    seed: int
-    attempt: int
-    job_name: str
-    config_uri: str
-    train_config: TrainConfig
-    write_config: bool = True
-    """True when the phase starts now (write config_uri); False for a retry or resubmission, which runs
-    the config written when the job started (written only if missing), so a refused edit never leaks in."""
-
-
-@dataclass(frozen=True)
-class CancelJob:
-    job_name: str
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class ArchiveCheckpoint:
-    phase: str
-    seed: int
-    key: str
-    src: str
-    dst: str
-
-
-@dataclass(frozen=True)
-class WriteRunManifest:
-    uri: str
-    document: dict[str, object]
-    """Spec, image, seeds; apply adds the software versions."""
-
-
-@dataclass(frozen=True)
-class Emit:
-    """A Kubernetes Event (or a line of `olmorun local` output)."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-Action = SubmitJob | CancelJob | ArchiveCheckpoint | WriteRunManifest | Emit
 
 
 @dataclass
@@ -304,7 +209,7 @@ class _Planner:
     def plan(self) -> Plan:
         if self.status.storage is None:
             self.status.storage = layout.run_root(self.run)
-            self.actions.append(WriteRunManifest(layout.run_manifest_uri(self.run), self._run_document()))
+            self.actions.append(WriteRunRecord(layout.run_record_uri(self.run), self._run_document()))
         order = topological_order(self.run)
         for phase in order:
             self._check_spec_hash(phase)
@@ -429,9 +334,8 @@ class _Planner:
         job.state = "Pending"
         job.retry_at = None
         uri = layout.config_uri(self.run, phase, job.seed)
-        self.actions.append(
-            SubmitJob(phase.name, job.seed, attempt, name, uri, config, write_config=attempt == 1)
-        )
+        request = job_request(self.run, phase, job.seed, attempt, uri)
+        self.actions.append(SubmitJob(phase.name, job.seed, attempt, config, request, write_config=attempt == 1))
 
     def _train_config(self, phase: PhaseSpec, seed: int) -> TrainConfig:
         if phase.from_ is None:

@@ -18,8 +18,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from olmo_operator import layout
+from olmo_operator.actions import ArchiveCheckpoint, ArchiveResult, JobObservation, Observation, SubmitJob
 from olmo_operator.api import OlmoRun, OlmoRunStatus
-from olmo_operator.plan import ArchiveCheckpoint, ArchiveResult, JobObservation, Observation, SubmitJob, plan
+from olmo_operator.plan import plan
 from olmo_trainer.layout import final_step
 
 PREVIEW_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)

@@ -27,20 +27,20 @@ from fsspec import AbstractFileSystem
 
 from olmo_operator import archive as arch
 from olmo_operator import layout
-from olmo_operator.api import JobStatus, OlmoRun, OlmoRunStatus, PhaseSpec
-from olmo_operator.plan import (
+from olmo_operator.actions import (
     ArchiveCheckpoint,
     ArchiveResult,
     CancelJob,
     Emit,
     JobObservation,
-    Metrics,
+    MetricsLine,
     Observation,
-    Plan,
     SubmitJob,
-    WriteRunManifest,
-    plan,
+    WriteRunRecord,
 )
+from olmo_operator.api import JobStatus, OlmoRun, OlmoRunStatus, PhaseSpec
+from olmo_operator.plan import Plan, plan
+from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
 
 ARCHIVE_WORKERS = 8
@@ -48,14 +48,12 @@ _METRICS_TAIL = 64 * 1024  # bytes read from the end of metrics.jsonl: the last 
 
 
 class JobLauncher(Protocol):
-    """What reconcile needs from launcher.Launcher (tests may pass any object with these)."""
+    """What reconcile needs from a launcher: launcher_volcano.VolcanoLauncher, launcher_local.LocalLauncher
+    (tests may pass any object with these)."""
 
-    @property
-    def single_host(self) -> bool:
-        """True for the local scheduler: a job's nodes x procs run as processes of one host."""
+    def submit(self, request: JobRequest) -> str:
+        """Create the job; a job of that name that exists already is not an error."""
         ...
-
-    def submit(self, app: Any, job_name: str) -> str: ...
 
     def describe(self, job_name: str) -> JobObservation: ...
 
@@ -90,7 +88,7 @@ def _tracked_jobs(run: OlmoRun) -> list[tuple[PhaseSpec, JobStatus]]:
     return out
 
 
-def last_metrics(uri: str, options: Options = None) -> Metrics | None:
+def last_metrics(uri: str, options: Options = None) -> MetricsLine | None:
     """The last complete JSON line of a metrics.jsonl (None when absent or empty)."""
     fs, path = _fs(uri, options)
     try:
@@ -104,7 +102,7 @@ def last_metrics(uri: str, options: Options = None) -> Metrics | None:
         except json.JSONDecodeError:
             continue  # a line being written, or the cut-off first line of the tail
         if isinstance(row, dict) and isinstance(row.get("step"), int):
-            return Metrics(
+            return MetricsLine(
                 step=row["step"],
                 tokens=row.get("tokens"),
                 loss=row.get("loss"),
@@ -184,9 +182,12 @@ class StorageInUseError(RuntimeError):
     from them would silently continue someone else's training."""
 
 
-def write_run_manifest(action: WriteRunManifest, options: Options) -> None:
+def write_run_record(action: WriteRunRecord, options: Options) -> None:
     """run.json is written once: a run's reproducibility record is never rewritten. A run.json of a
-    different OlmoRun (a deleted run recreated under the same name) stops the run instead."""
+    different OlmoRun (a deleted run recreated under the same name) stops the run instead.
+
+    Raises StorageInUseError in that case, and the storage's own errors when it cannot be written.
+    """
     fs, path = _fs(action.uri, options)
     if fs.exists(path):
         previous = json.loads(fs.cat_file(path)).get("metadata", {}).get("uid")
@@ -233,19 +234,13 @@ def apply(
     run: OlmoRun, result: Plan, *, launcher: JobLauncher, storage_options: Options = None
 ) -> list[ArchiveResult]:
     """Carry out a plan's actions in order; returns the archive results for a second planning pass."""
-    from olmo_operator.launcher import app_for_job  # torchx is only needed when something is submitted
-
     archived = []
     for action in result.actions:
-        if isinstance(action, WriteRunManifest):
-            write_run_manifest(action, storage_options)
+        if isinstance(action, WriteRunRecord):
+            write_run_record(action, storage_options)
         elif isinstance(action, SubmitJob):
             write_config(action, storage_options)
-            phase = run.phase(action.phase)
-            app = app_for_job(
-                run, phase, action.seed, action.attempt, action.config_uri, single_host=launcher.single_host
-            )
-            launcher.submit(app, action.job_name)
+            launcher.submit(action.request)
         elif isinstance(action, CancelJob):
             launcher.cancel(action.job_name)
         elif isinstance(action, ArchiveCheckpoint):

@@ -27,7 +27,7 @@ import pytest
 from olmo_operator import api, layout
 from olmo_operator.__main__ import _Redacting
 from olmo_operator.handlers import INVALID_REASON, merge_patch, redact, secret_values
-from olmo_operator.launcher import LABEL_PHASE, LABEL_RUN
+from olmo_operator.request import LABEL_PHASE, LABEL_RUN
 from olmo_operator.settings import FINALIZER, Settings, SettingsError
 from olmo_trainer import manifest
 from tests.dcp_files import dcp_metadata

@@ -16,17 +16,19 @@ from typing import Any
 import pytest
 
 from olmo_operator import layout
-from olmo_operator.api import JobStatus, OlmoRun, parse_olmorun
-from olmo_operator.plan import (
+from olmo_operator.actions import (
     ArchiveCheckpoint,
     ArchiveResult,
     CancelJob,
     JobObservation,
-    Metrics,
+    MetricsLine,
     Observation,
-    Plan,
     SubmitJob,
-    WriteRunManifest,
+    WriteRunRecord,
+)
+from olmo_operator.api import JobStatus, OlmoRun, parse_olmorun
+from olmo_operator.plan import (
+    Plan,
     condition,
     invalid_status,
     is_finished,
@@ -98,7 +100,7 @@ def step(
 
 
 def running(name: str, step_: int = 3, loss: float = 2.5) -> JobObservation:
-    return JobObservation(name, "Running", metrics=Metrics(step=step_, tokens=step_ * 100, loss=loss))
+    return JobObservation(name, "Running", metrics=MetricsLine(step=step_, tokens=step_ * 100, loss=loss))
 
 
 def done(name: str, save: str, step_: int = 10) -> JobObservation:
@@ -158,7 +160,7 @@ def finish_phase(run: OlmoRun, phase: str) -> OlmoRun:
 
 def test_first_step_writes_manifest_and_submits_root_phase_only() -> None:
     run, result = step(make_run(pretrain(), anneal()))
-    [manifest] = of(result, WriteRunManifest)
+    [manifest] = of(result, WriteRunRecord)
     assert manifest.uri == "s3://b/root/ns/r/run.json"
     assert manifest.document["seeds"] == {"pretrain": [6198], "anneal": [6198]}
     [submit] = of(result, SubmitJob)
@@ -183,14 +185,14 @@ def test_first_step_writes_manifest_and_submits_root_phase_only() -> None:
     assert run.status.observed_generation == 1
     # The manifest is written once: a second step does not ask again.
     _, again = step(run, {"r-pretrain-a1": running("r-pretrain-a1")})
-    assert not of(again, WriteRunManifest) and not of(again, SubmitJob)
+    assert not of(again, WriteRunRecord) and not of(again, SubmitJob)
 
 
 def test_progress_is_recorded_per_job_phase_and_run() -> None:
     run, _ = step(make_run())
     obs = JobObservation(
         "r-pretrain-a1", "Running", checkpoint=(2, "s3://b/root/ns/r/phases/pretrain/checkpoints/step2"),
-        metrics=Metrics(step=4, tokens=4096, loss=3.25, tokens_per_s=100.0),
+        metrics=MetricsLine(step=4, tokens=4096, loss=3.25, tokens_per_s=100.0),
     )  # fmt: skip
     run, result = step(run, {"r-pretrain-a1": obs})
     assert not result.actions
@@ -671,8 +673,8 @@ def row_start() -> tuple[OlmoRun, Plan]:
 
 def row_progress_of_a_fanned_out_phase() -> tuple[OlmoRun, Plan]:
     run = finish_phase(step(make_run(pretrain(), anneal([1, 2]), SOUP))[0], "pretrain")
-    s1 = JobObservation("r-anneal-s1-a1", "Running", checkpoint=(2, "c1/step2"), metrics=Metrics(3, 300, 2.0))
-    s2 = JobObservation("r-anneal-s2-a1", "Pending", metrics=Metrics(5, 500, 3.0))
+    s1 = JobObservation("r-anneal-s1-a1", "Running", checkpoint=(2, "c1/step2"), metrics=MetricsLine(3, 300, 2.0))
+    s2 = JobObservation("r-anneal-s2-a1", "Pending", metrics=MetricsLine(5, 500, 3.0))
     return step(run, {s1.name: s1, s2.name: s2}, now=T1)
 
 
@@ -781,8 +783,8 @@ def row_edit_refused() -> tuple[OlmoRun, Plan]:
 def row_run_succeeded() -> tuple[OlmoRun, Plan]:
     """Both phases report figures; after the run ends the run-level ones are the last phase's."""
     run, _ = step(make_run(pretrain(archive=False), anneal(archive=False)))
-    run, _ = step(run, {"r-pretrain-a1": _pretrain_done(run, Metrics(10, 1000, 2.0))})
-    done_ = JobObservation("r-anneal-a1", "Succeeded", checkpoint=(5, "a/step5"), metrics=Metrics(5, 500, 1.5))
+    run, _ = step(run, {"r-pretrain-a1": _pretrain_done(run, MetricsLine(10, 1000, 2.0))})
+    done_ = JobObservation("r-anneal-a1", "Succeeded", checkpoint=(5, "a/step5"), metrics=MetricsLine(5, 500, 1.5))
     return step(run, {"r-anneal-a1": done_}, now=T1)
 
 
@@ -1018,7 +1020,7 @@ PINNED_SPEC_HASH = "0ac74088648b0c0e"
 
 def test_run_record_keys_are_pinned() -> None:
     run, result = step(make_run(pretrain(), anneal([42, 7]), SOUP))
-    [record] = of(result, WriteRunManifest)
+    [record] = of(result, WriteRunRecord)
     assert sorted(record.document) == ["apiVersion", "createdAt", "image", "kind", "metadata", "seeds", "spec"]
     assert record.document["metadata"] == {"name": "r", "namespace": "ns", "uid": "u-1"}
     assert (record.document["apiVersion"], record.document["kind"]) == ("olmorun.dev/v1alpha1", "OlmoRun")

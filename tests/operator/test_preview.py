@@ -18,17 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from olmo_operator import layout
+from olmo_operator.actions import ArchiveCheckpoint, ArchiveResult, JobObservation, Observation, SubmitJob
 from olmo_operator.api import OlmoRun, OlmoRunStatus, parse_olmorun
 from olmo_operator.cli_run import render_documents
-from olmo_operator.plan import (
-    ArchiveCheckpoint,
-    ArchiveResult,
-    JobObservation,
-    Observation,
-    SubmitJob,
-    is_finished,
-    plan,
-)
+from olmo_operator.plan import is_finished, plan
 from olmo_operator.preview import preview_run
 from olmo_trainer.layout import plan_steps
 

@@ -1,7 +1,7 @@
 """reconcile(): observe -> plan -> apply against real storage (local files and a real S3 server).
 
 The scheduler boundary is a small scripted launcher: it records what reconcile submits (the real
-AppDefs) and lets a test say what each job did, writing the checkpoints and metrics a trainer writes
+JobRequests) and lets a test say what each job did, writing the checkpoints and metrics a trainer writes
 (committed with the real MANIFEST code). Archiving and verification run the real archive.py.
 The real torchx local scheduler with the real trainer is exercised by tests/e2e/test_local_run.py.
 """
@@ -16,12 +16,12 @@ from typing import Any
 import fsspec
 import pytest
 import yaml
-from torchx.specs import AppDef
 
 from olmo_operator import layout
+from olmo_operator.actions import JobObservation, ObservedState
 from olmo_operator.api import OlmoRun, parse_olmorun
-from olmo_operator.plan import JobObservation, ObservedState
 from olmo_operator.reconcile import StorageInUseError, last_metrics, reconcile, reconcile_plan
+from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
 from olmo_trainer.config import TrainConfig
 from tests.dcp_files import dcp_metadata
@@ -34,17 +34,15 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "olmorun-tiny.yaml"
 class ScriptedLauncher:
     """Records submissions; job states are set by the test (as a scheduler would report them)."""
 
-    single_host = False
-
     def __init__(self) -> None:
-        self.apps: dict[str, AppDef] = {}
+        self.requests: dict[str, JobRequest] = {}
         self.states: dict[str, JobObservation] = {}
         self.cancelled: list[str] = []
 
-    def submit(self, app: AppDef, job_name: str) -> str:
-        self.apps[job_name] = app
-        self.states.setdefault(job_name, JobObservation(job_name, "Pending"))
-        return job_name
+    def submit(self, request: JobRequest) -> str:
+        self.requests[request.name] = request
+        self.states.setdefault(request.name, JobObservation(request.name, "Pending"))
+        return request.name
 
     def describe(self, job_name: str) -> JobObservation:
         return self.states.get(job_name, JobObservation(job_name, "Missing"))
@@ -99,9 +97,9 @@ def test_pipeline_writes_configs_archives_and_starts_children_in_the_same_step(t
     assert "olmorun" in record["versions"]
     config = TrainConfig.model_validate(read_json(f"{root}/phases/pretrain/config.json"))
     assert config.save_dir == f"{root}/phases/pretrain" and config.kind == "pretrain"
-    [name] = launcher.apps
+    [name] = launcher.requests
     assert name == "olmo2-tiny-pretrain-a1"
-    assert f"--config {root}/phases/pretrain/config.json" in launcher.apps[name].roles[0].args[1]
+    assert launcher.requests[name].command[-2:] == ["--config", f"{root}/phases/pretrain/config.json"]
 
     save = layout.save_dir(run, run.phase("pretrain"), 6198)
     train(save, 4, loss=4.5)
@@ -121,7 +119,7 @@ def test_pipeline_writes_configs_archives_and_starts_children_in_the_same_step(t
     fs, path = manifest.filesystem(pretrain.archive)
     assert manifest.verify(fs, path).ok
     # The same step started the anneal seeds, from the verified archive.
-    assert sorted(launcher.apps) == ["olmo2-tiny-anneal-s42-a1", "olmo2-tiny-anneal-s42069-a1", name]
+    assert sorted(launcher.requests) == ["olmo2-tiny-anneal-s42-a1", "olmo2-tiny-anneal-s42069-a1", name]
     for seed in (42, 42069):
         child = TrainConfig.model_validate(read_json(f"{root}/phases/anneal/s{seed}/config.json"))
         assert child.data is not None
@@ -147,7 +145,7 @@ def test_retry_keeps_the_config_the_phase_started_with_and_run_json_is_written_o
     run = parse_olmorun(edited).model_copy(update={"status": run.status})
     launcher.set("olmo2-tiny-pretrain-a1", "Failed", 143)  # preempted: resubmitted at once
     run = step(run, launcher)
-    assert "olmo2-tiny-pretrain-a2" in launcher.apps
+    assert "olmo2-tiny-pretrain-a2" in launcher.requests
     assert fs.cat_file(path) == original
     assert read_json(f"{root}/run.json") == first_record
     assert run.status.conditions[2].reason == "SpecChangeRefused"
@@ -161,7 +159,7 @@ def test_a_recreated_run_never_resumes_the_previous_runs_checkpoints(tmp_path: P
     launcher = ScriptedLauncher()
     with pytest.raises(StorageInUseError, match="uid uid-7"):
         reconcile(recreated, launcher=launcher, now=T0)
-    assert launcher.apps == {}
+    assert launcher.requests == {}
     step(make_run(tmp_path.as_uri()), ScriptedLauncher())  # the original run itself carries on
 
 
@@ -177,7 +175,7 @@ def test_corrupt_checkpoint_fails_the_phase_instead_of_archiving_it(tmp_path: Pa
     pretrain = run.status.phases["pretrain"]
     assert pretrain.state == "Failed" and "archive" in pretrain.message
     assert run.status.stage == "Failed"
-    assert not any(n.startswith("olmo2-tiny-anneal") for n in launcher.apps)
+    assert not any(n.startswith("olmo2-tiny-anneal") for n in launcher.requests)
 
 
 def test_an_archive_made_before_a_lost_status_write_is_verified_not_copied_again(tmp_path: Path) -> None:
