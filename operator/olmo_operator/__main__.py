@@ -19,7 +19,8 @@ from typing import Any
 
 import kopf
 
-from olmo_operator.handlers import Context, LauncherFactory, build_registry, redact, secret_values
+from olmo_operator.handlers import Context, LauncherFactory, build_registry
+from olmo_operator.kube_status import redact, secret_values
 from olmo_operator.metrics import Metrics
 from olmo_operator.reconcile import JobLauncher
 from olmo_operator.settings import Settings, SettingsError

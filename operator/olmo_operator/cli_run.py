@@ -114,12 +114,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from olmo_operator import local
+    from olmo_operator import local, local_state
 
     run, document = load_run(args.file)
-    workdir = Path(args.workdir) if args.workdir else local.default_workdir(run)
+    workdir = Path(args.workdir) if args.workdir else local_state.default_workdir(run)
     return local.run_local(
-        local.localize(run, workdir, args.storage), workdir=workdir, document=document, poll_seconds=args.poll
+        local_state.localize(run, workdir, args.storage), workdir=workdir, document=document, poll_seconds=args.poll
     )
 
 
@@ -175,7 +175,7 @@ def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now
 
 
 def _status_source(args: argparse.Namespace) -> tuple[str, api.OlmoRunStatus, str | None, dict[str, str]]:
-    from olmo_operator import local
+    from olmo_operator import local_state as local
 
     workdir = Path(args.workdir) if args.workdir else None
     if args.file and Path(args.file).name != local.STATE_FILE:

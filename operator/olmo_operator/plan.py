@@ -147,6 +147,10 @@ def is_finished(status: OlmoRunStatus) -> bool:
     return progressing is None or progressing.status == "False"
 
 
+INVALID_REASON = "InvalidSpec"
+"""Condition reason and event reason of a spec that does not parse."""
+
+
 def invalid_status(
     status: OlmoRunStatus, message: str, now: dt.datetime, generation: int | None
 ) -> OlmoRunStatus:
@@ -154,7 +158,7 @@ def invalid_status(
     new = status.model_copy(deep=True)
     new.stage = "Invalid"
     new.observed_generation = generation
-    set_condition(new, "Invalid", "True", "InvalidSpec", message, now, generation)
+    set_condition(new, "Invalid", "True", INVALID_REASON, message, now, generation)
     set_condition(
         new,
         "Progressing",

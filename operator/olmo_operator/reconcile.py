@@ -1,7 +1,10 @@
-"""One reconcile step, shared by the kopf handlers and `olmorun local`: observe -> plan -> apply.
+"""One reconcile step, shared by the kopf handlers and `olmorun local`: parse -> observe -> plan -> apply.
 
-    status, events = reconcile(run, launcher=launcher, now=now, storage_options=opts)
-    result = reconcile_plan(run, launcher=launcher, now=now)     # the same, with requeue_after
+    reconciler = Reconciler(launcher_for)          # namespace -> JobLauncher
+    outcome = reconciler.step(document)            # the OlmoRun document with its current status
+    persist(outcome.status); publish(outcome.events)
+
+    result = reconcile_plan(run, launcher=launcher, now=now, storage_options=opts)   # the step on a parsed run
 
 - observe: `launcher.describe` of every job the status expects to be active, the newest committed
   checkpoint and the last metrics line of each job's save_dir, and archives already present.
@@ -19,14 +22,15 @@ import datetime as dt
 import functools
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Protocol
 
 from fsspec import AbstractFileSystem
 
+from olmo_operator import api, layout
 from olmo_operator import archive as arch
-from olmo_operator import layout
 from olmo_operator.actions import (
     ArchiveCheckpoint,
     ArchiveResult,
@@ -39,7 +43,7 @@ from olmo_operator.actions import (
     WriteRunRecord,
 )
 from olmo_operator.api import JobStatus, OlmoRun, OlmoRunStatus, PhaseSpec
-from olmo_operator.plan import Plan, plan
+from olmo_operator.plan import INVALID_REASON, Plan, condition, invalid_status, is_finished, plan
 from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
 
@@ -282,14 +286,6 @@ def reconcile_plan(
     return Plan(second.status, [*first.actions, *second.actions], second.requeue_after)
 
 
-def reconcile(
-    run: OlmoRun, *, launcher: JobLauncher, now: dt.datetime, storage_options: Options = None
-) -> tuple[OlmoRunStatus, list[Emit]]:
-    """One reconcile step: the new status (persist it once) and the events to emit."""
-    result = reconcile_plan(run, launcher=launcher, now=now, storage_options=storage_options)
-    return result.status, result.events
-
-
 def spec_fault(error: BaseException) -> str | None:
     """The message when `error` is the spec's fault, so that retrying cannot help; None otherwise.
 
@@ -313,3 +309,130 @@ def spec_fault(error: BaseException) -> str | None:
             detail = body
         return f"the API server refused a job of this run ({status}): {detail}"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The Reconciler: one step from an OlmoRun document
+# ---------------------------------------------------------------------------------------------
+
+
+def spec_storage_options(run: OlmoRun) -> dict[str, Any]:
+    """fsspec options of the run's storage: credentials from the environment, the spec's endpoint."""
+    return arch.storage_options(run.spec.storage.uri, endpoint_url=run.spec.storage.endpoint_url)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one step decided: persist `status` once, publish `events`, call again after `requeue_after`."""
+
+    status: OlmoRunStatus
+    events: list[Emit]
+    run: OlmoRun | None
+    """The parsed run carrying the new status; None when the spec is invalid."""
+    submitted: list[SubmitJob] = field(default_factory=list)
+    requeue_after: float | None = None
+    """Seconds until a timed decision (a retry backoff) falls due; None when nothing is waiting."""
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more happens without a spec change: succeeded, failed, blocked, or invalid."""
+        return self.run is None or is_finished(self.status)
+
+
+def unique_events(events: list[Emit]) -> list[Emit]:
+    """Each event once, in order: the two planning passes of a step may decide the same one."""
+    out: list[Emit] = []
+    for event in events:
+        if event not in out:
+            out.append(event)
+    return out
+
+
+class Reconciler:
+    """parse -> storage options for this run -> observe/plan/apply -> de-duplicated events.
+
+    The kopf handlers and `olmorun local` both call `step`; each supplies only its status store (it
+    persists `Outcome.status`), its event sink (it publishes `Outcome.events`) and its launchers.
+    """
+
+    def __init__(
+        self,
+        launcher_for: Callable[[str], JobLauncher],
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        options_for: Callable[[OlmoRun], Options] = spec_storage_options,
+    ) -> None:
+        self.launcher_for = launcher_for
+        self.clock = clock
+        self.options_for = options_for
+
+    def step(self, document: Mapping[str, Any]) -> Outcome:
+        """One reconcile of the run `document` describes (its `status` is the state to continue from).
+
+        An invalid spec gets `Invalid=True` (reason InvalidSpec, every validation message), one
+        Warning event (not repeated while the message stays the same) and no job; so does a spec
+        that parses but fails on its way to a job (spec_fault), and that generation is not planned
+        again. Raises what observe/apply raise otherwise: storage errors, Kubernetes ApiException
+        (other than 400/422), StorageInUseError.
+        """
+        now = self.clock()
+        try:
+            run = api.parse_olmorun(dict(document))
+        except api.SpecError as error:
+            return self._invalid(document, str(error), now)
+        if _invalid_at(run.status, run.metadata.generation):
+            # This generation already failed on its way to a job (a timer or a resume raced the patch,
+            # or the operator restarted): the same spec would fail the same way. Only an edit re-plans.
+            return Outcome(run.status, [], None)
+        try:
+            result = reconcile_plan(
+                run, launcher=self.launcher_for(run.namespace), now=now, storage_options=self.options_for(run)
+            )
+        except Exception as error:
+            fault = spec_fault(error)  # the spec's fault: Invalid, never retried as transient
+            if fault is None:
+                raise
+            return self._invalid(document, fault, now)
+        return Outcome(
+            status=result.status,
+            events=unique_events(result.events),
+            run=run.model_copy(update={"status": result.status}),
+            submitted=[a for a in result.actions if isinstance(a, SubmitJob)],
+            requeue_after=result.requeue_after,
+        )
+
+    @staticmethod
+    def _invalid(document: Mapping[str, Any], message: str, now: dt.datetime) -> Outcome:
+        old = OlmoRunStatus.model_validate(document.get("status") or {})
+        generation = (document.get("metadata") or {}).get("generation")
+        status = invalid_status(old, message, now, generation)
+        was = condition(old, "Invalid")
+        repeated = was is not None and (was.status, was.reason, was.message) == ("True", INVALID_REASON, message)
+        return Outcome(status, [] if repeated else [Emit("Warning", INVALID_REASON, message)], None)
+
+    @staticmethod
+    def job_names(document: Mapping[str, Any]) -> list[str]:
+        """Every job a run may have submitted: each attempt of each job its status records."""
+        status = OlmoRunStatus.model_validate(document.get("status") or {})
+        try:
+            run: OlmoRun | None = api.parse_olmorun(dict(document))
+        except api.SpecError:
+            run = None
+        names: list[str] = []
+        for phase_name, ps in status.phases.items():
+            for job in ps.jobs:
+                names.append(job.name)
+                if run is not None and any(p.name == phase_name for p in run.spec.phases):
+                    phase = run.phase(phase_name)
+                    names += [layout.job_name(run, phase, job.seed, a) for a in range(1, job.attempts + 1)]
+        return list(dict.fromkeys(names))
+
+
+def _invalid_at(status: OlmoRunStatus, generation: int | None) -> bool:
+    """True when this generation of the spec was found invalid (Invalid=True, reason InvalidSpec)."""
+    invalid = condition(status, "Invalid")
+    return (
+        invalid is not None
+        and (invalid.status, invalid.reason) == ("True", INVALID_REASON)
+        and status.observed_generation == generation
+    )

@@ -26,7 +26,8 @@ import pytest
 
 from olmo_operator import api, layout
 from olmo_operator.__main__ import _Redacting
-from olmo_operator.handlers import INVALID_REASON, merge_patch, redact, secret_values
+from olmo_operator.kube_status import merge_patch, redact, secret_values
+from olmo_operator.plan import INVALID_REASON
 from olmo_operator.request import LABEL_PHASE, LABEL_RUN
 from olmo_operator.settings import FINALIZER, Settings, SettingsError
 from olmo_trainer import manifest

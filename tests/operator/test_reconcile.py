@@ -20,7 +20,7 @@ import yaml
 from olmo_operator import layout
 from olmo_operator.actions import JobObservation, ObservedState
 from olmo_operator.api import OlmoRun, parse_olmorun
-from olmo_operator.reconcile import StorageInUseError, last_metrics, reconcile, reconcile_plan
+from olmo_operator.reconcile import StorageInUseError, last_metrics, reconcile_plan
 from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
 from olmo_trainer.config import TrainConfig
@@ -78,7 +78,7 @@ def make_run(storage: str) -> OlmoRun:
 
 
 def step(run: OlmoRun, launcher: ScriptedLauncher, now: dt.datetime = T0) -> OlmoRun:
-    status, _ = reconcile(run, launcher=launcher, now=now)
+    status = reconcile_plan(run, launcher=launcher, now=now).status
     return run.model_copy(update={"status": status})
 
 
@@ -158,7 +158,7 @@ def test_a_recreated_run_never_resumes_the_previous_runs_checkpoints(tmp_path: P
     recreated.metadata.uid = "uid-8"
     launcher = ScriptedLauncher()
     with pytest.raises(StorageInUseError, match="uid uid-7"):
-        reconcile(recreated, launcher=launcher, now=T0)
+        reconcile_plan(recreated, launcher=launcher, now=T0)
     assert launcher.requests == {}
     step(make_run(tmp_path.as_uri()), ScriptedLauncher())  # the original run itself carries on
 
@@ -239,7 +239,7 @@ def test_last_metrics_reads_the_last_complete_line(tmp_path: Path) -> None:
 
 
 def test_local_storage_goes_under_the_workdir_unless_told_otherwise(tmp_path: Path) -> None:
-    from olmo_operator.local import localize
+    from olmo_operator.local_state import localize
 
     document = yaml.safe_load(EXAMPLE.read_text())
     document["spec"]["storage"] = {"uri": "s3://bucket/x", "scratchUri": "file:///scratch"}
@@ -252,7 +252,7 @@ def test_local_storage_goes_under_the_workdir_unless_told_otherwise(tmp_path: Pa
 
 
 def test_local_state_resumes_and_counts_spec_edits_as_generations(tmp_path: Path) -> None:
-    from olmo_operator.local import read_state, start_state, write_state
+    from olmo_operator.local_state import read_state, start_state, write_state
 
     run = make_run(tmp_path.as_uri())
     state = start_state(run, {"metadata": {"name": run.name}}, tmp_path, T0)
@@ -272,7 +272,7 @@ def test_local_state_resumes_and_counts_spec_edits_as_generations(tmp_path: Path
 
 def test_local_exit_codes_and_status_table(tmp_path: Path) -> None:
     from olmo_operator.cli_run import format_status
-    from olmo_operator.local import EXIT_BLOCKED, EXIT_FAILED, EXIT_SUCCEEDED, exit_code
+    from olmo_operator.progress import EXIT_BLOCKED, EXIT_FAILED, EXIT_SUCCEEDED, exit_code
 
     run = make_run(tmp_path.as_uri())
     launcher = ScriptedLauncher()
