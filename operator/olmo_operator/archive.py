@@ -246,6 +246,8 @@ class _S3Destination(_Destination):
         return int(head["ContentLength"]) == expected["size"] and stored == expected["sha256"]
 
     def write(self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]) -> None:
+        """Upload the parts with their sha256 in the metadata. Raises what `check` raises (CorruptSourceError),
+        after aborting a multipart upload, and the client's own errors."""
         bucket, key, _ = self.fs.split_path(path)
         stamp = {SHA256_METADATA: expected["sha256"]}
         first = next(parts, b"")

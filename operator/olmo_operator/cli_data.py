@@ -47,6 +47,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    """`olmorun data synth`. Raises UserError for a bad --tokens or an output folder it cannot write."""
     from olmo_trainer.data.prepare import INDEX_FORMAT, write_index
     from olmo_trainer.data.synth import SYNTH_DTYPE, write_synthetic
     from olmo_trainer.data_record import BYTE_EOS, BYTE_VOCAB_SIZE
@@ -82,6 +83,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    """`olmorun data prepare`. Raises UserError for a missing input or tokenizer, or input it cannot read."""
     from olmo_trainer.data.prepare import prepare
 
     missing = [p for p in args.inputs if "://" not in p and not os.path.exists(p)]

@@ -51,7 +51,7 @@ def register(sub: Any) -> None:
 
 
 def load_run(path: str) -> tuple[api.OlmoRun, dict[str, Any]]:
-    """The first document of a file, parsed and validated; UserError names every problem."""
+    """The first document of a file, parsed and validated. Raises UserError naming every problem."""
     from olmo_operator.cli_spec import load_documents
 
     document = load_documents(path)[0]
@@ -153,9 +153,10 @@ def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now
                   kinds: dict[str, str] | None = None) -> str:  # fmt: skip
     """`kubectl get olmo -o wide` columns, then one row per phase (and per job of a fanned-out phase)."""
     succeeded = condition(status, "Succeeded")
-    head = [["NAME", "STAGE", "SUCCEEDED", "REASON", "STEP", "TOKENS", "LOSS", "AGE"]]
+    head = [["NAME", "STAGE", "ACTIVE", "SUCCEEDED", "REASON", "STEP", "TOKENS", "LOSS", "AGE"]]
     head.append([
-        name, status.stage or "-", succeeded.status if succeeded else "-", succeeded.reason if succeeded else "-",
+        name, status.stage or "-", ",".join(status.active_phases) or "-",
+        succeeded.status if succeeded else "-", succeeded.reason if succeeded else "-",
         _num(status.step), _num(status.tokens), _num(status.last_loss, "{:.4f}"), _age(created, now),
     ])  # fmt: skip
     rows = [["PHASE", "KIND", "STATE", "ATTEMPTS", "STEP", "TOKENS", "LOSS", "ARCHIVE/CHECKPOINT", "MESSAGE"]]

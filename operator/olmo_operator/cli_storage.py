@@ -53,6 +53,7 @@ def _positive(text: str) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
+    """`olmorun archive`. Raises UserError for refused credentials or a destination holding another checkpoint."""
     try:
         report = archive.archive_checkpoint(
             args.src,
@@ -75,6 +76,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """`olmorun verify`. Raises UserError for a URI that is no checkpoint, or refused credentials."""
     options = archive.storage_options(args.uri, endpoint_url=args.endpoint_url)
     try:
         target, note = resolve_checkpoint(args.uri, options)
@@ -105,8 +107,8 @@ def resolve_checkpoint(uri: str, options: dict[str, Any]) -> tuple[str, str | No
     """The step directory to verify for a URI, and a note when it was chosen as the latest one.
 
     A committed directory is itself; a directory of `stepN/` gives its newest committed step; a
-    `stepN` directory without MANIFEST is returned as is (verify then says NOT COMMITTED). Anything
-    else is a user error.
+    `stepN` directory without MANIFEST is returned as is (verify then says NOT COMMITTED). Raises
+    UserError for anything else, and archive.StorageAccessError for refused credentials.
     """
     if archive.is_committed(uri, options=options):
         return uri, None

@@ -23,15 +23,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-RUN_STATES = ("Pending", "Running", "Succeeded", "Failed", "Suspended", "Blocked", "Invalid")
 
 
 def run_state(status: Any) -> str:
-    """A bounded label (an OlmoRunStatus's stage): phases running now read "Running"."""
-    stage = getattr(status, "stage", None)
-    if stage in (None, "Pending"):
-        return "Pending"
-    return stage if stage in RUN_STATES else "Running"
+    """A bounded label: an OlmoRunStatus's stage (api.RUN_STAGES), Pending before the first step."""
+    return str(getattr(status, "stage", None) or "Pending")
 
 
 class Event(Protocol):

@@ -18,7 +18,7 @@ Behaviour, per phase in topological order:
   failures. A preempted job (exit 143) or a job that disappeared is resubmitted at once and does not
   count as a failure. Every attempt shares the save_dir, so it resumes from the newest checkpoint.
 - A job that succeeded has its final checkpoint archived (copy + verify); the phase succeeds when all
-  of its jobs are archived (or `archive: false`).
+  of its jobs are archived (or `archiveFinal: false`).
 - `suspend: true` cancels active jobs; clearing it resubmits them (they resume from checkpoints).
 - An edit to a phase that already started is refused (condition Invalid, reason SpecChangeRefused);
   its running jobs are untouched and its retries keep the config written when it started.
@@ -156,7 +156,7 @@ def invalid_status(
 ) -> OlmoRunStatus:
     """The status of a run whose spec does not parse (SpecError): nothing is planned or touched."""
     new = status.model_copy(deep=True)
-    new.stage = "Invalid"
+    new.stage, new.active_phases = "Invalid", []
     new.observed_generation = generation
     set_condition(new, "Invalid", "True", INVALID_REASON, message, now, generation)
     set_condition(
@@ -307,7 +307,7 @@ class _Planner:
             ps.message = f"phase {phase.name!r} failed: job {failed[0].name}: {failed[0].message}"
             self.emit("Warning", "PhaseFailed", ps.message)
             return
-        done = all(j.state == "Succeeded" and (j.archive or not phase.archive) for j in jobs)
+        done = all(j.state == "Succeeded" and (j.archive or not phase.archive_final) for j in jobs)
         if done:
             ps.state = "Succeeded"
             ps.finished_at = self.ts
@@ -315,7 +315,7 @@ class _Planner:
                 ps.checkpoint = jobs[0].checkpoint
                 ps.archive = jobs[0].archive
             ps.message = f"{len(jobs)} job(s) succeeded" + (
-                ", final checkpoints archived" if phase.archive else ""
+                ", final checkpoints archived" if phase.archive_final else ""
             )
             self.emit("Normal", "PhaseSucceeded", f"phase {phase.name!r} succeeded")
             return
@@ -422,7 +422,7 @@ class _Planner:
         self.emit("Warning", "JobFailed", f"job {job.name}: {job.message}")
 
     def _plan_archive(self, phase: PhaseSpec, job: JobStatus) -> None:
-        if not phase.archive or job.archive or job.checkpoint is None:
+        if not phase.archive_final or job.archive or job.checkpoint is None:
             return
         key = layout.job_key(phase, job.seed)
         step = layout.step_of(job.checkpoint)
@@ -523,31 +523,31 @@ class _Planner:
                 now,
                 gen,
             )
-            st.stage = "Failed"
+            st.stage, st.active_phases = "Failed", []
         elif all(s.state == "Succeeded" for s in states.values()):
             set_condition(
                 st, "Succeeded", "True", "Succeeded", f"all {len(states)} phases succeeded", now, gen
             )
             set_condition(st, "Progressing", "False", "Succeeded", "the run is complete", now, gen)
-            st.stage = "Succeeded"
+            st.stage, st.active_phases = "Succeeded", []
         elif suspended:
             set_condition(st, "Succeeded", "Unknown", "Suspended", "the run is suspended", now, gen)
             set_condition(st, "Progressing", "False", "Suspended", "spec.suspend is true", now, gen)
-            st.stage = "Suspended"
+            st.stage, st.active_phases = "Suspended", []
         elif blocked and not active:
             message = states[blocked[0]].message
             set_condition(st, "Succeeded", "False", "KindNotImplemented", message, now, gen)
             set_condition(
                 st, "Progressing", "False", "KindNotImplemented", f"stopped at phase {blocked[0]!r}", now, gen
             )
-            st.stage = "Blocked"
+            st.stage, st.active_phases = "Blocked", []
         else:
             running = ", ".join(active) or "starting"
             reason = "KindNotImplemented" if blocked else "Running"
             message = f"running: {running}" + (f"; blocked: {', '.join(blocked)}" if blocked else "")
             set_condition(st, "Succeeded", "False" if blocked else "Unknown", reason, message, now, gen)
             set_condition(st, "Progressing", "True", "Running", f"running: {running}", now, gen)
-            st.stage = ",".join(active) or "Pending"
+            st.stage, st.active_phases = ("Running" if active else "Pending"), active
 
 
 def _final_checkpoints(phase: PhaseSpec, ps: PhaseStatus) -> list[str]:

@@ -8,7 +8,7 @@ The planner (plan.py) is driven to the end in memory, against an observation in 
 succeeds: each submitted job commits its final checkpoint at `olmo_trainer.layout.final_step` of its
 own config (step 0 stands for a step known only when the job finishes) and every archive is verified.
 Nothing here decides anything: the `initFrom` and `soupFrom` of each config are the planner's, so a
-parent with `archive: false` hands on its scratch checkpoint exactly as the operator will. The
+parent with `archiveFinal: false` hands on its scratch checkpoint exactly as the operator will. The
 property test in tests/operator/test_preview.py checks that render and a simulated run agree.
 """
 

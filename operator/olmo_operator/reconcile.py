@@ -154,7 +154,7 @@ def _existing_archive(
     run: OlmoRun, phase: PhaseSpec, job: JobStatus, options: Options
 ) -> ArchiveResult | None:
     """An archive committed by an earlier step whose status write was lost: verify it, don't recopy."""
-    if job.archive or not job.checkpoint or not phase.archive:
+    if job.archive or not job.checkpoint or not phase.archive_final:
         return None
     step = layout.step_of(job.checkpoint)
     dst = layout.archive_uri(run, phase, job.seed, step if step is not None else 0)
@@ -384,6 +384,7 @@ class Reconciler:
             # This generation already failed on its way to a job (a timer or a resume raced the patch,
             # or the operator restarted): the same spec would fail the same way. Only an edit re-plans.
             return Outcome(run.status, [], None)
+        announced = run.status.observed_generation == run.metadata.generation  # this spec was seen
         try:
             result = reconcile_plan(
                 run, launcher=self.launcher_for(run.namespace), now=now, storage_options=self.options_for(run)
@@ -393,9 +394,10 @@ class Reconciler:
             if fault is None:
                 raise
             return self._invalid(document, fault, now)
+        deprecated = [] if announced else [Emit("Warning", "DeprecatedField", m) for m in api.deprecations(run)]
         return Outcome(
             status=result.status,
-            events=unique_events(result.events),
+            events=unique_events([*deprecated, *result.events]),
             run=run.model_copy(update={"status": result.status}),
             submitted=[a for a in result.actions if isinstance(a, SubmitJob)],
             requeue_after=result.requeue_after,

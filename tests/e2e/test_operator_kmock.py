@@ -156,7 +156,7 @@ def test_run_lifecycle_jobs_phases_events_and_delete(kube: KubeServer, kubectl: 
 
         set_job_phase(kubectl, "life-pretrain-a1", "Running")
         wait_for(lambda: phase_state(kube, "life", "pretrain") == "Running", what="pretrain Running")
-        assert status_of(kube, "life")["stage"] == "pretrain"
+        assert (status_of(kube, "life")["stage"], status_of(kube, "life")["activePhases"]) == ("Running", ["pretrain"])
         assert condition(kube, "life", "Progressing")["status"] == "True"
 
         commit_checkpoint(body, "pretrain", 6198, 4)

@@ -205,8 +205,9 @@ def test_progress_is_recorded_per_job_phase_and_run() -> None:
         4,
         4096,
         3.25,
-        "pretrain",
+        "Running",
     )
+    assert run.status.active_phases == ["pretrain"]
 
 
 def test_success_archives_then_children_start_from_the_verified_archive() -> None:
@@ -243,7 +244,7 @@ def test_whole_pipeline_fans_out_seeds_then_soups_them_and_succeeds() -> None:
     run = finish_phase(run, "pretrain")
     names = [j.name for j in run.status.phases["anneal"].jobs]
     assert names == ["r-anneal-s42-a1", "r-anneal-s7-a1"]
-    assert run.status.stage == "anneal"
+    assert (run.status.stage, run.status.active_phases) == ("Running", ["anneal"])
     run = finish_phase(run, "anneal")
     soup = run.status.phases["soup"]
     assert [j.name for j in soup.jobs] == ["r-soup-a1"]
@@ -483,7 +484,7 @@ def test_blocked_branch_reports_while_another_branch_still_runs() -> None:
     assert cond(run, "Succeeded") == ("False", "KindNotImplemented")
     assert cond(run, "Progressing") == ("True", "Running")
     assert not is_finished(run.status)
-    assert run.status.stage == "anneal"
+    assert (run.status.stage, run.status.active_phases) == ("Running", ["anneal"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,13 +44,13 @@ def starts(submissions: list[SubmitJob]) -> dict[str, tuple[str | None, list[str
 
 
 # ---------------------------------------------------------------------------------------------
-# The case: a parent with archive: false hands on its scratch checkpoint
+# The case: a parent with archiveFinal: false hands on its scratch checkpoint
 # ---------------------------------------------------------------------------------------------
 
 
 def test_render_of_a_parent_with_archive_false_starts_the_child_from_the_scratch_checkpoint() -> None:
     run = make_run([
-        {"name": "pretrain", "kind": "pretrain", "maxSteps": 12, "archive": False, "data": DATA, "batch": BATCH},
+        {"name": "pretrain", "kind": "pretrain", "maxSteps": 12, "archiveFinal": False, "data": DATA, "batch": BATCH},
         {"name": "anneal", "kind": "anneal", "from": "pretrain", "maxSteps": 3, "data": DATA, "batch": BATCH},
     ])  # fmt: skip
     documents = [doc for _, doc in render_documents(run)]
@@ -139,7 +139,7 @@ def recipes(draw: st.DrawFn) -> list[dict[str, Any]]:
         return {"maxTokens": str(draw(st.integers(1, 6000)))}
 
     phases: list[dict[str, Any]] = [
-        {"name": "p0", "kind": "pretrain", "archive": draw(st.booleans()), "data": DATA, "batch": BATCH, **budget()}
+        {"name": "p0", "kind": "pretrain", "archiveFinal": draw(st.booleans()), "data": DATA, "batch": BATCH, **budget()}
     ]
     for index in range(1, draw(st.integers(0, 5)) + 1):
         fanned = [p for p in phases if len(p.get("seeds", [])) >= 2]
@@ -148,14 +148,14 @@ def recipes(draw: st.DrawFn) -> list[dict[str, Any]]:
         name = f"p{index}"
         if kind == "soup" and fanned:
             parent = draw(st.sampled_from(fanned))
-            phases.append({"name": name, "kind": "soup", "from": parent["name"], "archive": draw(st.booleans())})
+            phases.append({"name": name, "kind": "soup", "from": parent["name"], "archiveFinal": draw(st.booleans())})
         elif kind == "sft" and single:
             parent = draw(st.sampled_from(single))
             phases.append({"name": name, "kind": "sft", "from": parent["name"], "sft": {"data": {"paths": ["x.jsonl"]}}})
         elif single:
             parent = draw(st.sampled_from(single))
             seeds = draw(st.lists(st.integers(0, 99), min_size=0, max_size=3, unique=True))
-            phases.append({"name": name, "kind": "anneal", "from": parent["name"], "archive": draw(st.booleans()),
+            phases.append({"name": name, "kind": "anneal", "from": parent["name"], "archiveFinal": draw(st.booleans()),
                            "data": DATA, "batch": BATCH, **({"seeds": seeds} if seeds else {}), **budget()})  # fmt: skip
     return phases
 

@@ -284,6 +284,7 @@ def test_local_exit_codes_and_status_table(tmp_path: Path) -> None:
     head, phases = text.split("\n\n")[:2]
     assert head.splitlines()[1].split() == [
         "olmo2-tiny",
+        "Running",
         "pretrain",
         "Unknown",
         "Running",

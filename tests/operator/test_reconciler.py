@@ -69,3 +69,15 @@ def test_the_step_reaches_storage_through_the_specs_endpoint(
     assert done.status.stage == "Succeeded" and done.finished
     assert fs.exists(f"{bucket}/runs/lab/olmo2-tiny/archive/pretrain/step6/MANIFEST.json")
     assert [e.reason for e in done.events].count("Archived") == 1
+
+
+def test_a_deprecated_field_is_announced_once_per_generation(tmp_path: Path) -> None:
+    launcher = ScriptedLauncher()
+    reconciler = Reconciler(lambda _namespace: launcher, clock=lambda: T0)
+    old = document({"uri": tmp_path.as_uri()})
+    old["spec"]["phases"][0]["archive"] = False
+    first = reconciler.step(old)
+    assert [e.reason for e in first.events if e.type == "Warning"] == ["DeprecatedField"]
+    assert first.run is not None and first.run.spec.phases[0].archive_final is False
+    again = reconciler.step({**old, "status": first.status.model_dump(mode="json", by_alias=True)})
+    assert "DeprecatedField" not in [e.reason for e in again.events]
