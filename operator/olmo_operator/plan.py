@@ -94,15 +94,26 @@ def parse_timestamp(text: str) -> dt.datetime:
 
 
 def phase_spec_hash(run: OlmoRun, phase: PhaseSpec) -> str:
-    """What a started phase may not change: its own spec, the model, the image and the run seed."""
+    """What a started phase may not change: its own spec, the model, the image and the run seed.
+
+    The phase is hashed as it was dumped before archiveFinal replaced `archive` (its value under the
+    old key, no archiveFinal), so that a phase started before that rename is not refused as edited.
+    """
     return hash_json(
         {
-            "phase": phase.model_dump(mode="json", by_alias=True),
+            "phase": hashed_phase(phase),
             "model": run.spec.model.model_dump(mode="json", by_alias=True),
             "image": run.spec.image,
             "seed": run.spec.seed,
         }
     )
+
+
+def hashed_phase(phase: PhaseSpec) -> dict[str, object]:
+    """The phase's wire form for phase_spec_hash: archiveFinal under its pre-rename key `archive`."""
+    dumped = phase.model_dump(mode="json", by_alias=True)
+    dumped["archive"] = dumped.pop("archiveFinal")
+    return dumped
 
 
 def condition(status: OlmoRunStatus, type_: str) -> Condition | None:

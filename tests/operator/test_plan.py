@@ -30,6 +30,7 @@ from olmo_operator.api import JobStatus, OlmoRun, parse_olmorun
 from olmo_operator.plan import (
     Plan,
     condition,
+    hashed_phase,
     invalid_status,
     is_finished,
     phase_spec_hash,
@@ -664,7 +665,7 @@ PRE = "s3://b/root/ns/r/phases/pretrain/checkpoints"
 ARC = "s3://b/root/ns/r/archive"
 
 
-def _pretrain_done(run: OlmoRun, metrics: Metrics | None = None) -> JobObservation:
+def _pretrain_done(run: OlmoRun, metrics: MetricsLine | None = None) -> JobObservation:
     return JobObservation("r-pretrain-a1", "Succeeded", exit_code=0, checkpoint=(10, f"{PRE}/step10"), metrics=metrics)
 
 
@@ -805,7 +806,7 @@ GAVE_UP = "exit code 1; gave up after 1 failure(s) (backoffLimit 0)"
 # (situation, expected events (type, reason, message), expected status fields: wire path -> value)
 TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
     (row_start, [PRETRAIN_STARTED], {
-        "storage": "s3://b/root/ns/r", "observedGeneration": 1, "stage": "pretrain",
+        "storage": "s3://b/root/ns/r", "observedGeneration": 1, "stage": "Running", "activePhases": ["pretrain"],
         "step": None, "tokens": None, "lastLoss": None,
         "phases.pretrain.state": "Pending", "phases.pretrain.attempts": 1, "phases.pretrain.message": "",
         "phases.pretrain.startedAt": "2026-01-01T12:00:00Z", "phases.pretrain.finishedAt": None,
@@ -819,7 +820,7 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "cond.Suspended": ("False", "NotSuspended", ""),
     }),
     (row_progress_of_a_fanned_out_phase, [], {
-        "stage": "anneal", "step": 3, "tokens": 800, "lastLoss": 2.5,
+        "stage": "Running", "activePhases": ["anneal"], "step": 3, "tokens": 800, "lastLoss": 2.5,
         "phases.anneal.state": "Running", "phases.anneal.attempts": 2,
         "phases.anneal.step": 3, "phases.anneal.tokens": 800, "phases.anneal.lastLoss": 2.5,
         "phases.anneal.jobs.0.checkpoint": "c1/step2", "phases.anneal.jobs.0.state": "Running",
@@ -830,7 +831,7 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "phases.pretrain.state": "Running", "phases.pretrain.message": "archiving final checkpoint(s)",
         "phases.pretrain.jobs.0.state": "Succeeded", "phases.pretrain.jobs.0.message": "final checkpoint step 10",
         "phases.pretrain.jobs.0.checkpoint": f"{PRE}/step10", "phases.pretrain.jobs.0.archive": None,
-        "phases.pretrain.finishedAt": None, "stage": "pretrain",
+        "phases.pretrain.finishedAt": None, "stage": "Running", "activePhases": ["pretrain"],
     }),
     (row_archived, [
         ("Normal", "Archived", f"{PRE}/step10 archived and verified at {ARC}/pretrain/step10"),
@@ -841,7 +842,7 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "phases.pretrain.message": "1 job(s) succeeded, final checkpoints archived",
         "phases.pretrain.checkpoint": f"{PRE}/step10", "phases.pretrain.archive": f"{ARC}/pretrain/step10",
         "phases.pretrain.jobs.0.archive": f"{ARC}/pretrain/step10",
-        "phases.anneal.startedAt": "2026-01-01T12:01:00Z", "stage": "anneal",
+        "phases.anneal.startedAt": "2026-01-01T12:01:00Z", "stage": "Running", "activePhases": ["anneal"],
     }),
     (row_archive_retry, [
         ("Warning", "ArchiveRetry", f"archive of {PRE}/step10 failed, retrying: sha256 mismatch"),
@@ -865,7 +866,7 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "(no MANIFEST.json under checkpoints/)"
     ))], {"phases.pretrain.jobs.0.state": "Failed", "phases.pretrain.jobs.0.checkpoint": None}),
     (row_retrying, [("Warning", "JobFailed", "job r-pretrain-a1: exit code 1; retry 1/2 in 10s")], {
-        "phases.pretrain.state": "Retrying", "stage": "pretrain", "phases.pretrain.message": "",
+        "phases.pretrain.state": "Retrying", "stage": "Running", "activePhases": ["pretrain"], "phases.pretrain.message": "",
         "phases.pretrain.jobs.0.retryAt": "2026-01-01T12:00:10Z", "phases.pretrain.jobs.0.failures": 1,
         "phases.pretrain.jobs.0.state": "Retrying", "phases.pretrain.attempts": 1,
         "cond.Succeeded": ("Unknown", "Running", "running: pretrain"),
@@ -930,7 +931,7 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "cond.Progressing": ("False", "KindNotImplemented", "stopped at phase 'sft'"),
     }),
     (row_blocked_while_a_branch_runs, [], {
-        "stage": "anneal", "phases.sft.state": "Blocked",
+        "stage": "Running", "activePhases": ["anneal"], "phases.sft.state": "Blocked",
         "cond.Succeeded": ("False", "KindNotImplemented", "running: anneal; blocked: sft"),
         "cond.Progressing": ("True", "Running", "running: anneal"),
     }),
@@ -1000,7 +1001,7 @@ def test_spec_hash_recipe_is_pinned() -> None:
     run = make_run()
     phase = run.phase("pretrain")
     recipe = {
-        "phase": phase.model_dump(mode="json", by_alias=True),
+        "phase": hashed_phase(phase),  # the wire form, archiveFinal under its pre-rename key
         "model": run.spec.model.model_dump(mode="json", by_alias=True),
         "image": "img@sha256:abc",
         "seed": 6198,
@@ -1036,3 +1037,10 @@ def test_timestamps_are_utc_whole_seconds_with_a_z() -> None:
     local = dt.datetime(2026, 1, 1, 14, 0, 0, 999_999, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     assert timestamp(local) == "2026-01-01T12:00:00Z"
     assert parse_timestamp("2026-01-01T12:00:00Z") == T0
+
+
+def test_the_archive_rename_keeps_the_spec_hash_of_phases_started_before_it() -> None:
+    """A phase started by an operator that knew only `archive` must not read as edited afterwards."""
+    old, new = make_run(pretrain(archive=False)), make_run(pretrain(archiveFinal=False))
+    assert phase_spec_hash(old, old.phase("pretrain")) == phase_spec_hash(new, new.phase("pretrain"))
+    assert hashed_phase(new.phase("pretrain"))["archive"] is False and "archiveFinal" not in hashed_phase(new.phase("pretrain"))
