@@ -55,7 +55,7 @@ def drive_to_last_phase(run: OlmoRun) -> OlmoRun:
         result = plan(run, Observation(), NOW)
         run = run.model_copy(update={"status": result.status})
         jobs = {
-            j.name: JobObservation(j.name, "Succeeded", checkpoint=(10, f"{layout.save_dir(run, phase, j.seed)}/checkpoints/step10"))
+            j.name: JobObservation(j.name, "Succeeded", checkpoint=(10, layout.step_uri(layout.checkpoints_dir(layout.save_dir(run, phase, j.seed)), 10)))
             for j in run.status.phases[phase.name].jobs
         }  # fmt: skip
         result = plan(run, Observation(jobs=jobs), NOW)
@@ -103,10 +103,11 @@ def main() -> int:
         for job in running:  # what the trainer leaves behind: a committed checkpoint and metrics
             save = layout.save_dir(run, last, job.seed)
             fs, root = manifest.filesystem(save)
-            fs.makedirs(f"{root}/checkpoints/step5", exist_ok=True)
-            fs.pipe_file(f"{root}/checkpoints/step5/shard", b"x" * 1024)
-            manifest.commit(fs, f"{root}/checkpoints/step5", manifest.build_manifest(fs, f"{root}/checkpoints/step5", step=5))
-            fs.pipe_file(f"{root}/metrics.jsonl", (json.dumps({"step": 5, "tokens": 320, "loss": 3.0}) + "\n").encode())
+            step5 = layout.step_uri(layout.checkpoints_dir(root), 5)
+            fs.makedirs(step5, exist_ok=True)
+            fs.pipe_file(f"{step5}/shard", b"x" * 1024)
+            manifest.commit(fs, step5, manifest.build_manifest(fs, step5, step=5))
+            fs.pipe_file(layout.metrics_uri(root), (json.dumps({"step": 5, "tokens": 320, "loss": 3.0}) + "\n").encode())
         observation = observe(run, launcher=Running())
         jobs = sum(len(p.jobs) for p in run.status.phases.values())
         plan_ms = timed(lambda: plan(run, observation, NOW), args.repeats)

@@ -61,9 +61,9 @@ def resolve_checkpoint(uri: str) -> str:
     """A stepN/ directory as given; a directory of steps (checkpoints/, an archive) -> its latest committed."""
     fs, path = _filesystem(uri)
     if manifest.read_manifest(fs, path) is None:
-        latest = manifest.latest_committed(fs, path)
+        latest = manifest.latest_committed(fs, path, uri=uri)
         if latest is not None:
-            return f"{uri.rstrip('/')}/step{latest[0]}"
+            return latest[1]
     return uri
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from olmo_operator import archive
 from olmo_operator.cli import UserError
 from olmo_trainer import manifest as mf
+from olmo_trainer.layout import step_of, step_uri
 
 
 def register(sub: Any) -> None:
@@ -111,14 +112,12 @@ def resolve_checkpoint(uri: str, options: dict[str, Any]) -> tuple[str, str | No
         return uri, None
     latest = archive.latest_checkpoint(uri, options=options)
     if latest is not None:
-        step, step_uri = latest
-        return step_uri, f"latest committed checkpoint: step {step}"
+        return latest[1], f"latest committed checkpoint: step {latest[0]}"
     steps = archive.list_steps(uri, options=options)
     if steps:
         # Step directories exist but none is committed: the data is bad, not the request.
-        return f"{uri.rstrip('/')}/step{steps[-1]}", f"no committed checkpoint among {len(steps)} step directories"
-    name = uri.rstrip("/").rsplit("/", 1)[-1]
-    if mf.STEP_DIR.match(name) and archive.exists(uri, options=options):
+        return step_uri(uri, steps[-1]), f"no committed checkpoint among {len(steps)} step directories"
+    if step_of(uri) is not None and archive.exists(uri, options=options):
         return uri, None
     raise UserError(f"{uri} is not a checkpoint: no {mf.MANIFEST_NAME} and no stepN/ directories")
 

@@ -33,6 +33,7 @@ from torchx.specs.overlays import JOIN, set_overlay
 from olmo_operator import layout
 from olmo_operator.api import API_VERSION, KIND, OlmoRun, PhaseSpec
 from olmo_operator.plan import JobObservation, ObservedState
+from olmo_trainer.layout import EXIT_PREEMPTED
 
 job_name = layout.job_name  # re-exported: the naming contract lives with the storage layout (pure)
 
@@ -136,7 +137,7 @@ def _command(kind: str, config_uri: str, *, nnodes: int, nproc: int, rdzv_endpoi
     # The endpoint stays unquoted: on Kubernetes it is a shell expansion of rank 0's host variable.
     trainer = quoted("-m", "olmo_trainer", kind, "--config", config_uri)
     return (
-        "trap 'kill -TERM $$child 2>/dev/null; wait $$child; exit 143' TERM INT; "
+        f"trap 'kill -TERM $$child 2>/dev/null; wait $$child; exit {EXIT_PREEMPTED}' TERM INT; "
         f"{launcher} --rdzv_endpoint {rdzv_endpoint} {trainer} & child=$$!; wait $$child"
     )
 
@@ -386,7 +387,7 @@ class Launcher:
         if state != "Failed":
             return JobObservation(job_name, state)
         exit_code, reason = self._k8s_exit(job_name)
-        preempted = phase in _STOPPED_FROM_OUTSIDE or exit_code == 143 or reason in ("Evicted", "Preempting")
+        preempted = phase in _STOPPED_FROM_OUTSIDE or exit_code == EXIT_PREEMPTED or reason in ("Evicted", "Preempting")
         message = f"Volcano job {phase}" + (f", exit code {exit_code}" if exit_code is not None else "")
         return JobObservation(job_name, "Failed", exit_code=exit_code, preempted=preempted, message=message)
 
@@ -444,7 +445,7 @@ class Launcher:
             job_name,
             state,
             exit_code=exit_code,
-            preempted=exit_code == 143,
+            preempted=exit_code == EXIT_PREEMPTED,
             message=message,
         )
         if state in ("Succeeded", "Failed", "Missing"):

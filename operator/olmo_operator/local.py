@@ -33,6 +33,7 @@ from olmo_operator.api import OlmoRun, OlmoRunStatus, PhaseSpec
 from olmo_operator.plan import Emit, condition, invalid_status
 from olmo_operator.reconcile import last_metrics, reconcile_plan, spec_fault
 from olmo_trainer.config import format_tokens, hash_json
+from olmo_trainer.layout import total_steps
 
 STATE_FILE = "state.json"
 POLL_SECONDS = 1.5
@@ -128,11 +129,11 @@ def start_state(run: OlmoRun, document: dict[str, Any], workdir: Path, now: dt.d
 
 
 def _total_steps(phase: PhaseSpec) -> int | None:
-    if phase.max_steps is not None:
-        return phase.max_steps
-    if phase.max_tokens is None or phase.batch is None or phase.data is None:
+    """The phase's optimizer steps (the trainer's own arithmetic), None when it has no step budget."""
+    per_step = phase.batch.global_batch_size * phase.data.sequence_length if phase.batch and phase.data else None
+    if phase.max_steps is None and (phase.max_tokens is None or per_step is None):
         return None
-    return -(-phase.max_tokens // (phase.batch.global_batch_size * phase.data.sequence_length))
+    return total_steps(max_steps=phase.max_steps, max_tokens=phase.max_tokens, tokens_per_step=per_step or 0)
 
 
 def _eta(phase: PhaseSpec, step: int, tokens_per_s: float | None) -> str:

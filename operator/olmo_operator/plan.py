@@ -44,13 +44,13 @@ from olmo_operator.api import (
 )
 from olmo_operator.resolve import resolve_config
 from olmo_trainer.config import IMPLEMENTED_KINDS, TrainConfig, hash_json
+from olmo_trainer.layout import EXIT_PREEMPTED
 
 # ---------------------------------------------------------------------------------------------
 # Observation: what reconcile saw (inputs)
 # ---------------------------------------------------------------------------------------------
 
 ObservedState = Literal["Pending", "Running", "Succeeded", "Failed", "Missing"]
-PREEMPTED_EXIT = 143  # 128 + SIGTERM: the job was stopped from outside, not broken
 
 
 @dataclass(frozen=True)
@@ -477,7 +477,7 @@ class _Planner:
             job.message = obs.message
         elif obs.state == "Succeeded":
             self._job_succeeded(phase, job, obs)
-        elif obs.state == "Missing" or obs.preempted or obs.exit_code == PREEMPTED_EXIT:
+        elif obs.state == "Missing" or obs.preempted or obs.exit_code == EXIT_PREEMPTED:
             # Lost or preempted: not the job's fault; resubmit now, resuming from the newest checkpoint.
             was = job.name
             why = "disappeared" if obs.state == "Missing" else "was preempted"

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from fsspec import AbstractFileSystem
 
+from olmo_operator import archive as arch
 from olmo_operator import layout
 from olmo_operator.api import JobStatus, OlmoRun, OlmoRunStatus, PhaseSpec
 from olmo_operator.plan import (
@@ -40,7 +41,7 @@ from olmo_operator.plan import (
     WriteRunManifest,
     plan,
 )
-from olmo_trainer import manifest as ckpt
+from olmo_trainer import manifest
 
 ARCHIVE_WORKERS = 8
 _METRICS_TAIL = 64 * 1024  # bytes read from the end of metrics.jsonl: the last line is all we need
@@ -62,12 +63,15 @@ class JobLauncher(Protocol):
 
 
 Options = Mapping[str, Any] | None
+"""fsspec storage options; None: from the environment (archive.storage_options)."""
+
+
+def _plain(options: Options) -> dict[str, Any] | None:
+    return dict(options) if options is not None else None
 
 
 def _fs(uri: str, options: Options) -> tuple[AbstractFileSystem, str]:
-    from olmo_operator.archive import storage_options
-
-    fs, path = ckpt.filesystem(uri, **(dict(options) if options is not None else storage_options(uri)))
+    fs, path = manifest.filesystem(uri, **(dict(options) if options is not None else arch.storage_options(uri)))
     fs.invalidate_cache()  # a long-lived operator must see what the jobs wrote since its last step
     return fs, path
 
@@ -126,14 +130,11 @@ def last_metrics(uri: str, options: Options = None) -> Metrics | None:
 
 
 def newest_checkpoint(save_dir: str, options: Options = None) -> tuple[int, str] | None:
-    """(step, uri) of the newest committed checkpoint under `<save_dir>/checkpoints/`."""
-    checkpoints = layout.checkpoints_dir(save_dir)
-    fs, path = _fs(checkpoints, options)
-    found = ckpt.latest_committed(fs, path)
-    if found is None:
-        return None
-    step, _ = found
-    return step, f"{checkpoints}/step{step}"
+    """(step, uri) of the newest committed checkpoint under `<save_dir>/checkpoints/`.
+
+    Raises archive.StorageAccessError when the storage refuses the credentials or cannot be reached.
+    """
+    return arch.latest_checkpoint(layout.checkpoints_dir(save_dir), options=_plain(options))
 
 
 def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = None) -> Observation:
@@ -171,10 +172,9 @@ def _existing_archive(
         return None
     step = layout.step_of(job.checkpoint)
     dst = layout.archive_uri(run, phase, job.seed, step if step is not None else 0)
-    fs, path = _fs(dst, options)
-    if ckpt.read_manifest(fs, path) is None:
+    report = arch.verify_checkpoint(dst, options=_plain(options), workers=ARCHIVE_WORKERS)
+    if not report.committed:
         return None
-    report = ckpt.verify(fs, path, uri=dst)
     key = layout.job_key(phase, job.seed)
     return ArchiveResult(key, job.checkpoint, dst, report.ok, report.summary(), retryable=not report.ok)
 
@@ -232,9 +232,7 @@ def archive(action: ArchiveCheckpoint, options: Options) -> ArchiveResult:
     Storage that cannot be reached is worth another try; a source that is corrupt or not committed,
     or a destination holding a different checkpoint, is not.
     """
-    from olmo_operator import archive as arch
-
-    opts = dict(options) if options is not None else None  # None: credentials from the environment
+    opts = _plain(options)
     try:
         arch.archive_checkpoint(
             action.src, action.dst, src_options=opts, dst_options=opts, workers=ARCHIVE_WORKERS

@@ -89,7 +89,7 @@ def commit_checkpoint(body: dict[str, Any], phase: str, seed: int, step: int) ->
     run = api.parse_olmorun(body)
     save = layout.save_dir(run, run.phase(phase), seed)
     fs, root = manifest.filesystem(layout.checkpoints_dir(save))
-    directory = f"{root}/step{step}"
+    directory = layout.step_uri(root, step)
     fs.makedirs(directory, exist_ok=True)
     fs.pipe_file(f"{directory}/__0_0.distcp", f"weights of {phase}/{seed} at {step}".encode())
     fs.pipe_file(f"{directory}/.metadata", dcp_metadata(["__0_0.distcp"]))

@@ -59,6 +59,7 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
 from olmo_trainer import identity, manifest
 from olmo_trainer.config import CheckpointConfig, TrainConfig
+from olmo_trainer.layout import manifest_path, step_uri
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,6 @@ class CheckpointError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Pure logic
 # ---------------------------------------------------------------------------------------------
-
-
-def step_uri(directory: str, step: int) -> str:
-    return f"{directory.rstrip('/')}/step{step}"
 
 
 def steps_to_delete(
@@ -107,11 +104,6 @@ def trainer_state_for_rank(saved: dict[str, Any], rank: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_local(fs: AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
 class _ReproducibleFileSystemWriter(dcp.FileSystemWriter):
     """DCP's writer without its observability record: `storage_meta()` (a public StorageWriter hook,
     "None by default") would put a random save_id and the absolute checkpoint path into `.metadata`,
@@ -131,14 +123,14 @@ class _ReproducibleFsspecWriter(FsspecWriter):
 
 def _writer(uri: str, storage_options: dict[str, Any]) -> StorageWriter:
     fs, path = manifest.filesystem(uri, **storage_options)
-    if _is_local(fs):
+    if manifest.is_local(fs):
         return _ReproducibleFileSystemWriter(path)
     return _ReproducibleFsspecWriter(uri, **storage_options)
 
 
 def _reader(uri: str, storage_options: dict[str, Any]) -> StorageReader:
     fs, path = manifest.filesystem(uri, **storage_options)
-    if _is_local(fs):
+    if manifest.is_local(fs):
         return dcp.FileSystemReader(path)
     return FsspecReader(uri, **storage_options)
 
@@ -283,12 +275,11 @@ class Checkpointer:
     # Finding ---------------------------------------------------------------------------------
     def latest(self) -> tuple[int, str] | None:
         """The newest committed (step, uri); uncommitted directories do not count."""
-        found = manifest.latest_committed(self.fs, self.path)
-        return None if found is None else (found[0], step_uri(self.directory, found[0]))
+        return manifest.latest_committed(self.fs, self.path, uri=self.directory)
 
     def committed(self) -> list[tuple[int, str]]:
         """Every committed (step, uri), by step ascending."""
-        return [(step, step_uri(self.directory, step)) for step, _ in manifest.committed_steps(self.fs, self.path)]
+        return manifest.committed_steps(self.fs, self.path, uri=self.directory)
 
     # Saving ----------------------------------------------------------------------------------
     def save(self, step: int, app_state: dict[str, Any], *, final: bool = False) -> str:
@@ -400,12 +391,12 @@ class Checkpointer:
             committed.append((step, bool(record.get("extra", {}).get("final"))))
         doomed = steps_to_delete(committed, keep_last=self.cfg.keep_last, keep_every=self.cfg.keep_every)
         for step in doomed:
-            self._delete(f"{self.path}/step{step}")
+            self._delete(step_uri(self.path, step))
             log.info("retention: deleted checkpoint step%d", step)
 
     def _delete(self, path: str) -> None:
         # MANIFEST first: a deletion cut short leaves an uncommitted directory, never a broken committed one.
-        self.fs.rm(f"{path}/{manifest.MANIFEST_NAME}")
+        self.fs.rm(manifest_path(path))
         self.fs.rm(path, recursive=True)
 
     def cleanup_uncommitted(self) -> None:
@@ -560,7 +551,7 @@ def save_model_weights(
 def manifest_sha256(uri: str, *, storage_options: dict[str, Any] | None = None) -> str:
     """sha256 of a checkpoint's MANIFEST.json bytes: names one exact committed checkpoint."""
     fs, path = manifest.filesystem(uri, **(storage_options or {}))
-    return manifest.sha256_file(fs, f"{path}/{manifest.MANIFEST_NAME}")
+    return manifest.sha256_file(fs, manifest_path(path))
 
 
 def config_json_of(uri: str, *, storage_options: dict[str, Any] | None = None) -> str | None:
@@ -582,6 +573,5 @@ __all__ = [
     "read_train_config",
     "read_trainer_state",
     "save_model_weights",
-    "step_uri",
     "steps_to_delete",
 ]

@@ -26,10 +26,10 @@ from typing import Any
 
 import fsspec
 import torch
-from fsspec.implementations.local import LocalFileSystem
 from safetensors.torch import load_file, save_file
 
 from olmo_trainer.config import ModelConfig
+from olmo_trainer.manifest import is_local
 from olmo_trainer.model import Transformer
 
 CONFIG_NAME = "config.json"
@@ -214,31 +214,26 @@ def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch
     return shards
 
 
-def _is_local(uri: str) -> bool:
-    return isinstance(fsspec.core.url_to_fs(uri)[0], LocalFileSystem)
-
-
 @contextmanager
 def _local_dir_for_writing(out_dir: str) -> Iterator[str]:
-    if _is_local(out_dir):
-        path = fsspec.core.url_to_fs(out_dir)[1]
+    fs, path = fsspec.core.url_to_fs(out_dir)
+    if is_local(fs):
         os.makedirs(path, exist_ok=True)
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="olmorun-hf-") as staging:
         yield staging
-        fs, remote = fsspec.core.url_to_fs(out_dir)
         for name in sorted(os.listdir(staging)):
-            fs.put_file(os.path.join(staging, name), f"{remote.rstrip('/')}/{name}")
+            fs.put_file(os.path.join(staging, name), f"{path.rstrip('/')}/{name}")
 
 
 @contextmanager
 def _local_dir_for_reading(path: str) -> Iterator[str]:
-    if _is_local(path):
-        yield fsspec.core.url_to_fs(path)[1]
+    fs, remote = fsspec.core.url_to_fs(path)
+    if is_local(fs):
+        yield remote
         return
     with tempfile.TemporaryDirectory(prefix="olmorun-hf-") as staging:
-        fs, remote = fsspec.core.url_to_fs(path)
         for entry in fs.ls(remote, detail=False):
             name = str(entry).rstrip("/").rsplit("/", 1)[-1]
             if name == CONFIG_NAME or name.endswith((".safetensors", INDEX_NAME)):
