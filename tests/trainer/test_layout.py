@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from olmo_trainer import layout, manifest
+from tests.dcp_files import dcp_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,11 +60,13 @@ def test_exit_codes_are_the_shell_conventions() -> None:
 
 
 def _commit_step(root: Path, step: int, files: dict[str, bytes]) -> Path:
+    """A committed stand-in checkpoint: the files as opaque DCP shards named by a real `.metadata`."""
     fs, _ = manifest.filesystem(str(root))
     directory = Path(layout.step_uri(str(root), step))
     directory.mkdir(parents=True)
     for name, blob in files.items():
         (directory / name).write_bytes(blob)
+    (directory / ".metadata").write_bytes(dcp_metadata(files))
     manifest.commit(fs, str(directory), manifest.build_manifest(fs, str(directory), step=step))
     return directory
 
@@ -99,8 +102,8 @@ def test_commit_of_bytes_is_verbatim_and_verify_finds_every_bad_file(tmp_path: P
     (copy / "f7").write_bytes(b"\x00" * 8)  # same size, other bytes
     (copy / "f9").unlink()
     report = manifest.verify(fs, str(copy), uri="file://copy", workers=4)
-    assert (report.ok, report.checked, report.corrupted, report.missing) == (False, 12, ["f3", "f7"], ["f9"])
-    assert report.summary() == "file://copy: FAILED (1 missing, 2 corrupted of 12 files)"
+    assert (report.ok, report.checked, report.corrupted, report.missing) == (False, 13, ["f3", "f7"], ["f9"])
+    assert report.summary() == "file://copy: FAILED (1 missing, 2 corrupted of 13 files)"
 
 
 def test_a_manifest_of_another_format_does_not_commit(tmp_path: Path) -> None:
