@@ -452,6 +452,17 @@ def test_edit_of_a_started_phase_is_refused_and_running_jobs_are_untouched() -> 
     assert cond(reverted, "Invalid") == ("False", "Valid")
 
 
+@pytest.fixture
+def rlvr_unimplemented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kind is implemented in this release; the refusal path is exercised by taking rlvr away."""
+    from olmo_operator import api, plan
+    from olmo_trainer.config import IMPLEMENTED_KINDS
+
+    monkeypatch.setattr(plan, "IMPLEMENTED_KINDS", IMPLEMENTED_KINDS - {"rlvr"})
+    monkeypatch.setattr(api, "IMPLEMENTED_KINDS", IMPLEMENTED_KINDS - {"rlvr"})
+
+
+@pytest.mark.usefixtures("rlvr_unimplemented")
 @pytest.mark.parametrize("kind", ["rlvr"])
 def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> None:
     post = {"name": kind, "kind": kind, "from": "soup", kind: {"data": {"paths": ["x.jsonl"], "maxLength": 64}}, "batch": BATCH}
@@ -471,6 +482,7 @@ def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> Non
     assert "KindNotImplemented" not in reasons(again)  # emitted once, on the transition
 
 
+@pytest.mark.usefixtures("rlvr_unimplemented")
 def test_blocked_branch_reports_while_another_branch_still_runs() -> None:
     run, _ = step(
         make_run(pretrain(), {"name": "rl", "kind": "rlvr", "from": "pretrain", "rlvr": SFT["sft"], "batch": BATCH}, anneal())
