@@ -1,5 +1,5 @@
 """RLVR jobs end to end under torchrun with 2 CPU processes (gloo, FSDP2): generation and training in
-one job, GRPO and PPO, the value model checkpointed beside the policy, and a SIGKILLed PPO job (killed
+one job, GRPO (DDP) and PPO (FSDP2), the value model checkpointed beside the policy, and a SIGKILLed PPO job (killed
 inside a rollout reused by two PPO epochs) resuming bit-identically. export-hf exports the policy.
 
 The model starts from its seeded init, so its responses are random bytes: the prompts mix `gsm8k`
@@ -48,7 +48,7 @@ def write_prompts(path: Path, count: int = 24) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def rl_config(directory: Path, algorithm: str, **rlvr: Any) -> Path:
+def rl_config(directory: Path, algorithm: str, strategy: str = "fsdp", **rlvr: Any) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     write_prompts(directory / "rl.jsonl")
     config = {
@@ -58,7 +58,7 @@ def rl_config(directory: Path, algorithm: str, **rlvr: Any) -> Path:
         "batch": {"globalBatchSize": 4, "microBatchSize": 4},
         "maxSteps": 6,
         "checkpoint": {"intervalSteps": 3, "keepLast": 5},
-        "parallel": {"strategy": "fsdp"},
+        "parallel": {"strategy": strategy},
         "saveDir": str(directory / "out"),
         "rlvr": {
             "data": {"paths": [str(directory / "rl.jsonl")], "maxLength": 64},
@@ -84,7 +84,8 @@ def ppo_reference() -> Path:
 
 
 def test_grpo_job_generates_scores_and_trains(tmp_path: Path) -> None:
-    config = rl_config(tmp_path, "grpo", maxNewTokens=6)
+    # DDP here (the PPO tests run FSDP2): the frozen reference is then a plain module on each rank.
+    config = rl_config(tmp_path, "grpo", strategy="ddp", maxNewTokens=6)
     result = torchrun(["rlvr", "--config", str(config)])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     metrics = read_metrics(tmp_path / "out")

@@ -31,7 +31,7 @@ from olmo_trainer.data.prompts import Prompt
 from olmo_trainer.distributed import DistInfo
 from olmo_trainer.generate import Sampling, generate
 from olmo_trainer.objectives import BaseObjective
-from olmo_trainer.rewards import reward
+from olmo_trainer.rewards import reward_of, verifier
 from olmo_trainer.rollouts import Packed, pack, response_logprobs, response_values
 from olmo_trainer.train import StepPlan
 
@@ -228,12 +228,11 @@ class RLObjective(BaseObjective):
         for row, prompt in enumerate(prompts):
             ids = [int(t) for t, keep in zip(responses[row].tolist(), mask[row].tolist(), strict=True) if keep and t != eos]
             text = self.tokenizer.decode(ids)
-            score = reward(
-                text, prompt.ground_truth, prompt.dataset,
-                correct_reward=self.rl.correct_reward, stopped=bool(stopped[row]),
+            verified = verifier(prompt.dataset)(text, prompt.ground_truth)
+            score = reward_of(
+                verified, correct_reward=self.rl.correct_reward, stopped=bool(stopped[row]),
                 non_stop_penalty=self.rl.non_stop_penalty,
             )
-            verified = reward(text, prompt.ground_truth, prompt.dataset, correct_reward=1.0) > 0
             rewards.append(score)
             correct.append(float(verified))
         device = responses.device
