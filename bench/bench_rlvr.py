@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 TASK = "arith"
-ROWS = [("base (soup)", "soup"), ("SFT", "sft"), ("DPO", "dpo"), ("GRPO", "rlvr"), ("PPO", "rlvr-ppo")]
+LABELS = {"soup": "base (soup)", "sft": "SFT", "dpo": "DPO", "rlvr": "GRPO", "rlvr-ppo": "PPO"}
 
 
 def spec_with_ppo(path: Path) -> dict[str, Any]:
@@ -51,9 +51,10 @@ def read_metrics(workdir: Path, phase: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in found[0].read_text().splitlines() if line.strip()]
 
 
-def summary(workdir: Path) -> list[tuple[str, float | None, str]]:
+def summary(workdir: Path, phases: list[str]) -> list[tuple[str, float | None, str]]:
     rows = []
-    for label, phase in ROWS:
+    for phase in phases:
+        label = LABELS.get(phase, phase)
         metrics = read_metrics(workdir, phase)
         accuracy = next((m[f"eval/{TASK}/accuracy"] for m in reversed(metrics) if f"eval/{TASK}/accuracy" in m), None)
         rewards = [m["rl/reward"] for m in metrics if "rl/reward" in m]
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(ROOT / ".olmorun-rlvr-proof"))
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--reuse", action="store_true", help="summarise an existing workdir, run nothing")
+    parser.add_argument("--phases", default=",".join(LABELS), help="comma-separated phases of the table")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     start = time.monotonic()
@@ -83,7 +85,7 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(f"olmorun local exited {done.returncode}")
     minutes = (time.monotonic() - start) / 60
-    rows = summary(workdir)
+    rows = summary(workdir, args.phases.split(","))
     lines = [
         f"## bench_rlvr: held-out accuracy of the tiny recipe, base -> SFT -> DPO -> GRPO / PPO "
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",
