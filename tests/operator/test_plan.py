@@ -465,7 +465,10 @@ def rlvr_unimplemented(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("rlvr_unimplemented")
 @pytest.mark.parametrize("kind", ["rlvr"])
 def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> None:
-    post = {"name": kind, "kind": kind, "from": "soup", kind: {"data": {"paths": ["x.jsonl"], "maxLength": 64}}, "batch": BATCH}
+    post = {
+        "name": kind, "kind": kind, "from": "soup", "maxSteps": 3, "batch": BATCH,
+        kind: {"data": {"paths": ["x.jsonl"], "maxLength": 64}, "maxNewTokens": 16},
+    }
     run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, post))
     assert run.status.phases[kind].state == "Pending"  # not reached yet: not blocked
     assert cond(run, "Succeeded") == ("Unknown", "Running")
@@ -485,7 +488,12 @@ def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> Non
 @pytest.mark.usefixtures("rlvr_unimplemented")
 def test_blocked_branch_reports_while_another_branch_still_runs() -> None:
     run, _ = step(
-        make_run(pretrain(), {"name": "rl", "kind": "rlvr", "from": "pretrain", "rlvr": SFT["sft"], "batch": BATCH}, anneal())
+        make_run(
+            pretrain(),
+            {"name": "rl", "kind": "rlvr", "from": "pretrain", "maxSteps": 3, "batch": BATCH,
+             "rlvr": {**SFT["sft"], "maxNewTokens": 16}},
+            anneal(),
+        )
     )
     run = finish_phase(run, "pretrain")
     assert run.status.phases["rl"].state == "Blocked"

@@ -41,6 +41,9 @@ class PromptDataset:
         if not prompts:
             raise ValueError("no RLVR prompt fits maxLength: nothing to train on")
         self.prompts, self.fingerprint, self.dropped = prompts, fingerprint, dropped
+        datasets = sorted({p.dataset for p in prompts})
+        self.description = {"kind": "rlvr-prompts", "prompts": len(prompts), "dropped": dropped, "verifiers": datasets}
+        """What the run record (environment.py) says about this data."""
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -84,6 +84,15 @@ class RolloutSteps:
         self.prompts: list[Prompt] = []
         self.cached: list[RLBatch] | None = None
 
+    @property
+    def dataset(self) -> Any:
+        """The prompt dataset (the run record, environment.py, fingerprints it)."""
+        return self.inner.dataset
+
+    def order(self, epoch: int) -> Any:
+        """The prompt order of an epoch (data/order.py)."""
+        return self.inner.order(epoch)
+
     def __iter__(self) -> Iterator[list[RolloutStep]]:
         inner = iter(self.inner)
         while True:
