@@ -802,8 +802,10 @@ def row_suspended_before_start() -> tuple[OlmoRun, Plan]:
     return step(make_run(suspend=True))
 
 
-RLVR = {"name": "sft", "kind": "rlvr", "from": "pretrain", "rlvr": SFT["sft"], "batch": BATCH}
-"""A phase of a kind this release refuses (named `sft` only so that the table's paths stay short)."""
+RLVR = {"name": "sft", "kind": "rlvr", "from": "pretrain", "maxSteps": 3, "batch": BATCH,
+        "rlvr": {**SFT["sft"], "maxNewTokens": 16}}
+"""A phase of a kind taken out of IMPLEMENTED_KINDS by `rlvr_unimplemented` (named `sft` only so that the
+table's paths stay short)."""
 
 
 def row_blocked() -> tuple[OlmoRun, Plan]:
@@ -1020,6 +1022,7 @@ def _subset(actual: Any, expected: Any) -> Any:
 
 
 @pytest.mark.parametrize(("situation", "events", "fields"), TABLE, ids=[row[0].__name__[4:] for row in TABLE])
+@pytest.mark.usefixtures("rlvr_unimplemented")
 def test_status_fields_and_events(situation: Any, events: list[tuple[str, str, str]], fields: dict[str, Any]) -> None:
     run, result = situation()
     assert [(e.type, e.reason, e.message) for e in result.events] == events
@@ -1027,6 +1030,7 @@ def test_status_fields_and_events(situation: Any, events: list[tuple[str, str, s
         assert _subset(field_of(run, path), expected) == expected, path
 
 
+@pytest.mark.usefixtures("rlvr_unimplemented")
 def test_kind_not_implemented_is_emitted_once_on_the_transition() -> None:
     run, first = row_blocked()
     assert reasons(first).count("KindNotImplemented") == 1
