@@ -35,9 +35,10 @@ def _data(phase: PhaseSpec, seed: int) -> DataConfig | None:
 
 def _tracking(run: OlmoRun) -> TrackingConfig:
     wandb = run.spec.tracking.wandb
+    owner = {"namespace": run.namespace, "run_uid": run.metadata.uid}
     if wandb is None:
-        return TrackingConfig()
-    return TrackingConfig(project=wandb.project, entity=wandb.entity)
+        return TrackingConfig(**owner)
+    return TrackingConfig(project=wandb.project, entity=wandb.entity, **owner)
 
 
 def _parallel(run: OlmoRun, phase: PhaseSpec) -> ParallelConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -77,3 +78,31 @@ def test_save_retain_load_and_soup_on_s3(s3_server: S3Server) -> None:
     target = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 3))
     load_model_weights(soup, target, storage_options=options)
     assert torch.equal(target[1].bias, averaged["1.bias"])
+
+
+def test_retention_leaves_nothing_and_restarts_warn_only_about_real_leftovers(
+    s3_server: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SeaweedFS keeps a deleted directory as an empty folder (as a `step/` marker object does on S3):
+    retention must remove it too, or every restart reports long-deleted checkpoints as crashed saves."""
+    bucket = s3_server.make_bucket("retention")
+    options = s3_server.storage_options()
+    model, optim = net(0)
+    ckpt = Checkpointer(f"{bucket}/run/checkpoints", CheckpointConfig(keep_last=1), config_hash="h",
+                        storage_options=options)
+    for step in (1, 2, 3):
+        ckpt.save(step, {"model": model, "optim": optim})
+    listing = s3_server.client().list_objects_v2(Bucket="retention", Prefix="run/checkpoints/", Delimiter="/")
+    assert [p["Prefix"] for p in listing.get("CommonPrefixes", [])] == ["run/checkpoints/step3/"]
+
+    # A real leftover: a save that wrote a shard and never committed.
+    fs = s3_server.filesystem()
+    fs.pipe_file("retention/run/checkpoints/step4/__0_0.distcp", b"half a shard")
+    fs.invalidate_cache()
+    with caplog.at_level(logging.WARNING, logger="olmo_trainer.checkpoint"):
+        Checkpointer(f"{bucket}/run/checkpoints", CheckpointConfig(keep_last=1), config_hash="h",
+                     storage_options=options).cleanup_uncommitted()
+    warned = [r.getMessage() for r in caplog.records if "uncommitted" in r.getMessage()]
+    assert warned == ["removing uncommitted checkpoint directory retention/run/checkpoints/step4"]
+    listing = s3_server.client().list_objects_v2(Bucket="retention", Prefix="run/checkpoints/", Delimiter="/")
+    assert [p["Prefix"] for p in listing.get("CommonPrefixes", [])] == ["run/checkpoints/step3/"]

@@ -33,6 +33,7 @@ half-deleted "committed" one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -127,6 +128,27 @@ class _ReproducibleFsspecWriter(FsspecWriter):
 
     def storage_meta(self) -> StorageMeta | None:
         return None
+
+
+def remove_tree(fs: AbstractFileSystem, path: str) -> None:
+    """Delete a directory and everything in it, leaving no folder entry behind.
+
+    On object stores a "directory" can outlive its objects: a zero-byte `path/` marker object, or an
+    empty folder kept by a filer-backed server (SeaweedFS). Left there, it lists as a step directory
+    without a MANIFEST, which every restart would report as a crashed save.
+    """
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    if not _is_local(fs):
+        with contextlib.suppress(FileNotFoundError):  # deleting a missing key is a no-op on S3 anyway
+            fs.rm_file(path.rstrip("/") + "/")  # the marker key itself
+        fs.invalidate_cache(path)
+
+
+def _has_files(fs: AbstractFileSystem, path: str) -> bool:
+    """True when anything but the directory's own marker is under `path`."""
+    own = path.rstrip("/")
+    return any(str(found).rstrip("/") != own for found in fs.find(path))
 
 
 def _writer(uri: str, storage_options: dict[str, Any]) -> StorageWriter:
@@ -329,7 +351,7 @@ class Checkpointer:
         if manifest.read_manifest(fs, path) is not None:
             return "committed"
         if fs.exists(path):  # a crashed attempt: its shards may come from another world size
-            fs.rm(path, recursive=True)
+            remove_tree(fs, path)
         fs.makedirs(path, exist_ok=True)
         return "fresh"
 
@@ -406,17 +428,24 @@ class Checkpointer:
     def _delete(self, path: str) -> None:
         # MANIFEST first: a deletion cut short leaves an uncommitted directory, never a broken committed one.
         self.fs.rm(f"{path}/{manifest.MANIFEST_NAME}")
-        self.fs.rm(path, recursive=True)
+        remove_tree(self.fs, path)
 
     def cleanup_uncommitted(self) -> None:
-        """Rank 0 removes step directories without a MANIFEST (crashed saves); others do nothing."""
+        """Rank 0 removes step directories without a MANIFEST (crashed saves); others do nothing.
+
+        A warning names each one that held files (a save that never committed); an empty folder entry
+        (what an object store may keep of a deleted directory) is removed quietly.
+        """
         if _rank() != 0:
             return
         pending = self._pending.uri if self._pending else None
         for step, path in manifest.step_dirs(self.fs, self.path):
             if manifest.read_manifest(self.fs, path) is None and step_uri(self.directory, step) != pending:
-                log.warning("removing uncommitted checkpoint directory %s", path)
-                self.fs.rm(path, recursive=True)
+                if _has_files(self.fs, path):
+                    log.warning("removing uncommitted checkpoint directory %s", path)
+                else:
+                    log.debug("removing the empty folder entry %s", path)
+                remove_tree(self.fs, path)
 
     # Loading ---------------------------------------------------------------------------------
     def load(self, uri: str, app_state: dict[str, Any]) -> None:
@@ -542,8 +571,7 @@ def save_model_weights(
     fs, path = manifest.filesystem(uri, **options)
     if manifest.read_manifest(fs, path) is not None:
         raise CheckpointError(f"{uri} is already a committed checkpoint; refusing to overwrite it")
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    remove_tree(fs, path)
     fs.makedirs(path, exist_ok=True)
     if config_json is not None:
         fs.pipe_file(f"{path}/{CONFIG_NAME}", config_json.encode())

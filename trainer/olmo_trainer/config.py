@@ -395,6 +395,10 @@ class TrackingConfig(ConfigModel):
 
     project: str | None = None
     entity: str | None = None
+    namespace: str | None = None
+    """Namespace of the OlmoRun: part of the wandb run id (same spec and name in two namespaces: two runs)."""
+    run_uid: str | None = None
+    """metadata.uid of the OlmoRun: part of the wandb run id (a run deleted and created again is a new one)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,8 +489,10 @@ class TrainConfig(ConfigModel):
     rlvr: RLVRConfig | None = None
 
     def config_hash(self) -> str:
-        """Identity of what is trained: everything but where it is written."""
-        return hash_json(self.model_dump(mode="json", exclude={"save_dir"}))
+        """Identity of what is trained: everything but where it is written and whose run it is."""
+        return hash_json(
+            self.model_dump(mode="json", exclude={"save_dir": True, "tracking": {"namespace", "run_uid"}})
+        )
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from typing import Any
 
-from olmo_trainer.config import TrainConfig
+from olmo_trainer.config import TrainConfig, hash_json
 from olmo_trainer.manifest import filesystem
 
 METRICS_NAME = "metrics.jsonl"
@@ -133,6 +133,18 @@ class Tracker:
             self.wandb_run = None
 
 
+def wandb_run_id(cfg: TrainConfig) -> str:
+    """`<run name>-<16 hex>`: one wandb run per job of one OlmoRun; every attempt resumes it.
+
+    The hash covers the job's config, its save dir, the run's namespace and uid: the same spec under the
+    same name in two namespaces, or deleted and created again, never logs into another run's history
+    (wandb.init(resume="allow") would merge them).
+    """
+    identity = [cfg.config_hash(), cfg.save_dir, cfg.tracking.namespace, cfg.tracking.run_uid]
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in cfg.run[:20].lower())
+    return f"{name}-{hash_json(identity)}"
+
+
 def _start_wandb(cfg: TrainConfig) -> Any:
     import wandb  # imported lazily: it is slow to import and not needed on other ranks
 
@@ -143,13 +155,11 @@ def _start_wandb(cfg: TrainConfig) -> Any:
         os.makedirs(directory, exist_ok=True)
     else:
         directory = tempfile.mkdtemp(prefix="olmorun-wandb-")
-    # One wandb run per (config, save dir): a resumed job continues the same run.
-    run_id = cfg.config_hash() + "-" + cfg.run[:20].lower()
     return wandb.init(
         project=cfg.tracking.project or cfg.run,
         entity=cfg.tracking.entity,
         name=f"{cfg.run}-{cfg.phase}-s{cfg.seed}",
-        id="".join(c if c.isalnum() or c == "-" else "-" for c in run_id),
+        id=wandb_run_id(cfg),
         resume="allow",
         dir=directory,
         mode=wandb_mode(),  # type: ignore[arg-type]  # WANDB_MODE is checked by wandb itself
