@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from olmo_operator import layout
 from olmo_operator.api import OlmoRun, OlmoRunStatus, PhaseSpec
-from olmo_operator.plan import Emit, condition, invalid_status
+from olmo_operator.plan import CancelJob, Emit, condition, invalid_status
 from olmo_operator.reconcile import last_metrics, reconcile_plan, spec_fault
 from olmo_trainer.config import format_tokens, hash_json
 
@@ -43,6 +43,13 @@ EXIT_BLOCKED = 4
 """The run stopped at a phase whose kind this release does not implement (all it could run succeeded)."""
 EXIT_INVALID = 2
 """The spec cannot become jobs (the same code as any other user error of the CLI)."""
+EXIT_SUSPENDED = 3
+"""The spec says `suspend: true`: its jobs (if any were running) are stopped and nothing runs."""
+SUSPENDED_MESSAGE = (
+    "run {name} is SUSPENDED (spec.suspend: true): no job runs. To continue, set `suspend: false` in the "
+    "spec (or remove it) and run the same `olmorun local` command again (workdir {workdir}); jobs resume "
+    "from their newest committed checkpoints."
+)
 
 
 def default_workdir(run: OlmoRun) -> Path:
@@ -221,6 +228,11 @@ def run_local(
                 print(line, file=out, flush=True)
             if result.finished:
                 break
+            if run.spec.suspend and not any(isinstance(a, CancelJob) for a in result.actions):
+                # Nothing runs and nothing is left to stop: waiting would wait for an edit forever.
+                launcher.close()
+                print(SUSPENDED_MESSAGE.format(name=run.name, workdir=workdir), file=out, flush=True)
+                return EXIT_SUSPENDED
             time.sleep(poll_seconds)
     except (KeyboardInterrupt, SignalException):
         # Ctrl-C: torchx's local scheduler turns SIGINT/SIGTERM into its SignalException.

@@ -127,6 +127,15 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     config = storage(workdir) / "phases" / "pretrain" / "config.json"
     assert subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True).stdout == ""
 
+    # Suspended meanwhile: says so and how to continue, exits 3 at once, submits nothing.
+    document = yaml.safe_load(spec.read_text())
+    suspended = tmp_path / "suspended.yaml"
+    suspended.write_text(yaml.safe_dump({**document, "spec": {**document["spec"], "suspend": True}}))
+    held = olmorun("local", str(suspended), "--workdir", str(workdir), "--poll", "0.5", timeout=60)
+    assert held.returncode == 3, held.stdout + held.stderr
+    assert "is SUSPENDED (spec.suspend: true)" in held.stdout and "set `suspend: false`" in held.stdout
+    assert state(workdir)["status"]["phases"]["pretrain"]["jobs"][0]["attempts"] == 1
+
     resumed = olmorun("local", str(spec), "--workdir", str(workdir), "--poll", "0.5")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resubmitted as olmo2-tiny-pretrain-a2 (not a failure)" in resumed.stdout
@@ -139,3 +148,15 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert steps.count(1) == 1 and max(steps) == 30, steps
     restarts = [steps[i] for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
     assert all(s > reached for s in restarts), (reached, steps)
+
+
+def test_a_suspended_run_says_so_and_exits_instead_of_waiting(tmp_path: Path) -> None:
+    document = yaml.safe_load(small_spec(tmp_path, pretrain_steps=4, phases=1).read_text())
+    document["spec"]["suspend"] = True
+    spec = tmp_path / "suspended.yaml"
+    spec.write_text(yaml.safe_dump(document))
+    result = olmorun("local", str(spec), "--workdir", str(tmp_path / "wd"), "--poll", "0.2", timeout=60)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "run olmo2-tiny is SUSPENDED (spec.suspend: true): no job runs" in result.stdout
+    assert "set `suspend: false`" in result.stdout and "run the same `olmorun local` command again" in result.stdout
+    assert state(tmp_path / "wd")["status"]["phases"]["pretrain"]["jobs"] == []
