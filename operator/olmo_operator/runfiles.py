@@ -26,7 +26,7 @@ from olmo_operator import api, layout
 from olmo_operator.archive import storage_options
 from olmo_operator.rundiff import JobRecord, RunRecord
 from olmo_trainer import manifest
-from olmo_trainer.config import hash_json
+from olmo_trainer.config import TrainConfig, hash_json
 
 RUN_JSON = "run.json"
 STATE_JSON = "state.json"
@@ -100,7 +100,13 @@ def portable(value: Any, roots: re.Pattern[str]) -> Any:
 
 
 def portable_config_hash(config: dict[str, Any], roots: re.Pattern[str]) -> str:
-    return hash_json(portable({k: v for k, v in config.items() if k != "saveDir"}, roots))
+    """TrainConfig.config_hash (what is trained: not where it is written, nor whose run it is) of the
+    config with the run's storage roots replaced; a config this release cannot parse is hashed as it is."""
+    trimmed = portable(config, roots)
+    try:
+        return TrainConfig.model_validate(trimmed).config_hash()
+    except ValueError:
+        return hash_json({k: v for k, v in trimmed.items() if k != "saveDir"})
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
