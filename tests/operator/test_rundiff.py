@@ -79,7 +79,9 @@ def test_missing_jobs_steps_and_spec_changes() -> None:
     result = compare(run(job(), job("anneal")), run(job(), spec={"seed": 2}))
     assert [(d.what, d.phase, d.name) for d in result.divergences] == [("spec", None, "seed"), ("missing", "anneal", "job")]
     short = job(losses=(2.0,), checkpoints={})
-    assert compare(run(job()), run(short)).first.describe().startswith("phase pre seed 1 step 2: missing metrics row")  # type: ignore[union-attr]
+    first = compare(run(job()), run(short)).first
+    assert first is not None
+    assert first.describe().startswith("phase pre seed 1 step 2: missing metrics row")
 
 
 @pytest.mark.parametrize(

@@ -64,9 +64,11 @@ def test_cached_greedy_equals_full_recompute_per_row_tokens_and_logits() -> None
 
 def test_no_cache_path_recomputes_the_same_tokens() -> None:
     model = _model(1)
-    args = dict(eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB, return_logits=True)
-    cached = generate(model, PROMPTS, Sampling(max_new_tokens=8, temperature=0), **args)  # type: ignore[arg-type]
-    full = generate(model, PROMPTS, Sampling(max_new_tokens=8, temperature=0), use_cache=False, **args)  # type: ignore[arg-type]
+    greedy = Sampling(max_new_tokens=8, temperature=0)
+    cached = generate(model, PROMPTS, greedy, eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB, return_logits=True)
+    full = generate(
+        model, PROMPTS, greedy, eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB, return_logits=True, use_cache=False
+    )
     assert torch.equal(cached.responses, full.responses)
     assert cached.logits is not None and full.logits is not None
     torch.testing.assert_close(cached.logits, full.logits, rtol=0, atol=1e-5)
@@ -166,7 +168,7 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
     loss = model(torch.tensor([[1, 2, 3, 4]])).logsumexp(-1).mean()
     loss.backward()
     torch.save({"responses": rollout.responses, "local_is_shard": all(
-        p.to_local().numel() < p.numel() for p in model.parameters() if p.numel() > 1  # type: ignore[attr-defined]
+        p.to_local().numel() < p.numel() for p in model.parameters() if p.numel() > 1
     )}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
