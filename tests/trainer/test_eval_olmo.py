@@ -34,6 +34,8 @@ def olmo_eval_metrics() -> types.ModuleType:
     package = types.ModuleType("olmo_eval_scoring")
     package.__path__ = list(spec.submodule_search_locations)
     util = types.ModuleType("olmo_eval_scoring.util")
+    # ModuleType has no declared attributes: mypy cannot see one set on a fresh module (the stand-in for
+    # olmo_eval.util, whose real module imports `datasets`, which clashes with our pins).
     util.all_gather_object = lambda obj, group=None: [obj]  # type: ignore[attr-defined]
     sys.modules.setdefault("olmo_eval_scoring", package)
     sys.modules.setdefault("olmo_eval_scoring.util", util)
