@@ -81,6 +81,9 @@ class JobObservation:
     checkpoint: tuple[int, str] | None = None
     """Newest committed checkpoint (step, uri) in the job's save_dir."""
     metrics: Metrics | None = None
+    failure_reason: str | None = None
+    """Set when the failed attempt recorded why retrying cannot help (olmo_trainer.failure: Diverged,
+    InvalidConfig, NoIntactCheckpoint): the job fails at once, with this reason, and is not retried."""
 
 
 @dataclass(frozen=True)
@@ -407,7 +410,7 @@ class _Planner:
         losses = [j.last_loss for j in jobs if j.last_loss is not None]
         ps.step = min(steps) if steps else ps.step
         ps.tokens = sum(tokens) if tokens else ps.tokens
-        ps.last_loss = sum(losses) / len(losses) if losses else ps.last_loss
+        ps.last_loss = sum(losses) / len(losses) if losses else None  # the latest, never a stale one
         failed = [j for j in jobs if j.state == "Failed"]
         if failed:
             ps.state = "Failed"
@@ -500,7 +503,8 @@ class _Planner:
         if obs.metrics is not None:
             job.step = obs.metrics.step
             job.tokens = obs.metrics.tokens if obs.metrics.tokens is not None else job.tokens
-            job.last_loss = obs.metrics.loss if obs.metrics.loss is not None else job.last_loss
+            # The latest step's loss, even when it is absent (non-finite): never an older step's.
+            job.last_loss = obs.metrics.loss
             job.eval = dict(obs.metrics.eval) or job.eval
 
     def _job_succeeded(self, phase: PhaseSpec, job: JobStatus, obs: JobObservation) -> None:
@@ -518,6 +522,11 @@ class _Planner:
 
     def _job_failed(self, job: JobStatus, obs: JobObservation) -> None:
         job.failures += 1
+        if obs.failure_reason:  # the job said why, and that retrying cannot help
+            job.state = "Failed"
+            job.message = f"{obs.failure_reason}: {obs.message}; not retried"
+            self.emit("Warning", obs.failure_reason, f"job {job.name}: {obs.message}")
+            return
         cause = obs.message or (f"exit code {obs.exit_code}" if obs.exit_code is not None else "failed")
         limit = self.run.spec.retry.backoff_limit
         if job.failures > limit:

@@ -41,6 +41,7 @@ from olmo_operator.plan import (
     plan,
 )
 from olmo_trainer import manifest as ckpt
+from olmo_trainer.failure import read_failure
 
 ARCHIVE_WORKERS = 8
 _METRICS_TAIL = 64 * 1024  # bytes read from the end of metrics.jsonl: the last line is all we need
@@ -64,10 +65,14 @@ class JobLauncher(Protocol):
 Options = Mapping[str, Any] | None
 
 
-def _fs(uri: str, options: Options) -> tuple[AbstractFileSystem, str]:
+def _options(uri: str, options: Options) -> dict[str, Any]:
     from olmo_operator.archive import storage_options
 
-    fs, path = ckpt.filesystem(uri, **(dict(options) if options is not None else storage_options(uri)))
+    return dict(options) if options is not None else storage_options(uri)
+
+
+def _fs(uri: str, options: Options) -> tuple[AbstractFileSystem, str]:
+    fs, path = ckpt.filesystem(uri, **_options(uri, options))
     fs.invalidate_cache()  # a long-lived operator must see what the jobs wrote since its last step
     return fs, path
 
@@ -150,12 +155,17 @@ def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = N
                 archives[found.key] = found
             continue
         described = launcher.describe(job.name)
+        failure = None
+        if described.state == "Failed":
+            _fs(save, storage_options)  # drops cached listings: the record was written since the last look
+            failure = read_failure(save, attempt=job.attempts, **_options(save, storage_options))
         jobs[job.name] = JobObservation(
             name=job.name,
             state=described.state,
             exit_code=described.exit_code,
             preempted=described.preempted,
-            message=described.message,
+            message=failure.message if failure else described.message,
+            failure_reason=failure.reason if failure else None,
             terminating=described.terminating,
             checkpoint=newest_checkpoint(save, storage_options),
             metrics=last_metrics(layout.metrics_uri(save), storage_options),

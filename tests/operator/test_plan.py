@@ -1076,3 +1076,32 @@ def test_run_spec_hash_ignores_where_the_run_is_written() -> None:
         update={"storage": run.spec.storage.model_copy(update={"uri": "file:///elsewhere"})})})  # fmt: skip
     reseeded = run.model_copy(update={"spec": run.spec.model_copy(update={"seed": 1})})
     assert run_spec_hash(moved) == run_spec_hash(run) != run_spec_hash(reseeded)
+
+
+@pytest.mark.parametrize("reason", ["Diverged", "InvalidConfig", "NoIntactCheckpoint"])
+def test_a_failure_the_job_recorded_as_permanent_is_not_retried(reason: str) -> None:
+    """olmo_trainer.failure: the job said why retrying cannot help; the run fails at once with it."""
+    run, _ = step(make_run())
+    observed = JobObservation("r-pretrain-a1", "Failed", exit_code=1, message="loss nan at step 2",
+                              failure_reason=reason, metrics=Metrics(step=2, tokens=200, loss=None))  # fmt: skip
+    run, result = step(run, {"r-pretrain-a1": observed})
+    j = job(run, "pretrain")
+    assert (j.state, j.attempts, j.retry_at) == ("Failed", 1, None)
+    assert j.message == f"{reason}: loss nan at step 2; not retried"
+    assert not of(result, SubmitJob)
+    assert reason in reasons(result) and "JobFailed" not in reasons(result)
+    assert run.status.phases["pretrain"].state == "Failed"
+    assert cond(run, "Succeeded")[0] == "False"
+    assert f"{reason}: loss nan at step 2" in message(run, "Succeeded")
+
+
+def test_the_status_shows_the_latest_loss_not_an_older_finite_one() -> None:
+    """A step whose loss is not finite has none in metrics.jsonl (null): the status must not keep
+    showing an earlier step's loss as if it were current."""
+    run, _ = step(make_run())
+    run, _ = step(run, {"r-pretrain-a1": running("r-pretrain-a1", 1, loss=5.9)})
+    assert job(run, "pretrain").last_loss == 5.9 and run.status.last_loss == 5.9
+    diverged = JobObservation("r-pretrain-a1", "Running", metrics=Metrics(step=2, tokens=200, loss=None))
+    run, _ = step(run, {"r-pretrain-a1": diverged})
+    assert job(run, "pretrain").step == 2
+    assert job(run, "pretrain").last_loss is None and run.status.last_loss is None

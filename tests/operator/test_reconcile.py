@@ -311,3 +311,35 @@ def test_local_exit_codes_and_status_table(tmp_path: Path) -> None:
     assert exit_code(blocked) == EXIT_BLOCKED
     blocked.conditions[0] = blocked.conditions[0].model_copy(update={"status": "True", "reason": "Succeeded"})
     assert exit_code(blocked) == EXIT_SUCCEEDED
+
+
+def test_a_failure_the_job_recorded_stops_retries_and_an_older_attempts_record_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's failure.json (olmo_trainer.failure) of the failed attempt: Failed at once, with its
+    reason; a record left by an earlier attempt is ignored (that failure is retried as usual)."""
+    from olmo_trainer.failure import Failure, record_failure
+
+    run = make_run(tmp_path.as_uri())
+    launcher = ScriptedLauncher()
+    run = step(run, launcher)
+    save = layout.save_dir(run, run.phase("pretrain"), 6198)
+    train(save, 1)
+    old = Failure("Diverged", "loss nan at step 2", step=2)
+    monkeypatch.setenv("OLMORUN_ATTEMPT", "0")  # a record from before this attempt
+    record_failure(save, old)
+    launcher.set("olmo2-tiny-pretrain-a1", "Failed", 1)
+    run = step(run, launcher)
+    assert run.status.phases["pretrain"].jobs[0].state == "Retrying"  # not this attempt's record
+
+    run = step(run, launcher, now=T0 + dt.timedelta(hours=1))  # attempt 2 is submitted
+    assert "olmo2-tiny-pretrain-a2" in launcher.apps
+    monkeypatch.setenv("OLMORUN_ATTEMPT", "2")  # the job's environment, as the launcher sets it
+    record_failure(save, old)
+    launcher.set("olmo2-tiny-pretrain-a2", "Failed", 1)
+    run = step(run, launcher, now=T0 + dt.timedelta(hours=1, seconds=5))
+    job = run.status.phases["pretrain"].jobs[0]
+    assert (job.state, job.message) == ("Failed", "Diverged: loss nan at step 2; not retried")
+    assert run.status.stage == "Failed"
+    run = step(run, launcher, now=T0 + dt.timedelta(hours=3))
+    assert "olmo2-tiny-pretrain-a3" not in launcher.apps

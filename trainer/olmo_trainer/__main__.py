@@ -6,7 +6,10 @@
 (objectives/), `soup` averages checkpoints (soup.py), `eval` evaluates a checkpoint (evaluate.py).
 `rlvr` is refused with exit code 3: it is not implemented in this release, and nothing else is ever
 run under its name. `--dry-run` prints the resolved config, parameter count, FLOPs per
-token and tokens per step, and trains nothing. A bad command line or config exits 2 with a message.
+token and tokens per step, and trains nothing. A bad command line or config exits 2 with a message;
+a job that cannot succeed by retrying (it diverged, its config or data cannot train, no checkpoint to
+resume from is intact) also writes `<save_dir>/failure.json` (failure.py) so that the operator does
+not retry it, and exits 5 (2 for a config problem).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from olmo_trainer.config import IMPLEMENTED_KINDS, EvalJobConfig, TrainConfig
+from olmo_trainer.failure import EXIT_PERMANENT, Failure, PermanentFailure, record_failure
 
 KINDS = ("pretrain", "anneal", "soup", "sft", "dpo", "rlvr", "eval")
 EXIT_USAGE = 2
@@ -127,7 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from olmo_trainer.train import train
 
         return train(cfg)
-    except ValueError as error:  # budget/batch/inherit problems found while resolving the run
+    except PermanentFailure as error:  # diverged, no intact checkpoint: recorded so it is not retried
+        record_failure(cfg.save_dir, error.failure)
+        print(f"olmo_trainer {args.kind}: {error}", file=sys.stderr)
+        return EXIT_PERMANENT
+    except ValueError as error:  # budget/batch/inherit/data problems: the config cannot train
+        record_failure(cfg.save_dir, Failure("InvalidConfig", str(error)))
         print(f"olmo_trainer {args.kind}: {error}", file=sys.stderr)
         return EXIT_USAGE
 

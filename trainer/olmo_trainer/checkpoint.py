@@ -60,6 +60,7 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
 from olmo_trainer import identity, manifest
 from olmo_trainer.config import CheckpointConfig, TrainConfig
+from olmo_trainer.failure import PermanentFailure
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,23 @@ def _saved_keys(uri: str, storage_options: dict[str, Any]) -> set[str]:
     return set(_reader(uri, storage_options).read_metadata().state_dict_metadata)
 
 
+def weights_finite(model: nn.Module) -> bool:
+    """True when every parameter of every rank is finite (collective when a process group is up).
+
+    Each rank checks its own shard (an FSDP2 DTensor's local part) on its device; one all-reduce
+    makes every rank agree. Cost: one read of the weights per checkpoint, no transfer to the host.
+    """
+    shards = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    flags = [torch.isfinite(t.detach()).all() for t in shards if t.numel()]
+    device = flags[0].device if flags else torch.device("cpu")
+    # One value per rank, summed: no host sync per parameter.
+    bad = (~torch.stack(flags)).sum().float() if flags else torch.zeros((), device=device)
+    if _distributed():
+        bad = bad if dist.get_backend() == "nccl" else bad.cpu()
+        dist.all_reduce(bad)
+    return float(bad) == 0
+
+
 def _model_and_optim(app_state: dict[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer | None]:
     model = app_state.get(MODEL_KEY)
     if not isinstance(model, nn.Module):
@@ -318,6 +336,10 @@ class Checkpointer:
         `wait()` or the next save. Returns the step directory's URI."""
         self.wait()
         uri = step_uri(self.directory, step)
+        model, _ = _model_and_optim(app_state)
+        if not weights_finite(model):  # such a checkpoint is never written, so never committed or archived
+            raise PermanentFailure("Diverged", f"the weights at step {step} hold NaN or inf; {uri} was not written",
+                                   step=step)
         if _decided_by_rank0(lambda: self._prepare_dir(uri)) == "committed":
             log.warning("checkpoint %s is already committed; not overwriting it", uri)
             return uri

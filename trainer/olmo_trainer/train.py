@@ -50,6 +50,7 @@ from olmo_trainer.distributed import (
     set_gradient_sync,
 )
 from olmo_trainer.environment import write_env
+from olmo_trainer.failure import PermanentFailure
 from olmo_trainer.manifest import filesystem
 from olmo_trainer.model import Transformer
 from olmo_trainer.objectives import Objective, build_objective
@@ -327,9 +328,33 @@ def train_step(
             value = torch.as_tensor(value, dtype=torch.float64, device=info.device)
             sums[key] = sums[key] + value if key in sums else value
     grad_norm = _grad_norm(model, cfg.optim.max_grad_norm)
-    optimizer.step()
+    # A non-finite norm (the same on every rank: gradients are reduced before it is taken) means the
+    # run diverged: the weights stay as they were and the loop stops the job.
+    if math.isfinite(grad_norm):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return Step({k: float(v.item()) for k, v in sums.items()}, denominator, grad_norm)
+
+
+DIVERGENCE_KEYS = ("loss", "grad_norm")
+"""Metrics whose non-finite value stops a job (OLMo's trainer stops on a NaN loss)."""
+
+
+def check_finite(step: int, record: dict[str, Any]) -> None:
+    """Raise PermanentFailure("Diverged") naming the step and each non-finite metric of DIVERGENCE_KEYS.
+
+    The values are reduced over ranks (loss) or equal on every rank (gradient norm), so every rank
+    stops at the same step, and no checkpoint of the diverged weights is saved.
+    """
+    bad = {k: record[k] for k in DIVERGENCE_KEYS if isinstance(record.get(k), float) and not math.isfinite(record[k])}
+    if bad:
+        values = ", ".join(f"{k} {v}" for k, v in bad.items())
+        raise PermanentFailure(
+            "Diverged",
+            f"{values} at step {step}; the last checkpoint before it is kept. Lower optim.lr, set "
+            "optim.maxGradNorm, or resume from an earlier checkpoint with another data seed",
+            step=step,
+        )
 
 
 def _install_sigterm(state: TrainerState) -> None:
@@ -398,6 +423,7 @@ class Job:
                 self.tracker.log(record)
             if info.rank == 0:
                 print(_log_line(state.step, plan.total_steps, record), flush=True)
+            check_finite(state.step, record)
             final = state.step == plan.total_steps
             if final or stop or state.step % cfg.checkpoint.interval_steps == 0:
                 self.checkpointer.save(state.step, self.app_state, final=final)

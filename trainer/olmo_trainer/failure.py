@@ -1,0 +1,77 @@
+"""Why a job failed when retrying cannot help: `<save_dir>/failure.json`, written by the job, read by the operator.
+
+torchrun reports any worker's failure as exit status 1, so the exit code cannot tell the operator that a
+job diverged or was given data it cannot train on. The job says so in a small record beside its
+checkpoints; the operator (reconcile.observe) reads it for a failed attempt, marks the job Failed with
+the reason and does not retry it.
+
+    raise PermanentFailure("Diverged", "loss nan at step 2", step=2)     # in the trainer
+    record_failure(save_dir, failure)                                     # __main__, then exit EXIT_PERMANENT
+    read_failure(save_dir, attempt=3)                                     # the operator: Failure | None
+
+Reasons: `Diverged` (a non-finite loss or gradient norm), `InvalidConfig` (a config, or data, that this
+job cannot train on), `NoIntactCheckpoint` (every committed checkpoint to resume from is damaged).
+Torch-free: the operator imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import fsspec
+
+FAILURE_NAME = "failure.json"
+EXIT_PERMANENT = 5
+"""The exit status of `python -m olmo_trainer` after recording a permanent failure."""
+ATTEMPT_ENV = "OLMORUN_ATTEMPT"
+"""Set by the launcher on every job: a record names the attempt that wrote it, so an old one is ignored."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    message: str
+    step: int | None = None
+    attempt: int | None = None
+
+
+class PermanentFailure(Exception):
+    """Ends a job with a recorded reason; the operator will not retry it."""
+
+    def __init__(self, reason: str, message: str, *, step: int | None = None) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.failure = Failure(reason, message, step)
+
+
+def failure_uri(save_dir: str) -> str:
+    return f"{save_dir.rstrip('/')}/{FAILURE_NAME}"
+
+
+def current_attempt() -> int | None:
+    value = os.environ.get(ATTEMPT_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
+def record_failure(save_dir: str, failure: Failure, **storage_options: Any) -> None:
+    """Write the record for this attempt (best effort: a storage error must not hide the failure itself)."""
+    record = {**asdict(failure), "attempt": current_attempt()}
+    try:
+        with fsspec.open(failure_uri(save_dir), "w", **storage_options) as f:
+            json.dump(record, f)
+    except OSError:
+        pass
+
+
+def read_failure(save_dir: str, *, attempt: int, **storage_options: Any) -> Failure | None:
+    """The record of `attempt`, or None (no record, another attempt's, or unreadable)."""
+    try:
+        with fsspec.open(failure_uri(save_dir), "r", **storage_options) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("attempt") != attempt:
+        return None
+    return Failure(str(record.get("reason", "")), str(record.get("message", "")), record.get("step"), attempt)
