@@ -81,6 +81,9 @@ class JobObservation:
     checkpoint: tuple[int, str] | None = None
     """Newest committed checkpoint (step, uri) in the job's save_dir."""
     metrics: Metrics | None = None
+    notice: tuple[str, str] | None = None
+    """(reason, message) the running attempt left (olmo_trainer.failure.NOTICE_NAME): shown in the job's
+    message, and emitted as a Warning event when it first appears."""
     failure_reason: str | None = None
     """Set when the failed attempt recorded why retrying cannot help (olmo_trainer.failure: Diverged,
     InvalidConfig, NoIntactCheckpoint): the job fails at once, with this reason, and is not retried."""
@@ -485,7 +488,13 @@ class _Planner:
         self._record_progress(job, obs)
         if obs.state in ("Pending", "Running"):
             job.state = obs.state
-            job.message = obs.message
+            if obs.notice is not None:
+                reason, notice = obs.notice
+                if job.message != notice:  # the status remembers it: one event per notice
+                    self.emit("Warning", reason, f"job {job.name}: {notice}")
+                job.message = notice
+            else:
+                job.message = obs.message
         elif obs.state == "Succeeded":
             self._job_succeeded(phase, job, obs)
         elif obs.state == "Missing" or obs.preempted or obs.exit_code == PREEMPTED_EXIT:

@@ -41,7 +41,7 @@ from olmo_operator.plan import (
     plan,
 )
 from olmo_trainer import manifest as ckpt
-from olmo_trainer.failure import read_failure
+from olmo_trainer.failure import read_failure, read_notice
 
 ARCHIVE_WORKERS = 8
 _METRICS_TAIL = 64 * 1024  # bytes read from the end of metrics.jsonl: the last line is all we need
@@ -155,10 +155,13 @@ def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = N
                 archives[found.key] = found
             continue
         described = launcher.describe(job.name)
-        failure = None
+        failure = notice = None
+        if described.state in ("Failed", "Pending", "Running"):
+            _fs(save, storage_options)  # drops cached listings: the records were written since the last look
         if described.state == "Failed":
-            _fs(save, storage_options)  # drops cached listings: the record was written since the last look
             failure = read_failure(save, attempt=job.attempts, **_options(save, storage_options))
+        elif described.state in ("Pending", "Running"):
+            notice = read_notice(save, attempt=job.attempts, **_options(save, storage_options))
         jobs[job.name] = JobObservation(
             name=job.name,
             state=described.state,
@@ -166,6 +169,7 @@ def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = N
             preempted=described.preempted,
             message=failure.message if failure else described.message,
             failure_reason=failure.reason if failure else None,
+            notice=notice,
             terminating=described.terminating,
             checkpoint=newest_checkpoint(save, storage_options),
             metrics=last_metrics(layout.metrics_uri(save), storage_options),

@@ -21,6 +21,7 @@ from olmo_operator.plan import (
     ArchiveCheckpoint,
     ArchiveResult,
     CancelJob,
+    Emit,
     JobObservation,
     Metrics,
     Observation,
@@ -1105,3 +1106,18 @@ def test_the_status_shows_the_latest_loss_not_an_older_finite_one() -> None:
     run, _ = step(run, {"r-pretrain-a1": diverged})
     assert job(run, "pretrain").step == 2
     assert job(run, "pretrain").last_loss is None and run.status.last_loss is None
+
+
+def test_a_notice_of_a_running_job_is_its_message_and_one_warning_event() -> None:
+    """olmo_trainer.failure.NOTICE_NAME: e.g. the job skipped a damaged checkpoint and carries on."""
+    run, _ = step(make_run())
+    notice = ("CheckpointDamaged", "skipped damaged checkpoint(s) s3://b/step6 (__0_0.distcp); resumed from s3://b/step4")
+    observed = JobObservation("r-pretrain-a1", "Running", message="running", notice=notice,
+                              metrics=Metrics(step=5, tokens=500, loss=2.0))  # fmt: skip
+    run, result = step(run, {"r-pretrain-a1": observed})
+    assert job(run, "pretrain").message == notice[1]
+    assert [e for e in result.events if e.reason == "CheckpointDamaged"] == [
+        Emit("Warning", "CheckpointDamaged", f"job r-pretrain-a1: {notice[1]}")
+    ]
+    run, result = step(run, {"r-pretrain-a1": observed})
+    assert "CheckpointDamaged" not in reasons(result) and job(run, "pretrain").state == "Running"

@@ -70,6 +70,10 @@ MODEL_KEY = "model"
 OPTIM_KEY = "optim"
 
 
+DAMAGED_MANIFEST = "MANIFEST.damaged.json"
+"""A MANIFEST moved aside because its checkpoint's files no longer match it (kept for inspection)."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, uncommitted, or does not fit what is being loaded into it."""
 
@@ -310,6 +314,8 @@ class Checkpointer:
         self.directory = directory.rstrip("/")
         self.cfg = cfg
         self.config_hash = config_hash
+        self.skipped: list[str] = []
+        """Damaged checkpoints `latest_intact` skipped: '<uri> (<files>)'."""
         self.parent = parent
         self.storage_options = dict(storage_options or {})
         self.train_config = train_config
@@ -329,6 +335,54 @@ class Checkpointer:
     def committed(self) -> list[tuple[int, str]]:
         """Every committed (step, uri), by step ascending."""
         return [(step, step_uri(self.directory, step)) for step, _ in manifest.committed_steps(self.fs, self.path)]
+
+    def damaged_files(self, uri: str) -> list[str]:
+        """Files of the committed checkpoint `uri` that are missing or differ from its MANIFEST (collective).
+
+        Rank r re-hashes every world-size-th file of the MANIFEST (sorted by name), so the ranks share
+        the reading; the names found are gathered so that every rank returns the same sorted list.
+        """
+        fs, path = manifest.filesystem(uri, **self.storage_options)
+        record = manifest.read_manifest(fs, path) or {"files": {}}
+        files = sorted(record["files"].items())
+        rank, world = _rank(), _world_size()
+        bad = [rel for rel, expected in files[rank::world] if manifest.verify_file(fs, f"{path}/{rel}", expected)]
+        if _distributed():
+            gathered: list[list[str] | None] = [None] * world
+            dist.all_gather_object(gathered, bad)
+            bad = [name for part in gathered for name in (part or [])]
+        return sorted(bad)
+
+    def latest_intact(self) -> tuple[int, str] | None:
+        """The newest committed checkpoint whose files match its MANIFEST (collective); None when none is
+        committed. A damaged one is un-committed (its MANIFEST renamed to MANIFEST.damaged.json, so the
+        step is saved afresh later) with a warning naming the files, and the previous one is tried.
+
+        Raises PermanentFailure("NoIntactCheckpoint") when checkpoints exist but every one is damaged:
+        starting over from scratch would silently discard the run, and retrying cannot repair them.
+        """
+        damaged: list[str] = []
+        self.skipped = []
+        for step, uri in reversed(self.committed()):
+            bad = self.damaged_files(uri)
+            if not bad:
+                if damaged and _rank() == 0:
+                    log.warning("resuming from %s, the newest intact checkpoint", uri)
+                return step, uri
+            damaged.append(f"{uri} ({', '.join(bad)})")
+            self.skipped.append(damaged[-1])
+            if _rank() == 0:
+                log.warning("checkpoint %s is damaged: %s differ from its MANIFEST; skipping it", uri, ", ".join(bad))
+                fs, path = manifest.filesystem(uri, **self.storage_options)
+                fs.mv(f"{path}/{manifest.MANIFEST_NAME}", f"{path}/{DAMAGED_MANIFEST}")
+            _barrier()
+        if damaged:
+            raise PermanentFailure(
+                "NoIntactCheckpoint",
+                f"every committed checkpoint is damaged: {'; '.join(damaged)}. Restore one from the archive "
+                "or remove them to start over",
+            )
+        return None
 
     # Saving ----------------------------------------------------------------------------------
     def save(self, step: int, app_state: dict[str, Any], *, final: bool = False) -> str:

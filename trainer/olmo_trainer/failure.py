@@ -9,6 +9,9 @@ the reason and does not retry it.
     record_failure(save_dir, failure)                                     # __main__, then exit EXIT_PERMANENT
     read_failure(save_dir, attempt=3)                                     # the operator: Failure | None
 
+A job that carries on after something worth knowing (it skipped a damaged checkpoint) leaves a
+`notice.json` the same way; the operator shows it in the job's status message and as an Event.
+
 Reasons: `Diverged` (a non-finite loss or gradient norm), `InvalidConfig` (a config, or data, that this
 job cannot train on), `NoIntactCheckpoint` (every committed checkpoint to resume from is damaged).
 Torch-free: the operator imports it.
@@ -75,3 +78,29 @@ def read_failure(save_dir: str, *, attempt: int, **storage_options: Any) -> Fail
     if not isinstance(record, dict) or record.get("attempt") != attempt:
         return None
     return Failure(str(record.get("reason", "")), str(record.get("message", "")), record.get("step"), attempt)
+
+
+NOTICE_NAME = "notice.json"
+"""A warning the running job wants on the run (Kubernetes Event, status message): the latest one."""
+
+
+def record_notice(save_dir: str, reason: str, message: str, **storage_options: Any) -> None:
+    """Leave `reason: message` for the operator to show while this attempt runs (best effort)."""
+    record = {"reason": reason, "message": message, "attempt": current_attempt()}
+    try:
+        with fsspec.open(f"{save_dir.rstrip('/')}/{NOTICE_NAME}", "w", **storage_options) as f:
+            json.dump(record, f)
+    except OSError:
+        pass
+
+
+def read_notice(save_dir: str, *, attempt: int, **storage_options: Any) -> tuple[str, str] | None:
+    """(reason, message) of `attempt`'s notice, or None."""
+    try:
+        with fsspec.open(f"{save_dir.rstrip('/')}/{NOTICE_NAME}", "r", **storage_options) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("attempt") != attempt:
+        return None
+    return str(record.get("reason", "")), str(record.get("message", ""))

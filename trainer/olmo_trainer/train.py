@@ -50,7 +50,7 @@ from olmo_trainer.distributed import (
     set_gradient_sync,
 )
 from olmo_trainer.environment import write_env
-from olmo_trainer.failure import PermanentFailure
+from olmo_trainer.failure import PermanentFailure, record_notice
 from olmo_trainer.manifest import filesystem
 from olmo_trainer.model import Transformer
 from olmo_trainer.objectives import Objective, build_objective
@@ -470,7 +470,7 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
     )
     job.checkpointer.cleanup_uncommitted()
     dist.barrier()  # nobody lists checkpoints while rank 0 is still removing torn ones
-    latest = job.checkpointer.latest()
+    latest = job.checkpointer.latest_intact()  # each rank re-hashes its share against the MANIFEST
     # The parent's weights first, on a resume too: the objective may need the frozen parent (DPO's
     # reference); a resumed job then overwrites them with its own checkpoint.
     if cfg.init_from is not None:
@@ -478,6 +478,10 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
     objective.prepare(model, info)
     if latest is not None:
         job.checkpointer.load(latest[1], job.app_state)
+    if info.rank == 0 and job.checkpointer.skipped:
+        resumed = f"resumed from {latest[1]}" if latest else "no intact checkpoint"
+        record_notice(cfg.save_dir, "CheckpointDamaged",
+                      f"skipped damaged checkpoint(s) {'; '.join(job.checkpointer.skipped)}; {resumed}")  # fmt: skip
     if info.rank == 0:
         write_env(cfg, batches=batches)  # the job's run record: versions, devices, determinism, data hashes
         origin = (
