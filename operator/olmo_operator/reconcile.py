@@ -93,8 +93,12 @@ def _tracked_jobs(run: OlmoRun) -> list[tuple[PhaseSpec, JobStatus]]:
 
 def last_metrics(uri: str, options: Options = None) -> Metrics | None:
     """The last complete JSON line of a metrics.jsonl (None when absent or empty), with the loss of the
-    last line that has one and the `eval/...` figures of the last line that has them (a final
-    evaluation is logged on a line of its own, after the last training step)."""
+    last training step's line and the `eval/...` figures of the last line that has them (a final
+    evaluation is logged on a line of its own, after the last training step, without a `loss` key).
+
+    A training line always has the `loss` key; it is null when the loss was not finite (the job then
+    stops as Diverged), and the loss returned is then None: never an older step's finite loss, which
+    would hide the divergence."""
     fs, path = _fs(uri, options)
     try:
         size = int(fs.size(path))
@@ -112,7 +116,7 @@ def last_metrics(uri: str, options: Options = None) -> Metrics | None:
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             continue
         last = last or row
-        if loss_row is None and row.get("loss") is not None:
+        if loss_row is None and "loss" in row:
             loss_row = row
         if not evaluation:
             evaluation = {k: float(v) for k, v in row.items() if k.startswith("eval/") and isinstance(v, int | float)}

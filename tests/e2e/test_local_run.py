@@ -177,3 +177,28 @@ def test_a_suspended_run_says_so_and_exits_instead_of_waiting(tmp_path: Path) ->
     assert "run olmo2-tiny is SUSPENDED (spec.suspend: true): no job runs" in result.stdout
     assert "set `suspend: false`" in result.stdout and "run the same `olmorun local` command again" in result.stdout
     assert state(tmp_path / "wd")["status"]["phases"]["pretrain"]["jobs"] == []
+
+
+def test_the_issue_divergence_input_fails_the_run_and_status_shows_the_latest_loss(tmp_path: Path) -> None:
+    """Issue 11 #4: `optim: {lr: 1.0e+8, maxGradNorm: null}` for 12 steps. The loss is NaN from step 2:
+    the run fails (not retried, though retries are allowed) with reason Diverged, nothing is archived, and
+    neither the status nor `olmorun status` shows step 1's loss as if it were current."""
+    document = yaml.safe_load(small_spec(tmp_path, pretrain_steps=12, phases=1).read_text())
+    document["spec"]["phases"][0]["optim"] = {"lr": 1.0e8, "maxGradNorm": None}
+    document["spec"]["phases"][0]["checkpoint"] = {"intervalSteps": 1, "keepLast": 20}
+    document["spec"]["retry"] = {"backoffLimit": 2, "backoffSeconds": 1}
+    spec, workdir = tmp_path / "diverging.yaml", tmp_path / "wd"
+    spec.write_text(yaml.safe_dump(document, sort_keys=False))
+    result = olmorun("local", str(spec), "--workdir", str(workdir), "--poll", "0.5")
+    assert result.returncode == 1, result.stdout + result.stderr
+    status = state(workdir)["status"]
+    phase = status["phases"]["pretrain"]
+    job = phase["jobs"][0]
+    assert (phase["state"], job["state"], job["attempts"], job["step"]) == ("Failed", "Failed", 1, 2)
+    assert job["message"].startswith("Diverged: loss nan, grad_norm nan at step 2")
+    assert "lastLoss" not in job and "lastLoss" not in phase and "lastLoss" not in status
+    assert not (storage(workdir) / "archive").exists()
+    shown = olmorun("status", "--workdir", str(workdir), timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    first_loss = json.loads((storage(workdir) / "phases" / "pretrain" / "metrics.jsonl").read_text().splitlines()[0])
+    assert f"{first_loss['loss']:.4f}" not in shown.stdout and "Diverged" in shown.stdout

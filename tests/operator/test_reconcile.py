@@ -235,6 +235,21 @@ def test_last_metrics_reads_the_last_complete_line(tmp_path: Path) -> None:
     assert metrics is not None and (metrics.step, metrics.tokens, metrics.loss) == (2, 64, 8.5)
 
 
+def test_last_metrics_gives_the_latest_steps_loss_even_when_it_was_not_finite(tmp_path: Path) -> None:
+    """metrics.jsonl holds `"loss": null` for a non-finite loss (the step the job diverged at): the status
+    must show no loss for it, not step 1's, which would hide the divergence. A final evaluation line
+    (no `loss` key) does not hide the last training step's loss either."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "tokens": 32, "loss": 9.0}\n{"step": 2, "tokens": 64, "loss": null}\n')
+    metrics = last_metrics(path.as_uri())
+    assert metrics is not None and (metrics.step, metrics.tokens, metrics.loss) == (2, 64, None)
+    path.write_text('{"step": 1, "tokens": 32, "loss": 9.0}\n{"step": 2, "tokens": 64, "loss": 8.5}\n'
+                    '{"step": 2, "eval/arith/accuracy": 0.25}\n')  # fmt: skip
+    metrics = last_metrics(path.as_uri())
+    assert metrics is not None and (metrics.step, metrics.tokens, metrics.loss) == (2, 64, 8.5)
+    assert metrics.eval == {"eval/arith/accuracy": 0.25}
+
+
 # ---------------------------------------------------------------------------------------------
 # The local runner's pieces (its whole loop runs in tests/e2e/test_local_run.py)
 # ---------------------------------------------------------------------------------------------

@@ -81,3 +81,20 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path: Path) -
         ckpt.save(2, {"model": model})
     assert ckpt.latest() == (1, str(tmp_path / "checkpoints" / "step1"))
     assert not (tmp_path / "checkpoints" / "step2").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_post_training_objectives_get_the_same_divergence_check(tmp_path: Path, kind: str) -> None:
+    """SFT and DPO are objectives on the one loop: the same lr makes them diverge, and they stop alike."""
+    from tests.trainer.test_post_train import post_config
+
+    config = post_config(tmp_path, kind, optim={"lr": 1.0e8, "maxGradNorm": None, "weightDecay": 0.0},
+                         maxSteps=6, checkpoint={"intervalSteps": 1, "keepLast": 20})  # fmt: skip
+    result = trainer([kind, "--config", str(config)], env={"OLMORUN_ATTEMPT": "1"}, timeout=300)
+    assert result.returncode == EXIT_PERMANENT, result.stderr[-3000:]
+    failure = read_failure(str(tmp_path / "out"), attempt=1)
+    assert failure is not None and (failure.reason, failure.step) == ("Diverged", 2)
+    assert "loss nan, grad_norm nan at step 2" in failure.message
+    assert [m["step"] for m in read_metrics(tmp_path / "out")] == [1, 2]
+    assert committed_are_finite(tmp_path / "out") == [1]
