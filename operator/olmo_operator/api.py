@@ -38,6 +38,7 @@ from olmo_trainer.config import (
     ScheduleConfig,
     SFTConfig,
     Tokens,
+    rlvr_batch_problem,
 )
 
 GROUP = "olmorun.dev"
@@ -523,7 +524,9 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
     for other in POST_TRAINING_KINDS - {phase.kind}:
         if getattr(phase, other) is not None:
             out.append(Problem(f"{where}.{other}", f"`{other}` settings belong to a {other} phase, not {phase.kind}; remove them"))
-    if phase.batch is not None:
+    if phase.kind == "rlvr":
+        out += _rlvr_problems(run, where, phase)
+    elif phase.batch is not None:
         world = _job_world(phase, spec.cluster)
         per_step = world * phase.batch.micro_batch_size
         if phase.batch.global_batch_size % per_step:
@@ -543,6 +546,32 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
             Problem(
                 f"{where}.data.sequenceLength",
                 f"{phase.data.sequence_length} exceeds the model's maxSequenceLength {max_len}; shorten it or raise the model's",
+            )
+        )
+    return out
+
+
+def _rlvr_problems(run: OlmoRun, where: str, phase: PhaseSpec) -> list[Problem]:
+    """An rlvr phase: a step budget, a batch of prompts that splits over its ranks, room for the
+    response after the longest prompt."""
+    out: list[Problem] = []
+    if phase.max_steps is None:
+        out.append(Problem(f"{where}.maxSteps", "an rlvr phase counts optimizer steps: set maxSteps"))
+    if phase.max_tokens is not None:
+        out.append(Problem(f"{where}.maxTokens", "an rlvr phase's budget is maxSteps; remove maxTokens"))
+    if phase.batch is None or phase.rlvr is None:
+        return out
+    problem = rlvr_batch_problem(phase.rlvr, phase.batch, _job_world(phase, run.spec.cluster))
+    if problem is not None:
+        out.append(Problem(f"{where}.batch.{problem[0]}", problem[1]))
+    model_max = run.spec.model.resolve().max_sequence_length
+    longest = phase.rlvr.data.max_length + phase.rlvr.max_new_tokens
+    if longest > model_max:
+        out.append(
+            Problem(
+                f"{where}.rlvr.maxNewTokens",
+                f"maxLength {phase.rlvr.data.max_length} + maxNewTokens {phase.rlvr.max_new_tokens} = {longest} "
+                f"exceeds the model's maxSequenceLength {model_max}; shorten the prompts or the responses",
             )
         )
     return out

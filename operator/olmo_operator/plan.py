@@ -10,9 +10,9 @@ reconcile.py, and the table-driven tests in tests/operator/test_plan.py call it 
 Behaviour, per phase in topological order:
 - A phase starts when its parent succeeded (its final checkpoint archived and verified). It submits one
   job per seed (a soup: one job averaging the parent's per-seed checkpoints). Its spec hash is stored.
-- sft and dpo phases run like any training phase (from their parent's final checkpoint); a phase whose
-  kind this release does not implement (rlvr) becomes `Blocked` (reason KindNotImplemented) when
-  reached; nothing else ever runs under its name.
+- sft, dpo and rlvr phases run like any training phase (from their parent's final checkpoint); a phase
+  whose kind is missing from IMPLEMENTED_KINDS (none in this release) becomes `Blocked` (reason
+  KindNotImplemented) when reached; nothing else ever runs under its name.
 - A job's final evaluation (`eval/<task>/<metric>` in its metrics) is copied into its status and, for a
   phase of one job, into `status.phases.<p>.eval`.
 - A failed job is retried after `backoffSeconds * 2**(failures-1)` (capped) up to `backoffLimit`

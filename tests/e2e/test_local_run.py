@@ -1,7 +1,7 @@
 """End to end: `olmorun local` runs a cut-down tiny pipeline with the real trainer, torchx and torchrun.
 
-pretrain -> anneal x2 seeds -> soup -> sft -> dpo, a few steps each (built from examples/olmorun-tiny.yaml
-with the budgets and evaluations cut and the unimplemented rlvr phase left out), in a subprocess exactly as a user
+pretrain -> anneal x2 seeds -> soup -> sft -> dpo -> rlvr, a few steps each (built from examples/olmorun-tiny.yaml
+with the budgets and evaluations cut), in a subprocess exactly as a user
 runs it. A second test interrupts a run with SIGINT mid-pretrain and checks that rerunning the same
 command resumes from the newest checkpoint instead of starting over.
 """
@@ -41,8 +41,10 @@ def small_spec(tmp_path: Path, *, pretrain_steps: int, phases: int = 3, interval
             source["synthetic"]["numTokens"] = "60K"  # generated on the fly: keep it small
     if phases > 1:
         kept[1].update(maxTokens=3 * 8 * 128, batch=batch, checkpoint={"intervalSteps": 2, "keepLast": 2})
-    for phase in kept[3:]:  # sft, dpo: a few steps each
+    for phase in kept[3:]:  # sft, dpo, rlvr: a few steps each
         phase.update(maxSteps=3, batch=batch, checkpoint={"intervalSteps": 2, "keepLast": 2})
+        if phase["kind"] == "rlvr":
+            phase["rlvr"]["maxNewTokens"] = 8
     for phase in kept:
         for task in phase.get("eval", {}).get("tasks", []):  # evaluate a handful of rows, briefly
             task.update(limit=4, maxNewTokens=8)
@@ -67,9 +69,9 @@ def storage(workdir: Path) -> Path:
 
 @pytest.mark.timeout(1200)
 def test_tiny_pipeline_runs_to_success_with_verified_archives_and_a_soup(tmp_path: Path) -> None:
-    """pretrain -> anneal x2 -> soup -> sft -> dpo, each phase evaluated as the example configures it."""
-    spec, workdir = small_spec(tmp_path, pretrain_steps=6, phases=5), tmp_path / "wd"
-    # Six torchrun jobs and three evaluations: minutes on 2 shared cores.
+    """pretrain -> anneal x2 -> soup -> sft -> dpo -> rlvr, each phase evaluated as the example configures it."""
+    spec, workdir = small_spec(tmp_path, pretrain_steps=6, phases=6), tmp_path / "wd"
+    # Seven torchrun jobs and four evaluations: minutes on 2 shared cores.
     done = olmorun("local", str(spec), "--workdir", str(workdir), "--poll", "0.5", timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "run olmo2-tiny succeeded" in done.stdout
@@ -83,13 +85,17 @@ def test_tiny_pipeline_runs_to_success_with_verified_archives_and_a_soup(tmp_pat
         "soup": "Succeeded",
         "sft": "Succeeded",
         "dpo": "Succeeded",
+        "rlvr": "Succeeded",
     }
-    for name in ("soup", "sft", "dpo"):  # the final evaluation reached the status
+    for name in ("soup", "sft", "dpo", "rlvr"):  # the final evaluation reached the status
         figures = phases[name]["eval"]
         assert set(figures) >= {"eval/arith/accuracy", "eval/arith-mc/accuracy_norm", "eval/heldout-lm/perplexity"}
         assert 0.0 <= figures["eval/arith/accuracy"] <= 1.0 and figures["eval/heldout-lm/perplexity"] > 1.0
     dpo_metrics = (storage(workdir) / "phases" / "dpo" / "metrics.jsonl").read_text()
     assert "rewards/margin" in dpo_metrics and (storage(workdir) / "phases" / "dpo" / "reference_logps").is_dir()
+    rl_metrics = (storage(workdir) / "phases" / "rlvr" / "metrics.jsonl").read_text()
+    assert '"rl/reward"' in rl_metrics and '"rl/zero_variance_groups"' in rl_metrics
+    assert verify_checkpoint(phases["rlvr"]["archive"]).ok
     anneal_archives = [job["archive"] for job in phases["anneal"]["jobs"]]
     assert len(anneal_archives) == 2
     for uri in [phases["pretrain"]["archive"], *anneal_archives, phases["soup"]["archive"]]:

@@ -364,6 +364,7 @@ def test_olmorun_render_prints_every_config_and_job_and_submits_nothing(
         "olmo2-tiny-soup-a1",
         "olmo2-tiny-sft-a1",
         "olmo2-tiny-dpo-a1",
+        "olmo2-tiny-rlvr-a1",
     ]
     assert all(j["metadata"]["namespace"] == "demo" for j in jobs)
     assert [(c["phase"], c["seed"]) for c in configs] == [

@@ -456,9 +456,23 @@ def test_edit_of_a_started_phase_is_refused_and_running_jobs_are_untouched() -> 
     assert cond(reverted, "Invalid") == ("False", "Valid")
 
 
+@pytest.fixture
+def rlvr_unimplemented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kind is implemented in this release; the refusal path is exercised by taking rlvr away."""
+    from olmo_operator import api, plan
+    from olmo_trainer.config import IMPLEMENTED_KINDS
+
+    monkeypatch.setattr(plan, "IMPLEMENTED_KINDS", IMPLEMENTED_KINDS - {"rlvr"})
+    monkeypatch.setattr(api, "IMPLEMENTED_KINDS", IMPLEMENTED_KINDS - {"rlvr"})
+
+
+@pytest.mark.usefixtures("rlvr_unimplemented")
 @pytest.mark.parametrize("kind", ["rlvr"])
 def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> None:
-    post = {"name": kind, "kind": kind, "from": "soup", kind: {"data": {"paths": ["x.jsonl"], "maxLength": 64}}, "batch": BATCH}
+    post = {
+        "name": kind, "kind": kind, "from": "soup", "maxSteps": 3, "batch": BATCH,
+        kind: {"data": {"paths": ["x.jsonl"], "maxLength": 64}, "maxNewTokens": 16},
+    }
     run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, post))
     assert run.status.phases[kind].state == "Pending"  # not reached yet: not blocked
     assert cond(run, "Succeeded") == ("Unknown", "Running")
@@ -475,9 +489,15 @@ def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> Non
     assert "KindNotImplemented" not in reasons(again)  # emitted once, on the transition
 
 
+@pytest.mark.usefixtures("rlvr_unimplemented")
 def test_blocked_branch_reports_while_another_branch_still_runs() -> None:
     run, _ = step(
-        make_run(pretrain(), {"name": "rl", "kind": "rlvr", "from": "pretrain", "rlvr": SFT["sft"], "batch": BATCH}, anneal())
+        make_run(
+            pretrain(),
+            {"name": "rl", "kind": "rlvr", "from": "pretrain", "maxSteps": 3, "batch": BATCH,
+             "rlvr": {**SFT["sft"], "maxNewTokens": 16}},
+            anneal(),
+        )
     )
     run = finish_phase(run, "pretrain")
     assert run.status.phases["rl"].state == "Blocked"
@@ -786,8 +806,10 @@ def row_suspended_before_start() -> tuple[OlmoRun, Plan]:
     return step(make_run(suspend=True))
 
 
-RLVR = {"name": "sft", "kind": "rlvr", "from": "pretrain", "rlvr": SFT["sft"], "batch": BATCH}
-"""A phase of a kind this release refuses (named `sft` only so that the table's paths stay short)."""
+RLVR = {"name": "sft", "kind": "rlvr", "from": "pretrain", "maxSteps": 3, "batch": BATCH,
+        "rlvr": {**SFT["sft"], "maxNewTokens": 16}}
+"""A phase of a kind taken out of IMPLEMENTED_KINDS by `rlvr_unimplemented` (named `sft` only so that the
+table's paths stay short)."""
 
 
 def row_blocked() -> tuple[OlmoRun, Plan]:
@@ -1004,6 +1026,7 @@ def _subset(actual: Any, expected: Any) -> Any:
 
 
 @pytest.mark.parametrize(("situation", "events", "fields"), TABLE, ids=[row[0].__name__[4:] for row in TABLE])
+@pytest.mark.usefixtures("rlvr_unimplemented")
 def test_status_fields_and_events(situation: Any, events: list[tuple[str, str, str]], fields: dict[str, Any]) -> None:
     run, result = situation()
     assert [(e.type, e.reason, e.message) for e in result.events] == events
@@ -1011,6 +1034,7 @@ def test_status_fields_and_events(situation: Any, events: list[tuple[str, str, s
         assert _subset(field_of(run, path), expected) == expected, path
 
 
+@pytest.mark.usefixtures("rlvr_unimplemented")
 def test_kind_not_implemented_is_emitted_once_on_the_transition() -> None:
     run, first = row_blocked()
     assert reasons(first).count("KindNotImplemented") == 1

@@ -2,13 +2,13 @@
 
     torchrun --nproc_per_node=8 -m olmo_trainer pretrain --config s3://bucket/run/phases/pretrain/config.json
 
-`pretrain`, `anneal`, `sft` and `dpo` run the one loop of train.py with their objective
-(objectives/), `soup` averages checkpoints (soup.py), `eval` evaluates a checkpoint (evaluate.py).
-`rlvr` is refused with exit code 3: it is not implemented in this release, and nothing else is ever
-run under its name. `--dry-run` prints the resolved config, parameter count, FLOPs per
-token and tokens per step, and trains nothing. A bad command line or config exits 2 with a message;
-a job that cannot succeed by retrying (it diverged, its config or data cannot train, no checkpoint to
-resume from is intact) also writes `<save_dir>/failure.json` (failure.py) so that the operator does
+`pretrain`, `anneal`, `sft`, `dpo` and `rlvr` run the one loop of train.py with their objective
+(objectives/; rlvr: GRPO or PPO, generating its rollouts inside the job), `soup` averages checkpoints
+(soup.py), `eval` evaluates a checkpoint (evaluate.py). A kind missing from IMPLEMENTED_KINDS would be
+refused with exit code 3, never run under another name. `--dry-run` prints the resolved config, parameter
+count, FLOPs per token and tokens per step, and trains nothing. A bad command line or config exits 2 with a
+message; a job that cannot succeed by retrying (it diverged, its config or data cannot train, no checkpoint
+to resume from is intact) also writes `<save_dir>/failure.json` (failure.py) so that the operator does
 not retry it, and exits 5 (2 for a config problem).
 """
 

@@ -3,6 +3,8 @@
 A checkpoint is a directory `<directory>/stepN/` holding
 
     .metadata, __<rank>_0.distcp   torch.distributed.checkpoint shards of {"model": ..., "optim": ...}
+                                    (+ "<name>_model", "<name>_optim" for each extra trained model of
+                                    the app state, e.g. PPO's value model: "value_model", "value_optim")
     trainer.pt                      {"world_size": W, "ranks": [rank 0's trainer state, ..., rank W-1's]}
     config.json                     the TrainConfig of the job (when given): the checkpoint describes itself
     MANIFEST.json                   sha256 of every other file, written LAST by rank 0 (see manifest.py);
@@ -51,6 +53,7 @@ from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, Fsspec
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
@@ -276,6 +279,11 @@ def weights_finite(model: nn.Module) -> bool:
     return float(bad) == 0
 
 
+def _auxiliary(app_state: dict[str, Any]) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
+    """Extra (model, optimizer) pairs of an app state (PPO's value model), by name."""
+    return {key: value for key, value in app_state.items() if isinstance(value, tuple)}
+
+
 def _model_and_optim(app_state: dict[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer | None]:
     model = app_state.get(MODEL_KEY)
     if not isinstance(model, nn.Module):
@@ -449,7 +457,10 @@ class Checkpointer:
         if optim is None:
             return {MODEL_KEY: get_model_state_dict(model)}
         model_sd, optim_sd = get_state_dict(model, optim)
-        return {MODEL_KEY: model_sd, OPTIM_KEY: optim_sd}
+        state = {MODEL_KEY: model_sd, OPTIM_KEY: optim_sd}
+        for name, (extra, extra_optim) in _auxiliary(app_state).items():
+            state[f"{name}_{MODEL_KEY}"], state[f"{name}_{OPTIM_KEY}"] = get_state_dict(extra, extra_optim)
+        return state
 
     def _commit(self, step: int, uri: str, final: bool, group: Any = None) -> None:
         """All shards are written: each rank hashes its own, rank 0 writes the MANIFEST last and
@@ -537,10 +548,20 @@ class Checkpointer:
         else:
             model_sd, optim_sd = get_state_dict(model, optim)
             state: dict[str, Any] = {MODEL_KEY: model_sd, OPTIM_KEY: optim_sd}
+            extras = _auxiliary(app_state)
+            for name, (extra, extra_optim) in extras.items():
+                state[f"{name}_{MODEL_KEY}"], state[f"{name}_{OPTIM_KEY}"] = get_state_dict(extra, extra_optim)
             _dcp_load(uri, state, reader)
             set_state_dict(
                 model, optim, model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIM_KEY]
             )
+            for name, (extra, extra_optim) in extras.items():
+                set_state_dict(
+                    extra,
+                    extra_optim,
+                    model_state_dict=state[f"{name}_{MODEL_KEY}"],
+                    optim_state_dict=state[f"{name}_{OPTIM_KEY}"],
+                )
         trainer = app_state.get("trainer")
         if trainer is not None:
             saved = _read_trainer_file(uri, self.storage_options)
@@ -561,6 +582,9 @@ def _load_problem(uri: str, app_state: dict[str, Any], storage_options: dict[str
     keys = _saved_keys(uri, storage_options)
     if app_state.get(OPTIM_KEY) is not None and not any(k.startswith(f"{OPTIM_KEY}.") for k in keys):
         return f"{uri} holds model weights only (e.g. a soup): use load_model_weights / init_from"
+    for name in _auxiliary(app_state):
+        if not any(k.startswith(f"{name}_{MODEL_KEY}.") for k in keys):
+            return f"{uri} has no {name} model: it was not written by a job of this objective"
     if app_state.get("trainer") is not None:
         fs, path = manifest.filesystem(uri, **storage_options)
         if not fs.exists(f"{path}/{TRAINER_NAME}"):
@@ -584,14 +608,32 @@ def _read_trainer_file(uri: str, storage_options: dict[str, Any]) -> dict[str, A
 # ---------------------------------------------------------------------------------------------
 
 
-def load_model_weights(uri: str, model: nn.Module, *, storage_options: dict[str, Any] | None = None) -> None:
+def load_model_weights(
+    uri: str,
+    model: nn.Module,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    skip_mismatched: bool = False,
+) -> None:
     """Load only the model weights of a committed checkpoint into `model` (collective when
-    distributed; works for plain, DDP and FSDP2 models of any world size)."""
+    distributed; works for plain, DDP and FSDP2 models of any world size). `skip_mismatched` leaves
+    the model's own values where the checkpoint has no weight of that name and shape (a value model
+    initialised from a policy: every weight but the head)."""
     options = dict(storage_options or {})
     _require_committed(uri, options)
-    state = {MODEL_KEY: get_model_state_dict(model)}
+    wanted = get_model_state_dict(model)
+    if skip_mismatched:
+        saved = _reader(uri, options).read_metadata().state_dict_metadata
+        wanted = {
+            key: value
+            for key, value in wanted.items()
+            if isinstance(meta := saved.get(f"{MODEL_KEY}.{key}"), TensorStorageMetadata)
+            and isinstance(value, torch.Tensor)
+            and tuple(meta.size) == tuple(value.shape)
+        }
+    state = {MODEL_KEY: wanted}
     _dcp_load(uri, state, _reader(uri, options))
-    set_model_state_dict(model, state[MODEL_KEY])
+    set_model_state_dict(model, state[MODEL_KEY], options=StateDictOptions(strict=not skip_mismatched))
 
 
 def read_trainer_state(uri: str, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -21,7 +21,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -437,17 +439,80 @@ class DPOConfig(ConfigModel):
     epochs: int = Field(default=1, gt=0)
 
 
+class GAEConfig(ConfigModel):
+    """Generalised advantage estimation (Schulman et al. 2016) of PPO."""
+
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    """Discount per token (OLMo 2 / Tülu 3 PPO: 1)."""
+    lam: float = Field(default=0.95, ge=0, le=1, alias="lambda")
+    """GAE lambda (OLMo 2 / Tülu 3 PPO: 0.95); written `lambda` in the spec."""
+
+
 class RLVRConfig(ConfigModel):
-    """Reinforcement learning with verifiable rewards (GRPO as for OLMo 2 1B; PPO as for 7B/13B)."""
+    """Reinforcement learning with verifiable rewards (GRPO as for OLMo 2 1B; PPO as for 7B/13B).
+
+    `batch.globalBatchSize` counts prompts per rollout; each gets `samplesPerPrompt` responses, and
+    `batch.microBatchSize` counts the sequences of one forward/backward (objectives/rl.py)."""
 
     data: ChatDataConfig
+    """Rows {messages, ground_truth, dataset} (allenai/RLVR-GSM-MATH-IF-Mixed-Constraints format);
+    `dataset` picks the verifier (gsm8k, math, ifeval); maxLength bounds the prompt."""
     algorithm: Literal["grpo", "ppo"] = "grpo"
+    """grpo: group-normalised advantages, no value model; ppo: value model and GAE."""
     samples_per_prompt: int = Field(default=16, gt=0)
+    """Responses sampled per prompt (GRPO's group size; OLMo 2 1B: 16)."""
     kl_beta: float = Field(default=0.01, ge=0)
-    correct_reward: float = 10.0
-    """Reward for a verifiably correct answer; anything else gets 0."""
+    """KL coefficient to the frozen reference (GRPO: k3 in the loss; PPO: kl1 in the reward); 0 drops
+    the reference model."""
+    clip: float = Field(default=0.2, gt=0, lt=1)
+    """Clip range of the probability ratio (and of PPO's value change)."""
+    ppo_epochs: int = Field(default=1, gt=0)
+    """Optimizer steps (full passes) per rollout."""
+    vf_coef: float = Field(default=0.1, ge=0)
+    """PPO: weight of the value loss."""
+    gae: GAEConfig = Field(default_factory=GAEConfig)
+    """PPO: advantage estimation."""
+    value_init_from: str | None = None
+    """PPO: committed checkpoint to initialise the value model from (OLMo 2: a reward model); default:
+    the policy's starting weights."""
     max_new_tokens: int = Field(default=512, gt=0)
+    """Longest response (OLMo 2 7B/13B PPO: 2048)."""
     temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature (log-probs in the losses use the same)."""
+    correct_reward: float = Field(default=10.0, gt=0)
+    """Reward for a verifiably correct answer; anything else gets 0."""
+    non_stop_penalty: float = Field(default=0.0, ge=0)
+    """Subtracted from the reward of a response cut at maxNewTokens instead of ending with EOS."""
+
+    @field_validator("samples_per_prompt")
+    @classmethod
+    def _groups(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("algorithm") == "grpo" and value < 2:
+            raise ValueError("must be at least 2 for grpo: advantages are normalised within each prompt's group")
+        return value
+
+    @field_validator("value_init_from")
+    @classmethod
+    def _ppo_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("algorithm") == "grpo":
+            raise ValueError("only for algorithm ppo (GRPO has no value model); remove it or set algorithm: ppo")
+        return value
+
+
+def rlvr_batch_problem(rl: RLVRConfig, batch: BatchConfig, world_size: int) -> tuple[str, str] | None:
+    """Why an rlvr phase's batch cannot be split over `world_size` ranks, as (batch field, message), or
+    None. globalBatchSize counts prompts (split over ranks); microBatchSize counts sequences (each rank
+    trains prompts/rank x samplesPerPrompt of them)."""
+    prompts, micro = batch.global_batch_size, batch.micro_batch_size
+    if prompts % world_size:
+        return "globalBatchSize", f"{prompts} prompts per rollout do not split over {world_size} ranks; use a multiple of {world_size}"
+    sequences = prompts // world_size * rl.samples_per_prompt
+    if sequences % micro:
+        return "microBatchSize", (
+            f"each rank trains {sequences} sequences per step (globalBatchSize / ranks x samplesPerPrompt), "
+            f"not a multiple of microBatchSize {micro}"
+        )
+    return None
 
 
 class EvalTask(ConfigModel):
@@ -505,7 +570,7 @@ PhaseKind = Literal["pretrain", "anneal", "soup", "sft", "dpo", "rlvr"]
 TRAINING_KINDS: frozenset[str] = frozenset({"pretrain", "anneal", "sft", "dpo", "rlvr"})
 POST_TRAINING_KINDS: frozenset[str] = frozenset({"sft", "dpo", "rlvr"})
 # Kinds whose trainer objective exists in this release. Others are refused, never run under another name.
-IMPLEMENTED_KINDS: frozenset[str] = frozenset({"pretrain", "anneal", "soup", "sft", "dpo"})
+IMPLEMENTED_KINDS: frozenset[str] = frozenset({"pretrain", "anneal", "soup", "sft", "dpo", "rlvr"})
 
 
 # ---------------------------------------------------------------------------------------------

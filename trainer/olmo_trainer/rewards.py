@@ -411,6 +411,13 @@ def check_rows(rows: Iterable[Mapping[str, Any]], source: str = "data") -> int:
     return count
 
 
+def reward_of(verified: bool, *, correct_reward: float = 10.0, stopped: bool = True, non_stop_penalty: float = 0.0) -> float:
+    """`correct_reward` when verified, else 0; minus `non_stop_penalty` when the response was cut at the
+    length limit instead of ending with EOS (Tülu 3 section 6: reward 10 on a verified answer)."""
+    score = correct_reward if verified else 0.0
+    return score if stopped else score - non_stop_penalty
+
+
 def reward(
     response: str,
     ground_truth: str,
@@ -420,7 +427,6 @@ def reward(
     stopped: bool = True,
     non_stop_penalty: float = 0.0,
 ) -> float:
-    """`correct_reward` when the dataset's verifier accepts the response, else 0; minus
-    `non_stop_penalty` when the response was cut at the length limit instead of ending with EOS."""
-    score = correct_reward if verifier(dataset)(response, ground_truth) else 0.0
-    return score if stopped else score - non_stop_penalty
+    """The reward of one response: the dataset's verifier, then `reward_of`."""
+    verified = verifier(dataset)(response, ground_truth)
+    return reward_of(verified, correct_reward=correct_reward, stopped=stopped, non_stop_penalty=non_stop_penalty)

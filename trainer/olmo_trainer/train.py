@@ -313,15 +313,21 @@ def train_step(
     summed over ranks, because DDP and FSDP2 average gradients over ranks: the update is the gradient of
     (global sum) / D, whatever the micro-batch size, accumulation or world size.
     """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    # Models the objective trains besides the policy (PPO's value model) step with it, at the same LR.
+    trained = [(model, optimizer), *objective.auxiliary().values()]
+    for _, optim in trained:
+        for group in optim.param_groups:
+            group["lr"] = lr
     micro_batches = objective.step_inputs(model, micro_batches)
     (denominator,) = all_reduce_sum([objective.denominator(micro_batches)], info)
     scale = info.world_size / denominator if denominator > 0 else 0.0
     sums: dict[str, torch.Tensor] = {}
     count = len(micro_batches)
     for index, batch in enumerate(micro_batches):
-        with _sync_context(model, index == count - 1), _autocast(cfg, info):
+        last = index == count - 1
+        with contextlib.ExitStack() as stack, _autocast(cfg, info):
+            for module, _ in trained:
+                stack.enter_context(_sync_context(module, last))
             out = objective.loss(model, batch)
             (out.loss * scale).backward()
         for key, value in out.sums.items():
@@ -330,9 +336,13 @@ def train_step(
     grad_norm = _grad_norm(model, cfg.optim.max_grad_norm)
     # A non-finite norm (the same on every rank: gradients are reduced before it is taken) means the
     # run diverged: the weights stay as they were and the loop stops the job.
-    if math.isfinite(grad_norm):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    finite = math.isfinite(grad_norm)
+    for module, optim in trained:
+        if module is not model:
+            _grad_norm(module, cfg.optim.max_grad_norm)  # each model clipped on its own norm
+        if finite:
+            optim.step()
+        optim.zero_grad(set_to_none=True)
     return Step({k: float(v.item()) for k, v in sums.items()}, denominator, grad_norm)
 
 
@@ -388,7 +398,8 @@ class Job:
 
     @property
     def app_state(self) -> dict[str, Any]:
-        return {"model": self.model, "optim": self.optimizer, "trainer": self.state}
+        # (model, optimizer) pairs of the objective (PPO's "value") are checkpointed beside the policy.
+        return {"model": self.model, "optim": self.optimizer, "trainer": self.state, **self.objective.auxiliary()}
 
     def loop(self, batches: Iterator[list[torch.Tensor]]) -> bool:
         """Steps until the budget or an agreed preemption; True when preempted before the end."""

@@ -27,7 +27,11 @@ Contract (`Objective`; `build_objective(cfg)` picks one by `cfg.kind`):
    whatever the micro-batch size, the accumulation or the world size. `sums` are detached metric sums
    (floats or 0-d tensors); the loop adds them over micro-batches and ranks in one collective. A sum
    named `tokens` is the step's trained-token count (it advances `tokens` in metrics and checkpoints).
-5. `metrics(sums, D) -> dict`: the logged values of a step from the global sums. Must contain `loss`
+5. `auxiliary() -> {name: (module, optimizer)}`: models the objective trains besides the policy (PPO's
+   value model), built in `prepare`. The loss's backward reaches them; the loop sets their LR, syncs,
+   clips and steps them with the policy, and checkpoints them under `<name>_model`/`<name>_optim`
+   (checkpoint.py), so they resume and are archived with it. Default: none.
+6. `metrics(sums, D) -> dict`: the logged values of a step from the global sums. Must contain `loss`
    (the number the operator shows as lastLoss). Keys are flat (`rewards/margin`), floats.
 
 No objective has its own loop, checkpoint or resume code: a new one is a module here with these five
@@ -80,6 +84,8 @@ class Objective(Protocol):
 
     def metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]: ...
 
+    def auxiliary(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]: ...
+
 
 class BaseObjective:
     """Defaults for the optional steps: nothing to prepare, micro-batches used as they come."""
@@ -89,6 +95,9 @@ class BaseObjective:
 
     def step_inputs(self, model: nn.Module, micro_batches: list[Any]) -> list[Any]:
         return micro_batches
+
+    def auxiliary(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
+        return {}
 
 
 def build_objective(cfg: TrainConfig) -> Objective:
@@ -105,4 +114,14 @@ def build_objective(cfg: TrainConfig) -> Objective:
         from olmo_trainer.objectives.dpo import DPOObjective
 
         return DPOObjective(cfg)
+    if cfg.kind == "rlvr":
+        if cfg.rlvr is None:
+            raise ValueError("an rlvr phase needs its `rlvr` section")
+        if cfg.rlvr.algorithm == "ppo":
+            from olmo_trainer.objectives.ppo import PPOObjective
+
+            return PPOObjective(cfg)
+        from olmo_trainer.objectives.grpo import GRPOObjective
+
+        return GRPOObjective(cfg)
     raise ValueError(f"phase kind {cfg.kind!r} has no training objective in this release")

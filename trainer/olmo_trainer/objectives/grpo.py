@@ -21,6 +21,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch import nn
+
+from olmo_trainer.objectives import LossOutput
+from olmo_trainer.objectives.rl import RLBatch, RLObjective
+from olmo_trainer.rollouts import Packed
 
 ADVANTAGE_EPS = 1e-8
 """Added to the group std (OLMO2.md: (r - mean)/(std + 1e-8))."""
@@ -95,3 +100,66 @@ def grpo_loss(
         kl_sum=(kl * weight).sum().detach(),
         clipped_sum=(clipped & mask).sum().detach().to(logprobs.dtype),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective plugged into train.py (the shared rollout machinery is objectives/rl.py)
+# ---------------------------------------------------------------------------------------------
+
+
+class GRPOObjective(RLObjective):
+    """`rlvr` with `algorithm: grpo`: group-normalised sequence advantages, clipped ratio, k3 KL."""
+
+    def make_batches(
+        self,
+        parts: list[Packed],
+        old: list[torch.Tensor],
+        ref: list[torch.Tensor] | None,
+        scores: torch.Tensor,
+        correct: torch.Tensor,
+        stopped: torch.Tensor,
+    ) -> list[RLBatch]:
+        k = self.rl.samples_per_prompt
+        advantages, zero = group_advantages(scores.view(-1, k))
+        flat = advantages.flatten()
+        first_rows = torch.arange(zero.numel(), device=zero.device) * k  # each group's first row
+        batches, start = [], 0
+        for index, part in enumerate(parts):
+            rows = slice(start, start + len(part))
+            here = (first_rows >= start) & (first_rows < start + len(part))  # groups counted once
+            sums = self.sequence_sums(rows, scores, correct, stopped, part.mask.sum(dim=1))
+            sums |= {"groups": float(here.sum()), "zero_variance_groups": float((here & zero).sum())}
+            batches.append(
+                RLBatch(
+                    packed=part,
+                    old_logprobs=old[index],
+                    ref_logprobs=ref[index] if ref is not None else None,
+                    advantages=flat[rows],
+                    sums=sums,
+                )
+            )
+            start += len(part)
+        return batches
+
+    def loss(self, model: nn.Module, micro_batch: RLBatch) -> LossOutput:
+        logp = self.logprobs(model, micro_batch.packed)
+        mask = micro_batch.packed.mask
+        ref = micro_batch.ref_logprobs if micro_batch.ref_logprobs is not None else logp.detach()
+        out = grpo_loss(
+            logp, micro_batch.old_logprobs, ref, micro_batch.advantages, mask,
+            clip=self.rl.clip, kl_beta=self.rl.kl_beta, num_tokens=1.0,  # a sum: the loop divides
+        )
+        sums: dict[str, torch.Tensor | float] = {"policy": out.policy_sum, "clipped": out.clipped_sum, "tokens": float(mask.sum()), **micro_batch.sums}
+        if micro_batch.ref_logprobs is not None:
+            sums["kl"] = out.kl_sum
+        return LossOutput(out.loss, sums)
+
+    def metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
+        tokens = max(denominator, 1.0)
+        kl = sums.get("kl", 0.0)
+        return {
+            "loss": (sums["policy"] + self.rl.kl_beta * kl) / tokens,
+            "rl/policy_loss": sums["policy"] / tokens,
+            "rl/zero_variance_groups": sums["zero_variance_groups"] / max(sums["groups"], 1.0),
+            **self.common_metrics(sums, denominator),
+        }

@@ -18,8 +18,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
+from olmo_trainer.config import TrainConfig
+from olmo_trainer.distributed import DistInfo
+from olmo_trainer.objectives import LossOutput
 from olmo_trainer.objectives.grpo import clipped_surrogate
+from olmo_trainer.objectives.rl import RLBatch, RLObjective
+from olmo_trainer.rollouts import Packed
 
 WHITEN_EPS = 1e-8
 
@@ -114,3 +120,135 @@ def ppo_loss(
         clipped_sum=(clipped & mask).sum().detach().to(logprobs.dtype),
         value_clipped_sum=(value_clipped & mask).sum().detach().to(logprobs.dtype),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The value model and the objective plugged into train.py (shared machinery: objectives/rl.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def build_value_model(cfg: TrainConfig, info: DistInfo, policy: nn.Module) -> nn.Module:
+    """The value model: our Transformer with a scalar head (d_model -> 1) in place of the LM head,
+    wrapped like the policy. Its body starts as a copy of the policy's current weights (the parent
+    phase's model), or as `rlvr.valueInitFrom`'s when given (any committed checkpoint of this
+    architecture; its head is loaded too when it is a value model's). The head starts from the
+    seeded truncated normal of the model's init."""
+    from olmo_trainer.checkpoint import load_model_weights
+    from olmo_trainer.distributed import parallelize
+    from olmo_trainer.model import Transformer
+
+    assert cfg.rlvr is not None
+    with torch.device("meta"):
+        value = Transformer(cfg.model)
+        value.lm_head = nn.Linear(cfg.model.d_model, 1, bias=False)
+    fsdp = cfg.parallel.strategy == "fsdp"
+    if fsdp:
+        parallelize(value, cfg.parallel, info)
+    value.to_empty(device=info.device)
+    value.init_weights(torch.Generator(device=info.device).manual_seed(cfg.seed + 1))
+    if cfg.rlvr.value_init_from is not None:
+        load_model_weights(cfg.rlvr.value_init_from, value, skip_mismatched=True)
+    else:
+        inner = policy.module if isinstance(policy, nn.parallel.DistributedDataParallel) else policy
+        source = dict(inner.named_parameters())
+        with torch.no_grad():
+            for name, param in value.named_parameters():
+                if not name.startswith("lm_head."):
+                    param.copy_(source[name])
+    return value if fsdp else parallelize(value, cfg.parallel, info)
+
+
+class PPOObjective(RLObjective):
+    """`rlvr` with `algorithm: ppo`: KL-penalised token rewards, GAE, whitened advantages, clipped
+    policy and value losses. The value model and its optimizer are trained with the policy
+    (`auxiliary()`), checkpointed, resumed and archived with it."""
+
+    value_model: nn.Module | None = None
+    value_optimizer: torch.optim.Optimizer | None = None
+
+    def prepare(self, model: nn.Module, info: DistInfo) -> None:
+        from olmo_trainer.optim import build_optimizer
+
+        super().prepare(model, info)
+        self.value_model = build_value_model(self.cfg, info, model)
+        self.value_optimizer = build_optimizer(self.value_model, self.cfg.optim, lr=0.0)
+
+    def auxiliary(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
+        assert self.value_model is not None and self.value_optimizer is not None
+        return {"value": (self.value_model, self.value_optimizer)}
+
+    def make_batches(
+        self,
+        parts: list[Packed],
+        old: list[torch.Tensor],
+        ref: list[torch.Tensor] | None,
+        scores: torch.Tensor,
+        correct: torch.Tensor,
+        stopped: torch.Tensor,
+    ) -> list[RLBatch]:
+        assert self.value_model is not None
+        gae_cfg = self.rl.gae
+        with torch.no_grad():
+            values = [self.values(self.value_model, part) for part in parts]
+        # Rewards and GAE per micro-batch (rows are independent); whitening over the whole rollout.
+        rewards, advantages, returns, start = [], [], [], 0
+        for index, part in enumerate(parts):
+            reference = ref[index] if ref is not None else old[index]
+            rows = slice(start, start + len(part))
+            token_rewards = kl_penalised_rewards(old[index], reference, scores[rows], part.mask, kl_beta=self.rl.kl_beta)
+            adv, ret = gae(token_rewards, values[index], part.mask, gamma=gae_cfg.gamma, lam=gae_cfg.lam)
+            rewards.append(token_rewards)
+            advantages.append(adv)
+            returns.append(ret)
+            start += len(part)
+        width = max(a.shape[1] for a in advantages)
+        stacked = torch.cat([nn.functional.pad(a, (0, width - a.shape[1])) for a in advantages])
+        masks = torch.cat([nn.functional.pad(p.mask, (0, width - p.mask.shape[1])) for p in parts])
+        whitened = whiten(stacked, masks)
+        batches, start = [], 0
+        for index, part in enumerate(parts):
+            rows = slice(start, start + len(part))
+            sums = self.sequence_sums(rows, scores, correct, stopped, part.mask.sum(dim=1))
+            kl = (old[index] - ref[index]) * part.mask if ref is not None else None
+            sums |= {"kl_old": float(kl.sum()) if kl is not None else 0.0}
+            batches.append(
+                RLBatch(
+                    packed=part,
+                    old_logprobs=old[index],
+                    ref_logprobs=ref[index] if ref is not None else None,
+                    advantages=whitened[rows, : part.mask.shape[1]],
+                    sums=sums,
+                    values=values[index],
+                    returns=returns[index],
+                )
+            )
+            start += len(part)
+        return batches
+
+    def loss(self, model: nn.Module, micro_batch: RLBatch) -> LossOutput:
+        assert self.value_model is not None and micro_batch.values is not None and micro_batch.returns is not None
+        logp = self.logprobs(model, micro_batch.packed)
+        new_values = self.values(self.value_model, micro_batch.packed)
+        mask = micro_batch.packed.mask
+        out = ppo_loss(
+            logp, micro_batch.old_logprobs, micro_batch.advantages, new_values, micro_batch.values,
+            micro_batch.returns, mask, clip=self.rl.clip, vf_coef=self.rl.vf_coef, num_tokens=1.0,
+        )
+        sums: dict[str, torch.Tensor | float] = {
+            "policy": out.policy_sum, "value": out.value_sum, "clipped": out.clipped_sum,
+            "value_clipped": out.value_clipped_sum, "tokens": float(mask.sum()), **micro_batch.sums,
+        }
+        return LossOutput(out.loss, sums)
+
+    def metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
+        tokens = max(denominator, 1.0)
+        metrics = {
+            "loss": (sums["policy"] + self.rl.vf_coef * sums["value"]) / tokens,
+            "rl/policy_loss": sums["policy"] / tokens,
+            "rl/value_loss": sums["value"] / tokens,
+            "rl/value_clip_fraction": sums["value_clipped"] / tokens,
+            **self.common_metrics(sums, denominator),
+        }
+        if self.reference is not None:
+            metrics["rl/kl"] = sums["kl_old"] / tokens  # kl1 of the sampling policy, as in the reward
+        return metrics
