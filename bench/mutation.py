@@ -60,7 +60,10 @@ class Target:
 TARGETS: dict[str, Target] = {
     "plan": Target("olmo_operator/plan.py", ("tests/operator/test_plan.py",)),
     "layout": Target("olmo_operator/layout.py", ("tests/operator/test_layout.py", "tests/operator/test_plan.py")),
-    "api": Target("olmo_operator/api.py", ("tests/operator/test_api.py", "tests/operator/test_api_properties.py")),
+    "api": Target(
+        "olmo_operator/api.py",
+        ("tests/operator/test_api.py", "tests/operator/test_api_properties.py", "tests/operator/test_api_rules.py"),
+    ),
     "schedule": Target("olmo_trainer/schedule.py", ("tests/trainer/test_schedule.py",)),
     "manifest": Target("olmo_trainer/manifest.py", ("tests/trainer/test_manifest.py", "tests/trainer/test_checkpoint.py")),
     "lm": Target(
@@ -74,7 +77,15 @@ TARGETS: dict[str, Target] = {
     ),
     "grpo": Target("olmo_trainer/objectives/grpo.py", ("tests/trainer/test_rl_losses.py",)),
     "ppo": Target("olmo_trainer/objectives/ppo.py", ("tests/trainer/test_rl_losses.py",)),
-    "rewards": Target("olmo_trainer/rewards.py", ("tests/trainer/test_rewards.py",)),
+    "rewards": Target(
+        "olmo_trainer/rewards.py", ("tests/trainer/test_rewards.py", "tests/trainer/test_rewards_constraints.py")
+    ),
+    "dpo": Target(
+        "olmo_trainer/objectives/dpo.py",
+        ("tests/trainer/test_post_units.py",),
+        functions=("dpo_terms",),  # the loss; reference caching and batching are the training loop's tests
+    ),
+    "rundiff": Target("olmo_operator/rundiff.py", ("tests/operator/test_rundiff.py", "tests/operator/test_rundiff_exact.py")),
 }
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
