@@ -71,6 +71,8 @@ CASES: list[tuple[str, str, dict[str, object], bool]] = [
     ("verify_postscript", "Body.\nP.S. see you", {"postscript_marker": "P.S."}, True),
     ("verify_postscript", "Body.\nP.S.   ", {"postscript_marker": "P.S."}, False),
     ("verify_postscript", "Body only", {"postscript_marker": "P.S."}, False),
+    ("verify_postscript", "P.S. at the very start", {"postscript_marker": "P.S."}, True),
+    ("verify_postscript", "P.S. first, then a bare P.S.", {"postscript_marker": "P.S."}, True),  # the first marker
     # placeholders in square brackets: at least N
     ("validate_placeholders", "Send to [name] at [address]", {"N": 2}, True),
     ("validate_placeholders", "Send to [name]", {"N": 2}, False),
@@ -174,6 +176,8 @@ def test_ifeval_ground_truth_must_be_an_object_with_func_name() -> None:
         ("-\\frac{3}{4}", Fraction(-3, 4)),
         ("\\frac{1.5}{3}", Fraction(1, 2)),
         ("6/2", Fraction(3)),
+        ("6/1", Fraction(6)),
+        ("X5", None),  # only a minus sign is stripped
         ("1/0", None),  # no value, not an error
         ("\\frac{1}{0}", None),
         ("x", None),
@@ -210,6 +214,7 @@ def test_math_equivalent(answer: str, truth: str, same: bool) -> None:
         ("\\boxed 5", None),  # no brace after it
         ("{x} \\boxed", None),  # a brace before the last \boxed does not count
         ("\\boxed{}", ""),
+        ("\\fbox{1} and \\fbox{2}", "2"),
     ],
 )
 def test_last_boxed(text: str, boxed: str | None) -> None:
@@ -250,3 +255,18 @@ def test_the_non_stop_penalty_applies_only_to_responses_that_did_not_stop() -> N
     assert rewards.reward("The answer is 7", "7", "gsm8k", stopped=True, non_stop_penalty=3.0) == 10.0
     assert rewards.reward("The answer is 6", "7", "gsm8k", stopped=True, non_stop_penalty=3.0) == 0.0
     assert rewards.reward("The answer is 7", "7", "gsm8k", correct_reward=2.5, stopped=False, non_stop_penalty=1.0) == 1.5
+
+
+def test_reward_defaults_to_a_stopped_response() -> None:
+    assert rewards.reward("The answer is 7", "7", "gsm8k", non_stop_penalty=3.0) == 10.0
+
+
+def test_check_rows_counts_rows_and_names_the_wrong_type() -> None:
+    assert rewards.check_rows([]) == 0
+    assert rewards.check_rows([{"ground_truth": "1", "dataset": "math"}] * 3) == 3
+    with pytest.raises(RewardError) as info:
+        rewards.check_rows([{"ground_truth": "1", "dataset": "math"}, {"ground_truth": 7, "dataset": "gsm8k"}], "rl.jsonl")
+    assert str(info.value) == "rl.jsonl row 2: `ground_truth` must be a string, got int"
+    with pytest.raises(RewardError) as info:
+        rewards.check_row({"ground_truth": "7", "dataset": None})
+    assert str(info.value) == "row: `dataset` must be a string, got NoneType"

@@ -155,9 +155,8 @@ def _math_value(answer: str) -> Fraction | None:
         r"(-?\d+(?:\.\d+)?)/(-?\d+(?:\.\d+)?)", text
     )
     try:
-        if match:
-            denominator = Fraction(match.group(2))
-            return None if denominator == 0 else sign * Fraction(match.group(1)) / denominator
+        if match:  # a zero denominator raises ZeroDivisionError: no value
+            return sign * Fraction(match.group(1)) / Fraction(match.group(2))
         if re.fullmatch(r"\d+(?:\.\d+)?", text):
             return sign * Fraction(text)
     except (ValueError, ZeroDivisionError):
