@@ -142,8 +142,10 @@ def equivalents() -> dict[str, tuple[str, str]]:
     for raw in EQUIVALENT.read_text().splitlines() if EQUIVALENT.exists() else []:
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
-        name, line, reason = (part.strip() for part in raw.split(" | ", 2))
-        found[name] = (line, reason)
+        # The mutated line may itself hold " | " (a set union), the name and the reason never do.
+        name, rest = raw.split(" | ", 1)
+        line, reason = rest.rsplit(" | ", 1)
+        found[name.strip()] = (line.strip(), reason.strip())
     return found
 
 

@@ -214,3 +214,51 @@ def test_flatten_sorts_keys_and_keeps_lists_as_leaves() -> None:
 
 def test_an_empty_result_is_identical() -> None:
     assert DiffResult().identical and DiffResult().first is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "rtol", "atol", "close"),
+    [
+        (True, 1.05, 0.1, 0, False),  # a flag is compared as itself, never within a tolerance
+        (1.05, True, 0.1, 0, False),
+        (1.0, 1.5, 0, 1, True),  # atol alone
+        (1.0, 1.5, 1, 0, True),  # rtol alone
+        (1.0, 1.5, 0, 0.5, True),  # the bound itself is inside
+        (1.0, 1.5, 0, 0.4999, False),
+    ],
+)
+def test_numbers_close_at_the_bounds(a: Any, b: Any, rtol: float, atol: float, close: bool) -> None:
+    from olmo_operator.rundiff import numbers_close
+
+    assert numbers_close(a, b, rtol=rtol, atol=atol) is close
+
+
+def test_env_keys_on_one_side_only_differ() -> None:
+    from olmo_operator.rundiff import env_differences
+
+    assert env_differences({"software": {"torch": "2"}}, {}) == [("software.torch", "2", None)]
+    assert env_differences(None, {"cuda": "12"}) == [("cuda", None, "12")]
+
+
+def test_a_tensor_on_one_side_only_is_a_differing_tensor() -> None:
+    result = compare(
+        run([job("p", 0, checkpoints={1: {"sha256": SHA_A, "tensors": {"x": "1"}}})]),
+        run([job("p", 0, checkpoints={1: {"sha256": SHA_B, "tensors": {"x": "1", "y": "2"}}})]),
+    )
+    assert as_tuples(result.divergences) == [("checkpoint", "p", 0, 1, "content (y)", SHA_A, SHA_B)]
+
+
+def test_a_null_metric_against_a_number_diverges_without_a_deviation() -> None:
+    for left, right in ((None, 1.0), (1.0, None)):
+        result = compare(
+            run([job("p", 0, metrics=[{"step": 1, "loss": left}])]), run([job("p", 0, metrics=[{"step": 1, "loss": right}])])
+        )
+        assert as_tuples(result.divergences) == [("metric", "p", 0, 1, "loss", left, right)]
+        assert result.deviations == {}
+
+
+def test_the_summary_table_stops_at_twelve_rows_by_default() -> None:
+    a = run([job(f"p{i:02d}", 0) for i in range(13)])
+    result = compare(a, run([]))
+    assert len(result.divergences) == 13
+    assert [where for _, where, _ in summary_table(result)] == [f"p{i:02d}/s0" for i in range(12)]
