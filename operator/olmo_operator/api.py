@@ -469,7 +469,12 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
         current = parent
         while current is not None and current in by_name:
             if current in seen:
-                problems.append(Problem(f"{where}.from", f"phase {names[i]!r} depends on itself through {current!r}; break the cycle"))
+                # A phase on the cycle, or one that starts from a phase on it: both never start.
+                problems.append(
+                    Problem(f"{where}.from", f"phase {names[i]!r} depends on itself through {parent!r}; break the cycle")
+                    if current == names[i]
+                    else Problem(f"{where}.from", f"phase {names[i]!r} starts from a cycle at {current!r}; break the cycle")
+                )
                 break
             seen.add(current)
             current = parents[by_name[current]]
@@ -624,6 +629,6 @@ def topological_order(run: OlmoRun) -> list[PhaseSpec]:
                 done.add(phase.name)
                 pending.remove(phase)
                 break
-        else:  # pragma: no cover - only reachable with a cycle, which validation rejects
+        else:  # only reachable with a cycle, which validation rejects
             raise ValueError("phases form a cycle")
     return ordered

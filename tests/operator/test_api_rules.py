@@ -38,6 +38,11 @@ def problems_of(document: Any) -> dict[str, str]:
 
 Edit = Callable[[dict[str, Any]], Any]
 
+QUANTITY_HINT = (
+    "write a number with an optional suffix Ki/Mi/Gi/Ti (powers of 1024), k/M/G/T (powers of 1000) "
+    "or m (thousandths), e.g. "
+)
+
 # (edit of the tiny example, the one problem it causes: path, exact message)
 RULES: list[tuple[str, Edit, str, str]] = [
     ("name-not-dns", lambda d: d["metadata"].update(name="Not_A_Name"), "metadata.name",
@@ -68,7 +73,14 @@ RULES: list[tuple[str, Edit, str, str]] = [
      "'anneal' fans out into 2 seeds, so it has no single final checkpoint; "
      "add a soup phase (kind: soup, from: anneal) and start from it"),
     ("cycle", lambda d: phase(d, 0).update({"from": "rlvr"}), "spec.phases[0].from",
-     "phase 'pretrain' depends on itself through 'pretrain'; break the cycle"),
+     "phase 'pretrain' depends on itself through 'rlvr'; break the cycle"),
+    # sft <-> dpo; rlvr (from dpo) is not on the cycle but can never start either
+    ("cycle-of-two", lambda d: phase(d, 3).update({"from": "dpo"}), "spec.phases[3].from",
+     "phase 'sft' depends on itself through 'dpo'; break the cycle"),
+    ("starts-from-a-cycle", lambda d: phase(d, 3).update({"from": "dpo"}), "spec.phases[5].from",
+     "phase 'rlvr' starts from a cycle at 'dpo'; break the cycle"),
+    ("unnamed-phase-then-duplicate", lambda d: (phase(d, 0).pop("name"), phase(d, 5).update(name="anneal")),
+     "spec.phases[5].name", "duplicate phase name 'anneal' (also spec.phases[1]); rename one"),
     ("storage-scheme", lambda d: d["spec"]["storage"].update(uri="ftp://host/x"), "spec.storage.uri",
      "scheme 'ftp' is not supported; use one of ('s3', 'gs', 'gcs', 'file', 'memory')"),
     ("seeds-repeat", lambda d: phase(d, 1).update(seeds=[42, 7, 42]), "spec.phases[1].seeds",
@@ -109,6 +121,26 @@ RULES: list[tuple[str, Edit, str, str]] = [
     ("sequence-too-long", lambda d: phase(d, 0)["data"].update(sequenceLength=129),
      "spec.phases[0].data.sequenceLength",
      "129 exceeds the model's maxSequenceLength 128; shorten it or raise the model's"),
+    ("sft-without-batch", lambda d: phase(d, 3).pop("batch"), "spec.phases[3].batch",
+     "set batch.globalBatchSize (sequences or pairs per optimizer step)"),
+    *[
+        (f"{kind}-longer-than-the-model", (lambda i, k: lambda d: phase(d, i)[k]["data"].update(maxLength=129))(index, kind),
+         f"spec.phases[{index}].{kind}.data.maxLength",
+         "129 exceeds the model's maxSequenceLength 128; shorten it or raise the model's")
+        for index, kind in [(3, "sft"), (4, "dpo")]
+    ],
+    ("memory-GB", lambda d: d["spec"]["cluster"].update(memory="16GB"), "spec.cluster.memory",
+     f"'16GB' is not a Kubernetes quantity: {QUANTITY_HINT}'1600Gi'"),
+    ("cpu-list", lambda d: d["spec"]["cluster"].update(cpu=[4]), "spec.cluster.cpu",
+     f"[4] is not a Kubernetes quantity: {QUANTITY_HINT}'96'"),
+    ("cpu-negative", lambda d: d["spec"]["cluster"].update(cpu=-1), "spec.cluster.cpu",
+     f"-1 is not a Kubernetes quantity: {QUANTITY_HINT}'96'"),
+    ("cpu-bool", lambda d: d["spec"]["cluster"].update(cpu=True), "spec.cluster.cpu",
+     f"True is not a Kubernetes quantity: {QUANTITY_HINT}'96'"),
+    ("cpu-fraction", lambda d: d["spec"]["cluster"].update(cpu=1.5), "spec.cluster.cpu",
+     f"1.5 is not a Kubernetes quantity as written (a bare fraction): quote it, or {QUANTITY_HINT}'96'"),
+    ("shm-suffix", lambda d: d["spec"]["cluster"].update(shmSize="1gi"), "spec.cluster.shmSize",
+     f"'1gi' is not a Kubernetes quantity: {QUANTITY_HINT}'64Gi'"),
     ("unknown-kind", lambda d: phase(d, 0).update(kind="pretraining"), "spec.phases[0].kind",
      "Input should be 'pretrain', 'anneal', 'soup', 'sft', 'dpo' or 'rlvr' (got 'pretraining')"),
     ("unknown-field", lambda d: d["spec"].update(colour="red"), "spec.colour",
@@ -145,6 +177,9 @@ LIMITS: list[tuple[str, Edit]] = [
     ("plain-path-storage", lambda d: d["spec"]["storage"].update(uri="/data/olmorun")),
     ("memory-storage", lambda d: d["spec"]["storage"].update(uri="memory://x")),
     ("seed-zero", lambda d: d["spec"].update(seed=0)),
+    ("cpu-zero", lambda d: d["spec"]["cluster"].update(cpu=0)),
+    ("storage-uri-with-two-schemes", lambda d: d["spec"]["storage"].update(uri="s3://bucket/copy-of-gs://x")),
+    ("max-length-at-the-model-limit", lambda d: phase(d, 3)["sft"]["data"].update(maxLength=128)),
 ]
 
 
@@ -197,7 +232,7 @@ def test_run_accessors() -> None:
     run = api.parse_olmorun(tiny())
     assert (run.name, run.namespace) == ("olmo2-tiny", "default")
     assert run.phase("soup").kind == "soup"
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="nope"):
         run.phase("nope")
     # Kinds land release by release: what is not implemented yet, in spec order, is refused when reached.
     expected = [p for p in ["pretrain", "anneal", "soup", "sft", "dpo", "rlvr"] if p not in IMPLEMENTED_KINDS]
@@ -206,3 +241,23 @@ def test_run_accessors() -> None:
     assert run.spec.cluster.procs == 2
     assert api.ClusterSpec(gpus_per_node=8).procs == 8
     assert api.ClusterSpec(gpus_per_node=0).procs == 1
+
+
+@pytest.mark.parametrize(("written", "stored"), [(4, "4"), (0, "0"), ("500m", "500m"), ("1.5", "1.5"), ("2e3", "2e3")])
+def test_a_quantity_is_stored_as_the_api_server_stores_it(written: Any, stored: str) -> None:
+    document = tiny()
+    document["spec"]["cluster"]["cpu"] = written
+    assert api.parse_olmorun(document).spec.cluster.cpu == stored
+
+
+def test_union_labels_are_left_out_even_when_the_value_is_a_mapping() -> None:
+    document = tiny()
+    phase(document, 1)["optim"]["lr"] = {"x": 1}  # pydantic's locs end in `float` / `literal['inherit']`
+    assert {p.path for p in api.check_olmorun(document)} == {"spec.phases[1].optim.lr"}
+
+
+def test_topological_order_refuses_a_cycle_that_bypassed_validation() -> None:
+    run = api.parse_olmorun(tiny())
+    run.spec.phases[0] = run.spec.phases[0].model_copy(update={"from_": "rlvr"})
+    with pytest.raises(ValueError, match=r"^phases form a cycle$"):
+        api.topological_order(run)
