@@ -33,6 +33,7 @@ from olmo_operator.api import OlmoRun, OlmoRunStatus, PhaseSpec
 from olmo_operator.plan import CancelJob, Emit, condition, invalid_status
 from olmo_operator.reconcile import last_metrics, reconcile_plan, spec_fault
 from olmo_trainer.config import format_tokens, hash_json
+from olmo_trainer.manifest import path_to_uri
 
 STATE_FILE = "state.json"
 POLL_SECONDS = 1.5
@@ -63,7 +64,7 @@ def localize(run: OlmoRun, workdir: Path, storage: str | None = None) -> OlmoRun
     """
     if storage == "spec":
         return run
-    uri = storage or (workdir.resolve() / "storage").as_uri()
+    uri = storage or path_to_uri(workdir.resolve() / "storage")
     store = run.spec.storage.model_copy(update={"uri": uri, "scratch_uri": None})
     return run.model_copy(update={"spec": run.spec.model_copy(update={"storage": store})})
 

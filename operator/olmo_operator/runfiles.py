@@ -84,8 +84,13 @@ def _run_at(document: dict[str, Any], root: str) -> api.OlmoRun:
 
 def root_pattern(run: api.OlmoRun) -> re.Pattern[str]:
     """Any URI or path of a file inside this run (`.../<namespace>/<name>/...`), wherever its storage
-    is: the run's own, a copy, or the run it was copied from."""
-    return re.compile(rf"[^\s\"']*?/{re.escape(run.namespace)}/{re.escape(run.name)}(?=/|$)")
+    is: the run's own, a copy, or the run it was copied from.
+
+    A value that is itself a path or URI is matched from its start, so a local root with spaces
+    (`/tmp/my run/...`) is replaced whole; inside other text (a command line) a root ends at white space.
+    """
+    tail = rf"/{re.escape(run.namespace)}/{re.escape(run.name)}(?=/|$)"
+    return re.compile(rf"(?:^(?:/|[A-Za-z][A-Za-z0-9+.-]*:)[^\"'\n]*?|[^\s\"']*?){tail}")
 
 
 def portable(value: Any, roots: re.Pattern[str]) -> Any:

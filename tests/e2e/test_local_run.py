@@ -208,3 +208,33 @@ def test_the_issue_divergence_input_fails_the_run_and_status_shows_the_latest_lo
     assert shown.returncode == 0, shown.stderr
     first_loss = json.loads((storage(workdir) / "phases" / "pretrain" / "metrics.jsonl").read_text().splitlines()[0])
     assert f"{first_loss['loss']:.4f}" not in shown.stdout and "Diverged" in shown.stdout
+
+
+NEEDS_QUOTING = "my run #1 100%25 ü 数据"
+"""A workdir name with a space, `#`, `%` (and a `%25` that unquoting must not touch twice) and non-ASCII."""
+
+
+def test_a_workdir_whose_name_needs_quoting_is_the_one_written_verified_and_exported(tmp_path: Path) -> None:
+    """Issue 11 #2: `olmorun local SPEC --workdir "my run"` wrote into a sibling `my%20run`. The run's
+    storage is the file:// URI of the workdir; every file lands inside the workdir, and verify,
+    export-hf, status and report find it by its plain path and by its file:// URI."""
+    spec, workdir = small_spec(tmp_path, pretrain_steps=3, phases=1, interval=2), tmp_path / NEEDS_QUOTING
+    done = olmorun("local", str(spec), "--workdir", str(workdir), "--poll", "0.5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["small.yaml", NEEDS_QUOTING])
+    job = storage(workdir) / "phases" / "pretrain"
+    assert (job / "config.json").exists() and (job / "metrics.jsonl").exists()
+    assert (job / "checkpoints" / "step3" / "MANIFEST.json").exists()
+    archived = storage(workdir) / "archive" / "pretrain"
+    status = state(workdir)["status"]
+    assert status["stage"] == "Succeeded" and status["phases"]["pretrain"]["archive"] == f"{archived.as_uri()}/step3"
+    for target in (str(archived), archived.as_uri(), status["phases"]["pretrain"]["archive"]):
+        verified = olmorun("verify", target, timeout=60)
+        assert verified.returncode == 0 and "OK" in verified.stdout, target + verified.stdout + verified.stderr
+    exported = olmorun("export-hf", archived.as_uri(), (workdir / "hf out").as_uri(), timeout=120)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert (workdir / "hf out" / "config.json").exists() and (workdir / "hf out" / "model.safetensors").exists()
+    assert olmorun("status", "--workdir", str(workdir), timeout=60).returncode == 0
+    report = olmorun("report", str(workdir), "-o", str(workdir / "report.html"), timeout=120)
+    assert report.returncode == 0 and (workdir / "report.html").exists(), report.stdout + report.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["small.yaml", NEEDS_QUOTING])

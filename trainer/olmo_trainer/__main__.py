@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(uri: str) -> TrainConfig:
     """Read and validate a TrainConfig JSON from a local path or an fsspec URL."""
-    import fsspec
+    from olmo_trainer.manifest import open_uri
 
-    with fsspec.open(uri, "rb") as stream:
+    with open_uri(uri, "rb") as stream:
         return TrainConfig.model_validate_json(stream.read())
 
 
@@ -78,10 +78,10 @@ def dry_run(cfg: TrainConfig) -> dict[str, object]:
 
 def run_eval(uri: str) -> int:
     """`eval --config URI`: an EvalJobConfig; prints the results as JSON."""
-    import fsspec
+    from olmo_trainer.manifest import open_uri
 
     try:
-        with fsspec.open(uri, "rb") as stream:
+        with open_uri(uri, "rb") as stream:
             cfg = EvalJobConfig.model_validate_json(stream.read())
     except FileNotFoundError:
         print(f"olmo_trainer: config {uri} does not exist", file=sys.stderr)

@@ -25,6 +25,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from olmo_trainer.config import DataConfig, DataSource, ModelConfig
+from olmo_trainer.manifest import filesystem
 
 INDEX_NAME = "index.json"
 """The small JSON record `olmorun data prepare|synth` write next to the arrays."""
@@ -99,7 +100,7 @@ def _array_dirs(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
 
 def is_local(path: str) -> bool:
     """True for plain paths and file:// URLs."""
-    return isinstance(fsspec.core.url_to_fs(path)[0], LocalFileSystem)
+    return isinstance(filesystem(path)[0], LocalFileSystem)
 
 
 def source_records(
@@ -120,7 +121,7 @@ def source_records(
             unreadable.append(pattern)
             continue
         try:
-            fs, path = fsspec.core.url_to_fs(pattern)
+            fs, path = filesystem(pattern)
             dirs = _array_dirs(fs, path)
             if not dirs:
                 unreadable.append(pattern)

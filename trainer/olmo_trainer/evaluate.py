@@ -343,8 +343,8 @@ def run_eval_job(cfg: EvalJobConfig) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="olmorun-eval-") as scratch:
         results = evaluate(model, cfg.eval, device=torch.device("cpu"), max_length=max_length, work_dir=scratch)
     if cfg.output is not None:
-        import fsspec
+        from olmo_trainer.manifest import open_uri
 
-        with fsspec.open(cfg.output, "w") as stream:
+        with open_uri(cfg.output, "w") as stream:
             json.dump({"checkpoint": cfg.checkpoint, **results}, stream, indent=2)
     return results

@@ -24,12 +24,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from safetensors.torch import load_file, save_file
 
 from olmo_trainer.config import ModelConfig
+from olmo_trainer.manifest import filesystem
 from olmo_trainer.model import Transformer
 
 CONFIG_NAME = "config.json"
@@ -215,19 +215,19 @@ def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch
 
 
 def _is_local(uri: str) -> bool:
-    return isinstance(fsspec.core.url_to_fs(uri)[0], LocalFileSystem)
+    return isinstance(filesystem(uri)[0], LocalFileSystem)
 
 
 @contextmanager
 def _local_dir_for_writing(out_dir: str) -> Iterator[str]:
     if _is_local(out_dir):
-        path = fsspec.core.url_to_fs(out_dir)[1]
+        path = filesystem(out_dir)[1]
         os.makedirs(path, exist_ok=True)
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="olmorun-hf-") as staging:
         yield staging
-        fs, remote = fsspec.core.url_to_fs(out_dir)
+        fs, remote = filesystem(out_dir)
         for name in sorted(os.listdir(staging)):
             fs.put_file(os.path.join(staging, name), f"{remote.rstrip('/')}/{name}")
 
@@ -235,10 +235,10 @@ def _local_dir_for_writing(out_dir: str) -> Iterator[str]:
 @contextmanager
 def _local_dir_for_reading(path: str) -> Iterator[str]:
     if _is_local(path):
-        yield fsspec.core.url_to_fs(path)[1]
+        yield filesystem(path)[1]
         return
     with tempfile.TemporaryDirectory(prefix="olmorun-hf-") as staging:
-        fs, remote = fsspec.core.url_to_fs(path)
+        fs, remote = filesystem(path)
         for entry in fs.ls(remote, detail=False):
             name = str(entry).rstrip("/").rsplit("/", 1)[-1]
             if name == CONFIG_NAME or name.endswith((".safetensors", INDEX_NAME)):
@@ -247,7 +247,7 @@ def _local_dir_for_reading(path: str) -> Iterator[str]:
 
 
 def _copy_tokenizer(tokenizer_dir: str, out: str) -> None:
-    fs, root = fsspec.core.url_to_fs(tokenizer_dir)
+    fs, root = filesystem(tokenizer_dir)
     for entry in fs.ls(root, detail=True):
         name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
         if entry["type"] == "file" and name != CONFIG_NAME and ".safetensors" not in name:
@@ -329,7 +329,7 @@ def from_hf(path: str) -> Transformer:
 def is_hf_folder(uri: str) -> bool:
     """True when `uri` is a Hugging Face OLMo 2 checkpoint folder (config.json of model_type olmo2),
     as opposed to one of our committed checkpoints (MANIFEST.json + DCP shards)."""
-    fs, root = fsspec.core.url_to_fs(uri)
+    fs, root = filesystem(uri)
     config_path = f"{root.rstrip('/')}/{CONFIG_NAME}"
     if not fs.exists(config_path) or fs.exists(f"{root.rstrip('/')}/MANIFEST.json"):
         return False

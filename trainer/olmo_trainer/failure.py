@@ -24,7 +24,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import fsspec
+from olmo_trainer.manifest import open_uri
 
 FAILURE_NAME = "failure.json"
 EXIT_PERMANENT = 5
@@ -62,7 +62,7 @@ def record_failure(save_dir: str, failure: Failure, **storage_options: Any) -> N
     """Write the record for this attempt (best effort: a storage error must not hide the failure itself)."""
     record = {**asdict(failure), "attempt": current_attempt()}
     try:
-        with fsspec.open(failure_uri(save_dir), "w", **storage_options) as f:
+        with open_uri(failure_uri(save_dir), "w", **storage_options) as f:
             json.dump(record, f)
     except OSError:
         pass
@@ -71,7 +71,7 @@ def record_failure(save_dir: str, failure: Failure, **storage_options: Any) -> N
 def read_failure(save_dir: str, *, attempt: int, **storage_options: Any) -> Failure | None:
     """The record of `attempt`, or None (no record, another attempt's, or unreadable)."""
     try:
-        with fsspec.open(failure_uri(save_dir), "r", **storage_options) as f:
+        with open_uri(failure_uri(save_dir), "r", **storage_options) as f:
             record = json.load(f)
     except (OSError, ValueError):
         return None
@@ -88,7 +88,7 @@ def record_notice(save_dir: str, reason: str, message: str, **storage_options: A
     """Leave `reason: message` for the operator to show while this attempt runs (best effort)."""
     record = {"reason": reason, "message": message, "attempt": current_attempt()}
     try:
-        with fsspec.open(f"{save_dir.rstrip('/')}/{NOTICE_NAME}", "w", **storage_options) as f:
+        with open_uri(f"{save_dir.rstrip('/')}/{NOTICE_NAME}", "w", **storage_options) as f:
             json.dump(record, f)
     except OSError:
         pass
@@ -97,7 +97,7 @@ def record_notice(save_dir: str, reason: str, message: str, **storage_options: A
 def read_notice(save_dir: str, *, attempt: int, **storage_options: Any) -> tuple[str, str] | None:
     """(reason, message) of `attempt`'s notice, or None."""
     try:
-        with fsspec.open(f"{save_dir.rstrip('/')}/{NOTICE_NAME}", "r", **storage_options) as f:
+        with open_uri(f"{save_dir.rstrip('/')}/{NOTICE_NAME}", "r", **storage_options) as f:
             record = json.load(f)
     except (OSError, ValueError):
         return None

@@ -8,6 +8,10 @@ through fsspec, so the same code works on local disks, s3:// and gs://.
     manifest = build_manifest(fs, "/ckpt/step100", step=100, config_hash="...")
     commit(fs, "/ckpt/step100", manifest)          # atomic where the filesystem allows
     report = verify(fs, "/ckpt/step100")           # re-hash every file
+
+It is also the one home of local URIs: `path_to_uri` and `uri_to_path` are the only places that
+percent-encode and decode a `file://` URI, and `filesystem` / `open_uri` are how every module of the
+trainer and the operator reaches storage, so `/tmp/my run` and `file:///tmp/my%20run` name one place.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import pickle
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -34,10 +41,48 @@ STEP_DIR = re.compile(r"^step(\d+)$")
 _CHUNK = 8 * 1024 * 1024
 
 
+FILE_SCHEME = "file:"
+
+
+def path_to_uri(path: str | os.PathLike[str]) -> str:
+    """The `file://` URI of a local path: made absolute, percent-encoded (RFC 8089 over RFC 3986), so
+    that a space, `%`, `#`, `?` or a non-ASCII name survives every URI parser. `uri_to_path` inverts it.
+
+        path_to_uri("/tmp/my run/ü")   # 'file:///tmp/my%20run/%C3%BC'
+    """
+    return Path(os.path.abspath(path)).as_uri()
+
+
+def uri_to_path(uri: str) -> str:
+    """What fsspec is given for `uri`: the local path a `file:` URI names, percent-decoded
+    (`file:///tmp/my%20run`, `file://localhost/tmp/my%20run`, `file:/tmp/my%20run` -> `/tmp/my run`);
+    a plain path, or any other URL (s3://, gs://, memory://), unchanged.
+
+    fsspec does not decode `file://` URIs (LocalFileSystem._strip_protocol keeps `%20`), so a URI
+    made by `path_to_uri` would otherwise name a sibling directory called `my%20run`. A `%` not
+    followed by two hex digits is kept as it is (urllib.parse.unquote), so a hand-written, unencoded
+    `file:///tmp/my run` still names `/tmp/my run`.
+    """
+    if not uri.startswith(FILE_SCHEME):
+        return uri
+    rest = uri[len(FILE_SCHEME) :]
+    if rest.startswith("//"):  # an authority: empty or localhost (RFC 8089 section 2)
+        rest = rest[2:]
+        rest = rest[len("localhost") :] if rest.startswith("localhost/") else rest
+    return unquote(rest, errors="surrogateescape")  # the inverse of as_uri's os.fsencode
+
+
 def filesystem(uri: str, **storage_options: Any) -> tuple[AbstractFileSystem, str]:
-    """The fsspec filesystem of a URI and the path inside it (plain paths are local)."""
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    """The fsspec filesystem of a URI and the path inside it (plain paths are local; a `file://` URI
+    is decoded by `uri_to_path`)."""
+    fs, path = fsspec.core.url_to_fs(uri_to_path(uri), **storage_options)
     return fs, path
+
+
+def open_uri(uri: str, mode: str = "rb", **kwargs: Any) -> Any:
+    """`fsspec.open` of a path or URL (a `file://` URI decoded by `uri_to_path`); kwargs are fsspec.open's
+    (compression, encoding, storage options). Use it as a context manager."""
+    return fsspec.open(uri_to_path(uri), mode, **kwargs)
 
 
 def sha256_file(fs: AbstractFileSystem, path: str) -> str:

@@ -16,10 +16,10 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 
-import fsspec
 import numpy as np
 
 from olmo_trainer.data_record import is_local
+from olmo_trainer.manifest import filesystem
 
 
 def _has_glob(path: str) -> bool:
@@ -30,7 +30,7 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
     """Globs and directories -> files (each pattern sorted, so the order is stable); URLs keep their scheme."""
     out: list[str] = []
     for pattern in paths:
-        fs, path = fsspec.core.url_to_fs(pattern)
+        fs, path = filesystem(pattern)
         if is_local(pattern):
             local = fs._strip_protocol(path)
             found = sorted(glob.glob(local)) if _has_glob(local) else [local]
@@ -56,8 +56,8 @@ def _npy_in(directory: str) -> list[str]:
 def local_copy(url: str, cache_dir: str) -> str:
     """A local path holding the bytes of `url`: the path itself if local, else a cached download."""
     if is_local(url):
-        return str(fsspec.core.url_to_fs(url)[1])
-    fs, path = fsspec.core.url_to_fs(url)
+        return str(filesystem(url)[1])
+    fs, path = filesystem(url)
     size = int(fs.size(path))
     key = hashlib.sha256(f"{url}\0{size}".encode()).hexdigest()[:20]
     target = os.path.join(cache_dir, f"{key}-{os.path.basename(path)}")

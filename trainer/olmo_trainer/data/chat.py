@@ -35,12 +35,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import fsspec
 import numpy as np
 import torch
 
 from olmo_trainer.data.arrays import is_local
 from olmo_trainer.data.synth import BYTE_EOS
+from olmo_trainer.manifest import filesystem, open_uri
 
 IGNORE = -100
 """Label of a token that is not trained (PyTorch's cross-entropy ignore_index)."""
@@ -136,7 +136,7 @@ class HFChatTokenizer:
 
         self.name = os.path.basename(os.path.dirname(path)) or path
         try:
-            with fsspec.open(path, "rt", encoding="utf-8") as stream:  # a local path or any fsspec URL
+            with open_uri(path, "rt", encoding="utf-8") as stream:  # a local path or any fsspec URL
                 self._tok = Tokenizer.from_str(stream.read())
         except FileNotFoundError:
             raise ValueError(f"{path}: no such tokenizer.json") from None
@@ -192,7 +192,7 @@ def expand_chat_paths(paths: Sequence[str]) -> list[str]:
     """Globs -> files, each pattern sorted (stable order); URLs keep their scheme."""
     out: list[str] = []
     for pattern in paths:
-        fs, path = fsspec.core.url_to_fs(pattern)
+        fs, path = filesystem(pattern)
         found = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
         if not found:
             raise FileNotFoundError(f"no chat data files match {pattern!r}")
@@ -203,7 +203,7 @@ def expand_chat_paths(paths: Sequence[str]) -> list[str]:
 def read_rows(paths: Sequence[str]) -> Iterator[tuple[str, int, dict[str, Any]]]:
     """(file, line number, row) of every non-empty line; .gz is decompressed. Raises ValueError on bad JSON."""
     for path in expand_chat_paths(paths):
-        with fsspec.open(path, "rt", compression="infer", encoding="utf-8") as stream:
+        with open_uri(path, "rt", compression="infer", encoding="utf-8") as stream:
             for number, line in enumerate(stream, start=1):
                 if not line.strip():
                     continue
@@ -219,7 +219,7 @@ def read_rows(paths: Sequence[str]) -> Iterator[tuple[str, int, dict[str, Any]]]
 def _files_fingerprint(paths: Sequence[str]) -> list[tuple[str, int]]:
     out = []
     for path in expand_chat_paths(paths):
-        fs, local = fsspec.core.url_to_fs(path)
+        fs, local = filesystem(path)
         out.append((os.path.basename(local), int(fs.size(local))))
     return out
 

@@ -17,12 +17,12 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from olmo_trainer.data.arrays import smallest_dtype
 from olmo_trainer.data.tokenizer import Tokenizer, load_tokenizer
 from olmo_trainer.data_record import INDEX_NAME
+from olmo_trainer.manifest import open_uri
 
 INDEX_FORMAT = "olmorun.tokens/v1"
 _BATCH_DOCS = 512  # documents per tokenizer call: amortises the call overhead, bounds memory
@@ -30,7 +30,7 @@ _BATCH_DOCS = 512  # documents per tokenizer call: amortises the call overhead, 
 
 def read_documents(url: str) -> Iterator[str]:
     """The `text` of each JSON line of a (possibly gzipped) JSONL file."""
-    with fsspec.open(url, "rt", compression="infer", encoding="utf-8") as f:
+    with open_uri(url, "rt", compression="infer", encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
