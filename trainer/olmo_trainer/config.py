@@ -21,9 +21,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -318,6 +321,22 @@ class DataConfig(ConfigModel):
 # ---------------------------------------------------------------------------------------------
 
 
+class SkipStepConfig(ConfigModel):
+    """OLMo-core's skip-step rule: skip an update whose loss or gradient norm is an outlier (skip_step.py).
+
+    An update is skipped when its loss or gradient norm is more than `sigma` standard deviations from
+    the mean of the `window` steps before it (OLMo-core optim/skip_step_optimizer.py); more than
+    `maxSkipped` skipped steps stop the job as Diverged."""
+
+    sigma: float = Field(default=6.0, gt=0)
+    """Threshold in standard deviations (OLMo-core sigma_factor: 6)."""
+    window: int = Field(default=128, ge=19)
+    """Steps in the rolling history (OLMo-core rolling_interval_length: 128). At least 19: the rule
+    acts once it holds max(20, window/2) values, the step's own included."""
+    max_skipped: int = Field(ge=0)
+    """Skipped steps a job may take in all; one more stops it as Diverged (required: no default)."""
+
+
 class OptimConfig(ConfigModel):
     """AdamW with OLMo 2's parameter groups (no weight decay on embeddings)."""
 
@@ -332,6 +351,17 @@ class OptimConfig(ConfigModel):
     """Gradient clipping threshold; null disables clipping."""
     z_loss: float = Field(default=1e-5, ge=0)
     """z-loss coefficient on log(sum(exp(logits)))^2."""
+    skip_step: SkipStepConfig | None = None
+    """Skip outlier updates (OLMo-core's rule); null (the default) never skips."""
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_skip_step(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        # skipStep came after configs, specs and their hashes were stored (config_hash, the operator's
+        # phase_spec_hash): left out while unset, they keep the hashes they had.
+        data = handler(self)
+        if self.skip_step is None and isinstance(data, dict):
+            data.pop("skipStep" if info.by_alias else "skip_step", None)
+        return data
 
 
 class ScheduleConfig(ConfigModel):

@@ -56,6 +56,7 @@ from olmo_trainer.model import Transformer
 from olmo_trainer.objectives import Objective, build_objective
 from olmo_trainer.optim import build_optimizer
 from olmo_trainer.schedule import Schedule, build_schedule
+from olmo_trainer.skip_step import SkipStepRule
 from olmo_trainer.tracking import Tracker, mfu, peak_flops
 
 PREEMPTED_EXIT_CODE = 143
@@ -164,21 +165,28 @@ class TrainerState:
     step: int = 0
     tokens: int = 0
     lr: float = 0.0
+    skip: SkipStepRule | None = None
+    """optim.skipStep's history and skip count (the same on every rank: it sees reduced values)."""
     preempted: bool = field(default=False, compare=False)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "step": self.step,
             "tokens": self.tokens,
             "lr": self.lr,
             "data": self.data.state_dict() if self.data is not None else {},
             "rng": _rng_state(self.device),
         }
+        if self.skip is not None:
+            state["skip_step"] = self.skip.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.tokens, self.lr = int(state["step"]), int(state["tokens"]), float(state["lr"])
         if self.data is not None and state.get("data"):
             self.data.load_state_dict(state["data"])
+        if self.skip is not None and state.get("skip_step"):
+            self.skip.load_state_dict(state["skip_step"])
         if "rng" in state:
             _set_rng_state(state["rng"], self.device)
 
@@ -290,11 +298,14 @@ def _grad_norm(model: nn.Module, max_norm: float | None) -> float:
 
 @dataclass
 class Step:
-    """What one optimizer step measured on this rank: metric sums, the global denominator, grad norm."""
+    """What one optimizer step measured: metric sums over every rank, the global denominator, the grad
+    norm, whether any rank was asked to stop (SIGTERM), and whether the update was skipped."""
 
     sums: dict[str, float]
     denominator: float
     grad_norm: float
+    stop: bool = False
+    skipped: bool = False
 
 
 def train_step(
@@ -306,12 +317,18 @@ def train_step(
     cfg: TrainConfig,
     info: DistInfo,
     lr: float,
+    preempted: bool = False,
+    skip: SkipStepRule | None = None,
 ) -> Step:
-    """Forward/backward every micro-batch, clip, step AdamW at `lr`.
+    """Forward/backward every micro-batch, clip, reduce the metrics, step AdamW at `lr`.
 
     Each micro-batch's loss is a sum; backward runs on `loss * world / D`, D the step's denominator
     summed over ranks, because DDP and FSDP2 average gradients over ranks: the update is the gradient of
     (global sum) / D, whatever the micro-batch size, accumulation or world size.
+
+    The update is not applied when the loss or gradient norm is not finite (the loop then stops the
+    job as Diverged), nor when `skip` (optim.skipStep) judges the step an outlier. Both are decided
+    from values every rank shares, so every rank makes the same decision.
     """
     # Models the objective trains besides the policy (PPO's value model) step with it, at the same LR.
     trained = [(model, optimizer), *objective.auxiliary().values()]
@@ -334,16 +351,23 @@ def train_step(
             value = torch.as_tensor(value, dtype=torch.float64, device=info.device)
             sums[key] = sums[key] + value if key in sums else value
     grad_norm = _grad_norm(model, cfg.optim.max_grad_norm)
-    # A non-finite norm (the same on every rank: gradients are reduced before it is taken) means the
-    # run diverged: the weights stay as they were and the loop stops the job.
-    finite = math.isfinite(grad_norm)
+    # One collective per step, before the update (the skip-step rule judges the global loss): the
+    # metric sums, and whether any rank got a SIGTERM by now.
+    keys = sorted(sums)
+    reduced = all_reduce_sum([*(float(sums[k].item()) for k in keys), float(preempted)], info)
+    totals = dict(zip(keys, reduced[:-1], strict=True))
+    loss = float(objective.metrics(totals, denominator).get("loss", 0.0))
+    # A non-finite value (the norm is the same on every rank: gradients are reduced before it is
+    # taken) means the run diverged: the weights stay as they were and the loop stops the job.
+    finite = math.isfinite(grad_norm) and math.isfinite(loss)
+    skipped = finite and skip is not None and skip.observe(loss, grad_norm).skip
     for module, optim in trained:
         if module is not model:
             _grad_norm(module, cfg.optim.max_grad_norm)  # each model clipped on its own norm
-        if finite:
+        if finite and not skipped:
             optim.step()
         optim.zero_grad(set_to_none=True)
-    return Step({k: float(v.item()) for k, v in sums.items()}, denominator, grad_norm)
+    return Step(totals, denominator, grad_norm, stop=reduced[-1] > 0, skipped=skipped)
 
 
 DIVERGENCE_KEYS = ("loss", "grad_norm")
@@ -363,6 +387,23 @@ def check_finite(step: int, record: dict[str, Any]) -> None:
             "Diverged",
             f"{values} at step {step}; the last checkpoint before it is kept. Lower optim.lr, set "
             "optim.maxGradNorm, or resume from an earlier checkpoint with another data seed",
+            step=step,
+        )
+
+
+def check_skip_limit(step: int, rule: SkipStepRule | None, record: dict[str, Any], info: DistInfo) -> None:
+    """After a skipped update: a warning, and PermanentFailure("Diverged") once the job skipped more
+    than optim.skipStep.maxSkipped steps (the run is not recovering)."""
+    assert rule is not None
+    if info.rank == 0:
+        print(f"warning: step {step} skipped by optim.skipStep (loss {record['loss']:.4f}, grad_norm "
+              f"{record['grad_norm']:.3f}): {rule.skipped} skipped of {rule.limit} allowed", flush=True)  # fmt: skip
+    if rule.exceeded:
+        raise PermanentFailure(
+            "Diverged",
+            f"{rule.skipped} steps skipped by optim.skipStep, more than maxSkipped {rule.limit}, the last at "
+            f"step {step} (loss {record['loss']}, grad_norm {record['grad_norm']}). Lower optim.lr, or raise "
+            "optim.skipStep.sigma or maxSkipped",
             step=step,
         )
 
@@ -411,12 +452,10 @@ class Job:
             # steps train a varying number of tokens (post-training) still follows it exactly.
             lr = self.schedule.lr((state.step + 1) * plan.tokens_per_step)
             result = train_step(
-                self.model, self.optimizer, self.objective, next(batches), cfg=cfg, info=info, lr=lr
-            )
-            # One collective per step: the metric sums, and whether any rank got a SIGTERM by now.
-            keys = sorted(result.sums)
-            reduced = all_reduce_sum([*(result.sums[k] for k in keys), float(state.preempted)], info)
-            sums, stop = dict(zip(keys, reduced[:-1], strict=True)), reduced[-1] > 0
+                self.model, self.optimizer, self.objective, next(batches), cfg=cfg, info=info, lr=lr,
+                preempted=state.preempted, skip=state.skip,
+            )  # fmt: skip
+            sums, stop = result.sums, result.stop
             step_tokens = int(sums.get("tokens", plan.tokens_per_step))
             state.step, state.tokens, state.lr = state.step + 1, state.tokens + step_tokens, lr
             now = time.perf_counter()
@@ -430,11 +469,15 @@ class Job:
                 "tokens_per_s": tokens_per_s,
                 "mfu": mfu(tokens_per_s, plan.flops_per_token, peak, info.world_size),
             }
+            if state.skip is not None:  # OLMo-core logs it as "optim/step skipped"
+                record.update(step_skipped=float(result.skipped), skipped_steps=state.skip.skipped)
             if self.tracker is not None:
                 self.tracker.log(record)
             if info.rank == 0:
                 print(_log_line(state.step, plan.total_steps, record), flush=True)
             check_finite(state.step, record)
+            if result.skipped:
+                check_skip_limit(state.step, state.skip, record, info)
             final = state.step == plan.total_steps
             if final or stop or state.step % cfg.checkpoint.interval_steps == 0:
                 self.checkpointer.save(state.step, self.app_state, final=final)
@@ -444,6 +487,12 @@ class Job:
                     print(f"preempted: saved step {state.step}, exiting {PREEMPTED_EXIT_CODE}", flush=True)
                 return True
         return False
+
+
+def skip_rule(cfg: TrainConfig) -> SkipStepRule | None:
+    """The job's skip-step rule (optim.skipStep), or None when it never skips."""
+    spec = cfg.optim.skip_step
+    return None if spec is None else SkipStepRule(sigma=spec.sigma, window=spec.window, limit=spec.max_skipped)
 
 
 def setup(cfg: TrainConfig) -> tuple[Job, Any]:
@@ -469,7 +518,7 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
         schedule=schedule,
         model=model,
         optimizer=build_optimizer(model, cfg.optim, lr=schedule.lr(0)),
-        state=TrainerState(device=info.device, data=batches),
+        state=TrainerState(device=info.device, data=batches, skip=skip_rule(cfg)),
         checkpointer=Checkpointer(
             f"{cfg.save_dir.rstrip('/')}/checkpoints",
             cfg.checkpoint,
