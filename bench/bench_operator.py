@@ -68,7 +68,7 @@ def olmorun(name: str, storage: Path) -> dict[str, Any]:
 def commit_checkpoint(body: dict[str, Any]) -> None:
     run = api.parse_olmorun(body)
     fs, root = manifest.filesystem(layout.checkpoints_dir(layout.save_dir(run, run.phase("pretrain"), run.spec.seed)))
-    directory = f"{root}/step4"
+    directory = layout.step_uri(root, 4)
     fs.makedirs(directory, exist_ok=True)
     fs.pipe_file(f"{directory}/__0_0.distcp", os.urandom(4096))
     fs.pipe_file(f"{directory}/.metadata", dcp_metadata(["__0_0.distcp"]))

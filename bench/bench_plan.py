@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from olmo_operator import layout
+from olmo_operator.actions import ArchiveCheckpoint, ArchiveResult, JobObservation, Observation
 from olmo_operator.api import OlmoRun, parse_olmorun
-from olmo_operator.plan import ArchiveCheckpoint, ArchiveResult, JobObservation, Observation, plan
+from olmo_operator.plan import plan
 from olmo_operator.reconcile import observe
+from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -55,7 +57,7 @@ def drive_to_last_phase(run: OlmoRun) -> OlmoRun:
         result = plan(run, Observation(), NOW)
         run = run.model_copy(update={"status": result.status})
         jobs = {
-            j.name: JobObservation(j.name, "Succeeded", checkpoint=(10, f"{layout.save_dir(run, phase, j.seed)}/checkpoints/step10"))
+            j.name: JobObservation(j.name, "Succeeded", checkpoint=(10, layout.step_uri(layout.checkpoints_dir(layout.save_dir(run, phase, j.seed)), 10)))
             for j in run.status.phases[phase.name].jobs
         }  # fmt: skip
         result = plan(run, Observation(jobs=jobs), NOW)
@@ -67,13 +69,11 @@ def drive_to_last_phase(run: OlmoRun) -> OlmoRun:
 
 
 class Running:
-    single_host = False
-
     def describe(self, job_name: str) -> JobObservation:
         return JobObservation(job_name, "Running")
 
-    def submit(self, app: Any, job_name: str) -> str:
-        return job_name
+    def submit(self, request: JobRequest) -> str:
+        return request.name
 
     def cancel(self, job_name: str) -> None:
         return None
@@ -103,10 +103,11 @@ def main() -> int:
         for job in running:  # what the trainer leaves behind: a committed checkpoint and metrics
             save = layout.save_dir(run, last, job.seed)
             fs, root = manifest.filesystem(save)
-            fs.makedirs(f"{root}/checkpoints/step5", exist_ok=True)
-            fs.pipe_file(f"{root}/checkpoints/step5/shard", b"x" * 1024)
-            manifest.commit(fs, f"{root}/checkpoints/step5", manifest.build_manifest(fs, f"{root}/checkpoints/step5", step=5))
-            fs.pipe_file(f"{root}/metrics.jsonl", (json.dumps({"step": 5, "tokens": 320, "loss": 3.0}) + "\n").encode())
+            step5 = layout.step_uri(layout.checkpoints_dir(root), 5)
+            fs.makedirs(step5, exist_ok=True)
+            fs.pipe_file(f"{step5}/shard", b"x" * 1024)
+            manifest.commit(fs, step5, manifest.build_manifest(fs, step5, step=5))
+            fs.pipe_file(layout.metrics_uri(root), (json.dumps({"step": 5, "tokens": 320, "loss": 3.0}) + "\n").encode())
         observation = observe(run, launcher=Running())
         jobs = sum(len(p.jobs) for p in run.status.phases.values())
         plan_ms = timed(lambda: plan(run, observation, NOW), args.repeats)

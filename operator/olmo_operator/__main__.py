@@ -20,7 +20,8 @@ from typing import Any
 import kopf
 
 from olmo_operator import __version__
-from olmo_operator.handlers import Context, LauncherFactory, build_registry, redact, secret_values
+from olmo_operator.handlers import Context, LauncherFactory, build_registry
+from olmo_operator.kube_status import redact, secret_values
 from olmo_operator.metrics import Metrics
 from olmo_operator.reconcile import JobLauncher
 from olmo_operator.settings import Settings, SettingsError
@@ -49,8 +50,12 @@ def kube_client(settings: Settings) -> Any:
 
 
 def launcher_factory(settings: Settings, api_client: Any = None) -> LauncherFactory:
-    """One torchx Launcher per namespace, created on first use and shared by every run there."""
-    from olmo_operator.launcher import Launcher
+    """One launcher per namespace, created on first use and shared by every run there.
+
+    OLMORUN_SCHEDULER=kubernetes (the default): Volcano Jobs; local_cwd: processes on the operator's host.
+    """
+    from olmo_operator.launcher_local import LocalLauncher
+    from olmo_operator.launcher_volcano import VolcanoLauncher
 
     launchers: dict[str, JobLauncher] = {}
     lock = threading.Lock()
@@ -59,9 +64,12 @@ def launcher_factory(settings: Settings, api_client: Any = None) -> LauncherFact
     def launcher_for(namespace: str) -> JobLauncher:
         with lock:
             if namespace not in launchers:
-                if client[0] is None and settings.scheduler == "kubernetes":
-                    client[0] = kube_client(settings)
-                launchers[namespace] = Launcher(settings.scheduler, namespace=namespace, api_client=client[0])  # type: ignore[arg-type]
+                if settings.scheduler == "local_cwd":
+                    launchers[namespace] = LocalLauncher()
+                else:
+                    if client[0] is None:
+                        client[0] = kube_client(settings)
+                    launchers[namespace] = VolcanoLauncher(namespace, api_client=client[0])
             return launchers[namespace]
 
     return launcher_for

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from olmo_trainer.config import (
@@ -210,8 +218,22 @@ class PhaseSpec(ConfigModel):
     rlvr: RLVRConfig | None = None
     eval: EvalConfig | None = None
     """Evaluate the phase's final model (a soup: the averaged one); figures in status.phases.<p>.eval."""
-    archive: bool = True
-    """Verify and register the final checkpoint in the archive when the phase succeeds."""
+    archive_final: bool = True
+    """Copy the final checkpoint to `<run>/archive/`, verified, when the phase succeeds; the next phase
+    starts from that copy. false: the next phase starts from the scratch checkpoint."""
+    archive: bool | None = None
+    """Deprecated: the old name of archiveFinal, still accepted (a Warning event says so)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_archive_name(cls, data: Any) -> Any:
+        """Read the deprecated `archive` as archiveFinal (kept, so that deprecations() can name it)."""
+        if not isinstance(data, dict) or not isinstance(data.get("archive"), bool):
+            return data
+        final = data.get("archiveFinal", data.get("archive_final"))
+        if final is not None and final != data["archive"]:
+            raise ValueError("archive (deprecated) and archiveFinal disagree: keep only archiveFinal")
+        return {**data, "archiveFinal": data["archive"]}
 
 
 class OlmoRunSpec(ConfigModel):
@@ -299,10 +321,15 @@ class PhaseStatus(StatusModel):
     finished_at: str | None = None
 
 
+RUN_STAGES = ("Pending", "Running", "Succeeded", "Failed", "Suspended", "Blocked", "Invalid")
+
+
 class OlmoRunStatus(StatusModel):
     observed_generation: int | None = None
     stage: str | None = None
-    """The phase(s) running now, or Succeeded/Failed/Suspended/Invalid."""
+    """Where the run is: Pending | Running | Succeeded | Failed | Suspended | Blocked | Invalid."""
+    active_phases: list[str] = Field(default_factory=list)
+    """The phases with jobs submitted or waiting to be retried now (topological order)."""
     conditions: list[Condition] = Field(default_factory=list)
     phases: dict[str, PhaseStatus] = Field(default_factory=dict)
     step: int | None = None
@@ -311,6 +338,15 @@ class OlmoRunStatus(StatusModel):
     last_loss: float | None = None
     storage: str | None = None
     """Root URI of this run's files: <storage>/<namespace>/<run>."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_stage(cls, data: Any) -> Any:
+        """Statuses written before activePhases held the running phases in `stage` ("pretrain,anneal")."""
+        if isinstance(data, dict) and data.get("stage") not in (None, *RUN_STAGES):
+            old = str(data["stage"])
+            data = {**data, "stage": "Running", "activePhases": data.get("activePhases") or old.split(",")}
+        return data
 
 
 class ObjectMeta(BaseModel):
@@ -342,6 +378,7 @@ class OlmoRun(BaseModel):
         return self.metadata.namespace
 
     def phase(self, name: str) -> PhaseSpec:
+        """The phase called `name`. Raises KeyError when the spec has none."""
         for phase in self.spec.phases:
             if phase.name == name:
                 return phase
@@ -618,7 +655,10 @@ def unimplemented_phases(run: OlmoRun) -> list[PhaseSpec]:
 
 
 def topological_order(run: OlmoRun) -> list[PhaseSpec]:
-    """Phases parents-first (stable in spec order). Assumes a validated, acyclic spec."""
+    """Phases parents-first (stable in spec order). Assumes a validated, acyclic spec.
+
+    Raises ValueError when the phases form a cycle (parse_olmorun refuses such a spec first).
+    """
     done: set[str] = set()
     ordered: list[PhaseSpec] = []
     pending = list(run.spec.phases)
@@ -632,3 +672,12 @@ def topological_order(run: OlmoRun) -> list[PhaseSpec]:
         else:  # only reachable with a cycle, which validation rejects
             raise ValueError("phases form a cycle")
     return ordered
+
+
+def deprecations(run: OlmoRun) -> list[str]:
+    """One message per deprecated field the spec uses, naming the field and its replacement."""
+    return [
+        f"spec.phases[{index}].archive is deprecated: write archiveFinal (same meaning)"
+        for index, phase in enumerate(run.spec.phases)
+        if phase.archive is not None
+    ]

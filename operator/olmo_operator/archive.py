@@ -45,6 +45,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 
 from olmo_trainer import manifest as mf
+from olmo_trainer.layout import manifest_path, step_uri
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,8 @@ class _S3Destination(_Destination):
         return int(head["ContentLength"]) == expected["size"] and stored == expected["sha256"]
 
     def write(self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]) -> None:
+        """Upload the parts with their sha256 in the metadata. Raises what `check` raises (CorruptSourceError),
+        after aborting a multipart upload, and the client's own errors."""
         bucket, key, _ = self.fs.split_path(path)
         stamp = {SHA256_METADATA: expected["sha256"]}
         first = next(parts, b"")
@@ -346,7 +349,7 @@ def archive_checkpoint(
     _raise_failures(src, outcomes)
     _check_sizes(dst, _access(dst, lambda: dest.listing(dst_dir)), {rel: files[rel] for rel in to_copy})
     if already is None:
-        _access(dst, lambda: _commit_blob(dst_fs, dst_dir, blob))
+        _access(dst, lambda: mf.commit(dst_fs, dst_dir, blob))  # the source's exact bytes, last
     report = ArchiveReport(
         src=src,
         dst=dst,
@@ -363,13 +366,13 @@ def archive_checkpoint(
 
 def _read_source_manifest(fs: AbstractFileSystem, directory: str, uri: str) -> tuple[bytes, dict[str, Any]]:
     """The MANIFEST's exact bytes (copied verbatim) and its parsed form, or NotCommittedError."""
-    blob = _access(uri, lambda: _cat_or_none(fs, f"{directory}/{mf.MANIFEST_NAME}"))
+    blob = _access(uri, lambda: _cat_or_none(fs, manifest_path(directory)))
     manifest = _access(uri, lambda: mf.read_manifest(fs, directory)) if blob is not None else None
     if blob is None or manifest is None:
         hint = ""
         steps = _access(uri, lambda: mf.committed_steps(fs, directory))
         if steps:
-            hint = f" (it holds committed steps; pass one, e.g. {uri.rstrip('/')}/step{steps[-1][0]})"
+            hint = f" (it holds committed steps; pass one, e.g. {step_uri(uri, steps[-1][0])})"
         raise NotCommittedError(f"{uri} is not a committed checkpoint: no valid {mf.MANIFEST_NAME}{hint}")
     return blob, manifest
 
@@ -379,17 +382,6 @@ def _cat_or_none(fs: AbstractFileSystem, path: str) -> bytes | None:
         return bytes(fs.cat_file(path))
     except FileNotFoundError:
         return None
-
-
-def _commit_blob(fs: AbstractFileSystem, directory: str, blob: bytes) -> None:
-    """Write the MANIFEST bytes last: a rename on local disks, one PUT on object stores."""
-    target = f"{directory}/{mf.MANIFEST_NAME}"
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        fs.pipe_file(f"{target}.tmp", blob)
-        fs.mv(f"{target}.tmp", target)
-    else:
-        fs.pipe_file(target, blob)
 
 
 @dataclass
@@ -473,39 +465,29 @@ def _check_remote(fs: AbstractFileSystem, path: str, rel: str, expected: dict[st
 # ---------------------------------------------------------------------------------------------
 
 
-def verify_checkpoint(uri: str, *, options: dict[str, Any] | None = None, workers: int = 8) -> mf.VerifyReport:
-    """Re-hash every file of the checkpoint at uri against its MANIFEST, in parallel; then the
-    checks of manifest.verify that the MANIFEST lists every file and everything DCP needs."""
+def verify_checkpoint(
+    uri: str, *, options: dict[str, Any] | None = None, workers: int = mf.VERIFY_WORKERS
+) -> mf.VerifyReport:
+    """Re-hash every file of the checkpoint at uri against its MANIFEST, in parallel, and check that the
+    MANIFEST lists every file and everything DCP needs (manifest.verify).
+
+    Raises StorageAccessError when the storage refuses the credentials or cannot be reached.
+    """
     fs, directory = _open_fs(uri, options)
-    manifest = _access(uri, lambda: mf.read_manifest(fs, directory))
-    report = mf.VerifyReport(uri=uri, committed=manifest is not None)
-    if manifest is None:
-        return report
-    files = sorted(manifest["files"].items())
-
-    def check(item: tuple[str, dict[str, Any]]) -> str | None:
-        return mf.verify_file(fs, f"{directory}/{item[0]}", item[1])
-
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="verify") as pool:
-        problems = _access(uri, lambda: list(pool.map(check, files)))
-    report.checked = len(files)
-    report.missing = [rel for (rel, _), p in zip(files, problems, strict=True) if p == "missing"]
-    report.corrupted = [rel for (rel, _), p in zip(files, problems, strict=True) if p == "corrupted"]
-    damaged = {*report.missing, *report.corrupted}
-    report.unlisted, report.incomplete = _access(
-        uri, lambda: mf.completeness(fs, directory, manifest["files"], damaged)
-    )
+    report: mf.VerifyReport = _access(uri, lambda: mf.verify(fs, directory, uri=uri, workers=workers))
     return report
 
 
 def latest_checkpoint(checkpoints_uri: str, *, options: dict[str, Any] | None = None) -> tuple[int, str] | None:
-    """The newest committed `stepN/` under a checkpoints directory, as (step, uri), or None."""
+    """The newest committed `stepN/` under a checkpoints directory, as (step, uri), or None.
+
+    Raises StorageAccessError when the storage refuses the credentials or cannot be reached.
+    """
     fs, directory = _open_fs(checkpoints_uri, options)
-    found = _access(checkpoints_uri, lambda: mf.latest_committed(fs, directory))
-    if found is None:
-        return None
-    step, path = found
-    return step, f"{checkpoints_uri.rstrip('/')}/{path.rsplit('/', 1)[-1]}"
+    found: tuple[int, str] | None = _access(
+        checkpoints_uri, lambda: mf.latest_committed(fs, directory, uri=checkpoints_uri)
+    )
+    return found
 
 
 def is_committed(uri: str, *, options: dict[str, Any] | None = None) -> bool:

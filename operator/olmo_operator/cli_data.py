@@ -52,6 +52,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    """`olmorun data synth`. Raises UserError for a bad --tokens or an output folder it cannot write."""
     if args.kind == "chat":
         return _synth_chat(args)
     from olmo_trainer.data.prepare import INDEX_FORMAT, write_index
@@ -101,6 +102,7 @@ def _synth_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    """`olmorun data prepare`. Raises UserError for a missing input or tokenizer, or input it cannot read."""
     from olmo_trainer.data.prepare import prepare
 
     missing = [p for p in args.inputs if "://" not in p and not os.path.exists(p)]

@@ -61,14 +61,14 @@ def resolve_checkpoint(uri: str) -> str:
     """A stepN/ directory as given; a directory of steps (checkpoints/, an archive) -> its latest committed."""
     fs, path = _filesystem(uri)
     if manifest.read_manifest(fs, path) is None:
-        latest = manifest.latest_committed(fs, path)
+        latest = manifest.latest_committed(fs, path, uri=uri)
         if latest is not None:
-            return f"{uri.rstrip('/')}/step{latest[0]}"
+            return latest[1]
     return uri
 
 
 def resolve_inputs(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
-    """Verify the checkpoint and find its model config and tokenizer; UserError for any problem."""
+    """Verify the checkpoint and find its model config and tokenizer. Raises UserError for any problem."""
     fs, path = _filesystem(args.checkpoint)
     report = manifest.verify(fs, path, uri=args.checkpoint)
     if not report.ok:
@@ -91,6 +91,7 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
+    """`olmorun export-hf`. Raises UserError when the checkpoint, its config or the tokenizer is unusable."""
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     config, tokenizer = resolve_inputs(args)
     import torch

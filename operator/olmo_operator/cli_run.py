@@ -19,7 +19,8 @@ import yaml
 from olmo_operator import api, layout
 from olmo_operator.cli import UserError
 from olmo_operator.plan import condition, parse_timestamp
-from olmo_operator.resolve import resolve_config
+from olmo_operator.preview import Preview, preview_run
+from olmo_trainer.layout import step_name
 
 
 def register(sub: Any) -> None:
@@ -51,7 +52,7 @@ def register(sub: Any) -> None:
 
 
 def load_run(path: str) -> tuple[api.OlmoRun, dict[str, Any]]:
-    """The first document of a file, parsed and validated; UserError names every problem."""
+    """The first document of a file, parsed and validated. Raises UserError naming every problem."""
     from olmo_operator.cli_spec import load_documents
 
     document = load_documents(path)[0]
@@ -67,53 +68,44 @@ def load_run(path: str) -> tuple[api.OlmoRun, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _parent_finals(run: api.OlmoRun, phase: api.PhaseSpec) -> list[str]:
-    """Where the parent's final checkpoints will be: the step is only known when it finishes."""
-    if phase.from_ is None:
-        return []
-    parent = run.phase(phase.from_)
-    return [
-        f"{layout.run_root(run)}/archive/{layout.job_key(parent, seed)}/step<final>"
-        for seed in layout.job_seeds(run, parent)
-    ]
+def render_documents(
+    run: api.OlmoRun, namespace: str | None = None, result: Preview | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """(comment, document) for every job the planner submits: its resolved config, then its Volcano Job.
 
+    The jobs are preview.preview_run's: the planner's own submissions in a world where every job
+    succeeds, so what is printed is what the operator will create.
+    """
+    from olmo_operator.launcher_volcano import VolcanoLauncher
 
-def render_documents(run: api.OlmoRun, namespace: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(comment, document) for every job: its resolved config, then its Volcano Job."""
-    from olmo_operator.launcher import Launcher, app_for_job
-    from olmo_trainer.config import IMPLEMENTED_KINDS
-
-    launcher = Launcher("kubernetes", namespace=namespace or run.namespace)
+    launcher = VolcanoLauncher(namespace or run.namespace)
+    result = result or preview_run(run)
     out: list[tuple[str, dict[str, Any]]] = []
-    for phase in api.topological_order(run):
-        finals = _parent_finals(run, phase)
-        for seed in layout.job_seeds(run, phase):
-            init = finals[0] if finals and phase.kind != "soup" else None
-            soup = finals if phase.kind == "soup" else []
-            config = resolve_config(run, phase, seed, init_from=init, soup_from=soup)
-            uri = layout.config_uri(run, phase, seed)
-            comment = f"TrainConfig of {layout.job_key(phase, seed)}, written to {uri}"
-            if phase.kind not in IMPLEMENTED_KINDS:
-                comment += (f"\n# NOT RUN: kind {phase.kind!r} is not implemented in this release; "
-                            "the run stops here (Blocked, KindNotImplemented)")  # fmt: skip
-            out.append((comment, json.loads(config.to_json())))
-            if phase.kind not in IMPLEMENTED_KINDS:
-                continue
-            name = layout.job_name(run, phase, seed, 1)
-            app = app_for_job(run, phase, seed, 1, uri)
-            out.append(
-                (f"Volcano Job of {layout.job_key(phase, seed)} (attempt 1)", launcher.render(app, name))
-            )
+    for submit in result.submissions:
+        phase = run.phase(submit.phase)
+        key = layout.job_key(phase, submit.seed)
+        comment = f"TrainConfig of {key}, written to {submit.config_uri}"
+        if submit.job_name in result.unknown_steps:
+            comment += "\n# its final step is known only when it finishes: children show it as step0"
+        out.append((comment, json.loads(submit.train_config.to_json())))
+        out.append((f"Volcano Job of {key} (attempt {submit.attempt})", launcher.render(submit.request)))
     return out
+
+
+def not_submitted_lines(result: Preview) -> list[str]:
+    """One comment line per phase the planner does not submit, with its reason."""
+    return [f"# NOT SUBMITTED: phase {name!r}: {message}" for name, message in result.not_submitted.items()]
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     run, _ = load_run(args.file)
     chunks = []
-    for comment, document in render_documents(run, args.namespace):
+    result = preview_run(run)
+    for comment, document in render_documents(run, args.namespace, result):
         body = yaml.safe_dump(document, sort_keys=False)
         chunks.append(f"# {comment}\n{body}")
-    sys.stdout.write("---\n".join(chunks))
+    tail = "".join(f"{line}\n" for line in not_submitted_lines(result))
+    sys.stdout.write("---\n".join(chunks) + tail)
     return 0
 
 
@@ -123,12 +115,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from olmo_operator import local
+    from olmo_operator import local, local_state
 
     run, document = load_run(args.file)
-    workdir = Path(args.workdir) if args.workdir else local.default_workdir(run)
+    workdir = Path(args.workdir) if args.workdir else local_state.default_workdir(run)
     return local.run_local(
-        local.localize(run, workdir, args.storage), workdir=workdir, document=document, poll_seconds=args.poll
+        local_state.localize(run, workdir, args.storage), workdir=workdir, document=document, poll_seconds=args.poll
     )
 
 
@@ -162,9 +154,10 @@ def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now
                   kinds: dict[str, str] | None = None) -> str:  # fmt: skip
     """`kubectl get olmo -o wide` columns, then one row per phase (and per job of a fanned-out phase)."""
     succeeded = condition(status, "Succeeded")
-    head = [["NAME", "STAGE", "SUCCEEDED", "REASON", "STEP", "TOKENS", "LOSS", "AGE"]]
+    head = [["NAME", "STAGE", "ACTIVE", "SUCCEEDED", "REASON", "STEP", "TOKENS", "LOSS", "AGE"]]
     head.append([
-        name, status.stage or "-", succeeded.status if succeeded else "-", succeeded.reason if succeeded else "-",
+        name, status.stage or "-", ",".join(status.active_phases) or "-",
+        succeeded.status if succeeded else "-", succeeded.reason if succeeded else "-",
         _num(status.step), _num(status.tokens), _num(status.last_loss, "{:.4f}"), _age(created, now),
     ])  # fmt: skip
     rows = [["PHASE", "KIND", "STATE", "ATTEMPTS", "STEP", "TOKENS", "LOSS", "ARCHIVE/CHECKPOINT", "MESSAGE"]]
@@ -193,7 +186,7 @@ def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now
 
 
 def _status_source(args: argparse.Namespace) -> tuple[str, api.OlmoRunStatus, str | None, dict[str, str]]:
-    from olmo_operator import local
+    from olmo_operator import local_state as local
 
     workdir = Path(args.workdir) if args.workdir else None
     if args.file and Path(args.file).name != local.STATE_FILE:
@@ -243,7 +236,8 @@ def final_contents(status: api.OlmoRunStatus) -> list[list[str]]:
             except (OSError, ImportError, ValueError):
                 sha = None
             key = f"{phase}-s{job.seed}" if len(ps.jobs) > 1 else phase
-            rows.append([key, f"step{layout.step_of(uri)}", sha or "-"])
+            step = layout.step_of(uri)
+            rows.append([key, step_name(step) if step is not None else "-", sha or "-"])
     return rows
 
 

@@ -139,6 +139,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{label}: warning: {warning}", file=sys.stderr)
             if not args.quiet:
                 print(f"{label}: {summarize(run)}")
+            for message in api.deprecations(run):
+                print(f"{label}: warning: {message}", file=sys.stderr)
             blocked = [f"{p.name} ({p.kind})" for p in api.unimplemented_phases(run)]
             if blocked:
                 print(
@@ -169,6 +171,7 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
+    """`olmorun reference`. Raises UserError when the README cannot be read or has no markers."""
     if not args.readme:
         print(reference.render_reference())
         return 0

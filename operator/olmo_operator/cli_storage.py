@@ -22,6 +22,7 @@ from typing import Any
 from olmo_operator import archive
 from olmo_operator.cli import UserError
 from olmo_trainer import manifest as mf
+from olmo_trainer.layout import step_of, step_uri
 
 
 def register(sub: Any) -> None:
@@ -52,6 +53,7 @@ def _positive(text: str) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
+    """`olmorun archive`. Raises UserError for refused credentials or a destination holding another checkpoint."""
     try:
         report = archive.archive_checkpoint(
             args.src,
@@ -74,6 +76,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """`olmorun verify`. Raises UserError for a URI that is no checkpoint, or refused credentials."""
     options = archive.storage_options(args.uri, endpoint_url=args.endpoint_url)
     try:
         target, note = resolve_checkpoint(args.uri, options)
@@ -104,21 +107,19 @@ def resolve_checkpoint(uri: str, options: dict[str, Any]) -> tuple[str, str | No
     """The step directory to verify for a URI, and a note when it was chosen as the latest one.
 
     A committed directory is itself; a directory of `stepN/` gives its newest committed step; a
-    `stepN` directory without MANIFEST is returned as is (verify then says NOT COMMITTED). Anything
-    else is a user error.
+    `stepN` directory without MANIFEST is returned as is (verify then says NOT COMMITTED). Raises
+    UserError for anything else, and archive.StorageAccessError for refused credentials.
     """
     if archive.is_committed(uri, options=options):
         return uri, None
     latest = archive.latest_checkpoint(uri, options=options)
     if latest is not None:
-        step, step_uri = latest
-        return step_uri, f"latest committed checkpoint: step {step}"
+        return latest[1], f"latest committed checkpoint: step {latest[0]}"
     steps = archive.list_steps(uri, options=options)
     if steps:
         # Step directories exist but none is committed: the data is bad, not the request.
-        return f"{uri.rstrip('/')}/step{steps[-1]}", f"no committed checkpoint among {len(steps)} step directories"
-    name = uri.rstrip("/").rsplit("/", 1)[-1]
-    if mf.STEP_DIR.match(name) and archive.exists(uri, options=options):
+        return step_uri(uri, steps[-1]), f"no committed checkpoint among {len(steps)} step directories"
+    if step_of(uri) is not None and archive.exists(uri, options=options):
         return uri, None
     raise UserError(f"{uri} is not a checkpoint: no {mf.MANIFEST_NAME} and no stepN/ directories")
 

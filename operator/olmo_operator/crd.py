@@ -130,6 +130,7 @@ def printer_columns() -> list[dict[str, Any]]:
     succeeded = '.status.conditions[?(@.type=="Succeeded")]'
     return [
         {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
+        {"name": "Active", "type": "string", "jsonPath": ".status.activePhases", "priority": 1},
         {"name": "Succeeded", "type": "string", "jsonPath": f"{succeeded}.status"},
         {"name": "Reason", "type": "string", "jsonPath": f"{succeeded}.reason"},
         {"name": "Step", "type": "integer", "jsonPath": ".status.step", "priority": 1},

@@ -1,8 +1,12 @@
 """Names and storage paths of one OlmoRun: pure string functions, no I/O.
 
+The run-level half of the storage layout. The job-level half (what is inside a save_dir:
+`checkpoints/step<N>/`, `metrics.jsonl`, step parsing) is olmo_trainer.layout, the one home shared
+with the trainer; its functions are re-exported here so that operator code reads one module.
+
 Every file of a run lives under `<storage>/<namespace>/<run>/` (DESIGN.md, "Object storage layout"):
 
-    run.json                              reproducibility manifest (written once)
+    run.json                              run record: the spec, image and versions (written once)
     phases/<p>[/s<seed>]/config.json      the exact resolved config a job runs
     archive/<p>[-s<seed>]/stepN/          verified copy of a phase's final checkpoint
 
@@ -16,9 +20,30 @@ a repeated submission is detected by the scheduler (409 Conflict), never duplica
 from __future__ import annotations
 
 import hashlib
-import re
 
 from olmo_operator.api import OlmoRun, PhaseSpec
+from olmo_trainer.layout import checkpoints_dir, join, metrics_uri, step_of, step_uri
+
+__all__ = [
+    "MAX_JOB_NAME",
+    "MAX_NAME",
+    "POD_SUFFIX",
+    "archive_dir",
+    "archive_uri",
+    "checkpoints_dir",
+    "config_uri",
+    "fans_out",
+    "job_key",
+    "job_name",
+    "job_seeds",
+    "metrics_uri",
+    "run_record_uri",
+    "run_root",
+    "save_dir",
+    "scratch_root",
+    "step_of",
+    "step_uri",
+]
 
 MAX_NAME = 63
 """Kubernetes object names used as DNS labels (and label values) hold at most 63 characters."""
@@ -26,7 +51,6 @@ POD_SUFFIX = "-trainer-999-0"
 """Volcano names each pod `<job>-<task>-<index>` (torchx tasks are `trainer-<node>`) and uses it as the
 pod's hostname, itself a 63-character DNS label: the job name leaves room for up to 1000 nodes."""
 MAX_JOB_NAME = MAX_NAME - len(POD_SUFFIX)
-_STEP = re.compile(r"/step(\d+)/?$")
 
 
 def fans_out(phase: PhaseSpec) -> bool:
@@ -59,23 +83,19 @@ def job_name(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int) -> str:
     return f"{head}{tail}"
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
 def run_root(run: OlmoRun) -> str:
     """`<storage>/<namespace>/<run>`: where the run's configs, manifests and archives live."""
-    return _join(run.spec.storage.uri, run.namespace, run.name)
+    return join(run.spec.storage.uri, run.namespace, run.name)
 
 
 def scratch_root(run: OlmoRun) -> str:
     """Root of the jobs' save dirs: `<scratchUri or uri>/<namespace>/<run>`."""
     base = run.spec.storage.scratch_uri or run.spec.storage.uri
-    return _join(base, run.namespace, run.name)
+    return join(base, run.namespace, run.name)
 
 
-def run_manifest_uri(run: OlmoRun) -> str:
-    return _join(run_root(run), "run.json")
+def run_record_uri(run: OlmoRun) -> str:
+    return join(run_root(run), "run.json")
 
 
 def _phase_dir(phase: PhaseSpec, seed: int) -> str:
@@ -84,29 +104,20 @@ def _phase_dir(phase: PhaseSpec, seed: int) -> str:
 
 def config_uri(run: OlmoRun, phase: PhaseSpec, seed: int) -> str:
     """`<run root>/phases/<p>[/s<seed>]/config.json`, written before the job is submitted."""
-    return _join(run_root(run), _phase_dir(phase, seed), "config.json")
+    return join(run_root(run), _phase_dir(phase, seed), "config.json")
 
 
 def save_dir(run: OlmoRun, phase: PhaseSpec, seed: int) -> str:
     """Where a job writes `checkpoints/stepN/` and `metrics.jsonl`; the same for every attempt,
     so a retry resumes from the newest committed checkpoint by itself."""
-    return _join(scratch_root(run), _phase_dir(phase, seed))
+    return join(scratch_root(run), _phase_dir(phase, seed))
 
 
-def checkpoints_dir(save: str) -> str:
-    return _join(save, "checkpoints")
-
-
-def metrics_uri(save: str) -> str:
-    return _join(save, "metrics.jsonl")
+def archive_dir(run: OlmoRun, phase: PhaseSpec, seed: int) -> str:
+    """`<run root>/archive/<p>[-s<seed>]`: where a job's final checkpoint is archived, as `step<N>/`."""
+    return join(run_root(run), "archive", job_key(phase, seed))
 
 
 def archive_uri(run: OlmoRun, phase: PhaseSpec, seed: int, step: int) -> str:
     """`<run root>/archive/<p>[-s<seed>]/step<N>`: the verified copy of a final checkpoint."""
-    return _join(run_root(run), "archive", job_key(phase, seed), f"step{step}")
-
-
-def step_of(checkpoint_uri: str) -> int | None:
-    """The N of a `.../stepN` checkpoint URI (None when the URI does not end that way)."""
-    match = _STEP.search(checkpoint_uri)
-    return int(match.group(1)) if match else None
+    return step_uri(archive_dir(run, phase, seed), step)

@@ -25,11 +25,19 @@ from prometheus_client.registry import Collector
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class Event(Protocol):
-    """What the planner emits (plan.Emit); only type and reason are counted."""
+def run_state(status: Any) -> str:
+    """A bounded label: an OlmoRunStatus's stage (api.RUN_STAGES), Pending before the first step."""
+    return str(getattr(status, "stage", None) or "Pending")
 
-    type: str
-    reason: str
+
+class Event(Protocol):
+    """What the planner emits (actions.Emit); only type and reason are counted (read-only)."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
 
 
 class _RunsByState(Collector):

@@ -1,5 +1,7 @@
 """The planner: PURE and total. (run, observation, now) -> the actions to take and the whole new status.
 
+Its inputs and outputs (Observation, SubmitJob, ...) are defined in actions.py; this module decides.
+
     result = plan(run, Observation(jobs={...}, archives={...}), now)
     for action in result.actions: ...              # reconcile.apply does the I/O
     patch_status(result.status)                     # decided in memory, written once
@@ -19,7 +21,7 @@ Behaviour, per phase in topological order:
   failures. A preempted job (exit 143) or a job that disappeared is resubmitted at once and does not
   count as a failure. Every attempt shares the save_dir, so it resumes from the newest checkpoint.
 - A job that succeeded has its final checkpoint archived (copy + verify); the phase succeeds when all
-  of its jobs are archived (or `archive: false`).
+  of its jobs are archived (or `archiveFinal: false`).
 - `suspend: true` cancels active jobs; clearing it resubmits them (they resume from checkpoints).
 - An edit to a phase that already started is refused (condition Invalid, reason SpecChangeRefused);
   its running jobs are untouched and its retries keep the config written when it started.
@@ -33,6 +35,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from olmo_operator import layout
+from olmo_operator.actions import (
+    Action,
+    ArchiveCheckpoint,
+    CancelJob,
+    Emit,
+    JobObservation,
+    Observation,
+    SubmitJob,
+    WriteRunRecord,
+)
 from olmo_operator.api import (
     Condition,
     JobStatus,
@@ -42,125 +54,10 @@ from olmo_operator.api import (
     PhaseStatus,
     topological_order,
 )
+from olmo_operator.request import job_request
 from olmo_operator.resolve import resolve_config
 from olmo_trainer.config import IMPLEMENTED_KINDS, TrainConfig, hash_json
-
-# ---------------------------------------------------------------------------------------------
-# Observation: what reconcile saw (inputs)
-# ---------------------------------------------------------------------------------------------
-
-ObservedState = Literal["Pending", "Running", "Succeeded", "Failed", "Missing"]
-PREEMPTED_EXIT = 143  # 128 + SIGTERM: the job was stopped from outside, not broken
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """The last line of a job's metrics.jsonl."""
-
-    step: int
-    tokens: int | None = None
-    loss: float | None = None
-    tokens_per_s: float | None = None
-    eval: dict[str, float] = field(default_factory=dict)
-    """The job's final evaluation, `eval/<task>/<metric>` keys, once it logged one."""
-
-
-@dataclass(frozen=True)
-class JobObservation:
-    """One job as the scheduler and its save_dir show it."""
-
-    name: str
-    state: ObservedState
-    exit_code: int | None = None
-    preempted: bool = False
-    """Stopped by SIGTERM (eviction, preemption, node drain): resubmitted without counting a failure."""
-    message: str = ""
-    terminating: bool = False
-    """Cancelled, its pods still stopping: not cancelled again, and not replaced until it is gone
-    (two attempts must never write to the same save_dir)."""
-    checkpoint: tuple[int, str] | None = None
-    """Newest committed checkpoint (step, uri) in the job's save_dir."""
-    metrics: Metrics | None = None
-    notice: tuple[str, str] | None = None
-    """(reason, message) the running attempt left (olmo_trainer.failure.NOTICE_NAME): shown in the job's
-    message, and emitted as a Warning event when it first appears."""
-    failure_reason: str | None = None
-    """Set when the failed attempt recorded why retrying cannot help (olmo_trainer.failure: Diverged,
-    InvalidConfig, NoIntactCheckpoint): the job fails at once, with this reason, and is not retried."""
-
-
-@dataclass(frozen=True)
-class ArchiveResult:
-    """The outcome of copying and verifying one final checkpoint."""
-
-    key: str
-    """layout.job_key of the job whose checkpoint was archived."""
-    src: str
-    dst: str
-    ok: bool
-    message: str = ""
-    retryable: bool = False
-    """A transient I/O error (try again next reconcile) rather than a checksum mismatch."""
-
-
-@dataclass(frozen=True)
-class Observation:
-    jobs: dict[str, JobObservation] = field(default_factory=dict)
-    """By job name. A job absent from this map is Missing."""
-    archives: dict[str, ArchiveResult] = field(default_factory=dict)
-    """By layout.job_key."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Plan: what to do (outputs)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SubmitJob:
-    phase: str
-    seed: int
-    attempt: int
-    job_name: str
-    config_uri: str
-    train_config: TrainConfig
-    write_config: bool = True
-    """True when the phase starts now (write config_uri); False for a retry or resubmission, which runs
-    the config written when the job started (written only if missing), so a refused edit never leaks in."""
-
-
-@dataclass(frozen=True)
-class CancelJob:
-    job_name: str
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class ArchiveCheckpoint:
-    phase: str
-    seed: int
-    key: str
-    src: str
-    dst: str
-
-
-@dataclass(frozen=True)
-class WriteRunManifest:
-    uri: str
-    document: dict[str, object]
-    """Spec, image, seeds; apply adds the software versions."""
-
-
-@dataclass(frozen=True)
-class Emit:
-    """A Kubernetes Event (or a line of `olmorun local` output)."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-Action = SubmitJob | CancelJob | ArchiveCheckpoint | WriteRunManifest | Emit
+from olmo_trainer.layout import EXIT_PREEMPTED
 
 
 @dataclass
@@ -201,24 +98,38 @@ def parse_timestamp(text: str) -> dt.datetime:
 
 def run_spec_hash(run: OlmoRun) -> str:
     """What a run trains: its whole spec but `storage` (where it is written). Recorded in run.json;
-    `olmorun diff` compares it."""
-    return hash_json(run.spec.model_dump(mode="json", by_alias=True, exclude={"storage"}))
+    `olmorun diff` compares it. Each phase as phase_spec_hash sees it (hashed_phase), so a spec that
+    says `archive: false` (the deprecated name) and one that says `archiveFinal: false` are the same."""
+    spec = run.spec.model_dump(mode="json", by_alias=True, exclude={"storage"})
+    spec["phases"] = [hashed_phase(p) for p in run.spec.phases]
+    return hash_json(spec)
 
 
 def phase_spec_hash(run: OlmoRun, phase: PhaseSpec) -> str:
     """What a started phase may not change: its own spec, the model, the image and the run seed.
 
-    A field added to PhaseSpec after release (`eval`) is left out while unset, so the hashes stored by
-    phases started before it was added stay valid (no SpecChangeRefused after an upgrade)."""
-    added_later = {name for name in ("eval",) if getattr(phase, name) is None}
+    The phase is hashed as it was dumped before archiveFinal replaced `archive` (its value under the
+    old key, no archiveFinal), and a field added to PhaseSpec after release (`eval`) is left out while
+    unset: a phase started before either change is not refused as edited (no SpecChangeRefused after
+    an upgrade).
+    """
     return hash_json(
         {
-            "phase": phase.model_dump(mode="json", by_alias=True, exclude=added_later),
+            "phase": hashed_phase(phase),
             "model": run.spec.model.model_dump(mode="json", by_alias=True),
             "image": run.spec.image,
             "seed": run.spec.seed,
         }
     )
+
+
+def hashed_phase(phase: PhaseSpec) -> dict[str, object]:
+    """The phase's wire form for phase_spec_hash: archiveFinal under its pre-rename key `archive`, and
+    the fields added after release (`eval`) only when set."""
+    added_later = {name for name in ("eval",) if getattr(phase, name) is None}
+    dumped = phase.model_dump(mode="json", by_alias=True, exclude=added_later)
+    dumped["archive"] = dumped.pop("archiveFinal")
+    return dumped
 
 
 def condition(status: OlmoRunStatus, type_: str) -> Condition | None:
@@ -263,14 +174,18 @@ def is_finished(status: OlmoRunStatus) -> bool:
     return progressing is None or progressing.status == "False"
 
 
+INVALID_REASON = "InvalidSpec"
+"""Condition reason and event reason of a spec that does not parse."""
+
+
 def invalid_status(
     status: OlmoRunStatus, message: str, now: dt.datetime, generation: int | None
 ) -> OlmoRunStatus:
     """The status of a run whose spec does not parse (SpecError): nothing is planned or touched."""
     new = status.model_copy(deep=True)
-    new.stage = "Invalid"
+    new.stage, new.active_phases = "Invalid", []
     new.observed_generation = generation
-    set_condition(new, "Invalid", "True", "InvalidSpec", message, now, generation)
+    set_condition(new, "Invalid", "True", INVALID_REASON, message, now, generation)
     set_condition(
         new,
         "Progressing",
@@ -325,7 +240,7 @@ class _Planner:
     def plan(self) -> Plan:
         if self.status.storage is None:
             self.status.storage = layout.run_root(self.run)
-            self.actions.append(WriteRunManifest(layout.run_manifest_uri(self.run), self._run_document()))
+            self.actions.append(WriteRunRecord(layout.run_record_uri(self.run), self._run_document()))
         order = topological_order(self.run)
         for phase in order:
             self._check_spec_hash(phase)
@@ -421,7 +336,7 @@ class _Planner:
             ps.message = f"phase {phase.name!r} failed: job {failed[0].name}: {failed[0].message}"
             self.emit("Warning", "PhaseFailed", ps.message)
             return
-        done = all(j.state == "Succeeded" and (j.archive or not phase.archive) for j in jobs)
+        done = all(j.state == "Succeeded" and (j.archive or not phase.archive_final) for j in jobs)
         if done:
             ps.state = "Succeeded"
             ps.finished_at = self.ts
@@ -430,7 +345,7 @@ class _Planner:
                 ps.archive = jobs[0].archive
                 ps.eval = dict(jobs[0].eval)
             ps.message = f"{len(jobs)} job(s) succeeded" + (
-                ", final checkpoints archived" if phase.archive else ""
+                ", final checkpoints archived" if phase.archive_final else ""
             )
             self.emit("Normal", "PhaseSucceeded", f"phase {phase.name!r} succeeded")
             return
@@ -453,9 +368,8 @@ class _Planner:
         job.state = "Pending"
         job.retry_at = None
         uri = layout.config_uri(self.run, phase, job.seed)
-        self.actions.append(
-            SubmitJob(phase.name, job.seed, attempt, name, uri, config, write_config=attempt == 1)
-        )
+        request = job_request(self.run, phase, job.seed, attempt, uri)
+        self.actions.append(SubmitJob(phase.name, job.seed, attempt, config, request, write_config=attempt == 1))
 
     def _train_config(self, phase: PhaseSpec, seed: int) -> TrainConfig:
         if phase.from_ is None:
@@ -497,7 +411,7 @@ class _Planner:
                 job.message = obs.message
         elif obs.state == "Succeeded":
             self._job_succeeded(phase, job, obs)
-        elif obs.state == "Missing" or obs.preempted or obs.exit_code == PREEMPTED_EXIT:
+        elif obs.state == "Missing" or obs.preempted or obs.exit_code == EXIT_PREEMPTED:
             # Lost or preempted: not the job's fault; resubmit now, resuming from the newest checkpoint.
             was = job.name
             why = "disappeared" if obs.state == "Missing" else "was preempted"
@@ -551,7 +465,7 @@ class _Planner:
         self.emit("Warning", "JobFailed", f"job {job.name}: {job.message}")
 
     def _plan_archive(self, phase: PhaseSpec, job: JobStatus) -> None:
-        if not phase.archive or job.archive or job.checkpoint is None:
+        if not phase.archive_final or job.archive or job.checkpoint is None:
             return
         key = layout.job_key(phase, job.seed)
         step = layout.step_of(job.checkpoint)
@@ -652,31 +566,31 @@ class _Planner:
                 now,
                 gen,
             )
-            st.stage = "Failed"
+            st.stage, st.active_phases = "Failed", []
         elif all(s.state == "Succeeded" for s in states.values()):
             set_condition(
                 st, "Succeeded", "True", "Succeeded", f"all {len(states)} phases succeeded", now, gen
             )
             set_condition(st, "Progressing", "False", "Succeeded", "the run is complete", now, gen)
-            st.stage = "Succeeded"
+            st.stage, st.active_phases = "Succeeded", []
         elif suspended:
             set_condition(st, "Succeeded", "Unknown", "Suspended", "the run is suspended", now, gen)
             set_condition(st, "Progressing", "False", "Suspended", "spec.suspend is true", now, gen)
-            st.stage = "Suspended"
+            st.stage, st.active_phases = "Suspended", []
         elif blocked and not active:
             message = states[blocked[0]].message
             set_condition(st, "Succeeded", "False", "KindNotImplemented", message, now, gen)
             set_condition(
                 st, "Progressing", "False", "KindNotImplemented", f"stopped at phase {blocked[0]!r}", now, gen
             )
-            st.stage = "Blocked"
+            st.stage, st.active_phases = "Blocked", []
         else:
             running = ", ".join(active) or "starting"
             reason = "KindNotImplemented" if blocked else "Running"
             message = f"running: {running}" + (f"; blocked: {', '.join(blocked)}" if blocked else "")
             set_condition(st, "Succeeded", "False" if blocked else "Unknown", reason, message, now, gen)
             set_condition(st, "Progressing", "True", "Running", f"running: {running}", now, gen)
-            st.stage = ",".join(active) or "Pending"
+            st.stage, st.active_phases = ("Running" if active else "Pending"), active
 
 
 def _final_checkpoints(phase: PhaseSpec, ps: PhaseStatus) -> list[str]:

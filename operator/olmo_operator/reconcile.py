@@ -1,7 +1,10 @@
-"""One reconcile step, shared by the kopf handlers and `olmorun local`: observe -> plan -> apply.
+"""One reconcile step, shared by the kopf handlers and `olmorun local`: parse -> observe -> plan -> apply.
 
-    status, events = reconcile(run, launcher=launcher, now=now, storage_options=opts)
-    result = reconcile_plan(run, launcher=launcher, now=now)     # the same, with requeue_after
+    reconciler = Reconciler(launcher_for)          # namespace -> JobLauncher
+    outcome = reconciler.step(document)            # the OlmoRun document with its current status
+    persist(outcome.status); publish(outcome.events)
+
+    result = reconcile_plan(run, launcher=launcher, now=now, storage_options=opts)   # the step on a parsed run
 
 - observe: `launcher.describe` of every job the status expects to be active, the newest committed
   checkpoint and the last metrics line of each job's save_dir, and archives already present.
@@ -19,28 +22,30 @@ import datetime as dt
 import functools
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Protocol
 
 from fsspec import AbstractFileSystem
 
-from olmo_operator import layout
-from olmo_operator.api import JobStatus, OlmoRun, OlmoRunStatus, PhaseSpec
-from olmo_operator.plan import (
+from olmo_operator import api, layout
+from olmo_operator import archive as arch
+from olmo_operator.actions import (
     ArchiveCheckpoint,
     ArchiveResult,
     CancelJob,
     Emit,
     JobObservation,
-    Metrics,
+    MetricsLine,
     Observation,
-    Plan,
     SubmitJob,
-    WriteRunManifest,
-    plan,
+    WriteRunRecord,
 )
-from olmo_trainer import manifest as ckpt
+from olmo_operator.api import JobStatus, OlmoRun, OlmoRunStatus, PhaseSpec
+from olmo_operator.plan import INVALID_REASON, Plan, condition, invalid_status, is_finished, plan
+from olmo_operator.request import JobRequest
+from olmo_trainer import manifest
 from olmo_trainer.failure import read_failure, read_notice
 
 ARCHIVE_WORKERS = 8
@@ -48,14 +53,12 @@ _METRICS_TAIL = 64 * 1024  # bytes read from the end of metrics.jsonl: the last 
 
 
 class JobLauncher(Protocol):
-    """What reconcile needs from launcher.Launcher (tests may pass any object with these)."""
+    """What reconcile needs from a launcher: launcher_volcano.VolcanoLauncher, launcher_local.LocalLauncher
+    (tests may pass any object with these)."""
 
-    @property
-    def single_host(self) -> bool:
-        """True for the local scheduler: a job's nodes x procs run as processes of one host."""
+    def submit(self, request: JobRequest) -> str:
+        """Create the job; a job of that name that exists already is not an error."""
         ...
-
-    def submit(self, app: Any, job_name: str) -> str: ...
 
     def describe(self, job_name: str) -> JobObservation: ...
 
@@ -63,16 +66,19 @@ class JobLauncher(Protocol):
 
 
 Options = Mapping[str, Any] | None
+"""fsspec storage options; None: from the environment (archive.storage_options)."""
+
+
+def _plain(options: Options) -> dict[str, Any] | None:
+    return dict(options) if options is not None else None
 
 
 def _options(uri: str, options: Options) -> dict[str, Any]:
-    from olmo_operator.archive import storage_options
-
-    return dict(options) if options is not None else storage_options(uri)
+    return dict(options) if options is not None else arch.storage_options(uri)
 
 
 def _fs(uri: str, options: Options) -> tuple[AbstractFileSystem, str]:
-    fs, path = ckpt.filesystem(uri, **_options(uri, options))
+    fs, path = manifest.filesystem(uri, **_options(uri, options))
     fs.invalidate_cache()  # a long-lived operator must see what the jobs wrote since its last step
     return fs, path
 
@@ -91,7 +97,7 @@ def _tracked_jobs(run: OlmoRun) -> list[tuple[PhaseSpec, JobStatus]]:
     return out
 
 
-def last_metrics(uri: str, options: Options = None) -> Metrics | None:
+def last_metrics(uri: str, options: Options = None) -> MetricsLine | None:
     """The last complete JSON line of a metrics.jsonl (None when absent or empty), with the loss of the
     last training step's line and the `eval/...` figures of the last line that has them (a final
     evaluation is logged on a line of its own, after the last training step, without a `loss` key).
@@ -125,7 +131,7 @@ def last_metrics(uri: str, options: Options = None) -> Metrics | None:
     if last is None:
         return None
     source = loss_row or last
-    return Metrics(
+    return MetricsLine(
         step=last["step"],
         tokens=source.get("tokens"),
         loss=source.get("loss"),
@@ -135,14 +141,11 @@ def last_metrics(uri: str, options: Options = None) -> Metrics | None:
 
 
 def newest_checkpoint(save_dir: str, options: Options = None) -> tuple[int, str] | None:
-    """(step, uri) of the newest committed checkpoint under `<save_dir>/checkpoints/`."""
-    checkpoints = layout.checkpoints_dir(save_dir)
-    fs, path = _fs(checkpoints, options)
-    found = ckpt.latest_committed(fs, path)
-    if found is None:
-        return None
-    step, _ = found
-    return step, f"{checkpoints}/step{step}"
+    """(step, uri) of the newest committed checkpoint under `<save_dir>/checkpoints/`.
+
+    Raises archive.StorageAccessError when the storage refuses the credentials or cannot be reached.
+    """
+    return arch.latest_checkpoint(layout.checkpoints_dir(save_dir), options=_plain(options))
 
 
 def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = None) -> Observation:
@@ -185,14 +188,13 @@ def _existing_archive(
     run: OlmoRun, phase: PhaseSpec, job: JobStatus, options: Options
 ) -> ArchiveResult | None:
     """An archive committed by an earlier step whose status write was lost: verify it, don't recopy."""
-    if job.archive or not job.checkpoint or not phase.archive:
+    if job.archive or not job.checkpoint or not phase.archive_final:
         return None
     step = layout.step_of(job.checkpoint)
     dst = layout.archive_uri(run, phase, job.seed, step if step is not None else 0)
-    fs, path = _fs(dst, options)
-    if ckpt.read_manifest(fs, path) is None:
+    report = arch.verify_checkpoint(dst, options=_plain(options), workers=ARCHIVE_WORKERS)
+    if not report.committed:
         return None
-    report = ckpt.verify(fs, path, uri=dst)
     key = layout.job_key(phase, job.seed)
     return ArchiveResult(key, job.checkpoint, dst, report.ok, report.summary(), retryable=not report.ok)
 
@@ -218,9 +220,12 @@ class StorageInUseError(RuntimeError):
     from them would silently continue someone else's training."""
 
 
-def write_run_manifest(action: WriteRunManifest, options: Options) -> None:
+def write_run_record(action: WriteRunRecord, options: Options) -> None:
     """run.json is written once: a run's reproducibility record is never rewritten. A run.json of a
-    different OlmoRun (a deleted run recreated under the same name) stops the run instead."""
+    different OlmoRun (a deleted run recreated under the same name) stops the run instead.
+
+    Raises StorageInUseError in that case, and the storage's own errors when it cannot be written.
+    """
     fs, path = _fs(action.uri, options)
     if fs.exists(path):
         previous = json.loads(fs.cat_file(path)).get("metadata", {}).get("uid")
@@ -250,9 +255,7 @@ def archive(action: ArchiveCheckpoint, options: Options) -> ArchiveResult:
     Storage that cannot be reached is worth another try; a source that is corrupt or not committed,
     or a destination holding a different checkpoint, is not.
     """
-    from olmo_operator import archive as arch
-
-    opts = dict(options) if options is not None else None  # None: credentials from the environment
+    opts = _plain(options)
     try:
         arch.archive_checkpoint(
             action.src, action.dst, src_options=opts, dst_options=opts, workers=ARCHIVE_WORKERS
@@ -269,19 +272,13 @@ def apply(
     run: OlmoRun, result: Plan, *, launcher: JobLauncher, storage_options: Options = None
 ) -> list[ArchiveResult]:
     """Carry out a plan's actions in order; returns the archive results for a second planning pass."""
-    from olmo_operator.launcher import app_for_job  # torchx is only needed when something is submitted
-
     archived = []
     for action in result.actions:
-        if isinstance(action, WriteRunManifest):
-            write_run_manifest(action, storage_options)
+        if isinstance(action, WriteRunRecord):
+            write_run_record(action, storage_options)
         elif isinstance(action, SubmitJob):
             write_config(action, storage_options)
-            phase = run.phase(action.phase)
-            app = app_for_job(
-                run, phase, action.seed, action.attempt, action.config_uri, single_host=launcher.single_host
-            )
-            launcher.submit(app, action.job_name)
+            launcher.submit(action.request)
         elif isinstance(action, CancelJob):
             launcher.cancel(action.job_name)
         elif isinstance(action, ArchiveCheckpoint):
@@ -323,14 +320,6 @@ def reconcile_plan(
     return Plan(second.status, [*first.actions, *second.actions], second.requeue_after)
 
 
-def reconcile(
-    run: OlmoRun, *, launcher: JobLauncher, now: dt.datetime, storage_options: Options = None
-) -> tuple[OlmoRunStatus, list[Emit]]:
-    """One reconcile step: the new status (persist it once) and the events to emit."""
-    result = reconcile_plan(run, launcher=launcher, now=now, storage_options=storage_options)
-    return result.status, result.events
-
-
 def spec_fault(error: BaseException) -> str | None:
     """The message when `error` is the spec's fault, so that retrying cannot help; None otherwise.
 
@@ -354,3 +343,135 @@ def spec_fault(error: BaseException) -> str | None:
             detail = body
         return f"the API server refused a job of this run ({status}): {detail}"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The Reconciler: one step from an OlmoRun document
+# ---------------------------------------------------------------------------------------------
+
+
+def spec_storage_options(run: OlmoRun) -> dict[str, Any]:
+    """fsspec options of the run's storage: credentials from the environment, the spec's endpoint."""
+    return arch.storage_options(run.spec.storage.uri, endpoint_url=run.spec.storage.endpoint_url)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one step decided: persist `status` once, publish `events`, call again after `requeue_after`."""
+
+    status: OlmoRunStatus
+    events: list[Emit]
+    run: OlmoRun | None
+    """The parsed run carrying the new status; None when the spec is invalid."""
+    submitted: list[SubmitJob] = field(default_factory=list)
+    cancelled: list[CancelJob] = field(default_factory=list)
+    """Jobs this step stopped (a suspended run waits for them to be gone)."""
+    requeue_after: float | None = None
+    """Seconds until a timed decision (a retry backoff) falls due; None when nothing is waiting."""
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more happens without a spec change: succeeded, failed, blocked, or invalid."""
+        return self.run is None or is_finished(self.status)
+
+
+def unique_events(events: list[Emit]) -> list[Emit]:
+    """Each event once, in order: the two planning passes of a step may decide the same one."""
+    out: list[Emit] = []
+    for event in events:
+        if event not in out:
+            out.append(event)
+    return out
+
+
+class Reconciler:
+    """parse -> storage options for this run -> observe/plan/apply -> de-duplicated events.
+
+    The kopf handlers and `olmorun local` both call `step`; each supplies only its status store (it
+    persists `Outcome.status`), its event sink (it publishes `Outcome.events`) and its launchers.
+    """
+
+    def __init__(
+        self,
+        launcher_for: Callable[[str], JobLauncher],
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        options_for: Callable[[OlmoRun], Options] = spec_storage_options,
+    ) -> None:
+        self.launcher_for = launcher_for
+        self.clock = clock
+        self.options_for = options_for
+
+    def step(self, document: Mapping[str, Any]) -> Outcome:
+        """One reconcile of the run `document` describes (its `status` is the state to continue from).
+
+        An invalid spec gets `Invalid=True` (reason InvalidSpec, every validation message), one
+        Warning event (not repeated while the message stays the same) and no job; so does a spec
+        that parses but fails on its way to a job (spec_fault), and that generation is not planned
+        again. Raises what observe/apply raise otherwise: storage errors, Kubernetes ApiException
+        (other than 400/422), StorageInUseError.
+        """
+        now = self.clock()
+        try:
+            run = api.parse_olmorun(dict(document))
+        except api.SpecError as error:
+            return self._invalid(document, str(error), now)
+        if _invalid_at(run.status, run.metadata.generation):
+            # This generation already failed on its way to a job (a timer or a resume raced the patch,
+            # or the operator restarted): the same spec would fail the same way. Only an edit re-plans.
+            return Outcome(run.status, [], None)
+        announced = run.status.observed_generation == run.metadata.generation  # this spec was seen
+        try:
+            result = reconcile_plan(
+                run, launcher=self.launcher_for(run.namespace), now=now, storage_options=self.options_for(run)
+            )
+        except Exception as error:
+            fault = spec_fault(error)  # the spec's fault: Invalid, never retried as transient
+            if fault is None:
+                raise
+            return self._invalid(document, fault, now)
+        deprecated = [] if announced else [Emit("Warning", "DeprecatedField", m) for m in api.deprecations(run)]
+        return Outcome(
+            status=result.status,
+            events=unique_events([*deprecated, *result.events]),
+            run=run.model_copy(update={"status": result.status}),
+            submitted=[a for a in result.actions if isinstance(a, SubmitJob)],
+            cancelled=[a for a in result.actions if isinstance(a, CancelJob)],
+            requeue_after=result.requeue_after,
+        )
+
+    @staticmethod
+    def _invalid(document: Mapping[str, Any], message: str, now: dt.datetime) -> Outcome:
+        old = OlmoRunStatus.model_validate(document.get("status") or {})
+        generation = (document.get("metadata") or {}).get("generation")
+        status = invalid_status(old, message, now, generation)
+        was = condition(old, "Invalid")
+        repeated = was is not None and (was.status, was.reason, was.message) == ("True", INVALID_REASON, message)
+        return Outcome(status, [] if repeated else [Emit("Warning", INVALID_REASON, message)], None)
+
+    @staticmethod
+    def job_names(document: Mapping[str, Any]) -> list[str]:
+        """Every job a run may have submitted: each attempt of each job its status records."""
+        status = OlmoRunStatus.model_validate(document.get("status") or {})
+        try:
+            run: OlmoRun | None = api.parse_olmorun(dict(document))
+        except api.SpecError:
+            run = None
+        names: list[str] = []
+        for phase_name, ps in status.phases.items():
+            for job in ps.jobs:
+                names.append(job.name)
+                if run is not None and any(p.name == phase_name for p in run.spec.phases):
+                    phase = run.phase(phase_name)
+                    names += [layout.job_name(run, phase, job.seed, a) for a in range(1, job.attempts + 1)]
+        return list(dict.fromkeys(names))
+
+
+def _invalid_at(status: OlmoRunStatus, generation: int | None) -> bool:
+    """True when this generation of the spec was found invalid (Invalid=True, reason InvalidSpec)."""
+    invalid = condition(status, "Invalid")
+    return (
+        invalid is not None
+        and (invalid.status, invalid.reason) == ("True", INVALID_REASON)
+        and status.observed_generation == generation
+    )

@@ -84,7 +84,10 @@ def render_reference(root: type[BaseModel] = api.OlmoRunSpec) -> str:
 
 
 def update_readme(path: Path, *, check: bool = False) -> bool:
-    """Replace the marked block of a README; returns True when it was already current."""
+    """Replace the marked block of a README; returns True when it was already current.
+
+    Raises ValueError when the README has no reference markers, OSError when it cannot be read.
+    """
     text = path.read_text()
     if BEGIN not in text or END not in text:
         raise ValueError(f"{path} has no reference markers ({BEGIN!r} ... {END!r})")

@@ -148,8 +148,7 @@ def _checkpoints(directories: list[str]) -> tuple[dict[int, dict[str, Any] | Non
 def read_job(run: api.OlmoRun, phase: api.PhaseSpec, seed: int, roots: re.Pattern[str]) -> JobRecord:
     save = layout.save_dir(run, phase, seed)
     config = _read_json(layout.config_uri(run, phase, seed))
-    archive_dir = layout.archive_uri(run, phase, seed, 0).rsplit("/", 1)[0]
-    checkpoints, finished = _checkpoints([layout.checkpoints_dir(save), archive_dir])
+    checkpoints, finished = _checkpoints([layout.checkpoints_dir(save), layout.archive_dir(run, phase, seed)])
     return JobRecord(
         phase=phase.name,
         seed=seed,

@@ -59,7 +59,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Settings from environment variables; unset or empty variables keep their defaults."""
+        """Settings from environment variables; unset or empty variables keep their defaults.
+
+        Raises SettingsError naming the variable whose value is out of range or of the wrong type.
+        """
         defaults = cls()
         namespaces = tuple(ns.strip() for ns in env.get("OLMORUN_NAMESPACES", "").split(",") if ns.strip())
         level = (env.get("OLMORUN_LOG_LEVEL") or defaults.log_level).upper()

@@ -121,5 +121,5 @@ def test_training_service_account_has_no_token_and_network_policy_selects_run_po
     run_pods = {"matchExpressions": [{"key": "olmorun.dev/run", "operator": "Exists"}]}
     assert policy["spec"]["podSelector"] == run_pods
     assert policy["spec"]["ingress"] == [{"from": [{"podSelector": run_pods}]}]
-    from olmo_operator.launcher import LABEL_RUN
+    from olmo_operator.request import LABEL_RUN
     assert run_pods["matchExpressions"][0]["key"] == LABEL_RUN  # the label every training pod carries

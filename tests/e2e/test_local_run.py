@@ -112,8 +112,8 @@ def test_tiny_pipeline_runs_to_success_with_verified_archives_and_a_soup(tmp_pat
     shown = olmorun("status", "--workdir", str(workdir))
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "STAGE", "SUCCEEDED", "REASON", "STEP", "TOKENS", "LOSS", "AGE"]
-    assert lines[1].split()[:4] == ["olmo2-tiny", "Succeeded", "True", "Succeeded"]
+    assert lines[0].split() == ["NAME", "STAGE", "ACTIVE", "SUCCEEDED", "REASON", "STEP", "TOKENS", "LOSS", "AGE"]
+    assert lines[1].split()[:5] == ["olmo2-tiny", "Succeeded", "-", "True", "Succeeded"]
     assert any(line.split()[:3] == ["anneal", "anneal", "Succeeded"] for line in lines)
     assert any(line.split()[:2] == ["s42069", "Succeeded"] for line in lines)
     assert any(line.split()[:2] == ["dpo", "arith/accuracy"] for line in lines)

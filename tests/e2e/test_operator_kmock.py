@@ -26,8 +26,9 @@ import pytest
 
 from olmo_operator import api, layout
 from olmo_operator.__main__ import _Redacting
-from olmo_operator.handlers import INVALID_REASON, merge_patch, redact, secret_values
-from olmo_operator.launcher import LABEL_PHASE, LABEL_RUN
+from olmo_operator.kube_status import merge_patch, redact, secret_values
+from olmo_operator.plan import INVALID_REASON
+from olmo_operator.request import LABEL_PHASE, LABEL_RUN
 from olmo_operator.settings import FINALIZER, Settings, SettingsError
 from olmo_trainer import manifest
 from tests.dcp_files import dcp_metadata
@@ -89,7 +90,7 @@ def commit_checkpoint(body: dict[str, Any], phase: str, seed: int, step: int) ->
     run = api.parse_olmorun(body)
     save = layout.save_dir(run, run.phase(phase), seed)
     fs, root = manifest.filesystem(layout.checkpoints_dir(save))
-    directory = f"{root}/step{step}"
+    directory = layout.step_uri(root, step)
     fs.makedirs(directory, exist_ok=True)
     fs.pipe_file(f"{directory}/__0_0.distcp", f"weights of {phase}/{seed} at {step}".encode())
     fs.pipe_file(f"{directory}/.metadata", dcp_metadata(["__0_0.distcp"]))
@@ -155,7 +156,7 @@ def test_run_lifecycle_jobs_phases_events_and_delete(kube: KubeServer, kubectl: 
 
         set_job_phase(kubectl, "life-pretrain-a1", "Running")
         wait_for(lambda: phase_state(kube, "life", "pretrain") == "Running", what="pretrain Running")
-        assert status_of(kube, "life")["stage"] == "pretrain"
+        assert (status_of(kube, "life")["stage"], status_of(kube, "life")["activePhases"]) == ("Running", ["pretrain"])
         assert condition(kube, "life", "Progressing")["status"] == "True"
 
         commit_checkpoint(body, "pretrain", 6198, 4)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from olmo_operator import api, launcher
+from olmo_operator import api, request
 from olmo_operator.crd import build_crd
 from tests.deploy import chart
 from tests.deploy.rbac import Permission, grants, is_operator, permissions
@@ -55,7 +55,7 @@ def _implied() -> set[Permission]:
     blockOwnerDeletion needs `update` on olmoruns/finalizers (OwnerReferencesPermissionEnforcement)."""
     body = yaml.safe_load((ROOT / "examples" / "olmorun-tiny.yaml").read_text())
     body["metadata"]["uid"] = "0000"
-    owner = launcher.owner_reference(api.parse_olmorun(body))
+    owner = request.owner_reference(api.parse_olmorun(body)).to_kubernetes()
     return {(api.GROUP, f"{api.PLURAL}/finalizers", "update")} if owner.get("blockOwnerDeletion") else set()
 
 

@@ -113,3 +113,21 @@ def test_status_uses_kubernetes_conventions() -> None:
     assert wire["conditions"][0]["lastTransitionTime"] == "t"
     assert wire["phases"]["pretrain"]["lastLoss"] == 2.5
     assert api.OlmoRunStatus.model_validate(copy.deepcopy(wire)) == status
+
+
+def test_the_old_archive_field_is_read_as_archive_final_with_a_deprecation() -> None:
+    document = tiny()
+    document["spec"]["phases"][0]["archive"] = False
+    run = api.parse_olmorun(document)
+    assert run.spec.phases[0].archive_final is False
+    assert api.deprecations(run) == ["spec.phases[0].archive is deprecated: write archiveFinal (same meaning)"]
+    document["spec"]["phases"][0]["archiveFinal"] = True  # both, disagreeing: refused, naming the field
+    with pytest.raises(api.SpecError, match="archiveFinal"):
+        api.parse_olmorun(document)
+    assert api.deprecations(api.parse_olmorun(tiny())) == []
+
+
+def test_a_status_written_before_active_phases_is_read() -> None:
+    old = api.OlmoRunStatus.model_validate({"stage": "pretrain,anneal", "observedGeneration": 2})
+    assert (old.stage, old.active_phases) == ("Running", ["pretrain", "anneal"])
+    assert api.OlmoRunStatus.model_validate({"stage": "Succeeded"}).active_phases == []

@@ -86,7 +86,7 @@ def test_crd_schema_rejects_what_pydantic_rejects() -> None:
 def test_every_status_field_survives_the_schema() -> None:
     """A status field the schema lacks would be pruned silently by the API server."""
     status = api.OlmoRunStatus(
-        observed_generation=2, stage="pretrain", step=10, tokens=1000, last_loss=2.0, storage="s3://b/ns/r",
+        observed_generation=2, stage="Running", active_phases=["pretrain"], step=10, tokens=1000, last_loss=2.0, storage="s3://b/ns/r",
         conditions=[api.Condition(type="Succeeded", status="Unknown", reason="Running", message="m",
                                   last_transition_time="2026-01-01T00:00:00Z", observed_generation=2)],
         phases={"pretrain": api.PhaseStatus(

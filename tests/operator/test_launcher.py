@@ -1,5 +1,5 @@
-"""The torchx launcher: the pure AppDef, the rendered Volcano Jobs (golden files), and the Kubernetes
-adapter against the emulated API server (tests/operator/kube.py).
+"""The launchers: the pure JobRequest and AppDefs, the rendered Volcano Jobs (golden files), the Kubernetes
+adapter against the emulated API server (tests/operator/kube.py), and local processes.
 
 Regenerate the golden files after an intended change: `OLMORUN_UPDATE_GOLDEN=1 pytest tests/operator/test_launcher.py`.
 """
@@ -18,16 +18,18 @@ import yaml
 
 from olmo_operator import layout
 from olmo_operator.api import OlmoRun, parse_olmorun
-from olmo_operator.launcher import (
+from olmo_operator.launcher import cpu_cores, memory_mb
+from olmo_operator.launcher_local import LocalLauncher
+from olmo_operator.launcher_local import app_def as local_app
+from olmo_operator.launcher_volcano import VolcanoLauncher
+from olmo_operator.layout import job_name
+from olmo_operator.request import (
     LABEL_ATTEMPT,
     LABEL_PHASE,
     LABEL_RUN,
     LABEL_RUN_UID,
-    Launcher,
-    app_for_job,
-    cpu_cores,
-    job_name,
-    memory_mb,
+    JobRequest,
+    job_request,
 )
 from tests.operator.kube import VCJOBS, KubeServer
 
@@ -95,10 +97,13 @@ def gpu_run() -> OlmoRun:
     return parse_olmorun(GPU_SPEC)
 
 
-def rendered(run: OlmoRun, phase_name: str, seed: int, attempt: int = 1) -> dict[str, Any]:
+def request_of(run: OlmoRun, phase_name: str, seed: int, attempt: int = 1) -> JobRequest:
     phase = run.phase(phase_name)
-    app = app_for_job(run, phase, seed, attempt, layout.config_uri(run, phase, seed))
-    return Launcher("kubernetes", namespace=run.namespace).render(app, job_name(run, phase, seed, attempt))
+    return job_request(run, phase, seed, attempt, layout.config_uri(run, phase, seed))
+
+
+def rendered(run: OlmoRun, phase_name: str, seed: int, attempt: int = 1) -> dict[str, Any]:
+    return VolcanoLauncher(run.namespace).render(request_of(run, phase_name, seed, attempt))
 
 
 def check_golden(name: str, manifest: dict[str, Any]) -> None:
@@ -219,10 +224,21 @@ def test_pods_get_placement_resources_shm_and_secrets_only_by_reference() -> Non
 # ---------------------------------------------------------------------------------------------
 
 
-def test_single_host_runs_every_process_of_every_node_locally() -> None:
-    run = gpu_run()
-    phase = run.phase("pretrain")
-    app = app_for_job(run, phase, 6198, 1, "file:///c.json", single_host=True)
+def test_the_request_is_built_once_from_the_spec() -> None:
+    request = request_of(gpu_run(), "pretrain", 6198, attempt=2)
+    assert request.name == "olmo2-7b-pretrain-a2"
+    assert request.command == [
+        "-m", "olmo_trainer", "pretrain", "--config", "s3://olmo-bucket/runs/research/olmo2-7b/phases/pretrain/config.json"
+    ]  # fmt: skip
+    assert request.config_uri == request.command[-1] == request.env["OLMORUN_CONFIG"]
+    assert (request.resources.cpu, request.resources.memory, request.resources.gpus) == ("96", "1600Gi", 8)
+    assert (request.placement.nodes, request.placement.procs_per_node, request.placement.queue) == (4, 8, "training")
+    assert request.secret_refs == ["s3-credentials", "wandb"]
+    assert request.owner.uid == "0f1e2d3c-aaaa-bbbb-cccc-000000000001"
+
+
+def test_single_host_runs_every_process_of_every_node_locally(tmp_path: Path) -> None:
+    app = local_app(request_of(gpu_run(), "pretrain", 6198), str(tmp_path / "x.exit"))
     [role] = app.roles
     assert role.num_replicas == 1
     assert "--nnodes 1 --nproc_per_node 32" in role.args[1]
@@ -230,16 +246,17 @@ def test_single_host_runs_every_process_of_every_node_locally() -> None:
 
 
 def test_the_wrapper_turns_sigterm_into_exit_143_and_keeps_other_exit_codes(tmp_path: Path) -> None:
-    """Run the exact shell line of a job with a stand-in `torchrun` on PATH (a real bash, real signals)."""
-    run = tiny()
-    phase = run.phase("pretrain")
-    app = app_for_job(run, phase, 6198, 1, "file:///c.json", single_host=True)
+    """Run the exact shell line of a local job with a stand-in `torchrun` on PATH (a real bash, real
+    signals): the exit code is the process's and is also recorded where LocalLauncher reads it."""
+    exit_file = tmp_path / "job.exit"
+    app = local_app(request_of(tiny(), "pretrain", 6198), str(exit_file))
     script = app.roles[0].args[1].replace("$$", "$")
     fake = tmp_path / "torchrun"
     fake.write_text('#!/bin/bash\nif [ "$FAKE" = sleep ]; then sleep 30; fi\nexit "${FAKE:-0}"\n')
     fake.chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "OLMORUN_EXIT_FILE": str(exit_file)}
     assert subprocess.run(["bash", "-c", script], env={**env, "FAKE": "3"}, timeout=30).returncode == 3
+    assert exit_file.read_text().strip() == "3"
     assert subprocess.run(["bash", "-c", script], env={**env, "FAKE": "0"}, timeout=30).returncode == 0
     proc = subprocess.Popen(["bash", "-c", script], env={**env, "FAKE": "sleep"})
     import time
@@ -247,6 +264,27 @@ def test_the_wrapper_turns_sigterm_into_exit_143_and_keeps_other_exit_codes(tmp_
     time.sleep(0.5)
     proc.terminate()
     assert proc.wait(timeout=10) == 143
+    assert exit_file.read_text().strip() == "143"
+
+
+def test_local_launcher_runs_a_job_and_reads_its_exit_code(tmp_path: Path) -> None:
+    """torchx local_cwd with real processes (torchrun, python): a job whose worker exits 7 reads Failed."""
+    launcher = LocalLauncher(log_dir=str(tmp_path))
+    request = request_of(tiny(), "pretrain", 6198)
+    script = tmp_path / "fail.py"
+    script.write_text("import sys\nsys.exit(7)\n")
+    bad = JobRequest(**{**request.__dict__, "command": [str(script)]})
+    launcher.submit(bad)
+    assert launcher.submit(bad) == launcher.submit(bad)  # idempotent by name
+    import time
+
+    deadline = time.monotonic() + 120
+    while (observed := launcher.describe(bad.name)).state in ("Pending", "Running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    # torchrun reports a failed worker as exit 1; the job's shell recorded it, torchx does not say
+    assert (observed.state, observed.exit_code, observed.preempted) == ("Failed", 1, False)
+    assert observed.message.startswith("exit code 1; logs: ")
+    assert launcher.describe("never-submitted").state == "Missing"
 
 
 @pytest.mark.parametrize(
@@ -260,7 +298,7 @@ def test_quantities(quantity: str | None, cores: float | None, mb: int | None) -
         assert memory_mb(quantity) == mb
 
 
-def test_job_name_is_reexported_and_bounded() -> None:
+def test_job_name_is_bounded() -> None:
     run = parse_olmorun({**GPU_SPEC, "metadata": {"name": "n" * 63}})
     name = job_name(run, run.phase("pretrain"), 6198, 100)
     assert len(name) <= 63 and name.endswith("-a100")
@@ -297,12 +335,12 @@ def test_kubernetes_submit_is_idempotent_describe_maps_states_and_cancel_deletes
     run = gpu_run()
     phase = run.phase("pretrain")
     with KubeServer() as kube:
-        launcher = Launcher("kubernetes", namespace="research", api_client=kube.api_client())
-        name = job_name(run, phase, 6198, 1)
+        launcher = VolcanoLauncher("research", api_client=kube.api_client())
+        request = job_request(run, phase, 6198, 1, layout.config_uri(run, phase, 6198))
+        name = request.name
         assert launcher.describe(name).state == "Missing"
-        app = app_for_job(run, phase, 6198, 1, layout.config_uri(run, phase, 6198))
-        assert launcher.submit(app, name) == f"research:{name}"
-        assert launcher.submit(app, name) == f"research:{name}"  # 409 Conflict: already submitted
+        assert launcher.submit(request) == f"research:{name}"
+        assert launcher.submit(request) == f"research:{name}"  # 409 Conflict: already submitted
         assert kube.ever_created(VCJOBS) == [name]
         stored = kube.get(VCJOBS, "research", name)
         assert stored is not None and stored["metadata"]["ownerReferences"][0]["uid"] == run.metadata.uid
@@ -331,10 +369,10 @@ def test_kubernetes_failures_tell_preemption_from_crashes(
 ) -> None:
     run = gpu_run()
     with KubeServer() as kube:
-        launcher = Launcher("kubernetes", namespace="research", api_client=kube.api_client())
-        name = job_name(run, run.phase("pretrain"), 6198, 1)
-        pretrain = run.phase("pretrain")
-        launcher.submit(app_for_job(run, pretrain, 6198, 1, "s3://x/config.json"), name)
+        launcher = VolcanoLauncher("research", api_client=kube.api_client())
+        request = job_request(run, run.phase("pretrain"), 6198, 1, "s3://x/config.json")
+        name = request.name
+        launcher.submit(request)
         _pod(kube, name, exit_code, reason)
         _set_phase(kube, name, phase)
         observed = launcher.describe(name)
@@ -368,13 +406,15 @@ def test_olmorun_render_prints_every_config_and_job_and_submits_nothing(
     ]
     assert all(j["metadata"]["namespace"] == "demo" for j in jobs)
     assert [(c["phase"], c["seed"]) for c in configs] == [
-        ("pretrain", 6198), ("anneal", 42), ("anneal", 42069), ("soup", 6198), ("sft", 6198), ("dpo", 6198), ("rlvr", 6198),
-    ]  # fmt: skip
+        ("pretrain", 6198), ("anneal", 42), ("anneal", 42069), ("soup", 6198), ("sft", 6198), ("dpo", 6198),
+        ("rlvr", 6198),
+    ]  # one config per job, as the planner submits them (tests/operator/test_preview.py)
     root = "file:///tmp/olmorun/storage/default/olmo2-tiny"
-    assert configs[1]["initFrom"] == f"{root}/archive/pretrain/step<final>"
+    # The steps the budgets end at: 400K / (16 x 128) -> 196, 100K / (16 x 128) -> 49.
+    assert configs[1]["initFrom"] == f"{root}/archive/pretrain/step196"
     assert configs[3]["soupFrom"] == [
-        f"{root}/archive/anneal-s42/step<final>",
-        f"{root}/archive/anneal-s42069/step<final>",
+        f"{root}/archive/anneal-s42/step49",
+        f"{root}/archive/anneal-s42069/step49",
     ]
 
 

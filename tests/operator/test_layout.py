@@ -95,7 +95,7 @@ def test_paths_of_a_run() -> None:
     pretrain, anneal = run.phase("pretrain"), run.phase("anneal")
     assert layout.run_root(run) == "s3://b/root/ns/r"
     assert layout.scratch_root(run) == "s3://b/root/ns/r"
-    assert layout.run_manifest_uri(run) == "s3://b/root/ns/r/run.json"
+    assert layout.run_record_uri(run) == "s3://b/root/ns/r/run.json"
     assert layout.config_uri(run, pretrain, 5) == "s3://b/root/ns/r/phases/pretrain/config.json"
     assert layout.config_uri(run, anneal, 42) == "s3://b/root/ns/r/phases/anneal/s42/config.json"
     assert layout.save_dir(run, pretrain, 5) == "s3://b/root/ns/r/phases/pretrain"

@@ -16,19 +16,22 @@ from typing import Any
 import pytest
 
 from olmo_operator import layout
-from olmo_operator.api import JobStatus, OlmoRun, parse_olmorun
-from olmo_operator.plan import (
+from olmo_operator.actions import (
     ArchiveCheckpoint,
     ArchiveResult,
     CancelJob,
     Emit,
     JobObservation,
-    Metrics,
+    MetricsLine,
     Observation,
-    Plan,
     SubmitJob,
-    WriteRunManifest,
+    WriteRunRecord,
+)
+from olmo_operator.api import JobStatus, OlmoRun, parse_olmorun
+from olmo_operator.plan import (
+    Plan,
     condition,
+    hashed_phase,
     invalid_status,
     is_finished,
     phase_spec_hash,
@@ -100,7 +103,7 @@ def step(
 
 
 def running(name: str, step_: int = 3, loss: float = 2.5) -> JobObservation:
-    return JobObservation(name, "Running", metrics=Metrics(step=step_, tokens=step_ * 100, loss=loss))
+    return JobObservation(name, "Running", metrics=MetricsLine(step=step_, tokens=step_ * 100, loss=loss))
 
 
 def done(name: str, save: str, step_: int = 10) -> JobObservation:
@@ -160,7 +163,7 @@ def finish_phase(run: OlmoRun, phase: str) -> OlmoRun:
 
 def test_first_step_writes_manifest_and_submits_root_phase_only() -> None:
     run, result = step(make_run(pretrain(), anneal()))
-    [manifest] = of(result, WriteRunManifest)
+    [manifest] = of(result, WriteRunRecord)
     assert manifest.uri == "s3://b/root/ns/r/run.json"
     assert manifest.document["seeds"] == {"pretrain": [6198], "anneal": [6198]}
     assert manifest.document["specHash"] == run_spec_hash(run) and set(manifest.document["phaseSpecHashes"]) == {
@@ -187,14 +190,14 @@ def test_first_step_writes_manifest_and_submits_root_phase_only() -> None:
     assert run.status.observed_generation == 1
     # The manifest is written once: a second step does not ask again.
     _, again = step(run, {"r-pretrain-a1": running("r-pretrain-a1")})
-    assert not of(again, WriteRunManifest) and not of(again, SubmitJob)
+    assert not of(again, WriteRunRecord) and not of(again, SubmitJob)
 
 
 def test_progress_is_recorded_per_job_phase_and_run() -> None:
     run, _ = step(make_run())
     obs = JobObservation(
         "r-pretrain-a1", "Running", checkpoint=(2, "s3://b/root/ns/r/phases/pretrain/checkpoints/step2"),
-        metrics=Metrics(step=4, tokens=4096, loss=3.25, tokens_per_s=100.0),
+        metrics=MetricsLine(step=4, tokens=4096, loss=3.25, tokens_per_s=100.0),
     )  # fmt: skip
     run, result = step(run, {"r-pretrain-a1": obs})
     assert not result.actions
@@ -207,8 +210,9 @@ def test_progress_is_recorded_per_job_phase_and_run() -> None:
         4,
         4096,
         3.25,
-        "pretrain",
+        "Running",
     )
+    assert run.status.active_phases == ["pretrain"]
 
 
 def test_success_archives_then_children_start_from_the_verified_archive() -> None:
@@ -245,7 +249,7 @@ def test_whole_pipeline_fans_out_seeds_then_soups_them_and_succeeds() -> None:
     run = finish_phase(run, "pretrain")
     names = [j.name for j in run.status.phases["anneal"].jobs]
     assert names == ["r-anneal-s42-a1", "r-anneal-s7-a1"]
-    assert run.status.stage == "anneal"
+    assert (run.status.stage, run.status.active_phases) == ("Running", ["anneal"])
     run = finish_phase(run, "anneal")
     soup = run.status.phases["soup"]
     assert [j.name for j in soup.jobs] == ["r-soup-a1"]
@@ -505,7 +509,7 @@ def test_blocked_branch_reports_while_another_branch_still_runs() -> None:
     assert cond(run, "Succeeded") == ("False", "KindNotImplemented")
     assert cond(run, "Progressing") == ("True", "Running")
     assert not is_finished(run.status)
-    assert run.status.stage == "anneal"
+    assert (run.status.stage, run.status.active_phases) == ("Running", ["anneal"])
 
 
 def test_sft_and_dpo_run_like_training_phases_from_their_parents_final_checkpoint() -> None:
@@ -524,7 +528,7 @@ def test_sft_and_dpo_run_like_training_phases_from_their_parents_final_checkpoin
     figures = {"eval/arith/accuracy": 0.75}
     finished = JobObservation(
         name, "Succeeded", exit_code=0, checkpoint=(20, f"{save}/checkpoints/step20"),
-        metrics=Metrics(step=20, eval=figures),
+        metrics=MetricsLine(step=20, eval=figures),
     )  # fmt: skip
     run, result = step(run, {name: finished})
     run, _ = step(run, {name: finished}, [archived(a) for a in of(result, ArchiveCheckpoint)])
@@ -711,7 +715,7 @@ PRE = "s3://b/root/ns/r/phases/pretrain/checkpoints"
 ARC = "s3://b/root/ns/r/archive"
 
 
-def _pretrain_done(run: OlmoRun, metrics: Metrics | None = None) -> JobObservation:
+def _pretrain_done(run: OlmoRun, metrics: MetricsLine | None = None) -> JobObservation:
     return JobObservation("r-pretrain-a1", "Succeeded", exit_code=0, checkpoint=(10, f"{PRE}/step10"), metrics=metrics)
 
 
@@ -721,8 +725,8 @@ def row_start() -> tuple[OlmoRun, Plan]:
 
 def row_progress_of_a_fanned_out_phase() -> tuple[OlmoRun, Plan]:
     run = finish_phase(step(make_run(pretrain(), anneal([1, 2]), SOUP))[0], "pretrain")
-    s1 = JobObservation("r-anneal-s1-a1", "Running", checkpoint=(2, "c1/step2"), metrics=Metrics(3, 300, 2.0))
-    s2 = JobObservation("r-anneal-s2-a1", "Pending", metrics=Metrics(5, 500, 3.0))
+    s1 = JobObservation("r-anneal-s1-a1", "Running", checkpoint=(2, "c1/step2"), metrics=MetricsLine(3, 300, 2.0))
+    s2 = JobObservation("r-anneal-s2-a1", "Pending", metrics=MetricsLine(5, 500, 3.0))
     return step(run, {s1.name: s1, s2.name: s2}, now=T1)
 
 
@@ -837,8 +841,8 @@ def row_edit_refused() -> tuple[OlmoRun, Plan]:
 def row_run_succeeded() -> tuple[OlmoRun, Plan]:
     """Both phases report figures; after the run ends the run-level ones are the last phase's."""
     run, _ = step(make_run(pretrain(archive=False), anneal(archive=False)))
-    run, _ = step(run, {"r-pretrain-a1": _pretrain_done(run, Metrics(10, 1000, 2.0))})
-    done_ = JobObservation("r-anneal-a1", "Succeeded", checkpoint=(5, "a/step5"), metrics=Metrics(5, 500, 1.5))
+    run, _ = step(run, {"r-pretrain-a1": _pretrain_done(run, MetricsLine(10, 1000, 2.0))})
+    done_ = JobObservation("r-anneal-a1", "Succeeded", checkpoint=(5, "a/step5"), metrics=MetricsLine(5, 500, 1.5))
     return step(run, {"r-anneal-a1": done_}, now=T1)
 
 
@@ -858,7 +862,7 @@ GAVE_UP = "exit code 1; gave up after 1 failure(s) (backoffLimit 0)"
 # (situation, expected events (type, reason, message), expected status fields: wire path -> value)
 TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
     (row_start, [PRETRAIN_STARTED], {
-        "storage": "s3://b/root/ns/r", "observedGeneration": 1, "stage": "pretrain",
+        "storage": "s3://b/root/ns/r", "observedGeneration": 1, "stage": "Running", "activePhases": ["pretrain"],
         "step": None, "tokens": None, "lastLoss": None,
         "phases.pretrain.state": "Pending", "phases.pretrain.attempts": 1, "phases.pretrain.message": "",
         "phases.pretrain.startedAt": "2026-01-01T12:00:00Z", "phases.pretrain.finishedAt": None,
@@ -872,7 +876,7 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "cond.Suspended": ("False", "NotSuspended", ""),
     }),
     (row_progress_of_a_fanned_out_phase, [], {
-        "stage": "anneal", "step": 3, "tokens": 800, "lastLoss": 2.5,
+        "stage": "Running", "activePhases": ["anneal"], "step": 3, "tokens": 800, "lastLoss": 2.5,
         "phases.anneal.state": "Running", "phases.anneal.attempts": 2,
         "phases.anneal.step": 3, "phases.anneal.tokens": 800, "phases.anneal.lastLoss": 2.5,
         "phases.anneal.jobs.0.checkpoint": "c1/step2", "phases.anneal.jobs.0.state": "Running",
@@ -883,7 +887,7 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "phases.pretrain.state": "Running", "phases.pretrain.message": "archiving final checkpoint(s)",
         "phases.pretrain.jobs.0.state": "Succeeded", "phases.pretrain.jobs.0.message": "final checkpoint step 10",
         "phases.pretrain.jobs.0.checkpoint": f"{PRE}/step10", "phases.pretrain.jobs.0.archive": None,
-        "phases.pretrain.finishedAt": None, "stage": "pretrain",
+        "phases.pretrain.finishedAt": None, "stage": "Running", "activePhases": ["pretrain"],
     }),
     (row_archived, [
         ("Normal", "Archived", f"{PRE}/step10 archived and verified at {ARC}/pretrain/step10"),
@@ -894,7 +898,7 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "phases.pretrain.message": "1 job(s) succeeded, final checkpoints archived",
         "phases.pretrain.checkpoint": f"{PRE}/step10", "phases.pretrain.archive": f"{ARC}/pretrain/step10",
         "phases.pretrain.jobs.0.archive": f"{ARC}/pretrain/step10",
-        "phases.anneal.startedAt": "2026-01-01T12:01:00Z", "stage": "anneal",
+        "phases.anneal.startedAt": "2026-01-01T12:01:00Z", "stage": "Running", "activePhases": ["anneal"],
     }),
     (row_archive_retry, [
         ("Warning", "ArchiveRetry", f"archive of {PRE}/step10 failed, retrying: sha256 mismatch"),
@@ -918,7 +922,7 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "(no MANIFEST.json under checkpoints/)"
     ))], {"phases.pretrain.jobs.0.state": "Failed", "phases.pretrain.jobs.0.checkpoint": None}),
     (row_retrying, [("Warning", "JobFailed", "job r-pretrain-a1: exit code 1; retry 1/2 in 10s")], {
-        "phases.pretrain.state": "Retrying", "stage": "pretrain", "phases.pretrain.message": "",
+        "phases.pretrain.state": "Retrying", "stage": "Running", "activePhases": ["pretrain"], "phases.pretrain.message": "",
         "phases.pretrain.jobs.0.retryAt": "2026-01-01T12:00:10Z", "phases.pretrain.jobs.0.failures": 1,
         "phases.pretrain.jobs.0.state": "Retrying", "phases.pretrain.attempts": 1,
         "cond.Succeeded": ("Unknown", "Running", "running: pretrain"),
@@ -983,7 +987,7 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "cond.Progressing": ("False", "KindNotImplemented", "stopped at phase 'sft'"),
     }),
     (row_blocked_while_a_branch_runs, [], {
-        "stage": "anneal", "phases.sft.state": "Blocked",
+        "stage": "Running", "activePhases": ["anneal"], "phases.sft.state": "Blocked",
         "cond.Succeeded": ("False", "KindNotImplemented", "running: anneal; blocked: sft"),
         "cond.Progressing": ("True", "Running", "running: anneal"),
     }),
@@ -1055,8 +1059,8 @@ def test_spec_hash_recipe_is_pinned() -> None:
     run = make_run()
     phase = run.phase("pretrain")
     recipe = {
-        # `eval`, added after release, is left out while unset: old hashes stay valid.
-        "phase": phase.model_dump(mode="json", by_alias=True, exclude={"eval"}),
+        # the wire form: archiveFinal under its pre-rename key; `eval`, added after release, left out while unset
+        "phase": hashed_phase(phase),
         "model": run.spec.model.model_dump(mode="json", by_alias=True),
         "image": "img@sha256:abc",
         "seed": 6198,
@@ -1077,7 +1081,7 @@ PINNED_SPEC_HASH = "0ac74088648b0c0e"
 
 def test_run_record_keys_are_pinned() -> None:
     run, result = step(make_run(pretrain(), anneal([42, 7]), SOUP))
-    [record] = of(result, WriteRunManifest)
+    [record] = of(result, WriteRunRecord)
     assert sorted(record.document) == ["apiVersion", "createdAt", "image", "kind", "metadata", "phaseSpecHashes", "seeds",
                                        "spec", "specHash"]
     assert record.document["metadata"] == {"name": "r", "namespace": "ns", "uid": "u-1"}
@@ -1108,7 +1112,7 @@ def test_a_failure_the_job_recorded_as_permanent_is_not_retried(reason: str) -> 
     """olmo_trainer.failure: the job said why retrying cannot help; the run fails at once with it."""
     run, _ = step(make_run())
     observed = JobObservation("r-pretrain-a1", "Failed", exit_code=1, message="loss nan at step 2",
-                              failure_reason=reason, metrics=Metrics(step=2, tokens=200, loss=None))  # fmt: skip
+                              failure_reason=reason, metrics=MetricsLine(step=2, tokens=200, loss=None))  # fmt: skip
     run, result = step(run, {"r-pretrain-a1": observed})
     j = job(run, "pretrain")
     assert (j.state, j.attempts, j.retry_at) == ("Failed", 1, None)
@@ -1126,18 +1130,18 @@ def test_the_status_shows_the_latest_loss_not_an_older_finite_one() -> None:
     run, _ = step(make_run())
     run, _ = step(run, {"r-pretrain-a1": running("r-pretrain-a1", 1, loss=5.9)})
     assert job(run, "pretrain").last_loss == 5.9 and run.status.last_loss == 5.9
-    diverged = JobObservation("r-pretrain-a1", "Running", metrics=Metrics(step=2, tokens=200, loss=None))
+    diverged = JobObservation("r-pretrain-a1", "Running", metrics=MetricsLine(step=2, tokens=200, loss=None))
     run, _ = step(run, {"r-pretrain-a1": diverged})
     assert job(run, "pretrain").step == 2
     assert job(run, "pretrain").last_loss is None and run.status.last_loss is None
 
 
 def test_a_notice_of_a_running_job_is_its_message_and_one_warning_event() -> None:
-    """olmo_trainer.failure.NOTICE_NAME: e.g. the job skipped a damaged checkpoint and carries on."""
+    """olmo_trainer.layout.NOTICE_NAME: e.g. the job skipped a damaged checkpoint and carries on."""
     run, _ = step(make_run())
     notice = ("CheckpointDamaged", "skipped damaged checkpoint(s) s3://b/step6 (__0_0.distcp); resumed from s3://b/step4")
     observed = JobObservation("r-pretrain-a1", "Running", message="running", notice=notice,
-                              metrics=Metrics(step=5, tokens=500, loss=2.0))  # fmt: skip
+                              metrics=MetricsLine(step=5, tokens=500, loss=2.0))  # fmt: skip
     run, result = step(run, {"r-pretrain-a1": observed})
     assert job(run, "pretrain").message == notice[1]
     assert [e for e in result.events if e.reason == "CheckpointDamaged"] == [
@@ -1145,3 +1149,11 @@ def test_a_notice_of_a_running_job_is_its_message_and_one_warning_event() -> Non
     ]
     run, result = step(run, {"r-pretrain-a1": observed})
     assert "CheckpointDamaged" not in reasons(result) and job(run, "pretrain").state == "Running"
+
+
+def test_the_archive_rename_keeps_the_spec_hash_of_phases_started_before_it() -> None:
+    """A phase started by an operator that knew only `archive` must not read as edited afterwards."""
+    old, new = make_run(pretrain(archive=False)), make_run(pretrain(archiveFinal=False))
+    assert phase_spec_hash(old, old.phase("pretrain")) == phase_spec_hash(new, new.phase("pretrain"))
+    assert hashed_phase(new.phase("pretrain"))["archive"] is False and "archiveFinal" not in hashed_phase(new.phase("pretrain"))
+    assert run_spec_hash(old) == run_spec_hash(new) != run_spec_hash(make_run(pretrain()))

@@ -1,7 +1,7 @@
 """reconcile(): observe -> plan -> apply against real storage (local files and a real S3 server).
 
 The scheduler boundary is a small scripted launcher: it records what reconcile submits (the real
-AppDefs) and lets a test say what each job did, writing the checkpoints and metrics a trainer writes
+JobRequests) and lets a test say what each job did, writing the checkpoints and metrics a trainer writes
 (committed with the real MANIFEST code). Archiving and verification run the real archive.py.
 The real torchx local scheduler with the real trainer is exercised by tests/e2e/test_local_run.py.
 """
@@ -16,12 +16,12 @@ from typing import Any
 import fsspec
 import pytest
 import yaml
-from torchx.specs import AppDef
 
 from olmo_operator import layout
+from olmo_operator.actions import JobObservation, ObservedState
 from olmo_operator.api import OlmoRun, parse_olmorun
-from olmo_operator.plan import JobObservation, ObservedState
-from olmo_operator.reconcile import StorageInUseError, last_metrics, reconcile, reconcile_plan
+from olmo_operator.reconcile import StorageInUseError, last_metrics, reconcile_plan
+from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
 from olmo_trainer.config import TrainConfig
 from tests.dcp_files import dcp_metadata
@@ -34,17 +34,15 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "olmorun-tiny.yaml"
 class ScriptedLauncher:
     """Records submissions; job states are set by the test (as a scheduler would report them)."""
 
-    single_host = False
-
     def __init__(self) -> None:
-        self.apps: dict[str, AppDef] = {}
+        self.requests: dict[str, JobRequest] = {}
         self.states: dict[str, JobObservation] = {}
         self.cancelled: list[str] = []
 
-    def submit(self, app: AppDef, job_name: str) -> str:
-        self.apps[job_name] = app
-        self.states.setdefault(job_name, JobObservation(job_name, "Pending"))
-        return job_name
+    def submit(self, request: JobRequest) -> str:
+        self.requests[request.name] = request
+        self.states.setdefault(request.name, JobObservation(request.name, "Pending"))
+        return request.name
 
     def describe(self, job_name: str) -> JobObservation:
         return self.states.get(job_name, JobObservation(job_name, "Missing"))
@@ -80,7 +78,7 @@ def make_run(storage: str) -> OlmoRun:
 
 
 def step(run: OlmoRun, launcher: ScriptedLauncher, now: dt.datetime = T0) -> OlmoRun:
-    status, _ = reconcile(run, launcher=launcher, now=now)
+    status = reconcile_plan(run, launcher=launcher, now=now).status
     return run.model_copy(update={"status": status})
 
 
@@ -99,9 +97,9 @@ def test_pipeline_writes_configs_archives_and_starts_children_in_the_same_step(t
     assert "olmorun" in record["versions"]
     config = TrainConfig.model_validate(read_json(f"{root}/phases/pretrain/config.json"))
     assert config.save_dir == f"{root}/phases/pretrain" and config.kind == "pretrain"
-    [name] = launcher.apps
+    [name] = launcher.requests
     assert name == "olmo2-tiny-pretrain-a1"
-    assert f"--config {root}/phases/pretrain/config.json" in launcher.apps[name].roles[0].args[1]
+    assert launcher.requests[name].command[-2:] == ["--config", f"{root}/phases/pretrain/config.json"]
 
     save = layout.save_dir(run, run.phase("pretrain"), 6198)
     train(save, 4, loss=4.5)
@@ -121,7 +119,7 @@ def test_pipeline_writes_configs_archives_and_starts_children_in_the_same_step(t
     fs, path = manifest.filesystem(pretrain.archive)
     assert manifest.verify(fs, path).ok
     # The same step started the anneal seeds, from the verified archive.
-    assert sorted(launcher.apps) == ["olmo2-tiny-anneal-s42-a1", "olmo2-tiny-anneal-s42069-a1", name]
+    assert sorted(launcher.requests) == ["olmo2-tiny-anneal-s42-a1", "olmo2-tiny-anneal-s42069-a1", name]
     for seed in (42, 42069):
         child = TrainConfig.model_validate(read_json(f"{root}/phases/anneal/s{seed}/config.json"))
         assert child.data is not None
@@ -147,7 +145,7 @@ def test_retry_keeps_the_config_the_phase_started_with_and_run_json_is_written_o
     run = parse_olmorun(edited).model_copy(update={"status": run.status})
     launcher.set("olmo2-tiny-pretrain-a1", "Failed", 143)  # preempted: resubmitted at once
     run = step(run, launcher)
-    assert "olmo2-tiny-pretrain-a2" in launcher.apps
+    assert "olmo2-tiny-pretrain-a2" in launcher.requests
     assert fs.cat_file(path) == original
     assert read_json(f"{root}/run.json") == first_record
     assert run.status.conditions[2].reason == "SpecChangeRefused"
@@ -160,8 +158,8 @@ def test_a_recreated_run_never_resumes_the_previous_runs_checkpoints(tmp_path: P
     recreated.metadata.uid = "uid-8"
     launcher = ScriptedLauncher()
     with pytest.raises(StorageInUseError, match="uid uid-7"):
-        reconcile(recreated, launcher=launcher, now=T0)
-    assert launcher.apps == {}
+        reconcile_plan(recreated, launcher=launcher, now=T0)
+    assert launcher.requests == {}
     step(make_run(tmp_path.as_uri()), ScriptedLauncher())  # the original run itself carries on
 
 
@@ -177,7 +175,7 @@ def test_corrupt_checkpoint_fails_the_phase_instead_of_archiving_it(tmp_path: Pa
     pretrain = run.status.phases["pretrain"]
     assert pretrain.state == "Failed" and "archive" in pretrain.message
     assert run.status.stage == "Failed"
-    assert not any(n.startswith("olmo2-tiny-anneal") for n in launcher.apps)
+    assert not any(n.startswith("olmo2-tiny-anneal") for n in launcher.requests)
 
 
 def test_an_archive_made_before_a_lost_status_write_is_verified_not_copied_again(tmp_path: Path) -> None:
@@ -256,7 +254,7 @@ def test_last_metrics_gives_the_latest_steps_loss_even_when_it_was_not_finite(tm
 
 
 def test_local_storage_goes_under_the_workdir_unless_told_otherwise(tmp_path: Path) -> None:
-    from olmo_operator.local import localize
+    from olmo_operator.local_state import localize
 
     document = yaml.safe_load(EXAMPLE.read_text())
     document["spec"]["storage"] = {"uri": "s3://bucket/x", "scratchUri": "file:///scratch"}
@@ -269,7 +267,7 @@ def test_local_storage_goes_under_the_workdir_unless_told_otherwise(tmp_path: Pa
 
 
 def test_local_state_resumes_and_counts_spec_edits_as_generations(tmp_path: Path) -> None:
-    from olmo_operator.local import read_state, start_state, write_state
+    from olmo_operator.local_state import read_state, start_state, write_state
 
     run = make_run(tmp_path.as_uri())
     state = start_state(run, {"metadata": {"name": run.name}}, tmp_path, T0)
@@ -289,7 +287,7 @@ def test_local_state_resumes_and_counts_spec_edits_as_generations(tmp_path: Path
 
 def test_local_exit_codes_and_status_table(tmp_path: Path) -> None:
     from olmo_operator.cli_run import format_status
-    from olmo_operator.local import EXIT_BLOCKED, EXIT_FAILED, EXIT_SUCCEEDED, exit_code
+    from olmo_operator.progress import EXIT_BLOCKED, EXIT_FAILED, EXIT_SUCCEEDED, exit_code
 
     run = make_run(tmp_path.as_uri())
     launcher = ScriptedLauncher()
@@ -301,6 +299,7 @@ def test_local_exit_codes_and_status_table(tmp_path: Path) -> None:
     head, phases = text.split("\n\n")[:2]
     assert head.splitlines()[1].split() == [
         "olmo2-tiny",
+        "Running",
         "pretrain",
         "Unknown",
         "Running",
@@ -348,7 +347,7 @@ def test_a_failure_the_job_recorded_stops_retries_and_an_older_attempts_record_d
     assert run.status.phases["pretrain"].jobs[0].state == "Retrying"  # not this attempt's record
 
     run = step(run, launcher, now=T0 + dt.timedelta(hours=1))  # attempt 2 is submitted
-    assert "olmo2-tiny-pretrain-a2" in launcher.apps
+    assert "olmo2-tiny-pretrain-a2" in launcher.requests
     monkeypatch.setenv("OLMORUN_ATTEMPT", "2")  # the job's environment, as the launcher sets it
     record_failure(save, old)
     launcher.set("olmo2-tiny-pretrain-a2", "Failed", 1)
@@ -357,4 +356,4 @@ def test_a_failure_the_job_recorded_stops_retries_and_an_older_attempts_record_d
     assert (job.state, job.message) == ("Failed", "Diverged: loss nan at step 2; not retried")
     assert run.status.stage == "Failed"
     run = step(run, launcher, now=T0 + dt.timedelta(hours=3))
-    assert "olmo2-tiny-pretrain-a3" not in launcher.apps
+    assert "olmo2-tiny-pretrain-a3" not in launcher.requests

@@ -88,7 +88,7 @@ def test_layout_paths() -> None:
     run = tiny(scratchUri="file:///scratch/")
     pretrain, anneal = run.phase("pretrain"), run.phase("anneal")
     assert layout.run_root(run) == "s3://bucket/runs/lab/olmo2-tiny"
-    assert layout.run_manifest_uri(run) == "s3://bucket/runs/lab/olmo2-tiny/run.json"
+    assert layout.run_record_uri(run) == "s3://bucket/runs/lab/olmo2-tiny/run.json"
     assert layout.config_uri(run, pretrain, 6198) == "s3://bucket/runs/lab/olmo2-tiny/phases/pretrain/config.json"
     assert layout.config_uri(run, anneal, 42) == "s3://bucket/runs/lab/olmo2-tiny/phases/anneal/s42/config.json"
     # Jobs write to scratch; archives always land under the run's storage.

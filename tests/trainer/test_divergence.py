@@ -19,7 +19,8 @@ from torch import nn
 from olmo_trainer import manifest
 from olmo_trainer.checkpoint import Checkpointer, load_full_state_dict, weights_finite
 from olmo_trainer.config import CheckpointConfig
-from olmo_trainer.failure import EXIT_PERMANENT, FAILURE_NAME, PermanentFailure, read_failure
+from olmo_trainer.failure import PermanentFailure, read_failure
+from olmo_trainer.layout import EXIT_PERMANENT, FAILURE_NAME
 from olmo_trainer.train import check_finite
 from tests.trainer.dist_util import read_metrics, tiny_config, torchrun, trainer
 

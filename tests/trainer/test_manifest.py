@@ -347,13 +347,13 @@ def test_content_sha256(record: dict[str, Any] | None, expected: str | None) -> 
 def test_local_and_object_store_filesystems_are_told_apart(tmp_path: Path) -> None:
     local, _ = manifest.filesystem(str(tmp_path), auto_mkdir=True)
     assert local.auto_mkdir  # storage options reach the filesystem
-    assert manifest._is_local(local) and manifest._is_local(fsspec.filesystem("local"))
-    assert not manifest._is_local(fsspec.filesystem("memory"))
+    assert manifest.is_local(local) and manifest.is_local(fsspec.filesystem("local"))
+    assert not manifest.is_local(fsspec.filesystem("memory"))
 
     class Named(fsspec.AbstractFileSystem):
         protocol = "local"
 
-    assert manifest._is_local(Named())
+    assert manifest.is_local(Named())
 
 
 def test_summary_lists_every_lacking_name(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from olmo_trainer.checkpoint import read_trainer_state
+from olmo_trainer.layout import EXIT_PREEMPTED
 from olmo_trainer.manifest import committed_steps, filesystem, step_dirs
-from olmo_trainer.train import PREEMPTED_EXIT_CODE
 from tests.trainer.dist_util import read_metrics, reference_run, start_torchrun, tiny_config, torchrun
 
 pytestmark = pytest.mark.slow
@@ -106,8 +106,8 @@ def test_sigterm_saves_at_the_next_step_boundary_and_exits_143(tmp_path: Path) -
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     log = (tmp_path / "run.log").read_text()
-    assert f"exiting {PREEMPTED_EXIT_CODE}" in log
-    assert f"exitcode: {PREEMPTED_EXIT_CODE}" in log or "got signal: 15" in log
+    assert f"exiting {EXIT_PREEMPTED}" in log
+    assert f"exitcode: {EXIT_PREEMPTED}" in log or "got signal: 15" in log
     last = read_metrics(save_dir)[-1]["step"]
     saved = committed_steps(*filesystem(str(save_dir / "checkpoints")))
     assert [step for step, _ in saved] == [last]  # saved exactly where it stopped, no later step ran
@@ -116,7 +116,7 @@ def test_sigterm_saves_at_the_next_step_boundary_and_exits_143(tmp_path: Path) -
 
 
 def test_sigterm_exit_code_without_torchrun(tmp_path: Path) -> None:
-    """A single process (no launcher in between) reports PREEMPTED_EXIT_CODE itself."""
+    """A single process (no launcher in between) reports EXIT_PREEMPTED itself."""
     import sys
 
     from tests.trainer.dist_util import REPO, _env
@@ -133,7 +133,7 @@ def test_sigterm_exit_code_without_torchrun(tmp_path: Path) -> None:
     try:
         wait_for_step(tmp_path / "out", proc, 2)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == PREEMPTED_EXIT_CODE
+        assert proc.wait(timeout=60) == EXIT_PREEMPTED
     finally:
         if proc.poll() is None:
             proc.kill()

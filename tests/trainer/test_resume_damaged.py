@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from olmo_trainer import manifest
-from olmo_trainer.failure import EXIT_PERMANENT, FAILURE_NAME, NOTICE_NAME
+from olmo_trainer.layout import DAMAGED_MANIFEST_NAME, EXIT_PERMANENT, FAILURE_NAME, NOTICE_NAME
 from tests.trainer.dist_util import read_metrics, tiny_config, torchrun, trainer
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_a_damaged_checkpoint_is_uncommitted_with_its_manifest_kept_aside(tmp_pa
     import torch
     from torch import nn
 
-    from olmo_trainer.checkpoint import DAMAGED_MANIFEST, Checkpointer
+    from olmo_trainer.checkpoint import Checkpointer
     from olmo_trainer.config import CheckpointConfig
 
     model = nn.Linear(64, 64)
@@ -82,5 +82,5 @@ def test_a_damaged_checkpoint_is_uncommitted_with_its_manifest_kept_aside(tmp_pa
     assert ckpt.damaged_files(str(tmp_path / "checkpoints" / "step2")) == [name]
     assert ckpt.latest_intact() == (1, str(tmp_path / "checkpoints" / "step1"))
     step2 = tmp_path / "checkpoints" / "step2"
-    assert (step2 / DAMAGED_MANIFEST).exists() and not (step2 / manifest.MANIFEST_NAME).exists()
+    assert (step2 / DAMAGED_MANIFEST_NAME).exists() and not (step2 / manifest.MANIFEST_NAME).exists()
     assert ckpt.latest() == (1, str(tmp_path / "checkpoints" / "step1"))

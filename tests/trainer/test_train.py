@@ -17,9 +17,9 @@ import torch
 
 from olmo_trainer.checkpoint import load_full_state_dict, read_train_config
 from olmo_trainer.config import TrainConfig
+from olmo_trainer.layout import plan_steps
 from olmo_trainer.manifest import latest_committed, read_manifest
 from olmo_trainer.schedule import build_schedule
-from olmo_trainer.train import plan_steps
 from tests.trainer.dist_util import read_metrics, reference_run, tiny_config, torchrun, trainer
 
 pytestmark = pytest.mark.slow

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from olmo_trainer.config import TrainConfig
+from olmo_trainer.layout import plan_steps
 from olmo_trainer.objectives.lm import lm_loss
 from olmo_trainer.tracking import MetricsFile, clean_lines, mfu, peak_flops
-from olmo_trainer.train import plan_steps
 from tests.trainer.dist_util import REPO, tiny_config
 
 

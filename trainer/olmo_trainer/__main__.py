@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from olmo_trainer.config import IMPLEMENTED_KINDS, EvalJobConfig, TrainConfig
-from olmo_trainer.failure import EXIT_PERMANENT, Failure, PermanentFailure, record_failure
+from olmo_trainer.failure import Failure, PermanentFailure, record_failure
+from olmo_trainer.layout import EXIT_NOT_IMPLEMENTED, EXIT_PERMANENT, EXIT_USAGE, plan_steps
 
 KINDS = ("pretrain", "anneal", "soup", "sft", "dpo", "rlvr", "eval")
-EXIT_USAGE = 2
-EXIT_NOT_IMPLEMENTED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +52,6 @@ def load_config(uri: str) -> TrainConfig:
 def dry_run(cfg: TrainConfig) -> dict[str, object]:
     """What a job would do, computed without torch.distributed (world size from WORLD_SIZE, default 1)."""
     import os
-
-    from olmo_trainer.train import plan_steps
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     summary: dict[str, object] = {

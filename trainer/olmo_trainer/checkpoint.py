@@ -64,6 +64,7 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 from olmo_trainer import identity, manifest
 from olmo_trainer.config import CheckpointConfig, TrainConfig
 from olmo_trainer.failure import PermanentFailure
+from olmo_trainer.layout import damaged_manifest_path, join, manifest_path, step_uri
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,6 @@ MODEL_KEY = "model"
 OPTIM_KEY = "optim"
 
 
-DAMAGED_MANIFEST = "MANIFEST.damaged.json"
-"""A MANIFEST moved aside because its checkpoint's files no longer match it (kept for inspection)."""
-
-
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, uncommitted, or does not fit what is being loaded into it."""
 
@@ -84,10 +81,6 @@ class CheckpointError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Pure logic
 # ---------------------------------------------------------------------------------------------
-
-
-def step_uri(directory: str, step: int) -> str:
-    return f"{directory.rstrip('/')}/step{step}"
 
 
 def steps_to_delete(
@@ -116,11 +109,6 @@ def trainer_state_for_rank(saved: dict[str, Any], rank: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_local(fs: AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
 class _ReproducibleFileSystemWriter(dcp.FileSystemWriter):
     """DCP's writer without its observability record: `storage_meta()` (a public StorageWriter hook,
     "None by default") would put a random save_id and the absolute checkpoint path into `.metadata`,
@@ -147,7 +135,7 @@ def remove_tree(fs: AbstractFileSystem, path: str) -> None:
     """
     if fs.exists(path):
         fs.rm(path, recursive=True)
-    if not _is_local(fs):
+    if not manifest.is_local(fs):
         with contextlib.suppress(FileNotFoundError):  # deleting a missing key is a no-op on S3 anyway
             fs.rm_file(path.rstrip("/") + "/")  # the marker key itself
         fs.invalidate_cache(path)
@@ -161,14 +149,14 @@ def _has_files(fs: AbstractFileSystem, path: str) -> bool:
 
 def _writer(uri: str, storage_options: dict[str, Any]) -> StorageWriter:
     fs, path = manifest.filesystem(uri, **storage_options)
-    if _is_local(fs):
+    if manifest.is_local(fs):
         return _ReproducibleFileSystemWriter(path)
     return _ReproducibleFsspecWriter(uri, **storage_options)
 
 
 def _reader(uri: str, storage_options: dict[str, Any]) -> StorageReader:
     fs, path = manifest.filesystem(uri, **storage_options)
-    if _is_local(fs):
+    if manifest.is_local(fs):
         return dcp.FileSystemReader(path)
     return FsspecReader(uri, **storage_options)
 
@@ -337,12 +325,11 @@ class Checkpointer:
     # Finding ---------------------------------------------------------------------------------
     def latest(self) -> tuple[int, str] | None:
         """The newest committed (step, uri); uncommitted directories do not count."""
-        found = manifest.latest_committed(self.fs, self.path)
-        return None if found is None else (found[0], step_uri(self.directory, found[0]))
+        return manifest.latest_committed(self.fs, self.path, uri=self.directory)
 
     def committed(self) -> list[tuple[int, str]]:
         """Every committed (step, uri), by step ascending."""
-        return [(step, step_uri(self.directory, step)) for step, _ in manifest.committed_steps(self.fs, self.path)]
+        return manifest.committed_steps(self.fs, self.path, uri=self.directory)
 
     def damaged_files(self, uri: str) -> list[str]:
         """Files of the committed checkpoint `uri` that are missing or differ from its MANIFEST (collective).
@@ -354,7 +341,7 @@ class Checkpointer:
         record = manifest.read_manifest(fs, path) or {"files": {}}
         files = sorted(record["files"].items())
         rank, world = _rank(), _world_size()
-        bad = [rel for rel, expected in files[rank::world] if manifest.verify_file(fs, f"{path}/{rel}", expected)]
+        bad = [rel for rel, expected in files[rank::world] if manifest.verify_file(fs, join(path, rel), expected)]
         if _distributed():
             gathered: list[list[str] | None] = [None] * world
             dist.all_gather_object(gathered, bad)
@@ -382,7 +369,7 @@ class Checkpointer:
             if _rank() == 0:
                 log.warning("checkpoint %s is damaged: %s differ from its MANIFEST; skipping it", uri, ", ".join(bad))
                 fs, path = manifest.filesystem(uri, **self.storage_options)
-                fs.mv(f"{path}/{manifest.MANIFEST_NAME}", f"{path}/{DAMAGED_MANIFEST}")
+                fs.mv(manifest_path(path), damaged_manifest_path(path))
             _barrier()
         if damaged:
             raise PermanentFailure(
@@ -509,12 +496,12 @@ class Checkpointer:
             committed.append((step, bool(record.get("extra", {}).get("final"))))
         doomed = steps_to_delete(committed, keep_last=self.cfg.keep_last, keep_every=self.cfg.keep_every)
         for step in doomed:
-            self._delete(f"{self.path}/step{step}")
+            self._delete(step_uri(self.path, step))
             log.info("retention: deleted checkpoint step%d", step)
 
     def _delete(self, path: str) -> None:
         # MANIFEST first: a deletion cut short leaves an uncommitted directory, never a broken committed one.
-        self.fs.rm(f"{path}/{manifest.MANIFEST_NAME}")
+        self.fs.rm(manifest_path(path))
         remove_tree(self.fs, path)
 
     def cleanup_uncommitted(self) -> None:
@@ -706,7 +693,7 @@ def save_model_weights(
 def manifest_sha256(uri: str, *, storage_options: dict[str, Any] | None = None) -> str:
     """sha256 of a checkpoint's MANIFEST.json bytes: names one exact committed checkpoint."""
     fs, path = manifest.filesystem(uri, **(storage_options or {}))
-    return manifest.sha256_file(fs, f"{path}/{manifest.MANIFEST_NAME}")
+    return manifest.sha256_file(fs, manifest_path(path))
 
 
 def config_json_of(uri: str, *, storage_options: dict[str, Any] | None = None) -> str | None:
@@ -728,6 +715,5 @@ __all__ = [
     "read_train_config",
     "read_trainer_state",
     "save_model_weights",
-    "step_uri",
     "steps_to_delete",
 ]

@@ -25,11 +25,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from fsspec.implementations.local import LocalFileSystem
 from safetensors.torch import load_file, save_file
 
 from olmo_trainer.config import ModelConfig
-from olmo_trainer.manifest import filesystem
+from olmo_trainer.layout import manifest_path
+from olmo_trainer.manifest import filesystem, is_local
 from olmo_trainer.model import Transformer
 
 CONFIG_NAME = "config.json"
@@ -214,31 +214,26 @@ def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch
     return shards
 
 
-def _is_local(uri: str) -> bool:
-    return isinstance(filesystem(uri)[0], LocalFileSystem)
-
-
 @contextmanager
 def _local_dir_for_writing(out_dir: str) -> Iterator[str]:
-    if _is_local(out_dir):
-        path = filesystem(out_dir)[1]
+    fs, path = filesystem(out_dir)
+    if is_local(fs):
         os.makedirs(path, exist_ok=True)
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="olmorun-hf-") as staging:
         yield staging
-        fs, remote = filesystem(out_dir)
         for name in sorted(os.listdir(staging)):
-            fs.put_file(os.path.join(staging, name), f"{remote.rstrip('/')}/{name}")
+            fs.put_file(os.path.join(staging, name), f"{path.rstrip('/')}/{name}")
 
 
 @contextmanager
 def _local_dir_for_reading(path: str) -> Iterator[str]:
-    if _is_local(path):
-        yield filesystem(path)[1]
+    fs, remote = filesystem(path)
+    if is_local(fs):
+        yield remote
         return
     with tempfile.TemporaryDirectory(prefix="olmorun-hf-") as staging:
-        fs, remote = filesystem(path)
         for entry in fs.ls(remote, detail=False):
             name = str(entry).rstrip("/").rsplit("/", 1)[-1]
             if name == CONFIG_NAME or name.endswith((".safetensors", INDEX_NAME)):
@@ -331,7 +326,7 @@ def is_hf_folder(uri: str) -> bool:
     as opposed to one of our committed checkpoints (MANIFEST.json + DCP shards)."""
     fs, root = filesystem(uri)
     config_path = f"{root.rstrip('/')}/{CONFIG_NAME}"
-    if not fs.exists(config_path) or fs.exists(f"{root.rstrip('/')}/MANIFEST.json"):
+    if not fs.exists(config_path) or fs.exists(manifest_path(root)):
         return False
     try:
         return json.loads(fs.cat_file(config_path)).get("model_type") == "olmo2"

@@ -6,7 +6,7 @@ checkpoints; the operator (reconcile.observe) reads it for a failed attempt, mar
 the reason and does not retry it.
 
     raise PermanentFailure("Diverged", "loss nan at step 2", step=2)     # in the trainer
-    record_failure(save_dir, failure)                                     # __main__, then exit EXIT_PERMANENT
+    record_failure(save_dir, failure)                                     # __main__, then exit EXIT_PERMANENT (layout)
     read_failure(save_dir, attempt=3)                                     # the operator: Failure | None
 
 A job that carries on after something worth knowing (it skipped a damaged checkpoint) leaves a
@@ -24,11 +24,12 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from olmo_trainer.layout import EXIT_PERMANENT, failure_uri, notice_uri
 from olmo_trainer.manifest import open_uri
 
-FAILURE_NAME = "failure.json"
-EXIT_PERMANENT = 5
-"""The exit status of `python -m olmo_trainer` after recording a permanent failure."""
+__all__ = ["EXIT_PERMANENT", "Failure", "PermanentFailure", "read_failure", "read_notice", "record_failure",
+           "record_notice"]  # fmt: skip
+
 ATTEMPT_ENV = "OLMORUN_ATTEMPT"
 """Set by the launcher on every job: a record names the attempt that wrote it, so an old one is ignored."""
 
@@ -47,10 +48,6 @@ class PermanentFailure(Exception):
     def __init__(self, reason: str, message: str, *, step: int | None = None) -> None:
         super().__init__(f"{reason}: {message}")
         self.failure = Failure(reason, message, step)
-
-
-def failure_uri(save_dir: str) -> str:
-    return f"{save_dir.rstrip('/')}/{FAILURE_NAME}"
 
 
 def current_attempt() -> int | None:
@@ -80,15 +77,11 @@ def read_failure(save_dir: str, *, attempt: int, **storage_options: Any) -> Fail
     return Failure(str(record.get("reason", "")), str(record.get("message", "")), record.get("step"), attempt)
 
 
-NOTICE_NAME = "notice.json"
-"""A warning the running job wants on the run (Kubernetes Event, status message): the latest one."""
-
-
 def record_notice(save_dir: str, reason: str, message: str, **storage_options: Any) -> None:
     """Leave `reason: message` for the operator to show while this attempt runs (best effort)."""
     record = {"reason": reason, "message": message, "attempt": current_attempt()}
     try:
-        with open_uri(f"{save_dir.rstrip('/')}/{NOTICE_NAME}", "w", **storage_options) as f:
+        with open_uri(notice_uri(save_dir), "w", **storage_options) as f:
             json.dump(record, f)
     except OSError:
         pass
@@ -97,7 +90,7 @@ def record_notice(save_dir: str, reason: str, message: str, **storage_options: A
 def read_notice(save_dir: str, *, attempt: int, **storage_options: Any) -> tuple[str, str] | None:
     """(reason, message) of `attempt`'s notice, or None."""
     try:
-        with open_uri(f"{save_dir.rstrip('/')}/{NOTICE_NAME}", "r", **storage_options) as f:
+        with open_uri(notice_uri(save_dir), "r", **storage_options) as f:
             record = json.load(f)
     except (OSError, ValueError):
         return None

@@ -1,13 +1,18 @@
-"""Checkpoint MANIFEST: the commit record that makes a `stepN/` directory exist.
+"""Checkpoint MANIFEST: the commit record that makes a `step<N>/` directory exist. Torch-free.
 
 A checkpoint directory is committed by `MANIFEST.json`, written last, which lists the sha256 and
 size of every other file. A directory without it is incomplete and is ignored (and cleaned).
-This module imports no torch: the operator's archive and `olmorun verify` use it too. All I/O goes
-through fsspec, so the same code works on local disks, s3:// and gs://.
+This module is the ONE implementation of committing (`commit`), reading (`read_manifest`),
+verifying (`verify`, files re-hashed in parallel) and finding (`latest_committed`) checkpoints; the
+trainer's Checkpointer and soup, and the operator's archive, reconcile and CLI all call it. The names
+of files and directories come from layout.py. All I/O goes through fsspec, so the same code works on
+local disks, s3:// and gs://; this module imports no torch (the operator image has none).
 
-    manifest = build_manifest(fs, "/ckpt/step100", step=100, config_hash="...")
-    commit(fs, "/ckpt/step100", manifest)          # atomic where the filesystem allows
-    report = verify(fs, "/ckpt/step100")           # re-hash every file
+    fs, path = filesystem("s3://bucket/run/phases/pretrain/checkpoints/step100")
+    record = build_manifest(fs, path, step=100, config_hash="...")
+    commit(fs, path, record)                       # atomic where the filesystem allows
+    report = verify(fs, path)                      # re-hash every file (8 threads)
+    latest_committed(fs, "/ckpt", uri="s3://bucket/ckpt")   # (100, 's3://bucket/ckpt/step100') or None
 
 It is also the one home of local URIs: `path_to_uri` and `uri_to_path` are the only places that
 percent-encode and decode a `file://` URI, and `filesystem` / `open_uri` are how every module of the
@@ -22,22 +27,45 @@ import io
 import json
 import os
 import pickle
-import re
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 import fsspec
 from fsspec import AbstractFileSystem
 
-MANIFEST_NAME = "MANIFEST.json"
+from olmo_trainer.layout import MANIFEST_NAME, join, manifest_path, parse_step_name, step_uri
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST_NAME",
+    "VerifyReport",
+    "build_manifest",
+    "commit",
+    "committed_steps",
+    "content_sha256",
+    "encode",
+    "filesystem",
+    "is_local",
+    "latest_committed",
+    "list_files",
+    "read_manifest",
+    "sha256_file",
+    "step_dirs",
+    "verify",
+    "verify_file",
+]
+
 FORMAT = "olmorun.checkpoint/v1"
 DCP_METADATA = ".metadata"
 """torch.distributed.checkpoint's index of a checkpoint: which shard file holds each tensor. Every
 checkpoint of this project is a DCP one, so a MANIFEST that lacks it, or lacks a shard it names,
 describes a checkpoint that cannot be loaded (torch filesystem.py `_metadata_fn`)."""
-STEP_DIR = re.compile(r"^step(\d+)$")
+VERIFY_WORKERS = 8
+"""Files re-hashed at once by `verify`: hashlib releases the GIL, and object stores serve reads in parallel."""
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -74,7 +102,11 @@ def uri_to_path(uri: str) -> str:
 
 def filesystem(uri: str, **storage_options: Any) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem of a URI and the path inside it (plain paths are local; a `file://` URI
-    is decoded by `uri_to_path`)."""
+    is decoded by `uri_to_path`).
+
+    Raises ImportError when the URI's protocol needs a package that is not installed (s3fs, gcsfs),
+    ValueError for an unknown protocol.
+    """
     fs, path = fsspec.core.url_to_fs(uri_to_path(uri), **storage_options)
     return fs, path
 
@@ -85,7 +117,14 @@ def open_uri(uri: str, mode: str = "rb", **kwargs: Any) -> Any:
     return fsspec.open(uri_to_path(uri), mode, **kwargs)
 
 
+def is_local(fs: AbstractFileSystem) -> bool:
+    """True for the local disk: files can be renamed atomically and appended to; object stores cannot."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
 def sha256_file(fs: AbstractFileSystem, path: str) -> str:
+    """Hex sha256 of one file, read in 8 MiB chunks. Raises FileNotFoundError when it does not exist."""
     digest = hashlib.sha256()
     with fs.open(path, "rb") as stream:
         while chunk := stream.read(_CHUNK):
@@ -121,7 +160,7 @@ def build_manifest(
     """
     files = {}
     for rel in list_files(fs, directory):
-        path = f"{directory.rstrip('/')}/{rel}"
+        path = join(directory, rel)
         if known and rel in known:
             files[rel] = {"sha256": known[rel]["sha256"], "size": int(known[rel]["size"])}
         else:
@@ -144,14 +183,20 @@ def content_sha256(record: dict[str, Any] | None) -> str | None:
     return content.get("sha256") if isinstance(content, dict) else None
 
 
-def commit(fs: AbstractFileSystem, directory: str, manifest: dict[str, Any]) -> None:
-    """Write the MANIFEST last. Local filesystems get an atomic rename; object stores a single PUT."""
-    target = f"{directory.rstrip('/')}/{MANIFEST_NAME}"
-    blob = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    if _is_local(fs):
+def encode(record: Mapping[str, Any]) -> bytes:
+    """The bytes of a MANIFEST as written (sorted keys: the same record always gives the same bytes)."""
+    return json.dumps(record, indent=2, sort_keys=True).encode()
+
+
+def commit(fs: AbstractFileSystem, directory: str, record: Mapping[str, Any] | bytes) -> None:
+    """Write the MANIFEST last, which commits the directory: a new record, or the exact bytes of an
+    existing MANIFEST (an archive copies it verbatim). Local filesystems get an atomic rename; object
+    stores a single PUT, which is atomic there. Raises the filesystem's OSError when it cannot write."""
+    target = manifest_path(directory)
+    blob = record if isinstance(record, bytes) else encode(record)
+    if is_local(fs):
         tmp = f"{target}.tmp"
-        with fs.open(tmp, "wb") as stream:
-            stream.write(blob)
+        fs.pipe_file(tmp, blob)
         fs.mv(tmp, target)
     else:
         fs.pipe_file(target, blob)
@@ -159,9 +204,8 @@ def commit(fs: AbstractFileSystem, directory: str, manifest: dict[str, Any]) -> 
 
 def read_manifest(fs: AbstractFileSystem, directory: str) -> dict[str, Any] | None:
     """The manifest of a directory, or None when it is not committed (or unreadable)."""
-    target = f"{directory.rstrip('/')}/{MANIFEST_NAME}"
     try:
-        data = json.loads(fs.cat_file(target))
+        data = json.loads(fs.cat_file(manifest_path(directory)))
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
@@ -262,14 +306,16 @@ def completeness(
     if DCP_METADATA in damaged:
         return unlisted, []
     try:
-        names = dcp_shard_names(fs.cat_file(f"{directory.rstrip('/')}/{DCP_METADATA}"))
+        names = dcp_shard_names(fs.cat_file(join(directory, DCP_METADATA)))
     except ValueError:
         return unlisted, [f"{DCP_METADATA} (unreadable)"]
     return unlisted, sorted(names - set(files))
 
 
-def verify_file(fs: AbstractFileSystem, path: str, expected: dict[str, Any]) -> str | None:
-    """None when the file matches, else 'missing' or 'corrupted'."""
+def verify_file(
+    fs: AbstractFileSystem, path: str, expected: Mapping[str, Any]
+) -> Literal["missing", "corrupted"] | None:
+    """None when the file matches its MANIFEST entry ({"sha256", "size"}), else 'missing' or 'corrupted'."""
     try:
         size = int(fs.size(path))
     except FileNotFoundError:
@@ -279,27 +325,42 @@ def verify_file(fs: AbstractFileSystem, path: str, expected: dict[str, Any]) -> 
     return None
 
 
-def verify(fs: AbstractFileSystem, directory: str, uri: str | None = None) -> VerifyReport:
-    """Check a checkpoint directory against its MANIFEST: every listed file re-hashed, every file of
-    the directory listed, and every file its DCP `.metadata` names listed. `ok` only when all hold."""
-    manifest = read_manifest(fs, directory)
-    report = VerifyReport(uri=uri or directory, committed=manifest is not None)
-    if manifest is None:
+def verify(
+    fs: AbstractFileSystem, directory: str, uri: str | None = None, *, workers: int = VERIFY_WORKERS
+) -> VerifyReport:
+    """Check a checkpoint directory against its MANIFEST: every listed file re-hashed (`workers` files
+    at a time), every file of the directory listed, and every file its DCP `.metadata` names listed.
+    `ok` only when all hold.
+
+    An uncommitted directory gives a report with committed=False. Storage errors other than a missing
+    file (refused credentials, an unreachable endpoint) propagate from fsspec.
+    """
+    directory = directory.rstrip("/")
+    record = read_manifest(fs, directory)
+    report = VerifyReport(uri=uri or directory, committed=record is not None)
+    if record is None:
         return report
-    files = manifest["files"]
-    for rel, expected in sorted(files.items()):
-        report.checked += 1
-        problem = verify_file(fs, f"{directory.rstrip('/')}/{rel}", expected)
-        if problem == "missing":
-            report.missing.append(rel)
-        elif problem == "corrupted":
-            report.corrupted.append(rel)
-    report.unlisted, report.incomplete = completeness(fs, directory, files, {*report.missing, *report.corrupted})
+    files = sorted(record["files"].items())
+
+    def check(item: tuple[str, dict[str, Any]]) -> str | None:
+        return verify_file(fs, join(directory, item[0]), item[1])
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="verify") as pool:
+        problems = list(pool.map(check, files))
+    report.checked = len(files)
+    report.missing = [rel for (rel, _), p in zip(files, problems, strict=True) if p == "missing"]
+    report.corrupted = [rel for (rel, _), p in zip(files, problems, strict=True) if p == "corrupted"]
+    listed = record["files"]
+    report.unlisted, report.incomplete = completeness(fs, directory, listed, {*report.missing, *report.corrupted})
     return report
 
 
-def step_dirs(fs: AbstractFileSystem, checkpoints_dir: str) -> list[tuple[int, str]]:
-    """Every `stepN/` directory (committed or not), by step ascending."""
+def step_dirs(fs: AbstractFileSystem, checkpoints_dir: str, *, uri: str | None = None) -> list[tuple[int, str]]:
+    """Every `step<N>/` directory (committed or not) as (N, location), by step ascending.
+
+    The location is `<uri>/step<N>` when the caller's URI of `checkpoints_dir` is given (keeping its
+    protocol), else the filesystem path.
+    """
     try:
         entries = fs.ls(checkpoints_dir.rstrip("/"), detail=True)
     except FileNotFoundError:
@@ -308,23 +369,31 @@ def step_dirs(fs: AbstractFileSystem, checkpoints_dir: str) -> list[tuple[int, s
     for entry in entries:
         if entry.get("type") != "directory":
             continue
-        name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
-        match = STEP_DIR.match(name)
-        if match:
-            found.append((int(match.group(1)), f"{checkpoints_dir.rstrip('/')}/{name}"))
+        step = parse_step_name(str(entry["name"]).rstrip("/").rsplit("/", 1)[-1])
+        if step is not None:
+            found.append((step, step_uri(uri or checkpoints_dir, step)))
     return sorted(found)
 
 
-def committed_steps(fs: AbstractFileSystem, checkpoints_dir: str) -> list[tuple[int, str]]:
-    """The committed `stepN/` directories (those with a valid MANIFEST), by step ascending."""
-    return [(step, path) for step, path in step_dirs(fs, checkpoints_dir) if read_manifest(fs, path) is not None]
+def committed_steps(
+    fs: AbstractFileSystem, checkpoints_dir: str, *, uri: str | None = None
+) -> list[tuple[int, str]]:
+    """The committed `step<N>/` directories (those with a valid MANIFEST) as (N, location), ascending."""
+    return [
+        (step, location)
+        for step, location in step_dirs(fs, checkpoints_dir, uri=uri)
+        if read_manifest(fs, step_uri(checkpoints_dir, step)) is not None
+    ]
 
 
-def latest_committed(fs: AbstractFileSystem, checkpoints_dir: str) -> tuple[int, str] | None:
-    steps = committed_steps(fs, checkpoints_dir)
-    return steps[-1] if steps else None
+def latest_committed(
+    fs: AbstractFileSystem, checkpoints_dir: str, *, uri: str | None = None
+) -> tuple[int, str] | None:
+    """The newest committed checkpoint under `checkpoints_dir` as (N, location), or None.
 
-
-def _is_local(fs: AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
+    Uncommitted (torn) step directories never count, however new.
+    """
+    for step, location in reversed(step_dirs(fs, checkpoints_dir, uri=uri)):
+        if read_manifest(fs, step_uri(checkpoints_dir, step)) is not None:  # newest first: one read usually
+            return step, location
+    return None

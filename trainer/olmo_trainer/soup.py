@@ -29,11 +29,9 @@ from olmo_trainer.checkpoint import (
     load_full_state_dict,
     manifest_sha256,
     save_model_weights,
-    step_uri,
 )
 from olmo_trainer.config import ModelConfig, TrainConfig
-
-EXIT_USAGE = 2
+from olmo_trainer.layout import EXIT_USAGE, checkpoints_dir, step_uri
 
 
 class SoupError(ValueError):
@@ -143,15 +141,18 @@ def average_checkpoints(
         raise SoupError(str(error)) from error
 
 
-def soup_output_uri(cfg: TrainConfig) -> str:
-    """Where a soup phase writes: `<save_dir>/checkpoints/step<max ingredient step>`."""
+def soup_step(cfg: TrainConfig) -> int:
+    """The step a soup is recorded at: the largest step among its ingredients' MANIFESTs.
+
+    Raises SoupError when an ingredient is not a committed checkpoint.
+    """
     steps = []
     for uri in cfg.soup_from:
         record = manifest.read_manifest(*manifest.filesystem(uri))
         if record is None:
             raise SoupError(f"soup ingredient {uri} is not a committed checkpoint")
         steps.append(int(record["step"]))
-    return step_uri(f"{cfg.save_dir.rstrip('/')}/checkpoints", max(steps))
+    return max(steps)
 
 
 def _already_done(out_uri: str, uris: list[str]) -> bool:
@@ -177,12 +178,12 @@ def main(cfg: TrainConfig) -> int:
     from olmo_trainer.environment import write_env
 
     write_env(cfg)
-    out_uri = soup_output_uri(cfg)
+    step = soup_step(cfg)
+    out_uri = step_uri(checkpoints_dir(cfg.save_dir), step)  # where Checkpointer.latest() finds it
     if _already_done(out_uri, cfg.soup_from):
         print(f"{cfg.run}/{cfg.phase}: soup {out_uri} already committed")
         return 0
     average_checkpoints(cfg.soup_from, out_uri, config_hash=cfg.config_hash(), train_config=cfg)
-    step = int(out_uri.rsplit("step", 1)[1])
     metrics = MetricsFile(cfg.save_dir, resume_step=None)
     metrics.append({"soup": len(cfg.soup_from), "step": step, "checkpoint": out_uri, "ingredients": cfg.soup_from})
     if cfg.eval is not None:  # the averaged model, evaluated like any phase's final model

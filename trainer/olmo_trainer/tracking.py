@@ -20,9 +20,8 @@ import time
 from typing import Any
 
 from olmo_trainer.config import TrainConfig, hash_json
-from olmo_trainer.manifest import filesystem
-
-METRICS_NAME = "metrics.jsonl"
+from olmo_trainer.layout import metrics_uri
+from olmo_trainer.manifest import filesystem, is_local
 
 # bf16 dense peak FLOP/s by device name fragment (H200 has H100's compute, more memory bandwidth).
 PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
@@ -65,9 +64,8 @@ class MetricsFile:
 
     def __init__(self, save_dir: str, *, resume_step: int | None, flush_seconds: float = 30.0) -> None:
         self.fs, root = filesystem(save_dir)
-        self.path = f"{root.rstrip('/')}/{METRICS_NAME}"
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.local = protocol in ("file", "local")
+        self.path = metrics_uri(root)
+        self.local = is_local(self.fs)
         self.flush_seconds = flush_seconds
         existing = self.fs.cat_file(self.path).decode() if self.fs.exists(self.path) else ""
         # A fresh start owns the file from scratch; a resume keeps what its checkpoint covers.
@@ -149,8 +147,7 @@ def _start_wandb(cfg: TrainConfig) -> Any:
     import wandb  # imported lazily: it is slow to import and not needed on other ranks
 
     fs, root = filesystem(cfg.save_dir)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
+    if is_local(fs):
         directory = root  # wandb writes into <dir>/wandb/
         os.makedirs(directory, exist_ok=True)
     else:

@@ -19,7 +19,7 @@ to an uninterrupted one. (GPU runs are not forced deterministic: that would cost
 
 Every rank materialises the whole model before FSDP2 keeps its shard: simple, and identical
 weights everywhere by construction; it needs one full fp32 copy per GPU at start (7B: 28 GB). On SIGTERM (preemption, a pod being evicted) the current step finishes, a
-checkpoint is saved and the process exits with PREEMPTED_EXIT_CODE; the retried job resumes there.
+checkpoint is saved and the process exits with EXIT_PREEMPTED; the retried job resumes there.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ from olmo_trainer.distributed import (
 )
 from olmo_trainer.environment import write_env
 from olmo_trainer.failure import PermanentFailure, record_notice
-from olmo_trainer.manifest import filesystem
+from olmo_trainer.layout import EXIT_PREEMPTED, StepPlan, checkpoints_dir
+from olmo_trainer.manifest import filesystem, is_local
 from olmo_trainer.model import Transformer
 from olmo_trainer.objectives import Objective, build_objective
 from olmo_trainer.optim import build_optimizer
@@ -59,58 +60,9 @@ from olmo_trainer.schedule import Schedule, build_schedule
 from olmo_trainer.skip_step import SkipStepRule
 from olmo_trainer.tracking import Tracker, mfu, peak_flops
 
-PREEMPTED_EXIT_CODE = 143
-"""Exit status after a SIGTERM was honoured (checkpoint saved): 128 + SIGTERM, what a shell reports."""
-
-
 # ---------------------------------------------------------------------------------------------
-# Pure arithmetic of a run
+# Pure arithmetic of a run (the step arithmetic, plan_steps/StepPlan, is in layout.py: torch-free)
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """How a phase's budget turns into optimizer steps on a given world size."""
-
-    global_batch_size: int
-    micro_batch_size: int
-    accumulation: int
-    sequence_length: int
-    tokens_per_step: int
-    total_steps: int
-    flops_per_token: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.total_steps * self.tokens_per_step
-
-
-def plan_steps(cfg: TrainConfig, world_size: int) -> StepPlan:
-    """Global batch = micro x world x accumulation; steps from maxSteps, else ceil(maxTokens / step)."""
-    if cfg.batch is None or cfg.data is None:
-        raise ValueError(f"a {cfg.kind} job needs `batch` and `data`")
-    micro, global_batch = cfg.batch.micro_batch_size, cfg.batch.global_batch_size
-    if global_batch % (micro * world_size):
-        raise ValueError(
-            f"globalBatchSize {global_batch} is not divisible by microBatchSize x world size = {micro} x {world_size}"
-        )
-    seq = cfg.data.sequence_length
-    tokens_per_step = global_batch * seq
-    if cfg.max_steps is not None:
-        total = cfg.max_steps
-    elif cfg.max_tokens is not None:
-        total = max(1, math.ceil(cfg.max_tokens / tokens_per_step))
-    else:
-        raise ValueError("set a budget: maxSteps or maxTokens")
-    return StepPlan(
-        global_batch_size=global_batch,
-        micro_batch_size=micro,
-        accumulation=global_batch // (micro * world_size),
-        sequence_length=seq,
-        tokens_per_step=tokens_per_step,
-        total_steps=total,
-        flops_per_token=cfg.model.flops_per_token(seq),
-    )
 
 
 def peak_lr(cfg: TrainConfig) -> float:
@@ -228,8 +180,7 @@ def work_dir(cfg: TrainConfig) -> str:
     if os.environ.get("OLMO_WORK_DIR"):
         return os.environ["OLMO_WORK_DIR"]
     fs, root = filesystem(cfg.save_dir)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
+    if is_local(fs):
         return os.path.join(root, "work")
     return os.path.join(tempfile.gettempdir(), "olmorun-work", cfg.config_hash())
 
@@ -484,7 +435,7 @@ class Job:
             last = time.perf_counter()  # a checkpoint save or a log write is not training time
             if stop and not final:
                 if info.rank == 0:
-                    print(f"preempted: saved step {state.step}, exiting {PREEMPTED_EXIT_CODE}", flush=True)
+                    print(f"preempted: saved step {state.step}, exiting {EXIT_PREEMPTED}", flush=True)
                 return True
         return False
 
@@ -520,7 +471,7 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
         optimizer=build_optimizer(model, cfg.optim, lr=schedule.lr(0)),
         state=TrainerState(device=info.device, data=batches, skip=skip_rule(cfg)),
         checkpointer=Checkpointer(
-            f"{cfg.save_dir.rstrip('/')}/checkpoints",
+            checkpoints_dir(cfg.save_dir),
             cfg.checkpoint,
             config_hash=cfg.config_hash(),
             parent=cfg.init_from,
@@ -594,4 +545,4 @@ def train(cfg: TrainConfig) -> int:
     job.checkpointer.wait()
     dist.barrier()
     dist.destroy_process_group()
-    return PREEMPTED_EXIT_CODE if preempted else 0
+    return EXIT_PREEMPTED if preempted else 0

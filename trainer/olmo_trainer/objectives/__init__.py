@@ -49,7 +49,7 @@ from torch import nn
 if TYPE_CHECKING:
     from olmo_trainer.config import TrainConfig
     from olmo_trainer.distributed import DistInfo
-    from olmo_trainer.train import StepPlan
+    from olmo_trainer.layout import StepPlan
 
 
 class LossOutput(NamedTuple):

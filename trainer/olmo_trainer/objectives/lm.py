@@ -16,8 +16,9 @@ from torch import nn
 
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.distributed import DistInfo
+from olmo_trainer.layout import StepPlan, plan_steps
 from olmo_trainer.objectives import BaseObjective, LossOutput
-from olmo_trainer.train import StepPlan, build_batches, plan_steps
+from olmo_trainer.train import build_batches
 
 
 class LMLoss(NamedTuple):

@@ -27,8 +27,9 @@ from torch import nn
 from olmo_trainer.config import ChatDataConfig, TrainConfig
 from olmo_trainer.data.chat import IGNORE, ChatBatch, SFTDataset, load_chat_tokenizer
 from olmo_trainer.distributed import DistInfo
+from olmo_trainer.layout import StepPlan
 from olmo_trainer.objectives import BaseObjective, LossOutput
-from olmo_trainer.train import StepPlan, work_dir
+from olmo_trainer.train import work_dir
 
 
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
