@@ -28,8 +28,8 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 # The tiny recipe on CPU, from scratch each time: pretrain -> anneal x2 -> soup -> sft -> dpo -> rlvr
-# (GRPO). Every phase from the soup on is evaluated (held-out accuracy in `olmorun status`);
-# bench_rlvr.py prints the held-out accuracy of each stage.
+# (GRPO). Every phase from the soup on is evaluated (held-out accuracy in `olmorun status`); the last
+# lines (bench_rlvr.py) are the held-out accuracy of each stage and whether it rises at every stage.
 demo: $(STAMP)
 	$(VENV)/bin/olmorun validate examples/olmorun-tiny.yaml
 	$(VENV)/bin/olmorun render examples/olmorun-tiny.yaml > /dev/null
@@ -39,9 +39,9 @@ demo: $(STAMP)
 	$(VENV)/bin/olmorun verify .olmorun-demo/storage/default/olmo2-tiny/archive/rlvr
 	$(VENV)/bin/olmorun eval .olmorun-demo/storage/default/olmo2-tiny/archive/rlvr --data examples/data/tiny-heldout.jsonl --name heldout-arith
 	$(VENV)/bin/olmorun export-hf .olmorun-demo/storage/default/olmo2-tiny/archive/rlvr .olmorun-demo/hf
-	$(VENV)/bin/python bench/bench_rlvr.py --reuse --workdir .olmorun-demo --phases soup,sft,dpo,rlvr --no-append
 	@echo "demo report (open it in a browser):"
 	@$(VENV)/bin/olmorun report .olmorun-demo -o .olmorun-demo/report.html
+	@$(VENV)/bin/python bench/bench_rlvr.py --reuse --workdir .olmorun-demo --phases soup,sft,dpo,rlvr --no-append
 
 # Mutation testing (slow, not part of `make test`): each module against its fast tests, >= 90% killed.
 # One module: make mutation MODULES=plan. Results and the equivalent-mutant list: bench/mutation*.

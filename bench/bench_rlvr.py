@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import itertools
 import json
 import subprocess
 import sys
@@ -67,6 +68,24 @@ def summary(workdir: Path, phases: list[str]) -> list[tuple[str, float | None, s
     return rows
 
 
+def chain(rows: list[tuple[str, float | None, str]]) -> str:
+    """One line: the held-out accuracy stage by stage (the RL rows side by side, each compared with
+    DPO) and whether it rises at every stage."""
+    acc = {label: value for label, value, _ in rows}
+    stages = [label for label in ("base (soup)", "SFT", "DPO") if label in acc]
+    rl = [label for label in acc if label not in stages]
+
+    def shown(label: str) -> str:
+        value = acc[label]
+        return f"{label} {value:.3f}" if value is not None else f"{label} n/a"
+
+    text = " -> ".join([*map(shown, stages), *([" / ".join(map(shown, rl))] if rl else [])])
+    known = {label: value for label, value in acc.items() if value is not None}
+    pairs = list(itertools.pairwise(stages)) + [(stages[-1], label) for label in rl if stages]
+    rises = len(known) == len(acc) and all(known[a] < known[b] for a, b in pairs)
+    return f"held-out accuracy: {text} ({'rises at every stage' if rises else 'does NOT rise at every stage'})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(ROOT / "examples/olmorun-tiny.yaml"))
@@ -102,6 +121,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
+    print(chain(rows))
     if not args.no_append:
         with RESULTS.open("a") as stream:
             stream.write("\n" + text)

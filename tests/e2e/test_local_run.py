@@ -44,7 +44,7 @@ def small_spec(tmp_path: Path, *, pretrain_steps: int, phases: int = 3, interval
     for phase in kept[3:]:  # sft, dpo, rlvr: a few steps each
         phase.update(maxSteps=3, batch=batch, checkpoint={"intervalSteps": 2, "keepLast": 2})
         if phase["kind"] == "rlvr":
-            phase["rlvr"]["maxNewTokens"] = 8
+            phase["rlvr"].update(maxNewTokens=8, samplesPerPrompt=4)
     for phase in kept:
         for task in phase.get("eval", {}).get("tasks", []):  # evaluate a handful of rows, briefly
             task.update(limit=4, maxNewTokens=8)

@@ -60,7 +60,7 @@ def test_examples_carry_the_papers_settings() -> None:
         ({"rlvr": {"valueInitfrom": "x"}}, "rlvr.valueInitfrom", "unknown field"),
         ({"maxSteps": None}, "maxSteps", "set maxSteps"),
         ({"batch": {"globalBatchSize": 7, "microBatchSize": 4}}, "batch.globalBatchSize", "do not split over 2 ranks"),
-        ({"batch": {"globalBatchSize": 8, "microBatchSize": 3}}, "batch.microBatchSize", "16 sequences"),
+        ({"batch": {"globalBatchSize": 8, "microBatchSize": 3}}, "batch.microBatchSize", "64 sequences"),
     ],
 )
 def test_bad_rlvr_settings_name_their_field(change: dict[str, Any], path: str, fragment: str) -> None:

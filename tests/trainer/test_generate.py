@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from olmo_trainer.config import BatchConfig, ModelConfig, ParallelConfig, TrainConfig
 from olmo_trainer.distributed import init_distributed
-from olmo_trainer.generate import KVCache, Sampling, choose_tokens, generate, left_pad
+from olmo_trainer.generate import KVCache, Sampling, choose_tokens, generate, left_pad, sample_rows
 from olmo_trainer.model import Transformer
 from tests.trainer.dist_util import free_port
 
@@ -125,6 +125,19 @@ def test_top_p_keeps_the_nucleus_only() -> None:
     # Temperature 0 is argmax, and ids at or above vocab_size are excluded even when largest.
     biggest_outside = torch.tensor([[1.0, 3.0, 2.0, 9.0]])
     assert choose_tokens(biggest_outside, Sampling(max_new_tokens=1, temperature=0), vocab_size=3, generator=None).tolist() == [1]
+
+
+def test_inverse_cdf_sampling_follows_the_probabilities_and_skips_zero_mass_ids() -> None:
+    # 20,000 draws of [0.5, 0.3, 0.2, 0]: each frequency within 0.015 (> 4 standard errors) of its
+    # probability; unnormalised rows (x 3) draw the same ids from the same seed.
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0]]).repeat(20_000, 1)
+    picked = sample_rows(probs, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(picked, minlength=4).double() / picked.numel()
+    assert torch.allclose(frequencies, torch.tensor([0.5, 0.3, 0.2, 0.0], dtype=torch.float64), atol=0.015)
+    assert torch.equal(sample_rows(probs * 3, torch.Generator().manual_seed(0)), picked)
+    # Zero-mass ids between and after the real ones are never drawn.
+    holes = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]).repeat(5_000, 1)
+    assert set(sample_rows(holes, torch.Generator().manual_seed(1)).tolist()) == {1, 3}
 
 
 def test_cache_positions_and_mask_for_left_padding() -> None:

@@ -1,5 +1,6 @@
 """Post-training and evaluation arithmetic against values computed by hand on tiny tensors: SFT's
-summed cross-entropy and its reductions under accumulation, the DPO loss and rewards, acc / acc_norm,
+summed cross-entropy and its reductions under accumulation, the DPO loss and rewards (and RPO's NLL
+term), acc / acc_norm,
 answer extraction. The in-process model is the tiny preset (no process group needed)."""
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import pytest
 import torch
 
 from olmo_trainer.config import ModelConfig, TrainConfig
-from olmo_trainer.data.chat import IGNORE, ChatBatch, pad_rows
+from olmo_trainer.data.chat import IGNORE, ChatBatch, PreferenceBatch, pad_rows
 from olmo_trainer.evaluate import ChoiceScores, answer_matches, last_number, mc_correct
 from olmo_trainer.model import Transformer
-from olmo_trainer.objectives.dpo import dpo_terms
+from olmo_trainer.objectives.dpo import DPOObjective, dpo_terms, rpo_losses
 from olmo_trainer.objectives.sft import SFTObjective, sft_loss_sum, token_logps
 
 
@@ -101,6 +102,35 @@ def test_dpo_loss_and_rewards_by_hand() -> None:
     assert terms.losses.tolist() == pytest.approx([math.log1p(math.exp(-5)), math.log1p(math.exp(5))])
     assert terms.chosen_rewards.tolist() == pytest.approx([2.5, -2.5])
     assert terms.rejected_rewards.tolist() == pytest.approx([-2.5, 2.5])
+
+
+def test_rpo_adds_the_weighted_chosen_nll_to_each_pair() -> None:
+    terms = dpo_terms(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]), beta=5.0)
+    assert rpo_losses(terms, torch.tensor([0.25]), nll_coef=2.0).tolist() == pytest.approx([math.log1p(math.exp(-5)) + 0.5])
+    assert torch.equal(rpo_losses(terms, torch.tensor([0.25]), nll_coef=0.0), terms.losses)
+
+
+@pytest.mark.parametrize("loss", ["dpo_norm", "dpo"])
+def test_dpo_objective_nll_term_is_per_chosen_token_for_both_losses(loss: str) -> None:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny"))
+    chosen = _batch([[1, 2, 3, 4, 5], [6, 7, 8]], [[IGNORE, IGNORE, 3, 4, 5], [IGNORE, IGNORE, 8]])  # 3 and 1 trained
+    rejected = _batch([[1, 2, 9, 9], [6, 7, 9]], [[IGNORE, IGNORE, 9, 9], [IGNORE, IGNORE, 9]])
+    batch = PreferenceBatch(chosen, rejected)
+
+    def objective(nll_coef: float) -> DPOObjective:
+        cfg = TrainConfig(run="r", phase="dpo", kind="dpo", seed=0, model=ModelConfig.preset("tiny"), save_dir="/tmp/unused",
+                          dpo={"data": {"paths": ["unused.jsonl"]}, "loss": loss, "nllCoef": nll_coef})  # fmt: skip
+        made = DPOObjective(cfg)
+        made.dataset = type("Pairs", (), {"pad_id": 0})()  # loss() reads only pad_id of the dataset
+        made.reference = torch.zeros(2, 2, dtype=torch.float64)
+        return made
+
+    plain, rpo = objective(0.0).loss(model, batch), objective(3.0).loss(model, batch)
+    logp, mask = token_logps(model(chosen.input_ids), chosen.input_ids, chosen.labels)
+    mean_nll = -(logp.sum(-1) / mask.sum(-1))  # per chosen token, whatever the DPO loss sums or averages
+    assert rpo.loss.item() == pytest.approx(plain.loss.item() + 3.0 * mean_nll.sum().item(), rel=1e-5)
+    assert float(rpo.sums["nll/chosen"]) == pytest.approx(mean_nll.sum().item(), rel=1e-5)
 
 
 def test_acc_and_acc_norm_disagree_when_lengths_differ() -> None:

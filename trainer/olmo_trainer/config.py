@@ -467,6 +467,9 @@ class DPOConfig(ConfigModel):
     loss: Literal["dpo_norm", "dpo"] = "dpo_norm"
     """dpo_norm: log-probs averaged over each sequence's trained tokens; dpo: summed (the original DPO)."""
     epochs: int = Field(default=1, gt=0)
+    nll_coef: float = Field(default=0.0, ge=0)
+    """Weight of a negative log-likelihood term on the chosen response, per token, added to each pair's
+    loss (RPO: Pang et al. 2024, arXiv:2404.19733, weight 1 there). OLMo 2: 0, pure DPO."""
 
 
 class GAEConfig(ConfigModel):

@@ -14,9 +14,10 @@ positions count only its real tokens, so a left-padded row sees exactly what it 
 padding keys are masked out of attention.
 
 Sampling: `temperature` 0 is greedy (argmax); otherwise softmax(logits / temperature), restricted to
-the top-p nucleus, drawn with `torch.multinomial` from the caller's `generator`, so a seeded CPU run
-is reproducible bit for bit. Ids at or above `vocab_size` (the embedding's padding rows) are never
-sampled. A row stops at EOS; generation stops when every row has stopped or at `max_new_tokens`.
+the top-p nucleus, drawn by inverse CDF with one uniform per row from the caller's `generator`
+(`sample_rows`), so a seeded CPU run is reproducible bit for bit. Ids at or above `vocab_size` (the
+embedding's padding rows) are never sampled. A row stops at EOS; generation stops when every row
+has stopped or at `max_new_tokens`.
 
 FSDP2: `generate` gathers the full weights once, in the prefill (`full_weights`), decodes with no
 collective per token (ranks may then stop after different numbers of steps), and reshards at the end.
@@ -164,7 +165,26 @@ def choose_tokens(
         before = sorted_probs.cumsum(dim=-1) - sorted_probs
         sorted_probs = sorted_probs.masked_fill(before >= sampling.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return sample_rows(probs, generator)
+
+
+def sample_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One id per row of `probs` (B, V) (rows need not sum to 1), drawn by inverse CDF from ONE uniform
+    per row: the first id whose cumulative mass exceeds u x total. Ids of probability 0 (outside the
+    vocabulary, outside the nucleus) own an empty interval and are never drawn.
+
+    Why not `torch.multinomial`: on CPU it draws an exponential variate for every entry of the (B, V)
+    table (a Gumbel/exponential race), ~2 ms per decode step at B=16, V=4096 — as long as a 5M-parameter
+    model's whole one-token forward (bench/RESULTS.md, bench_generate). This costs one cumsum.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # float64: a 100k-entry vocabulary's small masses stay resolved
+    total = cdf[:, -1:].contiguous()
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64) * total
+    picked = torch.searchsorted(cdf, u, right=True).squeeze(-1)  # first id with cdf > u
+    # u rounds up to `total` with probability ~2^-53: fall back to the last id with any mass (the
+    # first whose cumulative mass reaches the total).
+    last = torch.searchsorted(cdf, total).squeeze(-1)
+    return torch.minimum(picked, last)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -164,7 +164,15 @@ CHAT_FILES = {
     "mc": "tiny-mc.jsonl",
 }
 """What `write_chat_sets` writes (the names examples/olmorun-tiny.yaml points at)."""
-CHAT_SIZES = {"sft": 3000, "dpo": 1500, "rlvr": 400, "heldout": 200, "mc": 200}
+CHAT_SIZES = {"sft": 3000, "dpo": 1500, "rlvr": 2000, "heldout": 1000, "mc": 200}
+_DRAW_ORDER = (
+    ("heldout", 200), ("mc", None), ("rlvr", 400), ("dpo", None), ("sft", None), ("rlvr", None), ("heldout", None)
+)
+"""Which set claims the next questions of the one stream, up to how many rows (None: its size).
+Held-out first. The sets had 400 RL and 200 held-out rows when SFT and DPO were drawn; the rows
+they gained later are drawn last, so every other set stayed exactly as it was. Why they grew
+(bench/RESULTS.md, bench_rlvr): RL on the 0.2M-parameter demo model memorised 400 prompts instead of
+generalising, and on 200 held-out problems one stage's gain was within the noise."""
 _QUESTIONS = (
     "{name} has {a} {noun}s and gets {b} more. How many {noun}s does {name} have?",
     "{name} had {a} {noun}s and found {b} more. How many {noun}s now?",
@@ -208,8 +216,8 @@ def chat_sets(seed: int, sizes: dict[str, int] | None = None) -> dict[str, list[
     rng = random.Random(f"olmorun-chat-{seed}")
     seen: set[str] = set()
     out: dict[str, list[dict[str, object]]] = {name: [] for name in CHAT_FILES}
-    for name in ("heldout", "mc", "rlvr", "dpo", "sft"):  # held-out first: it claims its questions
-        while len(out[name]) < sizes[name]:
+    for name, cap in _DRAW_ORDER:
+        while len(out[name]) < min(sizes[name], cap or sizes[name]):
             question, solution, answer = arithmetic_problem(rng)
             if question in seen:
                 continue

@@ -6,8 +6,12 @@ the trained (assistant) tokens — AVERAGED over them for `dpo_norm`, summed for
     loss = -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l)))          (w chosen, l rejected)
 
 averaged over the pairs of the global batch (open-instruct `dpo_utils.py`, Dec 2024; beta 5 for
-OLMo 2). Rewards are `beta * (pi - ref)`; logged: rewards/{chosen,rejected,margin,accuracy} and
-logps/{chosen,rejected} (the policy's), means over the step's pairs.
+OLMo 2). With `nllCoef` > 0 each pair's loss also gets `nllCoef` x the mean negative log-likelihood
+of the chosen response's tokens (RPO, Pang et al. 2024, arXiv:2404.19733, eq. 1, which divides by
+prompt + response length instead), which keeps DPO from lowering the chosen answers' likelihood
+along with the rejected ones'. Rewards are
+`beta * (pi - ref)`. Logged, means over the step's pairs: rewards/{chosen,rejected,margin,accuracy},
+the policy's logps/{chosen,rejected} and nll/chosen (per token).
 
 Reference log-probs are computed ONCE, before training, by all ranks (each scores a strided share,
 then they are gathered), and stored beside the phase's checkpoints as
@@ -59,6 +63,12 @@ def dpo_terms(
     rejected = pi_rejected - ref_rejected
     losses = -F.logsigmoid(beta * (chosen - rejected))
     return DPOTerms(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+def rpo_losses(terms: DPOTerms, chosen_nll: torch.Tensor, *, nll_coef: float) -> torch.Tensor:
+    """Per pair (B,): the DPO loss plus nll_coef x the chosen response's mean NLL per token (B,)
+    (RPO, Pang et al. 2024, arXiv:2404.19733, eq. 1). nll_coef 0 is plain DPO."""
+    return terms.losses + nll_coef * chosen_nll if nll_coef else terms.losses
 
 
 def _stack(chosen: ChatBatch, rejected: ChatBatch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,9 +206,15 @@ class DPOObjective(BaseObjective):
         ref = self.reference[micro_batch.index].to(self.device, dtype=pi_w.dtype)  # (B, 2)
         terms = dpo_terms(pi_w, pi_l, ref[:, 0], ref[:, 1], beta=self.dpo.beta)
         chosen, rejected = terms.chosen_rewards, terms.rejected_rewards
+        if self.average:
+            chosen_nll = -pi_w
+        else:  # pi_w is a sum: the NLL term is per token whichever DPO loss is used
+            chosen_nll = -pi_w / (batch.chosen.labels[:, 1:] != IGNORE).sum(-1).clamp(min=1)
+        losses = rpo_losses(terms, chosen_nll, nll_coef=self.dpo.nll_coef)
         tokens = batch.chosen.lengths.sum() + batch.rejected.lengths.sum()
         sums = {
-            "loss": terms.losses.detach().sum(),
+            "loss": losses.detach().sum(),
+            "nll/chosen": chosen_nll.detach().sum(),
             "rewards/chosen": chosen.sum(),
             "rewards/rejected": rejected.sum(),
             "rewards/margin": (chosen - rejected).sum(),
@@ -207,9 +223,9 @@ class DPOObjective(BaseObjective):
             "logps/rejected": pi_l.detach().sum(),
             "tokens": tokens.float(),
         }
-        return LossOutput(terms.losses.sum(), sums)
+        return LossOutput(losses.sum(), sums)
 
     def metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
-        keys = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy")
+        keys = ("loss", "nll/chosen", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy")
         out = {k: sums[k] / denominator for k in (*keys, "logps/chosen", "logps/rejected")}
         return out
