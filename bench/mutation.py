@@ -75,8 +75,17 @@ TARGETS: dict[str, Target] = {
         ),
         functions=("lm_loss",),  # the loss function; the objective's plumbing is the training loop's tests
     ),
-    "grpo": Target("olmo_trainer/objectives/grpo.py", ("tests/trainer/test_rl_losses.py",)),
-    "ppo": Target("olmo_trainer/objectives/ppo.py", ("tests/trainer/test_rl_losses.py",)),
+    # The losses (issue 10's formulas); rollouts and batching are the RLVR training tests' (slow, torchrun).
+    "grpo": Target(
+        "olmo_trainer/objectives/grpo.py",
+        ("tests/trainer/test_rl_losses.py", "tests/trainer/test_rl_losses_bounds.py"),
+        functions=("group_advantages", "k3_kl", "clipped_surrogate", "grpo_loss"),
+    ),
+    "ppo": Target(
+        "olmo_trainer/objectives/ppo.py",
+        ("tests/trainer/test_rl_losses.py", "tests/trainer/test_rl_losses_bounds.py"),
+        functions=("last_token_index", "kl_penalised_rewards", "gae", "whiten", "value_loss", "ppo_loss"),
+    ),
     "rewards": Target(
         "olmo_trainer/rewards.py", ("tests/trainer/test_rewards.py", "tests/trainer/test_rewards_constraints.py")
     ),
