@@ -64,8 +64,16 @@ TARGETS: dict[str, Target] = {
         "olmo_operator/api.py",
         ("tests/operator/test_api.py", "tests/operator/test_api_properties.py", "tests/operator/test_api_rules.py"),
     ),
+    # The one storage-layout module (issue 8): paths, step names and parsing, exit codes, step arithmetic.
+    "storage": Target(
+        "olmo_trainer/layout.py",
+        ("tests/trainer/test_layout.py", "tests/trainer/test_layout_rules.py", "tests/trainer/test_manifest.py"),
+    ),
     "schedule": Target("olmo_trainer/schedule.py", ("tests/trainer/test_schedule.py",)),
-    "manifest": Target("olmo_trainer/manifest.py", ("tests/trainer/test_manifest.py", "tests/trainer/test_checkpoint.py")),
+    "manifest": Target(
+        "olmo_trainer/manifest.py",
+        ("tests/trainer/test_manifest.py", "tests/trainer/test_checkpoint.py", "tests/trainer/test_local_uri.py"),
+    ),
     "lm": Target(
         "olmo_trainer/objectives/lm.py",
         (
