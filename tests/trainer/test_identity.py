@@ -119,6 +119,9 @@ def resave_worker(rank: int, root: str) -> None:
             Checkpointer(f"{root}/two-{strategy}", CheckpointConfig(), config_hash="h").save(
                 1, {"model": model, "optim": optim, "trainer": RngState(step=1)}
             )
+        # Both ranks done before either tears gloo down: once (of ~10 suites) a rank aborted in
+        # teardown ("terminate called without an active exception") while its peer was still closing.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
