@@ -105,14 +105,16 @@ def main() -> None:
             raise SystemExit(f"olmorun local exited {done.returncode}")
     minutes = (time.monotonic() - start) / 60
     rows = summary(workdir, args.phases.split(","))
+    stages = " -> ".join(label for label, _, _ in rows if label in ("base (soup)", "SFT", "DPO"))
+    rl = [label for label, _, _ in rows if label not in ("base (soup)", "SFT", "DPO")]
+    same = " GRPO and PPO start from the same DPO model with the same data, steps and optimizer." if len(rl) > 1 else ""
     lines = [
-        f"## bench_rlvr: held-out accuracy of the tiny recipe, base -> SFT -> DPO -> GRPO / PPO "
+        f"## bench_rlvr: held-out accuracy of the tiny recipe, {' -> '.join([stages, ' / '.join(rl)] if rl else [stages])} "
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",
         "",
         f"`.venv/bin/python bench/bench_rlvr.py` (2 shared CPU cores, 2 gloo processes; "
         f"{'summary of an existing run' if args.reuse else f'{minutes:.1f} min for the whole recipe'}). "
-        f"Held-out set: examples/data/tiny-heldout.jsonl, greedy, eval/{TASK}/accuracy. "
-        "GRPO and PPO start from the same DPO model with the same data, steps and optimizer.",
+        f"Held-out set: examples/data/tiny-heldout.jsonl, greedy, eval/{TASK}/accuracy.{same}",
         "",
         "| model | held-out accuracy | RL training |",
         "|---|---|---|",
