@@ -99,3 +99,20 @@ def test_post_training_objectives_get_the_same_divergence_check(tmp_path: Path, 
     assert "loss nan, grad_norm nan at step 2" in failure.message
     assert [m["step"] for m in read_metrics(tmp_path / "out")] == [1, 2]
     assert committed_are_finite(tmp_path / "out") == [1]
+
+
+def test_a_value_model_with_non_finite_weights_is_never_written_either(tmp_path: Path) -> None:
+    """PPO checkpoints its value model beside the policy (app_state["value"] = (model, optimizer))."""
+    policy, value = nn.Linear(4, 3), nn.Linear(4, 1)
+    state = {
+        "model": policy,
+        "optim": torch.optim.SGD(policy.parameters(), lr=0.1),
+        "value": (value, torch.optim.SGD(value.parameters(), lr=0.1)),
+    }
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig(), config_hash="h")
+    ckpt.save(1, state)
+    with torch.no_grad():
+        value.bias[0] = math.inf
+    with pytest.raises(PermanentFailure, match="the weights of 'value' at step 2 hold NaN or inf"):
+        ckpt.save(2, state)
+    assert ckpt.latest() == (1, str(tmp_path / "checkpoints" / "step1"))

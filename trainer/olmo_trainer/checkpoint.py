@@ -386,9 +386,15 @@ class Checkpointer:
         self.wait()
         uri = step_uri(self.directory, step)
         model, _ = _model_and_optim(app_state)
-        if not weights_finite(model):  # such a checkpoint is never written, so never committed or archived
-            raise PermanentFailure("Diverged", f"the weights at step {step} hold NaN or inf; {uri} was not written",
-                                   step=step)
+        # Such a checkpoint is never written, so never committed or archived: the policy, and every
+        # model trained beside it (PPO's value model), which is resumed from the same checkpoint.
+        trained = {MODEL_KEY: model, **{name: extra for name, (extra, _) in _auxiliary(app_state).items()}}
+        for name, module in trained.items():
+            if not weights_finite(module):
+                whose = "weights" if name == MODEL_KEY else f"weights of {name!r}"
+                raise PermanentFailure(
+                    "Diverged", f"the {whose} at step {step} hold NaN or inf; {uri} was not written", step=step
+                )
         if _decided_by_rank0(lambda: self._prepare_dir(uri)) == "committed":
             log.warning("checkpoint %s is already committed; not overwriting it", uri)
             return uri
