@@ -111,6 +111,7 @@ CASES: list[tuple[str, str, dict[str, object], bool]] = [
     ("validate_uppercase", "ALL CAPS 123!", {}, True),
     ("validate_uppercase", "ALL CAPs", {}, False),
     ("validate_lowercase", "all lower 123!", {}, True),
+    ("validate_lowercase", "not all Lower", {}, False),
     # capital words: around is +-10%, at least 1
     ("validate_frequency_capital_words", "THE CAT sat", {"N": 2, "quantifier": "at least"}, True),
     ("validate_frequency_capital_words", "THE cat sat", {"N": 2, "quantifier": "at least"}, False),
@@ -119,6 +120,7 @@ CASES: list[tuple[str, str, dict[str, object], bool]] = [
     ("validate_frequency_capital_words", "THE CAT SAT ON", {"N": 2, "quantifier": "around"}, False),
     # end phrase
     ("validate_end", "Goodbye. That is all.  \n", {"end_phrase": "That is all."}, True),
+    ("validate_end", "That is all. Goodbye.", {"end_phrase": "That is all."}, False),
     # quotation
     ("validate_quotation", '  "quoted answer"  ', {}, True),
     ("validate_quotation", '"', {}, False),
@@ -126,6 +128,7 @@ CASES: list[tuple[str, str, dict[str, object], bool]] = [
     ("validate_quotation", 'half quoted"', {}, False),
     # no commas
     ("validate_no_commas", "", {}, True),
+    ("validate_no_commas", "one, two", {}, False),
 ]
 
 
@@ -137,8 +140,7 @@ def test_constraint(name: str, response: str, kwargs: dict[str, object], ok: boo
 def test_every_constraint_has_a_passing_and_a_failing_case() -> None:
     """A constraint added to the registry without cases here fails this test."""
     passing = {c[0] for c in CASES if c[3]}
-    failing = {c[0] for c in CASES if not c[3]} | {"validate_lowercase", "validate_no_commas", "validate_end"}
-    # (the three added to `failing` have failing cases in test_rewards.py)
+    failing = {c[0] for c in CASES if not c[3]}
     assert set(rewards.IFEVAL_CONSTRAINTS) == passing
     assert set(rewards.IFEVAL_CONSTRAINTS) == failing
 

@@ -43,22 +43,36 @@ def test_without_kl_the_reference_is_never_read() -> None:
     # kl_beta 0 (OLMo 2's GRPO scripts): a reference with -inf would make k3 infinite, and 0 * inf is NaN.
     logp = torch.log(torch.tensor([[0.5, 0.5]]))
     out = grpo_loss(
-        logp, logp.clone(), torch.tensor([[-math.inf, 0.0]]), torch.tensor([1.0]), torch.tensor([[True, True]]),
-        clip=0.2, kl_beta=0.0, num_tokens=2,
-    )  # fmt: skip
+        logprobs=logp,
+        old_logprobs=logp.clone(),
+        ref_logprobs=torch.tensor([[-math.inf, 0.0]]),
+        advantages=torch.tensor([1.0]),
+        mask=torch.tensor([[True, True]]),
+        clip=0.2,
+        kl_beta=0.0,
+        num_tokens=2,
+    )
     close(out.loss, -1.0)  # ratio 1, A 1: -1 per token, mean over 2
     assert out.clipped_sum.dtype == torch.float32
 
 
 def test_ppo_with_padding_a_value_clip_and_clipping_from_below() -> None:
-    logp = torch.log(torch.tensor([[1.0, 1.0]], dtype=torch.float64))
+    def f64(rows: list[list[float]]) -> torch.Tensor:
+        return torch.tensor(rows, dtype=torch.float64)
+
     out = ppo_loss(
-        logp, torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[1.0, 5.0]], dtype=torch.float64),
-        torch.tensor([[0.0, 9.0]], dtype=torch.float64),  # new values; the second token is padding
-        torch.tensor([[1.0, 0.0]], dtype=torch.float64),  # old values
-        torch.tensor([[0.0, 0.0]], dtype=torch.float64),  # returns
-        torch.tensor([[True, False]]), clip=0.2, vf_coef=0.5, num_tokens=1, value_clip=0.5,
-    )  # fmt: skip
+        logprobs=f64([[0.0, 0.0]]),  # log 1: ratio 1
+        old_logprobs=f64([[0.0, 0.0]]),
+        advantages=f64([[1.0, 5.0]]),
+        new_values=f64([[0.0, 9.0]]),  # the second token is padding
+        old_values=f64([[1.0, 0.0]]),
+        returns=f64([[0.0, 0.0]]),
+        mask=torch.tensor([[True, False]]),
+        clip=0.2,
+        vf_coef=0.5,
+        num_tokens=1,
+        value_clip=0.5,
+    )
     # token 1: policy -1; value: new 0 vs clipped 1 + clamp(-1, -0.5, 0.5) = 0.5 -> max(0, 0.25) / 2 = 0.125
     close(out.loss, -1.0 + 0.5 * 0.125)
     close(out.policy_sum, -1.0)
