@@ -23,7 +23,11 @@ resubmission collides (409 Conflict, not an error) and is never duplicated.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from torchx.schedulers.kubernetes_scheduler import (
@@ -133,6 +137,51 @@ class _Scheduler(KubernetesScheduler):
     def run_opts(self) -> runopts:
         return self._options
 
+    def _submit_dryrun(self, app: AppDef, cfg: Any) -> AppDryRunInfo[KubernetesJob]:
+        with _one_model_configuration():
+            return super()._submit_dryrun(app, cfg)
+
+
+_MODELS_LOCK = threading.Lock()
+
+
+@functools.cache
+def _model_configuration() -> Any:
+    """The one Configuration the models share, made without touching the process's log levels."""
+    from kubernetes.client import Configuration
+
+    loggers = [logging.getLogger(name) for name in ("client", "urllib3")]  # what its __init__ resets
+    levels = [logger.level for logger in loggers]
+    configuration = Configuration()
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+    return configuration
+
+
+@contextlib.contextmanager
+def _one_model_configuration() -> Iterator[None]:
+    """While torchx builds a Job, every Kubernetes model object it makes shares one Configuration.
+
+    A `V1...` model built without `local_vars_configuration` (torchx passes none: about 22 per Job)
+    makes a fresh `Configuration` (kubernetes/client/configuration.py, get_default_copy), whose `debug`
+    setter calls `Logger.setLevel`, which clears the level cache of every logger in the process: about
+    half the CPU of rendering a Job (bench/RESULTS.md), and it resets the client's loggers to WARNING
+    on every render. A model reads its configuration only for `client_side_validation`, so one default
+    serves them all. The swap lasts one dry run and dry runs are serialised (they are CPU-bound under
+    the GIL, so the lock costs no concurrency); a model another thread builds meanwhile gets the same
+    default it would have got. Our API client never reads the default: it is built from its own.
+    """
+    from kubernetes.client import Configuration
+
+    with _MODELS_LOCK:
+        shared = _model_configuration()
+        original = Configuration.__dict__["get_default_copy"]
+        Configuration.get_default_copy = classmethod(lambda cls: shared)
+        try:
+            yield
+        finally:
+            Configuration.get_default_copy = original
+
 
 class VolcanoLauncher:
     """Creates, describes and cancels the Volcano Jobs of one namespace."""
@@ -183,7 +232,9 @@ class VolcanoLauncher:
 
     def render(self, request: JobRequest) -> dict[str, Any]:
         """The Volcano Job of `request` as plain dicts, exactly as submit creates it (no API call)."""
-        job = sanitize_for_serialization(self.dryrun(request).request.resource)
+        resource = self.dryrun(request).request.resource
+        with _one_model_configuration():  # torchx's sanitize builds an ApiClient, hence a Configuration
+            job = sanitize_for_serialization(resource)
         assert isinstance(job, dict)
         return job
 

@@ -6,6 +6,7 @@ Regenerate the golden files after an intended change: `OLMORUN_UPDATE_GOLDEN=1 p
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -133,6 +134,22 @@ def test_golden_tiny_anneal_seed_job() -> None:
 
 def test_render_is_deterministic() -> None:
     assert rendered(gpu_run(), "pretrain", 6198) == rendered(gpu_run(), "pretrain", 6198)
+
+
+def test_rendering_leaves_the_kubernetes_client_defaults_and_log_levels_alone() -> None:
+    """torchx builds its V1 models without a configuration; each used to make a fresh one, whose
+    `debug` setter reset the client's loggers to WARNING on every render (and cost half its CPU)."""
+    client_logger = logging.getLogger("urllib3")
+    before = client_logger.level
+    client_logger.setLevel(logging.DEBUG)
+    try:
+        rendered(tiny(), "pretrain", 42)
+        assert client_logger.level == logging.DEBUG
+    finally:
+        client_logger.setLevel(before)
+    # the shared configuration lasted one dry run: the client's default is a fresh object again
+    first, second = kubernetes.client.Configuration.get_default_copy(), kubernetes.client.Configuration.get_default_copy()
+    assert first is not second
 
 
 def test_every_pod_template_is_a_valid_kubernetes_pod() -> None:
