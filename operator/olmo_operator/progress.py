@@ -61,7 +61,7 @@ def progress_lines(run: OlmoRun, last: dict[str, int]) -> list[str]:
         for job in ps.jobs if ps else []:
             if job.state != "Running":
                 continue
-            metrics = last_metrics(layout.metrics_uri(layout.save_dir(run, phase, job.seed)))
+            metrics = last_metrics(layout.save_dir(run, phase, job.seed))
             if metrics is None or last.get(job.name) == metrics.step:
                 continue
             last[job.name] = metrics.step

@@ -45,11 +45,11 @@ from olmo_operator.actions import (
 from olmo_operator.api import JobStatus, OlmoRun, OlmoRunStatus, PhaseSpec
 from olmo_operator.plan import INVALID_REASON, Plan, condition, invalid_status, is_finished, plan
 from olmo_operator.request import JobRequest
-from olmo_trainer import manifest
+from olmo_trainer import manifest, metrics_log
 from olmo_trainer.failure import read_failure, read_notice
 
 ARCHIVE_WORKERS = 8
-_METRICS_TAIL = 64 * 1024  # bytes read from the end of metrics.jsonl: the last line is all we need
+_METRICS_TAIL = 64 * 1024  # bytes read from the end of the metrics record: the last lines are all we need
 
 
 class JobLauncher(Protocol):
@@ -97,24 +97,21 @@ def _tracked_jobs(run: OlmoRun) -> list[tuple[PhaseSpec, JobStatus]]:
     return out
 
 
-def last_metrics(uri: str, options: Options = None) -> MetricsLine | None:
-    """The last complete JSON line of a metrics.jsonl (None when absent or empty), with the loss of the
-    last training step's line and the `eval/...` figures of the last line that has them (a final
+def last_metrics(save_dir: str, options: Options = None) -> MetricsLine | None:
+    """What a job's metrics record (olmo_trainer.metrics_log: metrics.jsonl, or its segments on an object
+    store) last said, None when it is absent or empty: the step of its last complete line, the loss of
+    the last training step's line and the `eval/...` figures of the last line that has them (a final
     evaluation is logged on a line of its own, after the last training step, without a `loss` key).
 
     A training line always has the `loss` key; it is null when the loss was not finite (the job then
     stops as Diverged), and the loss returned is then None: never an older step's finite loss, which
     would hide the divergence."""
-    fs, path = _fs(uri, options)
-    try:
-        size = int(fs.size(path))
-        blob = fs.cat_file(path, start=max(0, size - _METRICS_TAIL))
-    except FileNotFoundError:
-        return None
+    fs, path = _fs(save_dir, options)
+    text = metrics_log.tail_text(fs, path.rstrip("/"), _METRICS_TAIL)
     last: dict[str, Any] | None = None
     loss_row: dict[str, Any] | None = None
     evaluation: dict[str, float] = {}
-    for line in reversed(blob.decode(errors="replace").splitlines()):
+    for line in reversed(text.splitlines()):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -179,7 +176,7 @@ def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = N
             notice=notice,
             terminating=described.terminating,
             checkpoint=newest_checkpoint(save, storage_options),
-            metrics=last_metrics(layout.metrics_uri(save), storage_options),
+            metrics=last_metrics(save, storage_options),
         )
     return Observation(jobs=jobs, archives=archives)
 

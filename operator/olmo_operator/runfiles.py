@@ -6,7 +6,7 @@ found under `<workdir>/storage`). From run.json's spec every job's files are loc
 
     phases/<p>[/s<seed>]/config.json    -> the portable config hash
     <save dir>/env.json                 -> environment and data fingerprints (written by rank 0)
-    <save dir>/metrics.jsonl            -> one row per step
+    <save dir>/metrics.jsonl[.d/]       -> one row per step (olmo_trainer.metrics_log: one file or segments)
     <save dir>/checkpoints/stepN/MANIFEST.json (else archive/<job>/stepN/) -> content identity
 
 Missing files are simply absent from the record (a run still in progress, or from an older release).
@@ -26,7 +26,7 @@ from olmo_operator import api, layout
 from olmo_operator.archive import storage_options
 from olmo_operator.plan import run_spec_hash
 from olmo_operator.rundiff import JobRecord, RunRecord
-from olmo_trainer import manifest
+from olmo_trainer import manifest, metrics_log
 from olmo_trainer.config import TrainConfig, hash_json
 
 RUN_JSON = "run.json"
@@ -115,21 +115,9 @@ def portable_config_hash(config: dict[str, Any], roots: re.Pattern[str]) -> str:
         return hash_json({k: v for k, v in trimmed.items() if k != "saveDir"})
 
 
-def _metrics(uri: str) -> list[dict[str, Any]]:
-    fs, path = _fs(uri)
-    try:
-        text = fs.cat_file(path).decode(errors="replace")
-    except FileNotFoundError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+def _metrics(save_dir: str) -> list[dict[str, Any]]:
+    fs, path = _fs(save_dir)
+    return metrics_log.read_rows(fs, path.rstrip("/"))
 
 
 def _checkpoints(directories: list[str]) -> tuple[dict[int, dict[str, Any] | None], str | None]:
@@ -155,7 +143,7 @@ def read_job(run: api.OlmoRun, phase: api.PhaseSpec, seed: int, roots: re.Patter
         kind=phase.kind,
         config_hash=portable_config_hash(config, roots) if isinstance(config, dict) else None,
         env=portable(_read_json(f"{save}/{ENV_JSON}"), roots),
-        metrics=portable(_metrics(layout.metrics_uri(save)), roots),
+        metrics=portable(_metrics(save), roots),
         checkpoints=checkpoints,
         finished_at=finished,
     )

@@ -227,9 +227,9 @@ def test_archive_to_a_real_s3_bucket_with_credentials_from_the_environment(
 
 def test_last_metrics_reads_the_last_complete_line(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
-    assert last_metrics(path.as_uri()) is None
+    assert last_metrics(tmp_path.as_uri()) is None
     path.write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "tokens": 64, "loss": 8.5}\n{"step": 3, "lo')
-    metrics = last_metrics(path.as_uri())
+    metrics = last_metrics(tmp_path.as_uri())
     assert metrics is not None and (metrics.step, metrics.tokens, metrics.loss) == (2, 64, 8.5)
 
 
@@ -239,11 +239,11 @@ def test_last_metrics_gives_the_latest_steps_loss_even_when_it_was_not_finite(tm
     (no `loss` key) does not hide the last training step's loss either."""
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "tokens": 32, "loss": 9.0}\n{"step": 2, "tokens": 64, "loss": null}\n')
-    metrics = last_metrics(path.as_uri())
+    metrics = last_metrics(tmp_path.as_uri())
     assert metrics is not None and (metrics.step, metrics.tokens, metrics.loss) == (2, 64, None)
     path.write_text('{"step": 1, "tokens": 32, "loss": 9.0}\n{"step": 2, "tokens": 64, "loss": 8.5}\n'
                     '{"step": 2, "eval/arith/accuracy": 0.25}\n')  # fmt: skip
-    metrics = last_metrics(path.as_uri())
+    metrics = last_metrics(tmp_path.as_uri())
     assert metrics is not None and (metrics.step, metrics.tokens, metrics.loss) == (2, 64, 8.5)
     assert metrics.eval == {"eval/arith/accuracy": 0.25}
 

@@ -1,4 +1,4 @@
-"""The loop with its save dir on a real S3 server (SeaweedFS): metrics.jsonl, checkpoints and the
+"""The loop with its save dir on a real S3 server (SeaweedFS): the metrics record, checkpoints and the
 wandb directory when nothing is local, then a restart of the finished job, which trains nothing."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from olmo_trainer import metrics_log
 from olmo_trainer.manifest import committed_steps, read_manifest
 from tests.s3server import S3Server
 from tests.trainer.dist_util import REPO, tiny_config, torchrun
@@ -27,8 +28,9 @@ def test_training_into_s3_and_restarting_a_finished_job(s3_server: S3Server, tmp
 
     fs = s3_server.filesystem()
     path = save_dir.removeprefix("s3://")
-    lines = fs.cat_file(f"{path}/metrics.jsonl").decode().splitlines()
+    lines = metrics_log.read_text(fs, path).splitlines()  # segments on S3, read back as one file
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert not fs.exists(f"{path}/metrics.jsonl")
     assert [step for step, _ in committed_steps(fs, f"{path}/checkpoints")] == [3, 6]
     final = read_manifest(fs, f"{path}/checkpoints/step6")
     assert final is not None and final["extra"]["final"] is True
@@ -39,4 +41,4 @@ def test_training_into_s3_and_restarting_a_finished_job(s3_server: S3Server, tmp
     again = torchrun(["pretrain", "--config", str(config)], env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stdout and "step 1/" not in again.stdout
-    assert fs.cat_file(f"{path}/metrics.jsonl").decode().splitlines() == lines
+    assert metrics_log.read_text(fs, path).splitlines() == lines

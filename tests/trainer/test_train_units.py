@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.layout import plan_steps
+from olmo_trainer.metrics_log import MetricsFile, clean_lines
 from olmo_trainer.objectives.lm import lm_loss
-from olmo_trainer.tracking import MetricsFile, clean_lines, mfu, peak_flops
+from olmo_trainer.tracking import mfu, peak_flops
 from tests.trainer.dist_util import REPO, tiny_config
 
 

@@ -9,7 +9,8 @@ Where a job writes (its `save_dir`, a local path or an fsspec URI; DESIGN.md "Ob
 
     <save_dir>/checkpoints/step<N>/        one checkpoint: DCP shards, trainer.pt, config.json, MANIFEST.json
                                            (MANIFEST.damaged.json instead: un-committed, found damaged on resume)
-    <save_dir>/metrics.jsonl               one JSON object per optimizer step (tracking.MetricsFile)
+    <save_dir>/metrics.jsonl               one JSON object per optimizer step, on a local disk (metrics_log.py)
+    <save_dir>/metrics.jsonl.d/<seq>.jsonl the same stream in segments on an object store, read back as one file
     <save_dir>/failure.json, notice.json   why the job failed for good / what it wants shown (failure.py)
 
 How a job ends (its process exit code, read by the operator's launcher and planner):
@@ -43,6 +44,10 @@ if TYPE_CHECKING:  # the config is torch-free too; imported for annotations only
 CHECKPOINTS_NAME = "checkpoints"
 """The folder of a save_dir that holds the `step<N>/` checkpoint directories."""
 METRICS_NAME = "metrics.jsonl"
+METRICS_SEGMENTS_NAME = "metrics.jsonl.d"
+"""Beside metrics.jsonl: on object stores (which cannot append) the stream is written as numbered
+segments `<seq>.jsonl` here, in order after metrics.jsonl; readers concatenate them (metrics_log.py)."""
+_METRICS_SEGMENT = re.compile(r"^(\d+)\.jsonl$")
 MANIFEST_NAME = "MANIFEST.json"
 """Written last into a step directory: a directory without a valid one is no checkpoint (manifest.py)."""
 DAMAGED_MANIFEST_NAME = "MANIFEST.damaged.json"
@@ -78,6 +83,22 @@ def step_uri(directory: str, step: int) -> str:
 def metrics_uri(save_dir: str) -> str:
     """`<save_dir>/metrics.jsonl`."""
     return join(save_dir, METRICS_NAME)
+
+
+def metrics_segments_dir(save_dir: str) -> str:
+    """`<save_dir>/metrics.jsonl.d`: the folder of the metrics segments."""
+    return join(save_dir, METRICS_SEGMENTS_NAME)
+
+
+def metrics_segment_uri(save_dir: str, seq: int) -> str:
+    """`<save_dir>/metrics.jsonl.d/<seq>.jsonl`, seq zero-padded to 8 digits so names sort like numbers."""
+    return join(metrics_segments_dir(save_dir), f"{seq:08d}.jsonl")
+
+
+def parse_metrics_segment_name(name: str) -> int | None:
+    """seq of a segment file name `<seq>.jsonl`; None for any other name."""
+    match = _METRICS_SEGMENT.match(name)
+    return int(match.group(1)) if match else None
 
 
 def manifest_path(checkpoint: str) -> str:

@@ -168,7 +168,7 @@ def _already_done(out_uri: str, uris: list[str]) -> bool:
 
 def main(cfg: TrainConfig) -> int:
     """The soup phase: average `cfg.soup_from` into `<save_dir>/checkpoints/stepN` and log it."""
-    from olmo_trainer.tracking import MetricsFile
+    from olmo_trainer.metrics_log import MetricsFile
 
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # launched by torchrun with several processes: one writer is enough

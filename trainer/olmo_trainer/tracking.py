@@ -1,10 +1,9 @@
-"""Metrics of a training job: `<save_dir>/metrics.jsonl` (the record the runner parses) and wandb.
+"""Metrics of a training job: its metrics record (the one the runner parses) and wandb.
 
-Only rank 0 tracks. metrics.jsonl holds one JSON object per optimizer step. On a local disk each
-line is appended and flushed at once; object stores cannot append, so there the whole file is
-re-uploaded, at most every `flush_seconds` and always on close. After a resume, lines of steps
-beyond the checkpoint (work that was redone) and a torn last line are dropped, so the file never
-shows a step twice.
+Only rank 0 tracks. The record holds one JSON object per optimizer step; how it is written (a local
+file appended line by line, or segments on an object store) and read back is metrics_log.py's.
+After a resume, lines of steps beyond the checkpoint (work that was redone) and a torn last line are
+dropped, so the record never shows a step twice.
 
 wandb runs offline unless WANDB_API_KEY is set; WANDB_MODE, when set, wins (e.g. `disabled`). Its
 directory lives inside a local save dir, else in a temporary directory, never the working tree.
@@ -12,16 +11,13 @@ directory lives inside a local save dir, else in a temporary directory, never th
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
-import time
 from typing import Any
 
 from olmo_trainer.config import TrainConfig, hash_json
-from olmo_trainer.layout import metrics_uri
 from olmo_trainer.manifest import filesystem, is_local
+from olmo_trainer.metrics_log import MetricsFile
 
 # bf16 dense peak FLOP/s by device name fragment (H200 has H100's compute, more memory bandwidth).
 PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
@@ -44,59 +40,6 @@ def mfu(
     if peak_per_device is None or num_devices <= 0:
         return None
     return tokens_per_s * flops_per_token / (peak_per_device * num_devices)
-
-
-def clean_lines(text: str, *, up_to_step: int | None) -> list[str]:
-    """Parseable lines whose step is <= up_to_step (all parseable lines when None)."""
-    kept = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill
-        if isinstance(record, dict) and (up_to_step is None or record.get("step", 0) <= up_to_step):
-            kept.append(line)
-    return kept
-
-
-class MetricsFile:
-    """Append-only metrics.jsonl on any fsspec filesystem."""
-
-    def __init__(self, save_dir: str, *, resume_step: int | None, flush_seconds: float = 30.0) -> None:
-        self.fs, root = filesystem(save_dir)
-        self.path = metrics_uri(root)
-        self.local = is_local(self.fs)
-        self.flush_seconds = flush_seconds
-        existing = self.fs.cat_file(self.path).decode() if self.fs.exists(self.path) else ""
-        # A fresh start owns the file from scratch; a resume keeps what its checkpoint covers.
-        self.lines = clean_lines(existing, up_to_step=resume_step if resume_step is not None else 0)
-        self.fs.makedirs(root, exist_ok=True)
-        self._last_upload = 0.0
-        self._upload()
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps({k: _jsonable(v) for k, v in record.items()})
-        self.lines.append(line)
-        if self.local:
-            with self.fs.open(self.path, "a") as stream:
-                stream.write(line + "\n")
-        elif time.monotonic() - self._last_upload >= self.flush_seconds:
-            self._upload()
-
-    def close(self) -> None:
-        if not self.local:
-            self._upload()
-
-    def _upload(self) -> None:
-        self.fs.pipe_file(self.path, "".join(line + "\n" for line in self.lines).encode())
-        self._last_upload = time.monotonic()
-
-
-def _jsonable(value: Any) -> Any:
-    # NaN/inf are not JSON; a diverged loss is recorded as null rather than breaking the parser.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def wandb_mode() -> str:
