@@ -76,11 +76,23 @@ class ArchiveResult:
 
 
 @dataclass(frozen=True)
+class StorageProblem:
+    """The run's storage could not be read or written during this step: nothing about the jobs' files is
+    known, so the planner decides nothing but waits (condition StorageUnavailable)."""
+
+    reason: Literal["Unreachable", "AccessDenied"]
+    message: str
+    """Names the storage URI and endpoint and what the client said; never a credential."""
+
+
+@dataclass(frozen=True)
 class Observation:
     jobs: dict[str, JobObservation] = field(default_factory=dict)
     """By job name. A job absent from this map is Missing."""
     archives: dict[str, ArchiveResult] = field(default_factory=dict)
     """By layout.job_key."""
+    storage_problem: StorageProblem | None = None
+    """Set when the storage failed this step; `jobs` and `archives` are then empty and mean nothing."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,7 +70,11 @@ class CorruptSourceError(ArchiveError):
 
 
 class StorageAccessError(ArchiveError):
-    """The storage refused the credentials from the environment, or cannot be reached."""
+    """The storage refused the credentials from the environment (`denied`), or cannot be reached."""
+
+    def __init__(self, message: str, *, denied: bool = False) -> None:
+        super().__init__(message)
+        self.denied = denied
 
 
 class DestinationConflictError(ArchiveError):
@@ -163,20 +167,34 @@ def _access(uri: str, call: Callable[[], Any]) -> Any:
     """Run a storage call, turning refused credentials and unreachable storage into StorageAccessError."""
     try:
         return call()
-    except PermissionError as error:
-        raise StorageAccessError(
-            f"{uri}: access denied ({_first_line(error)}); check the storage credentials in the environment "
-            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or GOOGLE_APPLICATION_CREDENTIALS)"
-        ) from None
-    except ConnectionError as error:
-        raise StorageAccessError(f"{uri}: storage unreachable ({_first_line(error)})") from None
     except Exception as error:
-        # Client libraries raise their own types (botocore NoCredentialsError, EndpointConnectionError,
-        # google.auth errors): name the type and its message, which carry no secret values.
-        if type(error).__module__.split(".")[0] not in _CLIENT_LIBRARIES:
+        access = access_error(uri, error)
+        if access is None:
             raise
-        hint = "; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" if "Credentials" in type(error).__name__ else ""
-        raise StorageAccessError(f"{uri}: {type(error).__name__}: {_first_line(error)}{hint}") from None
+        raise access from None
+
+
+def access_error(uri: str, error: BaseException) -> StorageAccessError | None:
+    """`error` as a StorageAccessError when it says the storage at uri refused the credentials or cannot be
+    reached (None for any other error). The message names the URI and the client's own words, which
+    carry no secret values."""
+    if isinstance(error, StorageAccessError):
+        return error
+    if isinstance(error, PermissionError):
+        return StorageAccessError(
+            f"{uri}: access denied ({_first_line(error)}); check the storage credentials in the environment "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or GOOGLE_APPLICATION_CREDENTIALS)",
+            denied=True,
+        )
+    if isinstance(error, ConnectionError | TimeoutError):
+        return StorageAccessError(f"{uri}: storage unreachable ({_first_line(error)})")
+    # Client libraries raise their own types (botocore NoCredentialsError, EndpointConnectionError,
+    # google.auth errors): name the type and its message.
+    if type(error).__module__.split(".")[0] not in _CLIENT_LIBRARIES:
+        return None
+    denied = "Credentials" in type(error).__name__
+    hint = "; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" if denied else ""
+    return StorageAccessError(f"{uri}: {type(error).__name__}: {_first_line(error)}{hint}", denied=denied)
 
 
 _CLIENT_LIBRARIES = frozenset({"botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "google"})

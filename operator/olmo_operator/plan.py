@@ -26,6 +26,9 @@ Behaviour, per phase in topological order:
 - An edit to a phase that already started is refused (condition Invalid, reason SpecChangeRefused);
   its running jobs are untouched and its retries keep the config written when it started.
 - A failed phase fails the run and cancels the jobs still running.
+- Storage that cannot be reached or refuses the credentials (Observation.storage_problem) changes
+  nothing: condition StorageUnavailable=True says why, the run is looked at again in 30 s, and no job
+  is failed for a checkpoint that could not be read. When it answers, the condition turns False.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from olmo_operator.actions import (
     Emit,
     JobObservation,
     Observation,
+    StorageProblem,
     SubmitJob,
     WriteRunRecord,
 )
@@ -84,7 +88,10 @@ class Plan:
 
 ACTIVE_JOB_STATES = ("Pending", "Running", "Retrying")
 CANCELLED_BY_FAILURE = "cancelled: another phase failed"
-CONDITION_TYPES = ("Succeeded", "Progressing", "Invalid", "Suspended")
+CONDITION_TYPES = ("Succeeded", "Progressing", "Invalid", "Suspended", "StorageUnavailable")
+STORAGE_CONDITION = "StorageUnavailable"
+STORAGE_RETRY_SECONDS = 30.0
+"""How soon a run waiting for its storage (StorageUnavailable) is looked at again."""
 
 
 def timestamp(now: dt.datetime) -> str:
@@ -238,6 +245,9 @@ class _Planner:
 
     # -- entry ----------------------------------------------------------------------------------
     def plan(self) -> Plan:
+        if self.observed.storage_problem is not None:
+            return self._wait_for_storage(self.observed.storage_problem)
+        self._storage_answers()
         if self.status.storage is None:
             self.status.storage = layout.run_root(self.run)
             self.actions.append(WriteRunRecord(layout.run_record_uri(self.run), self._run_document()))
@@ -252,6 +262,24 @@ class _Planner:
             self._cancel_active("run failed" if self.run_failed() else "suspended")
         self._summarize(order)
         return Plan(self.status, self.actions, min(self.requeue) if self.requeue else None)
+
+    def _wait_for_storage(self, problem: StorageProblem) -> Plan:
+        """Nothing is known about the jobs' files: change nothing, say why, look again soon. A job that
+        ended meanwhile is judged once its checkpoints can be read (never failed for want of them)."""
+        was = condition(self.status, STORAGE_CONDITION)
+        if was is None or was.status != "True" or was.reason != problem.reason:
+            self.emit("Warning", STORAGE_CONDITION, problem.message)
+        set_condition(self.status, STORAGE_CONDITION, "True", problem.reason, problem.message, self.now, self.generation)
+        return Plan(self.status, self.actions, STORAGE_RETRY_SECONDS)
+
+    def _storage_answers(self) -> None:
+        """A run that waited for its storage says it continues (the condition stays, False)."""
+        was = condition(self.status, STORAGE_CONDITION)
+        if was is None or was.status != "True":
+            return
+        message = f"storage {layout.run_root(self.run)} answers again; the run continues"
+        set_condition(self.status, STORAGE_CONDITION, "False", "Available", message, self.now, self.generation)
+        self.emit("Normal", "StorageAvailable", message)
 
     def _run_document(self) -> dict[str, object]:
         return {

@@ -25,7 +25,7 @@ import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fsspec import AbstractFileSystem
 
@@ -39,11 +39,20 @@ from olmo_operator.actions import (
     JobObservation,
     MetricsLine,
     Observation,
+    StorageProblem,
     SubmitJob,
     WriteRunRecord,
 )
 from olmo_operator.api import JobStatus, OlmoRun, OlmoRunStatus, PhaseSpec
-from olmo_operator.plan import INVALID_REASON, Plan, condition, invalid_status, is_finished, plan
+from olmo_operator.plan import (
+    INVALID_REASON,
+    STORAGE_RETRY_SECONDS,
+    Plan,
+    condition,
+    invalid_status,
+    is_finished,
+    plan,
+)
 from olmo_operator.request import JobRequest
 from olmo_trainer import manifest, metrics_log
 from olmo_trainer.failure import read_failure, read_notice
@@ -146,7 +155,11 @@ def newest_checkpoint(save_dir: str, options: Options = None) -> tuple[int, str]
 
 
 def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = None) -> Observation:
-    """Everything plan() needs to know about the world, for the jobs the status tracks."""
+    """Everything plan() needs to know about the world, for the jobs the status tracks.
+
+    Raises archive.StorageAccessError when the storage refuses the credentials or cannot be reached
+    (reconcile_plan turns it into Observation.storage_problem); the launcher's own errors as they are.
+    """
     jobs: dict[str, JobObservation] = {}
     archives: dict[str, ArchiveResult] = {}
     for phase, job in _tracked_jobs(run):
@@ -154,31 +167,66 @@ def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = N
             continue
         save = layout.save_dir(run, phase, job.seed)
         if job.state == "Succeeded":
-            found = _existing_archive(run, phase, job, storage_options)
+            found = _stored(save, _existing_archive, run, phase, job, storage_options)
             if found is not None:
                 archives[found.key] = found
             continue
         described = launcher.describe(job.name)
-        failure = notice = None
-        if described.state in ("Failed", "Pending", "Running"):
-            _fs(save, storage_options)  # drops cached listings: the records were written since the last look
-        if described.state == "Failed":
-            failure = read_failure(save, attempt=job.attempts, **_options(save, storage_options))
-        elif described.state in ("Pending", "Running"):
-            notice = read_notice(save, attempt=job.attempts, **_options(save, storage_options))
-        jobs[job.name] = JobObservation(
-            name=job.name,
-            state=described.state,
-            exit_code=described.exit_code,
-            preempted=described.preempted,
-            message=failure.message if failure else described.message,
-            failure_reason=failure.reason if failure else None,
-            notice=notice,
-            terminating=described.terminating,
-            checkpoint=newest_checkpoint(save, storage_options),
-            metrics=last_metrics(save, storage_options),
-        )
+        jobs[job.name] = _stored(save, _observe_files, job, described, save, storage_options)
     return Observation(jobs=jobs, archives=archives)
+
+
+def _observe_files(job: JobStatus, described: JobObservation, save: str, options: Options) -> JobObservation:
+    """The launcher's view of a job completed with its save_dir: records, newest checkpoint, last metrics."""
+    failure = notice = None
+    if described.state in ("Failed", "Pending", "Running"):
+        _fs(save, options)  # drops cached listings: the records were written since the last look
+    if described.state == "Failed":
+        failure = read_failure(save, attempt=job.attempts, **_options(save, options))
+    elif described.state in ("Pending", "Running"):
+        notice = read_notice(save, attempt=job.attempts, **_options(save, options))
+    return JobObservation(
+        name=job.name,
+        state=described.state,
+        exit_code=described.exit_code,
+        preempted=described.preempted,
+        message=failure.message if failure else described.message,
+        failure_reason=failure.reason if failure else None,
+        notice=notice,
+        terminating=described.terminating,
+        checkpoint=newest_checkpoint(save, options),
+        metrics=last_metrics(save, options),
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _stored(uri: str, call: Callable[..., _T], *args: Any) -> _T:
+    """`call(*args)`: storage I/O on uri; refused credentials and unreachable storage become
+    archive.StorageAccessError."""
+    try:
+        return call(*args)
+    except Exception as error:
+        access = arch.access_error(uri, error)
+        if access is None:
+            raise
+        raise access from None
+
+
+def storage_problem(error: arch.StorageAccessError, options: Options) -> StorageProblem:
+    """What the StorageUnavailable condition says: the endpoint, the client's words, never a credential."""
+    endpoint = (options or {}).get("endpoint_url")
+    where = f" (endpoint {endpoint})" if endpoint else ""
+    message = (
+        f"storage cannot be used{where}: {error}; the run waits (no job fails, no checkpoint is touched) "
+        f"and tries again every {STORAGE_RETRY_SECONDS:.0f}s"
+    )
+    for key in ("key", "secret", "token"):
+        value = (options or {}).get(key)
+        if isinstance(value, str) and len(value) >= 4:
+            message = message.replace(value, "***")
+    return StorageProblem("AccessDenied" if error.denied else "Unreachable", message)
 
 
 def _existing_archive(
@@ -249,8 +297,9 @@ def write_config(action: SubmitJob, options: Options) -> None:
 def archive(action: ArchiveCheckpoint, options: Options) -> ArchiveResult:
     """Copy a final checkpoint to the archive and re-hash it there (archive.py).
 
-    Storage that cannot be reached is worth another try; a source that is corrupt or not committed,
-    or a destination holding a different checkpoint, is not.
+    Another I/O error is worth another try; a source that is corrupt or not committed, or a destination
+    holding a different checkpoint, is not. Raises archive.StorageAccessError when the storage refuses
+    the credentials or cannot be reached: the run then waits with StorageUnavailable, the source kept.
     """
     opts = _plain(options)
     try:
@@ -258,7 +307,9 @@ def archive(action: ArchiveCheckpoint, options: Options) -> ArchiveResult:
             action.src, action.dst, src_options=opts, dst_options=opts, workers=ARCHIVE_WORKERS
         )
         report = arch.verify_checkpoint(action.dst, options=opts, workers=ARCHIVE_WORKERS)
-    except (arch.StorageAccessError, OSError) as error:
+    except arch.StorageAccessError:
+        raise
+    except OSError as error:
         return ArchiveResult(action.key, action.src, action.dst, ok=False, message=str(error), retryable=True)
     except arch.ArchiveError as error:
         return ArchiveResult(action.key, action.src, action.dst, ok=False, message=str(error))
@@ -268,13 +319,16 @@ def archive(action: ArchiveCheckpoint, options: Options) -> ArchiveResult:
 def apply(
     run: OlmoRun, result: Plan, *, launcher: JobLauncher, storage_options: Options = None
 ) -> list[ArchiveResult]:
-    """Carry out a plan's actions in order; returns the archive results for a second planning pass."""
+    """Carry out a plan's actions in order; returns the archive results for a second planning pass.
+
+    Raises archive.StorageAccessError when the storage refuses the credentials or cannot be reached.
+    """
     archived = []
     for action in result.actions:
         if isinstance(action, WriteRunRecord):
-            write_run_record(action, storage_options)
+            _stored(action.uri, write_run_record, action, storage_options)
         elif isinstance(action, SubmitJob):
-            write_config(action, storage_options)
+            _stored(action.config_uri, write_config, action, storage_options)
             launcher.submit(action.request)
         elif isinstance(action, CancelJob):
             launcher.cancel(action.job_name)
@@ -294,7 +348,18 @@ def reconcile_plan(
     """observe -> plan -> apply; after archiving, plan and apply once more with the results.
 
     Returns the final plan: `.status` to persist, `.events` (of both passes) to emit, `.requeue_after`.
+    Storage that refuses the credentials or cannot be reached is an observation, not an error: the plan
+    is then the planner's wait (condition StorageUnavailable) on the status as it was before this step;
+    a job this step submitted before the storage failed is submitted again by the next one, under the
+    same name, which the launcher answers as already there.
     """
+    try:
+        return _reconcile_plan(run, launcher=launcher, now=now, storage_options=storage_options)
+    except arch.StorageAccessError as error:
+        return plan(run, Observation(storage_problem=storage_problem(error, storage_options)), now)
+
+
+def _reconcile_plan(run: OlmoRun, *, launcher: JobLauncher, now: dt.datetime, storage_options: Options) -> Plan:
     observed = observe(run, launcher=launcher, storage_options=storage_options)
     first = plan(run, observed, now)
     archived = apply(run, first, launcher=launcher, storage_options=storage_options)
