@@ -22,7 +22,7 @@ from typing import Any
 from olmo_operator import archive
 from olmo_operator.cli import UserError
 from olmo_trainer import manifest as mf
-from olmo_trainer.layout import step_of, step_uri
+from olmo_trainer.layout import join, step_of, step_uri
 
 
 def register(sub: Any) -> None:
@@ -93,9 +93,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(note)
         print(report.summary())
         for rel in report.missing:
-            print(f"  missing    {rel}")
+            print(f"  missing    {rel}: {report.problems[rel]} ({join(report.uri, rel)})")
         for rel in report.corrupted:
-            print(f"  corrupted  {rel}")
+            print(f"  corrupted  {rel}: {report.problems[rel]} ({join(report.uri, rel)})")
         for rel in report.unlisted:
             print(f"  unlisted   {rel}")
         for rel in report.incomplete:
@@ -136,4 +136,5 @@ def _as_json(report: mf.VerifyReport, requested: str, note: str | None) -> dict[
         "corrupted": report.corrupted,
         "unlisted": report.unlisted,
         "incomplete": report.incomplete,
+        "problems": {join(report.uri, rel): what for rel, what in report.problems.items()},
     }

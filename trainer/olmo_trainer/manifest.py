@@ -230,6 +230,9 @@ class VerifyReport:
     incomplete: list[str] = field(default_factory=list)
     """What a DCP checkpoint needs that the MANIFEST lacks: `.metadata`, or the shard files it names
     (`.metadata (unreadable)` when it is no DCP index)."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """What is wrong with each missing or corrupted file, in words (file_problem): `truncated: 10 of 300
+    bytes`, `sha256 differs from MANIFEST (same size: ...)`, `not found`."""
 
     @property
     def ok(self) -> bool:
@@ -316,12 +319,29 @@ def verify_file(
     fs: AbstractFileSystem, path: str, expected: Mapping[str, Any]
 ) -> Literal["missing", "corrupted"] | None:
     """None when the file matches its MANIFEST entry ({"sha256", "size"}), else 'missing' or 'corrupted'."""
+    problem = file_problem(fs, path, expected)
+    return None if problem is None else "missing" if problem == MISSING else "corrupted"
+
+
+MISSING = "not found"
+"""What file_problem says of a file listed in the MANIFEST that is not there."""
+
+
+def file_problem(fs: AbstractFileSystem, path: str, expected: Mapping[str, Any]) -> str | None:
+    """None when the file matches its MANIFEST entry, else what is wrong with it, in words: MISSING,
+    `truncated: N of M bytes`, `N bytes, MANIFEST says M`, or `sha256 differs from MANIFEST (same size)`
+    (bits changed in place)."""
     try:
         size = int(fs.size(path))
     except FileNotFoundError:
-        return "missing"
-    if size != expected["size"] or sha256_file(fs, path) != expected["sha256"]:
-        return "corrupted"
+        return MISSING
+    want = int(expected["size"])
+    if size < want:
+        return f"truncated: {size} of {want} bytes"
+    if size != want:
+        return f"{size} bytes, MANIFEST says {want}"
+    if sha256_file(fs, path) != expected["sha256"]:
+        return "sha256 differs from MANIFEST (same size: bytes changed in place)"
     return None
 
 
@@ -343,13 +363,14 @@ def verify(
     files = sorted(record["files"].items())
 
     def check(item: tuple[str, dict[str, Any]]) -> str | None:
-        return verify_file(fs, join(directory, item[0]), item[1])
+        return file_problem(fs, join(directory, item[0]), item[1])
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="verify") as pool:
         problems = list(pool.map(check, files))
     report.checked = len(files)
-    report.missing = [rel for (rel, _), p in zip(files, problems, strict=True) if p == "missing"]
-    report.corrupted = [rel for (rel, _), p in zip(files, problems, strict=True) if p == "corrupted"]
+    report.problems = {rel: p for (rel, _), p in zip(files, problems, strict=True) if p is not None}
+    report.missing = [rel for rel, p in report.problems.items() if p == MISSING]
+    report.corrupted = [rel for rel, p in report.problems.items() if p != MISSING]
     listed = record["files"]
     report.unlisted, report.incomplete = completeness(fs, directory, listed, {*report.missing, *report.corrupted})
     return report
