@@ -233,18 +233,14 @@ class _Destination:
     def write(self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]) -> None:
         """Write the parts to path; `check` raises CorruptSourceError after the last part if the source was bad.
 
-        A crash midway leaves a partial file here; it is no checkpoint without the MANIFEST, and a
-        rerun replaces it (its size or hash differs).
+        An error removes the partial file; a crash midway leaves it here, which is no checkpoint
+        without the MANIFEST, and a rerun replaces it (its size or hash differs).
         """
         self.fs.makedirs(self.fs._parent(path), exist_ok=True)
-        try:
-            with self.fs.open(path, "wb") as out:
-                for part in parts:
-                    out.write(part)
-                check()
-        except CorruptSourceError:
-            self.fs.rm_file(path)
-            raise
+        with mf.open_output(self.fs, path) as out:  # removed again when check() or a write raises
+            for part in parts:
+                out.write(part)
+            check()
 
 
 class _S3Destination(_Destination):

@@ -45,7 +45,7 @@ def _count_uploads(writer: metrics_log.MetricsFile) -> list[int]:
         sizes.append(len(value))
         return real(path, value, **kwargs)
 
-    writer.fs.pipe_file = spy  # type: ignore[method-assign]
+    writer.fs.pipe_file = spy
     return sizes
 
 

@@ -99,7 +99,7 @@ def test_an_unreachable_endpoint_makes_the_run_wait_and_it_proceeds_when_back(
     waiting = _step(reconciler, document, _dump(started), 3)
     pretrain = waiting.status.phases["pretrain"]
     assert pretrain.state != "Failed" and pretrain.jobs[0].state != "Failed"
-    assert condition(waiting.status, "StorageUnavailable").status == "True"  # type: ignore[union-attr]
+    assert condition(waiting.status, "StorageUnavailable").status == "True"
     fs, path = manifest.filesystem(final)
     assert manifest.verify(fs, path).ok  # the local checkpoint is untouched
 
@@ -110,7 +110,7 @@ def test_an_unreachable_endpoint_makes_the_run_wait_and_it_proceeds_when_back(
     assert pretrain.state == "Succeeded" and pretrain.archive is not None
     assert pretrain.archive.startswith(f"{bucket}/runs/lab/olmo2-tiny/archive/pretrain/step8")
     assert done.status.stage == "Succeeded"
-    assert condition(done.status, "StorageUnavailable").status == "False"  # type: ignore[union-attr]
+    assert condition(done.status, "StorageUnavailable").status == "False"
 
 
 def test_refused_credentials_make_the_run_wait_with_access_denied(s3_server: S3Server, tmp_path: Path) -> None:

@@ -36,9 +36,11 @@ half-deleted "committed" one.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,7 +51,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from fsspec import AbstractFileSystem
 from torch import nn
-from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FileSystem, FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
@@ -119,8 +121,31 @@ class _ReproducibleFileSystemWriter(dcp.FileSystemWriter):
         return None
 
 
+class _DiscardingFileSystem(FileSystem):
+    """DCP's fsspec file system, with each shard written through manifest.open_output: DCP's own stream
+    removes a failed file and then lets fsspec commit it (a truncated object, or orphan upload parts);
+    this one aborts the upload instead."""
+
+    @contextlib.contextmanager
+    def create_stream(self, path: str | os.PathLike[str], mode: str) -> Generator[io.IOBase, None, None]:
+        if "w" not in mode or self.fs is None:
+            with super().create_stream(path, mode) as stream:
+                yield stream
+            return
+        with manifest.open_output(self.fs, os.fspath(path)) as stream:
+            yield stream
+
+
 class _ReproducibleFsspecWriter(FsspecWriter):
-    """FsspecWriter (s3://, gs://) without the random save_id and path; see _ReproducibleFileSystemWriter."""
+    """FsspecWriter (s3://, gs://) without the random save_id and path (see _ReproducibleFileSystemWriter),
+    writing shards through _DiscardingFileSystem."""
+
+    def __init__(self, path: str, **storage_options: Any) -> None:
+        super().__init__(path, **storage_options)
+        discarding = _DiscardingFileSystem()
+        discarding.init_path(path, **storage_options)  # the same cached fsspec filesystem as FsspecWriter's
+        # FileSystemWriter annotates `fs` with its local FileSystem; FsspecWriter, too, puts its own there.
+        self.fs = discarding  # type: ignore[assignment]
 
     def storage_meta(self) -> StorageMeta | None:
         return None
@@ -440,7 +465,7 @@ class Checkpointer:
             return
         fs, path = manifest.filesystem(uri, **self.storage_options)
         if states is not None:
-            with fs.open(f"{path}/{TRAINER_NAME}", "wb") as stream:
+            with manifest.open_output(fs, f"{path}/{TRAINER_NAME}") as stream:
                 torch.save({"world_size": len(states), "ranks": states}, stream)
         if self.train_config is not None:
             fs.pipe_file(f"{path}/{CONFIG_NAME}", self.train_config.to_json().encode())

@@ -21,13 +21,15 @@ trainer and the operator reaches storage, so `/tmp/my run` and `file:///tmp/my%2
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ from urllib.parse import unquote
 
 import fsspec
 from fsspec import AbstractFileSystem
+from fsspec.spec import AbstractBufferedFile
 
 from olmo_trainer.layout import MANIFEST_NAME, join, manifest_path, parse_step_name, step_uri
 
@@ -52,6 +55,7 @@ __all__ = [
     "is_local",
     "latest_committed",
     "list_files",
+    "open_output",
     "read_manifest",
     "sha256_file",
     "step_dirs",
@@ -115,6 +119,41 @@ def open_uri(uri: str, mode: str = "rb", **kwargs: Any) -> Any:
     """`fsspec.open` of a path or URL (a `file://` URI decoded by `uri_to_path`); kwargs are fsspec.open's
     (compression, encoding, storage options). Use it as a context manager."""
     return fsspec.open(uri_to_path(uri), mode, **kwargs)
+
+
+@contextlib.contextmanager
+def open_output(fs: AbstractFileSystem, path: str, **kwargs: Any) -> Iterator[Any]:
+    """`fs.open(path, "wb", **kwargs)` that never leaves a partial file or orphan upload parts behind.
+
+    fsspec's own `with fs.open(...)` closes, and so commits, what was written even when the block
+    raises: on S3 a truncated object appears (its multipart upload completed), and when the upload
+    itself is what failed, its parts stay stored, unseen, until someone aborts them. Here an exception
+    discards instead: an object store's pending upload is aborted (s3fs: AbortMultipartUpload; gcsfs
+    cancels its resumable upload) and a local partial file is removed; then the error is re-raised.
+    Only a process killed outright (SIGKILL, a lost node) can still leave parts: the bucket's
+    AbortIncompleteMultipartUpload lifecycle rule (docs/reliability.md) reaps those.
+    """
+    stream = fs.open(path, "wb", **kwargs)
+    try:
+        yield stream
+    except BaseException:
+        _discard(fs, stream, path)
+        raise
+    stream.close()
+
+
+def _discard(fs: AbstractFileSystem, stream: Any, path: str) -> None:
+    if isinstance(stream, AbstractBufferedFile):  # object stores: nothing is visible until commit
+        try:
+            stream.discard()
+        except Exception as error:  # keep the original error; the lifecycle rule reaps the parts
+            logging.getLogger(__name__).warning("could not abort the upload of %s: %s", path, error)
+        finally:
+            stream.closed = True  # so that neither close() nor __del__ commits it after all
+        return
+    stream.close()
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
 
 
 def is_local(fs: AbstractFileSystem) -> bool:
