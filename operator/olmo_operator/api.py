@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     ValidationError,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -60,6 +61,8 @@ SHORT_NAMES = ("olmo",)
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file", "memory")
+MAX_NODES = 5000
+"""The largest cluster Kubernetes supports (kubernetes.io/docs/setup/best-practices/cluster-large)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,8 +112,15 @@ ShmQuantity = Annotated[str, BeforeValidator(partial(check_quantity, example="64
 class SecretRef(ConfigModel):
     """A Secret in the run's namespace; its keys become environment variables of the jobs."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, json_schema_extra={"pattern": DNS_SUBDOMAIN.pattern})
     """Secret name. Storage: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or GOOGLE_APPLICATION_CREDENTIALS); wandb: WANDB_API_KEY."""
+
+    @field_validator("name")
+    @classmethod
+    def _secret_name(cls, name: str) -> str:
+        if not DNS_SUBDOMAIN.match(name):
+            raise ValueError(f"{name!r} is not a Secret name: lowercase letters, digits, '-' and '.' (kubectl get secrets)")
+        return name
 
 
 class StorageSpec(ConfigModel):
@@ -201,8 +211,8 @@ class PhaseSpec(ConfigModel):
     """Parent phase: start from its final checkpoint (soup: average its seeds)."""
     seeds: list[int] = Field(default_factory=list, max_length=16)
     """Fan out into one job per seed (data-order seeds of a soup). Empty: one job with the run seed."""
-    nodes: int = Field(default=1, gt=0)
-    """Nodes per job."""
+    nodes: int = Field(default=1, gt=0, le=MAX_NODES)
+    """Nodes per job (at most 5000, the largest cluster Kubernetes supports)."""
     max_tokens: Tokens | None = None
     """Token budget, e.g. 50B or 3.9T."""
     max_steps: int | None = Field(default=None, gt=0)
@@ -464,6 +474,12 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
         problems.append(
             Problem("metadata.name", f"{name!r} must be a DNS label: lowercase letters, digits and '-', at most 63")
         )
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    if namespace is not None and (not isinstance(namespace, str) or not DNS_LABEL.match(namespace) or len(namespace) > 63):
+        problems.append(
+            Problem("metadata.namespace", f"{namespace!r} must be a DNS label: lowercase letters, digits and '-', at most 63")
+        )
+    problems += location_problems(document)
     phases = _raw_phases(document)
     names = [p.get("name") if isinstance(p.get("name"), str) else None for p in phases]
     parents = [p.get("from") if isinstance(p.get("from"), str) else None for p in phases]
@@ -515,6 +531,42 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
                 break
             seen.add(current)
             current = parents[by_name[current]]
+    return problems
+
+
+_PERCENT_DOT = re.compile(r"%2e", re.IGNORECASE)
+
+
+def _climbs(text: str) -> bool:
+    """Whether a path or URI has a `..` segment, written plainly or percent-encoded (`%2e%2e`, `%252e%252e`)."""
+    decoded = _PERCENT_DOT.sub(".", text.replace("%25", "%"))
+    return ".." in re.split(r"[/\\]", decoded)
+
+
+def location_problems(document: dict[str, Any]) -> list[Problem]:
+    """Storage roots and data locations that would reach outside what they name: a `..` segment
+    anywhere in the spec (plain or percent-encoded), and a storage root that is a relative path."""
+    problems: list[Problem] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}[{index}]")
+        elif isinstance(node, str) and _climbs(node):
+            problems.append(Problem(path, f"{node!r} has a '..' segment (path traversal); write the location in full"))
+
+    spec = document.get("spec")
+    walk(spec, "spec")
+    storage = spec.get("storage") if isinstance(spec, dict) else None
+    for key in ("uri", "scratchUri"):
+        root = storage.get(key) if isinstance(storage, dict) else None
+        if isinstance(root, str) and root and "://" not in root and not root.startswith("/"):
+            problems.append(
+                Problem(f"spec.storage.{key}", f"{root!r} is a relative path; write an absolute path or a URI (file:///..., s3://...)")
+            )
     return problems
 
 

@@ -49,6 +49,8 @@ def load_documents(path: str) -> list[Any]:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not text (byte {error.start} is not UTF-8); give a YAML or JSON file") from None
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as error:

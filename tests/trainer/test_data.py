@@ -12,7 +12,7 @@ import torch
 
 from olmo_trainer.config import DataConfig
 from olmo_trainer.data import DistributedBatches, TokenDataset, build_dataset, mixture_counts
-from olmo_trainer.data.arrays import write_tokens
+from olmo_trainer.data.arrays import DataNotFoundError, write_tokens
 
 
 def data_config(
@@ -87,7 +87,7 @@ def test_a_wrong_dtype_is_reported(tmp_path: Path) -> None:
         build_dataset(
             data_config([{"name": "o", "paths": [str(path)]}], dtype="uint32"), seed=0, work_dir=str(tmp_path)
         )
-    with pytest.raises(FileNotFoundError, match="no token files"):
+    with pytest.raises(DataNotFoundError, match="no token files"):  # a ValueError: recorded InvalidConfig
         build_dataset(
             data_config([{"name": "o", "paths": [str(tmp_path / "none-*.npy")]}]),
             seed=0,

@@ -39,24 +39,37 @@ _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _TOKENS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMBGT]?)\s*$", re.IGNORECASE)
 
 
+MAX_TOKENS = 10**15
+"""The largest token count accepted (1000T): a hundred times OLMo 2's largest pretraining budget (6T,
+OLMo 2 paper Table 1); a larger one is a typo (a unit too many, or 1e30)."""
+
+
 def parse_tokens(value: Any) -> int:
-    """Parse a token budget: ``4096``, ``"50B"``, ``"3.9T"`` -> an integer count of tokens."""
+    """Parse a token budget: ``4096``, ``"50B"``, ``"3.9T"`` -> an integer count of tokens.
+
+    Raises ValueError for anything else: a negative, fractional or non-numeric value, or more than
+    MAX_TOKENS."""
     if isinstance(value, bool):
         raise ValueError("a token count is a number or a string like '50B', not a boolean")
+    count: int | None = None
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a token count cannot be negative")
-        return value
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
-    if isinstance(value, str):
+        count = value
+    elif isinstance(value, float) and value.is_integer() and value >= 0:
+        count = int(value)
+    elif isinstance(value, str):
         match = _TOKENS_RE.match(value)
         if match:
             number, suffix = match.groups()
-            count = Decimal(number) * _SUFFIX[suffix.upper()]
-            if count == count.to_integral_value():
-                return int(count)
-    raise ValueError(f"{value!r} is not a token count: write an integer or a number with K/M/B/T, e.g. '50B'")
+            exact = Decimal(number) * _SUFFIX[suffix.upper()]
+            if exact == exact.to_integral_value():
+                count = int(exact)
+    if count is None:
+        raise ValueError(f"{value!r} is not a token count: write an integer or a number with K/M/B/T, e.g. '50B'")
+    if count > MAX_TOKENS:
+        raise ValueError(f"{value!r} tokens is beyond any corpus (at most 1000T); check the number and its unit")
+    return count
 
 
 def format_tokens(count: int) -> str:
@@ -342,6 +355,13 @@ class OptimConfig(ConfigModel):
 
     lr: float | Literal["inherit"] = 3e-4
     """Peak learning rate, or `inherit`: start where the parent phase's schedule stopped (annealing)."""
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, lr: float | str) -> float | str:
+        if isinstance(lr, float) and not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"{lr} is not a learning rate: give a positive finite number, e.g. 3e-4, or `inherit`")
+        return lr
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(default=1e-8, gt=0)
     weight_decay: float = Field(default=0.1, ge=0)

@@ -39,7 +39,13 @@ import torch.distributed as dist
 from torch import nn
 
 from olmo_trainer.config import EvalConfig, EvalJobConfig, EvalTask, ModelConfig
-from olmo_trainer.data.chat import ChatTokenizer, encode_prompt, load_chat_tokenizer, read_rows
+from olmo_trainer.data.chat import (
+    ChatTokenizer,
+    check_vocabulary,
+    encode_prompt,
+    load_chat_tokenizer,
+    read_rows,
+)
 from olmo_trainer.model import Transformer
 
 OE_PREFIX = "oe:"
@@ -286,6 +292,7 @@ def evaluate(model: Transformer, cfg: EvalConfig, *, device: torch.device, max_l
     """Every task of `cfg` on an unsharded `model` -> {"eval/<task>/<metric>": value}. Collective when a
     process group is initialised (every rank must call it)."""
     tok = load_chat_tokenizer(cfg.tokenizer)
+    check_vocabulary(tok, model.config.vocab_size, source=cfg.tokenizer)
     was_training = model.training
     model.eval()
     results: dict[str, float] = {}

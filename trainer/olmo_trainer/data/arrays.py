@@ -22,18 +22,25 @@ from olmo_trainer.data_record import is_local
 from olmo_trainer.manifest import filesystem
 
 
+class DataNotFoundError(ValueError):
+    """A data location that matches no file. A ValueError: the job cannot train on this config, so the
+    trainer records it as InvalidConfig (failure.json) and the operator does not retry it."""
+
+
 def _has_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:
-    """Globs and directories -> files (each pattern sorted, so the order is stable); URLs keep their scheme."""
+    """Globs and directories -> files (each pattern sorted, so the order is stable); URLs keep their scheme.
+
+    Raises DataNotFoundError for a pattern that matches no file."""
     out: list[str] = []
     for pattern in paths:
         fs, path = filesystem(pattern)
         if is_local(pattern):
             local = fs._strip_protocol(path)
-            found = sorted(glob.glob(local)) if _has_glob(local) else [local]
+            found = sorted(glob.glob(local)) if _has_glob(local) else [local] if os.path.exists(local) else []
             found = [f for p in found for f in (_npy_in(p) if os.path.isdir(p) else [p])]
         else:
             if _has_glob(path):
@@ -41,10 +48,10 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
             elif fs.isdir(path):
                 found = sorted(p for p in fs.find(path) if str(p).endswith(".npy"))
             else:
-                found = [path]
+                found = [path] if fs.exists(path) else []
             found = [fs.unstrip_protocol(p) for p in found]
         if not found:
-            raise FileNotFoundError(f"no token files match {pattern!r}")
+            raise DataNotFoundError(f"no token files match {pattern!r}: check the data source's `paths`")
         out.extend(found)
     return out
 

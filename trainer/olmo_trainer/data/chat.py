@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from olmo_trainer.data.arrays import is_local
+from olmo_trainer.data.arrays import DataNotFoundError, is_local
 from olmo_trainer.data.synth import BYTE_EOS
 from olmo_trainer.manifest import filesystem, open_uri
 
@@ -92,6 +92,8 @@ class ChatTokenizer(Protocol):
     name: str
     eos_token_id: int
     pad_token_id: int
+    vocab_size: int
+    """Ids it can produce: 0 .. vocab_size - 1."""
 
     def encode(self, text: str) -> tuple[list[int], list[int]]: ...
 
@@ -104,6 +106,7 @@ class ByteChatTokenizer:
     name = "bytes"
     eos_token_id = BYTE_EOS
     pad_token_id = BYTE_PAD
+    vocab_size = BYTE_PAD + 1
     _SPECIALS = {EOS_TEXT: BYTE_EOS, PAD_TEXT: BYTE_PAD}
 
     def encode(self, text: str) -> tuple[list[int], list[int]]:
@@ -147,6 +150,7 @@ class HFChatTokenizer:
             raise ValueError(f"{path}: has no {EOS_TEXT} token; the OLMo 2 chat template needs it")
         self.eos_token_id = int(eos)
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_id
+        self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
 
     def encode(self, text: str) -> tuple[list[int], list[int]]:
         encoding = self._tok.encode(text, add_special_tokens=False)
@@ -154,6 +158,20 @@ class HFChatTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=True))
+
+
+def check_vocabulary(tokenizer: ChatTokenizer, vocab_size: int, *, source: str | None) -> None:
+    """Refuse a tokenizer whose ids reach past the model's vocabulary (`vocab_size`), before any forward
+    pass: those ids would index embedding rows the model never learnt, or none at all.
+
+    Raises ValueError naming the tokenizer (`source`, None: the byte-level one) and both sizes."""
+    if tokenizer.vocab_size > vocab_size:
+        which = source or "the byte-level tokenizer"
+        raise ValueError(
+            f"{which} has {tokenizer.vocab_size} token ids but the model's vocabulary has {vocab_size} "
+            "(model vocabSize): use the tokenizer the model was trained with (dolma2 for the OLMo 2 presets, "
+            "none for `tiny`), or a model whose vocabulary holds this one"
+        )
 
 
 def load_chat_tokenizer(path: str | None) -> ChatTokenizer:
@@ -189,13 +207,14 @@ def encode_prompt(tokenizer: ChatTokenizer, messages: Sequence[dict[str, str]]) 
 
 
 def expand_chat_paths(paths: Sequence[str]) -> list[str]:
-    """Globs -> files, each pattern sorted (stable order); URLs keep their scheme."""
+    """Globs -> files, each pattern sorted (stable order); URLs keep their scheme. Raises DataNotFoundError
+    for a pattern that matches no file."""
     out: list[str] = []
     for pattern in paths:
         fs, path = filesystem(pattern)
-        found = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
+        found = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path] if fs.exists(path) else []
         if not found:
-            raise FileNotFoundError(f"no chat data files match {pattern!r}")
+            raise DataNotFoundError(f"no chat data files match {pattern!r}: check the data's `paths`")
         out.extend(p if is_local(pattern) else fs.unstrip_protocol(p) for p in found)
     return out
 

@@ -80,13 +80,14 @@ def load_prompts(
 def build_prompt_batches(cfg: TrainConfig, info: DistInfo) -> tuple[Any, Any]:
     """This rank's step source over the phase's RLVR prompts, and the chat tokenizer (which decodes
     the responses for the verifiers)."""
-    from olmo_trainer.data.chat import encode_prompt, load_chat_tokenizer, read_rows
+    from olmo_trainer.data.chat import check_vocabulary, encode_prompt, load_chat_tokenizer, read_rows
     from olmo_trainer.data.order import DistributedBatches
     from olmo_trainer.train import work_dir
 
     assert cfg.rlvr is not None and cfg.batch is not None
     data = cfg.rlvr.data
     tokenizer = load_chat_tokenizer(data.tokenizer)
+    check_vocabulary(tokenizer, cfg.model.vocab_size, source=data.tokenizer)
     dataset = load_prompts(
         read_rows(data.paths), lambda messages: encode_prompt(tokenizer, messages), max_length=data.max_length
     )

@@ -111,7 +111,7 @@ class DPOObjective(BaseObjective):
         self.device = info.device
         data = self.dpo.data
         tokenizer = load_chat_tokenizer(data.tokenizer)
-        check_vocab(cfg, data, tokenizer.pad_token_id)
+        check_vocab(cfg, data, tokenizer)
         self.dataset = PreferenceDataset(data.paths, tokenizer, max_length=data.max_length)
         if info.rank == 0:
             print(f"dpo data: {len(self.dataset)} pairs, {self.dataset.dropped} dropped (no trained token)")

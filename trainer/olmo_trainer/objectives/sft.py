@@ -25,7 +25,14 @@ import torch
 from torch import nn
 
 from olmo_trainer.config import ChatDataConfig, TrainConfig
-from olmo_trainer.data.chat import IGNORE, ChatBatch, SFTDataset, load_chat_tokenizer
+from olmo_trainer.data.chat import (
+    IGNORE,
+    ChatBatch,
+    ChatTokenizer,
+    SFTDataset,
+    check_vocabulary,
+    load_chat_tokenizer,
+)
 from olmo_trainer.distributed import DistInfo
 from olmo_trainer.layout import StepPlan
 from olmo_trainer.objectives import BaseObjective, LossOutput
@@ -93,8 +100,10 @@ def chat_batches(cfg: TrainConfig, dataset: Any, plan: StepPlan, info: DistInfo)
     )
 
 
-def check_vocab(cfg: TrainConfig, data: ChatDataConfig, pad_id: int) -> None:
+def check_vocab(cfg: TrainConfig, data: ChatDataConfig, tokenizer: ChatTokenizer) -> None:
     """A tokenizer whose ids do not fit the model is a config error, found before any forward pass."""
+    check_vocabulary(tokenizer, cfg.model.vocab_size, source=data.tokenizer)
+    pad_id = tokenizer.pad_token_id
     if pad_id >= cfg.model.padded_vocab:
         which = data.tokenizer or "the byte-level tokenizer"
         raise ValueError(f"{which}: PAD id {pad_id} is outside the model's {cfg.model.padded_vocab} embedding rows")
@@ -113,7 +122,7 @@ class SFTObjective(BaseObjective):
         self.device = info.device
         data = self.sft.data
         tokenizer = load_chat_tokenizer(data.tokenizer)
-        check_vocab(cfg, data, tokenizer.pad_token_id)
+        check_vocab(cfg, data, tokenizer)
         dataset = SFTDataset(data.paths, tokenizer, max_length=data.max_length)
         if info.rank == 0:
             print(f"sft data: {len(dataset)} conversations, {dataset.dropped} dropped (no trained token)")
