@@ -123,8 +123,8 @@ def last_metrics(save_dir: str, options: Options = None) -> MetricsLine | None:
     for line in reversed(text.splitlines()):
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written, or the cut-off first line of the tail
+        except (json.JSONDecodeError, RecursionError):
+            continue  # a line being written, the cut-off first line of the tail, or nested too deeply
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             continue
         last = last or row

@@ -74,6 +74,8 @@ def read_record(fs: fsspec.AbstractFileSystem, directory: str) -> DataRecord | N
             index = json.load(f)
         except json.JSONDecodeError as error:
             raise ValueError(f"{fs.unstrip_protocol(path)}: not JSON ({error.msg})") from None
+        except (RecursionError, UnicodeDecodeError) as error:  # nested too deeply, or not text
+            raise ValueError(f"{fs.unstrip_protocol(path)}: not JSON ({type(error).__name__})") from None
     if not isinstance(index, dict):
         raise ValueError(f"{fs.unstrip_protocol(path)}: not a JSON object")
     tokenizer = index.get("tokenizer")

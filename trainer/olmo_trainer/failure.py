@@ -70,7 +70,7 @@ def read_failure(save_dir: str, *, attempt: int, **storage_options: Any) -> Fail
     try:
         with open_uri(failure_uri(save_dir), "r", **storage_options) as f:
             record = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or record.get("attempt") != attempt:
         return None
@@ -92,7 +92,7 @@ def read_notice(save_dir: str, *, attempt: int, **storage_options: Any) -> tuple
     try:
         with open_uri(notice_uri(save_dir), "r", **storage_options) as f:
             record = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or record.get("attempt") != attempt:
         return None

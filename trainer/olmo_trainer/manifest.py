@@ -245,7 +245,7 @@ def read_manifest(fs: AbstractFileSystem, directory: str) -> dict[str, Any] | No
     """The manifest of a directory, or None when it is not committed (or unreadable)."""
     try:
         data = json.loads(fs.cat_file(manifest_path(directory)))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
         return None

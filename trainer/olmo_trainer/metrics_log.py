@@ -93,7 +93,7 @@ def rows_of(text: str) -> list[dict[str, Any]]:
     for line in text.splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # torn by a kill, or nested too deeply
             continue
         if isinstance(row, dict):
             rows.append(row)
@@ -128,8 +128,8 @@ def clean_lines(text: str, *, up_to_step: int | None) -> list[str]:
     for line in text.splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill
+        except (json.JSONDecodeError, RecursionError):
+            continue  # a line torn by a kill (or nested too deeply to read)
         if isinstance(record, dict) and (up_to_step is None or record.get("step", 0) <= up_to_step):
             kept.append(line)
     return kept

@@ -230,6 +230,8 @@ def read_rows(paths: Sequence[str]) -> Iterator[tuple[str, int, dict[str, Any]]]
                     row = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+                except RecursionError:  # json recurses once per bracket: a hostile line must not crash
+                    raise ValueError(f"{path}:{number}: not JSON (nested too deeply)") from None
                 if not isinstance(row, dict):
                     raise ValueError(f"{path}:{number}: a row is a JSON object")
                 yield path, number, row

@@ -38,6 +38,8 @@ def read_documents(url: str) -> Iterator[str]:
                 doc = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{url}:{number}: not JSON ({error.msg})") from None
+            except RecursionError:  # json recurses once per bracket: a hostile line must not crash
+                raise ValueError(f"{url}:{number}: not JSON (nested too deeply)") from None
             if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
                 raise ValueError(f'{url}:{number}: a document needs a string "text" field')
             yield doc["text"]
