@@ -85,6 +85,11 @@ class S3Server:
         args = [weed_binary(), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         args += ["-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
         args += ["-master.telemetry=false", f"-s3.config={config}"]
+        # Every bucket is a collection with volumes of its own. Left to itself, mini sizes volumes at up to
+        # 1 GiB and allows free disk / size of them (28 on a 29 GiB disk): a test session making more
+        # buckets than that gets InternalError on every write. Small volumes, not preallocated, and room
+        # for many: disk is used only by what is written.
+        args += ["-master.volumeSizeLimitMB=64", "-volume.max=400"]
         for name, (http, grpc) in ports.items():
             args += [f"-{name}.port={http}", f"-{name}.port.grpc={grpc}"]
         # No AWS_* variables from the caller: the server must use exactly the identity above.
