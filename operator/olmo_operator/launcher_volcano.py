@@ -14,11 +14,17 @@ How the request reaches the Job, with torchx's own extension points:
   and the Secrets as `envFrom` (never inline values);
 - the scheduler's options (KubernetesOpts): queue, namespace, service account, priority class;
 - the scheduler's request object (KubernetesJob, from submit_dryrun): the Job's metadata (the
-  deterministic name, namespace, labels, ownerReference).
+  deterministic name, namespace, labels, ownerReference), and Volcano's own retries switched off
+  (`maxRetry` and lifecycle `policies`, see VOLCANO_MAX_RETRY).
 torchx cannot take a job name: it appends a random id (ids.make_unique) and also writes that id into
 each pod's `app.kubernetes.io/instance` label, after the overlay. `_name_job` is the ONE place that
 fixes what torchx lacks: it sets the metadata and replaces that one label with the job's name, so a
-resubmission collides (409 Conflict, not an error) and is never duplicated.
+resubmission collides (409 Conflict, not an error) and is never duplicated. `_end_on_first_failure`
+is the other one: torchx writes `maxRetry: 0`, which Volcano reads as 3 retries of its own.
+
+describe reads a stopped Job as preemption (resubmitted without using the retry budget) when Volcano
+ended it for a pod taken from outside (TerminateJob below: Terminated), or when a pod of a Failed Job
+shows it was evicted (`status.reason: Evicted`, a `DisruptionTarget` condition) or exited 143.
 """
 
 from __future__ import annotations
@@ -70,11 +76,45 @@ _STATES: dict[str, ObservedState] = {
     "Completed": "Succeeded",
     "Failed": "Failed",
     "Terminated": "Failed",
-    "Terminating": "Failed",
     "Aborted": "Failed",
-    "Aborting": "Failed",
 }
-_STOPPED_FROM_OUTSIDE = ("Terminated", "Terminating", "Aborted", "Aborting")
+_STOPPING = ("Terminating", "Aborting")
+"""Volcano is deleting the Job's pods: not replaced until they are gone (one writer per save_dir)."""
+_STOPPED_FROM_OUTSIDE = ("Terminated", "Aborted")
+EVICTED_REASONS = ("Evicted", "Preempting")
+"""A pod's `status.reason` when the kubelet evicted it (node pressure) or a scheduler preempted it."""
+DISRUPTION_TARGET = "DisruptionTarget"
+"""The pod condition Kubernetes (>= 1.26) and Volcano's scheduler set on a pod about to be taken away:
+reason EvictionByEvictionAPI (node drain), PreemptionByScheduler (Volcano: pkg/scheduler/cache/cache.go,
+defaultEvictor.Evict), DeletionByTaintManager, DeletionByPodGC (its node is gone: spot reclaim),
+TerminationByKubelet (node pressure)."""
+
+VOLCANO_MAX_RETRY = 1
+"""Volcano's job-level `maxRetry`: 1, so that Volcano itself never restarts a job; the planner decides.
+
+Volcano's mutating webhook replaces 0, what torchx writes when a role has no retries, with its default 3
+(volcano-sh/volcano pkg/webhooks/admission/jobs/mutate/mutate_job.go: patchDefaultMaxRetry,
+DefaultMaxRetry = 3): `maxRetry: 0` means three restarts behind the planner's back. With 1, the
+RestartJob of a failed pod finds `retryCount (1) >= maxRetry (1)` and marks the Job Failed at once
+(pkg/controllers/job/state/restarting.go: restartingUpdateStatus); being the last retry, Volcano keeps
+the Failed pods for their exit codes (job_controller_actions.go, killJob: lastRetry ->
+PodRetainPhaseSoft) and creates no new pod (its PodGroup is gone, so syncJob only updates the status)."""
+VOLCANO_POLICIES = (
+    # The trainer saved a checkpoint after SIGTERM (a node drain evicts through SIGTERM): preempted.
+    # An exitCode policy is matched before the event policies below (pkg/controllers/job/
+    # job_controller_util.go, applyPolicies: job policies in order, exit code checked per policy).
+    {"exitCode": EXIT_PREEMPTED, "action": "TerminateJob"},
+    # A pod deleted from outside (drain, spot reclaim: its node is gone, Volcano's own preemption):
+    # Volcano's PodEvicted event is any deletion of a pod it did not kill itself
+    # (job_controller_handler.go, deletePod). Its default action, SyncJob, would create the pod again.
+    {"event": "PodEvicted", "action": "TerminateJob"},
+    # Any other pod failure ends the whole Job (a multi-node torchrun cannot continue without a rank):
+    # RestartJob with maxRetry 1 is Failed at once (see VOLCANO_MAX_RETRY). Without it Volcano waits for
+    # every pod to end (state/running.go) while the other ranks hang in a collective.
+    {"event": "PodFailed", "action": "RestartJob"},
+)
+"""Volcano's job-level lifecycle policies (accepted by pkg/webhooks/admission/jobs/validate/util.go,
+validatePolicies: event or exit code, never both, no duplicates)."""
 
 
 def pod_overlay(request: JobRequest) -> dict[str, Any]:
@@ -228,6 +268,7 @@ class VolcanoLauncher:
         """torchx's request for the Job, named and owned (no API call)."""
         info = self._scheduler().submit_dryrun(app_def(request), self.options(request))
         _name_job(info.request, request, self.namespace)
+        _end_on_first_failure(info.request)
         return info
 
     def render(self, request: JobRequest) -> dict[str, Any]:
@@ -276,31 +317,45 @@ class VolcanoLauncher:
             # Foreground deletion: the Job stays until its pods are gone; until then it still "runs".
             return JobObservation(job_name, "Running", message="terminating", terminating=True)
         phase = job.get("status", {}).get("state", {}).get("phase", "Pending")
+        if phase in _STOPPING:
+            return JobObservation(
+                job_name, "Running", message=f"Volcano job {phase}: its pods are stopping", terminating=True
+            )
         state = _STATES.get(phase, "Pending")
         if state != "Failed":
             return JobObservation(job_name, state)
-        exit_code, reason = self._exit(job_name)
-        preempted = (
-            phase in _STOPPED_FROM_OUTSIDE or exit_code == EXIT_PREEMPTED or reason in ("Evicted", "Preempting")
-        )
+        exit_code, disruption = self._exit(job_name)
+        preempted = phase in _STOPPED_FROM_OUTSIDE or exit_code == EXIT_PREEMPTED or bool(disruption)
         message = f"Volcano job {phase}" + (f", exit code {exit_code}" if exit_code is not None else "")
+        if phase in _STOPPED_FROM_OUTSIDE:
+            message += " (a pod was evicted, preempted or stopped from outside)"
+        elif disruption:
+            message += f" (pod {disruption})"
         return JobObservation(job_name, "Failed", exit_code=exit_code, preempted=preempted, message=message)
 
     def _exit(self, job_name: str) -> tuple[int | None, str]:
-        """The first non-zero container exit code and pod reason among the job's pods."""
+        """The first non-zero container exit code among the job's pods, and how a pod was taken away
+        ("" when none was: evicted, preempted, or a DisruptionTarget condition with its reason)."""
         from kubernetes import client
 
         core = client.CoreV1Api(self.api_client())
         pods = core.list_namespaced_pod(self.namespace, label_selector=f"volcano.sh/job-name={job_name}")
+        exit_code: int | None = None
+        disruption = ""
         for pod in pods.items or []:
-            reason = (pod.status and pod.status.reason) or ""
-            for cs in (pod.status and pod.status.container_statuses) or []:
+            status = pod.status
+            if status is None:
+                continue
+            if not disruption and status.reason in EVICTED_REASONS:
+                disruption = str(status.reason).lower()
+            for cond in status.conditions or []:
+                if not disruption and cond.type == DISRUPTION_TARGET and cond.status == "True":
+                    disruption = f"disrupted: {cond.reason or DISRUPTION_TARGET}"
+            for cs in status.container_statuses or []:
                 terminated = cs.state and cs.state.terminated
-                if terminated and terminated.exit_code:
-                    return int(terminated.exit_code), reason
-            if reason:
-                return None, reason
-        return None, ""
+                if exit_code is None and terminated and terminated.exit_code:
+                    exit_code = int(terminated.exit_code)
+        return exit_code, disruption
 
     def cancel(self, job_name: str) -> None:
         """Delete the Job (foreground: its pods get SIGTERM first). A Job already gone is not an error.
@@ -333,3 +388,12 @@ def _name_job(job: KubernetesJob, request: JobRequest, namespace: str) -> None:
     }
     for task in job.resource["spec"]["tasks"]:
         task["template"].metadata.labels[LABEL_UNIQUE_NAME] = request.name
+
+
+def _end_on_first_failure(job: KubernetesJob) -> None:
+    """Volcano never retries: `maxRetry` 1 and the lifecycle policies above (torchx writes 0, read as 3).
+
+    Tested by tests/faults/test_volcano_eviction.py (what Volcano does with them, pod event by pod event).
+    """
+    job.resource["spec"]["maxRetry"] = VOLCANO_MAX_RETRY
+    job.resource["spec"]["policies"] = [dict(p) for p in VOLCANO_POLICIES]

@@ -199,7 +199,10 @@ def test_job_metadata_names_labels_and_owner() -> None:
         "research-high",
         "volcano",
     )
-    assert spec["maxRetry"] == 0  # the operator retries, with backoff, resuming from checkpoints
+    # The operator retries, with backoff, resuming from checkpoints: Volcano never does. 0 would be Volcano's
+    # default 3 (tests/faults/test_volcano_eviction.py plays what Volcano does with these).
+    assert spec["maxRetry"] == 1 and [p["action"] for p in spec["policies"]] == ["TerminateJob", "TerminateJob",
+                                                                                 "RestartJob"]
     # torchx's random app id is gone everywhere: the deterministic name makes resubmission idempotent.
     assert "olmo2-7b-pretrain-a3-" not in yaml.safe_dump(manifest).replace("olmo2-7b-pretrain-a3-trainer", "")
 
