@@ -19,8 +19,8 @@ from typing import Any
 
 import kopf
 
-from olmo_operator import __version__
-from olmo_operator.handlers import Context, LauncherFactory, build_registry
+from olmo_operator import __version__, api
+from olmo_operator.handlers import Context, LauncherFactory, StatusWriter, build_registry
 from olmo_operator.kube_status import redact, secret_values
 from olmo_operator.metrics import Metrics
 from olmo_operator.reconcile import JobLauncher
@@ -46,7 +46,41 @@ def kube_client(settings: Settings) -> Any:
     config.connection_pool_maxsize = settings.max_workers  # one connection per worker thread
     client = kubernetes.client.ApiClient(config)
     client.user_agent = USER_AGENT  # the API server's audit log (and the RBAC test) can tell our requests apart
+    _default_timeout(client, settings.request_timeout_seconds)
     return client
+
+
+def _default_timeout(client: Any, seconds: float) -> None:
+    """Every request of `client` without a timeout of its own gets `seconds`.
+
+    The kubernetes client waits forever by default, and torchx's calls (schedule) pass no timeout: one
+    API server that never answers would hold a worker thread, and the run's reconcile, for ever. The
+    client has no setting for a default (kubernetes/client/rest.py: RESTClientObject.request takes
+    `_request_timeout` per call), so its one request method is wrapped here.
+    """
+    rest = client.rest_client
+    request = rest.request
+
+    def with_timeout(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return request(*args, _request_timeout=_request_timeout or seconds, **kwargs)
+
+    rest.request = with_timeout
+
+
+class _SharedClient:
+    """kube_client(settings), made on first use (in-cluster config is read then), shared by the
+    launchers and the status writer."""
+
+    def __init__(self, settings: Settings, api_client: Any = None) -> None:
+        self.settings = settings
+        self._client = api_client
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = kube_client(self.settings)
+            return self._client
 
 
 def launcher_factory(settings: Settings, api_client: Any = None) -> LauncherFactory:
@@ -59,7 +93,7 @@ def launcher_factory(settings: Settings, api_client: Any = None) -> LauncherFact
 
     launchers: dict[str, JobLauncher] = {}
     lock = threading.Lock()
-    client: list[Any] = [api_client]
+    client = api_client if isinstance(api_client, _SharedClient) else _SharedClient(settings, api_client)
 
     def launcher_for(namespace: str) -> JobLauncher:
         with lock:
@@ -67,12 +101,23 @@ def launcher_factory(settings: Settings, api_client: Any = None) -> LauncherFact
                 if settings.scheduler == "local_cwd":
                     launchers[namespace] = LocalLauncher()
                 else:
-                    if client[0] is None:
-                        client[0] = kube_client(settings)
-                    launchers[namespace] = VolcanoLauncher(namespace, api_client=client[0])
+                    launchers[namespace] = VolcanoLauncher(namespace, api_client=client())
             return launchers[namespace]
 
     return launcher_for
+
+
+def status_writer(client: Callable[[], Any]) -> StatusWriter:
+    """Patches an OlmoRun's status subresource (a JSON merge patch) with the operator's client."""
+
+    def write(namespace: str, name: str, patch: dict[str, Any]) -> None:
+        import kubernetes
+
+        kubernetes.client.CustomObjectsApi(client()).patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch
+        )
+
+    return write
 
 
 async def operate(
@@ -85,8 +130,10 @@ async def operate(
     ready_flag: Any = None,
 ) -> None:
     """Run the operator until `stop_flag` is set (a threading.Event or an asyncio future)."""
+    client = _SharedClient(settings)
     context = Context(settings=settings, metrics=metrics or Metrics(),
-                      launcher_for=launcher_for or launcher_factory(settings))
+                      launcher_for=launcher_for or launcher_factory(settings, client),
+                      write_status=status_writer(client))
     if clock is not None:
         context.clock = clock
     await kopf.operator(

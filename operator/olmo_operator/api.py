@@ -198,6 +198,11 @@ class RetryPolicy(ConfigModel):
     """Delay before the first retry; doubles each time."""
     max_backoff_seconds: int = Field(default=3600, ge=0)
     """Upper bound of the delay."""
+    hang_timeout_minutes: float | None = Field(default=None, gt=0, le=10080)
+    """A running job whose metrics.jsonl gains no new step for this long is hung: cancelled, counted as
+    a failure (reason Hung) and retried from its newest checkpoint. The clock starts when the job is
+    first seen running, so allow for its start-up and its longest pause (a checkpoint, an evaluation).
+    Unset: never."""
 
 
 class PhaseSpec(ConfigModel):
@@ -308,6 +313,9 @@ class JobStatus(StatusModel):
     message: str = ""
     retry_at: str | None = None
     """When the next attempt is submitted (RFC 3339)."""
+    progress_at: str | None = None
+    """When the running attempt last advanced: first seen running, or a new step in its metrics (RFC 3339).
+    The clock of spec.retry.hangTimeoutMinutes."""
 
 
 class PhaseStatus(StatusModel):

@@ -7,9 +7,19 @@ Every trigger (create, update, resume, the resync timer) runs the same level-bas
 Reconciler's (reconcile.py: parse -> storage options -> observe/plan/apply -> events, invalid specs
 and event de-duplication included), which `olmorun local` runs too. What is kopf's is here: ONE
 status patch per step, written as a minimal merge patch (nothing changed: no write at all) with
-secrets redacted (kube_status.py), one Kubernetes Event per event, a finalizer that holds deletion
+secrets redacted (kube_status.py), one Kubernetes Event per event once the status that records it is
+written, a finalizer that holds deletion
 until every job of the run is cancelled, and failures as kopf.TemporaryError(delay=...) /
 PermanentError so that kopf retries; nothing here sleeps.
+
+The status patch is written by the handler itself (Context.write_status), not left in kopf's `patch`:
+kopf applies that patch after a timer returns, and a refused patch (a 409, a 5xx past kopf's retries)
+ends that object's timer for the life of the process (kopf/_core/engines/daemons.py: `_runner` adds
+it to `forever_stopped`), so the run would never be polled again. Written here, a refused write is a
+TemporaryError like any other: the step runs again and writes what is still missing. A timed decision due before the next
+resync tick (a retry's backoff, a hang deadline: the step's `requeue_after`) is kept on time the same
+way: the step's status is written, then `Requeue` (a TemporaryError, kopf's one per-call schedule)
+runs the step again at that moment instead of at the next tick.
 
 Job state is polled by the timer (OLMORUN_RESYNC_SECONDS) rather than watched: the launcher's describe is
 the one view of a job that every torchx scheduler offers, it costs one GET per active job per interval
@@ -29,6 +39,7 @@ from typing import Any
 import kopf
 
 from olmo_operator import api
+from olmo_operator.actions import Emit
 from olmo_operator.kube_status import merge_patch, plain, redact, secret_values
 from olmo_operator.metrics import Metrics, run_state
 from olmo_operator.plan import is_finished
@@ -40,6 +51,9 @@ log = logging.getLogger(__name__)
 
 LauncherFactory = Callable[[str], JobLauncher]
 """namespace -> the launcher that submits, describes and cancels that namespace's jobs."""
+StatusWriter = Callable[[str, str, dict[str, Any]], None]
+"""(namespace, name, {"status": merge patch}) -> the OlmoRun's status subresource patched; raises the
+Kubernetes client's errors (ApiException, a timeout)."""
 
 
 @dataclass
@@ -49,6 +63,7 @@ class Context:
     settings: Settings
     metrics: Metrics
     launcher_for: LauncherFactory
+    write_status: StatusWriter
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     secrets: frozenset[str] = field(default_factory=lambda: secret_values(os.environ))
 
@@ -78,8 +93,43 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     return registry
 
 
+class Requeue(kopf.TemporaryError):
+    """Not a failure: the step's next timed decision falls due in `delay` seconds, before the resync tick.
+
+    kopf applies the step's status patch, then calls the handler again after `delay`. kopf logs every
+    TemporaryError as an error, which it would post as an Event: `_QuietRequeue` keeps these out.
+    """
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"{REQUEUE_MARK} in {delay:.1f}s", delay=delay)
+
+
+REQUEUE_MARK = "next timed decision due"
+
+
+class _QuietRequeue(logging.Filter):
+    """kopf's "<handler> failed temporarily: next timed decision due..." is logged at DEBUG: a Requeue is
+    the schedule working, not an error, and is posted as no Event (kopf posts records >= WARNING)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if REQUEUE_MARK in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_QUIET_REQUEUE = _QuietRequeue()
+
+
+def requeue(outcome: Outcome, settings: Settings) -> None:
+    """Raise Requeue when the step's next timed decision is due before the timer's next tick."""
+    due = outcome.requeue_after
+    if due is not None and due < settings.resync_seconds:
+        raise Requeue(max(due, 0.05))
+
+
 def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    """Our finalizer and annotation names; threads for the blocking launcher and storage calls."""
+    """Our finalizer and annotation names; threads for the blocking launcher and storage calls; the
+    request timeout; Requeue kept out of the Events."""
     ours: Settings = memo.context.settings
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
@@ -88,6 +138,10 @@ def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     )
     settings.execution.max_workers = ours.max_workers
     settings.posting.level = logging.WARNING  # kopf's own failures become Events; its INFO chatter does not
+    settings.networking.request_timeout = ours.request_timeout_seconds
+    objects = logging.getLogger("kopf.objects")  # kopf's per-object logger, the one posted as Events
+    if _QUIET_REQUEUE not in objects.filters:
+        objects.addFilter(_QUIET_REQUEUE)
 
 
 def login(*, memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -114,11 +168,11 @@ def needs_polling(*, status: Mapping[str, Any], **_: Any) -> bool:
 
 
 def on_change(*, body: kopf.Body, patch: kopf.Patch, memo: Any, reason: str, **_: Any) -> None:
-    step(body, patch, memo, trigger=str(reason))
+    requeue(step(body, patch, memo, trigger=str(reason)), memo.context.settings)
 
 
 def on_timer(*, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    step(body, patch, memo, trigger="timer")
+    requeue(step(body, patch, memo, trigger="timer"), memo.context.settings)
 
 
 def on_delete(*, body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -146,13 +200,15 @@ def _cancel_all(launcher: JobLauncher, names: list[str]) -> None:
 
 
 class _Guard:
-    """Per-object: serialises reconciles, and remembers the last status this process decided.
+    """Per-object: serialises reconciles, remembers the last status this process decided, whether it is
+    written, and the events still waiting for it to be.
 
     kopf runs the timer beside the event handlers and applies our patch after the handler returns,
     in more than one write (annotations, then the status subresource): an object seen in between has
     a new resourceVersion and the old status. The operator is the only writer of the status, so the
-    status it decided last is the one to plan from, whatever the object seen says; the patch is still
-    computed against the object's own status, so a lost write is written again. Planning from a stale
+    status it decided last is the one to plan from, whatever the object seen says (so nothing decided is
+    done twice); the patch is computed against the object's own status unless the last write succeeded
+    and the object seen predates it, so a refused or lost write is written again in full. Planning from a stale
     status resubmitted jobs (a second CREATE, answered 409: 1.56 CREATEs per run in bench/RESULTS.md).
     """
 
@@ -160,6 +216,10 @@ class _Guard:
         self.lock = threading.Lock()
         self.seen_version: str | None = None
         self.written: dict[str, Any] | None = None
+        self.persisted = False
+        """The status decided last was written."""
+        self.pending: list[Emit] = []
+        """Events of steps whose status write failed: posted after the write that records them."""
 
     def freshest(self, document: dict[str, Any]) -> dict[str, Any]:
         """The object with the status this process last decided (its own, until then)."""
@@ -170,7 +230,8 @@ class _Guard:
     def patch_base(self, seen: dict[str, Any]) -> dict[str, Any]:
         """What the status patch is computed against: the object's status, or ours while the object
         seen is still the one our last patch was computed from (kopf has not applied it yet)."""
-        if self.written is not None and seen["metadata"].get("resourceVersion") == self.seen_version:
+        fresh = seen["metadata"].get("resourceVersion") == self.seen_version
+        if self.written is not None and self.persisted and fresh:
             return self.written
         return dict(seen.get("status") or {})
 
@@ -179,8 +240,12 @@ class _Guard:
         self.written = status
 
 
-def step(body: kopf.Body, patch: kopf.Patch, memo: Any, *, trigger: str) -> None:
-    """One reconcile of one object: the shared step, then one status patch and its events."""
+def step(body: kopf.Body, patch: kopf.Patch, memo: Any, *, trigger: str) -> Outcome:
+    """One reconcile of one object: the shared step, then one status patch, then its events.
+
+    Raises kopf.TemporaryError when the status cannot be written: the decisions are kept (nothing is
+    submitted twice) and the write, with the events that wait for it, is tried again at the next step.
+    """
     context: Context = memo.context
     guard: _Guard = memo.setdefault("guard", _Guard())
     with guard.lock, context.metrics.time_reconcile(trigger):
@@ -189,17 +254,24 @@ def step(body: kopf.Body, patch: kopf.Patch, memo: Any, *, trigger: str) -> None
         outcome: Outcome = _guarded(context, trigger, lambda: context.reconciler.step(document))
         new = redact(outcome.status.model_dump(by_alias=True, mode="json", exclude_none=True), context.secrets)
         changes = merge_patch(guard.patch_base(seen), new)
-        if changes:
-            patch.setdefault("status", {}).update(changes)
         guard.remember(document, new)
+        guard.pending += outcome.events
         meta = document["metadata"]
         context.metrics.set_state(meta.get("namespace", "default"), meta["name"], run_state(outcome.status))
         context.metrics.record_submissions(
             len(outcome.submitted), retries=sum(1 for s in outcome.submitted if s.attempt > 1)
         )
         context.metrics.record_events(outcome.events)
-        for event in outcome.events:
+        if changes:
+            guard.persisted = False
+            namespace = meta.get("namespace", "default")
+            _guarded(context, f"{trigger}: status", lambda: context.write_status(namespace, meta["name"],
+                                                                              {"status": changes}))
+        guard.persisted = True
+        for event in guard.pending:
             kopf.event(body, type=event.type, reason=event.reason, message=redact(event.message, context.secrets))
+        guard.pending = []
+    return outcome
 
 
 def _guarded(context: Context, trigger: str, work: Callable[[], Any]) -> Any:
@@ -212,7 +284,17 @@ def _guarded(context: Context, trigger: str, work: Callable[[], Any]) -> Any:
             context.metrics.record_error("permanent")
             raise kopf.PermanentError(message) from None
         context.metrics.record_error("temporary")
-        raise kopf.TemporaryError(message, delay=context.settings.error_delay_seconds) from None
+        raise kopf.TemporaryError(message, delay=retry_delay(error, context.settings.error_delay_seconds)) from None
+
+
+def retry_delay(error: BaseException, default: float) -> float:
+    """Seconds before trying again: the API server's Retry-After (a 429 or 503 says when) if longer."""
+    headers = getattr(error, "headers", None) or {}
+    try:
+        asked = float(headers.get("Retry-After", 0))
+    except (TypeError, ValueError):  # an HTTP date instead of seconds: keep our own delay
+        asked = 0.0
+    return max(default, asked)
 
 
 def is_permanent(error: BaseException) -> bool:

@@ -18,7 +18,8 @@ Behaviour, per phase in topological order:
 - A job's final evaluation (`eval/<task>/<metric>` in its metrics) is copied into its status and, for a
   phase of one job, into `status.phases.<p>.eval`.
 - A failed job is retried after `backoffSeconds * 2**(failures-1)` (capped) up to `backoffLimit`
-  failures. A preempted job (exit 143) or a job that disappeared is resubmitted at once and does not
+  failures. A running job whose metrics gain no step for `hangTimeoutMinutes` is hung: cancelled, and
+  failed like a crash (reason Hung); its retry waits until the cancelled attempt is gone. A preempted job (exit 143) or a job that disappeared is resubmitted at once and does not
   count as a failure. Every attempt shares the save_dir, so it resumes from the newest checkpoint.
 - A job that succeeded has its final checkpoint archived (copy + verify); the phase succeeds when all
   of its jobs are archived (or `archiveFinal: false`).
@@ -384,6 +385,9 @@ class _Planner:
             ps.message = "archiving final checkpoint(s)"
         elif phase.name in self.refused:
             ps.message = "spec edit refused; running with the spec it started with"
+        elif ps.state == "Retrying":  # why it waits: the failure (Hung, an exit code) and when it retries
+            retrying = next(j for j in jobs if j.state == "Retrying")
+            ps.message = f"job {retrying.name}: {retrying.message}"
         else:
             ps.message = ""
 
@@ -420,6 +424,12 @@ class _Planner:
             return
         if job.state == "Retrying":
             due = parse_timestamp(job.retry_at) if job.retry_at else self.now
+            old = self.observed.jobs.get(job.name)
+            if due <= self.now and old is not None and old.state in ("Pending", "Running"):
+                # The attempt was cancelled (hung) and still stops: two attempts never share a save_dir.
+                if not old.terminating:
+                    self.actions.append(CancelJob(job.name, "hung"))
+                return
             if due <= self.now:
                 self._submit(phase, ps, job, job.attempts + 1)
                 self.emit("Normal", "Retrying", f"job {job.name} submitted (attempt {job.attempts})")
@@ -427,7 +437,10 @@ class _Planner:
                 self.requeue.append((due - self.now).total_seconds())
             return
         obs = self.observed.jobs.get(job.name, JobObservation(job.name, "Missing"))
+        before = job.step
         self._record_progress(job, obs)
+        if obs.state in ("Pending", "Running") and self._hung(job, obs, before):
+            return
         if obs.state in ("Pending", "Running"):
             job.state = obs.state
             if obs.notice is not None:
@@ -458,6 +471,32 @@ class _Planner:
             job.last_loss = obs.metrics.loss
             job.eval = dict(obs.metrics.eval) or job.eval
 
+    def _hung(self, job: JobStatus, obs: JobObservation, before: int | None) -> bool:
+        """Run the hang clock of an active attempt (spec.retry.hangTimeoutMinutes); True when it has
+        just been declared hung: cancelled, and failed like a crash (it uses the retry budget).
+
+        The clock (job.progress_at) starts when the attempt is first seen running and restarts at each new
+        step in its metrics; it stops while the job is queued (Pending) or its pods are stopping.
+        """
+        timeout = self.run.spec.retry.hang_timeout_minutes
+        if timeout is None or obs.state != "Running" or obs.terminating:
+            job.progress_at = None
+            return False
+        advanced = obs.metrics is not None and obs.metrics.step != before
+        if job.progress_at is None or advanced:
+            job.progress_at = self.ts
+        limit = dt.timedelta(minutes=timeout)
+        stalled = self.now - parse_timestamp(job.progress_at)
+        if stalled < limit:
+            self.requeue.append((limit - stalled).total_seconds())
+            return False
+        last = f"step {job.step}" if job.step is not None else "no step yet"
+        message = f"Hung: no new step in metrics.jsonl for {timeout:g} min ({last}); cancelled"
+        self.actions.append(CancelJob(job.name, "hung"))
+        job.progress_at = None
+        self._job_failed(job, JobObservation(job.name, "Failed", message=message), reason="Hung")
+        return True
+
     def _job_succeeded(self, phase: PhaseSpec, job: JobStatus, obs: JobObservation) -> None:
         if obs.checkpoint is None:
             job.state = "Failed"
@@ -471,7 +510,7 @@ class _Planner:
         self.emit("Normal", "JobSucceeded", f"job {job.name} succeeded at step {obs.checkpoint[0]}")
         self._plan_archive(phase, job)
 
-    def _job_failed(self, job: JobStatus, obs: JobObservation) -> None:
+    def _job_failed(self, job: JobStatus, obs: JobObservation, *, reason: str = "JobFailed") -> None:
         job.failures += 1
         if obs.failure_reason:  # the job said why, and that retrying cannot help
             job.state = "Failed"
@@ -490,7 +529,7 @@ class _Planner:
         job.retry_at = timestamp(self.now + dt.timedelta(seconds=delay) + dt.timedelta(microseconds=999_999))
         job.message = f"{cause}; retry {job.failures}/{limit} in {delay}s"
         self.requeue.append(float(delay))
-        self.emit("Warning", "JobFailed", f"job {job.name}: {job.message}")
+        self.emit("Warning", reason, f"job {job.name}: {job.message}")
 
     def _plan_archive(self, phase: PhaseSpec, job: JobStatus) -> None:
         if not phase.archive_final or job.archive or job.checkpoint is None:

@@ -6,7 +6,8 @@
 
     result = reconcile_plan(run, launcher=launcher, now=now, storage_options=opts)   # the step on a parsed run
 
-- observe: `launcher.describe` of every job the status expects to be active, the newest committed
+- observe: `launcher.describe` of every job the status expects to be active (or retrying: its last
+  attempt may still be stopping), the newest committed
   checkpoint and the last metrics line of each job's save_dir, and archives already present.
 - plan: plan.plan (pure) decides the actions and the complete new status.
 - apply: write run.json and configs, submit, cancel, archive (copy + verify, archive.py). Archive results
@@ -163,6 +164,10 @@ def observe(run: OlmoRun, *, launcher: JobLauncher, storage_options: Options = N
     jobs: dict[str, JobObservation] = {}
     archives: dict[str, ArchiveResult] = {}
     for phase, job in _tracked_jobs(run):
+        if job.attempts > 0 and job.state == "Retrying":
+            # Its last attempt may still be stopping (cancelled because it hung): not replaced until gone.
+            jobs[job.name] = launcher.describe(job.name)
+            continue
         if job.attempts == 0 or job.state not in ("Pending", "Running", "Succeeded"):
             continue
         save = layout.save_dir(run, phase, job.seed)

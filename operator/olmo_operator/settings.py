@@ -13,6 +13,7 @@
 | OLMORUN_KUBE_SERVER          | (kubeconfig)| API server URL without credentials (kubectl proxy, tests)  |
 | OLMORUN_PEERING              | (none)      | kopf peering name for several replicas; empty: standalone  |
 | OLMORUN_MAX_WORKERS          | 16          | threads for blocking calls (launcher, object storage)      |
+| OLMORUN_REQUEST_TIMEOUT_SECONDS | 60       | an API request not answered by then is abandoned and retried |
 | OLMORUN_LOG_LEVEL            | INFO        | DEBUG, INFO, WARNING or ERROR                              |
 """
 
@@ -48,6 +49,9 @@ class Settings:
     peering: str | None = None
     max_workers: int = 16
     log_level: str = "INFO"
+    request_timeout_seconds: float = 60.0
+    """An API server request (kopf's and the launcher's) not answered by then is abandoned: kopf retries
+    it, a launcher call fails the step, which is retried (a create answered late then finds its job: 409)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -79,6 +83,9 @@ class Settings:
             peering=env.get("OLMORUN_PEERING") or None,
             max_workers=int(_number(env, "OLMORUN_MAX_WORKERS", defaults.max_workers, low=1, whole=True)),
             log_level=level,
+            request_timeout_seconds=_number(
+                env, "OLMORUN_REQUEST_TIMEOUT_SECONDS", defaults.request_timeout_seconds, low=0.1
+            ),
         )
 
 

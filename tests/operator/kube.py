@@ -17,7 +17,11 @@ names no objects created with `generateName`. `Emulator` adds, on every write:
 - `watch=True` (the kubernetes client's spelling), a watch's `timeoutSeconds`, PUT, lists with
   `kind`/`apiVersion`, and a list and
   watch of `/api/v1/namespaces` (a fixed set) so that kopf can serve named namespaces;
-- a create answers 201 (the kubernetes client only decodes a created object from a 201).
+- a create answers 201 (the kubernetes client only decodes a created object from a 201);
+- programmable faults (`inject`, `Fault`): the next N requests matching a method and a path answer an
+  error (409, 429 with Retry-After, 500, ...) instead of being served, or are served late (past the
+  client's timeout: the client gives up, the write still happens), or a watch stream is cut in the
+  middle of an event line.
 
 It does no garbage collection through ownerReferences: a test sees exactly what the operator deletes.
 
@@ -199,6 +203,31 @@ def _error(status: int, reason: str, message: str) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=status, reason=reason, message=message, details={"causes": []})
 
 
+@dataclass
+class Fault:
+    """What the emulator does to the next `times` requests matching `method` and `path`.
+
+    `method`: GET, POST, PATCH, PUT, DELETE, or WATCH (a GET with watch=true). `path`: a regular
+    expression searched in the URL path (`/status$`, `/jobs$`, ...). Then, in this order: wait `delay`
+    seconds (the request is still served: a client that timed out meanwhile does not know it was);
+    answer `status` instead of serving it (with `Retry-After: retry_after` when given); for a watch,
+    cut the stream after `drop_after` events, in the middle of the next event's line.
+    """
+
+    method: str
+    path: str
+    times: int = 1
+    status: int | None = None
+    retry_after: float | None = None
+    delay: float = 0.0
+    drop_after: int | None = None
+    hits: int = 0
+    """How many requests it has hit so far."""
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.hits < self.times and method == self.method and re.search(self.path, path) is not None
+
+
 @dataclass(frozen=True)
 class Call:
     """One request as the emulator saw it (kept for counting: who asked what, when)."""
@@ -214,6 +243,8 @@ class Call:
     """The HTTP method: kmock's action UPDATE is a PATCH or a PUT, which RBAC tells apart (patch/update)."""
     group: str | None = None
     """The API group of the resource ("" for the core group; None for a non-resource URL such as /apis)."""
+    fault: int | None = None
+    """The status an injected fault answered instead of serving the request (None: served)."""
 
     @classmethod
     def of(cls, request: kmock.Request) -> Call:
@@ -242,6 +273,7 @@ class Emulator(kmock.KubernetesEmulator):
     namespaces: set[str] = attrs.field(factory=lambda: {"default"})
     """What `GET /api/v1/namespaces` lists (a fixed set)."""
     log: list[Call] = attrs.field(factory=list)
+    faults: list[Fault] = attrs.field(factory=list)
     _revisions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
 
@@ -257,7 +289,33 @@ class Emulator(kmock.KubernetesEmulator):
     def _has_status(self, resource: kmock.resource) -> bool:
         return resource in self.resources and "status" in self.resources[resource].subresources
 
+    def inject(self, method: str, path: str, **fault: Any) -> Fault:
+        """Add a fault (see Fault); returns it, so a test can read its `hits`."""
+        added = Fault(method.upper(), path, **fault)
+        self.faults.append(added)
+        return added
+
+    def _fault(self, method: str, path: str) -> Fault | None:
+        found = next((f for f in self.faults if f.matches(method, path)), None)
+        if found is not None:
+            found.hits += 1
+        return found
+
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        watch = raw_request.method == "GET" and raw_request.query.get("watch", "").lower() == "true"
+        fault = None if watch else self._fault(raw_request.method, raw_request.path)
+        if fault is not None and fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault is not None and fault.status is not None:
+            self.log.append(Call(raw_request.method, raw_request.path, None, None, None,
+                                 raw_request.headers.get("User-Agent", ""), time.monotonic(),
+                                 method=raw_request.method, fault=fault.status))
+            reason = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
+                      504: "Timeout"}.get(fault.status, "Error")
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            body = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": fault.status,
+                    "reason": reason, "message": f"injected fault: {reason}"}
+            return aiohttp.web.json_response(body, status=fault.status, headers=headers)
         # kmock's URL parser reads `/api/v1/namespaces` as "a namespace with no name" and fails with
         # a 500 before any handler runs; kopf lists and watches it when it serves named namespaces.
         if raw_request.method == "GET" and _NAMESPACE_LIST.match(raw_request.path):
@@ -326,10 +384,20 @@ class Emulator(kmock.KubernetesEmulator):
         response.content_type = "application/json"
         await response.prepare(request._raw_request)
         stream = self._serve_watch(request)
+        fault = self._fault("WATCH", request._raw_request.path)
+        sent = 0
         try:
             async for event in stream:
-                if isinstance(event, dict):  # kmock opens its stream with an empty bytes chunk
-                    await response.write(json.dumps(event).encode() + b"\n")
+                if not isinstance(event, dict):  # kmock opens its stream with an empty bytes chunk
+                    continue
+                line = json.dumps(event).encode() + b"\n"
+                if fault is not None and fault.drop_after is not None and sent >= fault.drop_after:
+                    await response.write(line[: len(line) // 2])  # cut in the middle of an event
+                    if request._raw_request.transport is not None:
+                        request._raw_request.transport.close()
+                    break
+                await response.write(line)
+                sent += 1
         except (asyncio.CancelledError, ConnectionError):
             pass  # the client went away, or the server is stopping
         finally:
@@ -614,11 +682,11 @@ class OperatorThread:
 
     def __init__(self, kube: KubeServer, *, resync_seconds: float = 0.3, health_port: int = 0,
                  namespaces: tuple[str, ...] = (), metrics: Metrics | None = None,
-                 clock: Callable[[], dt.datetime] | None = None) -> None:
+                 clock: Callable[[], dt.datetime] | None = None, request_timeout: float = 30.0) -> None:
         self.settings = Settings(
             namespaces=namespaces, resync_seconds=resync_seconds, error_delay_seconds=0.5, metrics_port=0,
             health_port=health_port,
-            kube_server=kube.url, max_workers=4, log_level="INFO",
+            kube_server=kube.url, max_workers=4, log_level="INFO", request_timeout_seconds=request_timeout,
         )
         self.metrics = metrics or Metrics()
         self.clock = clock

@@ -922,7 +922,8 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         "(no MANIFEST.json under checkpoints/)"
     ))], {"phases.pretrain.jobs.0.state": "Failed", "phases.pretrain.jobs.0.checkpoint": None}),
     (row_retrying, [("Warning", "JobFailed", "job r-pretrain-a1: exit code 1; retry 1/2 in 10s")], {
-        "phases.pretrain.state": "Retrying", "stage": "Running", "activePhases": ["pretrain"], "phases.pretrain.message": "",
+        "phases.pretrain.state": "Retrying", "stage": "Running", "activePhases": ["pretrain"],
+        "phases.pretrain.message": "job r-pretrain-a1: exit code 1; retry 1/2 in 10s",  # why the phase waits
         "phases.pretrain.jobs.0.retryAt": "2026-01-01T12:00:10Z", "phases.pretrain.jobs.0.failures": 1,
         "phases.pretrain.jobs.0.state": "Retrying", "phases.pretrain.attempts": 1,
         "cond.Succeeded": ("Unknown", "Running", "running: pretrain"),
