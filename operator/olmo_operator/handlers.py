@@ -8,18 +8,17 @@ Reconciler's (reconcile.py: parse -> storage options -> observe/plan/apply -> ev
 and event de-duplication included), which `olmorun local` runs too. What is kopf's is here: ONE
 status patch per step, written as a minimal merge patch (nothing changed: no write at all) with
 secrets redacted (kube_status.py), one Kubernetes Event per event once the status that records it is
-written, a finalizer that holds deletion
-until every job of the run is cancelled, and failures as kopf.TemporaryError(delay=...) /
-PermanentError so that kopf retries; nothing here sleeps.
+written, a finalizer that holds deletion until every job of the run is cancelled, and failures as
+kopf.TemporaryError(delay=...) / PermanentError so that kopf retries; nothing here sleeps.
 
 The status patch is written by the handler itself (Context.write_status), not left in kopf's `patch`:
 kopf applies that patch after a timer returns, and a refused patch (a 409, a 5xx past kopf's retries)
 ends that object's timer for the life of the process (kopf/_core/engines/daemons.py: `_runner` adds
 it to `forever_stopped`), so the run would never be polled again. Written here, a refused write is a
-TemporaryError like any other: the step runs again and writes what is still missing. A timed decision due before the next
-resync tick (a retry's backoff, a hang deadline: the step's `requeue_after`) is kept on time the same
-way: the step's status is written, then `Requeue` (a TemporaryError, kopf's one per-call schedule)
-runs the step again at that moment instead of at the next tick.
+TemporaryError like any other: the step runs again and writes what is still missing. A timed decision
+due before the next resync tick (a retry's backoff, a hang deadline: the step's `requeue_after`) is
+kept on time the same way: the status is written, then `Requeue` (a TemporaryError, kopf's one
+per-call schedule) runs the step again at that moment instead of at the next tick.
 
 Job state is polled by the timer (OLMORUN_RESYNC_SECONDS) rather than watched: the launcher's describe is
 the one view of a job that every torchx scheduler offers, it costs one GET per active job per interval
@@ -167,12 +166,12 @@ def needs_polling(*, status: Mapping[str, Any], **_: Any) -> bool:
     return parsed.stage != "Invalid" and not is_finished(parsed)
 
 
-def on_change(*, body: kopf.Body, patch: kopf.Patch, memo: Any, reason: str, **_: Any) -> None:
-    requeue(step(body, patch, memo, trigger=str(reason)), memo.context.settings)
+def on_change(*, body: kopf.Body, memo: Any, reason: str, **_: Any) -> None:
+    requeue(step(body, memo, trigger=str(reason)), memo.context.settings)
 
 
-def on_timer(*, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    requeue(step(body, patch, memo, trigger="timer"), memo.context.settings)
+def on_timer(*, body: kopf.Body, memo: Any, **_: Any) -> None:
+    requeue(step(body, memo, trigger="timer"), memo.context.settings)
 
 
 def on_delete(*, body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -203,9 +202,9 @@ class _Guard:
     """Per-object: serialises reconciles, remembers the last status this process decided, whether it is
     written, and the events still waiting for it to be.
 
-    kopf runs the timer beside the event handlers and applies our patch after the handler returns,
-    in more than one write (annotations, then the status subresource): an object seen in between has
-    a new resourceVersion and the old status. The operator is the only writer of the status, so the
+    kopf runs the timer beside the event handlers, and the object a handler is given may predate the
+    status the previous step wrote (kopf has not seen that write come back yet), or have a new
+    resourceVersion and the old status (kopf's own annotation writes). The operator is the only writer of the status, so the
     status it decided last is the one to plan from, whatever the object seen says (so nothing decided is
     done twice); the patch is computed against the object's own status unless the last write succeeded
     and the object seen predates it, so a refused or lost write is written again in full. Planning from a stale
@@ -228,8 +227,8 @@ class _Guard:
         return document
 
     def patch_base(self, seen: dict[str, Any]) -> dict[str, Any]:
-        """What the status patch is computed against: the object's status, or ours while the object
-        seen is still the one our last patch was computed from (kopf has not applied it yet)."""
+        """What the status patch is computed against: the object's status, or ours while it is written
+        and the object seen is still the one our last patch was computed from (kopf has not seen it)."""
         fresh = seen["metadata"].get("resourceVersion") == self.seen_version
         if self.written is not None and self.persisted and fresh:
             return self.written
@@ -240,7 +239,7 @@ class _Guard:
         self.written = status
 
 
-def step(body: kopf.Body, patch: kopf.Patch, memo: Any, *, trigger: str) -> Outcome:
+def step(body: kopf.Body, memo: Any, *, trigger: str) -> Outcome:
     """One reconcile of one object: the shared step, then one status patch, then its events.
 
     Raises kopf.TemporaryError when the status cannot be written: the decisions are kept (nothing is
