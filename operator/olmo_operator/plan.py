@@ -399,6 +399,7 @@ class _Planner:
         job.attempts = attempt
         job.state = "Pending"
         job.retry_at = None
+        job.progress_at = None  # a new attempt's hang clock starts when it runs
         uri = layout.config_uri(self.run, phase, job.seed)
         request = job_request(self.run, phase, job.seed, attempt, uri)
         self.actions.append(SubmitJob(phase.name, job.seed, attempt, config, request, write_config=attempt == 1))

@@ -115,3 +115,16 @@ def test_a_bad_timeout_is_refused_naming_the_field(bad: object) -> None:
     document["spec"]["retry"]["hangTimeoutMinutes"] = bad
     with pytest.raises(SpecError, match=r"spec\.retry\.hangTimeoutMinutes"):
         parse_olmorun(document)
+
+
+def test_a_resubmitted_attempt_starts_a_fresh_clock() -> None:
+    """A preempted job resubmitted long after its last step is not hung the moment it runs again."""
+    run, name = started()
+    run, _ = step(run, {name: running(name, 3)}, now=at(0))
+    run, plan = step(run, {name: JobObservation(name, "Failed", exit_code=143)}, now=at(4))
+    [submit] = [a for a in plan.actions if isinstance(a, SubmitJob)]
+    assert run.status.phases["pretrain"].jobs[0].progress_at is None
+    run, plan = step(run, {submit.job_name: running(submit.job_name, 3)}, now=at(30))
+    job = run.status.phases["pretrain"].jobs[0]
+    assert (job.state, job.failures, job.progress_at) == ("Running", 0, "2026-01-01T12:30:00Z")
+    assert not [a for a in plan.actions if isinstance(a, CancelJob)]
