@@ -10,10 +10,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from olmo_trainer.config import BatchConfig, ModelConfig, ParallelConfig, TrainConfig
 from olmo_trainer.distributed import init_distributed
-from olmo_trainer.generate import KVCache, Sampling, choose_tokens, generate, left_pad, sample_rows
+from olmo_trainer.generate import (
+    KVCache,
+    Sampling,
+    attention_bias,
+    choose_tokens,
+    generate,
+    left_pad,
+    sample_rows,
+)
 from olmo_trainer.model import Transformer
 from tests.trainer.dist_util import free_port
 
@@ -196,3 +205,46 @@ def test_generation_on_an_fsdp2_model_matches_the_plain_model(tmp_path: Path) ->
                             eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB)
         assert torch.equal(saved["responses"], expected.responses), rank
         assert saved["local_is_shard"], rank
+
+
+def test_incremental_decode_mask_and_positions_equal_the_from_scratch_ones_on_a_ragged_batch() -> None:
+    # Ragged prompts (left padding), then decode steps in which rows stop at different steps (their
+    # later tokens are padding): after every append the cache's incremental mask and positions equal
+    # the ones built from the whole validity table, and the boolean view agrees with the additive one.
+    _, prompt_mask = left_pad([[1, 2, 3, 4], [5], [6, 7], [8, 9, 10]], pad_token_id=0)
+    steps = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]]).bool()
+    cache = KVCache(batch=4, n_layers=1, n_kv_heads=1, head_dim=2, capacity=4 + len(steps), device=torch.device("cpu"))
+    seen = prompt_mask
+    cache.append(prompt_mask)
+    for live in steps:
+        start = seen.shape[1]
+        seen = torch.cat((seen, live[:, None]), dim=1)
+        cache.append(live[:, None])
+        expected_bias = attention_bias(seen, start)
+        assert torch.equal(cache.bias, expected_bias)
+        assert torch.equal(cache.mask, expected_bias == 0)
+        assert torch.equal(cache.positions, ((seen.long().cumsum(1) - 1).clamp(min=0))[:, start:])
+    # By hand, the last step (padding in every row): real tokens so far 4+3, 1+1, 2+2, 3+4, so a
+    # padding token's position is that count - 1, and its query sees the real keys plus itself.
+    assert cache.positions[:, 0].tolist() == [6, 1, 3, 6]
+    assert cache.mask[:, 0, 0].sum(dim=1).tolist() == [8, 3, 5, 8]
+
+
+def test_decode_attention_equals_sdpa_with_grouped_heads() -> None:
+    # The one-query decode kernel (grouped matmuls over the cache's strided prefix) computes what SDPA
+    # computes with the same mask: 4 query heads sharing 2 K/V heads, a ragged batch.
+    g = torch.Generator().manual_seed(0)
+    B, H, KV, D = 3, 4, 2, 8
+    _, prompt_mask = left_pad([[1, 2, 3], [4], [5, 6]], pad_token_id=0)
+    cache = KVCache(batch=B, n_layers=1, n_kv_heads=KV, head_dim=D, capacity=6, device=torch.device("cpu"))
+    cache.append(prompt_mask)
+    layer = cache.layers[0]
+    layer.attend(torch.randn(B, H, 3, D, generator=g), torch.randn(B, KV, 3, D, generator=g),
+                 torch.randn(B, KV, 3, D, generator=g))
+    cache.append(torch.tensor([[True], [False], [True]]))
+    q, k, v = (torch.randn(B, n, 1, D, generator=g) for n in (H, KV, KV))
+    got = layer.attend(q, k, v)
+    keys, values = layer.k[:, :, :4], layer.v[:, :, :4]
+    expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, enable_gqa=True)
+    assert got.shape == (B, H, 1, D)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

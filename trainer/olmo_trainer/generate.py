@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
@@ -91,20 +92,54 @@ class _LayerKV:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store k, v (B, KV, T, D); return softmax(q K^T / sqrt(D) + bias) V (B, H, T, D) over the
+        cached prefix (model.LayerCache)."""
         start, end = self.owner.start, self.owner.end
         if self.k.dtype != k.dtype:  # the first forward reveals the compute dtype (bf16 under FSDP2)
             self.k, self.v = self.k.to(k.dtype), self.v.to(v.dtype)
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end], self.owner.mask
+        keys, values = self.k[:, :, :end], self.v[:, :, :end]  # (B, KV, S, D)
+        bias = self.owner.bias  # (B, 1, T, S) float32, additive: 0 visible, -inf hidden
+        B, H, T, D = q.shape
+        KV = keys.shape[1]
+        if T > 1:  # prefill (or the recomputation baseline): the fused kernel
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), enable_gqa=KV != H)
+        # A decode step: two batched matrix-vector products over the cache, each query group of H / KV
+        # heads as the rows of one product against its shared K/V head (no K/V copy). On CPU this beats
+        # SDPA's flash kernel (which tiles for long query blocks) on the cache's strided prefix
+        # (bench/RESULTS.md, bench_generate: the kernel comparison).
+        grouped = q.reshape(B, KV, H // KV, D)  # T == 1: the heads of a group are consecutive
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(D**-0.5)  # (B, KV, G, S)
+        scores = scores.float().add_(bias).softmax(dim=-1).to(values.dtype)  # softmax in fp32
+        return torch.matmul(scores, values).view(B, H, 1, D)
+
+
+def attention_bias(seen: torch.Tensor, start: int) -> torch.Tensor:
+    """From scratch: the additive mask (B, 1, T, S) of queries at positions start..S-1 over keys 0..S-1,
+    given which cached positions are real tokens, `seen` (B, S): 0 where the key is causal (at or before
+    the query) and real, -inf elsewhere. Every query also sees itself, so a padding query never has an
+    all-hidden row (NaN in the softmax)."""
+    end = seen.shape[1]
+    query = torch.arange(start, end, device=seen.device)[:, None]  # (T, 1)
+    key = torch.arange(end, device=seen.device)[None, :]  # (1, S)
+    visible = ((key <= query)[None] & seen[:, None, :]) | (key == query)[None]  # (B, T, S)
+    zero = torch.zeros((), device=seen.device)
+    return torch.where(visible, zero, -torch.inf)[:, None]  # (B, 1, T, S) float32
 
 
 class KVCache:
     """Keys/values of every layer plus which cached positions are real tokens (not left padding).
 
     Before each forward, `append(valid)` declares the T new tokens; the model then reads `positions`
-    (B, T) and each layer calls `layers[i].update(k, v)`.
+    (B, T) and each layer calls `layers[i].attend(q, k, v)`, which reads `bias` (B, 1, T, S), the
+    additive attention mask (`attention_bias`; `mask` is its boolean form, True = visible).
+
+    A one-token step (decoding) updates both incrementally: positions from each row's count of real
+    tokens, and the mask as a view of one (B, capacity) row of key visibilities, one new column per step
+    (the new key is visible to itself whatever its row's state; from the next step on it is visible
+    only if it is a real token). Longer appends (the prefill) build the mask from scratch.
     """
 
     def __init__(
@@ -124,24 +159,35 @@ class KVCache:
         self.capacity = capacity
         self.start = self.end = 0
         self.positions = torch.zeros(batch, 0, dtype=torch.long, device=device)
-        self.mask = torch.zeros(batch, 1, 0, 0, dtype=torch.bool, device=device)
+        self.bias = torch.zeros(batch, 1, 0, 0, device=device)
+        self._count = torch.zeros(batch, dtype=torch.long, device=device)  # real tokens per row so far
+        # Additive visibility of each cached key to a later query: 0 real token, -inf padding.
+        self._key_bias = torch.full((batch, capacity), -torch.inf, device=device)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, 1, T, S) bool: True where a new query may see a cached key."""
+        return self.bias == 0
 
     def append(self, valid: torch.Tensor) -> None:
-        """Declare the next T tokens of each row: `valid` (B, T) is False on padding."""
+        """Declare the next T tokens of each row: `valid` (B, T) is False on padding.
+        Raises ValueError when the cache would overflow its capacity."""
         T = valid.shape[1]
         start, end = self.end, self.end + T
         if end > self.capacity:
             raise ValueError(f"KV cache full: {end} positions > capacity {self.capacity}")
+        if start > 0:  # the previous step's key was shown to itself: from now on only if it is real
+            self._key_bias[:, start - 1].masked_fill_(~self.valid[:, start - 1], -torch.inf)
         self.valid[:, start:end] = valid
-        seen = self.valid[:, :end]  # (B, S)
+        self._key_bias[:, start:end].masked_fill_(valid, 0.0)
         # A row's position = number of its real tokens before this one (left padding does not count).
-        self.positions = (seen.long().cumsum(dim=1) - 1).clamp(min=0)[:, start:end]  # (B, T)
-        query = torch.arange(start, end, device=valid.device)[:, None]  # (T, 1)
-        key = torch.arange(end, device=valid.device)[None, :]  # (1, S)
-        causal = key <= query  # (T, S)
-        # Every query also sees itself, so a padding query never has an all-masked row (NaN in SDPA).
-        mask = (causal[None] & seen[:, None, :]) | (key == query)[None]  # (B, T, S)
-        self.mask = mask[:, None]  # (B, 1, T, S)
+        self.positions = (self._count[:, None] + valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+        self._count += valid.sum(dim=1)
+        if T == 1:  # a decode step: the new key is visible to its own query
+            self._key_bias[:, start] = 0.0
+            self.bias = self._key_bias[:, None, None, :end]  # (B, 1, 1, S) view
+        else:
+            self.bias = attention_bias(self.valid[:, :end], start)
         self.start, self.end = start, end
 
 

@@ -75,9 +75,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class LayerCache(Protocol):
     """Past keys/values of one attention layer during generation (implemented in olmo_trainer.generate)."""
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Store the new (B, KV, T, D) keys/values; return all keys and values so far (B, KV, S, D)
-        and the boolean attention mask (B, 1, T, S): True where a query may see a key."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store the new keys/values (B, KV, T, D) and return the attention (B, H, T, D) of the queries
+        q (B, H, T, D) over every key so far: causal, padding keys hidden, scale 1/sqrt(D), KV heads
+        shared by groups of H / KV query heads (exactly what `F.scaled_dot_product_attention` computes
+        with that mask; the cache owns the kernel because only it knows its memory layout)."""
         ...
 
 
@@ -116,9 +118,8 @@ class Attention(nn.Module):
         # enable_gqa: the flash kernel serves each K/V head to its query group without copying K/V.
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV != H)  # (B, H, T, D)
-        else:  # generation: attend to the cached keys too, through the cache's padding-aware mask
-            k, v, mask = cache.update(k, v)  # (B, KV, S, D) x 2, (B, 1, T, S)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=KV != H)
+        else:  # generation: the cache stores k/v and attends over every cached position (padding hidden)
+            y = cache.attend(q, k, v)  # (B, H, T, D)
         return self.w_out(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, d)
 
 
