@@ -107,9 +107,9 @@ class _LayerKV:
         if T > 1:  # prefill (or the recomputation baseline): the fused kernel
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), enable_gqa=KV != H)
         # A decode step: two batched matrix-vector products over the cache, each query group of H / KV
-        # heads as the rows of one product against its shared K/V head (no K/V copy). On CPU this beats
-        # SDPA's flash kernel (which tiles for long query blocks) on the cache's strided prefix
-        # (bench/RESULTS.md, bench_generate: the kernel comparison).
+        # heads as the rows of one product against its shared K/V head (no K/V copy). On CPU this is
+        # faster than SDPA's flash kernel on the cache's strided prefix (bench/RESULTS.md,
+        # bench_generate: the kernel comparison); on GPU it is not measured.
         grouped = q.reshape(B, KV, H // KV, D)  # T == 1: the heads of a group are consecutive
         scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(D**-0.5)  # (B, KV, G, S)
         scores = scores.float().add_(bias).softmax(dim=-1).to(values.dtype)  # softmax in fp32
