@@ -54,8 +54,9 @@ class JobObservation:
     """Newest committed checkpoint (step, uri) in the job's save_dir."""
     metrics: MetricsLine | None = None
     notice: tuple[str, str] | None = None
-    """(reason, message) the running attempt left (olmo_trainer.layout.NOTICE_NAME): shown in the job's
-    message, and emitted as a Warning event when it first appears."""
+    """(reason, message) the running attempt left (olmo_trainer.layout.NOTICE_NAME), or, for a job whose pods
+    cannot start, the launcher's (a Secret that does not exist): shown in the job's message, and emitted
+    as a Warning event when it first appears."""
     failure_reason: str | None = None
     """Set when the failed attempt recorded why retrying cannot help (olmo_trainer.failure: Diverged,
     InvalidConfig, NoIntactCheckpoint): the job fails at once, with this reason, and is not retried."""

@@ -115,6 +115,10 @@ VOLCANO_POLICIES = (
 )
 """Volcano's job-level lifecycle policies (accepted by pkg/webhooks/admission/jobs/validate/util.go,
 validatePolicies: event or exit code, never both, no duplicates)."""
+CANNOT_START_REASONS = (
+    "CreateContainerConfigError", "CreateContainerError", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+)
+"""A container's `state.waiting.reason` when the kubelet cannot start it until someone fixes the cause."""
 
 
 def pod_overlay(request: JobRequest) -> dict[str, Any]:
@@ -322,6 +326,8 @@ class VolcanoLauncher:
                 job_name, "Running", message=f"Volcano job {phase}: its pods are stopping", terminating=True
             )
         state = _STATES.get(phase, "Pending")
+        if state == "Pending":  # a pod that cannot start keeps the Job Pending forever: say why
+            return JobObservation(job_name, state, notice=self._cannot_start(job_name))
         if state != "Failed":
             return JobObservation(job_name, state)
         exit_code, disruption = self._exit(job_name)
@@ -332,6 +338,27 @@ class VolcanoLauncher:
         elif disruption:
             message += f" (pod {disruption})"
         return JobObservation(job_name, "Failed", exit_code=exit_code, preempted=preempted, message=message)
+
+    def _cannot_start(self, job_name: str) -> tuple[str, str] | None:
+        """(reason, message) when a pod of the Job waits on something only a person can fix: a Secret or
+        ConfigMap that does not exist (the kubelet's CreateContainerConfigError, `secret "x" not found`),
+        an image that cannot be pulled. None when every pod is merely waiting its turn."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api_client())
+        pods = core.list_namespaced_pod(self.namespace, label_selector=f"volcano.sh/job-name={job_name}")
+        for pod in pods.items or []:
+            for cs in (pod.status and pod.status.container_statuses) or []:
+                waiting = cs.state and cs.state.waiting
+                if waiting is None or waiting.reason not in CANNOT_START_REASONS:
+                    continue
+                said = waiting.message or waiting.reason
+                where = f"pod {pod.metadata.name} cannot start: {said}"
+                if 'secret "' in said:
+                    fix = f"create the Secret in namespace {self.namespace} (kubectl create secret generic ...)"
+                    return "SecretNotFound", f"{where}; {fix}: the job starts once it exists"
+                return str(waiting.reason), where
+        return None
 
     def _exit(self, job_name: str) -> tuple[int | None, str]:
         """The first non-zero container exit code among the job's pods, and how a pod was taken away

@@ -197,7 +197,7 @@ def _observe_files(job: JobStatus, described: JobObservation, save: str, options
         preempted=described.preempted,
         message=failure.message if failure else described.message,
         failure_reason=failure.reason if failure else None,
-        notice=notice,
+        notice=notice or described.notice,  # the job's own, else why its pods cannot start
         terminating=described.terminating,
         checkpoint=newest_checkpoint(save, options),
         metrics=last_metrics(save, options),
