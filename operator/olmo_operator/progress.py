@@ -14,6 +14,7 @@ from typing import TextIO
 from olmo_operator import layout
 from olmo_operator.actions import Emit
 from olmo_operator.api import OlmoRun, OlmoRunStatus, PhaseSpec
+from olmo_operator.archive import access_error
 from olmo_operator.plan import INVALID_REASON, condition
 from olmo_operator.reconcile import last_metrics
 from olmo_trainer.config import format_tokens
@@ -61,7 +62,13 @@ def progress_lines(run: OlmoRun, last: dict[str, int]) -> list[str]:
         for job in ps.jobs if ps else []:
             if job.state != "Running":
                 continue
-            metrics = last_metrics(layout.save_dir(run, phase, job.seed))
+            save = layout.save_dir(run, phase, job.seed)
+            try:
+                metrics = last_metrics(save)
+            except Exception as error:  # storage down between the step and this line: the step says so
+                if access_error(save, error) is None:
+                    raise
+                continue
             if metrics is None or last.get(job.name) == metrics.step:
                 continue
             last[job.name] = metrics.step

@@ -14,10 +14,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from olmo_operator import layout
+from olmo_operator.api import JobStatus, PhaseStatus, parse_olmorun
 from olmo_operator.plan import condition
+from olmo_operator.progress import progress_lines
 from olmo_operator.reconcile import Outcome, Reconciler
 from olmo_trainer import manifest
 from tests.operator.test_reconcile import EXAMPLE, T0, ScriptedLauncher, train
@@ -126,3 +129,19 @@ def test_refused_credentials_make_the_run_wait_with_access_denied(s3_server: S3S
     assert "AWS_ACCESS_KEY_ID" in refused.message  # the fix is named
     assert wrong not in refused.message and s3_server.secret_key not in refused.message
     assert launcher.requests == {}
+
+
+def test_the_local_runners_progress_lines_skip_storage_that_cannot_be_reached(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`olmorun local --storage spec` prints a progress line per running job after each step, reading its
+    metrics: storage that went away in between is skipped there (the step's condition says why)."""
+    down = f"http://127.0.0.1:{free_ports(1)[0]}"
+    for key, value in {**s3_server.env(), "AWS_ENDPOINT_URL": down, "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    document = _document("s3://nowhere", tmp_path / "scratch")
+    document["spec"]["storage"] = {"uri": "s3://nowhere/runs"}
+    run = parse_olmorun(document)
+    phase = run.status.phases.setdefault("pretrain", PhaseStatus())
+    phase.jobs = [JobStatus(name="olmo2-tiny-pretrain-a1", seed=6198, state="Running", attempts=1)]
+    assert progress_lines(run, {}) == []
