@@ -106,7 +106,7 @@ def check_run_data(run: api.OlmoRun, *, remote: bool) -> tuple[list[str], list[s
         except ValueError as error:  # an index.json that is not JSON
             problems.append(f"spec.phases[{i}].data: {error}")
             continue
-        problems += check.problems
+        problems += check.absent + check.problems
         warnings += check.warnings
     return problems, warnings
 
@@ -133,7 +133,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             mismatches, warnings = check_run_data(run, remote=args.remote_data)
             if mismatches:
                 failed = True
-                print(f"{label}: data does not match the model ({len(mismatches)} problem(s)):", file=sys.stderr)
+                print(f"{label}: the data cannot be used ({len(mismatches)} problem(s)):", file=sys.stderr)
                 for mismatch in mismatches:
                     print(f"  - {mismatch}", file=sys.stderr)
                 continue

@@ -97,3 +97,22 @@ def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(tmp_path: Path
     check_vocabulary(tokenizer, 1002, source=str(path))  # a model that holds it
     with pytest.raises(ValueError, match="the byte-level tokenizer has 258 token ids"):
         check_vocabulary(ByteChatTokenizer(), 256, source=None)
+
+
+def test_validate_refuses_data_paths_that_match_no_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """At the door, when the data is reachable from where `olmorun validate` runs (local paths; object
+    storage with --remote-data): a path matching no file is named with its field."""
+    from olmo_operator import cli
+
+    document = yaml.safe_load(EXAMPLE.read_text())
+    present = tmp_path / "web.npy"
+    write_tokens(str(present), np.arange(100) % 250, "uint16")
+    document["spec"]["phases"][0]["data"]["sources"] = [
+        {"name": "web", "paths": [str(present), str(tmp_path / "nowhere-*.npy")], "weight": 1}
+    ]
+    spec = tmp_path / "run.yaml"
+    spec.write_text(yaml.safe_dump(document))
+    assert cli.main(["validate", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert f"spec.phases[0].data.sources[0].paths[1]: {str(tmp_path / 'nowhere-*.npy')!r} matches no file" in err
+    assert "paths[0]" not in err  # the file that exists is not named

@@ -58,6 +58,9 @@ class DataCheck:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+    """Paths that were looked at and match no file, as messages naming the field (the trainer fails on
+    them when it opens the data; `olmorun validate` refuses them first)."""
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -107,17 +110,18 @@ def is_local(path: str) -> bool:
 
 def source_records(
     source: DataSource, *, remote: bool = True
-) -> tuple[list[DataRecord], list[str], list[str]]:
-    """(records, directories without one, paths not readable from here) of one source.
+) -> tuple[list[DataRecord], list[str], list[str], list[str]]:
+    """(records, directories without one, paths not readable from here, paths that match no file) of one source.
 
     remote=False looks at local paths only (reaching object storage may need credentials or a network
     this process does not have).
     """
     if source.synthetic is not None:
-        return [SYNTHETIC_RECORD], [], []
+        return [SYNTHETIC_RECORD], [], [], []
     records: list[DataRecord] = []
     missing: list[str] = []
     unreadable: list[str] = []
+    absent: list[str] = []
     for pattern in source.paths:
         if not remote and not is_local(pattern):
             unreadable.append(pattern)
@@ -126,7 +130,7 @@ def source_records(
             fs, path = filesystem(pattern)
             dirs = _array_dirs(fs, path)
             if not dirs:
-                unreadable.append(pattern)
+                absent.append(pattern)
             for directory in dirs:
                 record = read_record(fs, directory)
                 if record is None:
@@ -137,7 +141,7 @@ def source_records(
             raise  # an index.json that is not JSON: a real problem, not an unreachable store
         except Exception as error:  # each storage driver raises its own errors (credentials, network)
             unreadable.append(f"{pattern} ({type(error).__name__}: {error})")
-    return records, missing, unreadable
+    return records, missing, unreadable, absent
 
 
 def record_problems(
@@ -184,7 +188,13 @@ def check_data(
     check = DataCheck()
     for j, source in enumerate(data.sources):
         where = f"{field}.sources[{j}] ({source.name!r})"
-        records, missing, unreadable = source_records(source, remote=remote)
+        records, missing, unreadable, absent = source_records(source, remote=remote)
+        for index, pattern in enumerate(source.paths):
+            if pattern in absent:
+                check.absent.append(
+                    f"{field}.sources[{j}].paths[{index}]: {pattern!r} matches no file; give existing token "
+                    "arrays (`olmorun data prepare` makes them)"
+                )
         for record in records:
             check.problems += record_problems(record, model, data.dtype, where=where, model_field=model_field)
         for directory in missing:
