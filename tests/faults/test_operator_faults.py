@@ -216,6 +216,8 @@ def test_a_retry_shorter_than_the_resync_fires_at_its_backoff(kube: KubeServer, 
         retried = min(c.at for c in kube.calls if c.action == "CREATE" and c.name == "ontime-pretrain-a2")
         assert retried - seen_failed >= 2.0 - 1.0, "retried before its backoff"  # retryAt has 1 s resolution
         assert retried - start < 20, "the retry waited for the resync tick"
+        # The CREATE comes before the step's status write, and its events are posted after that write.
+        wait_for(lambda: "Retrying" in [e["reason"] for e in events_of(kube, "ontime")], what="the Retrying event")
         errors = [e for e in events_of(kube, "ontime") if e["type"] not in ("Normal", "Warning")]
         assert errors == [], "a scheduled retry was reported as an error"
         reasons = [e["reason"] for e in events_of(kube, "ontime")]
