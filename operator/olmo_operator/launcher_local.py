@@ -3,16 +3,25 @@
     launcher = LocalLauncher(log_dir=".olmorun/run/logs")
     launcher.submit(request); launcher.describe(request.name); launcher.cancel(request.name)
     launcher.close()                                # Ctrl-C of the embedded runner: stop every job
+    launcher.processes()                            # job -> its live processes (for the state file)
+    launcher.adopt(name, records)                   # a restarted runner keeps waiting on a live job
 
 The embedded runner's launcher (`olmorun local`). A job's `nodes x procsPerNode` processes run as one
 torchrun on this host (gloo on CPU), rendezvous on a free local port. torchx's local scheduler does
 not report a process's exit code, which tells a preempted job (143) from a broken one, so each job's
 shell records its own exit status in `<log_dir>/<job>.exit` (an EXIT trap) and describe reads it.
+
+The runner may die (SIGKILL, a closed terminal) while its jobs run on: their processes live in sessions
+of their own. `processes()` finds every live process of each job by its exit-file variable
+(local_procs.py) for the runner's state file; a restarted runner `adopt`s the jobs its status still
+waits on (describe then follows the processes and their exit file, cancel signals them) and stops the
+others (local_procs.terminate) before anything is resubmitted, so one job never runs twice.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -21,8 +30,10 @@ from typing import Any
 from torchx.schedulers.local_scheduler import LocalScheduler, create_scheduler
 from torchx.specs import AppDef
 
+from olmo_operator import local_procs
 from olmo_operator.actions import JobObservation, ObservedState
 from olmo_operator.launcher import escape, trainer_role
+from olmo_operator.local_procs import ProcessRecord
 from olmo_operator.request import JobRequest
 from olmo_trainer.layout import EXIT_PREEMPTED
 
@@ -64,6 +75,8 @@ class LocalLauncher:
         self._torchx: LocalScheduler | None = None
         self._ids: dict[str, str] = {}
         self._finished: dict[str, JobObservation] = {}
+        self._adopted: dict[str, list[ProcessRecord]] = {}
+        """Jobs an earlier runner started and this one re-attached to: their processes."""
 
     def _scheduler(self) -> LocalScheduler:
         if self._torchx is None:
@@ -77,6 +90,8 @@ class LocalLauncher:
         """Start the job's processes; a name already started is a no-op (like a 409 on Kubernetes)."""
         if request.name in self._ids:
             return self._ids[request.name]
+        if request.name in self._adopted:
+            return request.name  # re-attached: it runs already
         Path(self.log_dir).mkdir(parents=True, exist_ok=True)
         self._exit_file(request.name).unlink(missing_ok=True)
         scheduler = self._scheduler()
@@ -85,10 +100,47 @@ class LocalLauncher:
         self._ids[request.name] = app_id
         return app_id
 
+    def adopt(self, job_name: str, records: list[ProcessRecord]) -> None:
+        """Re-attach to a job an earlier runner started: it reads Running while any of `records` lives,
+        then as its exit file says (Missing without one: killed before its shell could write it)."""
+        self._adopted[job_name] = list(records)
+        self._finished.pop(job_name, None)
+
+    def find(self, job_names: list[str]) -> dict[str, list[ProcessRecord]]:
+        """The live processes of these jobs of this log_dir, whoever started them (local_procs)."""
+        markers = {name: str(self._exit_file(name)) for name in job_names}
+        return local_procs.find_processes(markers, EXIT_FILE_ENV)
+
+    def has_exit_status(self, job_name: str) -> bool:
+        return self._exit_code(job_name) is not None
+
+    def processes(self) -> dict[str, list[ProcessRecord]]:
+        """Every live process of each job this launcher started or adopted, by job name."""
+        return self.find([n for n in [*self._ids, *self._adopted] if n not in self._finished])
+
+    def _describe_adopted(self, job_name: str) -> JobObservation:
+        records = self._adopted[job_name]
+        if any(local_procs.alive(r) for r in records):
+            return JobObservation(job_name, "Running")
+        exit_code = self._exit_code(job_name)
+        if exit_code == 0:
+            observation = JobObservation(job_name, "Succeeded")
+        elif exit_code is None:
+            observation = JobObservation(job_name, "Missing", message="its processes ended without an exit status")
+        else:
+            observation = JobObservation(
+                job_name, "Failed", exit_code=exit_code, preempted=exit_code == EXIT_PREEMPTED,
+                message=f"exit code {exit_code}; logs: {self.log_dir}",
+            )  # fmt: skip
+        self._finished[job_name] = observation
+        return observation
+
     def describe(self, job_name: str) -> JobObservation:
-        """The job's state (Missing when this launcher did not start it); no checkpoint or metrics."""
+        """The job's state (Missing when this launcher did not start or adopt it); no checkpoint or metrics."""
         if job_name in self._finished:
             return self._finished[job_name]
+        if job_name in self._adopted:
+            return self._describe_adopted(job_name)
         app_id = self._ids.get(job_name)
         response = self._scheduler().describe(app_id) if app_id else None
         if response is None:
@@ -112,11 +164,17 @@ class LocalLauncher:
     def cancel(self, job_name: str) -> None:
         """Stop a job (its processes get SIGTERM and may checkpoint); it then reads as Missing."""
         app_id = self._ids.get(job_name)
-        if app_id and job_name not in self._finished:
+        if job_name in self._finished:
+            return
+        if app_id:
             self._scheduler().cancel(app_id)
-            self._finished[job_name] = JobObservation(job_name, "Missing", message="cancelled")
+        elif job_name in self._adopted:
+            local_procs.signal_groups(self._adopted[job_name], signal.SIGTERM)  # as torchx cancels its own
+        else:
+            return
+        self._finished[job_name] = JobObservation(job_name, "Missing", message="cancelled")
 
     def close(self) -> None:
-        """Stop every job this launcher started (the embedded runner's Ctrl-C)."""
-        for name in list(self._ids):
+        """Stop every job this launcher started or adopted (the embedded runner's Ctrl-C)."""
+        for name in [*self._ids, *self._adopted]:
             self.cancel(name)

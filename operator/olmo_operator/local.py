@@ -17,6 +17,13 @@ and the spec's endpointUrl, exactly as the operator does), and `--storage URI` p
 
 Ctrl-C cancels the jobs (they receive SIGTERM) and keeps the state file; running the same command
 again resumes: the planner resubmits the lost jobs, which continue from their newest checkpoint.
+
+One trainer per job, even when the runner itself dies (SIGKILL, a closed terminal) and its jobs'
+processes run on: the state file records every job's live processes (local_procs.py), and a runner
+started later first `recover`s them: it re-attaches to the jobs its status still waits on (no
+resubmission; it follows them to their exit status) and stops any other leftover (SIGTERM: they save
+and exit; SIGKILL after a grace period) before the planner submits anything. The trainer's lease
+(olmo_trainer/lease.py) fences off any writer this could still miss.
 """
 
 from __future__ import annotations
@@ -26,11 +33,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from olmo_operator import layout
+from olmo_operator import layout, local_procs
 from olmo_operator.api import OlmoRun
-from olmo_operator.local_state import start_state, write_state
+from olmo_operator.local_procs import ProcessRecord
+from olmo_operator.local_state import State, start_state, write_state
 from olmo_operator.progress import (
     EXIT_INTERRUPTED,
     EXIT_SUSPENDED,
@@ -42,6 +50,45 @@ from olmo_operator.progress import (
 from olmo_operator.reconcile import Reconciler
 
 POLL_SECONDS = 1.5
+LEFTOVER_GRACE_SECONDS = 60.0
+"""How long a leftover job gets to save and exit after SIGTERM before it is killed."""
+
+if TYPE_CHECKING:
+    from olmo_operator.launcher_local import LocalLauncher
+
+
+def recover(launcher: LocalLauncher, state: State, out: TextIO, *, grace: float = LEFTOVER_GRACE_SECONDS) -> None:
+    """Re-attach to the live jobs of an earlier runner that the status still waits on; stop the others.
+
+    A job the status tracks as Pending/Running is adopted when any of its processes lives, or when it
+    ended meanwhile with an exit status (then it reads Succeeded/Failed, not "disappeared"). Live
+    processes of any other job (an older attempt, a cancelled job) are terminated and waited for.
+    """
+    active = {
+        job.name for ps in state.status.phases.values() for job in ps.jobs if job.state in ("Pending", "Running")
+    }
+    recorded = {
+        name: [r for r in (ProcessRecord.from_json(item) for item in items) if r is not None]
+        for name, items in state.processes.items()
+    }
+    names = sorted(set(recorded) | active)
+    found = launcher.find(names)  # also what started after the last state write (torchrun's workers)
+    for name in names:
+        live = sorted({r for r in recorded.get(name, []) if local_procs.alive(r)} | set(found.get(name, [])),
+                      key=lambda r: (r.start, r.pid))  # fmt: skip
+        pids = ", ".join(str(r.pid) for r in live)
+        if name in active and (live or launcher.has_exit_status(name)):
+            launcher.adopt(name, live)
+            if live:
+                print(f"re-attached to job {name}, still running (pids {pids})", file=out, flush=True)
+        elif live:
+            print(f"stopping {len(live)} leftover process(es) of job {name} (pids {pids})", file=out, flush=True)
+            local_procs.terminate(live, grace=grace)
+    state.processes = {}
+
+
+def _record_processes(launcher: LocalLauncher, state: State) -> None:
+    state.processes = {name: [r.to_json() for r in records] for name, records in launcher.processes().items()}
 
 
 def run_local(
@@ -68,6 +115,7 @@ def run_local(
     spec["metadata"]["generation"] = state.generation
     launcher = LocalLauncher(log_dir=str(workdir.resolve() / "logs"))
     reconciler = Reconciler(lambda _namespace: launcher, clock=clock)
+    recover(launcher, state, out)  # before any planning: a live job is never submitted twice
     print(f"olmorun local: {run.name} in {workdir} (storage {layout.run_root(run)})", file=out, flush=True)
     seen: dict[str, int] = {}
     try:
@@ -75,6 +123,7 @@ def run_local(
             status = state.status.model_dump(mode="json", by_alias=True, exclude_none=True)
             outcome = reconciler.step({**spec, "status": status})
             state.status = outcome.status
+            _record_processes(launcher, state)
             write_state(workdir, state)
             progress = progress_lines(outcome.run, seen) if outcome.run is not None else []
             for line in [event_line(e) for e in outcome.events] + progress:
@@ -90,11 +139,13 @@ def run_local(
     except (KeyboardInterrupt, SignalException):
         # Ctrl-C: torchx's local scheduler turns SIGINT/SIGTERM into its SignalException.
         launcher.close()
+        _record_processes(launcher, state)  # still saving after SIGTERM: the next runner finds them
         write_state(workdir, state)
         print(f"interrupted: jobs stopped; run the same command again to resume ({workdir})", file=out, flush=True)
         return EXIT_INTERRUPTED
     except Exception:
         launcher.close()  # never leave training processes behind a crashed runner
+        _record_processes(launcher, state)
         write_state(workdir, state)
         raise
     return finish(run.name, state.status, workdir, out)

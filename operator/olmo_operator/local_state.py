@@ -5,14 +5,16 @@
     write_state(workdir, state)                               # atomic: never a half-written state file
 
 The state file is the local stand-in for the API server: the spec as the user wrote it, its
-generation (bumped when the spec changes between invocations), and the status (`olmorun status`).
+generation (bumped when the spec changes between invocations), the status (`olmorun status`), and
+the live processes of every running job (pid, pgid, start time, boot id: local_procs.py), so that a
+runner started after this one died finds them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,8 @@ class State:
     generation: int
     spec_hash: str
     created_at: str
+    processes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Job name -> its live processes when the state was written (local_procs.ProcessRecord.to_json)."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -57,6 +61,7 @@ class State:
                 "specHash": self.spec_hash,
                 "createdAt": self.created_at,
                 "status": self.status.model_dump(mode="json", by_alias=True, exclude_none=True),
+                "processes": self.processes,
             },
             indent=2,
         )
@@ -73,6 +78,7 @@ def read_state(workdir: Path) -> State | None:
         generation=int(data.get("generation", 1)),
         spec_hash=data.get("specHash", ""),
         created_at=data.get("createdAt", ""),
+        processes=dict(data.get("processes") or {}),
     )
 
 
@@ -85,13 +91,16 @@ def write_state(workdir: Path, state: State) -> None:
 
 
 def start_state(run: OlmoRun, document: dict[str, Any], workdir: Path, now: dt.datetime) -> State:
-    """Resume the state of an earlier invocation (same run name), bumping the generation on a spec edit."""
+    """Resume the state of an earlier invocation (same run name), bumping the generation on a spec edit.
+
+    The recorded processes are kept whatever the run: they may still be alive and must be found.
+    """
     spec_hash = hash_json(run.spec.model_dump(mode="json", by_alias=True))
     old = read_state(workdir)
     stamp = now.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     if old is None or old.document.get("metadata", {}).get("name") != run.name:
-        return State(document, OlmoRunStatus(), 1, spec_hash, stamp)
+        return State(document, OlmoRunStatus(), 1, spec_hash, stamp, old.processes if old else {})
     generation = old.generation + (old.spec_hash != spec_hash)
-    return State(document, old.status, generation, spec_hash, old.created_at or stamp)
+    return State(document, old.status, generation, spec_hash, old.created_at or stamp, old.processes)
 
 

@@ -24,6 +24,11 @@ blocks until the MANIFEST is written. Retention runs after each commit on rank 0
 checkpoint's MANIFEST first, so an interrupted deletion leaves an uncommitted directory, never a
 half-deleted "committed" one.
 
+Fencing (lease.py): given the job's `lease`, rank 0 checks it right before every MANIFEST write and
+every deletion (retention, clearing a crashed save, un-committing a damaged checkpoint), and before a
+save writes its first file. An attempt that no longer holds the lease raises lease.Fenced on every
+rank and writes nothing more: two attempts alive at once never both write one job directory.
+
     ckpt = Checkpointer(f"{cfg.save_dir}/checkpoints", cfg.checkpoint, config_hash=cfg.config_hash(),
                         parent=cfg.init_from, train_config=cfg)
     if (found := ckpt.latest()) is not None:
@@ -36,9 +41,11 @@ half-deleted "committed" one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
+import pickle
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,6 +74,7 @@ from olmo_trainer import identity, manifest
 from olmo_trainer.config import CheckpointConfig, TrainConfig
 from olmo_trainer.failure import PermanentFailure
 from olmo_trainer.layout import damaged_manifest_path, join, manifest_path, step_uri
+from olmo_trainer.lease import Fenced, Lease
 
 log = logging.getLogger(__name__)
 
@@ -203,21 +211,26 @@ def _barrier(group: Any = None) -> None:
         dist.barrier(group=group)
 
 
-def _decided_by_rank0(decide: Callable[[], Any]) -> Any:
+def _decided_by_rank0(decide: Callable[[], Any], group: Any = None) -> Any:
     """Rank 0 runs `decide` and every rank gets its result (or its error, raised everywhere as a
-    CheckpointError), so that all ranks take the same branch and none hangs in a later collective."""
-    outcome: tuple[bool, Any] = (True, None)
+    CheckpointError, or as Fenced when the lease refused), so that all ranks take the same branch and
+    none hangs in a later collective. Collective over `group` (the default group when None)."""
+    outcome: tuple[str, Any] = ("ok", None)
     if _rank() == 0:
         try:
-            outcome = (True, decide())
+            outcome = ("ok", decide())
+        except Fenced as error:
+            outcome = ("fenced", error.failure.message)
         except Exception as error:
-            outcome = (False, f"{type(error).__name__}: {error}")
+            outcome = ("error", f"{type(error).__name__}: {error}")
     if _distributed():
         box = [outcome]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=group)
         outcome = box[0]
-    ok, value = outcome
-    if not ok:
+    kind, value = outcome
+    if kind == "fenced":
+        raise Fenced(value)
+    if kind == "error":
         raise CheckpointError(value)
     return value
 
@@ -331,8 +344,11 @@ class Checkpointer:
         parent: str | None = None,
         storage_options: dict[str, Any] | None = None,
         train_config: TrainConfig | None = None,
+        lease: Lease | None = None,
     ) -> None:
+        """`lease`: the job's lease (rank 0's; None on other ranks and outside a job: nothing is fenced)."""
         self.directory = directory.rstrip("/")
+        self.lease = lease
         self.cfg = cfg
         self.config_hash = config_hash
         self.skipped: list[str] = []
@@ -393,9 +409,7 @@ class Checkpointer:
             self.skipped.append(damaged[-1])
             if _rank() == 0:
                 log.warning("checkpoint %s is damaged: %s differ from its MANIFEST; skipping it", uri, ", ".join(bad))
-                fs, path = manifest.filesystem(uri, **self.storage_options)
-                fs.mv(manifest_path(path), damaged_manifest_path(path))
-            _barrier()
+            _decided_by_rank0(functools.partial(self._uncommit, uri))
         if damaged:
             raise PermanentFailure(
                 "NoIntactCheckpoint",
@@ -447,11 +461,44 @@ class Checkpointer:
         if pending is not None:
             pending.future.result()
 
+    def _uncommit(self, uri: str) -> None:
+        """Rank 0: rename a damaged checkpoint's MANIFEST aside (the lease permitting)."""
+        self._fence(f"un-committing the damaged {uri}")
+        fs, path = manifest.filesystem(uri, **self.storage_options)
+        fs.mv(manifest_path(path), damaged_manifest_path(path))
+
+    def _fence(self, action: str) -> None:
+        """Rank 0, right before a commit or deletion: raise lease.Fenced unless this attempt holds the lease."""
+        if self.lease is not None:
+            self.lease.check(action)
+
+    def acquire_lease(self) -> None:
+        """Take the job directory's lease at start (collective); raises lease.Fenced on every rank when
+        a newer attempt holds it. No-op without a lease."""
+        def acquire() -> None:
+            if self.lease is not None:
+                self.lease.acquire()
+
+        _decided_by_rank0(acquire)
+
+    def renew_lease(self) -> bool:
+        """Rank 0 while training: renew the lease when due. False when it is lost (the caller stops the
+        job; its next save is refused); True otherwise, and on other ranks."""
+        if self.lease is None or _rank() != 0:
+            return True
+        try:
+            self.lease.renew()
+        except Fenced as error:
+            log.error("%s", error.failure.message)
+            return False
+        return True
+
     def _prepare_dir(self, uri: str) -> str:
         """Rank 0: 'committed' when the step exists, else make an empty directory for it."""
         fs, path = manifest.filesystem(uri, **self.storage_options)
         if manifest.read_manifest(fs, path) is not None:
             return "committed"
+        self._fence(f"save of {uri}")  # before the first file (or deletion) of this save
         if fs.exists(path):  # a crashed attempt: its shards may come from another world size
             remove_tree(fs, path)
         fs.makedirs(path, exist_ok=True)
@@ -487,7 +534,9 @@ class Checkpointer:
         _barrier(group)  # every shard and .metadata are written before anyone reads tensors back
         own = (_hash_own_shards(fs, path, _rank()), self._own_digests(uri))
         hashed = _gather_to_rank0(own, group)  # also waits for every rank
-        if hashed is not None and _rank() == 0:
+
+        def commit() -> None:
+            assert hashed is not None
             known = {rel: entry for files, _ in hashed for rel, entry in files.items()}
             digests = {key: value for _, part in hashed for key, value in part.items()}
             extra = {"worldSize": _world_size(), **({"final": True} if final else {})}
@@ -495,10 +544,14 @@ class Checkpointer:
                 fs, path, step=step, config_hash=self.config_hash, parent=self.parent, extra=extra, known=known,
                 content=identity.content_record(digests),
             )
+            self._fence(f"commit of {uri}")  # the last moment before the MANIFEST makes it a checkpoint
             manifest.commit(fs, path, record)
             log.info("committed checkpoint %s (%d files)", uri, len(record["files"]))
             self._apply_retention()
-        _barrier(group)  # nobody returns before the commit is visible
+
+        # Every rank learns the outcome (and so waits for it): nobody returns before the commit is
+        # visible, and a refused commit raises Fenced on every rank.
+        _decided_by_rank0(commit, group)
 
     def _own_digests(self, uri: str) -> dict[str, str]:
         """This rank's share of the content identity: tensors read back from storage and hashed."""
@@ -527,6 +580,7 @@ class Checkpointer:
             committed.append((step, bool(record.get("extra", {}).get("final"))))
         doomed = steps_to_delete(committed, keep_last=self.cfg.keep_last, keep_every=self.cfg.keep_every)
         for step in doomed:
+            self._fence(f"retention (deleting step{step})")
             self._delete(step_uri(self.path, step))
             log.info("retention: deleted checkpoint step%d", step)
 
@@ -536,16 +590,19 @@ class Checkpointer:
         remove_tree(self.fs, path)
 
     def cleanup_uncommitted(self) -> None:
-        """Rank 0 removes step directories without a MANIFEST (crashed saves); others do nothing.
+        """Remove step directories without a MANIFEST (crashed saves): rank 0 removes, every rank waits
+        for it (collective) and raises lease.Fenced when the lease forbids it.
 
         A warning names each one that held files (a save that never committed); an empty folder entry
         (what an object store may keep of a deleted directory) is removed quietly.
         """
-        if _rank() != 0:
-            return
+        _decided_by_rank0(self._cleanup_uncommitted)
+
+    def _cleanup_uncommitted(self) -> None:
         pending = self._pending.uri if self._pending else None
         for step, path in manifest.step_dirs(self.fs, self.path):
             if manifest.read_manifest(self.fs, path) is None and step_uri(self.directory, step) != pending:
+                self._fence(f"removing the uncommitted {path}")
                 if _has_files(self.fs, path):
                     log.warning("removing uncommitted checkpoint directory %s", path)
                 else:
@@ -610,14 +667,48 @@ def _load_problem(uri: str, app_state: dict[str, Any], storage_options: dict[str
     return None
 
 
+UNSAFE_CHECKPOINT_REASON = "UnsafeCheckpoint"
+"""failure.json reason of a job whose trainer.pt names something outside the allow-list."""
+
+
+def trainer_file_globals() -> list[Any]:
+    """Everything trainer.pt may name besides tensors and plain containers: the allow-list of
+    `torch.load(weights_only=True)`. numpy's RNG state (an ndarray of uint32, numpy.random.get_state)
+    and an RL job's cached rollout (objectives/rl.py RolloutSteps: Prompt, Packed, RLBatch); classes
+    only, never a callable that does anything on load. Checkpoints written before the allow-list
+    existed hold exactly these types, so they load unchanged."""
+    import importlib
+
+    import numpy as np
+
+    from olmo_trainer.data.prompts import Prompt
+    from olmo_trainer.objectives.rl import RLBatch
+    from olmo_trainer.rollouts import Packed
+
+    reconstruct = importlib.import_module("numpy._core.multiarray")._reconstruct  # how an ndarray pickles
+    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), Prompt, Packed, RLBatch]
+
+
 def _read_trainer_file(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """trainer.pt, unpickled with torch's weights-only unpickler and `trainer_file_globals`: a file in
+    storage never runs code here. Raises PermanentFailure(UnsafeCheckpoint) for anything else it names
+    (a pickled callable, an unknown class): retrying would read the same bytes."""
     fs, path = manifest.filesystem(uri, **storage_options)
     target = f"{path}/{TRAINER_NAME}"
     if not fs.exists(target):
         raise CheckpointError(f"{uri} has no trainer state ({TRAINER_NAME}); it is a weights-only checkpoint")
-    with fs.open(target, "rb") as stream:
-        # Our own committed file, trusted like DCP's own pickled items; may hold RNG states of any library.
-        saved: dict[str, Any] = torch.load(stream, map_location="cpu", weights_only=False)
+    with fs.open(target, "rb") as stream, torch.serialization.safe_globals(trainer_file_globals()):
+        try:
+            saved: dict[str, Any] = torch.load(stream, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            # torch's message is paragraphs of advice; the one naming the refused global is what matters.
+            parts = [part.strip() for part in str(error).split("\n\n") if part.strip()]
+            detail = next((p for p in parts if "global" in p.lower()), parts[-1] if parts else type(error).__name__)
+            raise PermanentFailure(
+                UNSAFE_CHECKPOINT_REASON,
+                f"{uri}/{TRAINER_NAME} names something a checkpoint never holds ({detail[:300]}); it was not "
+                "loaded (loading it could run code). Restore the checkpoint from the archive or delete it",
+            ) from None
     return saved
 
 
@@ -701,12 +792,18 @@ def save_model_weights(
     extra: dict[str, Any] | None = None,
     config_json: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    lease: Lease | None = None,
 ) -> str:
-    """Write and commit a weights-only checkpoint from one process (soups). Refuses to overwrite."""
+    """Write and commit a weights-only checkpoint from one process (soups). Refuses to overwrite.
+
+    With the job's `lease`, checks it before deleting a crashed attempt's files and right before the
+    commit (raises lease.Fenced)."""
     options = dict(storage_options or {})
     fs, path = manifest.filesystem(uri, **options)
     if manifest.read_manifest(fs, path) is not None:
         raise CheckpointError(f"{uri} is already a committed checkpoint; refusing to overwrite it")
+    if lease is not None:
+        lease.check(f"save of {uri}")
     remove_tree(fs, path)
     fs.makedirs(path, exist_ok=True)
     if config_json is not None:
@@ -717,6 +814,8 @@ def save_model_weights(
     record = manifest.build_manifest(
         fs, path, step=step, config_hash=config_hash, parent=parent, extra=extra, content=content
     )
+    if lease is not None:
+        lease.check(f"commit of {uri}")
     manifest.commit(fs, path, record)
     return uri
 

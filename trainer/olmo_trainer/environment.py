@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from olmo_trainer.config import TrainConfig
+from olmo_trainer.failure import current_attempt
 from olmo_trainer.manifest import filesystem
 
 ENV_NAME = "env.json"
@@ -177,7 +178,7 @@ def environment_record(cfg: TrainConfig, *, batches: Any = None) -> dict[str, An
         "phase": cfg.phase,
         "kind": cfg.kind,
         "seed": cfg.seed,
-        "attempt": int(os.environ["OLMORUN_ATTEMPT"]) if os.environ.get("OLMORUN_ATTEMPT") else None,
+        "attempt": current_attempt(),
         "configHash": cfg.config_hash(),
         "code": {"gitCommit": commit, "gitDirty": dirty, "image": image, "imageDigest": image_digest(image)},
         "software": software(),

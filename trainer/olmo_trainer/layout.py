@@ -12,6 +12,7 @@ Where a job writes (its `save_dir`, a local path or an fsspec URI; DESIGN.md "Ob
     <save_dir>/metrics.jsonl               one JSON object per optimizer step, on a local disk (metrics_log.py)
     <save_dir>/metrics.jsonl.d/<seq>.jsonl the same stream in segments on an object store, read back as one file
     <save_dir>/failure.json, notice.json   why the job failed for good / what it wants shown (failure.py)
+    <save_dir>/lease.json                  which attempt of the job may commit and prune here (lease.py)
 
 How a job ends (its process exit code, read by the operator's launcher and planner):
 
@@ -56,6 +57,8 @@ FAILURE_NAME = "failure.json"
 """Beside the checkpoints: why the job failed when retrying cannot help (failure.py)."""
 NOTICE_NAME = "notice.json"
 """Beside the checkpoints: a warning the running job wants on the run, the latest one (failure.py)."""
+LEASE_NAME = "lease.json"
+"""Beside the checkpoints: the attempt that owns the save_dir, the only one allowed to commit or prune (lease.py)."""
 STEP_PREFIX = "step"
 _STEP_NAME = re.compile(rf"^{STEP_PREFIX}(\d+)$")
 
@@ -119,6 +122,11 @@ def failure_uri(save_dir: str) -> str:
 def notice_uri(save_dir: str) -> str:
     """`<save_dir>/notice.json`."""
     return join(save_dir, NOTICE_NAME)
+
+
+def lease_uri(save_dir: str) -> str:
+    """`<save_dir>/lease.json`."""
+    return join(save_dir, LEASE_NAME)
 
 
 def parse_step_name(name: str) -> int | None:

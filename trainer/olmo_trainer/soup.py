@@ -32,6 +32,7 @@ from olmo_trainer.checkpoint import (
 )
 from olmo_trainer.config import ModelConfig, TrainConfig
 from olmo_trainer.layout import EXIT_USAGE, checkpoints_dir, step_uri
+from olmo_trainer.lease import Lease
 
 
 class SoupError(ValueError):
@@ -92,10 +93,12 @@ def average_checkpoints(
     config_hash: str | None = None,
     train_config: TrainConfig | None = None,
     storage_options: dict[str, Any] | None = None,
+    lease: Lease | None = None,
 ) -> str:
     """Average the model weights of committed checkpoints into a new committed checkpoint at `out_uri`.
 
     The soup's config.json is `train_config` when given, else the first ingredient's. Returns out_uri.
+    With the job's `lease`, raises lease.Fenced instead of writing when another attempt owns the directory.
     """
     options = dict(storage_options or {})
     if not uris:
@@ -136,6 +139,7 @@ def average_checkpoints(
             extra={"final": True, "soup": {"ingredients": ingredients}},
             config_json=config_json,
             storage_options=options,
+            lease=lease,
         )
     except CheckpointError as error:
         raise SoupError(str(error)) from error
@@ -177,13 +181,15 @@ def main(cfg: TrainConfig) -> int:
         return EXIT_USAGE
     from olmo_trainer.environment import write_env
 
+    lease = Lease.for_job(cfg.save_dir)
+    lease.acquire()  # Fenced when a newer attempt of this soup owns the directory
     write_env(cfg)
     step = soup_step(cfg)
     out_uri = step_uri(checkpoints_dir(cfg.save_dir), step)  # where Checkpointer.latest() finds it
     if _already_done(out_uri, cfg.soup_from):
         print(f"{cfg.run}/{cfg.phase}: soup {out_uri} already committed")
         return 0
-    average_checkpoints(cfg.soup_from, out_uri, config_hash=cfg.config_hash(), train_config=cfg)
+    average_checkpoints(cfg.soup_from, out_uri, config_hash=cfg.config_hash(), train_config=cfg, lease=lease)
     metrics = MetricsFile(cfg.save_dir, resume_step=None)
     metrics.append({"soup": len(cfg.soup_from), "step": step, "checkpoint": out_uri, "ingredients": cfg.soup_from})
     if cfg.eval is not None:  # the averaged model, evaluated like any phase's final model

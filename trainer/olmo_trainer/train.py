@@ -426,6 +426,10 @@ class Job:
                 self.tracker.log(record)
             if info.rank == 0:
                 print(_log_line(state.step, plan.total_steps, record), flush=True)
+                if not self.checkpointer.renew_lease():
+                    # A newer attempt owns the directory: every rank stops at the next step, and the
+                    # save that stop asks for is refused by the lease (Fenced), writing nothing.
+                    state.preempted = True
             check_finite(state.step, record)
             if result.skipped:
                 check_skip_limit(state.step, state.skip, record, info)
@@ -450,6 +454,7 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
     """Join the process group, build the objective's data, the wrapped model and optimizer, then init
     from the parent, let the objective prepare, and resume. Returns (job, batches)."""
     from olmo_trainer.checkpoint import Checkpointer
+    from olmo_trainer.lease import Lease
 
     info = init_distributed()
     seed_everything(cfg.seed, info.device)
@@ -476,11 +481,12 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
             config_hash=cfg.config_hash(),
             parent=cfg.init_from,
             train_config=cfg,  # each checkpoint carries the config that produced it
+            lease=Lease.for_job(cfg.save_dir) if info.rank == 0 else None,  # rank 0 commits and prunes
         ),
         objective=objective,
     )
-    job.checkpointer.cleanup_uncommitted()
-    dist.barrier()  # nobody lists checkpoints while rank 0 is still removing torn ones
+    job.checkpointer.acquire_lease()  # an older attempt than the directory's owner stops here (Fenced)
+    job.checkpointer.cleanup_uncommitted()  # collective: nobody lists checkpoints while rank 0 removes torn ones
     latest = job.checkpointer.latest_intact()  # each rank re-hashes its share against the MANIFEST
     # The parent's weights first, on a resume too: the objective may need the frozen parent (DPO's
     # reference); a resumed job then overwrites them with its own checkpoint.
