@@ -12,6 +12,8 @@ strings as the spec wrote them: quantities are not rounded, names are not escape
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,26 @@ LABEL_PHASE = "olmorun.dev/phase"
 LABEL_SEED = "olmorun.dev/seed"
 LABEL_ATTEMPT = "olmorun.dev/attempt"
 LABEL_RUN_UID = "olmorun.dev/run-uid"
+MAX_LABEL_VALUE = 63
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+"""A Kubernetes label value: empty, or alphanumerics at both ends with `-_.` between (apimachinery
+validation.IsValidLabelValue), at most MAX_LABEL_VALUE characters."""
+
+
+def label_value(value: str) -> str:
+    """`value` as a valid Kubernetes label value (pure, deterministic).
+
+    A valid value is kept as it is (names the API has validated, seeds, attempts). Anything else (a
+    negative seed, a phase name longer than 63, characters outside `[A-Za-z0-9._-]`) has each such
+    character replaced by '-', its ends trimmed to alphanumerics, and is cut to leave room for `-`
+    and 8 hex digits of the sha256 of the original: two different inputs never share a label.
+    """
+    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.match(value):
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", value)[: MAX_LABEL_VALUE - len(digest) - 1]
+    cleaned = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)
+    return f"{cleaned}-{digest}" if cleaned else digest
 
 
 @dataclass(frozen=True)
@@ -96,11 +118,12 @@ class JobRequest:
 
 
 def job_labels(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int) -> dict[str, str]:
-    """The labels of a job and of its pods: run, phase, seed, attempt (and the run's uid when known)."""
+    """The labels of a job and of its pods: run, phase, seed, attempt (and the run's uid when known),
+    each value made a valid label value (label_value): they come from the user's spec."""
     labels = {LABEL_RUN: run.name, LABEL_PHASE: phase.name, LABEL_SEED: str(seed), LABEL_ATTEMPT: str(attempt)}
     if run.metadata.uid:
         labels[LABEL_RUN_UID] = run.metadata.uid
-    return labels
+    return {key: label_value(value) for key, value in labels.items()}
 
 
 def owner_reference(run: OlmoRun) -> OwnerReference:
