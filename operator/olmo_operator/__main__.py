@@ -10,11 +10,12 @@ Tests and the benchmark run the very same operator in-process through `operate(.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import kopf
@@ -129,7 +130,27 @@ async def operate(
     stop_flag: Any = None,
     ready_flag: Any = None,
 ) -> None:
-    """Run the operator until `stop_flag` is set (a threading.Event or an asyncio future)."""
+    """Run the operator until `stop_flag` is set (a threading.Event or an asyncio future).
+
+    While it runs, every record that reaches a handler of the root logger has the values of the
+    credential variables of this process's environment replaced by *** (kube_status.secret_values):
+    botocore's DEBUG lines carry the access key id in their Authorization header, an exception may
+    carry anything.
+    """
+    with redacting_logs(secret_values(os.environ)):
+        await _operate(settings, metrics=metrics, launcher_for=launcher_for, clock=clock,
+                       stop_flag=stop_flag, ready_flag=ready_flag)  # fmt: skip
+
+
+async def _operate(
+    settings: Settings,
+    *,
+    metrics: Metrics | None,
+    launcher_for: LauncherFactory | None,
+    clock: Callable[[], Any] | None,
+    stop_flag: Any,
+    ready_flag: Any,
+) -> None:
     client = _SharedClient(settings)
     context = Context(settings=settings, metrics=metrics or Metrics(),
                       launcher_for=launcher_for or launcher_factory(settings, client),
@@ -160,7 +181,26 @@ class _Redacting(logging.Filter):
         if self.secrets:
             record.msg = redact(record.getMessage(), self.secrets)
             record.args = None
+            if record.exc_info and not record.exc_text:  # a formatted traceback may quote a secret too
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = redact(record.exc_text, self.secrets)
         return True
+
+
+@contextlib.contextmanager
+def redacting_logs(secrets: frozenset[str]) -> Iterator[None]:
+    """A _Redacting filter on every handler of the root logger (records of every logger propagate
+    there; a filter on a logger would miss its children's), removed again on exit."""
+    handlers = list(logging.getLogger().handlers)
+    redacting = _Redacting(secrets)
+    for handler in handlers:
+        handler.addFilter(redacting)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(redacting)
 
 
 def main() -> int:
@@ -171,8 +211,6 @@ def main() -> int:
         return 2
     kopf.configure(verbose=settings.log_level == "DEBUG")
     logging.getLogger().setLevel(settings.log_level)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_Redacting(secret_values(os.environ)))
     metrics = Metrics()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
