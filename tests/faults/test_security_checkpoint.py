@@ -1,9 +1,13 @@
-"""Loading a checkpoint never runs code from storage: trainer.pt is read with torch's weights-only
-unpickler and an explicit allow-list (checkpoint.trainer_file_globals).
+"""Loading a checkpoint never runs code from storage (olmo_trainer/safe_load.py): trainer.pt is read with
+torch's weights-only unpickler and an explicit allow-list, DCP's `.metadata` (which torch reads with
+pickle.load) through an unpickler that knows only DCP's record types, and DCP's non-tensor items
+(which torch reads with weights_only=False) with the weights-only unpickler.
 
-- a trainer.pt carrying a pickled callable (os.system through __reduce__), re-committed with a valid
-  MANIFEST as an attacker who can write the bucket would, is refused with reason UnsafeCheckpoint by
-  every reader (read_trainer_state, Checkpointer.load) and the command never runs;
+- a trainer.pt, a `.metadata` or an optimizer item carrying a pickled callable (os.system through
+  __reduce__), re-committed with a valid MANIFEST as an attacker who can write the bucket would, is
+  refused with reason UnsafeCheckpoint by every reader (read_trainer_state, Checkpointer.load,
+  load_model_weights, load_full_state_dict) and the command never runs; the same files read the way
+  torch reads them do run it (the control that shows the files are hostile);
 - what a real job keeps there (numpy's RNG state, an RL job's cached rollout: Prompt, Packed, RLBatch)
   loads, so old and new checkpoints resume unchanged.
 """
@@ -11,6 +15,7 @@ unpickler and an explicit allow-list (checkpoint.trainer_file_globals).
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from olmo_trainer import manifest
-from olmo_trainer.checkpoint import TRAINER_NAME, UNSAFE_CHECKPOINT_REASON, Checkpointer, read_trainer_state
+from olmo_trainer.checkpoint import (
+    TRAINER_NAME,
+    UNSAFE_CHECKPOINT_REASON,
+    Checkpointer,
+    load_full_state_dict,
+    load_model_weights,
+    read_trainer_state,
+)
 from olmo_trainer.config import CheckpointConfig
 from olmo_trainer.data.prompts import Prompt
 from olmo_trainer.failure import PermanentFailure
@@ -97,3 +111,54 @@ def test_what_jobs_keep_in_the_trainer_file_is_on_the_allow_list(tmp_path: Path)
     assert isinstance(again, RLBatch) and torch.equal(again.packed.ids, packed.ids) and again.sums == {"reward": 1.0}
     kind, keys, *_ = loaded["rng"]["numpy"]
     assert kind == "MT19937" and np.array_equal(keys, np.random.get_state()[1])
+
+
+def recommit(uri: str) -> None:
+    """Re-hash the directory into a fresh MANIFEST: the files match it again, as an attacker would leave them."""
+    fs, path = manifest.filesystem(uri)
+    old = manifest.read_manifest(fs, path) or {}
+    manifest.commit(fs, path, manifest.build_manifest(fs, path, step=3, config_hash="h", content=old.get("content")))
+
+
+def test_a_hostile_dcp_index_is_refused_by_every_reader_and_runs_nothing(tmp_path: Path) -> None:
+    uri, state = committed(tmp_path, {})
+    marker, control = tmp_path / "pwned", tmp_path / "contr"  # same length: the pickle stays well-formed
+    metadata = Path(manifest.uri_to_path(uri)) / ".metadata"
+    metadata.write_bytes(pickle.dumps(RunsACommand(f"touch {marker}")))
+    recommit(uri)
+    readers = [
+        lambda: Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig(), config_hash="h").load(uri, state),
+        lambda: load_model_weights(uri, nn.Linear(4, 2)),
+        lambda: load_full_state_dict(uri),
+    ]
+    for read in readers:
+        with pytest.raises(PermanentFailure, match=f"{UNSAFE_CHECKPOINT_REASON}: .*posix.system"):
+            read()
+    assert not marker.exists()
+    pickle.loads(metadata.read_bytes().replace(str(marker).encode(), str(control).encode()))  # torch's way
+    assert control.exists()
+
+
+def test_a_hostile_optimizer_item_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    """DCP stores the optimizer's param_groups values as pickled bytes items, read back with
+    weights_only=False by torch's own planner."""
+    marker = tmp_path / "pwned"
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    optim = torch.optim.AdamW(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    optim.step()
+    uri, state = committed(tmp_path, {})
+    model_sd, optim_sd = get_state_dict(model, optim)
+    optim_sd["param_groups"][0]["lr"] = RunsACommand(f"touch {marker}")
+    path = Path(manifest.uri_to_path(uri))
+    for shard in path.glob("*.distcp"):
+        shard.unlink()
+    dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=dcp.FileSystemWriter(str(path)), no_dist=True)
+    recommit(uri)
+    with pytest.raises(PermanentFailure, match=f"{UNSAFE_CHECKPOINT_REASON}: .*optim.param_groups.0.lr"):
+        Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig(), config_hash="h").load(uri, state)
+    assert not marker.exists()
+    model_sd, optim_sd = get_state_dict(model, optim)
+    dcp.load({"model": model_sd, "optim": optim_sd}, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
+    assert marker.exists()  # torch's own planner ran the command: the item was hostile indeed

@@ -58,7 +58,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from fsspec import AbstractFileSystem
 from torch import nn
-from torch.distributed.checkpoint._fsspec_filesystem import FileSystem, FsspecReader, FsspecWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FileSystem, FsspecWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
@@ -70,11 +70,11 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
-from olmo_trainer import identity, manifest
+from olmo_trainer import identity, manifest, safe_load
 from olmo_trainer.config import CheckpointConfig, TrainConfig
 from olmo_trainer.failure import PermanentFailure
 from olmo_trainer.layout import damaged_manifest_path, join, manifest_path, step_uri
-from olmo_trainer.lease import Fenced, Lease
+from olmo_trainer.lease import FENCED_REASON, Fenced, Lease
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,11 @@ CONFIG_NAME = "config.json"
 TRAINER_NAME = "trainer.pt"
 MODEL_KEY = "model"
 OPTIM_KEY = "optim"
+
+
+UNSAFE_CHECKPOINT_REASON = "UnsafeCheckpoint"
+"""failure.json reason of a job whose checkpoint (trainer.pt, DCP's .metadata or bytes items) names
+something outside the allow-lists of safe_load.py."""
 
 
 class CheckpointError(RuntimeError):
@@ -188,10 +193,11 @@ def _writer(uri: str, storage_options: dict[str, Any]) -> StorageWriter:
 
 
 def _reader(uri: str, storage_options: dict[str, Any]) -> StorageReader:
+    """DCP's reader of `uri`, reading its `.metadata` through an allow-list (safe_load.py)."""
     fs, path = manifest.filesystem(uri, **storage_options)
     if manifest.is_local(fs):
-        return dcp.FileSystemReader(path)
-    return FsspecReader(uri, **storage_options)
+        return safe_load.SafeFileSystemReader(path)
+    return safe_load.SafeFsspecReader(uri, **storage_options)
 
 
 def _distributed() -> bool:
@@ -219,8 +225,8 @@ def _decided_by_rank0(decide: Callable[[], Any], group: Any = None) -> Any:
     if _rank() == 0:
         try:
             outcome = ("ok", decide())
-        except Fenced as error:
-            outcome = ("fenced", error.failure.message)
+        except PermanentFailure as error:  # Fenced, UnsafeCheckpoint: the same reason on every rank
+            outcome = ("permanent", (error.failure.reason, error.failure.message))
         except Exception as error:
             outcome = ("error", f"{type(error).__name__}: {error}")
     if _distributed():
@@ -228,8 +234,9 @@ def _decided_by_rank0(decide: Callable[[], Any], group: Any = None) -> Any:
         dist.broadcast_object_list(box, src=0, group=group)
         outcome = box[0]
     kind, value = outcome
-    if kind == "fenced":
-        raise Fenced(value)
+    if kind == "permanent":
+        reason, message = value
+        raise Fenced(message) if reason == FENCED_REASON else PermanentFailure(reason, message)
     if kind == "error":
         raise CheckpointError(value)
     return value
@@ -267,11 +274,18 @@ def _single_process() -> Iterator[None]:
 
 
 def _dcp_load(uri: str, state: dict[str, Any], reader: StorageReader, *, no_dist: bool = False) -> None:
-    """dcp.load, with its failures (a BaseException carrying every rank's error) as a CheckpointError."""
+    """dcp.load, with its failures (a BaseException carrying every rank's error) as a CheckpointError;
+    non-tensor items are read with the weights-only unpickler (safe_load.SafeLoadPlanner)."""
     try:
+        reader.read_metadata()  # DCP reports a refused index only as "metadata is None": read it here first
         with _single_process():
-            dcp.load(state, storage_reader=reader, no_dist=no_dist)
+            dcp.load(state, storage_reader=reader, planner=safe_load.SafeLoadPlanner(), no_dist=no_dist)
+    except safe_load.UnsafeCheckpointError as error:
+        raise unsafe(uri, error) from None
     except CheckpointException as error:
+        unsafe_ones = [exc for exc, _ in error.failures.values() if isinstance(exc, safe_load.UnsafeCheckpointError)]
+        if unsafe_ones:
+            raise unsafe(uri, unsafe_ones[0]) from None
         reasons = sorted({f"{type(exc).__name__}: {exc}" for exc, _ in error.failures.values()})
         raise CheckpointError(f"cannot load {uri}: {'; '.join(reasons)}") from None
 
@@ -284,8 +298,26 @@ def _require_committed(uri: str, storage_options: dict[str, Any]) -> dict[str, A
     return found
 
 
+def unsafe(uri: str, error: BaseException) -> PermanentFailure:
+    """The failure of a job whose checkpoint names something outside the allow-lists (safe_load.py):
+    retrying would read the same bytes."""
+    return PermanentFailure(
+        UNSAFE_CHECKPOINT_REASON,
+        f"{uri} names something a checkpoint never holds ({safe_load.refusal(error)[:300]}); it was not loaded (loading it "
+        "could run code). Restore the checkpoint from the archive or delete it",
+    )
+
+
+def _metadata(uri: str, storage_options: dict[str, Any]) -> Any:
+    """DCP's index of `uri` (read through the allow-list; PermanentFailure UnsafeCheckpoint otherwise)."""
+    try:
+        return _reader(uri, storage_options).read_metadata()
+    except safe_load.UnsafeCheckpointError as error:
+        raise unsafe(uri, error) from None
+
+
 def _saved_keys(uri: str, storage_options: dict[str, Any]) -> set[str]:
-    return set(_reader(uri, storage_options).read_metadata().state_dict_metadata)
+    return set(_metadata(uri, storage_options).state_dict_metadata)
 
 
 def weights_finite(model: nn.Module) -> bool:
@@ -667,28 +699,6 @@ def _load_problem(uri: str, app_state: dict[str, Any], storage_options: dict[str
     return None
 
 
-UNSAFE_CHECKPOINT_REASON = "UnsafeCheckpoint"
-"""failure.json reason of a job whose trainer.pt names something outside the allow-list."""
-
-
-def trainer_file_globals() -> list[Any]:
-    """Everything trainer.pt may name besides tensors and plain containers: the allow-list of
-    `torch.load(weights_only=True)`. numpy's RNG state (an ndarray of uint32, numpy.random.get_state)
-    and an RL job's cached rollout (objectives/rl.py RolloutSteps: Prompt, Packed, RLBatch); classes
-    only, never a callable that does anything on load. Checkpoints written before the allow-list
-    existed hold exactly these types, so they load unchanged."""
-    import importlib
-
-    import numpy as np
-
-    from olmo_trainer.data.prompts import Prompt
-    from olmo_trainer.objectives.rl import RLBatch
-    from olmo_trainer.rollouts import Packed
-
-    reconstruct = importlib.import_module("numpy._core.multiarray")._reconstruct  # how an ndarray pickles
-    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), Prompt, Packed, RLBatch]
-
-
 def _read_trainer_file(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
     """trainer.pt, unpickled with torch's weights-only unpickler and `trainer_file_globals`: a file in
     storage never runs code here. Raises PermanentFailure(UnsafeCheckpoint) for anything else it names
@@ -697,18 +707,11 @@ def _read_trainer_file(uri: str, storage_options: dict[str, Any]) -> dict[str, A
     target = f"{path}/{TRAINER_NAME}"
     if not fs.exists(target):
         raise CheckpointError(f"{uri} has no trainer state ({TRAINER_NAME}); it is a weights-only checkpoint")
-    with fs.open(target, "rb") as stream, torch.serialization.safe_globals(trainer_file_globals()):
+    with fs.open(target, "rb") as stream, torch.serialization.safe_globals(safe_load.trainer_file_globals()):
         try:
             saved: dict[str, Any] = torch.load(stream, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            # torch's message is paragraphs of advice; the one naming the refused global is what matters.
-            parts = [part.strip() for part in str(error).split("\n\n") if part.strip()]
-            detail = next((p for p in parts if "global" in p.lower()), parts[-1] if parts else type(error).__name__)
-            raise PermanentFailure(
-                UNSAFE_CHECKPOINT_REASON,
-                f"{uri}/{TRAINER_NAME} names something a checkpoint never holds ({detail[:300]}); it was not "
-                "loaded (loading it could run code). Restore the checkpoint from the archive or delete it",
-            ) from None
+            raise unsafe(f"{uri}/{TRAINER_NAME}", error) from None
     return saved
 
 
@@ -732,7 +735,7 @@ def load_model_weights(
     _require_committed(uri, options)
     wanted = get_model_state_dict(model)
     if skip_mismatched:
-        saved = _reader(uri, options).read_metadata().state_dict_metadata
+        saved = _metadata(uri, options).state_dict_metadata
         wanted = {
             key: value
             for key, value in wanted.items()
@@ -768,7 +771,7 @@ def load_full_state_dict(
     """All model weights of a committed checkpoint, consolidated in this process (CPU tensors)."""
     options = dict(storage_options or {})
     _require_committed(uri, options)
-    metadata = _reader(uri, options).read_metadata()
+    metadata = _metadata(uri, options)
     prefix = f"{MODEL_KEY}."
     weights = {
         key[len(prefix) :]: torch.empty(meta.size, dtype=meta.properties.dtype)
