@@ -118,7 +118,7 @@ class SecretRef(ConfigModel):
     @field_validator("name")
     @classmethod
     def _secret_name(cls, name: str) -> str:
-        if not DNS_SUBDOMAIN.match(name):
+        if not DNS_SUBDOMAIN.fullmatch(name):
             raise ValueError(f"{name!r} is not a Secret name: lowercase letters, digits, '-' and '.' (kubectl get secrets)")
         return name
 
@@ -478,12 +478,12 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
     metadata = document.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
-    if isinstance(name, str) and (not DNS_LABEL.match(name) or len(name) > 63):
+    if isinstance(name, str) and (not DNS_LABEL.fullmatch(name) or len(name) > 63):
         problems.append(
             Problem("metadata.name", f"{name!r} must be a DNS label: lowercase letters, digits and '-', at most 63")
         )
     namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
-    if namespace is not None and (not isinstance(namespace, str) or not DNS_LABEL.match(namespace) or len(namespace) > 63):
+    if namespace is not None and (not isinstance(namespace, str) or not DNS_LABEL.fullmatch(namespace) or len(namespace) > 63):
         problems.append(
             Problem("metadata.namespace", f"{namespace!r} must be a DNS label: lowercase letters, digits and '-', at most 63")
         )
@@ -497,7 +497,7 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
         where = f"spec.phases[{i}]"
         if phase_name is None:
             continue
-        if not DNS_LABEL.match(phase_name):
+        if not DNS_LABEL.fullmatch(phase_name):
             problems.append(Problem(f"{where}.name", f"{phase_name!r} must be a DNS label (lowercase, digits, '-')"))
         if phase_name in by_name:
             first = by_name[phase_name]

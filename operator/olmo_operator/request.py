@@ -39,7 +39,7 @@ def label_value(value: str) -> str:
     character replaced by '-', its ends trimmed to alphanumerics, and is cut to leave room for `-`
     and 8 hex digits of the sha256 of the original: two different inputs never share a label.
     """
-    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.match(value):
+    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.fullmatch(value):
         return value
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", value)[: MAX_LABEL_VALUE - len(digest) - 1]

@@ -79,6 +79,10 @@ CASES: dict[str, tuple[Callable[[Document], None], str, str, bool]] = {
     "a namespace climbing out of the storage root": (
         _set("metadata.namespace", "../other"), "metadata.namespace", "DNS label", False
     ),
+    # Python's `$` also matches before a final newline: names are checked with fullmatch.
+    "a name ending in a newline": (_set("metadata.name", "olmo\n"), "metadata.name", "DNS label", False),
+    "a namespace ending in a newline": (_set("metadata.namespace", "lab\n"), "metadata.namespace", "DNS label", False),
+    "a phase name ending in a newline": (_set("spec.phases.0.name", "pretrain\n"), "spec.phases[0].name", "DNS label", False),
     "a phase name climbing out": (_set("spec.phases.0.name", "../x"), "spec.phases[0].name", "DNS label", False),
     "a storage root with '..'": (
         _set("spec.storage.uri", "s3://bucket/runs/../other-team"), "spec.storage.uri", "'..' segment", False

@@ -119,3 +119,10 @@ def test_a_manifest_of_another_format_does_not_commit(tmp_path: Path) -> None:
 def test_layout_and_manifest_import_no_torch() -> None:
     code = "import sys, olmo_trainer.layout, olmo_trainer.manifest; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_a_name_with_a_trailing_newline_is_no_step_and_no_segment() -> None:
+    """Python's `$` matches before a final newline: `step5\\n` must not read as step 5."""
+    assert layout.parse_step_name("step5\n") is None and layout.parse_step_name("step5") == 5
+    assert layout.parse_metrics_segment_name("3.jsonl\n") is None
+    assert layout.parse_metrics_segment_name("3.jsonl") is not None

@@ -75,7 +75,7 @@ def _strip_wrappers(name: str) -> str:
 
 
 def _rename(name: str, table: Mapping[str, str]) -> str:
-    match = _BLOCK_KEY.match(name)
+    match = _BLOCK_KEY.fullmatch(name)
     template = f"{match[1]}.{{i}}.{match[3]}" if match else name
     if template not in table:
         raise KeyError(f"no Hugging Face counterpart for parameter {name!r}")

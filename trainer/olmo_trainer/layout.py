@@ -100,7 +100,7 @@ def metrics_segment_uri(save_dir: str, seq: int) -> str:
 
 def parse_metrics_segment_name(name: str) -> int | None:
     """seq of a segment file name `<seq>.jsonl`; None for any other name."""
-    match = _METRICS_SEGMENT.match(name)
+    match = _METRICS_SEGMENT.fullmatch(name)
     return int(match.group(1)) if match else None
 
 
@@ -131,7 +131,7 @@ def lease_uri(save_dir: str) -> str:
 
 def parse_step_name(name: str) -> int | None:
     """N for a directory name `step<N>`; None for any other name."""
-    match = _STEP_NAME.match(name)
+    match = _STEP_NAME.fullmatch(name)
     return int(match.group(1)) if match else None
 
 
