@@ -3,7 +3,7 @@ uninterrupted one does, in every kind the trainer trains (pretrain, anneal, sft,
 
 Each job runs under torchrun with 2 gloo processes and is interrupted twice before it is let finish:
 SIGKILL of the whole process tree (a node lost, an OOM kill), and for the post-training kinds first a
-SIGTERM (a preemption: it must save at the next step boundary, say so and exit 143) then a SIGKILL.
+SIGTERM (a preemption: it must save at the next step boundary, say so and exit 143) then two SIGKILLs.
 The steps are drawn from a generator seeded by the kind (printed, so a failure can be replayed), past
 the first checkpoint and increasing, so every restart resumes from a checkpoint and trains on.
 After the last restart the job must have logged every step exactly once with the uninterrupted
@@ -83,14 +83,21 @@ def run_with_faults(
     return final
 
 
-def faults_for(kind: str, first: int, middle: int, last: int, *, term: bool) -> list[tuple[signal.Signals, int]]:
-    """Two interruption steps, the first in [first, middle], the second after it up to `last`, drawn from
-    a generator seeded by the kind. A SIGTERM first stops a step or two later: `middle` leaves room
-    before the final step, at which a job saves as finished rather than preempted."""
+def faults_for(
+    kind: str, first: int, middle: int, last: int, *, term: bool, kills: int = 1
+) -> list[tuple[signal.Signals, int]]:
+    """Interruption steps drawn from a generator seeded by the kind: the first in [first, middle], then
+    `kills` SIGKILLs, each after the one before and up to `last`. A SIGTERM first stops a step or two
+    later (and saves there): `middle` leaves room before the final step, at which a job saves as
+    finished rather than preempted, and the next fault comes at least 3 steps after it."""
     rng = random.Random(f"olmorun-faults-{kind}")
     a = rng.randint(first, middle)
-    b = rng.randint(a + 1, last)
-    faults = [(signal.SIGTERM if term else signal.SIGKILL, a), (signal.SIGKILL, b)]
+    faults = [(signal.SIGTERM if term else signal.SIGKILL, a)]
+    previous = a + (3 if term else 1)
+    for left in range(kills, 0, -1):
+        step = rng.randint(previous, last - left + 1)
+        faults.append((signal.SIGKILL, step))
+        previous = step + 1
     print(f"{kind}: {[(how.name, step) for how, step in faults]}")
     return faults
 
@@ -134,10 +141,11 @@ def test_anneal_killed_twice_ends_identical(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
-def test_post_training_preempted_then_killed_ends_identical(tmp_path: Path, kind: str) -> None:
+def test_post_training_preempted_then_killed_twice_ends_identical(tmp_path: Path, kind: str) -> None:
     reference = post_reference(kind)  # 12 steps, a checkpoint every 4
     config = post_config(tmp_path, kind)
-    final = run_with_faults(kind, config, tmp_path / "out", faults_for(kind, 5, 7, POST_STEPS - 1, term=True), tmp_path)
+    faults = faults_for(kind, 3, 4, POST_STEPS - 1, term=True, kills=2)
+    final = run_with_faults(kind, config, tmp_path / "out", faults, tmp_path)
     if kind == "dpo":
         assert "reusing reference log-probs" in final.stdout  # computed once, by the first attempt
     assert_same_as_reference(tmp_path / "out", reference, POST_STEPS)
