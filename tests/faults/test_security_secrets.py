@@ -121,7 +121,9 @@ def test_no_secret_value_reaches_status_events_logs_jobs_records_or_reports(
     names = {name.rsplit("/", 1)[-1] for name in stored}
     assert {"run.json", "config.json", "env.json", "metrics.jsonl", "MANIFEST.json"} <= names, names
     assert any("/archive/pretrain/step4/" in name for name in stored)
-    assert "keys" in html and len(events) >= 3 and len(operator_logs) > 50
+    # Events: at least the submission and the success (a Running seen in between depends on the poll).
+    reasons = [e.get("reason") for e in events]
+    assert "keys" in html and len(events) >= 2 and "JobSucceeded" in reasons and len(operator_logs) > 50, reasons
     assert any(r.name.startswith("botocore") for r in operator_logs)  # its storage requests were logged too
     job = next(iter(kube.objects(VCJOBS, NS).values()))
     assert {"secretRef": {"name": "wandb"}} in job["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["envFrom"]
