@@ -92,7 +92,9 @@ def test_takeover_fences_the_old_holder_on_every_backend(save_dir: tuple[str, di
     assert old.acquire().attempt == 1
     assert old.renew() is False  # not due yet
     ticks[0] = 11.0
-    assert old.renew() is True and old.read() is not None and old.read().renewals == 1  # type: ignore[union-attr]
+    assert old.renew() is True
+    renewed = old.read()
+    assert renewed is not None and renewed.renewals == 1
     old.check("commit")
 
     new = Lease(where, job="r-pretrain-a2", attempt=2, storage_options=options)
@@ -114,7 +116,8 @@ def test_takeover_fences_the_old_holder_on_every_backend(save_dir: tuple[str, di
     fs, path = manifest.filesystem(lease_uri(where), **options)
     fs.pipe_file(path, LeaseRecord("r-pretrain-a1", 1, old.holder, "t", "t").to_json().encode())
     again.check("commit of step9")
-    assert again.read().holder == again.holder  # type: ignore[union-attr]
+    held = again.read()
+    assert held is not None and held.holder == again.holder
     with pytest.raises(Fenced):
         old.check("commit")
 

@@ -154,7 +154,9 @@ def test_the_documented_lifecycle_rule_is_accepted(s3_server: S3Server, bucket: 
     """The JSON of docs/reliability.md, exactly as written there, set on a bucket and read back."""
     text = (Path(__file__).parents[2] / "docs" / "reliability.md").read_text()
     section = text[text.index("### Bucket lifecycle rule") :]
-    rule = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))  # type: ignore[union-attr]
+    block = re.search(r"```json\n(.*?)```", section, re.S)
+    assert block is not None, "docs/reliability.md: no JSON block in the lifecycle section"
+    rule = json.loads(block.group(1))
     client = s3_server.client()
     name = bucket.removeprefix("s3://")
     client.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=rule)
