@@ -139,18 +139,32 @@ def signal_groups(records: Iterable[ProcessRecord], signum: int) -> None:
             continue
 
 
-def terminate(records: list[ProcessRecord], *, grace: float = 30.0, poll: float = 0.1) -> list[ProcessRecord]:
+def _wait_gone(records: list[ProcessRecord], seconds: float, poll: float) -> None:
+    deadline = time.monotonic() + seconds
+    while any(alive(r) for r in records) and time.monotonic() < deadline:
+        time.sleep(poll)
+
+
+def terminate(
+    records: list[ProcessRecord], *, grace: float = 30.0, poll: float = 0.1, kill_wait: float = 10.0
+) -> list[ProcessRecord]:
     """SIGTERM every live record's process group (a trainer saves a checkpoint and exits 143), wait up
-    to `grace` seconds, then SIGKILL whatever is left. Returns the records that were alive at first."""
+    to `grace` seconds, then SIGKILL whatever is left and wait up to `kill_wait` seconds for it to be
+    gone. Returns the records that were alive at first.
+
+    The wait after SIGKILL matters: the kernel delivers it asynchronously, and a caller that submits the
+    job's next attempt as soon as this returns must not find the old one still running (a process that
+    ignores SIGTERM, as every child of a shell that ignored it does, always takes this path). Only a
+    process stuck in uninterruptible sleep outlives `kill_wait`; the checkpoint lease fences it then.
+    """
     live = [r for r in records if alive(r)]
     signal_groups(live, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(alive(r) for r in live) and time.monotonic() < deadline:
-        time.sleep(poll)
+    _wait_gone(live, grace, poll)
     left = [r for r in live if alive(r)]
     signal_groups(left, signal.SIGKILL)
     for record in left:  # a process that left its group still goes
         if alive(record):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGKILL)
+    _wait_gone(left, kill_wait, poll)
     return live

@@ -101,6 +101,23 @@ def test_processes_are_found_across_sessions_and_a_reused_pid_is_not_ours(
     assert launcher.find(["r-pretrain-a1"]) == {}
 
 
+def test_a_job_that_ignores_sigterm_is_killed_and_gone_when_terminate_returns(
+    tmp_path: Path, spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    """SIGTERM ignored (as every child of a shell or harness that ignores it inherits): terminate must
+    SIGKILL after the grace and return only once the processes are gone, or the caller's next attempt
+    would start beside them (a clean-clone CI run once saw one still there right after return)."""
+    launcher = LocalLauncher(log_dir=str(tmp_path))
+    shell = start_job(launcher, "r-sft-a1", "trap '' TERM; setsid sleep 60 & sleep 60", spawned)
+    wait_until(lambda: len(launcher.find(["r-sft-a1"]).get("r-sft-a1", [])) == 3)
+    records = launcher.find(["r-sft-a1"])["r-sft-a1"]
+    started = time.monotonic()
+    assert len(local_procs.terminate(records, grace=0.5)) == 3
+    assert time.monotonic() - started >= 0.5  # the grace was given before SIGKILL
+    assert not any(local_procs.alive(r) for r in records)
+    assert shell.wait(timeout=5) == -signal.SIGKILL
+
+
 def status_with(name: str, state_: str) -> OlmoRunStatus:
     job = JobStatus.model_validate({"name": name, "seed": 6198, "state": state_, "attempts": 1})
     return OlmoRunStatus(phases={"pretrain": PhaseStatus.model_validate({"state": "Running", "jobs": [job]})})
