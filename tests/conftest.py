@@ -6,7 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.operator.kube import kube_fixture, kubectl_fixture
 from tests.s3server import S3Server
+
+# The emulated Kubernetes API (`kube`) and its client (`kubectl`): the operator's tests, its end-to-end
+# tests and its fault tests all use them; they are defined next to the emulator.
+__all__ = ["kube_fixture", "kubectl_fixture"]
 
 
 @pytest.fixture(scope="session")

@@ -18,13 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.deploy import chart
-from tests.e2e.test_operator_kmock import apply, free_port, jobs_of, olmorun
-from tests.operator.kube import (
-    KubeServer,
-    kube_fixture,  # noqa: F401  (the `kube` fixture)
-    kubectl_fixture,  # noqa: F401  (the `kubectl` fixture)
-    wait_for,
-)
+from tests.operator.kube import KubeServer, wait_for
+from tests.operator.operator_env import apply, free_port, jobs_of, olmorun
 
 
 def _get(port: int, path: str) -> str:

@@ -17,35 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from olmo_operator import api
-from tests.e2e.test_operator_kmock import (
+from tests.operator.kube import OLMORUNS, TEST_AGENT, VCJOBS, KubeServer, OperatorThread, wait_for
+from tests.operator.operator_env import (
     NS,
     apply,
     commit_checkpoint,
     condition,
+    events_of,
     jobs_of,
     olmorun,
     phase_state,
     set_job_phase,
     status_of,
 )
-from tests.operator.kube import (
-    EVENTS,
-    OLMORUNS,
-    TEST_AGENT,
-    VCJOBS,
-    KubeServer,
-    OperatorThread,
-    kube_fixture,  # noqa: F401  (the `kube` fixture)
-    kubectl_fixture,  # noqa: F401  (the `kubectl` fixture)
-    wait_for,
-)
 
 STATUS = r"/olmoruns/[^/]+/status$"
 JOBS = r"/namespaces/default/jobs$"  # the Volcano Jobs' collection: a CREATE
-
-
-def events_of(kube: KubeServer, run: str) -> list[dict[str, Any]]:
-    return [e for e in kube.objects(EVENTS, NS).values() if e.get("involvedObject", {}).get("name") == run]
 
 
 def transitions(kube: KubeServer, run: str) -> dict[str, tuple[str, str]]:

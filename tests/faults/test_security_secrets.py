@@ -27,17 +27,8 @@ from olmo_trainer import manifest
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.environment import write_env
 from tests.dcp_files import dcp_metadata
-from tests.e2e.test_operator_kmock import NS, apply, jobs_of, olmorun, set_job_phase, status_of
-from tests.operator.kube import (
-    EVENTS,
-    OLMORUNS,
-    VCJOBS,
-    KubeServer,
-    OperatorThread,
-    kube_fixture,  # noqa: F401  (the `kube` fixture)
-    kubectl_fixture,  # noqa: F401  (the `kubectl` fixture)
-    wait_for,
-)
+from tests.operator.kube import OLMORUNS, VCJOBS, KubeServer, OperatorThread, wait_for
+from tests.operator.operator_env import NS, apply, events_of, jobs_of, olmorun, set_job_phase, status_of
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.slow
@@ -108,7 +99,7 @@ def test_no_secret_value_reaches_status_events_logs_jobs_records_or_reports(
     report = write_report(root, str(tmp_path / "report.html"))
     html = Path(report).read_text()
     stored = storage_texts(root, options)
-    events = [e for e in kube.objects(EVENTS, NS).values() if e.get("involvedObject", {}).get("name") == "keys"]
+    events = events_of(kube, "keys")
     corpus = {
         "status": json.dumps(kube.get(OLMORUNS, NS, "keys")),
         "events": json.dumps(events),

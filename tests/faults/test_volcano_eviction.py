@@ -20,10 +20,9 @@ import pytest
 
 from olmo_operator.launcher_volcano import VolcanoLauncher
 from olmo_operator.reconcile import Outcome, Reconciler
-from tests.e2e.test_operator_kmock import olmorun
 from tests.operator.kube import VCJOBS, KubeServer
+from tests.operator.operator_env import NS, olmorun
 
-NS = "default"
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 VOLCANO_DEFAULT_MAX_RETRY = 3
 """pkg/webhooks/admission/jobs/mutate/mutate_job.go: DefaultMaxRetry, patched in when spec.maxRetry is 0."""

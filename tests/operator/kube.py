@@ -719,7 +719,7 @@ class OperatorThread:
 
 
 # ---------------------------------------------------------------------------------------------
-# pytest fixtures (tests/operator/conftest.py exposes them; other folders import them)
+# pytest fixtures (tests/conftest.py exposes them to every test)
 # ---------------------------------------------------------------------------------------------
 
 
