@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from olmo_trainer.config import DataConfig, DataSource, ModelConfig
-from olmo_trainer.manifest import filesystem
+from olmo_trainer.manifest import filesystem, is_local
 
 INDEX_NAME = "index.json"
 """The small JSON record `olmorun data prepare|synth` write next to the arrays."""
@@ -103,11 +102,6 @@ def _array_dirs(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
     return []
 
 
-def is_local(path: str) -> bool:
-    """True for plain paths and file:// URLs."""
-    return isinstance(filesystem(path)[0], LocalFileSystem)
-
-
 def source_records(
     source: DataSource, *, remote: bool = True
 ) -> tuple[list[DataRecord], list[str], list[str], list[str]]:
@@ -123,7 +117,7 @@ def source_records(
     unreadable: list[str] = []
     absent: list[str] = []
     for pattern in source.paths:
-        if not remote and not is_local(pattern):
+        if not remote and not is_local(filesystem(pattern)[0]):
             unreadable.append(pattern)
             continue
         try:

@@ -157,7 +157,8 @@ def _discard(fs: AbstractFileSystem, stream: Any, path: str) -> None:
 
 
 def is_local(fs: AbstractFileSystem) -> bool:
-    """True for the local disk: files can be renamed atomically and appended to; object stores cannot."""
+    """True for the local disk (what `filesystem` gives for a plain path or a `file://` URI): files can be
+    renamed atomically and appended to; object stores cannot."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
 

@@ -18,8 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from olmo_trainer.data_record import is_local
-from olmo_trainer.manifest import filesystem
+from olmo_trainer.manifest import filesystem, is_local
 
 
 class DataNotFoundError(ValueError):
@@ -38,7 +37,7 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
     out: list[str] = []
     for pattern in paths:
         fs, path = filesystem(pattern)
-        if is_local(pattern):
+        if is_local(fs):
             local = fs._strip_protocol(path)
             found = sorted(glob.glob(local)) if _has_glob(local) else [local] if os.path.exists(local) else []
             found = [f for p in found for f in (_npy_in(p) if os.path.isdir(p) else [p])]
@@ -62,9 +61,9 @@ def _npy_in(directory: str) -> list[str]:
 
 def local_copy(url: str, cache_dir: str) -> str:
     """A local path holding the bytes of `url`: the path itself if local, else a cached download."""
-    if is_local(url):
-        return str(filesystem(url)[1])
     fs, path = filesystem(url)
+    if is_local(fs):
+        return str(path)
     size = int(fs.size(path))
     key = hashlib.sha256(f"{url}\0{size}".encode()).hexdigest()[:20]
     target = os.path.join(cache_dir, f"{key}-{os.path.basename(path)}")

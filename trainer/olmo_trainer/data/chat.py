@@ -38,9 +38,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from olmo_trainer.data.arrays import DataNotFoundError, is_local
+from olmo_trainer.data.arrays import DataNotFoundError
 from olmo_trainer.data.synth import BYTE_EOS
-from olmo_trainer.manifest import filesystem, open_uri
+from olmo_trainer.manifest import filesystem, is_local, open_uri
 
 IGNORE = -100
 """Label of a token that is not trained (PyTorch's cross-entropy ignore_index)."""
@@ -215,7 +215,7 @@ def expand_chat_paths(paths: Sequence[str]) -> list[str]:
         found = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path] if fs.exists(path) else []
         if not found:
             raise DataNotFoundError(f"no chat data files match {pattern!r}: check the data's `paths`")
-        out.extend(p if is_local(pattern) else fs.unstrip_protocol(p) for p in found)
+        out.extend(p if is_local(fs) else fs.unstrip_protocol(p) for p in found)
     return out
 
 
