@@ -16,7 +16,7 @@ from olmo_operator.actions import Emit
 from olmo_operator.api import OlmoRun, OlmoRunStatus, PhaseSpec
 from olmo_operator.archive import access_error
 from olmo_operator.plan import INVALID_REASON, condition
-from olmo_operator.reconcile import last_metrics
+from olmo_operator.reconcile import last_metrics, spec_storage_options
 from olmo_trainer.config import format_tokens
 from olmo_trainer.layout import total_steps
 
@@ -55,6 +55,7 @@ def _eta(phase: PhaseSpec, step: int, tokens_per_s: float | None) -> str:
 def progress_lines(run: OlmoRun, last: dict[str, int]) -> list[str]:
     """One line per running job whose step advanced since the last call (`last` is updated)."""
     lines = []
+    options = spec_storage_options(run)  # where the jobs write: the spec's endpoint, not only the environment's
     for phase in run.spec.phases:
         if phase.kind == "soup":
             continue  # averaging has no steps to follow; its events say when it is done
@@ -64,7 +65,7 @@ def progress_lines(run: OlmoRun, last: dict[str, int]) -> list[str]:
                 continue
             save = layout.save_dir(run, phase, job.seed)
             try:
-                metrics = last_metrics(save)
+                metrics = last_metrics(save, options)
             except Exception as error:  # storage down between the step and this line: the step says so
                 if access_error(save, error) is None:
                     raise

@@ -145,3 +145,26 @@ def test_the_local_runners_progress_lines_skip_storage_that_cannot_be_reached(
     phase = run.status.phases.setdefault("pretrain", PhaseStatus())
     phase.jobs = [JobStatus(name="olmo2-tiny-pretrain-a1", seed=6198, state="Running", attempts=1)]
     assert progress_lines(run, {}) == []
+
+
+def test_the_local_runners_progress_lines_read_storage_through_the_specs_endpoint(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress reads a job's metrics where the jobs write them: through `spec.storage.endpointUrl` (the
+    operator and the pods use it), with credentials from the environment. An environment that names no
+    endpoint, or another one, must not hide the progress of a run whose spec names its own."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_ports(1)[0]}")  # nothing listens here
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    bucket = s3_server.make_bucket("progress-" + secrets.token_hex(3))
+    document = _document(bucket, tmp_path / "scratch")
+    document["spec"]["storage"] = {"uri": f"{bucket}/runs", "endpointUrl": s3_server.endpoint_url}
+    run = parse_olmorun(document)
+    phase = run.status.phases.setdefault("pretrain", PhaseStatus())
+    phase.jobs = [JobStatus(name="olmo2-tiny-pretrain-a1", seed=6198, state="Running", attempts=1)]
+    save = layout.save_dir(run, run.spec.phases[0], 6198)
+    fs = s3_server.filesystem()
+    fs.pipe(save.removeprefix("s3://") + "/metrics.jsonl", b'{"step": 7, "loss": 2.5, "tokens": 3584}\n')
+    lines = progress_lines(run, {})
+    assert len(lines) == 1 and "step 7/" in lines[0] and "loss 2.5000" in lines[0]
