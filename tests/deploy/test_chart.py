@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import helm_python as helm
@@ -9,7 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from olmo_operator import __version__, crd
+from olmo_operator import __version__, crd, settings
+from olmo_operator.settings import Settings
 from tests.deploy import chart
 from tests.deploy.pod_security import restricted_problems
 
@@ -20,6 +22,7 @@ CUSTOM: dict[str, Any] = {
     "imagePullSecrets": [{"name": "pull"}],
     "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}, "limits": {"memory": "2Gi"}},
     "resyncSeconds": 12.5,
+    "requestTimeoutSeconds": 20,
     "logLevel": "DEBUG",
     "metrics": {"enabled": True, "port": 9200, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
@@ -73,6 +76,18 @@ def test_default_values_serve_every_namespace_with_a_cluster_role() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "olmorun-operator", "namespace": "olmorun-system"}]
 
 
+def test_the_default_values_give_the_operators_own_defaults_and_every_cluster_setting_is_a_value() -> None:
+    """The chart sets every operator setting that means something in a cluster (settings.py's table), and
+    its defaults are the operator's: a chart default drifting from the code's would change behaviour
+    between `helm install` and `python -m olmo_operator` silently. Not chart values: OLMORUN_SCHEDULER
+    (always kubernetes in a cluster), OLMORUN_KUBE_SERVER (tests) and OLMORUN_PEERING (one replica,
+    Recreate)."""
+    env = env_of(chart.render())
+    assert Settings.from_env(env) == Settings()
+    cluster_settings = set(re.findall(r"^\| (OLMORUN_[A-Z_]+)", settings.__doc__ or "", re.MULTILINE))
+    assert cluster_settings - set(env) == {"OLMORUN_SCHEDULER", "OLMORUN_KUBE_SERVER", "OLMORUN_PEERING"}
+
+
 def test_custom_values_reach_the_objects() -> None:
     objects = chart.render(CUSTOM)
     deployment = chart.find(objects, "Deployment")
@@ -87,6 +102,7 @@ def test_custom_values_reach_the_objects() -> None:
     env = env_of(objects)
     assert env["OLMORUN_NAMESPACES"] == "research,prod" and env["OLMORUN_RESYNC_SECONDS"] == "12.5"
     assert env["OLMORUN_LOG_LEVEL"] == "DEBUG" and env["OLMORUN_METRICS_PORT"] == "9200"
+    assert Settings.from_env(env).request_timeout_seconds == 20
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
     assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
     assert chart.find(objects, "Service")["spec"]["ports"][0]["port"] == 9200
