@@ -24,7 +24,8 @@ is the other one: torchx writes `maxRetry: 0`, which Volcano reads as 3 retries 
 
 describe reads a stopped Job as preemption (resubmitted without using the retry budget) when Volcano
 ended it for a pod taken from outside (TerminateJob below: Terminated), or when a pod of a Failed Job
-shows it was evicted (`status.reason: Evicted`, a `DisruptionTarget` condition) or exited 143.
+shows it was evicted (`status.reason: Evicted`, a `DisruptionTarget` condition) or exited 143. A Job a
+person suspended with vcctl (Aborted) is neither: it waits, with a notice, until it is resumed.
 """
 
 from __future__ import annotations
@@ -78,11 +79,16 @@ _STATES: dict[str, ObservedState] = {
     "Completed": "Succeeded",
     "Failed": "Failed",
     "Terminated": "Failed",
-    "Aborted": "Failed",
+    "Aborted": "Pending",
 }
 _STOPPING = ("Terminating", "Aborting")
 """Volcano is deleting the Job's pods: not replaced until they are gone (one writer per save_dir)."""
-_STOPPED_FROM_OUTSIDE = ("Terminated", "Aborted")
+_STOPPED_FROM_OUTSIDE = ("Terminated",)
+SUSPENDED_OUTSIDE = "Aborted"
+"""The phase of a Job someone suspended with `vcctl job suspend` (a bus Command with AbortJob: Aborting,
+then Aborted; pkg/cli/job/suspend.go). None of our policies aborts (VOLCANO_POLICIES), so it always
+comes from outside, and `vcctl job resume` (ResumeJob) starts it again. The job waits, with a notice:
+resubmitting it as preempted would undo the person's suspend with a new attempt."""
 EVICTED_REASONS = ("Evicted", "Preempting")
 """A pod's `status.reason` when the kubelet evicted it (node pressure) or a scheduler preempted it."""
 DISRUPTION_TARGET = "DisruptionTarget"
@@ -328,6 +334,13 @@ class VolcanoLauncher:
                 job_name, "Running", message=f"Volcano job {phase}: its pods are stopping", terminating=True
             )
         state = _STATES.get(phase, "Pending")
+        if phase == SUSPENDED_OUTSIDE:
+            return JobObservation(job_name, state, notice=(
+                "JobSuspended",
+                f"Volcano job Aborted: suspended from outside the operator (vcctl job suspend); it waits. "
+                f"`vcctl job resume -N {job_name} -n {self.namespace}` continues it from its newest checkpoint; "
+                "to pause the whole run, set spec.suspend: true on the OlmoRun",
+            ))  # fmt: skip
         if state == "Pending":  # a pod that cannot start keeps the Job Pending forever: say why
             return JobObservation(job_name, state, notice=self._cannot_start(job_name))
         if state != "Failed":

@@ -370,9 +370,9 @@ def test_kubernetes_submit_is_idempotent_describe_maps_states_and_cancel_deletes
         ("Failed", 1, None, False),
         ("Failed", 143, None, True),
         ("Failed", 137, "Evicted", True),
-        ("Aborted", 0, None, True),
+        ("Terminated", 0, None, True),
     ],
-    ids=["crash", "sigterm", "evicted", "aborted"],
+    ids=["crash", "sigterm", "evicted", "terminated"],
 )
 def test_kubernetes_failures_tell_preemption_from_crashes(
     phase: str, exit_code: int, reason: str | None, preempted: bool
@@ -389,6 +389,24 @@ def test_kubernetes_failures_tell_preemption_from_crashes(
         assert observed.state == "Failed" and observed.preempted is preempted
         if exit_code:
             assert observed.exit_code == exit_code
+
+
+def test_a_job_suspended_with_vcctl_waits_with_a_notice_until_it_is_resumed() -> None:
+    """`vcctl job suspend` (AbortJob: Aborted) is a person's decision, not preemption: the job is not
+    failed nor resubmitted as the next attempt; describe says Pending with the command that resumes it,
+    and the Job is Running again once `vcctl job resume` (ResumeJob) restarted it."""
+    run = gpu_run()
+    with KubeServer() as kube:
+        launcher = VolcanoLauncher("research", api_client=kube.api_client())
+        request = job_request(run, run.phase("pretrain"), 6198, 1, "s3://x/config.json")
+        launcher.submit(request)
+        _set_phase(kube, request.name, "Aborted")
+        observed = launcher.describe(request.name)
+        assert (observed.state, observed.preempted, observed.exit_code) == ("Pending", False, None)
+        assert observed.notice is not None and observed.notice[0] == "JobSuspended"
+        assert f"vcctl job resume -N {request.name} -n research" in observed.notice[1]
+        _set_phase(kube, request.name, "Running")
+        assert launcher.describe(request.name).state == "Running"
 
 
 # ---------------------------------------------------------------------------------------------
