@@ -9,7 +9,8 @@
 - a stale attempt started deliberately against a newer one's directory (a real trainer process, on
   file:// and s3://) exits EXIT_PERMANENT with the message, records reason `Fenced` for its own
   attempt, and leaves every byte of the newer attempt's directory as it was;
-- an attempt whose lease is taken over while it trains stops at its next save, writing nothing more.
+- an attempt whose lease is taken over while it trains stops at its next save, writing nothing more:
+  no checkpoint, and no line in the metrics record (checked before every write, as a commit is).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from olmo_trainer.config import CheckpointConfig
 from olmo_trainer.failure import ATTEMPT_ENV, read_failure
 from olmo_trainer.layout import EXIT_PERMANENT, checkpoints_dir, lease_uri
 from olmo_trainer.lease import FENCED_REASON, Fenced, Lease, LeaseRecord, may_acquire, refusal
+from olmo_trainer.metrics_log import MetricsFile, read_rows, read_text
+from olmo_trainer.tracking import Tracker
 from tests.s3server import S3Server
 from tests.trainer.dist_util import REPO, _env, tiny_config, trainer
 from tests.trainer.test_resume import wait_for_step
@@ -120,6 +123,38 @@ def test_takeover_fences_the_old_holder_on_every_backend(save_dir: tuple[str, di
     assert held is not None and held.holder == again.holder
     with pytest.raises(Fenced):
         old.check("commit")
+
+
+def test_the_metrics_record_takes_no_line_from_an_attempt_that_lost_the_lease(
+    save_dir: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, s3_server: S3Server
+) -> None:
+    """metrics.jsonl (a line per step on a local disk, segments on an object store) is written only while
+    the attempt holds the lease: after a takeover its next write is refused, nothing reaches storage
+    then or later, and the Tracker tells the training loop to stop."""
+    where, options = save_dir
+    if options:  # MetricsFile reads the environment's storage settings, as the trainer does
+        for key, value in s3_server.env().items():
+            monkeypatch.setenv(key, value)
+    old = Lease(where, job="r-pretrain-a1", attempt=1, storage_options=options)
+    old.acquire()
+    checkpointer = Checkpointer(checkpoints_dir(where), CheckpointConfig(), config_hash="h", lease=old,
+                                storage_options=options)  # fmt: skip
+    metrics = MetricsFile(where, resume_step=None, flush_seconds=0.0, may_write=checkpointer.holds_lease)
+    for step in (1, 2):
+        metrics.append({"step": step, "loss": 1.0})
+    fs, root = manifest.filesystem(where, **options)
+    assert [row["step"] for row in read_rows(fs, root)] == [1, 2] and not metrics.fenced
+
+    Lease(where, job="r-pretrain-a2", attempt=2, storage_options=options).acquire()
+    before = read_text(fs, root)
+    metrics.append({"step": 3, "loss": 1.0})
+    metrics.close()
+    assert metrics.fenced and read_text(fs, root) == before
+    assert [row["step"] for row in read_rows(fs, root)] == [1, 2]
+
+    tracker = Tracker.__new__(Tracker)  # the Tracker's own logic around a fenced record (no wandb)
+    tracker.metrics, tracker.wandb_run = metrics, None
+    assert tracker.log({"step": 4, "loss": 1.0}) is False
 
 
 class Counter:
@@ -228,6 +263,7 @@ def test_an_attempt_taken_over_while_training_stops_at_its_next_save(tmp_path: P
     try:
         wait_for_step(where, proc, 5, timeout=120)  # step 4 is committed
         Lease(str(where), job="tiny-pretrain-a2", attempt=2).acquire()
+        lines_at_takeover = len((where / "metrics.jsonl").read_text().splitlines())
         fs, root = manifest.filesystem(str(where))
         before = committed_files(fs, root)
         code = proc.wait(timeout=120)
@@ -239,6 +275,8 @@ def test_an_attempt_taken_over_while_training_stops_at_its_next_save(tmp_path: P
     # Refused at its next save, or at the commit of a save already under way at the takeover.
     assert "refused: attempt 1 is stale" in output and "belongs to attempt 2 (tiny-pretrain-a2" in output
     assert committed_files(fs, root) == before  # nothing committed, nothing pruned after the takeover
+    # Nor a metrics line past the one whose lease check may have passed just before the takeover.
+    assert len((where / "metrics.jsonl").read_text().splitlines()) <= lines_at_takeover + 1
     failure = read_failure(str(where), attempt=1)
     assert failure is not None and failure.reason == FENCED_REASON
     assert os.path.exists(where / "checkpoints" / "step4" / "MANIFEST.json")

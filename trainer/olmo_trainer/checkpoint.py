@@ -525,6 +525,19 @@ class Checkpointer:
             return False
         return True
 
+    def holds_lease(self) -> bool:
+        """Rank 0: whether this attempt still holds the job directory's lease (one read of lease.json),
+        asked before writes outside checkpoints (the metrics record: tracking.Tracker). True without a
+        lease and on other ranks."""
+        if self.lease is None:
+            return True
+        try:
+            self.lease.check("metrics write")
+        except Fenced as error:
+            log.error("%s", error.failure.message)
+            return False
+        return True
+
     def _prepare_dir(self, uri: str) -> str:
         """Rank 0: 'committed' when the step exists, else make an empty directory for it."""
         fs, path = manifest.filesystem(uri, **self.storage_options)

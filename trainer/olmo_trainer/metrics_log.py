@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -172,6 +173,11 @@ class MetricsFile:
 
     `resume_step`: the checkpoint step a job resumes from (lines of later steps are dropped); None for
     a fresh start, which owns the record from scratch.
+
+    `may_write`: asked right before every write to storage (each line on a local disk, each segment
+    upload on an object store); when it says no (the job directory's lease belongs to a newer attempt:
+    lease.py), nothing is written, then or later, and `fenced` turns True. A zombie attempt thus adds
+    no line to the record its successor owns, between its takeover and its own stop.
     """
 
     def __init__(
@@ -181,7 +187,10 @@ class MetricsFile:
         resume_step: int | None,
         flush_seconds: float = 30.0,
         segment_bytes: int = SEGMENT_BYTES,
+        may_write: Callable[[], bool] | None = None,
     ) -> None:
+        self.may_write = may_write
+        self.fenced = False
         self.fs, self.root = filesystem(save_dir)
         self.local = is_local(self.fs)
         self.flush_seconds = flush_seconds
@@ -204,9 +213,17 @@ class MetricsFile:
         else:
             self.seq, self.lines = (segments[-1][0] + 1 if segments else 0), []
 
+    def _allowed(self) -> bool:
+        if not self.fenced and self.may_write is not None and not self.may_write():
+            self.fenced = True
+        return not self.fenced
+
     def append(self, record: dict[str, Any]) -> None:
+        """Add one line (written now on a local disk, at the next due flush on an object store)."""
         line = json.dumps({k: _jsonable(v) for k, v in record.items()})
         if self.local:
+            if not self._allowed():
+                return
             with self.fs.open(self.path, "a") as stream:
                 stream.write(line + "\n")
             return
@@ -217,7 +234,7 @@ class MetricsFile:
 
     def flush(self) -> None:
         """Upload the current segment (object stores); a no-op when nothing changed or on a local disk."""
-        if self.local or not self._dirty:
+        if self.local or not self._dirty or not self._allowed():
             return
         blob = _lines_text(self.lines)
         self.fs.pipe_file(metrics_segment_uri(self.root, self.seq), blob)

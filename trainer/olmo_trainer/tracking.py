@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from olmo_trainer.config import TrainConfig, hash_json
@@ -50,21 +51,33 @@ def wandb_mode() -> str:
 class Tracker:
     """metrics.jsonl + wandb for rank 0; every method is a no-op on other ranks."""
 
-    def __init__(self, cfg: TrainConfig, *, rank: int, resume_step: int | None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        rank: int,
+        resume_step: int | None,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
         self.enabled = rank == 0
         self.metrics: MetricsFile | None = None
         self.wandb_run: Any = None
         if not self.enabled:
             return
-        self.metrics = MetricsFile(cfg.save_dir, resume_step=resume_step)
+        self.metrics = MetricsFile(cfg.save_dir, resume_step=resume_step, may_write=may_write)
         if wandb_mode() != "disabled":
             self.wandb_run = _start_wandb(cfg)
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any]) -> bool:
+        """Record one step's metrics. False once the metrics record refused a write (`may_write`: the
+        lease is lost); nothing is logged anywhere from then on."""
         if self.metrics is not None:
             self.metrics.append(record)
+            if self.metrics.fenced:
+                return False
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if v is not None}, step=record["step"])
+        return True
 
     def close(self) -> None:
         if self.metrics is not None:

@@ -422,8 +422,8 @@ class Job:
             }
             if state.skip is not None:  # OLMo-core logs it as "optim/step skipped"
                 record.update(step_skipped=float(result.skipped), skipped_steps=state.skip.skipped)
-            if self.tracker is not None:
-                self.tracker.log(record)
+            if self.tracker is not None and not self.tracker.log(record):
+                state.preempted = True  # the lease is lost (as in renew_lease below): stop, writing nothing
             if info.rank == 0:
                 print(_log_line(state.step, plan.total_steps, record), flush=True)
                 if not self.checkpointer.renew_lease():
@@ -538,7 +538,7 @@ def train(cfg: TrainConfig) -> int:
     """Run a training job (any objective) to its budget (or a SIGTERM). Returns the process exit code."""
     job, batches = setup(cfg)
     _install_sigterm(job.state)
-    job.tracker = Tracker(cfg, rank=job.info.rank, resume_step=job.state.step)
+    job.tracker = Tracker(cfg, rank=job.info.rank, resume_step=job.state.step, may_write=job.checkpointer.holds_lease)
     try:
         preempted = job.loop(iter(batches))
         if not preempted and cfg.eval is not None:
