@@ -150,6 +150,15 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
+def _by_seed(ps: api.PhaseStatus) -> bool:
+    """Whether `olmorun status` shows a phase's jobs one by one, seed by seed: when it has several.
+
+    A rule of the display, read from the status alone: a phase that fans out over ONE seed shows as
+    the phase, though its job key (layout.job_key) still carries `-s<seed>`.
+    """
+    return len(ps.jobs) > 1
+
+
 def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now: dt.datetime,
                   kinds: dict[str, str] | None = None) -> str:  # fmt: skip
     """`kubectl get olmo -o wide` columns, then one row per phase (and per job of a fanned-out phase)."""
@@ -166,7 +175,7 @@ def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now
         where = ps.archive or ps.checkpoint or "-"
         rows.append([phase, kind, ps.state, str(ps.attempts), _num(ps.step), _num(ps.tokens),
                      _num(ps.last_loss, "{:.4f}"), where, ps.message])  # fmt: skip
-        if len(ps.jobs) > 1:
+        if _by_seed(ps):
             for job in ps.jobs:
                 rows.append([f"  s{job.seed}", "", job.state, str(job.attempts), _num(job.step), _num(job.tokens),
                              _num(job.last_loss, "{:.4f}"), job.archive or job.checkpoint or "-", job.message])  # fmt: skip
@@ -174,7 +183,7 @@ def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now
     evals = [["PHASE", "EVAL", "VALUE"]]
     for phase, ps in status.phases.items():
         figures = ps.eval or {}
-        if not figures and len(ps.jobs) > 1:  # a fanned-out phase: each seed's own figures
+        if not figures and _by_seed(ps):  # a fanned-out phase: each seed's own figures
             for job in ps.jobs:
                 evals += [[f"{phase}/s{job.seed}", k.removeprefix("eval/"), f"{v:.4f}"] for k, v in job.eval.items()]
         evals += [[phase, k.removeprefix("eval/"), f"{v:.4f}"] for k, v in figures.items()]
@@ -235,7 +244,7 @@ def final_contents(status: api.OlmoRunStatus) -> list[list[str]]:
                 sha = manifest.content_sha256(manifest.read_manifest(fs, path))
             except (OSError, ImportError, ValueError):
                 sha = None
-            key = f"{phase}-s{job.seed}" if len(ps.jobs) > 1 else phase
+            key = layout.seed_key(phase, job.seed) if _by_seed(ps) else phase
             step = layout.step_of(uri)
             rows.append([key, step_name(step) if step is not None else "-", sha or "-"])
     return rows

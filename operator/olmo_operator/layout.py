@@ -41,6 +41,7 @@ __all__ = [
     "run_root",
     "save_dir",
     "scratch_root",
+    "seed_key",
     "step_of",
     "step_uri",
 ]
@@ -63,9 +64,14 @@ def job_seeds(run: OlmoRun, phase: PhaseSpec) -> list[int]:
     return list(phase.seeds) if phase.seeds else [run.spec.seed]
 
 
+def seed_key(phase_name: str, seed: int) -> str:
+    """`<phase>-s<seed>`: the key of one job of a phase that fans out over seeds."""
+    return f"{phase_name}-s{seed}"
+
+
 def job_key(phase: PhaseSpec, seed: int) -> str:
     """`<phase>` or `<phase>-s<seed>`: identifies one job of a phase across its attempts."""
-    return f"{phase.name}-s{seed}" if fans_out(phase) else phase.name
+    return seed_key(phase.name, seed) if fans_out(phase) else phase.name
 
 
 def job_name(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int) -> str:
