@@ -129,13 +129,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return train(cfg)
     except PermanentFailure as error:  # diverged, no intact checkpoint: recorded so it is not retried
-        record_failure(cfg.save_dir, error.failure)
-        print(f"olmo_trainer {args.kind}: {error}", file=sys.stderr)
-        return EXIT_PERMANENT
+        return give_up(cfg, error.failure, error, EXIT_PERMANENT)
     except ValueError as error:  # budget/batch/inherit/data problems: the config cannot train
-        record_failure(cfg.save_dir, Failure("InvalidConfig", str(error)))
-        print(f"olmo_trainer {args.kind}: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return give_up(cfg, Failure("InvalidConfig", str(error)), error, EXIT_USAGE)
+
+
+def give_up(cfg: TrainConfig, failure: Failure, error: Exception, code: int) -> int:
+    """End a job that retrying cannot fix: `<save_dir>/failure.json` (so the operator does not retry it),
+    the error on stderr, and `code` (EXIT_PERMANENT, or EXIT_USAGE for a config that cannot train)."""
+    record_failure(cfg.save_dir, failure)
+    print(f"olmo_trainer {cfg.kind}: {error}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
