@@ -25,7 +25,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,10 +63,10 @@ def start_job(launcher: LocalLauncher, name: str, script: str, procs: list[subpr
     return proc
 
 
-def wait_until(predicate: object, timeout: float = 10.0) -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.05)
     raise AssertionError("condition not reached in time")
