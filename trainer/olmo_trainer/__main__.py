@@ -19,6 +19,7 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -27,6 +28,7 @@ from olmo_trainer.failure import Failure, PermanentFailure, record_failure
 from olmo_trainer.layout import EXIT_NOT_IMPLEMENTED, EXIT_PERMANENT, EXIT_USAGE, plan_steps
 
 KINDS = ("pretrain", "anneal", "soup", "sft", "dpo", "rlvr", "eval")
+ConfigT = TypeVar("ConfigT", TrainConfig, EvalJobConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,12 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(uri: str) -> TrainConfig:
-    """Read and validate a TrainConfig JSON from a local path or an fsspec URL."""
+def read_config(uri: str, model: type[ConfigT], what: str = "config") -> ConfigT | int:
+    """The `model` JSON at `uri` (a local path or an fsspec URL), validated; or, when it does not exist or
+    is invalid, EXIT_USAGE after saying so on stderr (`what` names the config in the message)."""
     from olmo_trainer.manifest import open_uri
 
-    with open_uri(uri, "rb") as stream:
-        return TrainConfig.model_validate_json(stream.read())
+    try:
+        with open_uri(uri, "rb") as stream:
+            return model.model_validate_json(stream.read())
+    except FileNotFoundError:
+        print(f"olmo_trainer: config {uri} does not exist", file=sys.stderr)
+    except ValidationError as error:
+        print(f"olmo_trainer: {what} {uri} is invalid:\n{error}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def dry_run(cfg: TrainConfig) -> dict[str, object]:
@@ -75,17 +84,9 @@ def dry_run(cfg: TrainConfig) -> dict[str, object]:
 
 def run_eval(uri: str) -> int:
     """`eval --config URI`: an EvalJobConfig; prints the results as JSON."""
-    from olmo_trainer.manifest import open_uri
-
-    try:
-        with open_uri(uri, "rb") as stream:
-            cfg = EvalJobConfig.model_validate_json(stream.read())
-    except FileNotFoundError:
-        print(f"olmo_trainer: config {uri} does not exist", file=sys.stderr)
-        return EXIT_USAGE
-    except ValidationError as error:
-        print(f"olmo_trainer: eval config {uri} is invalid:\n{error}", file=sys.stderr)
-        return EXIT_USAGE
+    cfg = read_config(uri, EvalJobConfig, "eval config")
+    if isinstance(cfg, int):
+        return cfg
     from olmo_trainer.evaluate import run_eval_job
 
     try:
@@ -104,14 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.kind not in IMPLEMENTED_KINDS:
         print(f"olmo_trainer: `{args.kind}` is not implemented in this release", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
-    try:
-        cfg = load_config(args.config)
-    except FileNotFoundError:
-        print(f"olmo_trainer: config {args.config} does not exist", file=sys.stderr)
-        return EXIT_USAGE
-    except ValidationError as error:
-        print(f"olmo_trainer: config {args.config} is invalid:\n{error}", file=sys.stderr)
-        return EXIT_USAGE
+    cfg = read_config(args.config, TrainConfig)
+    if isinstance(cfg, int):
+        return cfg
     if cfg.kind != args.kind:
         print(
             f"olmo_trainer: the command says {args.kind} but the config is a {cfg.kind} phase",
