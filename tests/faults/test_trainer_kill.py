@@ -18,7 +18,6 @@ tests/trainer/test_soup.py) and is not interrupted here.
 from __future__ import annotations
 
 import functools
-import os
 import random
 import signal
 import subprocess
@@ -30,7 +29,14 @@ import pytest
 from olmo_trainer import manifest
 from olmo_trainer.layout import EXIT_PREEMPTED
 from olmo_trainer.manifest import committed_steps, filesystem
-from tests.trainer.dist_util import read_metrics, reference_run, start_torchrun, tiny_config, torchrun
+from tests.trainer.dist_util import (
+    kill_job,
+    read_metrics,
+    reference_run,
+    start_torchrun,
+    tiny_config,
+    torchrun,
+)
 from tests.trainer.test_post_train import STEPS as POST_STEPS
 from tests.trainer.test_post_train import post_config
 from tests.trainer.test_post_train import reference as post_reference
@@ -53,14 +59,13 @@ def interrupt(kind: str, config: Path, save_dir: Path, step: int, how: signal.Si
     try:
         wait_for_step(save_dir, proc, step, timeout=240)
         if how == signal.SIGKILL:
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers (they share its session here)
+            kill_job(proc)  # torchrun and its workers (each in a session of its own)
         else:
             proc.send_signal(signal.SIGTERM)  # to torchrun, as Kubernetes does; it forwards to the workers
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_job(proc)
 
 
 def run_with_faults(

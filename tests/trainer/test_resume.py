@@ -7,7 +7,6 @@ one, in every kind: tests/faults/test_trainer_kill.py.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -18,9 +17,11 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from olmo_operator import local_procs
 from olmo_trainer.layout import EXIT_PREEMPTED
 from olmo_trainer.manifest import committed_steps, filesystem, step_dirs
-from tests.trainer.dist_util import read_metrics, start_torchrun, tiny_config
+from tests.trainer import dist_util
+from tests.trainer.dist_util import kill_job, read_metrics, start_torchrun, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +59,26 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def test_kill_job_leaves_no_worker_training(tmp_path: Path) -> None:
+    """The kill the SIGKILL tests use is a whole job's: torchrun's workers live in sessions of their
+    own, so killing torchrun's process group alone would leave them training beside the restart."""
+    config = tiny_config(tmp_path, maxSteps=5000, checkpoint={"intervalSteps": 1000})
+    save_dir = tmp_path / "out"
+    proc = start_torchrun(["pretrain", "--config", str(config)], log=tmp_path / "run.log")
+    try:
+        wait_for_step(save_dir, proc, 2)
+        found = local_procs.find_processes({"job": dist_util._MARKERS[proc.pid]}, dist_util.TEST_JOB_ENV)["job"]
+        assert len(found) >= 3 and len({r.pgid for r in found}) >= 3  # torchrun and 2 workers, apart
+        kill_job(proc)
+        assert not any(local_procs.alive(r) for r in found)
+        steps = len(read_metrics(save_dir))
+        time.sleep(1.0)
+        assert len(read_metrics(save_dir)) == steps  # nothing trains any more
+    finally:
+        if proc.poll() is None:
+            kill_job(proc)
+
+
 def test_sigterm_saves_at_the_next_step_boundary_and_exits_143(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, maxSteps=5000, checkpoint={"intervalSteps": 1000})
     save_dir = tmp_path / "out"
@@ -68,7 +89,7 @@ def test_sigterm_saves_at_the_next_step_boundary_and_exits_143(tmp_path: Path) -
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_job(proc)
     log = (tmp_path / "run.log").read_text()
     assert f"exiting {EXIT_PREEMPTED}" in log
     assert f"exitcode: {EXIT_PREEMPTED}" in log or "got signal: 15" in log
