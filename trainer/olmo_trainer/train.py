@@ -25,6 +25,7 @@ checkpoint is saved and the process exits with EXIT_PREEMPTED; the retried job r
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import random
@@ -549,6 +550,11 @@ def train(cfg: TrainConfig) -> int:
     finally:
         job.tracker.close()
     job.checkpointer.wait()
+    # The wrapped model goes before the last collective, not at interpreter exit: a DDP Reducer
+    # destroyed there (holding the GIL) can deadlock with a gloo thread that needs the GIL to free
+    # the final barrier's tensors (pytorch/pytorch#56297; seen once as a GRPO rank hung at exit).
+    del job, batches
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
     return EXIT_PREEMPTED if preempted else 0
