@@ -335,12 +335,13 @@ class VolcanoLauncher:
             )
         state = _STATES.get(phase, "Pending")
         if phase == SUSPENDED_OUTSIDE:
-            return JobObservation(job_name, state, notice=(
-                "JobSuspended",
+            resume = f"vcctl job resume -N {job_name} -n {self.namespace}"
+            message = (
                 f"Volcano job Aborted: suspended from outside the operator (vcctl job suspend); it waits. "
-                f"`vcctl job resume -N {job_name} -n {self.namespace}` continues it from its newest checkpoint; "
-                "to pause the whole run, set spec.suspend: true on the OlmoRun",
-            ))  # fmt: skip
+                f"`{resume}` continues it from its newest checkpoint; to pause the whole run, set "
+                "spec.suspend: true on the OlmoRun"
+            )
+            return JobObservation(job_name, state, notice=("JobSuspended", message))
         if state == "Pending":  # a pod that cannot start keeps the Job Pending forever: say why
             return JobObservation(job_name, state, notice=self._cannot_start(job_name))
         if state != "Failed":

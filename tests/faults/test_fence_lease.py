@@ -137,8 +137,9 @@ def test_the_metrics_record_takes_no_line_from_an_attempt_that_lost_the_lease(
             monkeypatch.setenv(key, value)
     old = Lease(where, job="r-pretrain-a1", attempt=1, storage_options=options)
     old.acquire()
-    checkpointer = Checkpointer(checkpoints_dir(where), CheckpointConfig(), config_hash="h", lease=old,
-                                storage_options=options)  # fmt: skip
+    checkpointer = Checkpointer(
+        checkpoints_dir(where), CheckpointConfig(), config_hash="h", lease=old, storage_options=options
+    )
     metrics = MetricsFile(where, resume_step=None, flush_seconds=0.0, may_write=checkpointer.holds_lease)
     for step in (1, 2):
         metrics.append({"step": step, "loss": 1.0})
