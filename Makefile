@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml requirements.lock
 	rm -f $(VENV)/.installed-*; touch $@
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 

@@ -61,7 +61,9 @@ def bench_set(
     fs = server.filesystem()
     run = archive.archive_checkpoint
     methods: dict[str, Callable[[str], tuple[float, float]]] = {
-        "fs.put": lambda prefix: timed(fs.put, [str(p) for p in files], [f"{prefix}/{p.name}" for p in files]),
+        "fs.put": lambda prefix: timed(
+            fs.put, [str(p) for p in files], [f"{prefix}/{p.name}" for p in files]
+        ),
         "archive": lambda prefix: timed(run, str(src), f"{prefix}/step1", dst_options=opts, workers=workers),
         "archive+verify_remote": lambda prefix: timed(
             run, str(src), f"{prefix}/step1", dst_options=opts, workers=workers, verify_remote=True
@@ -75,13 +77,18 @@ def bench_set(
             samples[name].append(methods[name](f"{bucket}/r{rep}/{name}"))
     gib = total / 2**30
     return {
-        name: (total / 2**20 / statistics.median(w for w, _ in values), statistics.median(c for _, c in values) / gib)
+        name: (
+            total / 2**20 / statistics.median(w for w, _ in values),
+            statistics.median(c for _, c in values) / gib,
+        )
         for name, values in samples.items()
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sets", nargs="+", default=["8x64", "64x4"], help="COUNTxMiB file sets")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=5, help="median of this many runs")
@@ -93,7 +100,10 @@ def main() -> None:
         "| client CPU s/GiB: put / archive / +verify |",
         "|---|---|---|---|---|",
     ]
-    with tempfile.TemporaryDirectory(prefix="bench-archive-") as tmp, S3Server.start(Path(tmp) / "s3") as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-archive-") as tmp,
+        S3Server.start(Path(tmp) / "s3") as server,
+    ):
         for spec in args.sets:
             count, size = (int(x) for x in spec.split("x"))
             rates = bench_set(server, Path(tmp), count, size, args.workers, args.repeat)

@@ -106,7 +106,9 @@ def reshard_load(num_params: int, root: str) -> float:
     model, optim = build(num_params, 1)
     uri = f"{root}/w2-r0/step1"
     start = time.perf_counter()
-    Checkpointer(f"{root}/w2-r0", CheckpointConfig(), config_hash="bench").load(uri, {"model": model, "optim": optim})
+    Checkpointer(f"{root}/w2-r0", CheckpointConfig(), config_hash="bench").load(
+        uri, {"model": model, "optim": optim}
+    )
     return time.perf_counter() - start
 
 
@@ -143,10 +145,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="5M,25M,100M", help="parameter counts, comma separated")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workdir", default=None, help="where checkpoints are written (default: system temp)")
+    parser.add_argument(
+        "--workdir", default=None, help="where checkpoints are written (default: system temp)"
+    )
     parser.add_argument("--append", action="store_true", help="append the results to bench/RESULTS.md")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

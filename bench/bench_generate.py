@@ -121,9 +121,14 @@ def prefill_seconds(model: Transformer, prompts: list[list[int]]) -> float:
 def timed(model: Transformer, prompts: list[list[int]], new: int, use_cache: bool) -> float:
     start = time.process_time()
     rollout = generate(
-        model, prompts, Sampling(max_new_tokens=new, temperature=1.0),
-        eos_token_id=-1, pad_token_id=0, vocab_size=model.config.vocab_size,
-        generator=torch.Generator().manual_seed(0), use_cache=use_cache,
+        model,
+        prompts,
+        Sampling(max_new_tokens=new, temperature=1.0),
+        eos_token_id=-1,
+        pad_token_id=0,
+        vocab_size=model.config.vocab_size,
+        generator=torch.Generator().manual_seed(0),
+        use_cache=use_cache,
     )
     elapsed = time.process_time() - start
     assert rollout.responses.shape == (len(prompts), new)
@@ -137,15 +142,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[16, 64], help="rows per generate call")
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (GQA); default: one per query head")
+    parser.add_argument(
+        "--kv-heads", type=int, default=None, help="key/value heads (GQA); default: one per query head"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = ModelConfig.preset(
-        "tiny", d_model=args.d_model, n_layers=args.layers, n_heads=args.d_model // 64, n_kv_heads=args.kv_heads,
-        mlp_hidden=None, vocab_size=4096, embedding_size=4096,
-        max_sequence_length=args.prompt + args.new_tokens, eos_token_id=1, pad_token_id=0,
+        "tiny",
+        d_model=args.d_model,
+        n_layers=args.layers,
+        n_heads=args.d_model // 64,
+        n_kv_heads=args.kv_heads,
+        mlp_hidden=None,
+        vocab_size=4096,
+        embedding_size=4096,
+        max_sequence_length=args.prompt + args.new_tokens,
+        eos_token_id=1,
+        pad_token_id=0,
     )
     torch.manual_seed(0)
     model = Transformer(cfg).eval()
@@ -174,8 +189,7 @@ def main() -> None:
     command = (
         f"`.venv/bin/python bench/bench_generate.py --new-tokens {args.new_tokens} --prompt {args.prompt} "
         f"--batch {' '.join(map(str, args.batch))} --d-model {args.d_model} --layers {args.layers} "
-        f"--threads {args.threads}"
-        + (f" --kv-heads {args.kv_heads}`" if args.kv_heads else "`")
+        f"--threads {args.threads}" + (f" --kv-heads {args.kv_heads}`" if args.kv_heads else "`")
     )
     load = os.getloadavg()[0]
     lines = [

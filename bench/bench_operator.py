@@ -51,23 +51,37 @@ AGENT = "olmorun-bench"
 
 
 def olmorun(name: str, storage: Path) -> dict[str, Any]:
-    data = {"sequenceLength": 32, "sources": [{"name": "g", "synthetic": {"kind": "general", "numTokens": "10K"}}]}
+    data = {
+        "sequenceLength": 32,
+        "sources": [{"name": "g", "synthetic": {"kind": "general", "numTokens": "10K"}}],
+    }
     return {
-        "apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, "namespace": NS},
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name, "namespace": NS},
         "spec": {
             "image": "registry.example/olmorun-trainer@sha256:" + "0" * 64,
             "model": {"preset": "tiny"},
             "storage": {"uri": storage.as_uri()},
             "cluster": {"gpusPerNode": 0, "procsPerNode": 2},
-            "phases": [{"name": "pretrain", "kind": "pretrain", "maxSteps": 4, "data": data,
-                        "batch": {"globalBatchSize": 2, "microBatchSize": 1}}],
+            "phases": [
+                {
+                    "name": "pretrain",
+                    "kind": "pretrain",
+                    "maxSteps": 4,
+                    "data": data,
+                    "batch": {"globalBatchSize": 2, "microBatchSize": 1},
+                }
+            ],
         },
     }
 
 
 def commit_checkpoint(body: dict[str, Any]) -> None:
     run = api.parse_olmorun(body)
-    fs, root = manifest.filesystem(layout.checkpoints_dir(layout.save_dir(run, run.phase("pretrain"), run.spec.seed)))
+    fs, root = manifest.filesystem(
+        layout.checkpoints_dir(layout.save_dir(run, run.phase("pretrain"), run.spec.seed))
+    )
     directory = layout.step_uri(root, 4)
     fs.makedirs(directory, exist_ok=True)
     fs.pipe_file(f"{directory}/__0_0.distcp", os.urandom(4096))
@@ -91,7 +105,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 def proc_stats(pid: int) -> tuple[float, float, float]:
     """(RSS MiB, peak RSS MiB, CPU seconds) of a process, from /proc."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
     rss = int(fields["VmRSS"].split()[0]) / 1024
     hwm = int(fields["VmHWM"].split()[0]) / 1024
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -137,8 +153,13 @@ Snapshot = dict[str, dict[str, dict[str, Any]]]
 """{"runs": {name: object}, "jobs": {name: object}}: one consistent read of the emulator."""
 
 
-def wait_all(names: list[str], done: Callable[[str, Snapshot], bool], started: dict[str, float],
-             snapshot: Callable[[], Snapshot], timeout: float) -> dict[str, float]:
+def wait_all(
+    names: list[str],
+    done: Callable[[str, Snapshot], bool],
+    started: dict[str, float],
+    snapshot: Callable[[], Snapshot],
+    timeout: float,
+) -> dict[str, float]:
     """Poll every 50 ms; the latency of each name is when `done(name, snapshot)` was first seen true."""
     seen: dict[str, float] = {}
     deadline = time.monotonic() + timeout
@@ -168,8 +189,14 @@ class Bench:
         self.pool = ThreadPoolExecutor(8)
         self.rows: list[dict[str, Any]] = []
 
-    def stage(self, label: str, act: Callable[[str], None], done: Callable[[str, Snapshot], bool], timeout: float,
-              latency_from_log: Callable[[list[Call], dict[str, float]], dict[str, float]] | None = None) -> None:
+    def stage(
+        self,
+        label: str,
+        act: Callable[[str], None],
+        done: Callable[[str, Snapshot], bool],
+        timeout: float,
+        latency_from_log: Callable[[list[Call], dict[str, float]], dict[str, float]] | None = None,
+    ) -> None:
         first_call = len(self.kube.calls)
         rss0, _, cpu0 = proc_stats(self.pid)
         started: dict[str, float] = {}
@@ -188,12 +215,22 @@ class Bench:
         if latency_from_log is not None:
             latencies = latency_from_log(self.kube.calls[first_call:], started)
         rss, hwm, cpu = proc_stats(self.pid)
-        by_kind = collections.Counter(f"{c.action} {c.resource}{'/' + c.subresource if c.subresource else ''}"
-                                      for c in calls)
-        self.rows.append({"stage": label, "wall": wall, **percentiles(list(latencies.values())),
-                          "requests": len(calls) / len(self.names),
-                          "by_kind": {k: v / len(self.names) for k, v in by_kind.most_common()},
-                          "rss": rss, "hwm": hwm, "cpu": cpu - cpu0, "rss_before": rss0})
+        by_kind = collections.Counter(
+            f"{c.action} {c.resource}{'/' + c.subresource if c.subresource else ''}" for c in calls
+        )
+        self.rows.append(
+            {
+                "stage": label,
+                "wall": wall,
+                **percentiles(list(latencies.values())),
+                "requests": len(calls) / len(self.names),
+                "by_kind": {k: v / len(self.names) for k, v in by_kind.most_common()},
+                "rss": rss,
+                "hwm": hwm,
+                "cpu": cpu - cpu0,
+                "rss_before": rss0,
+            }
+        )
         print(f"{label}: {self.rows[-1]}", flush=True)
 
     def snapshot(self) -> Snapshot:
@@ -214,24 +251,42 @@ class Bench:
             applied = {c.name: c.at for c in calls if c.action == "CREATE" and c.resource == "olmoruns"}
             return {n: created[jobs[n]] - applied[n] for n in self.names}
 
-        self.stage("submit", lambda n: self.kubectl.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, NS, api.PLURAL, bodies[n]),
-            lambda n, state: jobs[n] in state["jobs"], 120, job_created_at)
-        self.stage("running", lambda n: self.kubectl.patch_namespaced_custom_object_status(
-            *volcano, jobs[n], {"status": {"state": {"phase": "Running"}}}),
-            lambda n, state: self.phase(n, state) == "Running", 120)
+        self.stage(
+            "submit",
+            lambda n: self.kubectl.create_namespaced_custom_object(
+                api.GROUP, api.VERSION, NS, api.PLURAL, bodies[n]
+            ),
+            lambda n, state: jobs[n] in state["jobs"],
+            120,
+            job_created_at,
+        )
+        self.stage(
+            "running",
+            lambda n: self.kubectl.patch_namespaced_custom_object_status(
+                *volcano, jobs[n], {"status": {"state": {"phase": "Running"}}}
+            ),
+            lambda n, state: self.phase(n, state) == "Running",
+            120,
+        )
 
         def complete(name: str) -> None:
             commit_checkpoint(bodies[name])
-            self.kubectl.patch_namespaced_custom_object_status(*volcano, jobs[name],
-                                                               {"status": {"state": {"phase": "Completed"}}})
+            self.kubectl.patch_namespaced_custom_object_status(
+                *volcano, jobs[name], {"status": {"state": {"phase": "Completed"}}}
+            )
 
         self.stage("complete", complete, lambda n, state: self.phase(n, state) == "Succeeded", 180)
-        self.stage("delete", lambda n: self.kubectl.delete_namespaced_custom_object(
-            api.GROUP, api.VERSION, NS, api.PLURAL, n), lambda n, state: n not in state["runs"], 120)
+        self.stage(
+            "delete",
+            lambda n: self.kubectl.delete_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.PLURAL, n),
+            lambda n, state: n not in state["runs"],
+            120,
+        )
 
 
-def report(args: argparse.Namespace, rows: list[dict[str, Any]], reconcile: dict[str, float], command: str) -> str:
+def report(
+    args: argparse.Namespace, rows: list[dict[str, Any]], reconcile: dict[str, float], command: str
+) -> str:
     lines = [
         f"\n## Operator: {args.runs} concurrent OlmoRuns against the kmock emulator ({dt.date.today().isoformat()})\n",
         f"Command: `{command}`  ",
@@ -241,8 +296,10 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], reconcile: dict
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['stage']} | {r['wall']:.1f} | {r['p50']:.3f} | {r['p95']:.3f} | {r['p99']:.3f} | "
-                     f"{r['max']:.3f} | {r['requests']:.1f} | {r['rss']:.0f} | {r['cpu']:.1f} |")
+        lines.append(
+            f"| {r['stage']} | {r['wall']:.1f} | {r['p50']:.3f} | {r['p95']:.3f} | {r['p99']:.3f} | "
+            f"{r['max']:.3f} | {r['requests']:.1f} | {r['rss']:.0f} | {r['cpu']:.1f} |"
+        )
     lines.append("\nOperator requests per run, by stage (verb resource[/subresource]):\n")
     for r in rows:
         kinds = ", ".join(f"{k}: {v:.2f}" for k, v in r["by_kind"].items())
@@ -266,12 +323,23 @@ def main() -> int:
     command = "python bench/bench_operator.py " + " ".join(sys.argv[1:])
     metrics_port = free_port()
     with tempfile.TemporaryDirectory() as tmp, KubeServer([build_crd()], namespaces=(NS,)) as kube:
-        env = {**os.environ, "OLMORUN_KUBE_SERVER": kube.url, "OLMORUN_RESYNC_SECONDS": str(args.resync),
-               "OLMORUN_METRICS_PORT": str(metrics_port), "OLMORUN_HEALTH_PORT": "0",
-               "OLMORUN_MAX_WORKERS": str(args.workers), "OLMORUN_LOG_LEVEL": "WARNING",
-               "OLMORUN_NAMESPACES": NS}
-        operator = subprocess.Popen([sys.executable, "-m", "olmo_operator"], env=env, cwd=ROOT,
-                                    stdout=subprocess.DEVNULL, stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "OLMORUN_KUBE_SERVER": kube.url,
+            "OLMORUN_RESYNC_SECONDS": str(args.resync),
+            "OLMORUN_METRICS_PORT": str(metrics_port),
+            "OLMORUN_HEALTH_PORT": "0",
+            "OLMORUN_MAX_WORKERS": str(args.workers),
+            "OLMORUN_LOG_LEVEL": "WARNING",
+            "OLMORUN_NAMESPACES": NS,
+        }
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "olmo_operator"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 60
             while True:

@@ -62,7 +62,11 @@ def drive_to_last_phase(run: OlmoRun) -> OlmoRun:
         }  # fmt: skip
         result = plan(run, Observation(jobs=jobs), NOW)
         run = run.model_copy(update={"status": result.status})
-        archives = {a.key: ArchiveResult(a.key, a.src, a.dst, ok=True) for a in result.actions if isinstance(a, ArchiveCheckpoint)}
+        archives = {
+            a.key: ArchiveResult(a.key, a.src, a.dst, ok=True)
+            for a in result.actions
+            if isinstance(a, ArchiveCheckpoint)
+        }
         result = plan(run, Observation(jobs=jobs, archives=archives), NOW)
         run = run.model_copy(update={"status": result.status})
     return run
@@ -107,7 +111,10 @@ def main() -> int:
             fs.makedirs(step5, exist_ok=True)
             fs.pipe_file(f"{step5}/shard", b"x" * 1024)
             manifest.commit(fs, step5, manifest.build_manifest(fs, step5, step=5))
-            fs.pipe_file(layout.metrics_uri(root), (json.dumps({"step": 5, "tokens": 320, "loss": 3.0}) + "\n").encode())
+            fs.pipe_file(
+                layout.metrics_uri(root),
+                (json.dumps({"step": 5, "tokens": 320, "loss": 3.0}) + "\n").encode(),
+            )
         observation = observe(run, launcher=Running())
         jobs = sum(len(p.jobs) for p in run.status.phases.values())
         plan_ms = timed(lambda: plan(run, observation, NOW), args.repeats)

@@ -39,9 +39,14 @@ def final_eval(rows: list[dict[str, Any]]) -> dict[str, float]:
 def table(workdir: Path) -> str:
     evals = {phase: final_eval(metrics(workdir, phase)) for phase in PHASES}
     keys = sorted({k for e in evals.values() for k in e if not k.endswith("/count")})
-    lines = ["| metric | " + " | ".join(f"after {p}" for p in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
+    lines = [
+        "| metric | " + " | ".join(f"after {p}" for p in PHASES) + " |",
+        "|---" * (len(PHASES) + 1) + "|",
+    ]
     for key in keys:
-        lines.append(f"| {key} | " + " | ".join(f"{evals[p].get(key, float('nan')):.4f}" for p in PHASES) + " |")
+        lines.append(
+            f"| {key} | " + " | ".join(f"{evals[p].get(key, float('nan')):.4f}" for p in PHASES) + " |"
+        )
     dpo = [r for r in metrics(workdir, "dpo") if "rewards/margin" in r]
     sft = [r for r in metrics(workdir, "sft") if "loss" in r]
     lines.append("")
@@ -55,12 +60,16 @@ def table(workdir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / ".olmorun-bench-post")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args(argv)
     elapsed = None
-    if not (args.workdir / "storage" / "default" / "olmo2-tiny" / "phases" / "dpo" / "metrics.jsonl").exists():
+    if not (
+        args.workdir / "storage" / "default" / "olmo2-tiny" / "phases" / "dpo" / "metrics.jsonl"
+    ).exists():
         started = time.perf_counter()
         olmorun = [sys.executable, "-m", "olmo_operator.cli", "local", "examples/olmorun-tiny.yaml"]
         code = subprocess.run([*olmorun, "--workdir", str(args.workdir)], cwd=ROOT, check=False).returncode

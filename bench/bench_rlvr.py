@@ -57,7 +57,9 @@ def summary(workdir: Path, phases: list[str]) -> list[tuple[str, float | None, s
     for phase in phases:
         label = LABELS.get(phase, phase)
         metrics = read_metrics(workdir, phase)
-        accuracy = next((m[f"eval/{TASK}/accuracy"] for m in reversed(metrics) if f"eval/{TASK}/accuracy" in m), None)
+        accuracy = next(
+            (m[f"eval/{TASK}/accuracy"] for m in reversed(metrics) if f"eval/{TASK}/accuracy" in m), None
+        )
         rewards = [m["rl/reward"] for m in metrics if "rl/reward" in m]
         note = ""
         if rewards:
@@ -83,7 +85,9 @@ def chain(rows: list[tuple[str, float | None, str]]) -> str:
     known = {label: value for label, value in acc.items() if value is not None}
     pairs = list(itertools.pairwise(stages)) + [(stages[-1], label) for label in rl if stages]
     rises = len(known) == len(acc) and all(known[a] < known[b] for a, b in pairs)
-    return f"held-out accuracy: {text} ({'rises at every stage' if rises else 'does NOT rise at every stage'})"
+    return (
+        f"held-out accuracy: {text} ({'rises at every stage' if rises else 'does NOT rise at every stage'})"
+    )
 
 
 def main() -> None:
@@ -100,14 +104,20 @@ def main() -> None:
         spec = workdir.with_suffix(".yaml")
         spec.write_text(yaml.safe_dump(spec_with_ppo(Path(args.spec)), sort_keys=False))
         olmorun = Path(sys.executable).with_name("olmorun")
-        done = subprocess.run([str(olmorun), "local", str(spec), "--workdir", str(workdir)], cwd=ROOT, check=False)
+        done = subprocess.run(
+            [str(olmorun), "local", str(spec), "--workdir", str(workdir)], cwd=ROOT, check=False
+        )
         if done.returncode != 0:
             raise SystemExit(f"olmorun local exited {done.returncode}")
     minutes = (time.monotonic() - start) / 60
     rows = summary(workdir, args.phases.split(","))
     stages = " -> ".join(label for label, _, _ in rows if label in ("base (soup)", "SFT", "DPO"))
     rl = [label for label, _, _ in rows if label not in ("base (soup)", "SFT", "DPO")]
-    same = " GRPO and PPO start from the same DPO model with the same data, steps and optimizer." if len(rl) > 1 else ""
+    same = (
+        " GRPO and PPO start from the same DPO model with the same data, steps and optimizer."
+        if len(rl) > 1
+        else ""
+    )
     lines = [
         f"## bench_rlvr: held-out accuracy of the tiny recipe, {' -> '.join([stages, ' / '.join(rl)] if rl else [stages])} "
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",

@@ -35,7 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = ROOT / ".mutation"
 EQUIVALENT = ROOT / "bench" / "mutation-equivalent.txt"
-PACKAGES = {"olmo_operator": ROOT / "operator" / "olmo_operator", "olmo_trainer": ROOT / "trainer" / "olmo_trainer"}
+PACKAGES = {
+    "olmo_operator": ROOT / "operator" / "olmo_operator",
+    "olmo_trainer": ROOT / "trainer" / "olmo_trainer",
+}
 # Tests that spawn processes or servers are left out: a mutant run must stay a few seconds.
 FAST = ["-m", "not slow and not gpu"]
 
@@ -59,20 +62,34 @@ class Target:
 
 TARGETS: dict[str, Target] = {
     "plan": Target("olmo_operator/plan.py", ("tests/operator/test_plan.py",)),
-    "layout": Target("olmo_operator/layout.py", ("tests/operator/test_layout.py", "tests/operator/test_plan.py")),
+    "layout": Target(
+        "olmo_operator/layout.py", ("tests/operator/test_layout.py", "tests/operator/test_plan.py")
+    ),
     "api": Target(
         "olmo_operator/api.py",
-        ("tests/operator/test_api.py", "tests/operator/test_api_properties.py", "tests/operator/test_api_rules.py"),
+        (
+            "tests/operator/test_api.py",
+            "tests/operator/test_api_properties.py",
+            "tests/operator/test_api_rules.py",
+        ),
     ),
     # The one storage-layout module (issue 8): paths, step names and parsing, exit codes, step arithmetic.
     "storage": Target(
         "olmo_trainer/layout.py",
-        ("tests/trainer/test_layout.py", "tests/trainer/test_layout_rules.py", "tests/trainer/test_manifest.py"),
+        (
+            "tests/trainer/test_layout.py",
+            "tests/trainer/test_layout_rules.py",
+            "tests/trainer/test_manifest.py",
+        ),
     ),
     "schedule": Target("olmo_trainer/schedule.py", ("tests/trainer/test_schedule.py",)),
     "manifest": Target(
         "olmo_trainer/manifest.py",
-        ("tests/trainer/test_manifest.py", "tests/trainer/test_checkpoint.py", "tests/trainer/test_local_uri.py"),
+        (
+            "tests/trainer/test_manifest.py",
+            "tests/trainer/test_checkpoint.py",
+            "tests/trainer/test_local_uri.py",
+        ),
     ),
     "lm": Target(
         "olmo_trainer/objectives/lm.py",
@@ -95,14 +112,17 @@ TARGETS: dict[str, Target] = {
         functions=("last_token_index", "kl_penalised_rewards", "gae", "whiten", "value_loss", "ppo_loss"),
     ),
     "rewards": Target(
-        "olmo_trainer/rewards.py", ("tests/trainer/test_rewards.py", "tests/trainer/test_rewards_constraints.py")
+        "olmo_trainer/rewards.py",
+        ("tests/trainer/test_rewards.py", "tests/trainer/test_rewards_constraints.py"),
     ),
     "dpo": Target(
         "olmo_trainer/objectives/dpo.py",
         ("tests/trainer/test_post_units.py",),
         functions=("dpo_terms",),  # the loss; reference caching and batching are the training loop's tests
     ),
-    "rundiff": Target("olmo_operator/rundiff.py", ("tests/operator/test_rundiff.py", "tests/operator/test_rundiff_exact.py")),
+    "rundiff": Target(
+        "olmo_operator/rundiff.py", ("tests/operator/test_rundiff.py", "tests/operator/test_rundiff_exact.py")
+    ),
 }
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
@@ -149,7 +169,11 @@ def stage(name: str, target: Target) -> Path:
 
 def mutmut(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(Path(sys.executable).parent / "mutmut"), *args], cwd=where, capture_output=True, text=True, check=False
+        [str(Path(sys.executable).parent / "mutmut"), *args],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -181,9 +205,13 @@ def run_module(name: str, target: Target, jobs: int, show: bool) -> Score:
     meta = where / "mutants" / "src" / f"{target.source}.meta"
     if result.returncode != 0 or not meta.exists():
         tail = (result.stdout + result.stderr)[-3000:]
-        raise SystemExit(f"{name}: mutmut failed (exit {result.returncode}); log {where / 'mutmut.log'}\n{tail}")
+        raise SystemExit(
+            f"{name}: mutmut failed (exit {result.returncode}); log {where / 'mutmut.log'}\n{tail}"
+        )
     codes: dict[str, int | None] = {
-        key: code for key, code in json.loads(meta.read_text())["exit_code_by_key"].items() if target.counts(key)
+        key: code
+        for key, code in json.loads(meta.read_text())["exit_code_by_key"].items()
+        if target.counts(key)
     }
     statuses = {key: status_by_exit_code[code] for key, code in codes.items()}
     score = Score(name, total=sum(1 for s in statuses.values() if s != "skipped"))
@@ -214,7 +242,9 @@ def table(scores: list[Score]) -> str:
     ]
     for s in scores:
         survived = s.total - s.killed - s.equivalent
-        rows.append(f"| {s.module} | {s.total} | {s.killed} | {s.equivalent} | {survived} | {s.percent:.1f}% |")
+        rows.append(
+            f"| {s.module} | {s.total} | {s.killed} | {s.equivalent} | {survived} | {s.percent:.1f}% |"
+        )
     return "\n".join(rows)
 
 
@@ -222,7 +252,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help=f"any of {', '.join(TARGETS)} (default: all)")
     parser.add_argument("--jobs", type=int, default=2, help="mutants run in parallel (default 2)")
-    parser.add_argument("--min", type=float, default=0.0, help="exit 1 when a module scores below this percent")
+    parser.add_argument(
+        "--min", type=float, default=0.0, help="exit 1 when a module scores below this percent"
+    )
     parser.add_argument("--show", action="store_true", help="print the diff of every surviving mutant")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args()

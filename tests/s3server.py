@@ -45,7 +45,9 @@ def weed_binary() -> str:
 def _die_with_parent() -> None:
     """In the child: SIGKILL when the test process dies (even by SIGKILL), so no server is orphaned."""
     if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG; its data is throwaway
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(
+            1, signal.SIGKILL
+        )  # 1 = PR_SET_PDEATHSIG; its data is throwaway
 
 
 def free_ports(count: int) -> list[int]:
@@ -81,7 +83,9 @@ class S3Server:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
         config.write_text(json.dumps({"identities": [identity]}))
-        ports = dict(zip(_COMPONENTS, zip(*[iter(free_ports(2 * len(_COMPONENTS)))] * 2, strict=True), strict=True))
+        ports = dict(
+            zip(_COMPONENTS, zip(*[iter(free_ports(2 * len(_COMPONENTS)))] * 2, strict=True), strict=True)
+        )
         args = [weed_binary(), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         args += ["-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
         args += ["-master.telemetry=false", f"-s3.config={config}"]
@@ -96,7 +100,12 @@ class S3Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
         log = (workdir / "weed.log").open("wb")
         process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         server = cls(process, f"http://127.0.0.1:{ports['s3'][0]}", access_key, secret_key, workdir)
@@ -139,7 +148,9 @@ class S3Server:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
-            config=botocore.config.Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=5),
+            config=botocore.config.Config(
+                retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=5
+            ),
         )
 
     def storage_options(self) -> dict[str, Any]:
@@ -163,7 +174,9 @@ class S3Server:
     def make_bucket(self, name: str) -> str:
         """Create a bucket (idempotent) and return its s3:// URI."""
         client = self.client()
-        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+        with contextlib.suppress(
+            client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists
+        ):
             client.create_bucket(Bucket=name)
         return f"s3://{name}"
 

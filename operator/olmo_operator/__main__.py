@@ -46,7 +46,9 @@ def kube_client(settings: Settings) -> Any:
         config = kubernetes.client.Configuration.get_default_copy()
     config.connection_pool_maxsize = settings.max_workers  # one connection per worker thread
     client = kubernetes.client.ApiClient(config)
-    client.user_agent = USER_AGENT  # the API server's audit log (and the RBAC test) can tell our requests apart
+    client.user_agent = (
+        USER_AGENT  # the API server's audit log (and the RBAC test) can tell our requests apart
+    )
     _default_timeout(client, settings.request_timeout_seconds)
     return client
 
@@ -152,9 +154,12 @@ async def _operate(
     ready_flag: Any,
 ) -> None:
     client = _SharedClient(settings)
-    context = Context(settings=settings, metrics=metrics or Metrics(),
-                      launcher_for=launcher_for or launcher_factory(settings, client),
-                      write_status=status_writer(client))
+    context = Context(
+        settings=settings,
+        metrics=metrics or Metrics(),
+        launcher_for=launcher_for or launcher_factory(settings, client),
+        write_status=status_writer(client),
+    )
     if clock is not None:
         context.clock = clock
     await kopf.operator(

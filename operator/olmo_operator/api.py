@@ -92,13 +92,17 @@ def check_quantity(value: Any, example: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
     if isinstance(value, float):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity as written (a bare fraction): quote it, or {hint}")
+        raise ValueError(
+            f"{value!r} is not a Kubernetes quantity as written (a bare fraction): quote it, or {hint}"
+        )
     if isinstance(value, str) and _QUANTITY.match(value):
         return value
     raise ValueError(f"{value!r} is not a Kubernetes quantity: {hint}")
 
 
-_QUANTITY_SCHEMA = WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "minimum": 0})
+_QUANTITY_SCHEMA = WithJsonSchema(
+    {"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "minimum": 0}
+)
 CpuQuantity = Annotated[str, BeforeValidator(partial(check_quantity, example="96")), _QUANTITY_SCHEMA]
 MemoryQuantity = Annotated[str, BeforeValidator(partial(check_quantity, example="1600Gi")), _QUANTITY_SCHEMA]
 ShmQuantity = Annotated[str, BeforeValidator(partial(check_quantity, example="64Gi")), _QUANTITY_SCHEMA]
@@ -119,7 +123,9 @@ class SecretRef(ConfigModel):
     @classmethod
     def _secret_name(cls, name: str) -> str:
         if not DNS_SUBDOMAIN.fullmatch(name):
-            raise ValueError(f"{name!r} is not a Secret name: lowercase letters, digits, '-' and '.' (kubectl get secrets)")
+            raise ValueError(
+                f"{name!r} is not a Secret name: lowercase letters, digits, '-' and '.' (kubectl get secrets)"
+            )
         return name
 
 
@@ -480,12 +486,20 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
     name = metadata.get("name") if isinstance(metadata, dict) else None
     if isinstance(name, str) and (not DNS_LABEL.fullmatch(name) or len(name) > 63):
         problems.append(
-            Problem("metadata.name", f"{name!r} must be a DNS label: lowercase letters, digits and '-', at most 63")
+            Problem(
+                "metadata.name",
+                f"{name!r} must be a DNS label: lowercase letters, digits and '-', at most 63",
+            )
         )
     namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
-    if namespace is not None and (not isinstance(namespace, str) or not DNS_LABEL.fullmatch(namespace) or len(namespace) > 63):
+    if namespace is not None and (
+        not isinstance(namespace, str) or not DNS_LABEL.fullmatch(namespace) or len(namespace) > 63
+    ):
         problems.append(
-            Problem("metadata.namespace", f"{namespace!r} must be a DNS label: lowercase letters, digits and '-', at most 63")
+            Problem(
+                "metadata.namespace",
+                f"{namespace!r} must be a DNS label: lowercase letters, digits and '-', at most 63",
+            )
         )
     problems += location_problems(document)
     phases = _raw_phases(document)
@@ -498,17 +512,26 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
         if phase_name is None:
             continue
         if not DNS_LABEL.fullmatch(phase_name):
-            problems.append(Problem(f"{where}.name", f"{phase_name!r} must be a DNS label (lowercase, digits, '-')"))
+            problems.append(
+                Problem(f"{where}.name", f"{phase_name!r} must be a DNS label (lowercase, digits, '-')")
+            )
         if phase_name in by_name:
             first = by_name[phase_name]
-            problems.append(Problem(f"{where}.name", f"duplicate phase name {phase_name!r} (also spec.phases[{first}]); rename one"))
+            problems.append(
+                Problem(
+                    f"{where}.name",
+                    f"duplicate phase name {phase_name!r} (also spec.phases[{first}]); rename one",
+                )
+            )
         else:
             by_name[phase_name] = i
     for i, parent in enumerate(parents):
         where = f"spec.phases[{i}]"
         kind = kinds[i]
         if parent is not None and parent not in by_name:
-            problems.append(Problem(f"{where}.from", f"no phase named {parent!r}; choose one of {sorted(by_name)}"))
+            problems.append(
+                Problem(f"{where}.from", f"no phase named {parent!r}; choose one of {sorted(by_name)}")
+            )
         if parent is None and kind in POST_TRAINING_KINDS | {"anneal", "soup"}:
             problems.append(Problem(f"{where}.from", f"a {kind} phase starts from another phase; set `from`"))
         if parent in by_name:
@@ -516,7 +539,10 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
             count = len(seeds) if isinstance(seeds, list) else 0
             if kind == "soup" and count < 2:
                 problems.append(
-                    Problem(f"{where}.from", f"soup averages the seeds of a fanned-out phase; {parent!r} has {count} seeds (need >= 2)")
+                    Problem(
+                        f"{where}.from",
+                        f"soup averages the seeds of a fanned-out phase; {parent!r} has {count} seeds (need >= 2)",
+                    )
                 )
             elif kind != "soup" and count >= 2:
                 problems.append(
@@ -532,9 +558,15 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
             if current in seen:
                 # A phase on the cycle, or one that starts from a phase on it: both never start.
                 problems.append(
-                    Problem(f"{where}.from", f"phase {names[i]!r} depends on itself through {parent!r}; break the cycle")
+                    Problem(
+                        f"{where}.from",
+                        f"phase {names[i]!r} depends on itself through {parent!r}; break the cycle",
+                    )
                     if current == names[i]
-                    else Problem(f"{where}.from", f"phase {names[i]!r} starts from a cycle at {current!r}; break the cycle")
+                    else Problem(
+                        f"{where}.from",
+                        f"phase {names[i]!r} starts from a cycle at {current!r}; break the cycle",
+                    )
                 )
                 break
             seen.add(current)
@@ -564,7 +596,9 @@ def location_problems(document: dict[str, Any]) -> list[Problem]:
             for index, value in enumerate(node):
                 walk(value, f"{path}[{index}]")
         elif isinstance(node, str) and _climbs(node):
-            problems.append(Problem(path, f"{node!r} has a '..' segment (path traversal); write the location in full"))
+            problems.append(
+                Problem(path, f"{node!r} has a '..' segment (path traversal); write the location in full")
+            )
 
     spec = document.get("spec")
     walk(spec, "spec")
@@ -573,7 +607,10 @@ def location_problems(document: dict[str, Any]) -> list[Problem]:
         root = storage.get(key) if isinstance(storage, dict) else None
         if isinstance(root, str) and root and "://" not in root and not root.startswith("/"):
             problems.append(
-                Problem(f"spec.storage.{key}", f"{root!r} is a relative path; write an absolute path or a URI (file:///..., s3://...)")
+                Problem(
+                    f"spec.storage.{key}",
+                    f"{root!r} is a relative path; write an absolute path or a URI (file:///..., s3://...)",
+                )
             )
     return problems
 
@@ -584,7 +621,9 @@ def semantic_problems(run: OlmoRun) -> list[Problem]:
     spec = run.spec
     scheme = spec.storage.uri.split("://", 1)[0] if "://" in spec.storage.uri else "file"
     if scheme not in STORAGE_SCHEMES:
-        problems.append(Problem("spec.storage.uri", f"scheme {scheme!r} is not supported; use one of {STORAGE_SCHEMES}"))
+        problems.append(
+            Problem("spec.storage.uri", f"scheme {scheme!r} is not supported; use one of {STORAGE_SCHEMES}")
+        )
     for i, phase in enumerate(spec.phases):
         problems += _phase_problems(run, i, phase)
     return problems
@@ -598,7 +637,11 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
         out.append(Problem(f"{where}.seeds", "seeds repeat; list each seed once"))
     if phase.kind == "soup":
         if phase.seeds:
-            out.append(Problem(f"{where}.seeds", "a soup takes its ingredients from its parent's seeds; remove `seeds`"))
+            out.append(
+                Problem(
+                    f"{where}.seeds", "a soup takes its ingredients from its parent's seeds; remove `seeds`"
+                )
+            )
         for field in ("data", "optim", "schedule", "batch", "sft", "dpo", "rlvr"):  # eval is allowed
             if getattr(phase, field) is not None:
                 out.append(Problem(f"{where}.{field}", f"a soup does not train; remove `{field}`"))
@@ -611,9 +654,15 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
         if phase.batch is None:
             out.append(Problem(f"{where}.batch", "set batch.globalBatchSize (instances per optimizer step)"))
     if phase.kind in POST_TRAINING_KINDS and getattr(phase, phase.kind) is None:
-        out.append(Problem(f"{where}.{phase.kind}", f"a {phase.kind} phase needs its `{phase.kind}` settings (data, ...)"))
+        out.append(
+            Problem(
+                f"{where}.{phase.kind}", f"a {phase.kind} phase needs its `{phase.kind}` settings (data, ...)"
+            )
+        )
     if phase.kind in POST_TRAINING_KINDS and phase.batch is None:
-        out.append(Problem(f"{where}.batch", "set batch.globalBatchSize (sequences or pairs per optimizer step)"))
+        out.append(
+            Problem(f"{where}.batch", "set batch.globalBatchSize (sequences or pairs per optimizer step)")
+        )
     post = getattr(phase, phase.kind, None) if phase.kind in POST_TRAINING_KINDS else None
     model_max = spec.model.resolve().max_sequence_length
     if post is not None and post.data.max_length > model_max:
@@ -625,7 +674,12 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
         )
     for other in POST_TRAINING_KINDS - {phase.kind}:
         if getattr(phase, other) is not None:
-            out.append(Problem(f"{where}.{other}", f"`{other}` settings belong to a {other} phase, not {phase.kind}; remove them"))
+            out.append(
+                Problem(
+                    f"{where}.{other}",
+                    f"`{other}` settings belong to a {other} phase, not {phase.kind}; remove them",
+                )
+            )
     if phase.kind == "rlvr":
         out += _rlvr_problems(run, where, phase)
     elif phase.batch is not None:
@@ -641,7 +695,11 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
                 )
             )
     if phase.optim is not None and phase.optim.lr == "inherit" and phase.from_ is None:
-        out.append(Problem(f"{where}.optim.lr", "`inherit` takes the LR where the parent stopped; set `from` or a number"))
+        out.append(
+            Problem(
+                f"{where}.optim.lr", "`inherit` takes the LR where the parent stopped; set `from` or a number"
+            )
+        )
     max_len = spec.model.resolve().max_sequence_length
     if phase.data is not None and phase.data.sequence_length > max_len:
         out.append(

@@ -224,13 +224,17 @@ class _Destination:
         except FileNotFoundError:
             return {}
         prefix = f"{directory}/"
-        return {name[len(prefix) :]: int(info["size"]) for name, info in found.items() if name.startswith(prefix)}
+        return {
+            name[len(prefix) :]: int(info["size"]) for name, info in found.items() if name.startswith(prefix)
+        }
 
     def present(self, path: str, expected: dict[str, Any]) -> bool:
         """Whether the file at path (already known to have the right size) is the expected one."""
         return mf.sha256_file(self.fs, path) == expected["sha256"]
 
-    def write(self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]) -> None:
+    def write(
+        self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]
+    ) -> None:
         """Write the parts to path; `check` raises CorruptSourceError after the last part if the source was bad.
 
         An error removes the partial file; a crash midway leaves it here, which is no checkpoint
@@ -259,7 +263,9 @@ class _S3Destination(_Destination):
         stored = (head.get("Metadata") or {}).get(SHA256_METADATA)
         return int(head["ContentLength"]) == expected["size"] and stored == expected["sha256"]
 
-    def write(self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]) -> None:
+    def write(
+        self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]
+    ) -> None:
         """Upload the parts with their sha256 in the metadata. Raises what `check` raises (CorruptSourceError),
         after aborting a multipart upload, and the client's own errors."""
         bucket, key, _ = self.fs.split_path(path)
@@ -270,7 +276,9 @@ class _S3Destination(_Destination):
             check()
             self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=first, Metadata=stamp)
             return
-        upload_id = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key, Metadata=stamp)["UploadId"]
+        upload_id = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key, Metadata=stamp)[
+            "UploadId"
+        ]
         done: list[dict[str, Any]] = []
         try:
             for number, part in enumerate(itertools.chain((first, second), parts), start=1):
@@ -307,7 +315,9 @@ def _destination(fs: AbstractFileSystem) -> _Destination:
 # ---------------------------------------------------------------------------------------------
 
 
-def plan_copy(files: dict[str, dict[str, Any]], present: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+def plan_copy(
+    files: dict[str, dict[str, Any]], present: Callable[[str], bool]
+) -> tuple[list[str], list[str]]:
     """Split the MANIFEST's files into (to copy, to skip), largest first so big files start early."""
     order = sorted(files, key=lambda rel: (-int(files[rel]["size"]), rel))
     skip = [rel for rel in order if present(rel)]
@@ -339,7 +349,9 @@ def archive_checkpoint(
     blob, manifest = _read_source_manifest(src_fs, src_dir, src)
     already = _access(dst, lambda: mf.read_manifest(dst_fs, dst_dir))
     if already is not None and already != manifest:
-        raise DestinationConflictError(f"{dst} already holds a different committed checkpoint; not overwritten")
+        raise DestinationConflictError(
+            f"{dst} already holds a different committed checkpoint; not overwritten"
+        )
 
     files: dict[str, dict[str, Any]] = manifest["files"]
     dest = _destination(dst_fs)
@@ -347,7 +359,9 @@ def archive_checkpoint(
         # One listing finds files of the right size; only those are checked further (HEAD or re-hash).
         listed = _access(dst, lambda: dest.listing(dst_dir))
         candidates = [rel for rel in files if listed.get(rel) == files[rel]["size"]]
-        found = _access(dst, lambda: list(pool.map(lambda rel: dest.present(f"{dst_dir}/{rel}", files[rel]), candidates)))
+        found = _access(
+            dst, lambda: list(pool.map(lambda rel: dest.present(f"{dst_dir}/{rel}", files[rel]), candidates))
+        )
         present = {rel for rel, ok in zip(candidates, found, strict=True) if ok}
         to_copy, to_skip = plan_copy(files, present.__contains__)
 
@@ -419,7 +433,9 @@ def _raise_failures(src: str, outcomes: list[_Failure | None]) -> None:
     failures = [o for o in outcomes if o is not None]
     corrupt = sorted(str(f.error) for f in failures if isinstance(f.error, CorruptSourceError))
     if corrupt:
-        raise CorruptSourceError(f"{src}: source does not match its {mf.MANIFEST_NAME}: " + "; ".join(corrupt))
+        raise CorruptSourceError(
+            f"{src}: source does not match its {mf.MANIFEST_NAME}: " + "; ".join(corrupt)
+        )
     if failures:
         raise failures[0].error
 
@@ -492,7 +508,9 @@ def verify_checkpoint(
     return report
 
 
-def latest_checkpoint(checkpoints_uri: str, *, options: dict[str, Any] | None = None) -> tuple[int, str] | None:
+def latest_checkpoint(
+    checkpoints_uri: str, *, options: dict[str, Any] | None = None
+) -> tuple[int, str] | None:
     """The newest committed `stepN/` under a checkpoints directory, as (step, uri), or None.
 
     Raises StorageAccessError when the storage refuses the credentials or cannot be reached.

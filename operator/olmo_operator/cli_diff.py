@@ -28,16 +28,26 @@ EXIT_DIFFERENT = 1
 
 def register(sub: Any) -> None:
     diff = sub.add_parser("diff", help="compare two runs: identical, or where they first diverge (exit 1)")
-    diff.add_argument("run_a", metavar="RUN_A", help="run root (<storage>/<namespace>/<name>, s3:// too) or local workdir")
+    diff.add_argument(
+        "run_a", metavar="RUN_A", help="run root (<storage>/<namespace>/<name>, s3:// too) or local workdir"
+    )
     diff.add_argument("run_b", metavar="RUN_B", help="the run to compare with")
-    diff.add_argument("--rtol", type=_tolerance, default=0.0, help="relative tolerance of metrics (default 0: bit-exact)")
-    diff.add_argument("--atol", type=_tolerance, default=0.0, help="absolute tolerance of metrics (default 0: bit-exact)")
+    diff.add_argument(
+        "--rtol", type=_tolerance, default=0.0, help="relative tolerance of metrics (default 0: bit-exact)"
+    )
+    diff.add_argument(
+        "--atol", type=_tolerance, default=0.0, help="absolute tolerance of metrics (default 0: bit-exact)"
+    )
     diff.add_argument("--json", action="store_true", help="print the whole comparison as JSON")
     diff.set_defaults(func=cmd_diff)
 
     report = sub.add_parser("report", help="write a self-contained HTML report of a run (figures inline)")
-    report.add_argument("run", metavar="RUN", help="run root (<storage>/<namespace>/<name>, s3:// too) or local workdir")
-    report.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: %(default)s)")
+    report.add_argument(
+        "run", metavar="RUN", help="run root (<storage>/<namespace>/<name>, s3:// too) or local workdir"
+    )
+    report.add_argument(
+        "-o", "--output", default="report.html", help="HTML file to write (default: %(default)s)"
+    )
     report.set_defaults(func=cmd_report)
 
 
@@ -53,7 +63,9 @@ def _tolerance(text: str) -> float:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  " + "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(
+        "  " + "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
 def format_result(result: Any, a: Any, b: Any, *, rtol: float, atol: float) -> str:
@@ -69,7 +81,11 @@ def format_result(result: Any, a: Any, b: Any, *, rtol: float, atol: float) -> s
         lines.append(f"DIFFERENT{tolerance}; first divergence: {result.first.describe()}")
     if (rtol or atol) and result.deviations:
         lines.append("largest deviation per metric:")
-        lines.append(_table([["METRIC", "MAX |A-B|"]] + [[k, f"{v:.3g}"] for k, v in sorted(result.deviations.items())]))
+        lines.append(
+            _table(
+                [["METRIC", "MAX |A-B|"]] + [[k, f"{v:.3g}"] for k, v in sorted(result.deviations.items())]
+            )
+        )
     table = summary_table(result)
     if table:
         lines.append("what differs:")
@@ -91,7 +107,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from None
     result = compare(a, b, rtol=args.rtol, atol=args.atol)
     if args.json:
-        print(json.dumps({"identical": result.identical, "a": a.uri, "b": b.uri, **asdict(result)}, indent=2, default=str))
+        print(
+            json.dumps(
+                {"identical": result.identical, "a": a.uri, "b": b.uri, **asdict(result)},
+                indent=2,
+                default=str,
+            )
+        )
     else:
         sys.stdout.write(format_result(result, a, b, rtol=args.rtol, atol=args.atol))
     return EXIT_IDENTICAL if result.identical else EXIT_DIFFERENT

@@ -26,14 +26,20 @@ KINDS = ("generate", "multiple_choice", "perplexity")
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("eval", help="evaluate a committed checkpoint: accuracy, acc_norm or perplexity")
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="committed stepN/ (or a directory of steps), or an HF folder")
+    parser.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="committed stepN/ (or a directory of steps), or an HF folder"
+    )
     parser.add_argument("--data", required=True, action="append", metavar="URI",
                         help="JSONL(.gz) rows, .npy token arrays, or oe:<task>:<format>; repeatable")  # fmt: skip
     parser.add_argument("--kind", choices=KINDS, help="task kind (default: guessed from the data)")
     parser.add_argument("--name", help="task name in the result keys (default: from the data's file name)")
-    parser.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json (default: the byte-level vocabulary)")
+    parser.add_argument(
+        "--tokenizer", metavar="FILE", help="tokenizer.json (default: the byte-level vocabulary)"
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="generation length (default: %(default)s)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=64, help="generation length (default: %(default)s)"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(func=cmd_eval)
 
@@ -57,7 +63,9 @@ def guess_kind(paths: list[str]) -> str:
         return "multiple_choice"
     if "messages" in row and "ground_truth" in row:
         return "generate"
-    raise UserError(f"{first}: rows need `choices` (multiple choice) or `messages` + `ground_truth`; give --kind")
+    raise UserError(
+        f"{first}: rows need `choices` (multiple choice) or `messages` + `ground_truth`; give --kind"
+    )
 
 
 def task_name(paths: list[str]) -> str:
@@ -74,7 +82,9 @@ def _max_length(checkpoint: str) -> int:
     try:
         config = json.loads(fs.cat_file(path))
     except (FileNotFoundError, ValueError):
-        raise UserError(f"{checkpoint} has no readable config.json to take the model's context length from") from None
+        raise UserError(
+            f"{checkpoint} has no readable config.json to take the model's context length from"
+        ) from None
     model = config.get("model") or {}
     return int(model.get("maxSequenceLength") or config.get("max_position_embeddings") or 4096)
 
@@ -85,7 +95,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from olmo_trainer.config import EvalConfig, EvalJobConfig
 
     kind = args.kind or guess_kind(args.data)
-    task: dict[str, Any] = {"name": args.name or task_name(args.data), "kind": kind, "maxNewTokens": args.max_new_tokens}
+    task: dict[str, Any] = {
+        "name": args.name or task_name(args.data),
+        "kind": kind,
+        "maxNewTokens": args.max_new_tokens,
+    }
     if args.limit is not None:
         task["limit"] = args.limit
     checkpoint = resolve_checkpoint(args.checkpoint)

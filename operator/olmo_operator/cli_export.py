@@ -30,12 +30,20 @@ def register(sub: Any) -> None:
     export = sub.add_parser(
         "export-hf", help="write a committed checkpoint as a Hugging Face Olmo2ForCausalLM folder"
     )
-    export.add_argument("checkpoint", metavar="CHECKPOINT", help="committed stepN/ directory, or a directory of steps (its latest committed); path or fsspec URL")
-    export.add_argument("out", metavar="OUT", help="output directory (path or fsspec URL); must not hold an export")
+    export.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="committed stepN/ directory, or a directory of steps (its latest committed); path or fsspec URL",
+    )
+    export.add_argument(
+        "out", metavar="OUT", help="output directory (path or fsspec URL); must not hold an export"
+    )
     export.add_argument("--tokenizer", metavar="DIR", help="tokenizer files to copy beside the weights")
     export.add_argument("--dtype", choices=DTYPES, help="convert the weights (default: as stored)")
     export.add_argument(
-        "--config", metavar="URI", help="TrainConfig JSON for the model shape when the checkpoint has no config.json"
+        "--config",
+        metavar="URI",
+        help="TrainConfig JSON for the model shape when the checkpoint has no config.json",
     )
     export.set_defaults(func=cmd_export_hf)
 
@@ -75,7 +83,9 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
         raise UserError(report.summary())
     config_uri = args.config or f"{args.checkpoint.rstrip('/')}/config.json"
     if args.config is None and not fs.exists(f"{path.rstrip('/')}/config.json"):
-        raise UserError(f"{args.checkpoint} has no config.json: pass --config with the TrainConfig it was trained with")
+        raise UserError(
+            f"{args.checkpoint} has no config.json: pass --config with the TrainConfig it was trained with"
+        )
     config = _read_train_config(config_uri)
     tokenizer = args.tokenizer
     if tokenizer is None and fs.isdir(f"{path.rstrip('/')}/{TOKENIZER_DIR}"):

@@ -120,7 +120,10 @@ def cmd_local(args: argparse.Namespace) -> int:
     run, document = load_run(args.file)
     workdir = Path(args.workdir) if args.workdir else local_state.default_workdir(run)
     return local.run_local(
-        local_state.localize(run, workdir, args.storage), workdir=workdir, document=document, poll_seconds=args.poll
+        local_state.localize(run, workdir, args.storage),
+        workdir=workdir,
+        document=document,
+        poll_seconds=args.poll,
     )
 
 
@@ -185,7 +188,9 @@ def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now
         figures = ps.eval or {}
         if not figures and _by_seed(ps):  # a fanned-out phase: each seed's own figures
             for job in ps.jobs:
-                evals += [[f"{phase}/s{job.seed}", k.removeprefix("eval/"), f"{v:.4f}"] for k, v in job.eval.items()]
+                evals += [
+                    [f"{phase}/s{job.seed}", k.removeprefix("eval/"), f"{v:.4f}"] for k, v in job.eval.items()
+                ]
         evals += [[phase, k.removeprefix("eval/"), f"{v:.4f}"] for k, v in figures.items()]
     if len(evals) > 1:
         text += "\n\n" + _table(evals)
@@ -255,5 +260,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     sys.stdout.write(format_status(name, status, created, dt.datetime.now(dt.UTC), kinds))
     contents = final_contents(status)
     if contents:
-        sys.stdout.write("\n" + _table([["JOB", "FINAL", "CONTENT SHA256 (tensors by name)"], *contents]) + "\n")
+        sys.stdout.write(
+            "\n" + _table([["JOB", "FINAL", "CONTENT SHA256 (tensors by name)"], *contents]) + "\n"
+        )
     return 0

@@ -32,12 +32,18 @@ def register(sub: Any) -> None:
     validate.set_defaults(func=cmd_validate)
 
     gen = sub.add_parser("crd", help="write the OlmoRun CustomResourceDefinition generated from the API")
-    gen.add_argument("-o", "--out", help="one output path, '-' for stdout (default: every committed copy: "
-                     f"{', '.join(map(str, crd.CRD_PATHS))})")
+    gen.add_argument(
+        "-o",
+        "--out",
+        help="one output path, '-' for stdout (default: every committed copy: "
+        f"{', '.join(map(str, crd.CRD_PATHS))})",
+    )
     gen.add_argument("--check", action="store_true", help="exit 1 if a file differs from the generated CRD")
     gen.set_defaults(func=cmd_crd)
 
-    ref = sub.add_parser("reference", help="print the OlmoRun reference (Markdown) or update the README's copy")
+    ref = sub.add_parser(
+        "reference", help="print the OlmoRun reference (Markdown) or update the README's copy"
+    )
     ref.add_argument("--readme", help="rewrite the generated block of this README instead of printing")
     ref.add_argument("--check", action="store_true", help="with --readme: exit 1 if the block is stale")
     ref.set_defaults(func=cmd_reference)
@@ -50,7 +56,9 @@ def load_documents(path: str) -> list[Any]:
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not text (byte {error.start} is not UTF-8); give a YAML or JSON file") from None
+        raise UserError(
+            f"{path}: not text (byte {error.start} is not UTF-8); give a YAML or JSON file"
+        ) from None
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as error:
@@ -182,7 +190,10 @@ def cmd_reference(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         raise UserError(str(error)) from None
     if args.check and not current:
-        print(f"{args.readme}: the OlmoRun reference is stale; run `olmorun reference --readme {args.readme}`", file=sys.stderr)
+        print(
+            f"{args.readme}: the OlmoRun reference is stale; run `olmorun reference --readme {args.readme}`",
+            file=sys.stderr,
+        )
         return 1
     print(f"{args.readme}: reference {'current' if current else 'updated'}")
     return 0

@@ -26,7 +26,9 @@ from olmo_trainer.layout import join, step_of, step_uri
 
 
 def register(sub: Any) -> None:
-    arc = sub.add_parser("archive", help="copy a committed checkpoint to object storage, verified, MANIFEST last")
+    arc = sub.add_parser(
+        "archive", help="copy a committed checkpoint to object storage, verified, MANIFEST last"
+    )
     arc.add_argument("src", metavar="SRC", help="committed checkpoint directory (.../checkpoints/stepN)")
     arc.add_argument("dst", metavar="DST", help="destination directory: s3://, gs://, file:// or a path")
     arc.add_argument("--workers", type=_positive, default=8, help="files in flight (default: %(default)s)")
@@ -34,10 +36,16 @@ def register(sub: Any) -> None:
     arc.add_argument("--verify-remote", action="store_true", help="read every object back and re-hash it")
     arc.set_defaults(func=cmd_archive)
 
-    ver = sub.add_parser("verify", help="re-hash a checkpoint against its MANIFEST; exit 1 if anything differs")
-    ver.add_argument("uri", metavar="URI", help=".../stepN, or a checkpoints/ directory (its latest committed step)")
+    ver = sub.add_parser(
+        "verify", help="re-hash a checkpoint against its MANIFEST; exit 1 if anything differs"
+    )
+    ver.add_argument(
+        "uri", metavar="URI", help=".../stepN, or a checkpoints/ directory (its latest committed step)"
+    )
     ver.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
-    ver.add_argument("--workers", type=_positive, default=8, help="files hashed in parallel (default: %(default)s)")
+    ver.add_argument(
+        "--workers", type=_positive, default=8, help="files hashed in parallel (default: %(default)s)"
+    )
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.set_defaults(func=cmd_verify)
 

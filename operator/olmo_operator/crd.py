@@ -48,7 +48,9 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
             node = {**structural(branches[0], defs), **{k: v for k, v in node.items() if k == "description"}}
         elif all(b.get("type") in ("integer", "number") for b in branches):
             node = {"type": "number", "description": node.get("description", "")}
-        elif all("x-kubernetes-int-or-string" in b or b.get("type") in ("integer", "string") for b in branches):
+        elif all(
+            "x-kubernetes-int-or-string" in b or b.get("type") in ("integer", "string") for b in branches
+        ):
             node = {"x-kubernetes-int-or-string": True, "description": node.get("description", "")}
         else:  # e.g. number | "inherit": no structural form; the operator's pydantic parse validates it
             node = {"x-kubernetes-preserve-unknown-fields": True, "description": node.get("description", "")}
@@ -102,10 +104,16 @@ def _immutable(message: str) -> list[dict[str, str]]:
 def spec_schema() -> dict[str, Any]:
     schema = structural(api.OlmoRunSpec.model_json_schema(by_alias=True, mode="validation"))
     props = schema["properties"]
-    props["seed"]["x-kubernetes-validations"] = _immutable("seed is immutable: create a new OlmoRun to change it")
-    props["model"]["x-kubernetes-validations"] = _immutable("model is immutable: create a new OlmoRun to change it")
+    props["seed"]["x-kubernetes-validations"] = _immutable(
+        "seed is immutable: create a new OlmoRun to change it"
+    )
+    props["model"]["x-kubernetes-validations"] = _immutable(
+        "model is immutable: create a new OlmoRun to change it"
+    )
     storage = props["storage"]["properties"]
-    storage["uri"]["x-kubernetes-validations"] = _immutable("storage.uri is immutable: checkpoints live there")
+    storage["uri"]["x-kubernetes-validations"] = _immutable(
+        "storage.uri is immutable: checkpoints live there"
+    )
     phases = props["phases"]
     phases["x-kubernetes-list-type"] = "map"
     phases["x-kubernetes-list-map-keys"] = ["name"]

@@ -86,8 +86,13 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     kopf.on.resume(*RESOURCE, registry=registry)(on_change)
     kopf.on.create(*RESOURCE, registry=registry)(on_change)
     kopf.on.update(*RESOURCE, field="spec", registry=registry)(on_change)
-    kopf.timer(*RESOURCE, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
-               when=needs_polling, registry=registry)(on_timer)
+    kopf.timer(
+        *RESOURCE,
+        interval=settings.resync_seconds,
+        initial_delay=settings.resync_seconds,
+        when=needs_polling,
+        registry=registry,
+    )(on_timer)
     kopf.on.delete(*RESOURCE, registry=registry)(on_delete)
     return registry
 
@@ -162,7 +167,9 @@ def needs_polling(*, status: Mapping[str, Any], **_: Any) -> bool:
     (validating the whole status, phases and jobs included, was ~5% of the operator's CPU).
     """
     status = status or {}
-    parsed = api.OlmoRunStatus.model_validate({key: status[key] for key in ("stage", "conditions") if key in status})
+    parsed = api.OlmoRunStatus.model_validate(
+        {key: status[key] for key in ("stage", "conditions") if key in status}
+    )
     return parsed.stage != "Invalid" and not is_finished(parsed)
 
 
@@ -184,8 +191,12 @@ def on_delete(*, body: kopf.Body, memo: Any, **_: Any) -> None:
         names = context.reconciler.job_names(document)
         _guarded(context, "delete", lambda: _cancel_all(launcher, names))
     context.metrics.forget(document["metadata"].get("namespace", "default"), document["metadata"]["name"])
-    log.info("%s/%s: cancelled %d job(s)", document["metadata"].get("namespace"), document["metadata"]["name"],
-             len(names))
+    log.info(
+        "%s/%s: cancelled %d job(s)",
+        document["metadata"].get("namespace"),
+        document["metadata"]["name"],
+        len(names),
+    )
 
 
 def _cancel_all(launcher: JobLauncher, names: list[str]) -> None:
@@ -251,7 +262,9 @@ def step(body: kopf.Body, memo: Any, *, trigger: str) -> Outcome:
         seen = plain(body)
         document = guard.freshest(seen)
         outcome: Outcome = _guarded(context, trigger, lambda: context.reconciler.step(document))
-        new = redact(outcome.status.model_dump(by_alias=True, mode="json", exclude_none=True), context.secrets)
+        new = redact(
+            outcome.status.model_dump(by_alias=True, mode="json", exclude_none=True), context.secrets
+        )
         changes = merge_patch(guard.patch_base(seen), new)
         guard.remember(document, new)
         guard.pending += outcome.events
@@ -264,11 +277,16 @@ def step(body: kopf.Body, memo: Any, *, trigger: str) -> Outcome:
         if changes:
             guard.persisted = False
             namespace = meta.get("namespace", "default")
-            _guarded(context, f"{trigger}: status", lambda: context.write_status(namespace, meta["name"],
-                                                                              {"status": changes}))
+            _guarded(
+                context,
+                f"{trigger}: status",
+                lambda: context.write_status(namespace, meta["name"], {"status": changes}),
+            )
         guard.persisted = True
         for event in guard.pending:
-            kopf.event(body, type=event.type, reason=event.reason, message=redact(event.message, context.secrets))
+            kopf.event(
+                body, type=event.type, reason=event.reason, message=redact(event.message, context.secrets)
+            )
         guard.pending = []
     return outcome
 
@@ -283,7 +301,9 @@ def _guarded(context: Context, trigger: str, work: Callable[[], Any]) -> Any:
             context.metrics.record_error("permanent")
             raise kopf.PermanentError(message) from None
         context.metrics.record_error("temporary")
-        raise kopf.TemporaryError(message, delay=retry_delay(error, context.settings.error_delay_seconds)) from None
+        raise kopf.TemporaryError(
+            message, delay=retry_delay(error, context.settings.error_delay_seconds)
+        ) from None
 
 
 def retry_delay(error: BaseException, default: float) -> float:

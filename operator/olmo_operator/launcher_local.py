@@ -96,7 +96,9 @@ class LocalLauncher:
         self._exit_file(request.name).unlink(missing_ok=True)
         scheduler = self._scheduler()
         cfg: dict[str, Any] = {"log_dir": self.log_dir}
-        app_id: str = scheduler.schedule(scheduler.submit_dryrun(app_def(request, str(self._exit_file(request.name))), cfg))
+        app_id: str = scheduler.schedule(
+            scheduler.submit_dryrun(app_def(request, str(self._exit_file(request.name))), cfg)
+        )
         self._ids[request.name] = app_id
         return app_id
 
@@ -126,7 +128,9 @@ class LocalLauncher:
         if exit_code == 0:
             observation = JobObservation(job_name, "Succeeded")
         elif exit_code is None:
-            observation = JobObservation(job_name, "Missing", message="its processes ended without an exit status")
+            observation = JobObservation(
+                job_name, "Missing", message="its processes ended without an exit status"
+            )
         else:
             observation = JobObservation(
                 job_name, "Failed", exit_code=exit_code, preempted=exit_code == EXIT_PREEMPTED,

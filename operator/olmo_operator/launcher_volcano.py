@@ -67,7 +67,11 @@ POD_SECURITY = {
     "fsGroup": TRAINER_UID,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "privileged": False, "capabilities": {"drop": ["ALL"]}}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+}
 """Pod Security "restricted": no capability at all. An RDMA transport that pins memory then relies on
 the container runtime's memlock limit, not on IPC_LOCK."""
 
@@ -124,7 +128,11 @@ VOLCANO_POLICIES = (
 """Volcano's job-level lifecycle policies (accepted by pkg/webhooks/admission/jobs/validate/util.go,
 validatePolicies: event or exit code, never both, no duplicates)."""
 CANNOT_START_REASONS = (
-    "CreateContainerConfigError", "CreateContainerError", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
 )
 """A container's `state.waiting.reason` when the kubelet cannot start it until someone fixes the cause."""
 
@@ -320,7 +328,9 @@ class VolcanoLauncher:
         from kubernetes.client.rest import ApiException
 
         try:
-            job = self._custom().get_namespaced_custom_object(namespace=self.namespace, name=job_name, **VOLCANO)
+            job = self._custom().get_namespaced_custom_object(
+                namespace=self.namespace, name=job_name, **VOLCANO
+            )
         except ApiException as error:
             if error.status == 404:
                 return JobObservation(job_name, "Missing")
@@ -371,7 +381,9 @@ class VolcanoLauncher:
                 said = waiting.message or waiting.reason
                 where = f"pod {pod.metadata.name} cannot start: {said}"
                 if 'secret "' in said:
-                    fix = f"create the Secret in namespace {self.namespace} (kubectl create secret generic ...)"
+                    fix = (
+                        f"create the Secret in namespace {self.namespace} (kubectl create secret generic ...)"
+                    )
                     return "SecretNotFound", f"{where}; {fix}: the job starts once it exists"
                 return str(waiting.reason), where
         return None

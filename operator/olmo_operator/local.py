@@ -57,7 +57,9 @@ if TYPE_CHECKING:
     from olmo_operator.launcher_local import LocalLauncher
 
 
-def recover(launcher: LocalLauncher, state: State, out: TextIO, *, grace: float = LEFTOVER_GRACE_SECONDS) -> None:
+def recover(
+    launcher: LocalLauncher, state: State, out: TextIO, *, grace: float = LEFTOVER_GRACE_SECONDS
+) -> None:
     """Re-attach to the live jobs of an earlier runner that the status still waits on; stop the others.
 
     A job the status tracks as Pending/Running is adopted when any of its processes lives, or when it
@@ -65,7 +67,10 @@ def recover(launcher: LocalLauncher, state: State, out: TextIO, *, grace: float 
     processes of any other job (an older attempt, a cancelled job) are terminated and waited for.
     """
     active = {
-        job.name for ps in state.status.phases.values() for job in ps.jobs if job.state in ("Pending", "Running")
+        job.name
+        for ps in state.status.phases.values()
+        for job in ps.jobs
+        if job.state in ("Pending", "Running")
     }
     recorded = {
         name: [r for r in (ProcessRecord.from_json(item) for item in items) if r is not None]
@@ -82,7 +87,9 @@ def recover(launcher: LocalLauncher, state: State, out: TextIO, *, grace: float 
             if live:
                 print(f"re-attached to job {name}, still running (pids {pids})", file=out, flush=True)
         elif live:
-            print(f"stopping {len(live)} leftover process(es) of job {name} (pids {pids})", file=out, flush=True)
+            print(
+                f"stopping {len(live)} leftover process(es) of job {name} (pids {pids})", file=out, flush=True
+            )
             local_procs.terminate(live, grace=grace)
     state.processes = {}
 
@@ -141,7 +148,11 @@ def run_local(
         launcher.close()
         _record_processes(launcher, state)  # still saving after SIGTERM: the next runner finds them
         write_state(workdir, state)
-        print(f"interrupted: jobs stopped; run the same command again to resume ({workdir})", file=out, flush=True)
+        print(
+            f"interrupted: jobs stopped; run the same command again to resume ({workdir})",
+            file=out,
+            flush=True,
+        )
         return EXIT_INTERRUPTED
     except Exception:
         launcher.close()  # never leave training processes behind a crashed runner

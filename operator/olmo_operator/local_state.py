@@ -102,5 +102,3 @@ def start_state(run: OlmoRun, document: dict[str, Any], workdir: Path, now: dt.d
         return State(document, OlmoRunStatus(), 1, spec_hash, stamp, old.processes if old else {})
     generation = old.generation + (old.spec_hash != spec_hash)
     return State(document, old.status, generation, spec_hash, old.created_at or stamp, old.processes)
-
-

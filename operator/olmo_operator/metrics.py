@@ -66,18 +66,30 @@ class Metrics:
         self._lock = threading.Lock()
         self._states: dict[tuple[str, str], str] = {}
         self.registry.register(_RunsByState(self._states, self._lock))
-        self.submissions = Counter("olmorun_job_submissions", "Jobs submitted (retries included)",
-                                   registry=self.registry)
-        self.retries = Counter("olmorun_job_retries", "Attempts after the first (failure, preemption, loss)",
-                               registry=self.registry)
-        self.events = Counter("olmorun_events", "Kubernetes Events posted", ["type", "reason"],
-                              registry=self.registry)
-        self.reconcile_seconds = Histogram(
-            "olmorun_reconcile_duration_seconds", "Time of one reconcile (parse, observe, plan, apply)",
-            ["trigger"], buckets=RECONCILE_BUCKETS, registry=self.registry,
+        self.submissions = Counter(
+            "olmorun_job_submissions", "Jobs submitted (retries included)", registry=self.registry
         )
-        self.errors = Counter("olmorun_reconcile_errors", "Reconciles that raised, by kind of error",
-                              ["error"], registry=self.registry)
+        self.retries = Counter(
+            "olmorun_job_retries",
+            "Attempts after the first (failure, preemption, loss)",
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "olmorun_events", "Kubernetes Events posted", ["type", "reason"], registry=self.registry
+        )
+        self.reconcile_seconds = Histogram(
+            "olmorun_reconcile_duration_seconds",
+            "Time of one reconcile (parse, observe, plan, apply)",
+            ["trigger"],
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "olmorun_reconcile_errors",
+            "Reconciles that raised, by kind of error",
+            ["error"],
+            registry=self.registry,
+        )
 
     @contextmanager
     def time_reconcile(self, trigger: str) -> Iterator[None]:

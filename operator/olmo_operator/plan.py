@@ -270,7 +270,9 @@ class _Planner:
         was = condition(self.status, STORAGE_CONDITION)
         if was is None or was.status != "True" or was.reason != problem.reason:
             self.emit("Warning", STORAGE_CONDITION, problem.message)
-        set_condition(self.status, STORAGE_CONDITION, "True", problem.reason, problem.message, self.now, self.generation)
+        set_condition(
+            self.status, STORAGE_CONDITION, "True", problem.reason, problem.message, self.now, self.generation
+        )
         return Plan(self.status, self.actions, STORAGE_RETRY_SECONDS)
 
     def _storage_answers(self) -> None:
@@ -279,7 +281,9 @@ class _Planner:
         if was is None or was.status != "True":
             return
         message = f"storage {layout.run_root(self.run)} answers again; the run continues"
-        set_condition(self.status, STORAGE_CONDITION, "False", "Available", message, self.now, self.generation)
+        set_condition(
+            self.status, STORAGE_CONDITION, "False", "Available", message, self.now, self.generation
+        )
         self.emit("Normal", "StorageAvailable", message)
 
     def _run_document(self) -> dict[str, object]:
@@ -402,7 +406,9 @@ class _Planner:
         job.progress_at = None  # a new attempt's hang clock starts when it runs
         uri = layout.config_uri(self.run, phase, job.seed)
         request = job_request(self.run, phase, job.seed, attempt, uri)
-        self.actions.append(SubmitJob(phase.name, job.seed, attempt, config, request, write_config=attempt == 1))
+        self.actions.append(
+            SubmitJob(phase.name, job.seed, attempt, config, request, write_config=attempt == 1)
+        )
 
     def _train_config(self, phase: PhaseSpec, seed: int) -> TrainConfig:
         if phase.from_ is None:

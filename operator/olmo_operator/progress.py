@@ -1,8 +1,8 @@
 """What `olmorun local` prints, and the exit code it ends with: pure functions of the run and its files.
 
-    print(event_line(event))                  # "- PhaseStarted: ..." / "! KindNotImplemented: ..."
-    for line in progress_lines(run, seen): print(line)      # one line per job whose step advanced
-    code = finish(run, workdir, out)          # the verdict; 0 succeeded, 1 failed, 4 blocked (3 suspended: local.py)
+print(event_line(event))                  # "- PhaseStarted: ..." / "! KindNotImplemented: ..."
+for line in progress_lines(run, seen): print(line)      # one line per job whose step advanced
+code = finish(run, workdir, out)          # the verdict; 0 succeeded, 1 failed, 4 blocked (3 suspended: local.py)
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ SUSPENDED_MESSAGE = (
 
 def _total_steps(phase: PhaseSpec) -> int | None:
     """The phase's optimizer steps (the trainer's own arithmetic), None when it has no step budget."""
-    per_step = phase.batch.global_batch_size * phase.data.sequence_length if phase.batch and phase.data else None
+    per_step = (
+        phase.batch.global_batch_size * phase.data.sequence_length if phase.batch and phase.data else None
+    )
     if phase.max_steps is None and (phase.max_tokens is None or per_step is None):
         return None
     return total_steps(max_steps=phase.max_steps, max_tokens=phase.max_tokens, tokens_per_step=per_step or 0)
@@ -55,7 +57,9 @@ def _eta(phase: PhaseSpec, step: int, tokens_per_s: float | None) -> str:
 def progress_lines(run: OlmoRun, last: dict[str, int]) -> list[str]:
     """One line per running job whose step advanced since the last call (`last` is updated)."""
     lines = []
-    options = spec_storage_options(run)  # where the jobs write: the spec's endpoint, not only the environment's
+    options = spec_storage_options(
+        run
+    )  # where the jobs write: the spec's endpoint, not only the environment's
     for phase in run.spec.phases:
         if phase.kind == "soup":
             continue  # averaging has no steps to follow; its events say when it is done

@@ -132,7 +132,9 @@ def last_metrics(save_dir: str, options: Options = None) -> MetricsLine | None:
         if loss_row is None and "loss" in row:
             loss_row = row
         if not evaluation:
-            evaluation = {k: float(v) for k, v in row.items() if k.startswith("eval/") and isinstance(v, int | float)}
+            evaluation = {
+                k: float(v) for k, v in row.items() if k.startswith("eval/") and isinstance(v, int | float)
+            }
         if loss_row is not None and evaluation:
             break
     if last is None:
@@ -364,7 +366,9 @@ def reconcile_plan(
         return plan(run, Observation(storage_problem=storage_problem(error, storage_options)), now)
 
 
-def _reconcile_plan(run: OlmoRun, *, launcher: JobLauncher, now: dt.datetime, storage_options: Options) -> Plan:
+def _reconcile_plan(
+    run: OlmoRun, *, launcher: JobLauncher, now: dt.datetime, storage_options: Options
+) -> Plan:
     observed = observe(run, launcher=launcher, storage_options=storage_options)
     first = plan(run, observed, now)
     archived = apply(run, first, launcher=launcher, storage_options=storage_options)
@@ -497,7 +501,9 @@ class Reconciler:
             if fault is None:
                 raise
             return self._invalid(document, fault, now)
-        deprecated = [] if announced else [Emit("Warning", "DeprecatedField", m) for m in api.deprecations(run)]
+        deprecated = (
+            [] if announced else [Emit("Warning", "DeprecatedField", m) for m in api.deprecations(run)]
+        )
         return Outcome(
             status=result.status,
             events=unique_events([*deprecated, *result.events]),
@@ -513,7 +519,11 @@ class Reconciler:
         generation = (document.get("metadata") or {}).get("generation")
         status = invalid_status(old, message, now, generation)
         was = condition(old, "Invalid")
-        repeated = was is not None and (was.status, was.reason, was.message) == ("True", INVALID_REASON, message)
+        repeated = was is not None and (was.status, was.reason, was.message) == (
+            "True",
+            INVALID_REASON,
+            message,
+        )
         return Outcome(status, [] if repeated else [Emit("Warning", INVALID_REASON, message)], None)
 
     @staticmethod

@@ -34,7 +34,11 @@ def _type_name(annotation: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " \\| ".join(_type_name(a) for a in args)
     if origin is typing.Annotated:
-        return "tokens (int or `50B`)" if any("int-or-string" in repr(m) for m in annotation.__metadata__) else _type_name(args[0])
+        return (
+            "tokens (int or `50B`)"
+            if any("int-or-string" in repr(m) for m in annotation.__metadata__)
+            else _type_name(args[0])
+        )
     if origin in (list, tuple):
         return f"list of {_type_name(args[0])}" if args else "list"
     if origin is dict:
@@ -57,7 +61,14 @@ def _default(field: Any) -> str:
 
 def _table(model: type[BaseModel]) -> list[str]:
     doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
-    lines = [f"### {model.__name__}", "", doc, "", "| field | type | default | description |", "|---|---|---|---|"]
+    lines = [
+        f"### {model.__name__}",
+        "",
+        doc,
+        "",
+        "| field | type | default | description |",
+        "|---|---|---|---|",
+    ]
     for name, field in model.model_fields.items():
         wire = field.alias or name
         annotation = field.rebuild_annotation() if field.metadata else field.annotation

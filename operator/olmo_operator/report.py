@@ -27,7 +27,12 @@ from typing import Any
 
 from olmo_operator.rundiff import EVAL_PREFIX, JobRecord, RunRecord
 
-CURVES = (("loss", "loss"), ("lr", "learning rate"), ("grad_norm", "grad norm"), ("tokens_per_s", "tokens / s"))
+CURVES = (
+    ("loss", "loss"),
+    ("lr", "learning rate"),
+    ("grad_norm", "grad norm"),
+    ("tokens_per_s", "tokens / s"),
+)
 """The four curves of every training phase (metrics.jsonl keys, titles)."""
 STANDARD = frozenset({"step", "tokens", "z_loss", "mfu", *(key for key, _ in CURVES)})
 COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777")
@@ -86,7 +91,9 @@ def phases_in_order(record: RunRecord) -> list[tuple[str, str, list[JobRecord]]]
 
 
 def parents(record: RunRecord) -> dict[str, str]:
-    return {p["name"]: p["from"] for p in record.spec.get("phases", []) if isinstance(p, dict) and p.get("from")}
+    return {
+        p["name"]: p["from"] for p in record.spec.get("phases", []) if isinstance(p, dict) and p.get("from")
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +161,9 @@ def curves_figure(phase: str, jobs: Sequence[JobRecord], soup: JobRecord | None)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if soup is not None:
         last = max((max(_series(j, "loss")[0] or [0]) for j in jobs), default=0)
-        axes[0].axvline(last, color=KIND_COLORS["soup"], ls="--", lw=1.2, label=f"soup '{soup.phase}' (their average)")
+        axes[0].axvline(
+            last, color=KIND_COLORS["soup"], ls="--", lw=1.2, label=f"soup '{soup.phase}' (their average)"
+        )
     if len(jobs) > 1 or soup is not None:
         axes[0].legend(fontsize=7, loc="upper right", framealpha=0.85)
     fig.tight_layout()
@@ -186,7 +195,7 @@ def extra_figure(phase: str, jobs: Sequence[JobRecord]) -> str | None:
             ax.legend(frameon=False, fontsize=8)
         ax.set_title(key)
         ax.set_xlabel("step")
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
     fig.tight_layout()
     caption = f'<p class="caption">post-training metrics: {html.escape(", ".join(keys))}</p>'
@@ -206,7 +215,7 @@ def _cell(value: Any, mono: bool) -> str:
     """A table cell; a sha256 is shown by its first 16 hex digits, the whole of it on hover."""
     if mono and isinstance(value, str) and len(value) == 64:
         return f'<td class=mono title="{_e(value)}">{_e(value[:16])}…</td>'
-    return f'<td{" class=mono" if mono else ""}>{_e(value)}</td>'
+    return f"<td{' class=mono' if mono else ''}>{_e(value)}</td>"
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], *, mono: Sequence[int] = ()) -> str:
@@ -244,7 +253,9 @@ def checkpoint_table(record: RunRecord) -> str:
         content = job.checkpoints[step] or {}
         rows.append([job.label, step, content.get("sha256"), content.get("model"), content.get("optim"),
                      content.get("numTensors")])  # fmt: skip
-    return _table(["job", "final step", "content sha256", "model", "optimizer", "tensors"], rows, mono=(2, 3, 4))
+    return _table(
+        ["job", "final step", "content sha256", "model", "optimizer", "tensors"], rows, mono=(2, 3, 4)
+    )
 
 
 def summary_table(record: RunRecord) -> str:
@@ -276,7 +287,11 @@ def _first_env(record: RunRecord) -> dict[str, Any]:
 def record_table(record: RunRecord) -> str:
     env = _first_env(record)
     code, software = env.get("code") or {}, env.get("software") or {}
-    hardware, dist, det = env.get("hardware") or {}, env.get("distributed") or {}, env.get("determinism") or {}
+    hardware, dist, det = (
+        env.get("hardware") or {},
+        env.get("distributed") or {},
+        env.get("determinism") or {},
+    )
     devices = hardware.get("devices") or []
     rows: list[list[Any]] = [
         ["spec hash (storage excluded)", record.spec_hash],
@@ -285,7 +300,10 @@ def record_table(record: RunRecord) -> str:
         ["git commit", f"{code.get('gitCommit')}{' (dirty)' if code.get('gitDirty') else ''}"],
         ["python / torch", f"{software.get('python')} / {software.get('torch')}"],
         ["CUDA / cuDNN / NCCL", f"{software.get('cuda')} / {software.get('cudnn')} / {software.get('nccl')}"],
-        ["devices", f"{len(devices)} x {devices[0]}" if devices else f"CPU ({hardware.get('cpuCount')} cores)"],
+        [
+            "devices",
+            f"{len(devices)} x {devices[0]}" if devices else f"CPU ({hardware.get('cpuCount')} cores)",
+        ],
         ["world size (first job)", dist.get("worldSize")],
         ["deterministic algorithms", det.get("deterministicAlgorithms")],
         ["installed packages", len(software.get("packages") or {})],
@@ -346,13 +364,17 @@ def render(record: RunRecord, *, generated_at: str | None = None) -> str:
         shown = "".join(f for f in figures if f)
         if shown:
             seeds = ", ".join(str(j.seed) for j in jobs)
-            sections.append(f"<section><h2>{_e(phase)} <small>({_e(kind)}, seeds {_e(seeds)})</small></h2>{shown}</section>")
+            sections.append(
+                f"<section><h2>{_e(phase)} <small>({_e(kind)}, seeds {_e(seeds)})</small></h2>{shown}</section>"
+            )
     evals = eval_table(record)
     if evals:
         sections.append(f"<section><h2>Evaluation (final values per job)</h2>{evals}</section>")
     sections.append(f"<section><h2>Checkpoints and content identity</h2>{checkpoint_table(record)}</section>")
     spec = html.escape(json.dumps(record.spec, indent=2))
-    packages = html.escape(json.dumps((_first_env(record).get("software") or {}).get("packages") or {}, indent=1))
+    packages = html.escape(
+        json.dumps((_first_env(record).get("software") or {}).get("packages") or {}, indent=1)
+    )
     sections.append(
         f"<section><h2>Run record</h2>{record_table(record)}"
         f"<details><summary>spec (run.json)</summary><pre>{spec}</pre></details>"

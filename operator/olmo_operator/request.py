@@ -120,7 +120,12 @@ class JobRequest:
 def job_labels(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int) -> dict[str, str]:
     """The labels of a job and of its pods: run, phase, seed, attempt (and the run's uid when known),
     each value made a valid label value (label_value): they come from the user's spec."""
-    labels = {LABEL_RUN: run.name, LABEL_PHASE: phase.name, LABEL_SEED: str(seed), LABEL_ATTEMPT: str(attempt)}
+    labels = {
+        LABEL_RUN: run.name,
+        LABEL_PHASE: phase.name,
+        LABEL_SEED: str(seed),
+        LABEL_ATTEMPT: str(attempt),
+    }
     if run.metadata.uid:
         labels[LABEL_RUN_UID] = run.metadata.uid
     return {key: label_value(value) for key, value in labels.items()}
@@ -177,7 +182,10 @@ def job_request(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int, config_
         env=job_env(run, phase, seed, attempt, config_uri),
         secret_refs=secret_names(run),
         resources=Resources(
-            gpus=0 if soup else cluster.gpus_per_node, cpu=cluster.cpu, memory=cluster.memory, shm_size=cluster.shm_size
+            gpus=0 if soup else cluster.gpus_per_node,
+            cpu=cluster.cpu,
+            memory=cluster.memory,
+            shm_size=cluster.shm_size,
         ),
         placement=Placement(
             nodes=1 if soup else phase.nodes,

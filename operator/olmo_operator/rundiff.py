@@ -145,7 +145,11 @@ def env_differences(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) ->
     """(path, a, b) for every env.json leaf that differs, moments, hosts and paths left out."""
     left = {k: v for k, v in flatten({k: v for k, v in (a or {}).items() if k not in ENV_IGNORED})}
     right = {k: v for k, v in flatten({k: v for k, v in (b or {}).items() if k not in ENV_IGNORED})}
-    return [(k, left.get(k), right.get(k)) for k in sorted(left.keys() | right.keys()) if left.get(k) != right.get(k)]
+    return [
+        (k, left.get(k), right.get(k))
+        for k in sorted(left.keys() | right.keys())
+        if left.get(k) != right.get(k)
+    ]
 
 
 class _Walk:
@@ -176,7 +180,8 @@ class _Walk:
             if data_a.get(key) != data_b.get(key):
                 self.diverge("data", *where, None, key, data_a.get(key), data_b.get(key))
         for path, left, right in env_differences(
-            {k: v for k, v in (a.env or {}).items() if k != "data"}, {k: v for k, v in (b.env or {}).items() if k != "data"}
+            {k: v for k, v in (a.env or {}).items() if k != "data"},
+            {k: v for k, v in (b.env or {}).items() if k != "data"},
         ):
             self.note("environment", *where, None, path, left, right)
         self.steps(a, b)
@@ -193,12 +198,22 @@ class _Walk:
         final_a, final_b = max(a.checkpoints, default=None), max(b.checkpoints, default=None)
         if final_a != final_b:
             step = min(s for s in (final_a, final_b) if s is not None)
-            self.diverge("missing", a.phase, a.seed, step, "final checkpoint", f"step {final_a}", f"step {final_b}")
+            self.diverge(
+                "missing", a.phase, a.seed, step, "final checkpoint", f"step {final_a}", f"step {final_b}"
+            )
 
-    def metrics_at(self, job: JobRecord, step: int, row_a: Mapping[str, Any] | None, row_b: Mapping[str, Any] | None) -> None:
+    def metrics_at(
+        self, job: JobRecord, step: int, row_a: Mapping[str, Any] | None, row_b: Mapping[str, Any] | None
+    ) -> None:
         where = (job.phase, job.seed, step)
         if row_a is None or row_b is None:
-            self.diverge("missing", *where, "metrics row", "present" if row_a else "absent", "present" if row_b else "absent")
+            self.diverge(
+                "missing",
+                *where,
+                "metrics row",
+                "present" if row_a else "absent",
+                "present" if row_b else "absent",
+            )
             return
         self.count("steps")
         left, right = result_metrics(row_a), result_metrics(row_b)
@@ -215,15 +230,23 @@ class _Walk:
             if not numbers_close(x, y, rtol=self.rtol, atol=self.atol):
                 self.diverge(what, *where, name, x, y)
 
-    def checkpoint_at(self, job: JobRecord, step: int, a: dict[str, Any] | None, b: dict[str, Any] | None) -> None:
+    def checkpoint_at(
+        self, job: JobRecord, step: int, a: dict[str, Any] | None, b: dict[str, Any] | None
+    ) -> None:
         self.count("checkpoints")
         where = (job.phase, job.seed, step)
         sha_a, sha_b = (a or {}).get("sha256"), (b or {}).get("sha256")
         if sha_a is not None and sha_a == sha_b:
             return
         tensors_a, tensors_b = (a or {}).get("tensors") or {}, (b or {}).get("tensors") or {}
-        differing = sorted(k for k in tensors_a.keys() | tensors_b.keys() if tensors_a.get(k) != tensors_b.get(k))
-        name = f"content ({differing[0]}{f' and {len(differing) - 1} more tensors' if len(differing) > 1 else ''})" if differing else "content"
+        differing = sorted(
+            k for k in tensors_a.keys() | tensors_b.keys() if tensors_a.get(k) != tensors_b.get(k)
+        )
+        name = (
+            f"content ({differing[0]}{f' and {len(differing) - 1} more tensors' if len(differing) > 1 else ''})"
+            if differing
+            else "content"
+        )
         (self.note if self.tolerant else self.diverge)("checkpoint", *where, name, sha_a, sha_b)
 
 
@@ -241,7 +264,10 @@ def compare(a: RunRecord, b: RunRecord, *, rtol: float = 0.0, atol: float = 0.0)
         else:
             walk.job(job, other)
     for job in b.jobs:
-        if (job.phase, job.seed) not in {(j.phase, j.seed) for j in a.jobs} and (job.phase, job.seed) in keys_b:
+        if (job.phase, job.seed) not in {(j.phase, j.seed) for j in a.jobs} and (
+            job.phase,
+            job.seed,
+        ) in keys_b:
             walk.diverge("missing", job.phase, job.seed, None, "job", "absent", "present")
     return walk.result
 

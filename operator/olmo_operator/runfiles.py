@@ -59,7 +59,9 @@ def run_root_of(target: str) -> tuple[str, dict[str, Any] | None]:
     if "://" not in target and (Path(target) / STATE_JSON).exists():
         found = sorted((Path(target) / "storage").glob(f"*/*/{RUN_JSON}"))
         if len(found) != 1:
-            raise RunNotFoundError(f"{target}: a workdir, but {len(found)} run.json files under {target}/storage")
+            raise RunNotFoundError(
+                f"{target}: a workdir, but {len(found)} run.json files under {target}/storage"
+            )
         state = json.loads((Path(target) / STATE_JSON).read_text())
         return str(found[0].parent.resolve()), state.get("status")
     root = target.rstrip("/")
@@ -72,7 +74,9 @@ def run_root_of(target: str) -> tuple[str, dict[str, Any] | None]:
 
 def _run_at(document: dict[str, Any], root: str) -> api.OlmoRun:
     """The run of run.json, with its storage pointed at `root` (the run may have been moved or copied)."""
-    run = api.parse_olmorun({k: document[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in document})
+    run = api.parse_olmorun(
+        {k: document[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in document}
+    )
     suffix = f"/{run.namespace}/{run.name}"
     base = root[: -len(suffix)] if root.endswith(suffix) else run.spec.storage.uri
     scratch = run.spec.storage.scratch_uri
@@ -162,5 +166,11 @@ def read_run(target: str) -> RunRecord:
     ]
     spec = document.get("spec") or {}
     return RunRecord(
-        uri=root, name=run.name, spec_hash=run_spec_hash(run), spec=spec, run_json=document, jobs=jobs, status=status
+        uri=root,
+        name=run.name,
+        spec_hash=run_spec_hash(run),
+        spec=spec,
+        run_json=document,
+        jobs=jobs,
+        status=status,
     )

@@ -75,9 +75,15 @@ class Settings:
         return cls(
             namespaces=namespaces,
             resync_seconds=_number(env, "OLMORUN_RESYNC_SECONDS", defaults.resync_seconds, low=0.1),
-            error_delay_seconds=_number(env, "OLMORUN_ERROR_DELAY_SECONDS", defaults.error_delay_seconds, low=0.1),
-            metrics_port=int(_number(env, "OLMORUN_METRICS_PORT", defaults.metrics_port, low=0, high=65535, whole=True)),
-            health_port=int(_number(env, "OLMORUN_HEALTH_PORT", defaults.health_port, low=0, high=65535, whole=True)),
+            error_delay_seconds=_number(
+                env, "OLMORUN_ERROR_DELAY_SECONDS", defaults.error_delay_seconds, low=0.1
+            ),
+            metrics_port=int(
+                _number(env, "OLMORUN_METRICS_PORT", defaults.metrics_port, low=0, high=65535, whole=True)
+            ),
+            health_port=int(
+                _number(env, "OLMORUN_HEALTH_PORT", defaults.health_port, low=0, high=65535, whole=True)
+            ),
             scheduler=env.get("OLMORUN_SCHEDULER") or defaults.scheduler,
             kube_server=(env.get("OLMORUN_KUBE_SERVER") or "").rstrip("/") or None,
             peering=env.get("OLMORUN_PEERING") or None,
@@ -90,7 +96,13 @@ class Settings:
 
 
 def _number(
-    env: Mapping[str, str], name: str, default: float, *, low: float, high: float | None = None, whole: bool = False
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    low: float,
+    high: float | None = None,
+    whole: bool = False,
 ) -> float:
     raw = env.get(name, "").strip()
     if not raw:

@@ -23,14 +23,18 @@ CHART = ROOT / "manifests" / "chart" / "olmorun"
 MANIFESTS = ROOT / "manifests"
 RELEASE, NAMESPACE = "olmorun", "olmorun-system"
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
-HEADER = "# Generated from manifests/chart/olmorun (default values) by `make manifests`. Do not edit by hand.\n"
+HEADER = (
+    "# Generated from manifests/chart/olmorun (default values) by `make manifests`. Do not edit by hand.\n"
+)
 
 
 def load() -> helm.Chart:
     return helm.Chart.load(str(CHART))
 
 
-def render(values: dict[str, Any] | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+def render(
+    values: dict[str, Any] | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE
+) -> list[dict[str, Any]]:
     """Every object of an install of the chart with `values` (Helm validates them against values.schema.json).
 
     Raises helm_python.HelmValuesError for values the schema refuses.
@@ -44,10 +48,17 @@ def render(values: dict[str, Any] | None = None, *, name: str = RELEASE, namespa
     return objects
 
 
-def find(objects: list[dict[str, Any]], kind: str, name: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+def find(
+    objects: list[dict[str, Any]], kind: str, name: str | None = None, namespace: str | None = None
+) -> dict[str, Any]:
     """The one object of `kind` (and name/namespace when given); AssertionError if there is not exactly one."""
-    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
-             and (namespace is None or o["metadata"].get("namespace") == namespace)]
+    found = [
+        o
+        for o in objects
+        if o["kind"] == kind
+        and (name is None or o["metadata"]["name"] == name)
+        and (namespace is None or o["metadata"].get("namespace") == namespace)
+    ]
     assert len(found) == 1, f"{len(found)} {kind} objects named {name!r} in {[o['kind'] for o in objects]}"
     return found[0]
 
@@ -57,7 +68,13 @@ def plain(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for obj in objects:
         labels = obj.get("metadata", {}).get("labels", {})
-        obj = {**obj, "metadata": {**obj["metadata"], "labels": {k: v for k, v in labels.items() if k not in HELM_ONLY_LABELS}}}
+        obj = {
+            **obj,
+            "metadata": {
+                **obj["metadata"],
+                "labels": {k: v for k, v in labels.items() if k not in HELM_ONLY_LABELS},
+            },
+        }
         out.append(obj)
     return out
 
@@ -84,7 +101,10 @@ def plain_files() -> dict[str, str]:
         if _component(obj) == "trainer":
             obj["metadata"].pop("namespace", None)
             files.setdefault(f"training/{obj['kind'].lower()}.yaml", []).append(obj)
-    return {name: HEADER + yaml.safe_dump_all(objs, sort_keys=False, width=120) for name, objs in sorted(files.items())}
+    return {
+        name: HEADER + yaml.safe_dump_all(objs, sort_keys=False, width=120)
+        for name, objs in sorted(files.items())
+    }
 
 
 def write_plain() -> list[Path]:

@@ -12,20 +12,52 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
-                         "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
-SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-                "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-                "net.ipv4.tcp_keepalive_probes"}
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                      "projected", "secret"}
+BASELINE_CAPABILITIES = {
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+}
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 SELINUX_TYPES = {None, "", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
 
 
 def _containers(spec: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    return [(f"spec.{kind}[{i}]", c) for kind in ("initContainers", "containers", "ephemeralContainers")
-            for i, c in enumerate(spec.get(kind) or [])]
+    return [
+        (f"spec.{kind}[{i}]", c)
+        for kind in ("initContainers", "containers", "ephemeralContainers")
+        for i, c in enumerate(spec.get(kind) or [])
+    ]
 
 
 def restricted_problems(template: Mapping[str, Any]) -> list[str]:
@@ -33,17 +65,29 @@ def restricted_problems(template: Mapping[str, Any]) -> list[str]:
     spec: Mapping[str, Any] = template.get("spec") or {}
     annotations: Mapping[str, str] = (template.get("metadata") or {}).get("annotations") or {}
     pod_sc: Mapping[str, Any] = spec.get("securityContext") or {}
-    problems = [f"spec.{key}: must be unset or false" for key in ("hostNetwork", "hostPID", "hostIPC") if spec.get(key)]
-    problems += [f"metadata.annotations[{k}]: AppArmor profile {v!r} is not allowed"
-                 for k, v in annotations.items()
-                 if k.startswith("container.apparmor.security.beta.kubernetes.io/") and v != "runtime/default"
-                 and not v.startswith("localhost/")]
+    problems = [
+        f"spec.{key}: must be unset or false"
+        for key in ("hostNetwork", "hostPID", "hostIPC")
+        if spec.get(key)
+    ]
+    problems += [
+        f"metadata.annotations[{k}]: AppArmor profile {v!r} is not allowed"
+        for k, v in annotations.items()
+        if k.startswith("container.apparmor.security.beta.kubernetes.io/")
+        and v != "runtime/default"
+        and not v.startswith("localhost/")
+    ]
     for i, volume in enumerate(spec.get("volumes") or []):
         kinds = set(volume) - {"name"}
         if not kinds <= RESTRICTED_VOLUMES:
-            problems.append(f"spec.volumes[{i}]: volume type {sorted(kinds - RESTRICTED_VOLUMES)} is not allowed")
-    problems += [f"spec.securityContext.sysctls: {s.get('name')} is not a safe sysctl"
-                 for s in pod_sc.get("sysctls") or [] if s.get("name") not in SAFE_SYSCTLS]
+            problems.append(
+                f"spec.volumes[{i}]: volume type {sorted(kinds - RESTRICTED_VOLUMES)} is not allowed"
+            )
+    problems += [
+        f"spec.securityContext.sysctls: {s.get('name')} is not a safe sysctl"
+        for s in pod_sc.get("sysctls") or []
+        if s.get("name") not in SAFE_SYSCTLS
+    ]
     problems += _context_problems("spec.securityContext", pod_sc)
     for where, container in _containers(spec):
         sc: Mapping[str, Any] = container.get("securityContext") or {}
@@ -55,17 +99,24 @@ def restricted_problems(template: Mapping[str, Any]) -> list[str]:
             problems.append(f"{here}.procMount: must be Default")
         if sc.get("allowPrivilegeEscalation") is not False:
             problems.append(f"{here}.allowPrivilegeEscalation: must be false")
-        if not (sc.get("runAsNonRoot") is True or (pod_sc.get("runAsNonRoot") is True and sc.get("runAsNonRoot") is None)):
+        if not (
+            sc.get("runAsNonRoot") is True
+            or (pod_sc.get("runAsNonRoot") is True and sc.get("runAsNonRoot") is None)
+        ):
             problems.append(f"{here}.runAsNonRoot: must be true (here or in spec.securityContext)")
         profile = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
         if profile not in ("RuntimeDefault", "Localhost"):
-            problems.append(f"{here}.seccompProfile.type: must be RuntimeDefault or Localhost (here or in the pod)")
+            problems.append(
+                f"{here}.seccompProfile.type: must be RuntimeDefault or Localhost (here or in the pod)"
+            )
         capabilities = sc.get("capabilities") or {}
         if "ALL" not in (capabilities.get("drop") or []):
             problems.append(f"{here}.capabilities.drop: must include ALL")
         added = set(capabilities.get("add") or [])
         if added - {"NET_BIND_SERVICE"}:
-            problems.append(f"{here}.capabilities.add: only NET_BIND_SERVICE is allowed, not {sorted(added - {'NET_BIND_SERVICE'})}")
+            problems.append(
+                f"{here}.capabilities.add: only NET_BIND_SERVICE is allowed, not {sorted(added - {'NET_BIND_SERVICE'})}"
+            )
         for j, port in enumerate(container.get("ports") or []):
             if port.get("hostPort"):
                 problems.append(f"{where}.ports[{j}].hostPort: must be unset or 0")

@@ -18,7 +18,14 @@ from tests.operator.kube import Call
 
 Permission = tuple[str, str, str]
 """(apiGroup, resource or resource/subresource, verb), as RBAC spells them."""
-_VERBS = {"CREATE": "create", "DELETE": "delete", "FETCH": "get", "LIST": "list", "WATCH": "watch", "PUT": "update"}
+_VERBS = {
+    "CREATE": "create",
+    "DELETE": "delete",
+    "FETCH": "get",
+    "LIST": "list",
+    "WATCH": "watch",
+    "PUT": "update",
+}
 OPERATOR_AGENTS = ("kopf/", USER_AGENT.split("/")[0] + "/")
 
 

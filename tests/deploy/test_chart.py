@@ -24,7 +24,11 @@ CUSTOM: dict[str, Any] = {
     "resyncSeconds": 12.5,
     "requestTimeoutSeconds": 20,
     "logLevel": "DEBUG",
-    "metrics": {"enabled": True, "port": 9200, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "metrics": {
+        "enabled": True,
+        "port": 9200,
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+    },
     "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
     "envFrom": [{"secretRef": {"name": "s3-credentials"}}],
     "nodeSelector": {"pool": "system"},
@@ -67,13 +71,21 @@ def test_every_rendered_object_is_valid_and_the_pod_restricted(values: dict[str,
 
 def test_default_values_serve_every_namespace_with_a_cluster_role() -> None:
     objects = chart.render()
-    assert {o["kind"] for o in objects} == {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"}
+    assert {o["kind"] for o in objects} == {
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+    }
     env = env_of(objects)
     assert env["OLMORUN_NAMESPACES"] == "" and env["OLMORUN_RESYNC_SECONDS"] == "30"
     container = chart.find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == f"ghcr.io/olmorun/operator:{__version__}"
     binding = chart.find(objects, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "olmorun-operator", "namespace": "olmorun-system"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "olmorun-operator", "namespace": "olmorun-system"}
+    ]
 
 
 def test_the_default_values_give_the_operators_own_defaults_and_every_cluster_setting_is_a_value() -> None:
@@ -96,8 +108,10 @@ def test_custom_values_reach_the_objects() -> None:
     assert container["image"] == f"registry.example/olmorun-operator@{DIGEST}"  # the digest wins over any tag
     assert container["imagePullPolicy"] == "Always" and pod["imagePullSecrets"] == [{"name": "pull"}]
     # Helm merges maps with the defaults: the default cpu limit stays unless set to null.
-    assert container["resources"] == {"requests": {"cpu": "200m", "memory": "300Mi"},
-                                      "limits": {"cpu": "1", "memory": "2Gi"}}
+    assert container["resources"] == {
+        "requests": {"cpu": "200m", "memory": "300Mi"},
+        "limits": {"cpu": "1", "memory": "2Gi"},
+    }
     assert pod["nodeSelector"] == {"pool": "system"} and pod["tolerations"] == CUSTOM["tolerations"]
     env = env_of(objects)
     assert env["OLMORUN_NAMESPACES"] == "research,prod" and env["OLMORUN_RESYNC_SECONDS"] == "12.5"
@@ -114,7 +128,12 @@ def test_custom_values_reach_the_objects() -> None:
         assert {r["resources"][0] for r in role["rules"]} >= {"olmoruns", "jobs"}
         binding = chart.find(objects, "RoleBinding", namespace=namespace)
         assert binding["subjects"][0]["namespace"] == "olmorun-system"
-        assert chart.find(objects, "ServiceAccount", "olmorun-trainer", namespace)["automountServiceAccountToken"] is False
+        assert (
+            chart.find(objects, "ServiceAccount", "olmorun-trainer", namespace)[
+                "automountServiceAccountToken"
+            ]
+            is False
+        )
         policy = chart.find(objects, "NetworkPolicy", namespace=namespace)
         assert {"protocol": "TCP", "port": 8333} in policy["spec"]["egress"][2]["ports"]
     cluster_role = chart.find(objects, "ClusterRole")
@@ -126,7 +145,9 @@ def test_service_monitor_is_rendered_only_where_the_monitoring_api_exists() -> N
     ServiceMonitor asked for is left out rather than failing the install. Its template is checked below."""
     assert not [o for o in chart.render(CUSTOM) if o["kind"] == "ServiceMonitor"]
     template = (chart.CHART / "templates" / "servicemonitor.yaml").read_text()
-    assert '.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor"' in template.splitlines()[0]
+    assert (
+        '.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor"' in template.splitlines()[0]
+    )
 
 
 def test_metrics_off_removes_the_service_and_the_port() -> None:
@@ -135,15 +156,18 @@ def test_metrics_off_removes_the_service_and_the_port() -> None:
     assert env_of(objects)["OLMORUN_METRICS_PORT"] == "0"
 
 
-@pytest.mark.parametrize(("values", "key"), [
-    ({"resyncSeconds": "often"}, "resyncSeconds"),
-    ({"logLevel": "LOUD"}, "logLevel"),
-    ({"image": {"repository": "r", "digest": "sha256:short"}}, "digest"),
-    ({"image": {"repository": "r", "tag": "latest"}}, "tag"),
-    ({"watchNamespaces": "research"}, "watchNamespaces"),
-    ({"metrics": {"port": 70000}}, "port"),
-    ({"replicas": 2}, "replicas"),
-])
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"resyncSeconds": "often"}, "resyncSeconds"),
+        ({"logLevel": "LOUD"}, "logLevel"),
+        ({"image": {"repository": "r", "digest": "sha256:short"}}, "digest"),
+        ({"image": {"repository": "r", "tag": "latest"}}, "tag"),
+        ({"watchNamespaces": "research"}, "watchNamespaces"),
+        ({"metrics": {"port": 70000}}, "port"),
+        ({"replicas": 2}, "replicas"),
+    ],
+)
 def test_schema_invalid_values_are_refused_naming_the_key(values: dict[str, Any], key: str) -> None:
     with pytest.raises(helm.HelmError) as refused:
         chart.render(values)

@@ -28,7 +28,9 @@ def test_bases_are_pinned_by_digest_and_never_latest(path: Path) -> None:
     stages = dockerfile_stages(path)
     names = {s.name for s in stages if s.name}
     for stage in stages:
-        assert stage.base in names or DIGEST_REF.match(stage.base), f"{path.name}: FROM {stage.base} has no digest"
+        assert stage.base in names or DIGEST_REF.match(stage.base), (
+            f"{path.name}: FROM {stage.base} has no digest"
+        )
         assert ":latest" not in stage.base
     assert "latest" not in path.read_text().replace("# ", "")
 
@@ -38,9 +40,13 @@ def test_final_stage_runs_as_uid_1000_with_labels_and_source_date_epoch(path: Pa
     final = _final(path)
     (user,) = final.values("USER")
     assert user == ("1000:1000",), "the launcher runs training pods as uid 1000 (non-root)"
-    labels = {value[i]: value[i + 1].strip('"') for value in final.values("LABEL") for i in range(0, len(value), 2)}
+    labels = {
+        value[i]: value[i + 1].strip('"') for value in final.values("LABEL") for i in range(0, len(value), 2)
+    }
     assert set(labels) >= OCI_LABELS, OCI_LABELS - set(labels)
-    assert labels["org.opencontainers.image.created"] == "${CREATED}"  # make image: SOURCE_DATE_EPOCH as RFC 3339
+    assert (
+        labels["org.opencontainers.image.created"] == "${CREATED}"
+    )  # make image: SOURCE_DATE_EPOCH as RFC 3339
     env = {value[i]: value[i + 1] for value in final.values("ENV") for i in range(0, len(value), 2)}
     assert env["SOURCE_DATE_EPOCH"] == "${SOURCE_DATE_EPOCH}" and env["PATH"].startswith("/opt/venv/bin:")
     assert any(v[0].startswith("SOURCE_DATE_EPOCH=") for v in final.values("ARG"))
@@ -51,7 +57,9 @@ def test_entrypoints() -> None:
     assert _final(OPERATOR).values("ENTRYPOINT") == [("python", "-m", "olmo_operator")]
 
 
-@pytest.mark.parametrize(("path", "lock"), [(TRAINER, "trainer"), (OPERATOR, "operator")], ids=["trainer", "operator"])
+@pytest.mark.parametrize(
+    ("path", "lock"), [(TRAINER, "trainer"), (OPERATOR, "operator")], ids=["trainer", "operator"]
+)
 def test_the_lock_is_installed_with_require_hashes_and_nothing_is_resolved(path: Path, lock: str) -> None:
     runs = [" ".join(v) for stage in dockerfile_stages(path) for v in stage.values("RUN")]
     installs = [r for r in runs if "pip install" in r]
@@ -59,9 +67,12 @@ def test_the_lock_is_installed_with_require_hashes_and_nothing_is_resolved(path:
     for command in installs:
         # Either a hashed lock, or the project itself with nothing else (no dependency resolution at all).
         assert ("--require-hashes" in command and " -r " in command) or (
-            "--no-deps" in command and "--no-index" in command and "--no-build-isolation" in command), command
+            "--no-deps" in command and "--no-index" in command and "--no-build-isolation" in command
+        ), command
         assert "--no-deps" in command, command
-    copied = {v[0] for stage in dockerfile_stages(path) for v in stage.values("COPY") if not v[0].startswith("--")}
+    copied = {
+        v[0] for stage in dockerfile_stages(path) for v in stage.values("COPY") if not v[0].startswith("--")
+    }
     args = dict(v[0].split("=", 1) for s in dockerfile_stages(path) for v in s.values("ARG") if "=" in v[0])
     sources = {args.get(c.strip("${}"), c) for c in copied}  # COPY ${TRAINER_LOCK} reads the ARG's default
     assert f"requirements/{lock}.lock" in sources, sources
@@ -78,13 +89,20 @@ def test_lock_has_hashes_and_agrees_with_pyproject_and_the_dev_lock(lock: str) -
     missing = sorted(set(wanted) - set(pins))
     assert not missing, f"{lock}.lock lacks {missing}: run `make lock`"
     differ = {n: (v, pins[n].version) for n, v in wanted.items() if pins[n].version != v}
-    assert not differ, f"{lock}.lock disagrees with pyproject.toml (pyproject, lock): {differ}; run `make lock`"
+    assert not differ, (
+        f"{lock}.lock disagrees with pyproject.toml (pyproject, lock): {differ}; run `make lock`"
+    )
     # Built with --constraints requirements.lock: the image runs the versions the tests ran, except the
     # CUDA-only packages (the development machines install torch's CPU build) and the build backend.
     dev = read_lock(ROOT / "requirements.lock")
-    build = {Requirement(line).name for line in (ROOT / "requirements/build.in").read_text().splitlines()
-             if line and not line.startswith("#")}
-    drift = {n: (p.version, dev[n].version) for n, p in pins.items() if n in dev and dev[n].version != p.version}
+    build = {
+        Requirement(line).name
+        for line in (ROOT / "requirements/build.in").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    drift = {
+        n: (p.version, dev[n].version) for n, p in pins.items() if n in dev and dev[n].version != p.version
+    }
     assert not drift, f"{lock}.lock and requirements.lock disagree: {drift}"
     absent = sorted(n for n in set(pins) - set(dev) - build if not GPU_ONLY.match(n))
     assert not absent, f"{lock}.lock has packages the dev environment lacks: {absent}"
@@ -96,12 +114,18 @@ def test_operator_lock_has_no_torch_and_trainer_lock_has_the_cuda_build() -> Non
     assert heavy == [], f"the operator image would install {heavy}"
     trainer = read_lock(ROOT / "requirements" / "trainer.lock")
     assert trainer["torch"].version == pyproject_pins(ROOT, ("trainer",))["torch"]
-    assert any(n.startswith("nvidia-") for n in trainer), "PyPI's torch for Linux brings CUDA in nvidia-* wheels"
+    assert any(n.startswith("nvidia-") for n in trainer), (
+        "PyPI's torch for Linux brings CUDA in nvidia-* wheels"
+    )
 
 
 def test_build_backend_and_bootstrap_pins_follow_pyproject() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    build = [line for line in (ROOT / "requirements/build.in").read_text().splitlines() if line and not line.startswith("#")]
+    build = [
+        line
+        for line in (ROOT / "requirements/build.in").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert build == pyproject["build-system"]["requires"]
     for lock in ("trainer", "operator"):
         pins = read_lock(ROOT / "requirements" / f"{lock}.lock")

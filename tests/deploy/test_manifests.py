@@ -21,16 +21,26 @@ KUBE_VERSION = "1.30"
 
 def kustomized() -> list[dict[str, Any]]:
     """What `kubectl kustomize manifests/` builds (offline; `kubectl apply -k` applies exactly this)."""
-    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests")], capture_output=True, text=True,
-                         timeout=120, check=True)
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "manifests")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 def test_committed_plain_manifests_are_the_chart_default_rendering() -> None:
     files = chart.plain_files()
-    committed = {str(p.relative_to(ROOT / "manifests")): p.read_text()
-                 for folder in ("operator", "training") for p in sorted((ROOT / "manifests" / folder).glob("*.yaml"))}
-    assert set(committed) == set(files), "run `make manifests` and commit manifests/operator and manifests/training"
+    committed = {
+        str(p.relative_to(ROOT / "manifests")): p.read_text()
+        for folder in ("operator", "training")
+        for p in sorted((ROOT / "manifests" / folder).glob("*.yaml"))
+    }
+    assert set(committed) == set(files), (
+        "run `make manifests` and commit manifests/operator and manifests/training"
+    )
     for name, text in files.items():
         assert committed[name] == text, f"manifests/{name} is stale: run `make manifests` and commit it"
 
@@ -38,12 +48,17 @@ def test_committed_plain_manifests_are_the_chart_default_rendering() -> None:
 def test_kustomization_builds_the_crd_namespace_rbac_and_operator() -> None:
     objects = kustomized()
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in objects)
-    assert kinds == sorted([
-        ("Namespace", "olmorun-system"), ("CustomResourceDefinition", crd.CRD_NAME),
-        ("ServiceAccount", "olmorun-operator"), ("ClusterRole", "olmorun-operator"),
-        ("ClusterRoleBinding", "olmorun-operator"), ("Deployment", "olmorun-operator"),
-        ("Service", "olmorun-operator-metrics"),
-    ])
+    assert kinds == sorted(
+        [
+            ("Namespace", "olmorun-system"),
+            ("CustomResourceDefinition", crd.CRD_NAME),
+            ("ServiceAccount", "olmorun-operator"),
+            ("ClusterRole", "olmorun-operator"),
+            ("ClusterRoleBinding", "olmorun-operator"),
+            ("Deployment", "olmorun-operator"),
+            ("Service", "olmorun-operator-metrics"),
+        ]
+    )
     assert chart.find(objects, "CustomResourceDefinition") == crd.build_crd()
     namespace = chart.find(objects, "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -54,8 +69,16 @@ def test_kustomization_builds_the_crd_namespace_rbac_and_operator() -> None:
 
 @pytest.mark.parametrize("folder", ["kustomization", "training"])
 def test_every_object_validates_against_kubernetes_1_30_strict(folder: str) -> None:
-    objects = kustomized() if folder == "kustomization" else [
-        d for p in sorted((ROOT / "manifests" / "training").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    objects = (
+        kustomized()
+        if folder == "kustomization"
+        else [
+            d
+            for p in sorted((ROOT / "manifests" / "training").glob("*.yaml"))
+            for d in yaml.safe_load_all(p.read_text())
+            if d
+        ]
+    )
     assert objects
     for obj in objects:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
@@ -102,7 +125,13 @@ def test_restricted_check_names_what_a_pod_breaks() -> None:
     container["securityContext"].pop("runAsNonRoot")
     template["spec"]["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
     problems = restricted_problems(template)
-    for fault in ("capabilities.drop", "capabilities.add", "allowPrivilegeEscalation", "runAsNonRoot", "hostPath"):
+    for fault in (
+        "capabilities.drop",
+        "capabilities.add",
+        "allowPrivilegeEscalation",
+        "runAsNonRoot",
+        "hostPath",
+    ):
         assert any(fault in p for p in problems), (fault, problems)
 
 
@@ -122,4 +151,5 @@ def test_training_service_account_has_no_token_and_network_policy_selects_run_po
     assert policy["spec"]["podSelector"] == run_pods
     assert policy["spec"]["ingress"] == [{"from": [{"podSelector": run_pods}]}]
     from olmo_operator.request import LABEL_RUN
+
     assert run_pods["matchExpressions"][0]["key"] == LABEL_RUN  # the label every training pod carries

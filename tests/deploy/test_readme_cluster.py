@@ -36,7 +36,7 @@ ROOT = Path(__file__).parents[2]
 def readme_commands() -> list[list[str]]:
     """The commands of the ```bash blocks of "## On a cluster", in order, as argument lists."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## On a cluster"):text.index("\n## ", text.index("## On a cluster") + 5)]
+    section = text[text.index("## On a cluster") : text.index("\n## ", text.index("## On a cluster") + 5)]
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", section, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -51,12 +51,23 @@ class Cluster:
     def __init__(self, kube: KubeServer, tmp_path: Path) -> None:
         self.kube = kube
         config = tmp_path / "kubeconfig"
-        config.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-            "clusters": [{"name": "emulator", "cluster": {"server": kube.url}}],
-            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "u", "namespace": "default"}}],
-            "users": [{"name": "u", "user": {}}],
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "emulator",
+                    "clusters": [{"name": "emulator", "cluster": {"server": kube.url}}],
+                    "contexts": [
+                        {
+                            "name": "emulator",
+                            "context": {"cluster": "emulator", "user": "u", "namespace": "default"},
+                        }
+                    ],
+                    "users": [{"name": "u", "user": {}}],
+                }
+            )
+        )
         self.env = {"KUBECONFIG": str(config), "PATH": os.environ["PATH"], "HOME": str(tmp_path)}
 
     def kubectl(self, args: list[str], *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -83,8 +94,13 @@ def _option(args: list[str], *names: str) -> str | None:
 
 def helm_render(cluster: Cluster, args: list[str]) -> str:
     """`helm install|upgrade NAME CHART -n NS [--set ...]`: the Helm SDK renders exactly that, offline."""
-    name, path = [a for a in args[2:] if not a.startswith("-") and a != _option(args, "-n", "--namespace")
-                  and a not in [_option(args, "--set")]][:2]
+    name, path = [
+        a
+        for a in args[2:]
+        if not a.startswith("-")
+        and a != _option(args, "-n", "--namespace")
+        and a not in [_option(args, "--set")]
+    ][:2]
     assert (ROOT / path) == chart.CHART
     values: dict[str, Any] = {}
     for i, arg in enumerate(args):
@@ -102,7 +118,9 @@ def helm_render(cluster: Cluster, args: list[str]) -> str:
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -125,7 +143,9 @@ def create_secret(cluster: Cluster, args: list[str]) -> str:
             for key, value in env.items():
                 mp.setenv(key, value)
             options = storage_options("s3://my-bucket/olmo")
-        assert options["key"] == env["AWS_ACCESS_KEY_ID"] and options["secret"] == env["AWS_SECRET_ACCESS_KEY"]
+        assert (
+            options["key"] == env["AWS_ACCESS_KEY_ID"] and options["secret"] == env["AWS_SECRET_ACCESS_KEY"]
+        )
     return "dry run"
 
 
@@ -151,9 +171,26 @@ def kubectl(cluster: Cluster, args: list[str]) -> str:
         # What the operator writes when the run's last phase succeeds (tests/e2e: the lifecycle test).
         name = args[-2].split("/")[1] if args[-1].startswith("--timeout") else args[-1].split("/")[1]
         kubernetes.client.CustomObjectsApi(cluster.kube.api_client()).patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, "default", api.PLURAL, name,
-            {"status": {"stage": "Succeeded", "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded",
-                                                            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+            api.GROUP,
+            api.VERSION,
+            "default",
+            api.PLURAL,
+            name,
+            {
+                "status": {
+                    "stage": "Succeeded",
+                    "conditions": [
+                        {
+                            "type": "Succeeded",
+                            "status": "True",
+                            "reason": "Succeeded",
+                            "message": "",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z",
+                        }
+                    ],
+                }
+            },
+        )
     result = cluster.kubectl(args)
     assert result.returncode == 0, f"{shlex.join(args)}: {result.stderr}"
     if verb == "apply" and "examples/" in " ".join(args):
@@ -193,7 +230,7 @@ def test_every_readme_cluster_command_runs(cluster: Cluster) -> None:
     assert len(commands) >= 12 and ["kubectl", "get", "olmo", "-w"] in commands
     outcomes = []
     for args in commands:
-        handler = next(h for prefix, h in HANDLERS if tuple(args[:len(prefix)]) == prefix)
+        handler = next(h for prefix, h in HANDLERS if tuple(args[: len(prefix)]) == prefix)
         outcomes.append((shlex.join(args), handler(cluster, args)))
     skipped = [c for c, outcome in outcomes if outcome.startswith("not exercised")]
     assert skipped == ["helm uninstall olmorun -n olmorun-system"], outcomes

@@ -30,22 +30,36 @@ def _get(port: int, path: str) -> str:
         return ""
 
 
-def test_operator_started_from_the_chart_runs_an_olmorun(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
+def test_operator_started_from_the_chart_runs_an_olmorun(
+    kube: KubeServer, kubectl: Any, tmp_path: Path
+) -> None:
     health, metrics = free_port(), free_port()
-    objects = chart.render({"healthPort": health, "metrics": {"port": metrics}, "resyncSeconds": 0.5,
-                            "logLevel": "DEBUG"})
+    objects = chart.render(
+        {"healthPort": health, "metrics": {"port": metrics}, "resyncSeconds": 0.5, "logLevel": "DEBUG"}
+    )
     pod = chart.find(objects, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}  # every entry is a plain value: no Secret is read
-    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "OLMORUN_KUBE_SERVER": kube.url}
+    env |= {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "OLMORUN_KUBE_SERVER": kube.url,
+    }
     assert container["command"] == ["python", "-m", "olmo_operator"]
-    process = subprocess.Popen(container["command"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, cwd=tmp_path)
+    process = subprocess.Popen(
+        container["command"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         apply(kubectl, olmorun("charted", tmp_path / "storage"))
-        job = wait_for(lambda: jobs_of(kube, "charted").get("charted-pretrain-a1"), timeout=60,
-                       what="the Volcano Job submitted by the chart's operator")
+        job = wait_for(
+            lambda: jobs_of(kube, "charted").get("charted-pretrain-a1"),
+            timeout=60,
+            what="the Volcano Job submitted by the chart's operator",
+        )
         assert job["spec"]["queue"] == "research"
 
         # The probes and the metrics Service point at what the process serves.

@@ -89,10 +89,16 @@ def test_tiny_pipeline_runs_to_success_with_verified_archives_and_a_soup(tmp_pat
     }
     for name in ("soup", "sft", "dpo", "rlvr"):  # the final evaluation reached the status
         figures = phases[name]["eval"]
-        assert set(figures) >= {"eval/arith/accuracy", "eval/arith-mc/accuracy_norm", "eval/heldout-lm/perplexity"}
+        assert set(figures) >= {
+            "eval/arith/accuracy",
+            "eval/arith-mc/accuracy_norm",
+            "eval/heldout-lm/perplexity",
+        }
         assert 0.0 <= figures["eval/arith/accuracy"] <= 1.0 and figures["eval/heldout-lm/perplexity"] > 1.0
     dpo_metrics = (storage(workdir) / "phases" / "dpo" / "metrics.jsonl").read_text()
-    assert "rewards/margin" in dpo_metrics and (storage(workdir) / "phases" / "dpo" / "reference_logps").is_dir()
+    assert (
+        "rewards/margin" in dpo_metrics and (storage(workdir) / "phases" / "dpo" / "reference_logps").is_dir()
+    )
     rl_metrics = (storage(workdir) / "phases" / "rlvr" / "metrics.jsonl").read_text()
     assert '"rl/reward"' in rl_metrics and '"rl/zero_variance_groups"' in rl_metrics
     assert verify_checkpoint(phases["rlvr"]["archive"]).ok
@@ -112,7 +118,17 @@ def test_tiny_pipeline_runs_to_success_with_verified_archives_and_a_soup(tmp_pat
     shown = olmorun("status", "--workdir", str(workdir))
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "STAGE", "ACTIVE", "SUCCEEDED", "REASON", "STEP", "TOKENS", "LOSS", "AGE"]
+    assert lines[0].split() == [
+        "NAME",
+        "STAGE",
+        "ACTIVE",
+        "SUCCEEDED",
+        "REASON",
+        "STEP",
+        "TOKENS",
+        "LOSS",
+        "AGE",
+    ]
     assert lines[1].split()[:5] == ["olmo2-tiny", "Succeeded", "-", "True", "Succeeded"]
     assert any(line.split()[:3] == ["anneal", "anneal", "Succeeded"] for line in lines)
     assert any(line.split()[:2] == ["s42069", "Succeeded"] for line in lines)
@@ -181,7 +197,10 @@ def test_a_suspended_run_says_so_and_exits_instead_of_waiting(tmp_path: Path) ->
     result = olmorun("local", str(spec), "--workdir", str(tmp_path / "wd"), "--poll", "0.2", timeout=60)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "run olmo2-tiny is SUSPENDED (spec.suspend: true): no job runs" in result.stdout
-    assert "set `suspend: false`" in result.stdout and "run the same `olmorun local` command again" in result.stdout
+    assert (
+        "set `suspend: false`" in result.stdout
+        and "run the same `olmorun local` command again" in result.stdout
+    )
     assert state(tmp_path / "wd")["status"]["phases"]["pretrain"]["jobs"] == []
 
 
@@ -206,7 +225,9 @@ def test_the_issue_divergence_input_fails_the_run_and_status_shows_the_latest_lo
     assert not (storage(workdir) / "archive").exists()
     shown = olmorun("status", "--workdir", str(workdir), timeout=60)
     assert shown.returncode == 0, shown.stderr
-    first_loss = json.loads((storage(workdir) / "phases" / "pretrain" / "metrics.jsonl").read_text().splitlines()[0])
+    first_loss = json.loads(
+        (storage(workdir) / "phases" / "pretrain" / "metrics.jsonl").read_text().splitlines()[0]
+    )
     assert f"{first_loss['loss']:.4f}" not in shown.stdout and "Diverged" in shown.stdout
 
 
@@ -227,13 +248,20 @@ def test_a_workdir_whose_name_needs_quoting_is_the_one_written_verified_and_expo
     assert (job / "checkpoints" / "step3" / "MANIFEST.json").exists()
     archived = storage(workdir) / "archive" / "pretrain"
     status = state(workdir)["status"]
-    assert status["stage"] == "Succeeded" and status["phases"]["pretrain"]["archive"] == f"{archived.as_uri()}/step3"
+    assert (
+        status["stage"] == "Succeeded"
+        and status["phases"]["pretrain"]["archive"] == f"{archived.as_uri()}/step3"
+    )
     for target in (str(archived), archived.as_uri(), status["phases"]["pretrain"]["archive"]):
         verified = olmorun("verify", target, timeout=60)
-        assert verified.returncode == 0 and "OK" in verified.stdout, target + verified.stdout + verified.stderr
+        assert verified.returncode == 0 and "OK" in verified.stdout, (
+            target + verified.stdout + verified.stderr
+        )
     exported = olmorun("export-hf", archived.as_uri(), (workdir / "hf out").as_uri(), timeout=120)
     assert exported.returncode == 0, exported.stdout + exported.stderr
-    assert (workdir / "hf out" / "config.json").exists() and (workdir / "hf out" / "model.safetensors").exists()
+    assert (workdir / "hf out" / "config.json").exists() and (
+        workdir / "hf out" / "model.safetensors"
+    ).exists()
     assert olmorun("status", "--workdir", str(workdir), timeout=60).returncode == 0
     report = olmorun("report", str(workdir), "-o", str(workdir / "report.html"), timeout=120)
     assert report.returncode == 0 and (workdir / "report.html").exists(), report.stdout + report.stderr

@@ -38,8 +38,11 @@ def _sessions(tmp_path: Path) -> list[list[Call]]:
     for name, scenario in SCENARIOS.items():
         if name not in seen:
             with KubeServer([build_crd()]) as kube:
-                scenario(kube=kube, kubectl=scenarios.kubernetes.client.CustomObjectsApi(kube.api_client()),
-                         tmp_path=tmp_path / name)
+                scenario(
+                    kube=kube,
+                    kubectl=scenarios.kubernetes.client.CustomObjectsApi(kube.api_client()),
+                    tmp_path=tmp_path / name,
+                )
     if "inside" not in seen:
         scenarios.test_namespaced_operator_ignores_other_namespaces(tmp_path / "inside")
     return [log for log in REQUEST_LOG if any(is_operator(c) for c in log)]
@@ -47,7 +50,10 @@ def _sessions(tmp_path: Path) -> list[list[Call]]:
 
 def _clusterwide(log: list[Call]) -> bool:
     """An operator serving every namespace watches OlmoRuns across all of them (no namespace in the URL)."""
-    return any(is_operator(c) and c.resource == api.PLURAL and c.action == "WATCH" and c.namespace is None for c in log)
+    return any(
+        is_operator(c) and c.resource == api.PLURAL and c.action == "WATCH" and c.namespace is None
+        for c in log
+    )
 
 
 def _implied() -> set[Permission]:
@@ -74,28 +80,40 @@ def test_rbac_grants_exactly_what_the_operator_sends(tmp_path: Path) -> None:
     # Every namespace: one ClusterRole.
     used = {perm for log in clusterwide for _, perm in permissions(log)} | implied
     granted = _rules(chart.render(), "ClusterRole")
-    assert used - granted == set(), f"the operator sends requests its ClusterRole does not allow: {used - granted}"
+    assert used - granted == set(), (
+        f"the operator sends requests its ClusterRole does not allow: {used - granted}"
+    )
     assert granted - used == set(), f"the ClusterRole grants what the operator never uses: {granted - used}"
 
     # Named namespaces: in each, a Role for everything namespaced the operator does anywhere; a ClusterRole
     # for the cluster-scoped requests of the namespaced operators (and nothing across namespaces).
     objects = chart.render({"watchNamespaces": ["default"]})
-    in_namespace = {perm for log in sessions for scope, perm in permissions(log) if scope == "namespace"} | implied
+    in_namespace = {
+        perm for log in sessions for scope, perm in permissions(log) if scope == "namespace"
+    } | implied
     role = _rules(objects, "Role", namespace="default")
-    assert role == in_namespace, f"Role grants {role - in_namespace or '-'} unused, lacks {in_namespace - role or '-'}"
+    assert role == in_namespace, (
+        f"Role grants {role - in_namespace or '-'} unused, lacks {in_namespace - role or '-'}"
+    )
     cluster_scoped = {perm for log in namespaced for scope, perm in permissions(log) if scope == "cluster"}
     cluster_role = _rules(objects, "ClusterRole")
     assert cluster_role == cluster_scoped, f"namespaced ClusterRole {cluster_role} != used {cluster_scoped}"
-    assert not any(r == api.PLURAL for _, r, _ in cluster_role), "a namespaced operator must not read every namespace's runs"
+    assert not any(r == api.PLURAL for _, r, _ in cluster_role), (
+        "a namespaced operator must not read every namespace's runs"
+    )
 
 
 def test_permissions_tell_patch_from_update_and_skip_discovery() -> None:
     agent = "kopf/1.45.2"
-    calls = [Call("UPDATE", "olmoruns", "ns", "r", "status", agent, 0.0, "PATCH", "olmorun.dev"),
-             Call("UPDATE", "olmoruns", "ns", "r", None, agent, 0.0, "PUT", "olmorun.dev"),
-             Call("GET", "/apis", None, None, None, agent, 0.0, "GET", None),
-             Call("LIST", "olmoruns", None, None, None, agent, 0.0, "GET", "olmorun.dev"),
-             Call("CREATE", "olmoruns", "ns", "r", None, "olmorun-tests", 0.0, "POST", "olmorun.dev")]
-    assert permissions(calls) == {("namespace", ("olmorun.dev", "olmoruns/status", "patch")),
-                                  ("namespace", ("olmorun.dev", "olmoruns", "update")),
-                                  ("cluster", ("olmorun.dev", "olmoruns", "list"))}
+    calls = [
+        Call("UPDATE", "olmoruns", "ns", "r", "status", agent, 0.0, "PATCH", "olmorun.dev"),
+        Call("UPDATE", "olmoruns", "ns", "r", None, agent, 0.0, "PUT", "olmorun.dev"),
+        Call("GET", "/apis", None, None, None, agent, 0.0, "GET", None),
+        Call("LIST", "olmoruns", None, None, None, agent, 0.0, "GET", "olmorun.dev"),
+        Call("CREATE", "olmoruns", "ns", "r", None, "olmorun-tests", 0.0, "POST", "olmorun.dev"),
+    ]
+    assert permissions(calls) == {
+        ("namespace", ("olmorun.dev", "olmoruns/status", "patch")),
+        ("namespace", ("olmorun.dev", "olmoruns", "update")),
+        ("cluster", ("olmorun.dev", "olmoruns", "list")),
+    }

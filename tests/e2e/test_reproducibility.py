@@ -94,7 +94,10 @@ def test_one_ulp_in_one_weight_is_the_first_divergence(two_runs: tuple[Path, Pat
 
     result = olmorun("diff", str(a), str(c))
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"first divergence: phase soup seed 6198 step {step}: checkpoint content (model.{name}):" in result.stdout
+    assert (
+        f"first divergence: phase soup seed 6198 step {step}: checkpoint content (model.{name}):"
+        in result.stdout
+    )
 
 
 def test_a_run_in_s3_is_identical_to_its_local_twin(two_runs: tuple[Path, Path], s3_server: S3Server,
@@ -106,13 +109,20 @@ def test_a_run_in_s3_is_identical_to_its_local_twin(two_runs: tuple[Path, Path],
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     remote = read_run(f"{bucket}/olmo/default/olmo2-tiny")
-    assert [job.label for job in remote.jobs] == ["pretrain/s6198", "anneal/s42", "anneal/s42069", "soup/s6198"]
+    assert [job.label for job in remote.jobs] == [
+        "pretrain/s6198",
+        "anneal/s42",
+        "anneal/s42069",
+        "soup/s6198",
+    ]
     result = compare(remote, read_run(str(b)))
     assert result.identical, [d.describe() for d in result.divergences]
     assert result.compared["checkpoints"] >= 4
 
 
-def test_status_shows_final_content_hashes_and_report_renders_the_run(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_status_shows_final_content_hashes_and_report_renders_the_run(
+    two_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
     a, _ = two_runs
     soup = storage(a) / "archive" / "soup"
     step_dir = next(soup.iterdir())
@@ -120,7 +130,9 @@ def test_status_shows_final_content_hashes_and_report_renders_the_run(two_runs: 
     assert sha is not None
     shown = olmorun("status", "--workdir", str(a))
     assert shown.returncode == 0, shown.stderr
-    assert any(line.split() == ["soup", step_dir.name, sha] for line in shown.stdout.splitlines()), shown.stdout
+    assert any(line.split() == ["soup", step_dir.name, sha] for line in shown.stdout.splitlines()), (
+        shown.stdout
+    )
 
     out = tmp_path / "report.html"
     made = olmorun("report", str(a), "-o", str(out))

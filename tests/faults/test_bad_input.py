@@ -54,51 +54,121 @@ def _source_paths(paths: list[str]) -> Callable[[Document], None]:
 
 # id: (what is wrong, the field the message names, words of the message, refused by the CRD schema too)
 CASES: dict[str, tuple[Callable[[Document], None], str, str, bool]] = {
-    "wrong type: nodes is a word": (_set("spec.phases.0.nodes", "two"), "spec.phases[0].nodes", "valid integer", True),
+    "wrong type: nodes is a word": (
+        _set("spec.phases.0.nodes", "two"),
+        "spec.phases[0].nodes",
+        "valid integer",
+        True,
+    ),
     "wrong type: phases is a string": (_set("spec.phases", "pretrain"), "spec.phases", "valid list", True),
     "wrong type: seed is a list": (_set("spec.seed", [1]), "spec.seed", "valid integer", True),
     # The API server prunes unknown fields rather than refusing them (kubectl warns: field validation).
-    "unknown field (a typo)": (_set("spec.phases.0.maxToken", "1M"), "spec.phases[0].maxToken", "unknown field", False),
+    "unknown field (a typo)": (
+        _set("spec.phases.0.maxToken", "1M"),
+        "spec.phases[0].maxToken",
+        "unknown field",
+        False,
+    ),
     "0 nodes": (_set("spec.phases.0.nodes", 0), "spec.phases[0].nodes", "greater than 0", True),
-    "10^12 nodes": (_set("spec.phases.0.nodes", 10**12), "spec.phases[0].nodes", "less than or equal to 5000", True),
+    "10^12 nodes": (
+        _set("spec.phases.0.nodes", 10**12),
+        "spec.phases[0].nodes",
+        "less than or equal to 5000",
+        True,
+    ),
     "a negative learning rate": (
-        _set("spec.phases.0.optim.lr", -3e-4), "spec.phases[0].optim.lr", "positive finite number", False
+        _set("spec.phases.0.optim.lr", -3e-4),
+        "spec.phases[0].optim.lr",
+        "positive finite number",
+        False,
     ),
     "a NaN learning rate": (
-        _set("spec.phases.0.optim.lr", math.nan), "spec.phases[0].optim.lr", "positive finite number", False
+        _set("spec.phases.0.optim.lr", math.nan),
+        "spec.phases[0].optim.lr",
+        "positive finite number",
+        False,
     ),
-    "1e30 tokens": (_set("spec.phases.0.maxTokens", 1e30), "spec.phases[0].maxTokens", "beyond any corpus", True),
+    "1e30 tokens": (
+        _set("spec.phases.0.maxTokens", 1e30),
+        "spec.phases[0].maxTokens",
+        "beyond any corpus",
+        True,
+    ),
     "1e30 tokens, written '1000000000000000000T'": (
-        _set("spec.phases.0.maxTokens", "1000000000000000000T"), "spec.phases[0].maxTokens", "beyond any corpus", False
+        _set("spec.phases.0.maxTokens", "1000000000000000000T"),
+        "spec.phases[0].maxTokens",
+        "beyond any corpus",
+        False,
     ),
     "a negative token count": (
-        _set("spec.phases.0.maxTokens", -5), "spec.phases[0].maxTokens", "cannot be negative", False
+        _set("spec.phases.0.maxTokens", -5),
+        "spec.phases[0].maxTokens",
+        "cannot be negative",
+        False,
     ),
     "a name Kubernetes refuses": (_set("metadata.name", "Olmo_Run"), "metadata.name", "DNS label", False),
     "a name longer than 63": (_set("metadata.name", "a" * 64), "metadata.name", "at most 63", False),
     "a namespace climbing out of the storage root": (
-        _set("metadata.namespace", "../other"), "metadata.namespace", "DNS label", False
+        _set("metadata.namespace", "../other"),
+        "metadata.namespace",
+        "DNS label",
+        False,
     ),
     # Python's `$` also matches before a final newline: names are checked with fullmatch.
     "a name ending in a newline": (_set("metadata.name", "olmo\n"), "metadata.name", "DNS label", False),
-    "a namespace ending in a newline": (_set("metadata.namespace", "lab\n"), "metadata.namespace", "DNS label", False),
-    "a phase name ending in a newline": (_set("spec.phases.0.name", "pretrain\n"), "spec.phases[0].name", "DNS label", False),
-    "a phase name climbing out": (_set("spec.phases.0.name", "../x"), "spec.phases[0].name", "DNS label", False),
+    "a namespace ending in a newline": (
+        _set("metadata.namespace", "lab\n"),
+        "metadata.namespace",
+        "DNS label",
+        False,
+    ),
+    "a phase name ending in a newline": (
+        _set("spec.phases.0.name", "pretrain\n"),
+        "spec.phases[0].name",
+        "DNS label",
+        False,
+    ),
+    "a phase name climbing out": (
+        _set("spec.phases.0.name", "../x"),
+        "spec.phases[0].name",
+        "DNS label",
+        False,
+    ),
     "a storage root with '..'": (
-        _set("spec.storage.uri", "s3://bucket/runs/../other-team"), "spec.storage.uri", "'..' segment", False
+        _set("spec.storage.uri", "s3://bucket/runs/../other-team"),
+        "spec.storage.uri",
+        "'..' segment",
+        False,
     ),
     "a storage root with '%2e%2e'": (
-        _set("spec.storage.uri", "s3://bucket/runs/%2e%2e/other-team"), "spec.storage.uri", "'..' segment", False
+        _set("spec.storage.uri", "s3://bucket/runs/%2e%2e/other-team"),
+        "spec.storage.uri",
+        "'..' segment",
+        False,
     ),
     "a storage root with '%252e%252e' (encoded twice)": (
-        _set("spec.storage.uri", "s3://bucket/%252E%252e/x"), "spec.storage.uri", "'..' segment", False
+        _set("spec.storage.uri", "s3://bucket/%252E%252e/x"),
+        "spec.storage.uri",
+        "'..' segment",
+        False,
     ),
-    "a relative storage root": (_set("spec.storage.uri", "runs/x"), "spec.storage.uri", "relative path", False),
+    "a relative storage root": (
+        _set("spec.storage.uri", "runs/x"),
+        "spec.storage.uri",
+        "relative path",
+        False,
+    ),
     "a scratch root with '..'": (
-        _set("spec.storage.scratchUri", "file:///scratch/../etc"), "spec.storage.scratchUri", "'..' segment", False
+        _set("spec.storage.scratchUri", "file:///scratch/../etc"),
+        "spec.storage.scratchUri",
+        "'..' segment",
+        False,
     ),
     "a storage scheme that is not storage": (
-        _set("spec.storage.uri", "http://example.com/x"), "spec.storage.uri", "not supported", False
+        _set("spec.storage.uri", "http://example.com/x"),
+        "spec.storage.uri",
+        "not supported",
+        False,
     ),
     "a data URI with '..'": (
         _source_paths(["s3://bucket/data/../../secrets/*.npy"]),
@@ -107,15 +177,29 @@ CASES: dict[str, tuple[Callable[[Document], None], str, str, bool]] = {
         False,
     ),
     "an absolute data path with '..'": (
-        _source_paths(["/data/../etc/passwd"]), "spec.phases[0].data.sources[0].paths[0]", "'..' segment", False
+        _source_paths(["/data/../etc/passwd"]),
+        "spec.phases[0].data.sources[0].paths[0]",
+        "'..' segment",
+        False,
     ),
     "a data URI with '%2e%2e'": (
-        _source_paths(["gs://bucket/%2E%2E/x.npy"]), "spec.phases[0].data.sources[0].paths[0]", "'..' segment", False
+        _source_paths(["gs://bucket/%2E%2E/x.npy"]),
+        "spec.phases[0].data.sources[0].paths[0]",
+        "'..' segment",
+        False,
     ),
     "a Secret name Kubernetes refuses": (
-        _set("spec.storage.secretRef", {"name": "S3_Credentials"}), "spec.storage.secretRef.name", "Secret name", True
+        _set("spec.storage.secretRef", {"name": "S3_Credentials"}),
+        "spec.storage.secretRef.name",
+        "Secret name",
+        True,
     ),
-    "an empty Secret name": (_set("spec.storage.secretRef", {"name": ""}), "spec.storage.secretRef.name", "at least 1", True),
+    "an empty Secret name": (
+        _set("spec.storage.secretRef", {"name": ""}),
+        "spec.storage.secretRef.name",
+        "at least 1",
+        True,
+    ),
 }
 
 
@@ -157,7 +241,12 @@ def test_refused_at_every_door(case: str, tmp_path: Path, capsys: pytest.Capture
     launcher = ScriptedLauncher()
     outcome = Reconciler(lambda _ns: launcher).step(document)
     invalid = condition(outcome.status, "Invalid")
-    assert invalid is not None and invalid.status == "True" and field in invalid.message and words in invalid.message
+    assert (
+        invalid is not None
+        and invalid.status == "True"
+        and field in invalid.message
+        and words in invalid.message
+    )
     assert [e.reason for e in outcome.events] == ["InvalidSpec"] and outcome.finished
     assert launcher.requests == {}
     assert _written(tmp_path, besides={"run.yaml"}) == []
@@ -166,7 +255,10 @@ def test_refused_at_every_door(case: str, tmp_path: Path, capsys: pytest.Capture
 @pytest.mark.parametrize(
     ("content", "words"),
     [
-        (b"apiVersion: olmorun.dev/v1alpha1\nkind: OlmoRun\nmetadata: {name: x\nspec:\n  image: [\n", "not valid YAML at line 4"),
+        (
+            b"apiVersion: olmorun.dev/v1alpha1\nkind: OlmoRun\nmetadata: {name: x\nspec:\n  image: [\n",
+            "not valid YAML at line 4",
+        ),
         (b"\x00\xff\xfe binary", "not text (byte 1 is not UTF-8)"),
         (b"- a list\n- not a mapping\n", "(document): an OlmoRun is a mapping, got list"),
         (b"", "no document found"),

@@ -92,14 +92,18 @@ def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(tmp_path: Path
     path = tmp_path / "tokenizer.json"
     path.write_text(Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>")).to_str())
     tokenizer = HFChatTokenizer(str(path))
-    with pytest.raises(ValueError, match=r"has 1002 token ids but the model's vocabulary has 260 \(model vocabSize\)"):
+    with pytest.raises(
+        ValueError, match=r"has 1002 token ids but the model's vocabulary has 260 \(model vocabSize\)"
+    ):
         check_vocabulary(tokenizer, 260, source=str(path))
     check_vocabulary(tokenizer, 1002, source=str(path))  # a model that holds it
     with pytest.raises(ValueError, match="the byte-level tokenizer has 258 token ids"):
         check_vocabulary(ByteChatTokenizer(), 256, source=None)
 
 
-def test_validate_refuses_data_paths_that_match_no_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_refuses_data_paths_that_match_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """At the door, when the data is reachable from where `olmorun validate` runs (local paths; object
     storage with --remote-data): a path matching no file is named with its field."""
     from olmo_operator import cli
@@ -114,5 +118,7 @@ def test_validate_refuses_data_paths_that_match_no_file(tmp_path: Path, capsys: 
     spec.write_text(yaml.safe_dump(document))
     assert cli.main(["validate", str(spec)]) == 1
     err = capsys.readouterr().err
-    assert f"spec.phases[0].data.sources[0].paths[1]: {str(tmp_path / 'nowhere-*.npy')!r} matches no file" in err
+    assert (
+        f"spec.phases[0].data.sources[0].paths[1]: {str(tmp_path / 'nowhere-*.npy')!r} matches no file" in err
+    )
     assert "paths[0]" not in err  # the file that exists is not named

@@ -36,20 +36,27 @@ def _waiting_pod(kube: KubeServer, job: str, reason: str, message: str) -> None:
     core.create_namespaced_pod(NAMESPACE, body)
     waiting = {"name": "trainer-0", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
                "state": {"waiting": {"reason": reason, "message": message}}}  # fmt: skip
-    core.patch_namespaced_pod_status(pod, NAMESPACE, {"status": {"phase": "Pending", "containerStatuses": [waiting]}})
+    core.patch_namespaced_pod_status(
+        pod, NAMESPACE, {"status": {"phase": "Pending", "containerStatuses": [waiting]}}
+    )
 
 
 def test_a_missing_secret_is_said_in_the_jobs_status_and_an_event(tmp_path: Path) -> None:
     document = yaml.safe_load(EXAMPLE.read_text())
     document["metadata"].update(namespace=NAMESPACE, uid="uid-secret", generation=1)
-    document["spec"]["storage"] = {"uri": (tmp_path / "storage").as_uri(), "secretRef": {"name": "s3-credentials"}}
+    document["spec"]["storage"] = {
+        "uri": (tmp_path / "storage").as_uri(),
+        "secretRef": {"name": "s3-credentials"},
+    }
     document["spec"]["phases"] = document["spec"]["phases"][:1]
     run = parse_olmorun(document)
     with KubeServer() as kube:
         launcher = VolcanoLauncher(NAMESPACE, api_client=kube.api_client())
         run = run.model_copy(update={"status": reconcile_plan(run, launcher=launcher, now=T0).status})
         job = run.status.phases["pretrain"].jobs[0]
-        assert job.state == "Pending" and launcher.describe(job.name).notice is None  # no pod yet: just waiting
+        assert (
+            job.state == "Pending" and launcher.describe(job.name).notice is None
+        )  # no pod yet: just waiting
 
         _waiting_pod(kube, job.name, "CreateContainerConfigError", 'secret "s3-credentials" not found')
         result = reconcile_plan(run, launcher=launcher, now=T0 + dt.timedelta(minutes=1))
@@ -73,7 +80,9 @@ def test_an_image_that_cannot_be_pulled_is_said_too() -> None:
         phase = run.phase("pretrain")
         request = job_request(run, phase, 6198, 1, layout.config_uri(run, phase, 6198))
         launcher.submit(request)
-        _waiting_pod(kube, request.name, "ImagePullBackOff", 'Back-off pulling image "ghcr.io/olmorun/trainer:0.1.0"')
+        _waiting_pod(
+            kube, request.name, "ImagePullBackOff", 'Back-off pulling image "ghcr.io/olmorun/trainer:0.1.0"'
+        )
         observed = launcher.describe(request.name)
         assert observed.state == "Pending" and observed.notice is not None
         assert observed.notice[0] == "ImagePullBackOff" and "Back-off pulling image" in observed.notice[1]

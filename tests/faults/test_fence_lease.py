@@ -46,7 +46,13 @@ def record(attempt: int, holder: str = "h") -> LeaseRecord:
 
 @pytest.mark.parametrize(
     ("held", "attempt", "acquire"),
-    [(None, 0, True), (record(2), 3, True), (record(2), 2, True), (record(3), 2, False), (record(0), 0, True)],
+    [
+        (None, 0, True),
+        (record(2), 3, True),
+        (record(2), 2, True),
+        (record(3), 2, False),
+        (record(0), 0, True),
+    ],
     ids=["nobody", "newer", "same-again", "older", "outside-operator"],
 )
 def test_who_may_acquire(held: LeaseRecord | None, attempt: int, acquire: bool) -> None:
@@ -63,7 +69,9 @@ def test_who_may_acquire(held: LeaseRecord | None, attempt: int, acquire: bool) 
     ],
     ids=["mine", "newer-holds", "restarted", "missing"],
 )
-def test_refusal_names_the_owner(held: LeaseRecord | None, attempt: int, holder: str, words: str | None) -> None:
+def test_refusal_names_the_owner(
+    held: LeaseRecord | None, attempt: int, holder: str, words: str | None
+) -> None:
     problem = refusal(held, attempt=attempt, holder=holder, action="commit of /d/step4", where="/d")
     if words is None:
         assert problem is None
@@ -175,7 +183,9 @@ def files_of(fs: Any, path: str) -> dict[str, str]:
     return {str(name): manifest.sha256_file(fs, str(name)) for name in sorted(fs.find(path))}
 
 
-def test_a_fenced_checkpointer_writes_commits_and_prunes_nothing(save_dir: tuple[str, dict[str, Any]]) -> None:
+def test_a_fenced_checkpointer_writes_commits_and_prunes_nothing(
+    save_dir: tuple[str, dict[str, Any]],
+) -> None:
     where, options = save_dir
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
@@ -228,7 +238,10 @@ def test_a_stale_attempt_started_against_a_newer_ones_directory_is_refused(
         where, options = str(tmp_path / "out"), {}
     else:
         server: S3Server = request.getfixturevalue("s3_server")
-        where, options = f"{server.make_bucket('stale-start')}/ns/tiny/phases/pretrain", server.storage_options()
+        where, options = (
+            f"{server.make_bucket('stale-start')}/ns/tiny/phases/pretrain",
+            server.storage_options(),
+        )
         env.update(server.env())
     config = tiny_config(tmp_path, saveDir=where, maxSteps=4, checkpoint={"intervalSteps": 2},
                          parallel={"strategy": "ddp"})  # fmt: skip

@@ -39,7 +39,7 @@ from olmo_operator.local_state import State
 from olmo_trainer import manifest
 from tests.e2e.test_local_run import OLMORUN, ROOT, _wait_for_checkpoint, small_spec, state, storage
 
-TRAP = 'trap \'echo $? > "$OLMORUN_EXIT_FILE"\' EXIT; '
+TRAP = "trap 'echo $? > \"$OLMORUN_EXIT_FILE\"' EXIT; "
 
 
 @pytest.fixture
@@ -54,7 +54,9 @@ def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait()
 
 
-def start_job(launcher: LocalLauncher, name: str, script: str, procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+def start_job(
+    launcher: LocalLauncher, name: str, script: str, procs: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
     """A stand-in job started the way torchx starts one (its own session, the job's marker in its
     environment): a shell whose `script` may start a 'worker' in yet another session (setsid)."""
     env = {**os.environ, EXIT_FILE_ENV: str(Path(launcher.log_dir) / f"{name}.exit")}
@@ -130,7 +132,9 @@ def test_recover_adopts_what_the_status_waits_on_and_stops_the_rest(
     start_job(old, "r-pretrain-a2", "sleep 1.5; exit 7", spawned)
     stale = start_job(old, "r-pretrain-a1", "trap 'exit 143' TERM; setsid sleep 60 & wait", spawned)
     wait_until(lambda: len(old.find(["r-pretrain-a1"]).get("r-pretrain-a1", [])) == 2)
-    recorded = {name: [r.to_json() for r in rs] for name, rs in old.find(["r-pretrain-a1", "r-pretrain-a2"]).items()}
+    recorded = {
+        name: [r.to_json() for r in rs] for name, rs in old.find(["r-pretrain-a1", "r-pretrain-a2"]).items()
+    }
     runner_state = State({}, status_with("r-pretrain-a2", "Running"), 1, "", "", recorded)
 
     fresh = LocalLauncher(log_dir=str(tmp_path))  # a new runner: it started nothing itself
@@ -213,7 +217,10 @@ def test_a_sigkilled_runner_rerun_re_attaches_and_never_runs_two_trainers(tmp_pa
     assert (job["name"], job["attempts"], job["state"]) == ("olmo2-tiny-pretrain-a1", 1, "Succeeded")
     lease = json.loads((storage(workdir) / "phases" / "pretrain" / "lease.json").read_text())
     assert (lease["attempt"], lease["job"]) == (1, "olmo2-tiny-pretrain-a1")
-    steps = [json.loads(line)["step"] for line in (storage(workdir) / "phases" / "pretrain" / "metrics.jsonl").open()]
+    steps = [
+        json.loads(line)["step"]
+        for line in (storage(workdir) / "phases" / "pretrain" / "metrics.jsonl").open()
+    ]
     assert steps == list(range(1, 25))  # one writer: every step logged once, in order
     assert trainers_running(workdir) == set()
 

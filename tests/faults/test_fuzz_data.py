@@ -39,11 +39,16 @@ DEEP = b"[" * 3000  # json's C scanner recurses once per bracket: a RecursionErr
 
 # JSON lines that look like the real thing, one field off, mixed with plain garbage.
 MESSAGE = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "assistant", "system", "tool", ""]), "content": st.text(max_size=20) | st.none()}
+    {
+        "role": st.sampled_from(["user", "assistant", "system", "tool", ""]),
+        "content": st.text(max_size=20) | st.none(),
+    }
 )
 ROW = st.dictionaries(
     st.sampled_from(["messages", "chosen", "rejected", "ground_truth", "dataset", "text", "prompt"]),
-    st.lists(MESSAGE, max_size=3) | st.text(max_size=10) | st.sampled_from(["gsm8k", "math", "ifeval", "[1]"]),
+    st.lists(MESSAGE, max_size=3)
+    | st.text(max_size=10)
+    | st.sampled_from(["gsm8k", "math", "ifeval", "[1]"]),
     max_size=5,
 )
 LINE = ROW.map(lambda row: json.dumps(row).encode()) | st.binary(max_size=40) | st.just(DEEP)
@@ -130,7 +135,9 @@ def test_records_the_operator_reads_never_raise(content: bytes) -> None:
         metrics_log.MetricsFile(directory, resume_step=3).close()  # a resume truncating it
         assert all(isinstance(row.get("step", 0), object) for row in metrics_log.read_rows(fs, directory))
         (path.parent / manifest.MANIFEST_NAME).write_bytes(content)
-        assert manifest.read_manifest(fs, directory) is None or isinstance(manifest.read_manifest(fs, directory), dict)
+        assert manifest.read_manifest(fs, directory) is None or isinstance(
+            manifest.read_manifest(fs, directory), dict
+        )
         (path.parent / "failure.json").write_bytes(content)
         assert read_failure(directory, attempt=1) is None or read_failure(directory, attempt=1) is not None
 

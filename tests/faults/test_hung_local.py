@@ -45,14 +45,19 @@ def _ppid(pid: int) -> int | None:
 def trainer_workers(config: str) -> list[int]:
     """The processes torchrun started for the job whose config is `config` (its agent's children)."""
     pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
     def runs(pid: int, word: str) -> bool:
         return any(word in arg for arg in _cmdline(pid))
 
-    agents = {pid for pid in pids if runs(pid, config) and any(Path(a).name == "torchrun" for a in _cmdline(pid))}
+    agents = {
+        pid for pid in pids if runs(pid, config) and any(Path(a).name == "torchrun" for a in _cmdline(pid))
+    }
     return [pid for pid in pids if _ppid(pid) in agents and runs(pid, "olmo_trainer")]
 
 
-def test_a_job_frozen_mid_training_is_cancelled_as_hung_and_resumed_from_its_checkpoint(tmp_path: Path) -> None:
+def test_a_job_frozen_mid_training_is_cancelled_as_hung_and_resumed_from_its_checkpoint(
+    tmp_path: Path,
+) -> None:
     spec = small_spec(tmp_path, pretrain_steps=12, phases=1, interval=3)
     document = yaml.safe_load(spec.read_text())
     document["spec"]["retry"] = {"backoffLimit": 1, "backoffSeconds": 1, "hangTimeoutMinutes": HANG_MINUTES}
@@ -83,7 +88,12 @@ def test_a_job_frozen_mid_training_is_cancelled_as_hung_and_resumed_from_its_che
     assert len(hung) == 1, output
     assert f"no new step in metrics.jsonl for {HANG_MINUTES:g} min" in hung[0] and "retry 1/1" in hung[0]
     job = state(workdir)["status"]["phases"]["pretrain"]["jobs"][0]
-    assert (job["name"], job["attempts"], job["failures"], job["state"]) == ("olmo2-tiny-pretrain-a2", 2, 1, "Succeeded")
+    assert (job["name"], job["attempts"], job["failures"], job["state"]) == (
+        "olmo2-tiny-pretrain-a2",
+        2,
+        1,
+        "Succeeded",
+    )
     # The second attempt resumed from a committed checkpoint: step 1 ran once, no step went back
     # further than the checkpoint the frozen attempt had reached.
     with (storage(workdir) / "phases" / "pretrain" / "metrics.jsonl").open() as lines:

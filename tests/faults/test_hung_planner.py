@@ -50,7 +50,9 @@ def test_a_job_whose_steps_stop_for_the_timeout_is_cancelled_and_fails_as_hung()
     assert not [a for a in plan.actions if isinstance(a, SubmitJob)]
 
     # The retry waits for the backoff, then for the cancelled attempt to be gone, then resumes.
-    run, plan = step(run, {name: JobObservation(name, "Running", terminating=True)}, now=at(6) + dt.timedelta(seconds=11))
+    run, plan = step(
+        run, {name: JobObservation(name, "Running", terminating=True)}, now=at(6) + dt.timedelta(seconds=11)
+    )
     assert plan.actions == [] and run.status.phases["pretrain"].jobs[0].state == "Retrying"
     run, plan = step(run, {name: JobObservation(name, "Missing")}, now=at(6.5))
     [submit] = [a for a in plan.actions if isinstance(a, SubmitJob)]
@@ -80,8 +82,11 @@ def test_a_job_hung_before_its_first_step_is_caught_too() -> None:
     run, _ = step(run, {name: silent}, now=at(0))
     run, plan = step(run, {name: silent}, now=at(5))
     assert [a for a in plan.actions if isinstance(a, CancelJob)] == [CancelJob(name, "hung")]
-    assert run.status.phases["pretrain"].jobs[0].message.startswith("Hung: no new step in metrics.jsonl for 5 min "
-                                                                    "(no step yet)")
+    assert (
+        run.status.phases["pretrain"]
+        .jobs[0]
+        .message.startswith("Hung: no new step in metrics.jsonl for 5 min (no step yet)")
+    )
 
 
 def test_hangs_use_the_retry_budget_and_the_last_one_fails_the_run() -> None:
@@ -104,7 +109,9 @@ def test_without_a_timeout_nothing_is_ever_hung() -> None:
     run, plan = step(make_run())
     name = next(a for a in plan.actions if isinstance(a, SubmitJob)).job_name
     run, _ = step(run, {name: running(name, 3)}, now=at(0))
-    run, plan = step(run, {name: JobObservation(name, "Running", metrics=MetricsLine(step=3))}, now=at(10_000))
+    run, plan = step(
+        run, {name: JobObservation(name, "Running", metrics=MetricsLine(step=3))}, now=at(10_000)
+    )
     assert run.status.phases["pretrain"].jobs[0].state == "Running" and plan.events == []
     assert run.status.phases["pretrain"].jobs[0].progress_at is None
 

@@ -37,7 +37,9 @@ JOBS = r"/namespaces/default/jobs$"  # the Volcano Jobs' collection: a CREATE
 
 def transitions(kube: KubeServer, run: str) -> dict[str, tuple[str, str]]:
     """Each condition's (status, lastTransitionTime)."""
-    return {c["type"]: (c["status"], c["lastTransitionTime"]) for c in status_of(kube, run).get("conditions", [])}
+    return {
+        c["type"]: (c["status"], c["lastTransitionTime"]) for c in status_of(kube, run).get("conditions", [])
+    }
 
 
 def assert_sound(kube: KubeServer, run: str, conditions_before: dict[str, tuple[str, str]]) -> None:
@@ -65,7 +67,9 @@ def progresses_to_success(kube: KubeServer, kubectl: Any, body: dict[str, Any]) 
     name = body["metadata"]["name"]
     commit_checkpoint(body, "pretrain", 6198, 4)
     set_job_phase(kubectl, f"{name}-pretrain-a1", "Completed")
-    wait_for(lambda: phase_state(kube, name, "pretrain") == "Succeeded", timeout=30, what="pretrain Succeeded")
+    wait_for(
+        lambda: phase_state(kube, name, "pretrain") == "Succeeded", timeout=30, what="pretrain Succeeded"
+    )
     status = status_of(kube, name)
     assert status["stage"] == "Succeeded" and status["storage"] and status["observedGeneration"] == 1
     job = status["phases"]["pretrain"]["jobs"][0]
@@ -88,15 +92,21 @@ def test_conflicts_429s_and_500s_on_every_write_lose_nothing_and_duplicate_nothi
         progresses_to_success(kube, kubectl, body)
         assert all(f.hits == f.times for f in faults), [(f.status, f.hits) for f in faults]
         # The 429's Retry-After was obeyed: the next status write came no sooner than 2 s later.
-        writes = [c for c in kube.calls if (c.method == "PATCH" and c.resource.endswith("/errs/status"))
-                  or (c.subresource == "status" and c.name == "errs" and c.agent != TEST_AGENT)]
+        writes = [
+            c
+            for c in kube.calls
+            if (c.method == "PATCH" and c.resource.endswith("/errs/status"))
+            or (c.subresource == "status" and c.name == "errs" and c.agent != TEST_AGENT)
+        ]
         throttled = next(i for i, c in enumerate(writes) if c.fault == 429)
         assert writes[throttled + 1].at - writes[throttled].at >= 2.0 - 0.1
         before["Succeeded"] = transitions(kube, "errs")["Succeeded"]  # the one true transition
         before["Progressing"] = transitions(kube, "errs")["Progressing"]
         assert before["Succeeded"][0] == "True" and before["Progressing"][0] == "False"
-        wait_for(lambda: {"PhaseSucceeded", "Archived"} <= {e["reason"] for e in events_of(kube, "errs")},
-                 what="the events, posted once their status is written")
+        wait_for(
+            lambda: {"PhaseSucceeded", "Archived"} <= {e["reason"] for e in events_of(kube, "errs")},
+            what="the events, posted once their status is written",
+        )
         assert_sound(kube, "errs", before)
         reasons = [e["reason"] for e in events_of(kube, "errs")]
         assert reasons.count("PhaseSucceeded") == 1 and reasons.count("Archived") == 1
@@ -138,17 +148,25 @@ def test_a_create_answered_after_the_client_gave_up_is_found_not_duplicated(
         assert_sound(kube, "late", before)
 
 
-def test_watch_streams_cut_mid_event_still_deliver_every_change(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
+def test_watch_streams_cut_mid_event_still_deliver_every_change(
+    kube: KubeServer, kubectl: Any, tmp_path: Path
+) -> None:
     cut = kube.emulator.inject("WATCH", r"/olmoruns$", times=3, drop_after=0)
     with OperatorThread(kube):
         running_run(kube, kubectl, "watch", tmp_path)
         before = transitions(kube, "watch")
         # A spec change arrives only through the watch: suspend the run, the job must be cancelled.
-        kubectl.patch_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.PLURAL, "watch", {"spec": {"suspend": True}})
-        wait_for(lambda: "watch-pretrain-a1" not in jobs_of(kube, "watch"), what="the job cancelled on suspend")
+        kubectl.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, NS, api.PLURAL, "watch", {"spec": {"suspend": True}}
+        )
+        wait_for(
+            lambda: "watch-pretrain-a1" not in jobs_of(kube, "watch"), what="the job cancelled on suspend"
+        )
         wait_for(lambda: condition(kube, "watch", "Suspended").get("status") == "True", what="Suspended")
         assert cut.hits == cut.times
-        kubectl.patch_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.PLURAL, "watch", {"spec": {"suspend": False}})
+        kubectl.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, NS, api.PLURAL, "watch", {"spec": {"suspend": False}}
+        )
         wait_for(lambda: "watch-pretrain-a2" in jobs_of(kube, "watch"), what="resumed as a new attempt")
         for kind in ("Invalid",):  # untouched by suspend and resume
             assert transitions(kube, "watch")[kind] == before[kind]
@@ -173,10 +191,17 @@ def test_operator_killed_between_submit_and_status_write_creates_no_second_job(
     lost.times = lost.hits  # the API server recovers
 
     with OperatorThread(kube) as again:
-        wait_for(lambda: phase_state(kube, "killed", "pretrain") == "Pending" and
-                 status_of(kube, "killed")["phases"]["pretrain"]["jobs"][0]["attempts"] == 1, what="the status")
+        wait_for(
+            lambda: (
+                phase_state(kube, "killed", "pretrain") == "Pending"
+                and status_of(kube, "killed")["phases"]["pretrain"]["jobs"][0]["attempts"] == 1
+            ),
+            what="the status",
+        )
         assert kube.ever_created(VCJOBS) == ["killed-pretrain-a1"]
-        assert again.metrics.value("olmorun_job_submissions_total") == 1  # submitted: answered 409, not created
+        assert (
+            again.metrics.value("olmorun_job_submissions_total") == 1
+        )  # submitted: answered 409, not created
         before = transitions(kube, "killed")
         set_job_phase(kubectl, "killed-pretrain-a1", "Running")
         wait_for(lambda: phase_state(kube, "killed", "pretrain") == "Running", what="Running")
@@ -185,7 +210,9 @@ def test_operator_killed_between_submit_and_status_write_creates_no_second_job(
         progresses_to_success(kube, kubectl, body)
 
 
-def test_a_retry_shorter_than_the_resync_fires_at_its_backoff(kube: KubeServer, kubectl: Any, tmp_path: Path) -> None:
+def test_a_retry_shorter_than_the_resync_fires_at_its_backoff(
+    kube: KubeServer, kubectl: Any, tmp_path: Path
+) -> None:
     """Resync 60 s, backoff 2 s: the failure seen at the operator's start (resume) is retried about
     2 s later, not at the next timer tick a minute later (the timer never ticks in this test)."""
     body = olmorun("ontime", tmp_path, backoff=2)
@@ -197,14 +224,17 @@ def test_a_retry_shorter_than_the_resync_fires_at_its_backoff(kube: KubeServer, 
     with OperatorThread(kube, resync_seconds=60):
         start = time.monotonic()
         wait_for(lambda: phase_state(kube, "ontime", "pretrain") == "Retrying", what="Retrying")
-        seen_failed = max(c.at for c in kube.calls if c.subresource == "status" and c.name == "ontime" and
-                          c.fault is None)
+        seen_failed = max(
+            c.at for c in kube.calls if c.subresource == "status" and c.name == "ontime" and c.fault is None
+        )
         wait_for(lambda: "ontime-pretrain-a2" in jobs_of(kube, "ontime"), timeout=30, what="the retry")
         retried = min(c.at for c in kube.calls if c.action == "CREATE" and c.name == "ontime-pretrain-a2")
         assert retried - seen_failed >= 2.0 - 1.0, "retried before its backoff"  # retryAt has 1 s resolution
         assert retried - start < 20, "the retry waited for the resync tick"
         # The CREATE comes before the step's status write, and its events are posted after that write.
-        wait_for(lambda: "Retrying" in [e["reason"] for e in events_of(kube, "ontime")], what="the Retrying event")
+        wait_for(
+            lambda: "Retrying" in [e["reason"] for e in events_of(kube, "ontime")], what="the Retrying event"
+        )
         errors = [e for e in events_of(kube, "ontime") if e["type"] not in ("Normal", "Warning")]
         assert errors == [], "a scheduled retry was reported as an error"
         reasons = [e["reason"] for e in events_of(kube, "ontime")]

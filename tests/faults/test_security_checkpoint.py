@@ -98,7 +98,9 @@ def test_a_trainer_file_carrying_a_pickled_callable_is_refused_and_runs_nothing(
 
 
 def test_what_jobs_keep_in_the_trainer_file_is_on_the_allow_list(tmp_path: Path) -> None:
-    packed = Packed(ids=torch.arange(6).view(2, 3), starts=torch.tensor([1, 2]), mask=torch.ones(2, 3, dtype=torch.bool))
+    packed = Packed(
+        ids=torch.arange(6).view(2, 3), starts=torch.tensor([1, 2]), mask=torch.ones(2, 3, dtype=torch.bool)
+    )
     batch = RLBatch(packed, torch.zeros(2, 3), None, torch.ones(2), {"reward": 1.0}, values=torch.ones(2, 3))
     extra = {
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
@@ -108,7 +110,11 @@ def test_what_jobs_keep_in_the_trainer_file_is_on_the_allow_list(tmp_path: Path)
     loaded = read_trainer_state(uri)
     assert loaded["step"] == 3 and loaded["data"]["prompts"] == [Prompt([1, 2, 3], "7", "gsm8k")]
     again = loaded["data"]["cached"][0]
-    assert isinstance(again, RLBatch) and torch.equal(again.packed.ids, packed.ids) and again.sums == {"reward": 1.0}
+    assert (
+        isinstance(again, RLBatch)
+        and torch.equal(again.packed.ids, packed.ids)
+        and again.sums == {"reward": 1.0}
+    )
     kind, keys, *_ = loaded["rng"]["numpy"]
     assert kind == "MT19937" and np.array_equal(keys, np.random.get_state()[1])
 
@@ -117,7 +123,9 @@ def recommit(uri: str) -> None:
     """Re-hash the directory into a fresh MANIFEST: the files match it again, as an attacker would leave them."""
     fs, path = manifest.filesystem(uri)
     old = manifest.read_manifest(fs, path) or {}
-    manifest.commit(fs, path, manifest.build_manifest(fs, path, step=3, config_hash="h", content=old.get("content")))
+    manifest.commit(
+        fs, path, manifest.build_manifest(fs, path, step=3, config_hash="h", content=old.get("content"))
+    )
 
 
 def test_a_hostile_dcp_index_is_refused_by_every_reader_and_runs_nothing(tmp_path: Path) -> None:
@@ -127,7 +135,9 @@ def test_a_hostile_dcp_index_is_refused_by_every_reader_and_runs_nothing(tmp_pat
     metadata.write_bytes(pickle.dumps(RunsACommand(f"touch {marker}")))
     recommit(uri)
     readers = [
-        lambda: Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig(), config_hash="h").load(uri, state),
+        lambda: Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig(), config_hash="h").load(
+            uri, state
+        ),
         lambda: load_model_weights(uri, nn.Linear(4, 2)),
         lambda: load_full_state_dict(uri),
     ]
@@ -154,11 +164,15 @@ def test_a_hostile_optimizer_item_is_refused_and_runs_nothing(tmp_path: Path) ->
     path = Path(manifest.uri_to_path(uri))
     for shard in path.glob("*.distcp"):
         shard.unlink()
-    dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=dcp.FileSystemWriter(str(path)), no_dist=True)
+    dcp.save(
+        {"model": model_sd, "optim": optim_sd}, storage_writer=dcp.FileSystemWriter(str(path)), no_dist=True
+    )
     recommit(uri)
     with pytest.raises(PermanentFailure, match=f"{UNSAFE_CHECKPOINT_REASON}: .*optim.param_groups.0.lr"):
         Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig(), config_hash="h").load(uri, state)
     assert not marker.exists()
     model_sd, optim_sd = get_state_dict(model, optim)
-    dcp.load({"model": model_sd, "optim": optim_sd}, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
+    dcp.load(
+        {"model": model_sd, "optim": optim_sd}, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True
+    )
     assert marker.exists()  # torch's own planner ran the command: the item was hostile indeed

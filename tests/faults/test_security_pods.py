@@ -64,7 +64,9 @@ def annotation_problems(annotations: dict[str, str]) -> list[str]:
 
 
 def metadata_problems(where: str, metadata: dict[str, Any]) -> list[str]:
-    found = label_problems(metadata.get("labels") or {}) + annotation_problems(metadata.get("annotations") or {})
+    found = label_problems(metadata.get("labels") or {}) + annotation_problems(
+        metadata.get("annotations") or {}
+    )
     return [f"{where}: {p}" for p in found]
 
 
@@ -75,7 +77,10 @@ def rendered_jobs(run: OlmoRun) -> list[dict[str, Any]]:
 
 
 def runs() -> list[tuple[str, OlmoRun]]:
-    found = [(path.name, parse_olmorun(yaml.safe_load(path.read_text()))) for path in sorted(EXAMPLES.glob("*.yaml"))]
+    found = [
+        (path.name, parse_olmorun(yaml.safe_load(path.read_text())))
+        for path in sorted(EXAMPLES.glob("*.yaml"))
+    ]
     return [*found, ("gpu", parse_olmorun(GPU_SPEC))]
 
 
@@ -102,7 +107,9 @@ def test_every_pod_of_every_job_meets_the_restricted_profile(name: str, run: Olm
     assert problems == [], f"{name} ({sorted(kinds)}):\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("value", ["olmo2-7b", "42", "anneal", "0f1e2d3c-aaaa-bbbb-cccc-000000000001", "", "A.b_c"])
+@pytest.mark.parametrize(
+    "value", ["olmo2-7b", "42", "anneal", "0f1e2d3c-aaaa-bbbb-cccc-000000000001", "", "A.b_c"]
+)
 def test_valid_label_values_are_kept(value: str) -> None:
     assert label_value(value) == value
 

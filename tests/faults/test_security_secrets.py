@@ -37,7 +37,12 @@ WANDB_KEY = "wandbkey-3f9c1e7a5b2d4c6e8f0a1b3c5d7e9f1a2b4c6d8e"
 
 def leaks(corpus: dict[str, str], secrets: dict[str, str]) -> list[str]:
     """`<where>: <secret name>` for every secret value found in a text of the corpus."""
-    return [f"{where}: {name}" for where, text in corpus.items() for name, value in secrets.items() if value in text]
+    return [
+        f"{where}: {name}"
+        for where, text in corpus.items()
+        for name, value in secrets.items()
+        if value in text
+    ]
 
 
 def storage_texts(root: str, options: dict[str, Any]) -> dict[str, str]:
@@ -50,7 +55,9 @@ def storage_texts(root: str, options: dict[str, Any]) -> dict[str, str]:
 def commit_final(save_dir: str, step: int, options: dict[str, Any]) -> None:
     """What the trainer leaves at the end: a metrics line and a committed final checkpoint."""
     fs, root = manifest.filesystem(save_dir, **options)
-    fs.pipe_file(f"{root}/metrics.jsonl", json.dumps({"step": step, "tokens": 64, "loss": 3.5}).encode() + b"\n")
+    fs.pipe_file(
+        f"{root}/metrics.jsonl", json.dumps({"step": step, "tokens": 64, "loss": 3.5}).encode() + b"\n"
+    )
     directory = layout.step_uri(layout.checkpoints_dir(root), step)
     fs.pipe_file(f"{directory}/__0_0.distcp", b"weights")
     fs.pipe_file(f"{directory}/.metadata", dcp_metadata(["__0_0.distcp"]))
@@ -90,7 +97,9 @@ def test_no_secret_value_reaches_status_events_logs_jobs_records_or_reports(
         set_job_phase(kubectl, "keys-pretrain-a1", "Running")
         commit_final(save, 4, options)
         set_job_phase(kubectl, "keys-pretrain-a1", "Completed")
-        wait_for(lambda: status_of(kube, "keys").get("stage") == "Succeeded", timeout=60, what="the run to succeed")
+        wait_for(
+            lambda: status_of(kube, "keys").get("stage") == "Succeeded", timeout=60, what="the run to succeed"
+        )
 
     # The operator's records: kopf's loop and its handler threads. The test's own storage calls (it plays
     # the trainer and the user, in the main thread) are other processes' logs in a real deployment.
@@ -114,10 +123,14 @@ def test_no_secret_value_reaches_status_events_logs_jobs_records_or_reports(
     assert any("/archive/pretrain/step4/" in name for name in stored)
     # Events: at least the submission and the success (a Running seen in between depends on the poll).
     reasons = [e.get("reason") for e in events]
-    assert "keys" in html and len(events) >= 2 and "JobSucceeded" in reasons and len(operator_logs) > 50, reasons
+    assert "keys" in html and len(events) >= 2 and "JobSucceeded" in reasons and len(operator_logs) > 50, (
+        reasons
+    )
     assert any(r.name.startswith("botocore") for r in operator_logs)  # its storage requests were logged too
     job = next(iter(kube.objects(VCJOBS, NS).values()))
-    assert {"secretRef": {"name": "wandb"}} in job["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["envFrom"]
+    assert {"secretRef": {"name": "wandb"}} in job["spec"]["tasks"][0]["template"]["spec"]["containers"][0][
+        "envFrom"
+    ]
     # The scan finds a secret wherever one is: checked on a planted one before trusting its silence.
     assert leaks({"planted": f"key={WANDB_KEY};"}, secrets) == ["planted: WANDB_API_KEY"]
 

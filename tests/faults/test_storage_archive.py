@@ -92,19 +92,25 @@ def test_an_archive_committed_but_not_recorded_is_verified_not_copied_again(
     run = parse_olmorun(document)
     options = s3_server.storage_options()
     launcher = ScriptedLauncher()
-    run = run.model_copy(update={"status": reconcile_plan(run, launcher=launcher, now=T0, storage_options=options).status})
+    run = run.model_copy(
+        update={"status": reconcile_plan(run, launcher=launcher, now=T0, storage_options=options).status}
+    )
     [name] = launcher.requests
     train(layout.save_dir(run, run.phase("pretrain"), 6198), 8)
     launcher.set(name, "Succeeded", 0)
     before = run.status  # the job Running: the status the lost patch would have replaced
 
-    archived = reconcile_plan(run, launcher=launcher, now=T0 + dt.timedelta(minutes=1), storage_options=options)
+    archived = reconcile_plan(
+        run, launcher=launcher, now=T0 + dt.timedelta(minutes=1), storage_options=options
+    )
     uri = archived.status.phases["pretrain"].archive
     assert uri is not None and archive.verify_checkpoint(uri, options=options).ok
 
     calls = fail_s3_call(monkeypatch, lambda _method, _kwargs: False)  # count only
     again = reconcile_plan(
-        run.model_copy(update={"status": before}), launcher=launcher, now=T0 + dt.timedelta(minutes=2),
+        run.model_copy(update={"status": before}),
+        launcher=launcher,
+        now=T0 + dt.timedelta(minutes=2),
         storage_options=options,
     )
     assert again.status.phases["pretrain"].archive == uri and again.status.stage == "Succeeded"

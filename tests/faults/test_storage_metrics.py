@@ -76,7 +76,9 @@ def test_uploaded_bytes_grow_linearly_and_readers_see_one_stream(save_dir: str, 
     assert observed is not None and (observed.step, observed.tokens) == (steps, 64 * steps)
 
 
-def test_a_resume_after_a_kill_drops_the_redone_steps_across_segments(save_dir: str, s3_server: S3Server) -> None:
+def test_a_resume_after_a_kill_drops_the_redone_steps_across_segments(
+    save_dir: str, s3_server: S3Server
+) -> None:
     """The first attempt flushed steps 1..50 and was killed (SIGKILL: no close, its last unflushed lines
     are simply lost); the checkpoint it resumes from is step 30. The record then reads 1..30, the new
     attempt's 31..40 follow, nothing is repeated, and an evaluation line in the last segment is read
@@ -110,7 +112,9 @@ def test_a_resume_after_a_kill_drops_the_redone_steps_across_segments(save_dir: 
     assert metrics_log.read_rows(fs, path) == []
 
 
-def test_a_whole_file_from_an_older_release_is_read_before_the_segments(save_dir: str, s3_server: S3Server) -> None:
+def test_a_whole_file_from_an_older_release_is_read_before_the_segments(
+    save_dir: str, s3_server: S3Server
+) -> None:
     fs = s3_server.filesystem()
     path = save_dir.removeprefix("s3://")
     fs.pipe_file(metrics_uri(path), "".join(json.dumps(_row(s)) + "\n" for s in range(1, 6)).encode())

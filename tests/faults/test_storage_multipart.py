@@ -70,7 +70,9 @@ def bucket(s3_server: S3Server) -> Iterator[str]:
 
 
 def _orphans(server: S3Server, bucket: str) -> list[Any]:
-    return list(server.client().list_multipart_uploads(Bucket=bucket.removeprefix("s3://")).get("Uploads") or [])
+    return list(
+        server.client().list_multipart_uploads(Bucket=bucket.removeprefix("s3://")).get("Uploads") or []
+    )
 
 
 def _objects(server: S3Server, bucket: str) -> list[str]:
@@ -161,4 +163,6 @@ def test_the_documented_lifecycle_rule_is_accepted(s3_server: S3Server, bucket: 
     name = bucket.removeprefix("s3://")
     client.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=rule)
     [stored] = client.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]
-    assert stored["Status"] == "Enabled" and stored["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert stored["Status"] == "Enabled" and stored["AbortIncompleteMultipartUpload"] == {
+        "DaysAfterInitiation": 1
+    }

@@ -39,7 +39,11 @@ class Storage:
             return self.server.storage_options()
         # Nothing listens on this port; one attempt per call keeps the test quick (botocore retries 5x).
         down = f"http://127.0.0.1:{free_ports(1)[0]}"
-        return {**self.server.storage_options(), "endpoint_url": down, "config_kwargs": {"retries": {"max_attempts": 1}}}
+        return {
+            **self.server.storage_options(),
+            "endpoint_url": down,
+            "config_kwargs": {"retries": {"max_attempts": 1}},
+        }
 
 
 def _document(bucket: str, scratch: Path) -> dict[str, Any]:
@@ -116,7 +120,9 @@ def test_an_unreachable_endpoint_makes_the_run_wait_and_it_proceeds_when_back(
     assert condition(done.status, "StorageUnavailable").status == "False"
 
 
-def test_refused_credentials_make_the_run_wait_with_access_denied(s3_server: S3Server, tmp_path: Path) -> None:
+def test_refused_credentials_make_the_run_wait_with_access_denied(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
     bucket = s3_server.make_bucket("denied-" + secrets.token_hex(3))
     wrong = "not-the-secret-" + secrets.token_hex(8)
     launcher = ScriptedLauncher()

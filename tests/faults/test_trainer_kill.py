@@ -107,7 +107,9 @@ def faults_for(
     return faults
 
 
-def assert_same_as_reference(save_dir: Path, reference: Path, steps: int, keys: tuple[str, ...] = ("loss",)) -> None:
+def assert_same_as_reference(
+    save_dir: Path, reference: Path, steps: int, keys: tuple[str, ...] = ("loss",)
+) -> None:
     ours, theirs = read_metrics(save_dir), read_metrics(reference)
     assert [m["step"] for m in ours] == list(range(1, steps + 1))  # redone steps replace, never repeat
     for key in keys:
@@ -134,14 +136,18 @@ def anneal_config(directory: Path) -> Path:
 def test_pretrain_killed_twice_ends_identical(tmp_path: Path) -> None:
     reference = reference_run().save_dir  # 40 steps, a checkpoint every 10
     config = tiny_config(tmp_path)
-    run_with_faults("pretrain", config, tmp_path / "out", faults_for("pretrain", 12, 30, 38, term=False), tmp_path)
+    run_with_faults(
+        "pretrain", config, tmp_path / "out", faults_for("pretrain", 12, 30, 38, term=False), tmp_path
+    )
     assert_same_as_reference(tmp_path / "out", reference, 40)
 
 
 def test_anneal_killed_twice_ends_identical(tmp_path: Path) -> None:
     reference = anneal_reference()
     config = anneal_config(tmp_path)
-    run_with_faults("anneal", config, tmp_path / "out", faults_for("anneal", 3, 5, ANNEAL_STEPS - 1, term=False), tmp_path)
+    run_with_faults(
+        "anneal", config, tmp_path / "out", faults_for("anneal", 3, 5, ANNEAL_STEPS - 1, term=False), tmp_path
+    )
     assert_same_as_reference(tmp_path / "out", reference, ANNEAL_STEPS, keys=("loss", "lr"))
 
 
@@ -162,4 +168,6 @@ def test_rlvr_ppo_killed_twice_inside_rollouts_ends_identical(tmp_path: Path) ->
     reference = ppo_reference()
     config = rl_config(tmp_path, "ppo", ppoEpochs=2)
     run_with_faults("rlvr", config, tmp_path / "out", faults_for("rlvr", 4, 4, 5, term=False), tmp_path)
-    assert_same_as_reference(tmp_path / "out", reference, 6, keys=("loss", "rl/reward", "rl/value_loss", "rl/kl", "tokens"))
+    assert_same_as_reference(
+        tmp_path / "out", reference, 6, keys=("loss", "rl/reward", "rl/value_loss", "rl/kl", "tokens")
+    )

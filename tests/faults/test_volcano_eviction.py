@@ -87,24 +87,49 @@ def volcano_status(phases: list[str], *, task: str, pods: dict[str, int], retry_
     return status
 
 
-def evicted_pod(job: str, task: str, *, exit_code: int, reason: str | None = None,
-                disruption: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def evicted_pod(
+    job: str, task: str, *, exit_code: int, reason: str | None = None, disruption: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A pod of the Job (as Volcano names and labels it) and its final status as the kubelet writes it:
     phase Failed, the container's exit code, `reason: Evicted` after node-pressure eviction, and the
     DisruptionTarget condition Kubernetes (>= 1.26) or Volcano's scheduler set before taking a pod."""
-    meta = {"name": f"{job}-{task}-0", "labels": {"volcano.sh/job-name": job, "volcano.sh/task-spec": task},
-            "annotations": {"volcano.sh/job-name": job, "volcano.sh/task-spec": task, "volcano.sh/job-version": "0"}}
-    body = {"metadata": meta, "spec": {"restartPolicy": "Never", "containers": [{"name": task, "image": "x"}]}}
+    meta = {
+        "name": f"{job}-{task}-0",
+        "labels": {"volcano.sh/job-name": job, "volcano.sh/task-spec": task},
+        "annotations": {
+            "volcano.sh/job-name": job,
+            "volcano.sh/task-spec": task,
+            "volcano.sh/job-version": "0",
+        },
+    }
+    body = {
+        "metadata": meta,
+        "spec": {"restartPolicy": "Never", "containers": [{"name": task, "image": "x"}]},
+    }
     status: dict[str, Any] = {
         "phase": "Failed",
-        "containerStatuses": [{"name": task, "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-                               "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}],
+        "containerStatuses": [
+            {
+                "name": task,
+                "image": "x",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}},
+            }
+        ],
     }
     if reason:
         status.update(reason=reason, message="The node was low on resource: memory.")
     if disruption:
-        status["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": disruption,
-                                 "lastTransitionTime": "2026-11-01T12:00:01Z"}]
+        status["conditions"] = [
+            {
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": disruption,
+                "lastTransitionTime": "2026-11-01T12:00:01Z",
+            }
+        ]
     return body, status
 
 
@@ -125,8 +150,9 @@ SCENARIOS = {
 
 
 def _step(reconciler: Reconciler, body: dict[str, Any], status: dict[str, Any] | None) -> Outcome:
-    return reconciler.step({**body, "metadata": {**body["metadata"], "uid": "uid-1", "generation": 1},
-                            "status": status or {}})
+    return reconciler.step(
+        {**body, "metadata": {**body["metadata"], "uid": "uid-1", "generation": 1}, "status": status or {}}
+    )
 
 
 def _dump(outcome: Outcome) -> dict[str, Any]:
@@ -149,7 +175,9 @@ def _take_pod(kube: KubeServer, job: str, scenario: str) -> tuple[list[str], int
     retry = 1 if phases[0] == "Restarting" else 0
     custom = kubernetes.client.CustomObjectsApi(kube.api_client())
     status = volcano_status(phases, task=task, pods={} if deleted else {"Failed": 1}, retry_count=retry)
-    custom.patch_namespaced_custom_object_status("batch.volcano.sh", "v1alpha1", NS, "jobs", job, {"status": status})
+    custom.patch_namespaced_custom_object_status(
+        "batch.volcano.sh", "v1alpha1", NS, "jobs", job, {"status": status}
+    )
     return phases, retry
 
 
@@ -188,10 +216,13 @@ def test_a_drained_job_is_not_replaced_while_volcano_is_still_stopping_its_pods(
         phases = volcano_reacts(spec, "PodFailed", 143)
         assert phases == ["Terminating", "Terminated"]
         custom = kubernetes.client.CustomObjectsApi(kube.api_client())
-        stopping = volcano_status(phases[:1], task=spec["tasks"][0]["name"], pods={"Running": 1}, retry_count=0)
+        stopping = volcano_status(
+            phases[:1], task=spec["tasks"][0]["name"], pods={"Running": 1}, retry_count=0
+        )
         stopping["terminating"] = 1
-        custom.patch_namespaced_custom_object_status("batch.volcano.sh", "v1alpha1", NS, "jobs", "drain-pretrain-a1",
-                                                     {"status": stopping})
+        custom.patch_namespaced_custom_object_status(
+            "batch.volcano.sh", "v1alpha1", NS, "jobs", "drain-pretrain-a1", {"status": stopping}
+        )
         observed = launcher.describe("drain-pretrain-a1")
         assert (observed.state, observed.terminating) == ("Running", True)
         waiting = _step(reconciler, body, _dump(first))

@@ -101,9 +101,11 @@ def validate_structural(value: Any, schema: Mapping[str, Any], path: str = "") -
     if schema.get("x-kubernetes-int-or-string"):
         ok = _TYPES["integer"](value) or _TYPES["string"](value)
         # A string is still checked against `pattern` (a Kubernetes quantity, say), as the API server does.
-        return _scalar_problems(value, schema, where) if ok else [
-            f"{where}: must be an integer or a string, got {type(value).__name__}"
-        ]
+        return (
+            _scalar_problems(value, schema, where)
+            if ok
+            else [f"{where}: must be an integer or a string, got {type(value).__name__}"]
+        )
     kind = schema.get("type")
     if kind is not None and not _TYPES[kind](value):
         return [f"{where}: must be {kind}, got {type(value).__name__}"]
@@ -111,8 +113,10 @@ def validate_structural(value: Any, schema: Mapping[str, Any], path: str = "") -
     if isinstance(value, dict):
         errors += _object_problems(value, schema, path)
     elif isinstance(value, list):
-        for bound, ok in (("minItems", len(value) >= schema.get("minItems", 0)),
-                          ("maxItems", len(value) <= schema.get("maxItems", len(value)))):
+        for bound, ok in (
+            ("minItems", len(value) >= schema.get("minItems", 0)),
+            ("maxItems", len(value) <= schema.get("maxItems", len(value))),
+        ):
             if not ok:
                 errors.append(f"{where}: {len(value)} items breaks {bound}={schema[bound]}")
         if "items" in schema:
@@ -160,7 +164,9 @@ def crd_schemas(crd: Mapping[str, Any]) -> dict[kmock.resource, dict[str, Any]]:
     """The openAPIV3Schema of each served version of a CRD, by resource."""
     spec = crd["spec"]
     return {
-        kmock.resource(spec["group"], version["name"], spec["names"]["plural"]): version["schema"]["openAPIV3Schema"]
+        kmock.resource(spec["group"], version["name"], spec["names"]["plural"]): version["schema"][
+            "openAPIV3Schema"
+        ]
         for version in spec["versions"]
         if version.get("served", True)
     }
@@ -172,9 +178,13 @@ def crd_info(crd: Mapping[str, Any]) -> dict[kmock.resource, kmock.ResourceInfo]
     names = spec["names"]
     return {
         kmock.resource(spec["group"], version["name"], names["plural"]): kmock.ResourceInfo(
-            kind=names["kind"], singular=names.get("singular"), shortnames=names.get("shortNames", []),
-            categories=names.get("categories", []), namespaced=spec["scope"] == "Namespaced",
-            verbs=_VERBS, subresources=set(version.get("subresources", {})),
+            kind=names["kind"],
+            singular=names.get("singular"),
+            shortnames=names.get("shortNames", []),
+            categories=names.get("categories", []),
+            namespaced=spec["scope"] == "Namespaced",
+            verbs=_VERBS,
+            subresources=set(version.get("subresources", {})),
         )
         for version in spec["versions"]
     }
@@ -255,10 +265,16 @@ class Call:
         if name is None and isinstance(request.data, dict):  # a create names its object in the body
             name = (request.data.get("metadata") or {}).get("name")
         return cls(
-            action=action, resource=str(request.resource.plural) if request.resource and request.resource.plural
+            action=action,
+            resource=str(request.resource.plural)
+            if request.resource and request.resource.plural
             else request.url.path,
-            namespace=request.namespace, name=name, subresource=request.subresource,
-            agent=request.headers.get("User-Agent", ""), at=time.monotonic(), method=str(request.method.value),
+            namespace=request.namespace,
+            name=name,
+            subresource=request.subresource,
+            agent=request.headers.get("User-Agent", ""),
+            at=time.monotonic(),
+            method=str(request.method.value),
             group=str(request.resource.group or "") if request.resource and request.resource.plural else None,
         )
 
@@ -307,14 +323,35 @@ class Emulator(kmock.KubernetesEmulator):
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)
         if fault is not None and fault.status is not None:
-            self.log.append(Call(raw_request.method, raw_request.path, None, None, None,
-                                 raw_request.headers.get("User-Agent", ""), time.monotonic(),
-                                 method=raw_request.method, fault=fault.status))
-            reason = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
-                      504: "Timeout"}.get(fault.status, "Error")
+            self.log.append(
+                Call(
+                    raw_request.method,
+                    raw_request.path,
+                    None,
+                    None,
+                    None,
+                    raw_request.headers.get("User-Agent", ""),
+                    time.monotonic(),
+                    method=raw_request.method,
+                    fault=fault.status,
+                )
+            )
+            reason = {
+                409: "Conflict",
+                429: "TooManyRequests",
+                500: "InternalError",
+                503: "ServiceUnavailable",
+                504: "Timeout",
+            }.get(fault.status, "Error")
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-            body = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": fault.status,
-                    "reason": reason, "message": f"injected fault: {reason}"}
+            body = {
+                "apiVersion": "v1",
+                "kind": "Status",
+                "status": "Failure",
+                "code": fault.status,
+                "reason": reason,
+                "message": f"injected fault: {reason}",
+            }
             return aiohttp.web.json_response(body, status=fault.status, headers=headers)
         # kmock's URL parser reads `/api/v1/namespaces` as "a namespace with no name" and fails with
         # a 500 before any handler runs; kopf lists and watches it when it serves named namespaces.
@@ -324,13 +361,36 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         watch = raw_request.query.get("watch", "").lower() == "true"
-        self.log.append(Call("WATCH" if watch else "LIST", "namespaces", None, None, None,
-                             raw_request.headers.get("User-Agent", ""), time.monotonic(), group=""))
-        items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "uid": ns, "resourceVersion": "1"},
-                  "status": {"phase": "Active"}} for ns in sorted(self.namespaces)]
+        self.log.append(
+            Call(
+                "WATCH" if watch else "LIST",
+                "namespaces",
+                None,
+                None,
+                None,
+                raw_request.headers.get("User-Agent", ""),
+                time.monotonic(),
+                group="",
+            )
+        )
+        items = [
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": ns, "uid": ns, "resourceVersion": "1"},
+                "status": {"phase": "Active"},
+            }
+            for ns in sorted(self.namespaces)
+        ]
         if not watch:
-            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
-                                              "metadata": {"resourceVersion": "1"}, "items": items})
+            return aiohttp.web.json_response(
+                {
+                    "apiVersion": "v1",
+                    "kind": "NamespaceList",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": items,
+                }
+            )
         response = aiohttp.web.StreamResponse()
         response.content_type = "application/json"
         await response.prepare(raw_request)
@@ -422,8 +482,12 @@ class Emulator(kmock.KubernetesEmulator):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)
         if not meta.get("name"):
             raise self._reject(422, request, ["metadata.name: required (or metadata.generateName)"])
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1,
-                    resourceVersion=str(next(self._revisions)))
+        meta.update(
+            uid=str(uuid.uuid4()),
+            creationTimestamp=_now(),
+            generation=1,
+            resourceVersion=str(next(self._revisions)),
+        )
         if self._has_status(request.resource):
             body.pop("status", None)  # the API server ignores status on create when it is a subresource
         self._validate(request, body)
@@ -457,12 +521,17 @@ class Emulator(kmock.KubernetesEmulator):
         elif isinstance(data, dict):
             wanted_rv = (data.get("metadata") or {}).get("resourceVersion")
             if wanted_rv is not None and wanted_rv != current_rv:
-                raise self._reject(409, request, [f"resourceVersion {wanted_rv} is stale (now {current_rv})"],
-                                   conflict=True)
+                raise self._reject(
+                    409, request, [f"resourceVersion {wanted_rv} is stale (now {current_rv})"], conflict=True
+                )
             if request.method == kmock.method.PUT:
                 new = copy.deepcopy(data)
                 new.setdefault("metadata", {}).update(
-                    {k: old["metadata"][k] for k in ("uid", "creationTimestamp", "generation") if k in old["metadata"]}
+                    {
+                        k: old["metadata"][k]
+                        for k in ("uid", "creationTimestamp", "generation")
+                        if k in old["metadata"]
+                    }
                 )
             else:
                 try:
@@ -477,9 +546,11 @@ class Emulator(kmock.KubernetesEmulator):
             if "status" in old:
                 new["status"] = old["status"]
         if status_only:  # writes to /status cannot change anything else
-            new = {**old, "status": new.get("status")} if new.get("status") is not None else {
-                k: v for k, v in old.items() if k != "status"
-            }
+            new = (
+                {**old, "status": new.get("status")}
+                if new.get("status") is not None
+                else {k: v for k, v in old.items() if k != "status"}
+            )
         new.setdefault("metadata", {})["resourceVersion"] = current_rv
         return new
 
@@ -511,8 +582,9 @@ class Emulator(kmock.KubernetesEmulator):
         async with self._lock:
             current.delete()
             await self._buses[request.resource].put({"type": "DELETED", "object": old})
-        return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success",
-                                          "details": {"name": request.name}})
+        return aiohttp.web.json_response(
+            {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": request.name}}
+        )
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
         """kmock's watch, ended after `timeoutSeconds` like the API server's (clients then re-watch)."""
@@ -557,10 +629,14 @@ class Emulator(kmock.KubernetesEmulator):
         self, status: int, request: kmock.Request, reasons: list[str], *, conflict: bool = False
     ) -> kmock.KubernetesError:
         """An API error to raise; refused content (not lost races) is recorded in `rejections`."""
-        name = request.name or ((request.data or {}).get("metadata", {}).get("name") if isinstance(request.data, dict) else None)
+        name = request.name or (
+            (request.data or {}).get("metadata", {}).get("name") if isinstance(request.data, dict) else None
+        )
         res = request.resource
         where = f"{res.group}/{res.version}/{res.plural}" if res is not None else request.url.path
-        (self.conflicts if conflict else self.rejections).append(Rejection(status, where, name, tuple(reasons)))
+        (self.conflicts if conflict else self.rejections).append(
+            Rejection(status, where, name, tuple(reasons))
+        )
         reason = {409: "Conflict", 422: "Invalid", 400: "BadRequest"}.get(status, "Error")
         return _error(status, reason, "; ".join(reasons))
 
@@ -573,18 +649,34 @@ class Emulator(kmock.KubernetesEmulator):
 class KubeServer:
     """The emulator served on 127.0.0.1:<random port> from a background event loop."""
 
-    def __init__(self, crds: Sequence[Mapping[str, Any]] = (), namespaces: tuple[str, ...] = ("default",)) -> None:
+    def __init__(
+        self, crds: Sequence[Mapping[str, Any]] = (), namespaces: tuple[str, ...] = ("default",)
+    ) -> None:
         self.emulator = Emulator(namespaces=set(namespaces))
         for resource in (NAMESPACES, EVENTS, SECRETS, PODS):
-            kind = {"namespaces": "Namespace", "events": "Event", "secrets": "Secret", "pods": "Pod"}[str(resource.plural)]
-            self.emulator.declare(resource, kmock.ResourceInfo(
-                kind=kind, verbs=_VERBS, namespaced=resource is not NAMESPACES))
-        self.emulator.declare(VCJOBS, kmock.ResourceInfo(kind="Job", singular="job", namespaced=True,
-                                                         verbs=_VERBS, subresources={"status"}))
+            kind = {"namespaces": "Namespace", "events": "Event", "secrets": "Secret", "pods": "Pod"}[
+                str(resource.plural)
+            ]
+            self.emulator.declare(
+                resource, kmock.ResourceInfo(kind=kind, verbs=_VERBS, namespaced=resource is not NAMESPACES)
+            )
+        self.emulator.declare(
+            VCJOBS,
+            kmock.ResourceInfo(
+                kind="Job", singular="job", namespaced=True, verbs=_VERBS, subresources={"status"}
+            ),
+        )
         # The CRDs are served as objects too, as a cluster does: kopf watches them to follow resource changes.
-        self.emulator.declare(CRDS, kmock.ResourceInfo(kind="CustomResourceDefinition", namespaced=False,
-                                                       verbs=_VERBS, shortnames=["crd", "crds"],
-                                                       singular="customresourcedefinition"))
+        self.emulator.declare(
+            CRDS,
+            kmock.ResourceInfo(
+                kind="CustomResourceDefinition",
+                namespaced=False,
+                verbs=_VERBS,
+                shortnames=["crd", "crds"],
+                singular="customresourcedefinition",
+            ),
+        )
         self._crds = list(crds)
         for crd in crds:
             self.emulator.declare_crd(crd)
@@ -598,7 +690,9 @@ class KubeServer:
         self.url = str(self.call(self._start()))
         client = kubernetes.client.CustomObjectsApi(self.api_client())
         for crd in self._crds:  # applied as `kubectl apply -f manifests/crd/` would
-            client.create_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions", dict(crd))
+            client.create_cluster_custom_object(
+                "apiextensions.k8s.io", "v1", "customresourcedefinitions", dict(crd)
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -643,7 +737,11 @@ class KubeServer:
         for (res, _, name), obj in list(self.emulator.objects.items()):
             if res == resource:
                 history = list(obj.history)
-                names += [name for prev, cur in zip([None, *history], history, strict=False) if prev is None and cur is not None]
+                names += [
+                    name
+                    for prev, cur in zip([None, *history], history, strict=False)
+                    if prev is None and cur is not None
+                ]
         return names
 
     @property
@@ -661,7 +759,9 @@ class KubeServer:
         return client
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> Any:
     """Poll until `predicate()` is truthy; returns its value or fails with `what`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -680,13 +780,27 @@ class OperatorThread:
     a new one is an operator restart (its in-memory state is lost, the cluster's is not).
     """
 
-    def __init__(self, kube: KubeServer, *, resync_seconds: float = 0.3, health_port: int = 0,
-                 namespaces: tuple[str, ...] = (), metrics: Metrics | None = None,
-                 clock: Callable[[], dt.datetime] | None = None, request_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        kube: KubeServer,
+        *,
+        resync_seconds: float = 0.3,
+        health_port: int = 0,
+        namespaces: tuple[str, ...] = (),
+        metrics: Metrics | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+        request_timeout: float = 30.0,
+    ) -> None:
         self.settings = Settings(
-            namespaces=namespaces, resync_seconds=resync_seconds, error_delay_seconds=0.5, metrics_port=0,
+            namespaces=namespaces,
+            resync_seconds=resync_seconds,
+            error_delay_seconds=0.5,
+            metrics_port=0,
             health_port=health_port,
-            kube_server=kube.url, max_workers=4, log_level="INFO", request_timeout_seconds=request_timeout,
+            kube_server=kube.url,
+            max_workers=4,
+            log_level="INFO",
+            request_timeout_seconds=request_timeout,
         )
         self.metrics = metrics or Metrics()
         self.clock = clock
@@ -697,8 +811,15 @@ class OperatorThread:
 
     def _run(self) -> None:
         try:
-            asyncio.run(operate(self.settings, metrics=self.metrics, clock=self.clock,
-                                stop_flag=self._stop, ready_flag=self._ready))
+            asyncio.run(
+                operate(
+                    self.settings,
+                    metrics=self.metrics,
+                    clock=self.clock,
+                    stop_flag=self._stop,
+                    ready_flag=self._ready,
+                )
+            )
         except BaseException as error:  # surfaced by __enter__/__exit__: a crashed operator fails the test
             self._error = error
             self._ready.set()

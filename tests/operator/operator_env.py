@@ -28,16 +28,35 @@ GROUP, VERSION = api.GROUP, api.VERSION
 
 def olmorun(name: str, storage: Path, *, seeds: tuple[int, ...] = (), backoff: int = 1) -> dict[str, Any]:
     """A small valid run: pretrain, then (with seeds) an anneal fanned out over them."""
-    data = {"sequenceLength": 32, "sources": [{"name": "g", "synthetic": {"kind": "general", "numTokens": "10K"}}]}
+    data = {
+        "sequenceLength": 32,
+        "sources": [{"name": "g", "synthetic": {"kind": "general", "numTokens": "10K"}}],
+    }
     phases: list[dict[str, Any]] = [
-        {"name": "pretrain", "kind": "pretrain", "maxSteps": 4, "data": data,
-         "batch": {"globalBatchSize": 2, "microBatchSize": 1}},
+        {
+            "name": "pretrain",
+            "kind": "pretrain",
+            "maxSteps": 4,
+            "data": data,
+            "batch": {"globalBatchSize": 2, "microBatchSize": 1},
+        },
     ]
     if seeds:
-        phases.append({"name": "anneal", "kind": "anneal", "from": "pretrain", "seeds": list(seeds), "maxSteps": 2,
-                       "data": data, "batch": {"globalBatchSize": 2, "microBatchSize": 1}})
+        phases.append(
+            {
+                "name": "anneal",
+                "kind": "anneal",
+                "from": "pretrain",
+                "seeds": list(seeds),
+                "maxSteps": 2,
+                "data": data,
+                "batch": {"globalBatchSize": 2, "microBatchSize": 1},
+            }
+        )
     return {
-        "apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, "namespace": NS},
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name, "namespace": NS},
         "spec": {
             "image": "registry.example/olmorun-trainer@sha256:" + "0" * 64,
             "model": {"preset": "tiny"},
@@ -92,7 +111,11 @@ def phase_state(kube: KubeServer, name: str, phase: str) -> str | None:
 
 
 def jobs_of(kube: KubeServer, run: str) -> dict[str, dict[str, Any]]:
-    return {n: j for n, j in kube.objects(VCJOBS, NS).items() if j["metadata"].get("labels", {}).get(LABEL_RUN) == run}
+    return {
+        n: j
+        for n, j in kube.objects(VCJOBS, NS).items()
+        if j["metadata"].get("labels", {}).get(LABEL_RUN) == run
+    }
 
 
 def events_of(kube: KubeServer, run: str) -> list[dict[str, Any]]:

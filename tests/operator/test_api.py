@@ -55,19 +55,39 @@ def test_camel_case_round_trip_keeps_every_field() -> None:
         (lambda d: d["spec"]["phases"][1].pop("from"), "spec.phases[1].from", "set `from`"),
         (lambda d: d["spec"]["phases"][1].update(seeds=[1]), "spec.phases[2].from", "need >= 2"),
         (lambda d: d["spec"]["phases"][0].update({"from": "rlvr"}), "spec.phases[0].from", "cycle"),
-        (lambda d: d["spec"]["phases"][3].update({"from": "anneal"}), "spec.phases[3].from", "add a soup phase"),
+        (
+            lambda d: d["spec"]["phases"][3].update({"from": "anneal"}),
+            "spec.phases[3].from",
+            "add a soup phase",
+        ),
         (lambda d: d["metadata"].update(name="Not_A_Name"), "metadata.name", "DNS label"),
         (lambda d: d["spec"]["phases"][0].update(name="Pre Train"), "spec.phases[0].name", "DNS label"),
         (lambda d: d["spec"].update(colour="red"), "spec.colour", "unknown field"),
-        (lambda d: d["spec"]["phases"][0].update(maxTokens="lots"), "spec.phases[0].maxTokens", "token count"),
-        (lambda d: d["spec"]["phases"][0]["batch"].update(globalBatchSize=10), "spec.phases[0].batch.globalBatchSize", "multiple of 8"),
+        (
+            lambda d: d["spec"]["phases"][0].update(maxTokens="lots"),
+            "spec.phases[0].maxTokens",
+            "token count",
+        ),
+        (
+            lambda d: d["spec"]["phases"][0]["batch"].update(globalBatchSize=10),
+            "spec.phases[0].batch.globalBatchSize",
+            "multiple of 8",
+        ),
         (lambda d: d["spec"]["phases"][0].pop("data"), "spec.phases[0].data", "needs `data`"),
         (lambda d: d["spec"]["phases"][0].pop("maxTokens"), "spec.phases[0].maxTokens", "budget"),
-        (lambda d: d["spec"]["phases"][2].update(batch={"globalBatchSize": 8}), "spec.phases[2].batch", "does not train"),
+        (
+            lambda d: d["spec"]["phases"][2].update(batch={"globalBatchSize": 8}),
+            "spec.phases[2].batch",
+            "does not train",
+        ),
         (lambda d: d["spec"]["phases"][3].pop("sft"), "spec.phases[3].sft", "needs its `sft`"),
         (lambda d: d["spec"]["phases"][0].update(kind="pretraining"), "spec.phases[0].kind", "pretrain"),
         (lambda d: d["spec"]["storage"].update(uri="ftp://host/x"), "spec.storage.uri", "not supported"),
-        (lambda d: d["spec"]["phases"][0]["data"].update(sequenceLength=4096), "spec.phases[0].data.sequenceLength", "maxSequenceLength"),
+        (
+            lambda d: d["spec"]["phases"][0]["data"].update(sequenceLength=4096),
+            "spec.phases[0].data.sequenceLength",
+            "maxSequenceLength",
+        ),
         (lambda d: d["spec"]["model"].update(preset="olmo2-9b"), "spec.model.preset", "olmo2-7b"),
         (lambda d: d["spec"].pop("image"), "spec.image", "missing"),
     ],
@@ -105,8 +125,12 @@ def test_status_uses_kubernetes_conventions() -> None:
     status = api.OlmoRunStatus(
         observed_generation=3,
         stage="anneal",
-        conditions=[api.Condition(type="Succeeded", status="Unknown", reason="Annealing", last_transition_time="t")],
-        phases={"pretrain": api.PhaseStatus(state="Succeeded", attempts=1, checkpoint="s3://b/c", last_loss=2.5)},
+        conditions=[
+            api.Condition(type="Succeeded", status="Unknown", reason="Annealing", last_transition_time="t")
+        ],
+        phases={
+            "pretrain": api.PhaseStatus(state="Succeeded", attempts=1, checkpoint="s3://b/c", last_loss=2.5)
+        },
     )
     wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     assert wire["observedGeneration"] == 3
@@ -120,7 +144,9 @@ def test_the_old_archive_field_is_read_as_archive_final_with_a_deprecation() -> 
     document["spec"]["phases"][0]["archive"] = False
     run = api.parse_olmorun(document)
     assert run.spec.phases[0].archive_final is False
-    assert api.deprecations(run) == ["spec.phases[0].archive is deprecated: write archiveFinal (same meaning)"]
+    assert api.deprecations(run) == [
+        "spec.phases[0].archive is deprecated: write archiveFinal (same meaning)"
+    ]
     document["spec"]["phases"][0]["archiveFinal"] = True  # both, disagreeing: refused, naming the field
     with pytest.raises(api.SpecError, match="archiveFinal"):
         api.parse_olmorun(document)

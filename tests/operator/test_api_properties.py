@@ -22,7 +22,11 @@ TINY = yaml.safe_load(Path(__file__).parents[2].joinpath("examples/olmorun-tiny.
 
 KEYS = st.text(alphabet=st.characters(blacklist_characters=".[]"), max_size=10)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
     st.sampled_from(["50B", "3.9T", "inherit", "pretrain", "soup", "tiny", "-1", "1e9", ""]),
 )
 json_values = st.recursive(

@@ -35,11 +35,22 @@ def test_examples_carry_the_papers_settings() -> None:
         assert phase.rlvr is not None and phase.optim is not None
         rl = phase.rlvr
         assert (rl.algorithm, rl.kl_beta, rl.max_new_tokens, rl.temperature) == ("ppo", 0.05, 2048, 1.0)
-        assert (rl.gae.gamma, rl.gae.lam, rl.clip, rl.vf_coef, rl.correct_reward) == (1.0, 0.95, 0.2, 0.1, 10.0)
+        assert (rl.gae.gamma, rl.gae.lam, rl.clip, rl.vf_coef, rl.correct_reward) == (
+            1.0,
+            0.95,
+            0.2,
+            0.1,
+            10.0,
+        )
         assert phase.optim.lr == 3e-7
     one = api.parse_olmorun(yaml.safe_load((EXAMPLES / "olmo2-1b.yaml").read_text())).phase("rlvr")
     assert one.rlvr is not None and one.optim is not None
-    assert (one.rlvr.algorithm, one.rlvr.samples_per_prompt, one.rlvr.kl_beta, one.optim.lr) == ("grpo", 16, 0.01, 5e-7)
+    assert (one.rlvr.algorithm, one.rlvr.samples_per_prompt, one.rlvr.kl_beta, one.optim.lr) == (
+        "grpo",
+        16,
+        0.01,
+        5e-7,
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,14 +63,22 @@ def test_examples_carry_the_papers_settings() -> None:
         ({"rlvr": {"clip": 1.5}}, "rlvr.clip", "less than 1"),
         ({"rlvr": {"ppoEpochs": 0}}, "rlvr.ppoEpochs", "greater than 0"),
         ({"rlvr": {"valueInitFrom": "s3://b/rm/step9"}}, "rlvr.valueInitFrom", "only for algorithm ppo"),
-        ({"rlvr": {"algorithm": "ppo", "gae": {"lambda": 1.2}}}, "rlvr.gae.lambda", "less than or equal to 1"),
+        (
+            {"rlvr": {"algorithm": "ppo", "gae": {"lambda": 1.2}}},
+            "rlvr.gae.lambda",
+            "less than or equal to 1",
+        ),
         ({"rlvr": {"temperature": 0}}, "rlvr.temperature", "greater than 0"),
         ({"rlvr": {"maxNewTokens": 64}}, "rlvr.maxNewTokens", "exceeds the model's maxSequenceLength 128"),
         ({"rlvr": {"correctReward": 0}}, "rlvr.correctReward", "greater than 0"),
         ({"rlvr": {"nonStopPenalty": -1}}, "rlvr.nonStopPenalty", "greater than or equal to 0"),
         ({"rlvr": {"valueInitfrom": "x"}}, "rlvr.valueInitfrom", "unknown field"),
         ({"maxSteps": None}, "maxSteps", "set maxSteps"),
-        ({"batch": {"globalBatchSize": 7, "microBatchSize": 4}}, "batch.globalBatchSize", "do not split over 2 ranks"),
+        (
+            {"batch": {"globalBatchSize": 7, "microBatchSize": 4}},
+            "batch.globalBatchSize",
+            "do not split over 2 ranks",
+        ),
         ({"batch": {"globalBatchSize": 8, "microBatchSize": 3}}, "batch.microBatchSize", "64 sequences"),
     ],
 )
@@ -89,7 +108,12 @@ def test_rlvr_batch_splits_prompts_over_ranks() -> None:
 
 def test_ppo_settings_round_trip_with_lambda() -> None:
     rl = RLVRConfig.model_validate(
-        {"data": {"paths": ["x.jsonl"]}, "algorithm": "ppo", "gae": {"lambda": 0.9}, "valueInitFrom": "s3://b/rm/step1"}
+        {
+            "data": {"paths": ["x.jsonl"]},
+            "algorithm": "ppo",
+            "gae": {"lambda": 0.9},
+            "valueInitFrom": "s3://b/rm/step1",
+        }
     )
     assert rl.gae.lam == 0.9 and rl.value_init_from == "s3://b/rm/step1"
     assert rl.model_dump(by_alias=True)["gae"] == {"gamma": 1.0, "lambda": 0.9}

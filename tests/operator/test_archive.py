@@ -53,7 +53,9 @@ def test_archive_to_s3_then_verify_ok(s3_server: S3Server, bucket: str, tmp_path
     opts = s3_server.storage_options()
     report = archive.archive_checkpoint(str(src), dst, dst_options=opts, workers=3)
     assert (report.copied, report.skipped, report.step) == (len(FILES), 0, 100)
-    assert report.bytes == sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME)
+    assert report.bytes == sum(
+        p.stat().st_size for p in src.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME
+    )
     assert report.verified is False
     verified = archive.verify_checkpoint(dst, options=opts)
     assert verified.ok, verified.summary()
@@ -77,14 +79,18 @@ def test_multipart_upload_and_verify_remote(
     monkeypatch.setattr(archive, "PART_SIZE", 5 * 2**20)
     src = make_checkpoint(tmp_path, files={"big.distcp": 12 * 2**20 + 7, "small": 10, ".metadata": None})
     dst = f"{bucket}/step100"
-    report = archive.archive_checkpoint(str(src), dst, dst_options=s3_server.storage_options(), verify_remote=True)
+    report = archive.archive_checkpoint(
+        str(src), dst, dst_options=s3_server.storage_options(), verify_remote=True
+    )
     assert (report.copied, report.verified) == (3, True)
     etag = s3_server.client().head_object(Bucket=bucket[5:], Key="step100/big.distcp")["ETag"]
     assert etag.strip('"').endswith("-3")  # really multipart, so the part path is what was tested
     assert archive.verify_checkpoint(dst, options=s3_server.storage_options()).ok
 
 
-def test_corrupted_object_is_reported_and_rerun_repairs_it(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+def test_corrupted_object_is_reported_and_rerun_repairs_it(
+    s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
     src = make_checkpoint(tmp_path)
     dst = f"{bucket}/step100"
     opts = s3_server.storage_options()
@@ -166,7 +172,9 @@ def test_local_destinations(tmp_path: Path, scheme: str) -> None:
     dst = str(target) if scheme == "plain" else f"file://{target}"
     report = archive.archive_checkpoint(str(src), dst, workers=2)
     assert report.copied == len(FILES)
-    assert (target / "nested/optim/__0_0.distcp").read_bytes() == (src / "nested/optim/__0_0.distcp").read_bytes()
+    assert (target / "nested/optim/__0_0.distcp").read_bytes() == (
+        src / "nested/optim/__0_0.distcp"
+    ).read_bytes()
     assert archive.verify_checkpoint(dst).ok
     # A partial file (as a crash leaves) is replaced on rerun; the intact ones are skipped by re-hash.
     (target / mf.MANIFEST_NAME).unlink()
@@ -216,7 +224,11 @@ def test_storage_options_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AK")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SK")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://env:9000")
-    assert archive.storage_options("s3://b/k") == {"key": "AK", "secret": "SK", "endpoint_url": "http://env:9000"}
+    assert archive.storage_options("s3://b/k") == {
+        "key": "AK",
+        "secret": "SK",
+        "endpoint_url": "http://env:9000",
+    }
     assert archive.storage_options("s3://b/k", endpoint_url="http://arg:1")["endpoint_url"] == "http://arg:1"
     monkeypatch.setenv("AWS_SESSION_TOKEN", "TOK")
     assert archive.storage_options("s3://b")["token"] == "TOK"
@@ -234,5 +246,7 @@ def test_plan_copy_orders_largest_first_and_skips_present() -> None:
 def test_size_check_after_upload_names_every_wrong_file() -> None:
     uploaded = {"a": {"size": 3}, "b": {"size": 5}, "c": {"size": 0}}
     archive._check_sizes("s3://b/step1", {"a": 3, "b": 5, "c": 0, "extra": 9}, uploaded)
-    with pytest.raises(archive.ArchiveError, match=r"a \(2 bytes, expected 3\); c \(missing bytes, expected 0\)"):
+    with pytest.raises(
+        archive.ArchiveError, match=r"a \(2 bytes, expected 3\); c \(missing bytes, expected 0\)"
+    ):
         archive._check_sizes("s3://b/step1", {"a": 2, "b": 5}, uploaded)

@@ -20,7 +20,10 @@ def test_server_checks_credentials(s3_server: S3Server) -> None:
     bucket = s3_server.make_bucket("auth-check")
     s3_server.filesystem().pipe_file(f"{bucket[5:]}/k", b"v")
     wrong = s3fs.S3FileSystem(
-        key=s3_server.access_key, secret="wrong", endpoint_url=s3_server.endpoint_url, skip_instance_cache=True
+        key=s3_server.access_key,
+        secret="wrong",
+        endpoint_url=s3_server.endpoint_url,
+        skip_instance_cache=True,
     )
     with pytest.raises(PermissionError):
         wrong.cat_file(f"{bucket[5:]}/k")
@@ -42,7 +45,9 @@ def test_server_dies_with_its_parent(tmp_path: Path) -> None:
         f"server = S3Server.start(Path({str(tmp_path)!r}))\n"
         "print(server.process.pid, flush=True); time.sleep(600)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2]
+    )
     assert parent.stdout is not None
     pid = int(parent.stdout.readline())
     parent.send_signal(signal.SIGKILL)
@@ -62,5 +67,9 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie (exited, not yet reaped by init) counts as gone.
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{pid}").exists() else "X"
+    state = (
+        Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if Path(f"/proc/{pid}").exists()
+        else "X"
+    )
     return state not in ("Z", "X")

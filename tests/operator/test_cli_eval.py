@@ -19,7 +19,9 @@ DATA = ROOT / "examples" / "data"
 
 
 def checkpoint(tmp_path: Path) -> Path:
-    cfg = TrainConfig(run="r", phase="soup", kind="soup", seed=0, model=ModelConfig.preset("tiny"), save_dir=str(tmp_path))
+    cfg = TrainConfig(
+        run="r", phase="soup", kind="soup", seed=0, model=ModelConfig.preset("tiny"), save_dir=str(tmp_path)
+    )
     torch.manual_seed(0)
     weights = Transformer(cfg.model).state_dict()
     out = tmp_path / "checkpoints" / "step1"
@@ -41,7 +43,11 @@ def test_olmorun_eval_guesses_the_task_and_prints_figures(tmp_path: Path) -> Non
     assert figures["eval/tiny-heldout/count"] == 4 and 0 <= figures["eval/tiny-heldout/accuracy"] <= 1
     choice = run(*olmorun, str(ckpt), "--data", str(DATA / "tiny-mc.jsonl"), "--limit", "6", "--name", "mc")
     assert choice.returncode == 0, choice.stderr
-    assert {line.split()[0] for line in choice.stdout.splitlines()} == {"eval/mc/accuracy", "eval/mc/accuracy_norm", "eval/mc/count"}
+    assert {line.split()[0] for line in choice.stdout.splitlines()} == {
+        "eval/mc/accuracy",
+        "eval/mc/accuracy_norm",
+        "eval/mc/count",
+    }
     bad = run(*olmorun, str(ckpt), "--data", str(DATA / "tiny-sft.jsonl"))
     assert bad.returncode == 2 and "give --kind" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -50,7 +56,13 @@ def test_trainer_eval_command_writes_its_results(tmp_path: Path) -> None:
     ckpt = checkpoint(tmp_path)
     config = tmp_path / "eval.json"
     output = tmp_path / "results.json"
-    task = {"name": "arith", "kind": "generate", "paths": [str(DATA / "tiny-heldout.jsonl")], "limit": 3, "maxNewTokens": 4}
+    task = {
+        "name": "arith",
+        "kind": "generate",
+        "paths": [str(DATA / "tiny-heldout.jsonl")],
+        "limit": 3,
+        "maxNewTokens": 4,
+    }
     config.write_text(json.dumps({"checkpoint": str(ckpt), "eval": {"tasks": [task]}, "output": str(output)}))
     result = run(sys.executable, "-m", "olmo_trainer", "eval", "--config", str(config))
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,9 @@ OLMORUN = [sys.executable, "-m", "olmo_operator.cli"]
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*OLMORUN, *args], capture_output=True, text=True, input=stdin, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [*OLMORUN, *args], capture_output=True, text=True, input=stdin, cwd=ROOT, timeout=60
+    )
 
 
 def test_validate_all_examples() -> None:
@@ -76,8 +78,14 @@ def test_crd_writes_and_checks_every_committed_copy(tmp_path: Path) -> None:
 
     assert [(tmp_path / p).read_text() for p in crd.CRD_PATHS] == [crd.render_crd()] * 2
     (tmp_path / crd.CHART_CRD_PATH).write_text("stale")
-    drift = subprocess.run([*OLMORUN, "crd", "--check"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert drift.returncode == 1 and str(crd.CHART_CRD_PATH) in drift.stderr and str(crd.CRD_PATH) not in drift.stderr
+    drift = subprocess.run(
+        [*OLMORUN, "crd", "--check"], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert (
+        drift.returncode == 1
+        and str(crd.CHART_CRD_PATH) in drift.stderr
+        and str(crd.CRD_PATH) not in drift.stderr
+    )
 
 
 def test_readme_reference_is_current() -> None:
@@ -87,6 +95,14 @@ def test_readme_reference_is_current() -> None:
 
 def test_reference_covers_every_spec_model() -> None:
     text = run("reference").stdout
-    for heading in ("OlmoRunSpec", "PhaseSpec", "DataConfig", "OptimConfig", "ScheduleConfig", "ClusterSpec", "RetryPolicy"):
+    for heading in (
+        "OlmoRunSpec",
+        "PhaseSpec",
+        "DataConfig",
+        "OptimConfig",
+        "ScheduleConfig",
+        "ClusterSpec",
+        "RetryPolicy",
+    ):
         assert f"### {heading}" in text
     assert "| `maxTokens` | tokens (int or `50B`) |" in text

@@ -42,7 +42,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, err
 
 
-def test_archive_then_verify(s3_env: S3Server, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_archive_then_verify(
+    s3_env: S3Server, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = make_checkpoint(tmp_path)
     dst = f"{bucket}/run/checkpoints/step100"
     code, out, err = run_cli(capsys, "archive", str(src), dst, "--workers", "2")
@@ -67,7 +69,11 @@ def test_verify_checkpoints_dir_picks_latest_committed(
     assert code == 0
     report = json.loads(out)
     assert report["checkpoint"] == f"{checkpoints}/step200"
-    assert (report["ok"], report["checked"], report["note"]) == (True, 5, "latest committed checkpoint: step 200")
+    assert (report["ok"], report["checked"], report["note"]) == (
+        True,
+        5,
+        "latest committed checkpoint: step 200",
+    )
 
 
 def test_verify_reports_corrupted_and_missing_files(
@@ -124,7 +130,11 @@ def test_killed_archive_leaves_no_manifest_and_rerun_resumes(
 
 
 def test_wrong_credentials_exit_2_without_the_secret(
-    s3_env: S3Server, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    s3_env: S3Server,
+    bucket: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     src = make_checkpoint(tmp_path)
     wrong = "not-the-secret-" + secrets.token_urlsafe(12)
@@ -160,7 +170,9 @@ def test_user_errors_and_uncommitted(tmp_path: Path, capsys: pytest.CaptureFixtu
         cli.main(["archive", str(src), str(tmp_path / "out"), "--workers", "0"])
 
 
-def test_corrupt_source_exits_1_and_commits_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_source_exits_1_and_commits_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = make_checkpoint(tmp_path / "scratch")
     size = (src / ".metadata").stat().st_size
     (src / ".metadata").write_bytes(b"x" * size)  # same size, other bytes: only the hash can tell
@@ -181,7 +193,10 @@ def test_verify_names_unlisted_files_and_what_the_manifest_lacks(
     (src / "late.log").write_text("written after the commit")  # ...and a file nobody listed
     code, out, _ = run_cli(capsys, "verify", str(src))
     assert code == 1
-    assert "FAILED (0 missing, 0 corrupted, 2 not in MANIFEST.json of 4 files; MANIFEST.json lacks __1_0.distcp)" in out
+    assert (
+        "FAILED (0 missing, 0 corrupted, 2 not in MANIFEST.json of 4 files; MANIFEST.json lacks __1_0.distcp)"
+        in out
+    )
     assert "  unlisted   __1_0.distcp" in out and "  unlisted   late.log" in out
     assert "  lacking    __1_0.distcp" in out
     code, out, _ = run_cli(capsys, "verify", str(src), "--json")

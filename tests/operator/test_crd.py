@@ -44,18 +44,29 @@ def test_schema_is_structural() -> None:
     for path, node in _walk(root_schema()):
         text = repr(node)
         assert "$ref" not in text and "anyOf" not in text and "$defs" not in text, path
-        typed = "type" in node or node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+        typed = (
+            "type" in node
+            or node.get("x-kubernetes-int-or-string")
+            or node.get("x-kubernetes-preserve-unknown-fields")
+        )
         assert typed, f"{path} has no type"
         assert not ("properties" in node and "additionalProperties" in node), path
         if node.get("type") == "object" and "properties" not in node:
-            assert "additionalProperties" in node or node.get("x-kubernetes-preserve-unknown-fields") or path == ".metadata", path
+            assert (
+                "additionalProperties" in node
+                or node.get("x-kubernetes-preserve-unknown-fields")
+                or path == ".metadata"
+            ), path
 
 
 def test_names_columns_and_rules() -> None:
     obj = crd.build_crd()
     names = obj["spec"]["names"]
     assert (obj["metadata"]["name"], names["kind"], names["plural"], names["shortNames"]) == (
-        "olmoruns.olmorun.dev", "OlmoRun", "olmoruns", ["olmo"],
+        "olmoruns.olmorun.dev",
+        "OlmoRun",
+        "olmoruns",
+        ["olmo"],
     )
     version = obj["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
@@ -86,16 +97,59 @@ def test_crd_schema_rejects_what_pydantic_rejects() -> None:
 def test_every_status_field_survives_the_schema() -> None:
     """A status field the schema lacks would be pruned silently by the API server."""
     status = api.OlmoRunStatus(
-        observed_generation=2, stage="Running", active_phases=["pretrain"], step=10, tokens=1000, last_loss=2.0, storage="s3://b/ns/r",
-        conditions=[api.Condition(type="Succeeded", status="Unknown", reason="Running", message="m",
-                                  last_transition_time="2026-01-01T00:00:00Z", observed_generation=2)],
-        phases={"pretrain": api.PhaseStatus(
-            state="Running", attempts=1, checkpoint="c", archive="a", step=1, tokens=2, last_loss=3.0, message="m",
-            spec_hash="h", started_at="s", finished_at="f",
-            jobs=[api.JobStatus(name="j", seed=1, state="Running", attempts=1, checkpoint="c", step=1, tokens=2,
-                                last_loss=1.0, message="m", retry_at="t")],
-        )},
+        observed_generation=2,
+        stage="Running",
+        active_phases=["pretrain"],
+        step=10,
+        tokens=1000,
+        last_loss=2.0,
+        storage="s3://b/ns/r",
+        conditions=[
+            api.Condition(
+                type="Succeeded",
+                status="Unknown",
+                reason="Running",
+                message="m",
+                last_transition_time="2026-01-01T00:00:00Z",
+                observed_generation=2,
+            )
+        ],
+        phases={
+            "pretrain": api.PhaseStatus(
+                state="Running",
+                attempts=1,
+                checkpoint="c",
+                archive="a",
+                step=1,
+                tokens=2,
+                last_loss=3.0,
+                message="m",
+                spec_hash="h",
+                started_at="s",
+                finished_at="f",
+                jobs=[
+                    api.JobStatus(
+                        name="j",
+                        seed=1,
+                        state="Running",
+                        attempts=1,
+                        checkpoint="c",
+                        step=1,
+                        tokens=2,
+                        last_loss=1.0,
+                        message="m",
+                        retry_at="t",
+                    )
+                ],
+            )
+        },
     )
     wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    document = {"apiVersion": api.API_VERSION, "kind": "OlmoRun", "metadata": {"name": "r"}, "spec": {}, "status": wire}
+    document = {
+        "apiVersion": api.API_VERSION,
+        "kind": "OlmoRun",
+        "metadata": {"name": "r"},
+        "spec": {},
+        "status": wire,
+    }
     assert prune(document)["status"] == wire

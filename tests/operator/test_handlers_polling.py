@@ -22,10 +22,19 @@ JOBS = {"pretrain": {"jobs": [{"name": "r-pretrain-a1", "state": "Running", "att
     ("status", "polled"),
     [
         ({}, True),  # never reconciled yet
-        ({"stage": "Running", "conditions": [cond("Progressing", "True"), cond("Succeeded", "Unknown")]}, True),
+        (
+            {"stage": "Running", "conditions": [cond("Progressing", "True"), cond("Succeeded", "Unknown")]},
+            True,
+        ),
         ({"stage": "Running", "conditions": [cond("Succeeded", "Unknown")], "phases": JOBS}, True),
-        ({"stage": "Succeeded", "conditions": [cond("Succeeded", "True"), cond("Progressing", "False")]}, False),
-        ({"stage": "Failed", "conditions": [cond("Succeeded", "False"), cond("Progressing", "False")]}, False),
+        (
+            {"stage": "Succeeded", "conditions": [cond("Succeeded", "True"), cond("Progressing", "False")]},
+            False,
+        ),
+        (
+            {"stage": "Failed", "conditions": [cond("Succeeded", "False"), cond("Progressing", "False")]},
+            False,
+        ),
         ({"stage": "Failed", "conditions": [cond("Succeeded", "False")]}, False),
         # a phase failed while a sibling still runs: not finished yet
         ({"stage": "Running", "conditions": [cond("Succeeded", "False"), cond("Progressing", "True")]}, True),
@@ -34,4 +43,3 @@ JOBS = {"pretrain": {"jobs": [{"name": "r-pretrain-a1", "state": "Running", "att
 )
 def test_the_timer_polls_only_runs_that_can_still_change(status: dict[str, Any], polled: bool) -> None:
     assert needs_polling(status=status) is polled
-

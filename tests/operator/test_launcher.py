@@ -148,7 +148,10 @@ def test_rendering_leaves_the_kubernetes_client_defaults_and_log_levels_alone() 
     finally:
         client_logger.setLevel(before)
     # the shared configuration lasted one dry run: the client's default is a fresh object again
-    first, second = kubernetes.client.Configuration.get_default_copy(), kubernetes.client.Configuration.get_default_copy()
+    first, second = (
+        kubernetes.client.Configuration.get_default_copy(),
+        kubernetes.client.Configuration.get_default_copy(),
+    )
     assert first is not second
 
 
@@ -191,8 +194,11 @@ def test_job_metadata_names_labels_and_owner() -> None:
     )
     # The operator retries, with backoff, resuming from checkpoints: Volcano never does. 0 would be Volcano's
     # default 3 (tests/faults/test_volcano_eviction.py plays what Volcano does with these).
-    assert spec["maxRetry"] == 1 and [p["action"] for p in spec["policies"]] == ["TerminateJob", "TerminateJob",
-                                                                                 "RestartJob"]
+    assert spec["maxRetry"] == 1 and [p["action"] for p in spec["policies"]] == [
+        "TerminateJob",
+        "TerminateJob",
+        "RestartJob",
+    ]
     # torchx's random app id is gone everywhere: the deterministic name makes resubmission idempotent.
     assert "olmo2-7b-pretrain-a3-" not in yaml.safe_dump(manifest).replace("olmo2-7b-pretrain-a3-trainer", "")
 
@@ -242,7 +248,11 @@ def test_the_request_is_built_once_from_the_spec() -> None:
     ]  # fmt: skip
     assert request.config_uri == request.command[-1] == request.env["OLMORUN_CONFIG"]
     assert (request.resources.cpu, request.resources.memory, request.resources.gpus) == ("96", "1600Gi", 8)
-    assert (request.placement.nodes, request.placement.procs_per_node, request.placement.queue) == (4, 8, "training")
+    assert (request.placement.nodes, request.placement.procs_per_node, request.placement.queue) == (
+        4,
+        8,
+        "training",
+    )
     assert request.secret_refs == ["s3-credentials", "wandb"]
     assert request.owner.uid == "0f1e2d3c-aaaa-bbbb-cccc-000000000001"
 
@@ -289,7 +299,10 @@ def test_local_launcher_runs_a_job_and_reads_its_exit_code(tmp_path: Path) -> No
     import time
 
     deadline = time.monotonic() + 120
-    while (observed := launcher.describe(bad.name)).state in ("Pending", "Running") and time.monotonic() < deadline:
+    while (observed := launcher.describe(bad.name)).state in (
+        "Pending",
+        "Running",
+    ) and time.monotonic() < deadline:
         time.sleep(0.5)
     # torchrun reports a failed worker as exit 1; the job's shell recorded it, torchx does not say
     assert (observed.state, observed.exit_code, observed.preempted) == ("Failed", 1, False)
@@ -434,7 +447,12 @@ def test_olmorun_render_prints_every_config_and_job_and_submits_nothing(
     ]
     assert all(j["metadata"]["namespace"] == "demo" for j in jobs)
     assert [(c["phase"], c["seed"]) for c in configs] == [
-        ("pretrain", 6198), ("anneal", 42), ("anneal", 42069), ("soup", 6198), ("sft", 6198), ("dpo", 6198),
+        ("pretrain", 6198),
+        ("anneal", 42),
+        ("anneal", 42069),
+        ("soup", 6198),
+        ("sft", 6198),
+        ("dpo", 6198),
         ("rlvr", 6198),
     ]  # one config per job, as the planner submits them (tests/operator/test_preview.py)
     root = "file:///tmp/olmorun/storage/default/olmo2-tiny"

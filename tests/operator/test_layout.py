@@ -14,8 +14,17 @@ DATA = {"sequenceLength": 64, "sources": [{"name": "g", "synthetic": {"numTokens
 BATCH = {"globalBatchSize": 2, "microBatchSize": 1}
 
 
-def make_run(name: str = "r", storage: dict[str, Any] | None = None, seeds: list[int] | None = None) -> OlmoRun:
-    anneal: dict[str, Any] = {"name": "anneal", "kind": "anneal", "from": "pretrain", "maxSteps": 2, "data": DATA, "batch": BATCH}
+def make_run(
+    name: str = "r", storage: dict[str, Any] | None = None, seeds: list[int] | None = None
+) -> OlmoRun:
+    anneal: dict[str, Any] = {
+        "name": "anneal",
+        "kind": "anneal",
+        "from": "pretrain",
+        "maxSteps": 2,
+        "data": DATA,
+        "batch": BATCH,
+    }
     if seeds:
         anneal["seeds"] = seeds
     return parse_olmorun(
@@ -45,7 +54,9 @@ def test_the_job_name_limit_is_49_so_pod_hostnames_fit_in_63() -> None:
 @pytest.mark.parametrize(
     ("seeds", "seed", "key"), [(None, 5, "anneal"), ([42, 7], 42, "anneal-s42"), ([42, 7], 7, "anneal-s7")]
 )
-def test_job_keys_carry_the_seed_only_when_a_phase_fans_out(seeds: list[int] | None, seed: int, key: str) -> None:
+def test_job_keys_carry_the_seed_only_when_a_phase_fans_out(
+    seeds: list[int] | None, seed: int, key: str
+) -> None:
     run = make_run(seeds=seeds)
     phase = run.phase("anneal")
     assert layout.fans_out(phase) is bool(seeds)

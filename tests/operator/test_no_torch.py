@@ -9,7 +9,9 @@ import sys
 import olmo_operator
 
 # The CLI's trainer commands (data, export-hf) import the trainer lazily, inside their handlers.
-MODULES = sorted(f"olmo_operator.{m.name}" for m in pkgutil.iter_modules(olmo_operator.__path__) if m.name != "__main__")
+MODULES = sorted(
+    f"olmo_operator.{m.name}" for m in pkgutil.iter_modules(olmo_operator.__path__) if m.name != "__main__"
+)
 
 
 def test_operator_modules_import_without_torch() -> None:

@@ -63,7 +63,13 @@ def anneal(seeds: list[int] | None = None, **extra: Any) -> dict[str, Any]:
 
 
 SOUP = {"name": "soup", "kind": "soup", "from": "anneal"}
-SFT = {"name": "sft", "kind": "sft", "from": "soup", "sft": {"data": {"paths": ["x.jsonl"], "maxLength": 64}}, "batch": BATCH}
+SFT = {
+    "name": "sft",
+    "kind": "sft",
+    "from": "soup",
+    "sft": {"data": {"paths": ["x.jsonl"], "maxLength": 64}},
+    "batch": BATCH,
+}
 
 
 def make_run(*phases: dict[str, Any], generation: int = 1, **spec: Any) -> OlmoRun:
@@ -474,7 +480,11 @@ def rlvr_unimplemented(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("kind", ["rlvr"])
 def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> None:
     post = {
-        "name": kind, "kind": kind, "from": "soup", "maxSteps": 3, "batch": BATCH,
+        "name": kind,
+        "kind": kind,
+        "from": "soup",
+        "maxSteps": 3,
+        "batch": BATCH,
         kind: {"data": {"paths": ["x.jsonl"], "maxLength": 64}, "maxNewTokens": 16},
     }
     run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, post))
@@ -498,8 +508,14 @@ def test_blocked_branch_reports_while_another_branch_still_runs() -> None:
     run, _ = step(
         make_run(
             pretrain(),
-            {"name": "rl", "kind": "rlvr", "from": "pretrain", "maxSteps": 3, "batch": BATCH,
-             "rlvr": {**SFT["sft"], "maxNewTokens": 16}},
+            {
+                "name": "rl",
+                "kind": "rlvr",
+                "from": "pretrain",
+                "maxSteps": 3,
+                "batch": BATCH,
+                "rlvr": {**SFT["sft"], "maxNewTokens": 16},
+            },
             anneal(),
         )
     )
@@ -513,7 +529,13 @@ def test_blocked_branch_reports_while_another_branch_still_runs() -> None:
 
 
 def test_sft_and_dpo_run_like_training_phases_from_their_parents_final_checkpoint() -> None:
-    dpo = {"name": "dpo", "kind": "dpo", "from": "sft", "dpo": {"data": {"paths": ["p.jsonl"], "maxLength": 64}}, "batch": BATCH}
+    dpo = {
+        "name": "dpo",
+        "kind": "dpo",
+        "from": "sft",
+        "dpo": {"data": {"paths": ["p.jsonl"], "maxLength": 64}},
+        "batch": BATCH,
+    }
     run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, SFT, dpo))
     for phase in ("pretrain", "anneal", "soup"):
         run = finish_phase(run, phase)
@@ -580,7 +602,9 @@ def test_a_terminating_job_is_neither_cancelled_again_nor_replaced_until_gone() 
 # ---------------------------------------------------------------------------------------------
 
 
-def fail_attempts(run: OlmoRun, count: int, now: dt.datetime = T0) -> list[tuple[str | None, str, float | None]]:
+def fail_attempts(
+    run: OlmoRun, count: int, now: dt.datetime = T0
+) -> list[tuple[str | None, str, float | None]]:
     """Fail the current attempt `count` times, submitting each retry when due: (retryAt, message, requeue)."""
     seen = []
     for _ in range(count):
@@ -659,13 +683,26 @@ def test_a_retry_is_due_at_its_second_and_not_a_microsecond_before() -> None:
 
 
 def test_the_earliest_of_several_waiting_retries_sets_the_requeue() -> None:
-    run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, retry={"backoffLimit": 3, "backoffSeconds": 10, "maxBackoffSeconds": 100}))
+    run, _ = step(
+        make_run(
+            pretrain(),
+            anneal([1, 2]),
+            SOUP,
+            retry={"backoffLimit": 3, "backoffSeconds": 10, "maxBackoffSeconds": 100},
+        )
+    )
     run = finish_phase(run, "pretrain")
     fail = {n: JobObservation(n, "Failed", exit_code=1) for n in ("r-anneal-s1-a1", "r-anneal-s2-a1")}
     run, _ = step(run, fail)  # both wait 10 s
     run, _ = step(run, now=T0 + dt.timedelta(seconds=10))  # both resubmitted as a2
-    run, result = step(run, {"r-anneal-s1-a2": JobObservation("r-anneal-s1-a2", "Failed", exit_code=1),
-                             "r-anneal-s2-a2": running("r-anneal-s2-a2")}, now=T0 + dt.timedelta(seconds=12))
+    run, result = step(
+        run,
+        {
+            "r-anneal-s1-a2": JobObservation("r-anneal-s1-a2", "Failed", exit_code=1),
+            "r-anneal-s2-a2": running("r-anneal-s2-a2"),
+        },
+        now=T0 + dt.timedelta(seconds=12),
+    )
     assert result.requeue_after == 20.0
     _, later = step(run, {"r-anneal-s2-a2": running("r-anneal-s2-a2")}, now=T0 + dt.timedelta(seconds=27))
     assert later.requeue_after == pytest.approx(5.0)  # retry of s1 due at 12 + 20 = 32
@@ -676,7 +713,10 @@ def test_the_earliest_of_several_waiting_retries_sets_the_requeue() -> None:
     [
         (JobObservation("r-pretrain-a1", "Failed", exit_code=2), "exit code 2; retry 1/2 in 10s"),
         (JobObservation("r-pretrain-a1", "Failed"), "failed; retry 1/2 in 10s"),
-        (JobObservation("r-pretrain-a1", "Failed", exit_code=0, message="OOMKilled"), "OOMKilled; retry 1/2 in 10s"),
+        (
+            JobObservation("r-pretrain-a1", "Failed", exit_code=0, message="OOMKilled"),
+            "OOMKilled; retry 1/2 in 10s",
+        ),
     ],
     ids=["exit-code", "no-exit-code", "scheduler-message"],
 )
@@ -716,7 +756,9 @@ ARC = "s3://b/root/ns/r/archive"
 
 
 def _pretrain_done(run: OlmoRun, metrics: MetricsLine | None = None) -> JobObservation:
-    return JobObservation("r-pretrain-a1", "Succeeded", exit_code=0, checkpoint=(10, f"{PRE}/step10"), metrics=metrics)
+    return JobObservation(
+        "r-pretrain-a1", "Succeeded", exit_code=0, checkpoint=(10, f"{PRE}/step10"), metrics=metrics
+    )
 
 
 def row_start() -> tuple[OlmoRun, Plan]:
@@ -725,7 +767,9 @@ def row_start() -> tuple[OlmoRun, Plan]:
 
 def row_progress_of_a_fanned_out_phase() -> tuple[OlmoRun, Plan]:
     run = finish_phase(step(make_run(pretrain(), anneal([1, 2]), SOUP))[0], "pretrain")
-    s1 = JobObservation("r-anneal-s1-a1", "Running", checkpoint=(2, "c1/step2"), metrics=MetricsLine(3, 300, 2.0))
+    s1 = JobObservation(
+        "r-anneal-s1-a1", "Running", checkpoint=(2, "c1/step2"), metrics=MetricsLine(3, 300, 2.0)
+    )
     s2 = JobObservation("r-anneal-s2-a1", "Pending", metrics=MetricsLine(5, 500, 3.0))
     return step(run, {s1.name: s1, s2.name: s2}, now=T1)
 
@@ -797,7 +841,9 @@ def row_branch_cancelled() -> tuple[OlmoRun, Plan]:
     a, b = anneal(name="a"), anneal(name="b")
     run, _ = step(make_run(pretrain(), a, b, retry={"backoffLimit": 0}))
     run = finish_phase(run, "pretrain")
-    return step(run, {"r-a-a1": running("r-a-a1"), "r-b-a1": JobObservation("r-b-a1", "Failed", exit_code=1)}, now=T1)
+    return step(
+        run, {"r-a-a1": running("r-a-a1"), "r-b-a1": JobObservation("r-b-a1", "Failed", exit_code=1)}, now=T1
+    )
 
 
 def row_suspended() -> tuple[OlmoRun, Plan]:
@@ -810,8 +856,14 @@ def row_suspended_before_start() -> tuple[OlmoRun, Plan]:
     return step(make_run(suspend=True))
 
 
-RLVR = {"name": "sft", "kind": "rlvr", "from": "pretrain", "maxSteps": 3, "batch": BATCH,
-        "rlvr": {**SFT["sft"], "maxNewTokens": 16}}
+RLVR = {
+    "name": "sft",
+    "kind": "rlvr",
+    "from": "pretrain",
+    "maxSteps": 3,
+    "batch": BATCH,
+    "rlvr": {**SFT["sft"], "maxNewTokens": 16},
+}
 """A phase of a kind taken out of IMPLEMENTED_KINDS by `rlvr_unimplemented` (named `sft` only so that the
 table's paths stay short)."""
 
@@ -842,7 +894,9 @@ def row_run_succeeded() -> tuple[OlmoRun, Plan]:
     """Both phases report figures; after the run ends the run-level ones are the last phase's."""
     run, _ = step(make_run(pretrain(archive=False), anneal(archive=False)))
     run, _ = step(run, {"r-pretrain-a1": _pretrain_done(run, MetricsLine(10, 1000, 2.0))})
-    done_ = JobObservation("r-anneal-a1", "Succeeded", checkpoint=(5, "a/step5"), metrics=MetricsLine(5, 500, 1.5))
+    done_ = JobObservation(
+        "r-anneal-a1", "Succeeded", checkpoint=(5, "a/step5"), metrics=MetricsLine(5, 500, 1.5)
+    )
     return step(run, {"r-anneal-a1": done_}, now=T1)
 
 
@@ -861,155 +915,348 @@ GAVE_UP = "exit code 1; gave up after 1 failure(s) (backoffLimit 0)"
 
 # (situation, expected events (type, reason, message), expected status fields: wire path -> value)
 TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
-    (row_start, [PRETRAIN_STARTED], {
-        "storage": "s3://b/root/ns/r", "observedGeneration": 1, "stage": "Running", "activePhases": ["pretrain"],
-        "step": None, "tokens": None, "lastLoss": None,
-        "phases.pretrain.state": "Pending", "phases.pretrain.attempts": 1, "phases.pretrain.message": "",
-        "phases.pretrain.startedAt": "2026-01-01T12:00:00Z", "phases.pretrain.finishedAt": None,
-        "phases.pretrain.jobs": [{"name": "r-pretrain-a1", "seed": 6198, "state": "Pending", "attempts": 1,
-                                  "failures": 0, "message": ""}],
-        "phases.anneal.state": "Pending", "phases.anneal.jobs": [], "phases.anneal.specHash": None,
-        "phases.anneal.message": "waiting for phase 'pretrain' (Pending)", "phases.anneal.startedAt": None,
-        "cond.Succeeded": ("Unknown", "Running", "running: pretrain"),
-        "cond.Progressing": ("True", "Running", "running: pretrain"),
-        "cond.Invalid": ("False", "Valid", "the spec is valid"),
-        "cond.Suspended": ("False", "NotSuspended", ""),
-    }),
-    (row_progress_of_a_fanned_out_phase, [], {
-        "stage": "Running", "activePhases": ["anneal"], "step": 3, "tokens": 800, "lastLoss": 2.5,
-        "phases.anneal.state": "Running", "phases.anneal.attempts": 2,
-        "phases.anneal.step": 3, "phases.anneal.tokens": 800, "phases.anneal.lastLoss": 2.5,
-        "phases.anneal.jobs.0.checkpoint": "c1/step2", "phases.anneal.jobs.0.state": "Running",
-        "phases.anneal.jobs.1.state": "Pending", "phases.anneal.jobs.1.checkpoint": None,
-        "phases.anneal.jobs.1.step": 5, "phases.anneal.jobs.1.tokens": 500, "phases.anneal.jobs.1.lastLoss": 3.0,
-    }),
-    (row_job_succeeded, [("Normal", "JobSucceeded", "job r-pretrain-a1 succeeded at step 10")], {
-        "phases.pretrain.state": "Running", "phases.pretrain.message": "archiving final checkpoint(s)",
-        "phases.pretrain.jobs.0.state": "Succeeded", "phases.pretrain.jobs.0.message": "final checkpoint step 10",
-        "phases.pretrain.jobs.0.checkpoint": f"{PRE}/step10", "phases.pretrain.jobs.0.archive": None,
-        "phases.pretrain.finishedAt": None, "stage": "Running", "activePhases": ["pretrain"],
-    }),
-    (row_archived, [
-        ("Normal", "Archived", f"{PRE}/step10 archived and verified at {ARC}/pretrain/step10"),
-        ("Normal", "PhaseSucceeded", "phase 'pretrain' succeeded"),
-        ("Normal", "PhaseStarted", "phase 'anneal' (anneal) starts 1 job(s)"),
-    ], {
-        "phases.pretrain.state": "Succeeded", "phases.pretrain.finishedAt": "2026-01-01T12:01:00Z",
-        "phases.pretrain.message": "1 job(s) succeeded, final checkpoints archived",
-        "phases.pretrain.checkpoint": f"{PRE}/step10", "phases.pretrain.archive": f"{ARC}/pretrain/step10",
-        "phases.pretrain.jobs.0.archive": f"{ARC}/pretrain/step10",
-        "phases.anneal.startedAt": "2026-01-01T12:01:00Z", "stage": "Running", "activePhases": ["anneal"],
-    }),
-    (row_archive_retry, [
-        ("Warning", "ArchiveRetry", f"archive of {PRE}/step10 failed, retrying: sha256 mismatch"),
-    ], {"phases.pretrain.state": "Running", "phases.pretrain.jobs.0.state": "Succeeded"}),
-    (row_archive_refused, [("Warning", "PhaseFailed", (
-        f"phase 'pretrain' failed: job r-pretrain-a1: archive of {PRE}/step10 failed verification: sha256 mismatch"
-    ))], {
-        "phases.pretrain.state": "Failed", "phases.pretrain.jobs.0.state": "Failed",
-        "phases.pretrain.finishedAt": "2026-01-01T12:01:00Z", "phases.pretrain.archive": None,
-    }),
-    (row_not_archived, [
-        ("Normal", "JobSucceeded", "job r-pretrain-a1 succeeded at step 10"),
-        ("Normal", "PhaseSucceeded", "phase 'pretrain' succeeded"),
-    ], {
-        "phases.pretrain.state": "Succeeded", "phases.pretrain.message": "1 job(s) succeeded",
-        "phases.pretrain.checkpoint": f"{PRE}/step10", "phases.pretrain.archive": None,
-        "cond.Succeeded": ("True", "Succeeded", "all 1 phases succeeded"),
-    }),
-    (row_no_checkpoint, [("Warning", "PhaseFailed", (
-        "phase 'pretrain' failed: job r-pretrain-a1: the job exited 0 but left no committed checkpoint "
-        "(no MANIFEST.json under checkpoints/)"
-    ))], {"phases.pretrain.jobs.0.state": "Failed", "phases.pretrain.jobs.0.checkpoint": None}),
-    (row_retrying, [("Warning", "JobFailed", "job r-pretrain-a1: exit code 1; retry 1/2 in 10s")], {
-        "phases.pretrain.state": "Retrying", "stage": "Running", "activePhases": ["pretrain"],
-        "phases.pretrain.message": "job r-pretrain-a1: exit code 1; retry 1/2 in 10s",  # why the phase waits
-        "phases.pretrain.jobs.0.retryAt": "2026-01-01T12:00:10Z", "phases.pretrain.jobs.0.failures": 1,
-        "phases.pretrain.jobs.0.state": "Retrying", "phases.pretrain.attempts": 1,
-        "cond.Succeeded": ("Unknown", "Running", "running: pretrain"),
-    }),
-    (row_retry_submitted, [("Normal", "Retrying", "job r-pretrain-a2 submitted (attempt 2)")], {
-        "phases.pretrain.jobs.0.retryAt": None, "phases.pretrain.jobs.0.name": "r-pretrain-a2",
-        "phases.pretrain.jobs.0.state": "Pending", "phases.pretrain.jobs.0.attempts": 2,
-        "phases.pretrain.attempts": 2, "phases.pretrain.state": "Pending",
-        "phases.pretrain.startedAt": "2026-01-01T12:00:00Z",
-    }),
-    (row_lost, [("Normal", "Resubmitted", "job r-pretrain-a1 disappeared; resubmitted as r-pretrain-a2 (not a failure)")],
-     {"phases.pretrain.jobs.0.failures": 0, "phases.pretrain.jobs.0.attempts": 2}),
-    (row_preempted, [("Normal", "Resubmitted", "job r-pretrain-a1 was preempted; resubmitted as r-pretrain-a2 (not a failure)")],
-     {"phases.pretrain.jobs.0.failures": 0, "phases.pretrain.jobs.0.name": "r-pretrain-a2"}),
-    (row_phase_failed, [("Warning", "PhaseFailed", f"phase 'pretrain' failed: job r-pretrain-a1: {GAVE_UP}")], {
-        "phases.pretrain.state": "Failed", "phases.pretrain.startedAt": "2026-01-01T12:00:00Z",
-        "phases.pretrain.finishedAt": "2026-01-01T12:01:00Z",
-        "phases.pretrain.jobs.0.state": "Failed", "phases.pretrain.jobs.0.message": GAVE_UP,
-        "phases.pretrain.jobs.0.retryAt": None, "stage": "Failed",
-        "cond.Succeeded": ("False", "PhaseFailed", f"phase 'pretrain' failed: job r-pretrain-a1: {GAVE_UP}"),
-        "cond.Progressing": ("False", "PhaseFailed", "the run stopped: phase 'pretrain' failed"),
-    }),
-    (row_seed_failed, [
-        ("Warning", "PhaseFailed", "phase 'anneal' failed: job r-anneal-s1-a1: OOM; gave up after 1 failure(s) (backoffLimit 0)"),
-        ("Normal", "Cancelled", "job r-anneal-s2-a1 cancelled: run failed"),
-    ], {
-        "phases.anneal.jobs.1.state": "Failed", "phases.anneal.jobs.1.message": "cancelled: run failed",
-        "phases.anneal.state": "Failed", "phases.anneal.finishedAt": "2026-01-01T12:01:00Z",
-        "phases.soup.state": "Pending", "phases.soup.jobs": [],
-    }),
-    (row_branch_cancelled, [
-        ("Warning", "PhaseFailed", f"phase 'b' failed: job r-b-a1: {GAVE_UP}"),
-        ("Normal", "Cancelled", "job r-a-a1 cancelled: run failed"),
-    ], {
-        "phases.a.state": "Failed", "phases.a.message": "cancelled: another phase failed",
-        "phases.a.finishedAt": "2026-01-01T12:01:00Z", "phases.a.jobs.0.state": "Failed",
-        "phases.a.jobs.0.message": "cancelled: run failed",
-        "cond.Succeeded": ("False", "PhaseFailed", f"phase 'b' failed: job r-b-a1: {GAVE_UP}"),
-        "cond.Progressing": ("False", "PhaseFailed", "the run stopped: phase 'b' failed"),
-    }),
-    (row_suspended, [("Normal", "Cancelled", "job r-pretrain-a1 cancelled: suspended")], {
-        "phases.pretrain.state": "Pending", "phases.pretrain.finishedAt": None,
-        "phases.pretrain.message": "suspended: jobs cancelled; they resume from their newest checkpoint when resumed",
-        "phases.pretrain.jobs.0.state": "Pending", "phases.pretrain.jobs.0.message": "cancelled: suspended",
-        "stage": "Suspended",
-        "cond.Suspended": ("True", "Suspended", "spec.suspend is true: no job runs"),
-        "cond.Succeeded": ("Unknown", "Suspended", "the run is suspended"),
-        "cond.Progressing": ("False", "Suspended", "spec.suspend is true"),
-    }),
-    (row_suspended_before_start, [], {
-        "phases.pretrain.message": "suspended before it started", "phases.pretrain.jobs": [],
-        "phases.pretrain.specHash": None, "phases.pretrain.startedAt": None, "stage": "Suspended",
-    }),
-    (row_blocked, [
-        ("Normal", "Archived", f"{PRE}/step10 archived and verified at {ARC}/pretrain/step10"),
-        ("Normal", "PhaseSucceeded", "phase 'pretrain' succeeded"),
-        ("Warning", "KindNotImplemented", SFT_BLOCKED),
-    ], {
-        "phases.sft.state": "Blocked", "phases.sft.message": SFT_BLOCKED, "phases.sft.jobs": [],
-        "phases.sft.specHash": None, "stage": "Blocked",
-        "cond.Succeeded": ("False", "KindNotImplemented", SFT_BLOCKED),
-        "cond.Progressing": ("False", "KindNotImplemented", "stopped at phase 'sft'"),
-    }),
-    (row_blocked_while_a_branch_runs, [], {
-        "stage": "Running", "activePhases": ["anneal"], "phases.sft.state": "Blocked",
-        "cond.Succeeded": ("False", "KindNotImplemented", "running: anneal; blocked: sft"),
-        "cond.Progressing": ("True", "Running", "running: anneal"),
-    }),
-    (row_edit_refused, [], {
-        "observedGeneration": 2, "phases.pretrain.state": "Running",
-        "phases.pretrain.message": "spec edit refused; running with the spec it started with",
-        "cond.Invalid": ("True", "SpecChangeRefused", (
-            "phase(s) pretrain already started; their spec, the model, image and seed cannot change. Revert the "
-            "edit (running jobs continue with the spec they started with) or create a new OlmoRun."
-        )),
-    }),
-    (row_run_succeeded, [
-        ("Normal", "JobSucceeded", "job r-anneal-a1 succeeded at step 5"),
-        ("Normal", "PhaseSucceeded", "phase 'anneal' succeeded"),
-    ], {
-        "stage": "Succeeded", "step": 5, "tokens": 500, "lastLoss": 1.5,
-        "phases.pretrain.step": 10, "phases.pretrain.tokens": 1000, "phases.pretrain.lastLoss": 2.0,
-        "phases.anneal.checkpoint": "a/step5", "phases.anneal.finishedAt": "2026-01-01T12:01:00Z",
-        "cond.Succeeded": ("True", "Succeeded", "all 2 phases succeeded"),
-        "cond.Progressing": ("False", "Succeeded", "the run is complete"),
-    }),
+    (
+        row_start,
+        [PRETRAIN_STARTED],
+        {
+            "storage": "s3://b/root/ns/r",
+            "observedGeneration": 1,
+            "stage": "Running",
+            "activePhases": ["pretrain"],
+            "step": None,
+            "tokens": None,
+            "lastLoss": None,
+            "phases.pretrain.state": "Pending",
+            "phases.pretrain.attempts": 1,
+            "phases.pretrain.message": "",
+            "phases.pretrain.startedAt": "2026-01-01T12:00:00Z",
+            "phases.pretrain.finishedAt": None,
+            "phases.pretrain.jobs": [
+                {
+                    "name": "r-pretrain-a1",
+                    "seed": 6198,
+                    "state": "Pending",
+                    "attempts": 1,
+                    "failures": 0,
+                    "message": "",
+                }
+            ],
+            "phases.anneal.state": "Pending",
+            "phases.anneal.jobs": [],
+            "phases.anneal.specHash": None,
+            "phases.anneal.message": "waiting for phase 'pretrain' (Pending)",
+            "phases.anneal.startedAt": None,
+            "cond.Succeeded": ("Unknown", "Running", "running: pretrain"),
+            "cond.Progressing": ("True", "Running", "running: pretrain"),
+            "cond.Invalid": ("False", "Valid", "the spec is valid"),
+            "cond.Suspended": ("False", "NotSuspended", ""),
+        },
+    ),
+    (
+        row_progress_of_a_fanned_out_phase,
+        [],
+        {
+            "stage": "Running",
+            "activePhases": ["anneal"],
+            "step": 3,
+            "tokens": 800,
+            "lastLoss": 2.5,
+            "phases.anneal.state": "Running",
+            "phases.anneal.attempts": 2,
+            "phases.anneal.step": 3,
+            "phases.anneal.tokens": 800,
+            "phases.anneal.lastLoss": 2.5,
+            "phases.anneal.jobs.0.checkpoint": "c1/step2",
+            "phases.anneal.jobs.0.state": "Running",
+            "phases.anneal.jobs.1.state": "Pending",
+            "phases.anneal.jobs.1.checkpoint": None,
+            "phases.anneal.jobs.1.step": 5,
+            "phases.anneal.jobs.1.tokens": 500,
+            "phases.anneal.jobs.1.lastLoss": 3.0,
+        },
+    ),
+    (
+        row_job_succeeded,
+        [("Normal", "JobSucceeded", "job r-pretrain-a1 succeeded at step 10")],
+        {
+            "phases.pretrain.state": "Running",
+            "phases.pretrain.message": "archiving final checkpoint(s)",
+            "phases.pretrain.jobs.0.state": "Succeeded",
+            "phases.pretrain.jobs.0.message": "final checkpoint step 10",
+            "phases.pretrain.jobs.0.checkpoint": f"{PRE}/step10",
+            "phases.pretrain.jobs.0.archive": None,
+            "phases.pretrain.finishedAt": None,
+            "stage": "Running",
+            "activePhases": ["pretrain"],
+        },
+    ),
+    (
+        row_archived,
+        [
+            ("Normal", "Archived", f"{PRE}/step10 archived and verified at {ARC}/pretrain/step10"),
+            ("Normal", "PhaseSucceeded", "phase 'pretrain' succeeded"),
+            ("Normal", "PhaseStarted", "phase 'anneal' (anneal) starts 1 job(s)"),
+        ],
+        {
+            "phases.pretrain.state": "Succeeded",
+            "phases.pretrain.finishedAt": "2026-01-01T12:01:00Z",
+            "phases.pretrain.message": "1 job(s) succeeded, final checkpoints archived",
+            "phases.pretrain.checkpoint": f"{PRE}/step10",
+            "phases.pretrain.archive": f"{ARC}/pretrain/step10",
+            "phases.pretrain.jobs.0.archive": f"{ARC}/pretrain/step10",
+            "phases.anneal.startedAt": "2026-01-01T12:01:00Z",
+            "stage": "Running",
+            "activePhases": ["anneal"],
+        },
+    ),
+    (
+        row_archive_retry,
+        [
+            ("Warning", "ArchiveRetry", f"archive of {PRE}/step10 failed, retrying: sha256 mismatch"),
+        ],
+        {"phases.pretrain.state": "Running", "phases.pretrain.jobs.0.state": "Succeeded"},
+    ),
+    (
+        row_archive_refused,
+        [
+            (
+                "Warning",
+                "PhaseFailed",
+                (
+                    f"phase 'pretrain' failed: job r-pretrain-a1: archive of {PRE}/step10 failed verification: sha256 mismatch"
+                ),
+            )
+        ],
+        {
+            "phases.pretrain.state": "Failed",
+            "phases.pretrain.jobs.0.state": "Failed",
+            "phases.pretrain.finishedAt": "2026-01-01T12:01:00Z",
+            "phases.pretrain.archive": None,
+        },
+    ),
+    (
+        row_not_archived,
+        [
+            ("Normal", "JobSucceeded", "job r-pretrain-a1 succeeded at step 10"),
+            ("Normal", "PhaseSucceeded", "phase 'pretrain' succeeded"),
+        ],
+        {
+            "phases.pretrain.state": "Succeeded",
+            "phases.pretrain.message": "1 job(s) succeeded",
+            "phases.pretrain.checkpoint": f"{PRE}/step10",
+            "phases.pretrain.archive": None,
+            "cond.Succeeded": ("True", "Succeeded", "all 1 phases succeeded"),
+        },
+    ),
+    (
+        row_no_checkpoint,
+        [
+            (
+                "Warning",
+                "PhaseFailed",
+                (
+                    "phase 'pretrain' failed: job r-pretrain-a1: the job exited 0 but left no committed checkpoint "
+                    "(no MANIFEST.json under checkpoints/)"
+                ),
+            )
+        ],
+        {"phases.pretrain.jobs.0.state": "Failed", "phases.pretrain.jobs.0.checkpoint": None},
+    ),
+    (
+        row_retrying,
+        [("Warning", "JobFailed", "job r-pretrain-a1: exit code 1; retry 1/2 in 10s")],
+        {
+            "phases.pretrain.state": "Retrying",
+            "stage": "Running",
+            "activePhases": ["pretrain"],
+            "phases.pretrain.message": "job r-pretrain-a1: exit code 1; retry 1/2 in 10s",  # why the phase waits
+            "phases.pretrain.jobs.0.retryAt": "2026-01-01T12:00:10Z",
+            "phases.pretrain.jobs.0.failures": 1,
+            "phases.pretrain.jobs.0.state": "Retrying",
+            "phases.pretrain.attempts": 1,
+            "cond.Succeeded": ("Unknown", "Running", "running: pretrain"),
+        },
+    ),
+    (
+        row_retry_submitted,
+        [("Normal", "Retrying", "job r-pretrain-a2 submitted (attempt 2)")],
+        {
+            "phases.pretrain.jobs.0.retryAt": None,
+            "phases.pretrain.jobs.0.name": "r-pretrain-a2",
+            "phases.pretrain.jobs.0.state": "Pending",
+            "phases.pretrain.jobs.0.attempts": 2,
+            "phases.pretrain.attempts": 2,
+            "phases.pretrain.state": "Pending",
+            "phases.pretrain.startedAt": "2026-01-01T12:00:00Z",
+        },
+    ),
+    (
+        row_lost,
+        [
+            (
+                "Normal",
+                "Resubmitted",
+                "job r-pretrain-a1 disappeared; resubmitted as r-pretrain-a2 (not a failure)",
+            )
+        ],
+        {"phases.pretrain.jobs.0.failures": 0, "phases.pretrain.jobs.0.attempts": 2},
+    ),
+    (
+        row_preempted,
+        [
+            (
+                "Normal",
+                "Resubmitted",
+                "job r-pretrain-a1 was preempted; resubmitted as r-pretrain-a2 (not a failure)",
+            )
+        ],
+        {"phases.pretrain.jobs.0.failures": 0, "phases.pretrain.jobs.0.name": "r-pretrain-a2"},
+    ),
+    (
+        row_phase_failed,
+        [("Warning", "PhaseFailed", f"phase 'pretrain' failed: job r-pretrain-a1: {GAVE_UP}")],
+        {
+            "phases.pretrain.state": "Failed",
+            "phases.pretrain.startedAt": "2026-01-01T12:00:00Z",
+            "phases.pretrain.finishedAt": "2026-01-01T12:01:00Z",
+            "phases.pretrain.jobs.0.state": "Failed",
+            "phases.pretrain.jobs.0.message": GAVE_UP,
+            "phases.pretrain.jobs.0.retryAt": None,
+            "stage": "Failed",
+            "cond.Succeeded": (
+                "False",
+                "PhaseFailed",
+                f"phase 'pretrain' failed: job r-pretrain-a1: {GAVE_UP}",
+            ),
+            "cond.Progressing": ("False", "PhaseFailed", "the run stopped: phase 'pretrain' failed"),
+        },
+    ),
+    (
+        row_seed_failed,
+        [
+            (
+                "Warning",
+                "PhaseFailed",
+                "phase 'anneal' failed: job r-anneal-s1-a1: OOM; gave up after 1 failure(s) (backoffLimit 0)",
+            ),
+            ("Normal", "Cancelled", "job r-anneal-s2-a1 cancelled: run failed"),
+        ],
+        {
+            "phases.anneal.jobs.1.state": "Failed",
+            "phases.anneal.jobs.1.message": "cancelled: run failed",
+            "phases.anneal.state": "Failed",
+            "phases.anneal.finishedAt": "2026-01-01T12:01:00Z",
+            "phases.soup.state": "Pending",
+            "phases.soup.jobs": [],
+        },
+    ),
+    (
+        row_branch_cancelled,
+        [
+            ("Warning", "PhaseFailed", f"phase 'b' failed: job r-b-a1: {GAVE_UP}"),
+            ("Normal", "Cancelled", "job r-a-a1 cancelled: run failed"),
+        ],
+        {
+            "phases.a.state": "Failed",
+            "phases.a.message": "cancelled: another phase failed",
+            "phases.a.finishedAt": "2026-01-01T12:01:00Z",
+            "phases.a.jobs.0.state": "Failed",
+            "phases.a.jobs.0.message": "cancelled: run failed",
+            "cond.Succeeded": ("False", "PhaseFailed", f"phase 'b' failed: job r-b-a1: {GAVE_UP}"),
+            "cond.Progressing": ("False", "PhaseFailed", "the run stopped: phase 'b' failed"),
+        },
+    ),
+    (
+        row_suspended,
+        [("Normal", "Cancelled", "job r-pretrain-a1 cancelled: suspended")],
+        {
+            "phases.pretrain.state": "Pending",
+            "phases.pretrain.finishedAt": None,
+            "phases.pretrain.message": "suspended: jobs cancelled; they resume from their newest checkpoint when resumed",
+            "phases.pretrain.jobs.0.state": "Pending",
+            "phases.pretrain.jobs.0.message": "cancelled: suspended",
+            "stage": "Suspended",
+            "cond.Suspended": ("True", "Suspended", "spec.suspend is true: no job runs"),
+            "cond.Succeeded": ("Unknown", "Suspended", "the run is suspended"),
+            "cond.Progressing": ("False", "Suspended", "spec.suspend is true"),
+        },
+    ),
+    (
+        row_suspended_before_start,
+        [],
+        {
+            "phases.pretrain.message": "suspended before it started",
+            "phases.pretrain.jobs": [],
+            "phases.pretrain.specHash": None,
+            "phases.pretrain.startedAt": None,
+            "stage": "Suspended",
+        },
+    ),
+    (
+        row_blocked,
+        [
+            ("Normal", "Archived", f"{PRE}/step10 archived and verified at {ARC}/pretrain/step10"),
+            ("Normal", "PhaseSucceeded", "phase 'pretrain' succeeded"),
+            ("Warning", "KindNotImplemented", SFT_BLOCKED),
+        ],
+        {
+            "phases.sft.state": "Blocked",
+            "phases.sft.message": SFT_BLOCKED,
+            "phases.sft.jobs": [],
+            "phases.sft.specHash": None,
+            "stage": "Blocked",
+            "cond.Succeeded": ("False", "KindNotImplemented", SFT_BLOCKED),
+            "cond.Progressing": ("False", "KindNotImplemented", "stopped at phase 'sft'"),
+        },
+    ),
+    (
+        row_blocked_while_a_branch_runs,
+        [],
+        {
+            "stage": "Running",
+            "activePhases": ["anneal"],
+            "phases.sft.state": "Blocked",
+            "cond.Succeeded": ("False", "KindNotImplemented", "running: anneal; blocked: sft"),
+            "cond.Progressing": ("True", "Running", "running: anneal"),
+        },
+    ),
+    (
+        row_edit_refused,
+        [],
+        {
+            "observedGeneration": 2,
+            "phases.pretrain.state": "Running",
+            "phases.pretrain.message": "spec edit refused; running with the spec it started with",
+            "cond.Invalid": (
+                "True",
+                "SpecChangeRefused",
+                (
+                    "phase(s) pretrain already started; their spec, the model, image and seed cannot change. Revert the "
+                    "edit (running jobs continue with the spec they started with) or create a new OlmoRun."
+                ),
+            ),
+        },
+    ),
+    (
+        row_run_succeeded,
+        [
+            ("Normal", "JobSucceeded", "job r-anneal-a1 succeeded at step 5"),
+            ("Normal", "PhaseSucceeded", "phase 'anneal' succeeded"),
+        ],
+        {
+            "stage": "Succeeded",
+            "step": 5,
+            "tokens": 500,
+            "lastLoss": 1.5,
+            "phases.pretrain.step": 10,
+            "phases.pretrain.tokens": 1000,
+            "phases.pretrain.lastLoss": 2.0,
+            "phases.anneal.checkpoint": "a/step5",
+            "phases.anneal.finishedAt": "2026-01-01T12:01:00Z",
+            "cond.Succeeded": ("True", "Succeeded", "all 2 phases succeeded"),
+            "cond.Progressing": ("False", "Succeeded", "the run is complete"),
+        },
+    ),
 ]
 
 
@@ -1026,13 +1273,17 @@ def field_of(run: OlmoRun, path: str) -> Any:
 def _subset(actual: Any, expected: Any) -> Any:
     """For list-of-dict fields only the keys a row names are compared."""
     if isinstance(expected, list) and all(isinstance(e, dict) for e in expected) and isinstance(actual, list):
-        return [{k: a.get(k) for k in e} for a, e in zip(actual, expected, strict=False)] + actual[len(expected):]
+        return [{k: a.get(k) for k in e} for a, e in zip(actual, expected, strict=False)] + actual[
+            len(expected) :
+        ]
     return actual
 
 
 @pytest.mark.parametrize(("situation", "events", "fields"), TABLE, ids=[row[0].__name__[4:] for row in TABLE])
 @pytest.mark.usefixtures("rlvr_unimplemented")
-def test_status_fields_and_events(situation: Any, events: list[tuple[str, str, str]], fields: dict[str, Any]) -> None:
+def test_status_fields_and_events(
+    situation: Any, events: list[tuple[str, str, str]], fields: dict[str, Any]
+) -> None:
     run, result = situation()
     assert [(e.type, e.reason, e.message) for e in result.events] == events
     for path, expected in fields.items():
@@ -1072,8 +1323,15 @@ def test_spec_hash_recipe_is_pinned() -> None:
     # What it covers: the phase, the model, the image and the run seed; not the rest of the spec.
     for change in ({"image": "img@sha256:def"}, {"seed": 7}, {"model": {"preset": "olmo2-1b"}}):
         assert phase_spec_hash(make_run(**change), phase) != PINNED_SPEC_HASH, change
-    assert phase_spec_hash(make_run(pretrain(maxSteps=11)), make_run(pretrain(maxSteps=11)).phase("pretrain")) != PINNED_SPEC_HASH
-    for free in ({"suspend": True}, {"retry": {"backoffLimit": 9}}, {"cluster": {"gpusPerNode": 0, "queue": "q"}}):
+    assert (
+        phase_spec_hash(make_run(pretrain(maxSteps=11)), make_run(pretrain(maxSteps=11)).phase("pretrain"))
+        != PINNED_SPEC_HASH
+    )
+    for free in (
+        {"suspend": True},
+        {"retry": {"backoffLimit": 9}},
+        {"cluster": {"gpusPerNode": 0, "queue": "q"}},
+    ):
         assert phase_spec_hash(make_run(**free), phase) == PINNED_SPEC_HASH, free
 
 
@@ -1083,11 +1341,23 @@ PINNED_SPEC_HASH = "0ac74088648b0c0e"
 def test_run_record_keys_are_pinned() -> None:
     run, result = step(make_run(pretrain(), anneal([42, 7]), SOUP))
     [record] = of(result, WriteRunRecord)
-    assert sorted(record.document) == ["apiVersion", "createdAt", "image", "kind", "metadata", "phaseSpecHashes", "seeds",
-                                       "spec", "specHash"]
+    assert sorted(record.document) == [
+        "apiVersion",
+        "createdAt",
+        "image",
+        "kind",
+        "metadata",
+        "phaseSpecHashes",
+        "seeds",
+        "spec",
+        "specHash",
+    ]
     assert record.document["metadata"] == {"name": "r", "namespace": "ns", "uid": "u-1"}
     assert (record.document["apiVersion"], record.document["kind"]) == ("olmorun.dev/v1alpha1", "OlmoRun")
-    assert (record.document["image"], record.document["createdAt"]) == ("img@sha256:abc", "2026-01-01T12:00:00Z")
+    assert (record.document["image"], record.document["createdAt"]) == (
+        "img@sha256:abc",
+        "2026-01-01T12:00:00Z",
+    )
     assert record.document["seeds"] == {"pretrain": [6198], "anneal": [42, 7], "soup": [6198]}
     assert record.document["spec"] == run.spec.model_dump(mode="json", by_alias=True)
 
@@ -1140,7 +1410,10 @@ def test_the_status_shows_the_latest_loss_not_an_older_finite_one() -> None:
 def test_a_notice_of_a_running_job_is_its_message_and_one_warning_event() -> None:
     """olmo_trainer.layout.NOTICE_NAME: e.g. the job skipped a damaged checkpoint and carries on."""
     run, _ = step(make_run())
-    notice = ("CheckpointDamaged", "skipped damaged checkpoint(s) s3://b/step6 (__0_0.distcp); resumed from s3://b/step4")
+    notice = (
+        "CheckpointDamaged",
+        "skipped damaged checkpoint(s) s3://b/step6 (__0_0.distcp); resumed from s3://b/step4",
+    )
     observed = JobObservation("r-pretrain-a1", "Running", message="running", notice=notice,
                               metrics=MetricsLine(step=5, tokens=500, loss=2.0))  # fmt: skip
     run, result = step(run, {"r-pretrain-a1": observed})
@@ -1156,5 +1429,7 @@ def test_the_archive_rename_keeps_the_spec_hash_of_phases_started_before_it() ->
     """A phase started by an operator that knew only `archive` must not read as edited afterwards."""
     old, new = make_run(pretrain(archive=False)), make_run(pretrain(archiveFinal=False))
     assert phase_spec_hash(old, old.phase("pretrain")) == phase_spec_hash(new, new.phase("pretrain"))
-    assert hashed_phase(new.phase("pretrain"))["archive"] is False and "archiveFinal" not in hashed_phase(new.phase("pretrain"))
+    assert hashed_phase(new.phase("pretrain"))["archive"] is False and "archiveFinal" not in hashed_phase(
+        new.phase("pretrain")
+    )
     assert run_spec_hash(old) == run_spec_hash(new) != run_spec_hash(make_run(pretrain()))

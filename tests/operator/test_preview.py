@@ -75,11 +75,15 @@ def test_render_shows_the_archived_checkpoints_at_the_steps_the_budgets_end() ->
     ])  # fmt: skip
     preview = preview_run(run)
     by_phase = {s.job_name: s.train_config for s in preview.submissions}
-    assert by_phase["r-anneal-s1-a1"].init_from == "s3://b/root/ns/r/archive/pretrain/step10"  # ceil(5000 / (16 x 32))
+    assert (
+        by_phase["r-anneal-s1-a1"].init_from == "s3://b/root/ns/r/archive/pretrain/step10"
+    )  # ceil(5000 / (16 x 32))
     assert by_phase["r-soup-a1"].soup_from == [
         "s3://b/root/ns/r/archive/anneal-s1/step3", "s3://b/root/ns/r/archive/anneal-s2/step3",
     ]  # fmt: skip
-    assert by_phase["r-sft-a1"].init_from == "s3://b/root/ns/r/archive/soup/step3"  # sft is implemented: it runs
+    assert (
+        by_phase["r-sft-a1"].init_from == "s3://b/root/ns/r/archive/soup/step3"
+    )  # sft is implemented: it runs
 
 
 def test_render_says_why_a_kind_not_implemented_is_not_submitted(monkeypatch: Any) -> None:
@@ -119,7 +123,9 @@ def simulate(run: OlmoRun, fail_first: set[str]) -> list[SubmitJob]:
         current = run.model_copy(update={"status": status})
         result = plan(current, Observation(jobs=dict(outcomes), archives=dict(archives)), now)
         # kopf persists the status as JSON between steps
-        status = OlmoRunStatus.model_validate(json.loads(json.dumps(result.status.model_dump(mode="json", by_alias=True))))
+        status = OlmoRunStatus.model_validate(
+            json.loads(json.dumps(result.status.model_dump(mode="json", by_alias=True)))
+        )
         for action in result.actions:
             if isinstance(action, SubmitJob):
                 submitted.append(action)
@@ -159,7 +165,14 @@ def recipes(draw: st.DrawFn) -> list[dict[str, Any]]:
         return {"maxTokens": str(draw(st.integers(1, 6000)))}
 
     phases: list[dict[str, Any]] = [
-        {"name": "p0", "kind": "pretrain", "archiveFinal": draw(st.booleans()), "data": DATA, "batch": BATCH, **budget()}
+        {
+            "name": "p0",
+            "kind": "pretrain",
+            "archiveFinal": draw(st.booleans()),
+            "data": DATA,
+            "batch": BATCH,
+            **budget(),
+        }
     ]
     for index in range(1, draw(st.integers(0, 5)) + 1):
         fanned = [p for p in phases if len(p.get("seeds", [])) >= 2]
@@ -168,7 +181,9 @@ def recipes(draw: st.DrawFn) -> list[dict[str, Any]]:
         name = f"p{index}"
         if kind == "soup" and fanned:
             parent = draw(st.sampled_from(fanned))
-            phases.append({"name": name, "kind": "soup", "from": parent["name"], "archiveFinal": draw(st.booleans())})
+            phases.append(
+                {"name": name, "kind": "soup", "from": parent["name"], "archiveFinal": draw(st.booleans())}
+            )
         elif kind == "sft" and single:
             parent = draw(st.sampled_from(single))
             phases.append({"name": name, "kind": "sft", "from": parent["name"], "batch": BATCH, "sft": SFT})
@@ -181,7 +196,10 @@ def recipes(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(recipes(), st.sets(st.sampled_from([f"p{i}-{s}" for i in range(6) for s in (6198, *range(100))]), max_size=6))
+@given(
+    recipes(),
+    st.sets(st.sampled_from([f"p{i}-{s}" for i in range(6) for s in (6198, *range(100))]), max_size=6),
+)
 def test_render_equals_what_the_planner_submits_once_the_parents_finish(
     phases: list[dict[str, Any]], fail_first: set[str]
 ) -> None:
@@ -194,7 +212,10 @@ def test_render_equals_what_the_planner_submits_once_the_parents_finish(
     by_key = {(s.phase, s.seed): s for s in first}
     for retry in (s for s in submitted if s.attempt > 1):
         original = by_key[(retry.phase, retry.seed)].train_config
-        assert (retry.train_config.init_from, retry.train_config.soup_from) == (original.init_from, original.soup_from)
+        assert (retry.train_config.init_from, retry.train_config.soup_from) == (
+            original.init_from,
+            original.soup_from,
+        )
     # Render prints each of these configs and its Volcano Job, nothing else.
     documents = [doc for _, doc in render_documents(run, result=preview)]
     assert [d["metadata"]["name"] for d in documents if d.get("kind") == "Job"] == [s.job_name for s in first]

@@ -72,7 +72,9 @@ def with_cluster(field: str, value: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("field", sorted(FIELDS))
 @pytest.mark.parametrize(("value", "accepted", "kept"), QUANTITIES)
-def test_pydantic_and_the_crd_schema_agree_with_kubernetes(field: str, value: Any, accepted: bool, kept: str | None) -> None:
+def test_pydantic_and_the_crd_schema_agree_with_kubernetes(
+    field: str, value: Any, accepted: bool, kept: str | None
+) -> None:
     document = with_cluster(field, value)
     crd_refuses = [e for e in schema_errors(document) if f"cluster.{field}" in e]
     assert (not crd_refuses) == accepted, crd_refuses

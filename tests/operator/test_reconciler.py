@@ -34,7 +34,10 @@ def test_an_invalid_spec_is_refused_once_and_creates_nothing(tmp_path: Path) -> 
     first = reconciler.step(bad)
     assert first.run is None and first.finished and not first.submitted
     [event] = first.events
-    assert (event.type, event.reason) == ("Warning", "InvalidSpec") and "spec.phases[0].maxTokens" in event.message
+    assert (event.type, event.reason) == (
+        "Warning",
+        "InvalidSpec",
+    ) and "spec.phases[0].maxTokens" in event.message
     invalid = next(c for c in first.status.conditions if c.type == "Invalid")
     assert (invalid.status, invalid.reason) == ("True", "InvalidSpec")
     again = reconciler.step({**bad, "status": first.status.model_dump(mode="json", by_alias=True)})
@@ -52,7 +55,9 @@ def test_the_step_reaches_storage_through_the_specs_endpoint(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     bucket = s3_server.make_bucket("reconciler").removeprefix("s3://")
-    doc = document({"uri": f"s3://{bucket}/runs", "scratchUri": tmp_path.as_uri(), "endpointUrl": s3_server.endpoint_url})
+    doc = document(
+        {"uri": f"s3://{bucket}/runs", "scratchUri": tmp_path.as_uri(), "endpointUrl": s3_server.endpoint_url}
+    )
     launcher = ScriptedLauncher()
     now = [T0]
     reconciler = Reconciler(lambda _namespace: launcher, clock=lambda: now[0])

@@ -43,14 +43,31 @@ def record() -> RunRecord:
         job("anneal", "anneal", 42, "2026-01-01T00:01:10+00:00", "2026-01-01T00:01:40+00:00", 4),
         job("anneal", "anneal", 42069, "2026-01-01T00:01:10+00:00", "2026-01-01T00:01:45+00:00", 4),
         job("soup", "soup", 6198, "2026-01-01T00:01:50+00:00", "2026-01-01T00:01:52+00:00", 0),
-        job("dpo", "dpo", 6198, "2026-01-01T00:02:00+00:00", "2026-01-01T00:02:30+00:00", 6,
-            **{"rewards/margin": 0.3, "rewards/accuracy": 0.1, "eval/arith/accuracy": 0.05}),
+        job(
+            "dpo",
+            "dpo",
+            6198,
+            "2026-01-01T00:02:00+00:00",
+            "2026-01-01T00:02:30+00:00",
+            6,
+            **{"rewards/margin": 0.3, "rewards/accuracy": 0.1, "eval/arith/accuracy": 0.05},
+        ),
     ]
     jobs[3].metrics = [{"soup": 2, "step": 4, "eval/arith/accuracy": 0.25}]
     spec = {"phases": [{"name": "pretrain"}, {"name": "anneal", "from": "pretrain"}, {"name": "soup", "from": "anneal"},
                        {"name": "dpo", "from": "soup"}]}  # fmt: skip
-    status = {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "done"}]}
-    return RunRecord("file:///runs/default/demo", "demo", "1234abcd", spec, {"image": "img@sha256:" + "0" * 64}, jobs, status)
+    status = {
+        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "done"}]
+    }
+    return RunRecord(
+        "file:///runs/default/demo",
+        "demo",
+        "1234abcd",
+        spec,
+        {"image": "img@sha256:" + "0" * 64},
+        jobs,
+        status,
+    )
 
 
 def test_the_page_is_self_contained_and_every_figure_has_data() -> None:
@@ -85,7 +102,9 @@ def test_chromium_loads_every_figure(tmp_path: Path) -> None:
     path = tmp_path / "report.html"
     path.write_text(page.replace("</body>", probe + "</body>"))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"]
-    dom = subprocess.run([browser, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-loaded="5"' in dom.stdout
     shot = tmp_path / "shot.png"

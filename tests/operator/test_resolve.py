@@ -27,7 +27,12 @@ def test_pretrain_config_takes_the_phase_and_the_run_defaults() -> None:
     run = tiny()
     phase = run.phase("pretrain")
     config = resolve_config(run, phase, run.spec.seed)
-    assert (config.run, config.phase, config.kind, config.seed) == ("olmo2-tiny", "pretrain", "pretrain", 6198)
+    assert (config.run, config.phase, config.kind, config.seed) == (
+        "olmo2-tiny",
+        "pretrain",
+        "pretrain",
+        6198,
+    )
     assert config.model == ModelConfig.preset("tiny")
     assert config.data is not None and config.data.seed == 6198  # data-order seed = the job's seed
     assert phase.data is not None and config.data.sources == phase.data.sources
@@ -89,13 +94,22 @@ def test_layout_paths() -> None:
     pretrain, anneal = run.phase("pretrain"), run.phase("anneal")
     assert layout.run_root(run) == "s3://bucket/runs/lab/olmo2-tiny"
     assert layout.run_record_uri(run) == "s3://bucket/runs/lab/olmo2-tiny/run.json"
-    assert layout.config_uri(run, pretrain, 6198) == "s3://bucket/runs/lab/olmo2-tiny/phases/pretrain/config.json"
-    assert layout.config_uri(run, anneal, 42) == "s3://bucket/runs/lab/olmo2-tiny/phases/anneal/s42/config.json"
+    assert (
+        layout.config_uri(run, pretrain, 6198)
+        == "s3://bucket/runs/lab/olmo2-tiny/phases/pretrain/config.json"
+    )
+    assert (
+        layout.config_uri(run, anneal, 42) == "s3://bucket/runs/lab/olmo2-tiny/phases/anneal/s42/config.json"
+    )
     # Jobs write to scratch; archives always land under the run's storage.
     assert layout.save_dir(run, anneal, 42) == "file:///scratch/lab/olmo2-tiny/phases/anneal/s42"
     assert resolve_config(run, anneal, 42).save_dir == layout.save_dir(run, anneal, 42)
-    assert layout.archive_uri(run, anneal, 42, 7) == "s3://bucket/runs/lab/olmo2-tiny/archive/anneal-s42/step7"
-    assert layout.archive_uri(run, pretrain, 6198, 7) == "s3://bucket/runs/lab/olmo2-tiny/archive/pretrain/step7"
+    assert (
+        layout.archive_uri(run, anneal, 42, 7) == "s3://bucket/runs/lab/olmo2-tiny/archive/anneal-s42/step7"
+    )
+    assert (
+        layout.archive_uri(run, pretrain, 6198, 7) == "s3://bucket/runs/lab/olmo2-tiny/archive/pretrain/step7"
+    )
     assert layout.checkpoints_dir("s3://x/p") == "s3://x/p/checkpoints"
     assert layout.metrics_uri("s3://x/p") == "s3://x/p/metrics.jsonl"
     assert layout.step_of("s3://x/p/checkpoints/step120") == 120

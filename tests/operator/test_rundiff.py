@@ -12,7 +12,9 @@ from olmo_operator.rundiff import JobRecord, RunRecord, compare, env_differences
 
 
 def job(phase: str = "pre", seed: int = 1, *, losses: tuple[float, ...] = (2.0, 1.5), **kw: Any) -> JobRecord:
-    rows = [{"step": i + 1, "loss": loss, "lr": 0.1, "tokens_per_s": 100.0 + i} for i, loss in enumerate(losses)]
+    rows = [
+        {"step": i + 1, "loss": loss, "lr": 0.1, "tokens_per_s": 100.0 + i} for i, loss in enumerate(losses)
+    ]
     defaults: dict[str, Any] = {
         "kind": "pretrain", "config_hash": "c", "env": {"data": {"orderSha256": "o"}, "software": {"torch": "2"}},
         "metrics": rows, "checkpoints": {len(losses): {"sha256": "w", "tensors": {"model.a": "1", "model.b": "2"}}},
@@ -35,13 +37,18 @@ def test_identical_runs() -> None:
 @pytest.mark.parametrize(
     ("b", "first"),
     [
-        (job(losses=(2.0, math.nextafter(1.5, 0))), "phase pre seed 1 step 2: metric loss: A=1.5 B=1.4999999999999998"),
+        (
+            job(losses=(2.0, math.nextafter(1.5, 0))),
+            "phase pre seed 1 step 2: metric loss: A=1.5 B=1.4999999999999998",
+        ),
         (job(config_hash="d"), "phase pre seed 1: config hash: A=c B=d"),
         (job(env={"data": {"orderSha256": "x"}}), "phase pre seed 1: data orderSha256: A=o B=x"),
         (job(losses=(2.0,)), "phase pre seed 1 step 2: missing metrics row: A=present B=absent"),
         (job(checkpoints={1: None}), "phase pre seed 1 step 1: missing final checkpoint: A=step 2 B=step 1"),
-        (job(checkpoints={2: {"sha256": "v", "tensors": {"model.a": "1", "model.b": "3"}}}),
-         "phase pre seed 1 step 2: checkpoint content (model.b): A=w B=v"),
+        (
+            job(checkpoints={2: {"sha256": "v", "tensors": {"model.a": "1", "model.b": "3"}}}),
+            "phase pre seed 1 step 2: checkpoint content (model.b): A=w B=v",
+        ),
     ],
 )
 def test_the_first_divergence_names_where_and_what(b: JobRecord, first: str) -> None:
@@ -77,7 +84,10 @@ def test_a_tolerance_passes_small_deviations_reports_the_largest_and_notes_weigh
 
 def test_missing_jobs_steps_and_spec_changes() -> None:
     result = compare(run(job(), job("anneal")), run(job(), spec={"seed": 2}))
-    assert [(d.what, d.phase, d.name) for d in result.divergences] == [("spec", None, "seed"), ("missing", "anneal", "job")]
+    assert [(d.what, d.phase, d.name) for d in result.divergences] == [
+        ("spec", None, "seed"),
+        ("missing", "anneal", "job"),
+    ]
     short = job(losses=(2.0,), checkpoints={})
     first = compare(run(job()), run(short)).first
     assert first is not None
@@ -94,6 +104,16 @@ def test_numbers_close(a: Any, b: Any, rtol: float, atol: float, close: bool) ->
 
 
 def test_env_differences_leave_out_moments_hosts_and_paths() -> None:
-    a = {"writtenAt": 1, "hostname": "x", "initFrom": "/a", "software": {"torch": "2", "packages": {"numpy": "1"}}}
-    b = {"writtenAt": 2, "hostname": "y", "initFrom": "/b", "software": {"torch": "2", "packages": {"numpy": "2"}}}
+    a = {
+        "writtenAt": 1,
+        "hostname": "x",
+        "initFrom": "/a",
+        "software": {"torch": "2", "packages": {"numpy": "1"}},
+    }
+    b = {
+        "writtenAt": 2,
+        "hostname": "y",
+        "initFrom": "/b",
+        "software": {"torch": "2", "packages": {"numpy": "2"}},
+    }
     assert env_differences(a, b) == [("software.packages.numpy", "1", "2")]

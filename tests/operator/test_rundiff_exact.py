@@ -47,10 +47,17 @@ def test_many_differences_at_once_in_run_order() -> None:
     a = run(
         [
             job(
-                "pre", 0,
+                "pre",
+                0,
                 metrics=rows(2.0, 1.5, 1.25, **{"eval/arith/accuracy": 0.5}),
-                checkpoints={2: {"sha256": SHA_A, "tensors": {"w1": "1", "w2": "2", "w3": "3"}}, 3: {"sha256": SHA_A}},
-                env={"data": {"fingerprint": "f", "orderSha256": "o", "sampleSha256": "s"}, "software": {"torch": "2.8"}},
+                checkpoints={
+                    2: {"sha256": SHA_A, "tensors": {"w1": "1", "w2": "2", "w3": "3"}},
+                    3: {"sha256": SHA_A},
+                },
+                env={
+                    "data": {"fingerprint": "f", "orderSha256": "o", "sampleSha256": "s"},
+                    "software": {"torch": "2.8"},
+                },
             ),
             job("anneal", 42, config_hash="c42", metrics=rows(1.0)),
             job("anneal", 7, metrics=rows(1.0)),
@@ -61,14 +68,21 @@ def test_many_differences_at_once_in_run_order() -> None:
     b = run(
         [
             job(
-                "pre", 0,
+                "pre",
+                0,
                 metrics=[
                     {"step": 1, "loss": 2.0, "grad_norm": 3.0},
                     {"step": 2, "loss": 1.75, "eval/arith/accuracy": 0.5},
                     {"step": 4, "loss": 1.0},
                 ],
-                checkpoints={2: {"sha256": SHA_B, "tensors": {"w1": "1", "w2": "x", "w3": "y"}}, 3: {"sha256": SHA_A}},
-                env={"data": {"fingerprint": "g", "orderSha256": "o", "sampleSha256": "t"}, "software": {"torch": "2.9"}},
+                checkpoints={
+                    2: {"sha256": SHA_B, "tensors": {"w1": "1", "w2": "x", "w3": "y"}},
+                    3: {"sha256": SHA_A},
+                },
+                env={
+                    "data": {"fingerprint": "g", "orderSha256": "o", "sampleSha256": "t"},
+                    "software": {"torch": "2.9"},
+                },
             ),
             job("anneal", 42, config_hash="d42", metrics=rows(1.0)),
             job("soup", 0, metrics=[]),
@@ -168,8 +182,12 @@ def test_final_checkpoints_must_match_but_intermediate_ones_may_be_retained_diff
     a = run([job("p", 0, checkpoints={1: {"sha256": SHA_A}, 3: {"sha256": SHA_A}})])
     b = run([job("p", 0, checkpoints={2: {"sha256": SHA_A}, 3: {"sha256": SHA_A}})])
     assert compare(a, b).identical
-    only_a = compare(run([job("p", 0, checkpoints={3: {"sha256": SHA_A}})]), run([job("p", 0, checkpoints={})]))
-    assert as_tuples(only_a.divergences) == [("missing", "p", 0, 3, "final checkpoint", "step 3", "step None")]
+    only_a = compare(
+        run([job("p", 0, checkpoints={3: {"sha256": SHA_A}})]), run([job("p", 0, checkpoints={})])
+    )
+    assert as_tuples(only_a.divergences) == [
+        ("missing", "p", 0, 3, "final checkpoint", "step 3", "step None")
+    ]
 
 
 def test_metrics_rows_without_an_integer_step_are_not_compared() -> None:
@@ -182,7 +200,10 @@ def test_metrics_rows_without_an_integer_step_are_not_compared() -> None:
 
 def test_divergence_text_for_every_kind_of_place() -> None:
     assert Divergence("spec", None, None, None, "seed", 1, 2).describe() == "run: spec seed: A=1 B=2"
-    assert Divergence("config", "p", 3, None, "hash", "c", "d").describe() == "phase p seed 3: config hash: A=c B=d"
+    assert (
+        Divergence("config", "p", 3, None, "hash", "c", "d").describe()
+        == "phase p seed 3: config hash: A=c B=d"
+    )
     assert (
         Divergence("metric", "p", 0, 7, "loss", 0.1, 0.30000000000000004).describe()
         == "phase p seed 0 step 7: metric loss: A=0.1 B=0.30000000000000004"
@@ -195,14 +216,32 @@ def test_divergence_text_for_every_kind_of_place() -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0.1, "0.1"), (1e-20, "1e-20"), (2, "2"), ("a" * 64, "a" * 16), ("a" * 63, "a" * 63), ("a" * 65, "a" * 65), (None, "None")],
+    [
+        (0.1, "0.1"),
+        (1e-20, "1e-20"),
+        (2, "2"),
+        ("a" * 64, "a" * 16),
+        ("a" * 63, "a" * 63),
+        ("a" * 65, "a" * 65),
+        (None, "None"),
+    ],
 )
 def test_show(value: Any, text: str) -> None:
     assert _show(value) == text
 
 
 def test_result_metrics_keep_numbers_and_nulls_only() -> None:
-    row = {"step": 3, "loss": None, "lr": 0.1, "n": 2, "name": "x", "mfu": 0.4, "time": 1.0, "ok": True, "list": [1]}
+    row = {
+        "step": 3,
+        "loss": None,
+        "lr": 0.1,
+        "n": 2,
+        "name": "x",
+        "mfu": 0.4,
+        "time": 1.0,
+        "ok": True,
+        "list": [1],
+    }
     assert result_metrics(row) == {"loss": None, "lr": 0.1, "n": 2, "ok": True}
 
 
@@ -251,7 +290,8 @@ def test_a_tensor_on_one_side_only_is_a_differing_tensor() -> None:
 def test_a_null_metric_against_a_number_diverges_without_a_deviation() -> None:
     for left, right in ((None, 1.0), (1.0, None)):
         result = compare(
-            run([job("p", 0, metrics=[{"step": 1, "loss": left}])]), run([job("p", 0, metrics=[{"step": 1, "loss": right}])])
+            run([job("p", 0, metrics=[{"step": 1, "loss": left}])]),
+            run([job("p", 0, metrics=[{"step": 1, "loss": right}])]),
         )
         assert as_tuples(result.divergences) == [("metric", "p", 0, 1, "loss", left, right)]
         assert result.deviations == {}

@@ -71,7 +71,9 @@ _MARKERS: dict[int, str] = {}
 
 def _launch(command: list[str], env: dict[str, str] | None, **kwargs: Any) -> subprocess.Popen[Any]:
     marker = uuid.uuid4().hex
-    proc = subprocess.Popen(command, cwd=REPO, env={**_env(env), TEST_JOB_ENV: marker}, start_new_session=True, **kwargs)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env={**_env(env), TEST_JOB_ENV: marker}, start_new_session=True, **kwargs
+    )
     _MARKERS[proc.pid] = marker
     return proc
 
@@ -105,7 +107,9 @@ def torchrun(
 
     On a timeout the whole job is killed (`kill_job`): torchrun's workers must not outlive a test.
     """
-    proc = _launch(torchrun_command(args, nproc=nproc), env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _launch(
+        torchrun_command(args, nproc=nproc), env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

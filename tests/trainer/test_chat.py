@@ -52,7 +52,13 @@ def test_labels_of_a_multi_turn_chat_by_hand() -> None:
     trained = [(i, t) for i, t in enumerate(labels.tolist()) if t != IGNORE]
     ok_at = 1 + len(text) - 2  # the positions of "o", "k", then their EOS
     a_at = len(expected) - 2
-    assert trained == [(ok_at, ord("o")), (ok_at + 1, ord("k")), (ok_at + 2, 256), (a_at, ord("a")), (a_at + 1, 256)]
+    assert trained == [
+        (ok_at, ord("o")),
+        (ok_at + 1, ord("k")),
+        (ok_at + 2, 256),
+        (a_at, ord("a")),
+        (a_at + 1, 256),
+    ]
     # The "\n" after the first EOS and every "<|assistant|>\n" prefix are ignored.
     assert labels[ok_at + 3] == IGNORE and labels[ok_at - 1] == IGNORE
 

@@ -66,7 +66,9 @@ def trained(seed: int, steps: int = 1) -> tuple[nn.Module, torch.optim.Optimizer
     return model, optim
 
 
-def app(model: nn.Module, optim: torch.optim.Optimizer | None, trainer: TrainerState | None) -> dict[str, Any]:
+def app(
+    model: nn.Module, optim: torch.optim.Optimizer | None, trainer: TrainerState | None
+) -> dict[str, Any]:
     state: dict[str, Any] = {"model": model}
     if optim is not None:
         state["optim"] = optim
@@ -118,8 +120,9 @@ def test_round_trip_restores_model_optimizer_and_trainer_state(tmp_path: Path) -
     train_config = TrainConfig(
         run="r", phase="p", kind="pretrain", seed=0, model=ModelConfig.preset("tiny"), save_dir=str(tmp_path)
     )
-    ckpt = Checkpointer(str(tmp_path / "ckpt"), cfg(), config_hash="abc", parent="s3://x/step9",
-                        train_config=train_config)
+    ckpt = Checkpointer(
+        str(tmp_path / "ckpt"), cfg(), config_hash="abc", parent="s3://x/step9", train_config=train_config
+    )
     uri = ckpt.save(2, app(model, optim, state))
 
     assert uri == f"{tmp_path}/ckpt/step2"
@@ -135,8 +138,9 @@ def test_round_trip_restores_model_optimizer_and_trainer_state(tmp_path: Path) -
     fresh_state = TrainerState()
     ckpt.load(uri, app(fresh_model, fresh_optim, fresh_state))
     assert_same_weights(model, fresh_model)
-    for group_a, group_b in zip(optim.state_dict()["state"].values(), fresh_optim.state_dict()["state"].values(),
-                                strict=True):
+    for group_a, group_b in zip(
+        optim.state_dict()["state"].values(), fresh_optim.state_dict()["state"].values(), strict=True
+    ):
         for key in ("step", "exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(group_a[key], group_b[key], rtol=0, atol=0)
     assert fresh_state.step == 2 and fresh_state.lr == 1.5e-3
@@ -289,8 +293,13 @@ CRASHING_JOB = textwrap.dedent(
 @pytest.mark.slow
 def test_crash_before_manifest_keeps_previous_checkpoint(tmp_path: Path) -> None:
     ckpt_dir, expected = tmp_path / "ckpt", tmp_path / "expected.pt"
-    done = subprocess.run([sys.executable, "-c", CRASHING_JOB, str(ckpt_dir), str(expected)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", CRASHING_JOB, str(ckpt_dir), str(expected)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 3, done.stderr
     assert (ckpt_dir / "step2" / ".metadata").exists()  # shards were written...
     assert not (ckpt_dir / "step2" / manifest.MANIFEST_NAME).exists()  # ...but never committed

@@ -47,8 +47,9 @@ def test_save_retain_load_and_soup_on_s3(s3_server: S3Server) -> None:
     bucket = s3_server.make_bucket("checkpoints")
     options = s3_server.storage_options()
     model, optim = net(0)
-    ckpt = Checkpointer(f"{bucket}/run/checkpoints", CheckpointConfig(keep_last=1), config_hash="h",
-                        storage_options=options)
+    ckpt = Checkpointer(
+        f"{bucket}/run/checkpoints", CheckpointConfig(keep_last=1), config_hash="h", storage_options=options
+    )
     ckpt.save(1, {"model": model, "optim": optim, "trainer": Counter(1)})
     with torch.no_grad():
         model[0].weight.add_(1.0)
@@ -69,8 +70,9 @@ def test_save_retain_load_and_soup_on_s3(s3_server: S3Server) -> None:
 
     # A second run's checkpoint and a soup of both, written to S3 as well.
     second, second_optim = net(2)
-    uri_b = Checkpointer(f"{bucket}/run-b/checkpoints", CheckpointConfig(), config_hash="h",
-                         storage_options=options).save(2, {"model": second, "optim": second_optim})
+    uri_b = Checkpointer(
+        f"{bucket}/run-b/checkpoints", CheckpointConfig(), config_hash="h", storage_options=options
+    ).save(2, {"model": second, "optim": second_optim})
     soup = average_checkpoints([uri, uri_b], f"{bucket}/soup/checkpoints/step2", storage_options=options)
     averaged = load_full_state_dict(soup, storage_options=options)
     for key, value in model.state_dict().items():
@@ -88,8 +90,9 @@ def test_retention_leaves_nothing_and_restarts_warn_only_about_real_leftovers(
     bucket = s3_server.make_bucket("retention")
     options = s3_server.storage_options()
     model, optim = net(0)
-    ckpt = Checkpointer(f"{bucket}/run/checkpoints", CheckpointConfig(keep_last=1), config_hash="h",
-                        storage_options=options)
+    ckpt = Checkpointer(
+        f"{bucket}/run/checkpoints", CheckpointConfig(keep_last=1), config_hash="h", storage_options=options
+    )
     for step in (1, 2, 3):
         ckpt.save(step, {"model": model, "optim": optim})
     listing = s3_server.client().list_objects_v2(Bucket="retention", Prefix="run/checkpoints/", Delimiter="/")
@@ -100,8 +103,12 @@ def test_retention_leaves_nothing_and_restarts_warn_only_about_real_leftovers(
     fs.pipe_file("retention/run/checkpoints/step4/__0_0.distcp", b"half a shard")
     fs.invalidate_cache()
     with caplog.at_level(logging.WARNING, logger="olmo_trainer.checkpoint"):
-        Checkpointer(f"{bucket}/run/checkpoints", CheckpointConfig(keep_last=1), config_hash="h",
-                     storage_options=options).cleanup_uncommitted()
+        Checkpointer(
+            f"{bucket}/run/checkpoints",
+            CheckpointConfig(keep_last=1),
+            config_hash="h",
+            storage_options=options,
+        ).cleanup_uncommitted()
     warned = [r.getMessage() for r in caplog.records if "uncommitted" in r.getMessage()]
     assert warned == ["removing uncommitted checkpoint directory retention/run/checkpoints/step4"]
     listing = s3_server.client().list_objects_v2(Bucket="retention", Prefix="run/checkpoints/", Delimiter="/")

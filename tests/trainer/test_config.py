@@ -19,11 +19,24 @@ from olmo_trainer import config as C
         ("olmo2-32b", 5120, 64, 40, 8, 27648, 32.23),
     ],
 )
-def test_presets_are_olmo2(preset: str, d_model: int, layers: int, heads: int, kv_heads: int, hidden: int, billions: float) -> None:
+def test_presets_are_olmo2(
+    preset: str, d_model: int, layers: int, heads: int, kv_heads: int, hidden: int, billions: float
+) -> None:
     m = C.ModelConfig.preset(cast(C.PresetName, preset))
-    assert (m.d_model, m.n_layers, m.n_heads, m.kv_heads, m.hidden) == (d_model, layers, heads, kv_heads, hidden)
+    assert (m.d_model, m.n_layers, m.n_heads, m.kv_heads, m.hidden) == (
+        d_model,
+        layers,
+        heads,
+        kv_heads,
+        hidden,
+    )
     assert m.dim_head == 128 and m.rope_theta == 500_000 and m.norm_eps == 1e-6 and m.init_std == 0.02
-    assert (m.vocab_size, m.padded_vocab, m.eos_token_id, m.pad_token_id) == (100_278, 100_352, 100_257, 100_277)
+    assert (m.vocab_size, m.padded_vocab, m.eos_token_id, m.pad_token_id) == (
+        100_278,
+        100_352,
+        100_257,
+        100_277,
+    )
     assert round(m.num_params() / 1e9, 2) == billions
 
 
@@ -56,7 +69,9 @@ def test_model_overrides_and_errors() -> None:
     with pytest.raises(ValidationError, match="not divisible by n_heads"):
         C.ModelConfig(d_model=65, n_layers=1, n_heads=4, vocab_size=300)
     with pytest.raises(ValidationError, match="n_kv_heads"):
-        C.ModelConfig(d_model=64, n_layers=1, n_heads=4, n_kv_heads=3, vocab_size=300, eos_token_id=1, pad_token_id=2)
+        C.ModelConfig(
+            d_model=64, n_layers=1, n_heads=4, n_kv_heads=3, vocab_size=300, eos_token_id=1, pad_token_id=2
+        )
 
 
 def test_data_source_needs_exactly_one_origin() -> None:
@@ -73,9 +88,17 @@ def test_schedule_rejects_two_warmups() -> None:
 
 def test_train_config_round_trips_through_json() -> None:
     cfg = C.TrainConfig(
-        run="r", phase="pretrain", kind="pretrain", seed=1, model=C.ModelConfig.preset("tiny"),
-        data=C.DataConfig(sources=[C.DataSource(name="g", synthetic=C.SyntheticSource())], sequence_length=64),
-        batch=C.BatchConfig(global_batch_size=8), max_tokens=C.parse_tokens("1M"), save_dir="/tmp/x",
+        run="r",
+        phase="pretrain",
+        kind="pretrain",
+        seed=1,
+        model=C.ModelConfig.preset("tiny"),
+        data=C.DataConfig(
+            sources=[C.DataSource(name="g", synthetic=C.SyntheticSource())], sequence_length=64
+        ),
+        batch=C.BatchConfig(global_batch_size=8),
+        max_tokens=C.parse_tokens("1M"),
+        save_dir="/tmp/x",
     )
     again = C.TrainConfig.model_validate_json(cfg.to_json())
     assert again == cfg

@@ -45,7 +45,9 @@ def test_the_issue_input_fails_with_diverged_at_step_2(tmp_path: Path) -> None:
     failure = read_failure(str(tmp_path / "out"), attempt=1)
     assert failure is not None and (failure.reason, failure.step) == ("Diverged", 2)
     assert "loss nan" in failure.message
-    assert read_failure(str(tmp_path / "out"), attempt=2) is None  # another attempt's record is not this one's
+    assert (
+        read_failure(str(tmp_path / "out"), attempt=2) is None
+    )  # another attempt's record is not this one's
     metrics = read_metrics(tmp_path / "out")
     assert [m["step"] for m in metrics] == [1, 2] and metrics[-1]["loss"] is None
     assert committed_are_finite(tmp_path / "out") == [1]  # step 1 was finite; nothing after it

@@ -26,7 +26,9 @@ def test_git_state_of_a_checkout_and_outside_one(tmp_path: Path) -> None:
     subprocess.run(["git", "-C", str(tmp_path), "add", "f"], check=True)
     subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
                    check=True)  # fmt: skip
-    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout
     assert environment.git_state(tmp_path) == (head.strip(), False)
     (tmp_path / "f").write_text("2")
     assert environment.git_state(tmp_path) == (head.strip(), True)
@@ -40,7 +42,9 @@ def test_a_training_job_writes_its_environment_and_data_fingerprints() -> None:
     assert (env["run"], env["phase"], env["seed"]) == ("tiny", "pretrain", 7)
     assert env["configHash"] == run.config.config_hash()
     assert env["software"]["torch"] == torch.__version__
-    assert {"torch", "numpy", "pydantic"} <= set(env["software"]["packages"]) and "pydantic" in env["software"]["packages"]
+    assert {"torch", "numpy", "pydantic"} <= set(env["software"]["packages"]) and "pydantic" in env[
+        "software"
+    ]["packages"]
     assert env["distributed"]["worldSize"] == 2 and env["distributed"]["backend"] == "gloo"
     assert env["hardware"]["accelerator"] == "cpu" and env["hardware"]["devices"] == []
     assert env["determinism"]["deterministicAlgorithms"] is True  # CPU runs demand deterministic kernels

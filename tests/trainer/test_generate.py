@@ -57,8 +57,13 @@ def test_cached_greedy_equals_full_recompute_per_row_tokens_and_logits() -> None
     model = _model()
     steps = 12
     rollout = generate(
-        model, PROMPTS, Sampling(max_new_tokens=steps, temperature=0),
-        eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB, return_logits=True,
+        model,
+        PROMPTS,
+        Sampling(max_new_tokens=steps, temperature=0),
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        vocab_size=VOCAB,
+        return_logits=True,
     )
     assert rollout.logits is not None
     assert rollout.responses.shape == (len(PROMPTS), steps)
@@ -74,9 +79,18 @@ def test_cached_greedy_equals_full_recompute_per_row_tokens_and_logits() -> None
 def test_no_cache_path_recomputes_the_same_tokens() -> None:
     model = _model(1)
     greedy = Sampling(max_new_tokens=8, temperature=0)
-    cached = generate(model, PROMPTS, greedy, eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB, return_logits=True)
+    cached = generate(
+        model, PROMPTS, greedy, eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB, return_logits=True
+    )
     full = generate(
-        model, PROMPTS, greedy, eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB, return_logits=True, use_cache=False
+        model,
+        PROMPTS,
+        greedy,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        vocab_size=VOCAB,
+        return_logits=True,
+        use_cache=False,
     )
     assert torch.equal(cached.responses, full.responses)
     assert cached.logits is not None and full.logits is not None
@@ -85,13 +99,25 @@ def test_no_cache_path_recomputes_the_same_tokens() -> None:
 
 def test_rows_stop_at_eos_then_pad_and_the_batch_stops_when_all_have() -> None:
     model = _model()
-    free = generate(model, PROMPTS, Sampling(max_new_tokens=10, temperature=0), eos_token_id=EOS,
-                    pad_token_id=PAD, vocab_size=VOCAB)
+    free = generate(
+        model,
+        PROMPTS,
+        Sampling(max_new_tokens=10, temperature=0),
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        vocab_size=VOCAB,
+    )
     # Declare row 1's fourth greedy token the EOS: row 1 must stop there, the others are unaffected
     # until they produce that token themselves.
     eos = int(free.responses[1, 3])
-    stopped = generate(model, PROMPTS, Sampling(max_new_tokens=10, temperature=0), eos_token_id=eos,
-                       pad_token_id=PAD, vocab_size=VOCAB)
+    stopped = generate(
+        model,
+        PROMPTS,
+        Sampling(max_new_tokens=10, temperature=0),
+        eos_token_id=eos,
+        pad_token_id=PAD,
+        vocab_size=VOCAB,
+    )
     for row in range(len(PROMPTS)):
         ref = free.responses[row].tolist()
         cut = ref.index(eos) + 1 if eos in ref else len(ref)
@@ -102,10 +128,23 @@ def test_rows_stop_at_eos_then_pad_and_the_batch_stops_when_all_have() -> None:
         assert bool(stopped.stopped[row]) == (eos in ref)
     assert int(stopped.response_lengths()[1]) == 4
     # Every row stopping early ends the loop early.
-    all_stop = generate(model, [[1, 2]] * 3, Sampling(max_new_tokens=10, temperature=0),
-                        eos_token_id=int(generate(model, [[1, 2]], Sampling(max_new_tokens=1, temperature=0),
-                                                  eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB).responses[0, 0]),
-                        pad_token_id=PAD, vocab_size=VOCAB)
+    all_stop = generate(
+        model,
+        [[1, 2]] * 3,
+        Sampling(max_new_tokens=10, temperature=0),
+        eos_token_id=int(
+            generate(
+                model,
+                [[1, 2]],
+                Sampling(max_new_tokens=1, temperature=0),
+                eos_token_id=EOS,
+                pad_token_id=PAD,
+                vocab_size=VOCAB,
+            ).responses[0, 0]
+        ),
+        pad_token_id=PAD,
+        vocab_size=VOCAB,
+    )
     assert all_stop.responses.shape == (3, 1) and bool(all_stop.stopped.all())
 
 
@@ -114,8 +153,15 @@ def test_seeded_sampling_is_reproducible_and_never_picks_padding_ids() -> None:
     sampling = Sampling(max_new_tokens=16, temperature=1.5)
 
     def run(seed: int) -> torch.Tensor:
-        return generate(model, PROMPTS, sampling, eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB,
-                        generator=torch.Generator().manual_seed(seed)).responses
+        return generate(
+            model,
+            PROMPTS,
+            sampling,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            vocab_size=VOCAB,
+            generator=torch.Generator().manual_seed(seed),
+        ).responses
 
     first, again, other = run(3), run(3), run(4)
     assert torch.equal(first, again)
@@ -133,7 +179,9 @@ def test_top_p_keeps_the_nucleus_only() -> None:
     assert set(picked.tolist()) == {0}
     # Temperature 0 is argmax, and ids at or above vocab_size are excluded even when largest.
     biggest_outside = torch.tensor([[1.0, 3.0, 2.0, 9.0]])
-    assert choose_tokens(biggest_outside, Sampling(max_new_tokens=1, temperature=0), vocab_size=3, generator=None).tolist() == [1]
+    assert choose_tokens(
+        biggest_outside, Sampling(max_new_tokens=1, temperature=0), vocab_size=3, generator=None
+    ).tolist() == [1]
 
 
 def test_inverse_cdf_sampling_follows_the_probabilities_and_skips_zero_mass_ids() -> None:
@@ -171,27 +219,47 @@ def test_cache_positions_and_mask_for_left_padding() -> None:
 
 
 def _fsdp_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     info = init_distributed()
     from olmo_trainer.train import build_model
 
-    cfg = TrainConfig(run="r", phase="p", kind="pretrain", seed=0, model=CONFIG, save_dir=out,
-                      batch=BatchConfig(global_batch_size=2),
-                      parallel=ParallelConfig(strategy="fsdp", precision="fp32"))
+    cfg = TrainConfig(
+        run="r",
+        phase="p",
+        kind="pretrain",
+        seed=0,
+        model=CONFIG,
+        save_dir=out,
+        batch=BatchConfig(global_batch_size=2),
+        parallel=ParallelConfig(strategy="fsdp", precision="fp32"),
+    )
     model = build_model(cfg, info)
     # Each rank generates for its own slice; rank 1's prompts stop at different steps than rank 0's,
     # which must not hang (no collective per decoded token).
     mine = PROMPTS[rank::2]
-    rollout = generate(model, mine, Sampling(max_new_tokens=6 + 4 * rank, temperature=0),
-                       eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB)
+    rollout = generate(
+        model,
+        mine,
+        Sampling(max_new_tokens=6 + 4 * rank, temperature=0),
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        vocab_size=VOCAB,
+    )
     # The model is sharded again afterwards and still trains (forward + backward run).
     loss = model(torch.tensor([[1, 2, 3, 4]])).logsumexp(-1).mean()
     loss.backward()
-    torch.save({"responses": rollout.responses, "local_is_shard": all(
-        p.to_local().numel() < p.numel() for p in model.parameters() if p.numel() > 1
-    )}, Path(out) / f"rank{rank}.pt")
+    torch.save(
+        {
+            "responses": rollout.responses,
+            "local_is_shard": all(
+                p.to_local().numel() < p.numel() for p in model.parameters() if p.numel() > 1
+            ),
+        },
+        Path(out) / f"rank{rank}.pt",
+    )
     dist.destroy_process_group()
 
 
@@ -201,8 +269,14 @@ def test_generation_on_an_fsdp2_model_matches_the_plain_model(tmp_path: Path) ->
     model = _model()  # build_model's init: the same seeded generator, so the same weights
     for rank in range(2):
         saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        expected = generate(model, PROMPTS[rank::2], Sampling(max_new_tokens=6 + 4 * rank, temperature=0),
-                            eos_token_id=EOS, pad_token_id=PAD, vocab_size=VOCAB)
+        expected = generate(
+            model,
+            PROMPTS[rank::2],
+            Sampling(max_new_tokens=6 + 4 * rank, temperature=0),
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            vocab_size=VOCAB,
+        )
         assert torch.equal(saved["responses"], expected.responses), rank
         assert saved["local_is_shard"], rank
 
@@ -212,8 +286,12 @@ def test_incremental_decode_mask_and_positions_equal_the_from_scratch_ones_on_a_
     # later tokens are padding): after every append the cache's incremental mask and positions equal
     # the ones built from the whole validity table, and the boolean view agrees with the additive one.
     _, prompt_mask = left_pad([[1, 2, 3, 4], [5], [6, 7], [8, 9, 10]], pad_token_id=0)
-    steps = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]]).bool()
-    cache = KVCache(batch=4, n_layers=1, n_kv_heads=1, head_dim=2, capacity=4 + len(steps), device=torch.device("cpu"))
+    steps = torch.tensor(
+        [[1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+    ).bool()
+    cache = KVCache(
+        batch=4, n_layers=1, n_kv_heads=1, head_dim=2, capacity=4 + len(steps), device=torch.device("cpu")
+    )
     seen = prompt_mask
     cache.append(prompt_mask)
     for live in steps:
@@ -239,8 +317,11 @@ def test_decode_attention_equals_sdpa_with_grouped_heads() -> None:
     cache = KVCache(batch=B, n_layers=1, n_kv_heads=KV, head_dim=D, capacity=6, device=torch.device("cpu"))
     cache.append(prompt_mask)
     layer = cache.layers[0]
-    layer.attend(torch.randn(B, H, 3, D, generator=g), torch.randn(B, KV, 3, D, generator=g),
-                 torch.randn(B, KV, 3, D, generator=g))
+    layer.attend(
+        torch.randn(B, H, 3, D, generator=g),
+        torch.randn(B, KV, 3, D, generator=g),
+        torch.randn(B, KV, 3, D, generator=g),
+    )
     cache.append(torch.tensor([[True], [False], [True]]))
     q, k, v = (torch.randn(B, n, 1, D, generator=g) for n in (H, KV, KV))
     got = layer.attend(q, k, v)

@@ -57,7 +57,9 @@ def test_content_record_is_independent_of_order_and_splits_model_and_optim() -> 
 
 def test_share_splits_every_key_once_and_balances_bytes(tmp_path: Path) -> None:
     model, optim = build("plain")
-    uri = Checkpointer(str(tmp_path), CheckpointConfig(), config_hash="h").save(1, {"model": model, "optim": optim})
+    uri = Checkpointer(str(tmp_path), CheckpointConfig(), config_hash="h").save(
+        1, {"model": model, "optim": optim}
+    )
     entries = identity.tensor_entries(dcp_metadata(uri))
     parts = [identity.share(entries, rank, 3) for rank in range(3)]
     assert sorted(key for part in parts for key in part) == sorted(key for key, _ in entries)
@@ -75,7 +77,9 @@ def test_identical_saves_have_identical_files_except_the_manifest(tmp_path: Path
     model, optim = build("plain")
     train_step(model, optim, seed=3)
     uris = [
-        Checkpointer(str(tmp_path / name), CheckpointConfig(), config_hash="h").save(1, {"model": model, "optim": optim})
+        Checkpointer(str(tmp_path / name), CheckpointConfig(), config_hash="h").save(
+            1, {"model": model, "optim": optim}
+        )
         for name in ("a", "elsewhere/b")
     ]
     files = [record(uri)["files"] for uri in uris]
@@ -95,7 +99,9 @@ def test_identical_saves_have_identical_files_except_the_manifest(tmp_path: Path
     # One ulp in one weight: another identity, and the per-tensor digests name the tensor.
     with torch.no_grad():
         model.hidden.bias[0] = one_ulp_up(model.hidden.bias[0])
-    other = Checkpointer(str(tmp_path / "c"), CheckpointConfig(), config_hash="h").save(1, {"model": model, "optim": optim})
+    other = Checkpointer(str(tmp_path / "c"), CheckpointConfig(), config_hash="h").save(
+        1, {"model": model, "optim": optim}
+    )
     changed = record(other)["content"]
     assert changed["sha256"] != contents[0]["sha256"] and changed["optim"] == contents[0]["optim"]
     differing = [k for k in changed["tensors"] if changed["tensors"][k] != contents[0]["tensors"][k]]
@@ -104,7 +110,9 @@ def test_identical_saves_have_identical_files_except_the_manifest(tmp_path: Path
 
 def test_weights_only_checkpoint_hashes_in_memory_like_a_read_back(tmp_path: Path) -> None:
     model, optim = build("plain")
-    trained = Checkpointer(str(tmp_path / "t"), CheckpointConfig(), config_hash="h").save(1, {"model": model, "optim": optim})
+    trained = Checkpointer(str(tmp_path / "t"), CheckpointConfig(), config_hash="h").save(
+        1, {"model": model, "optim": optim}
+    )
     soup = save_model_weights(str(tmp_path / "w" / "step1"), dict(model.state_dict()), step=1)
     assert record(soup)["content"]["model"] == record(trained)["content"]["model"]
     assert record(soup)["content"]["optim"] is None
@@ -156,9 +164,11 @@ def test_identity_on_s3_equals_the_local_one(tmp_path: Path, s3_server: S3Server
     options = s3_server.storage_options()
     model, optim = build("plain")
     train_step(model, optim, seed=5)
-    local = Checkpointer(str(tmp_path), CheckpointConfig(), config_hash="h").save(1, {"model": model, "optim": optim})
-    remote = Checkpointer(f"{bucket}/ckpt", CheckpointConfig(), config_hash="h", storage_options=options).save(
+    local = Checkpointer(str(tmp_path), CheckpointConfig(), config_hash="h").save(
         1, {"model": model, "optim": optim}
     )
+    remote = Checkpointer(
+        f"{bucket}/ckpt", CheckpointConfig(), config_hash="h", storage_options=options
+    ).save(1, {"model": model, "optim": optim})
     assert record(remote, options)["content"] == record(local)["content"]
     assert record(remote, options)["files"][".metadata"] == record(local)["files"][".metadata"]

@@ -21,12 +21,16 @@ def config(tmp_path: Path, **overrides: Any) -> TrainConfig:
 def test_every_file_of_a_job_directory() -> None:
     assert layout.failure_uri("s3://b/p/") == "s3://b/p/failure.json"
     assert layout.notice_uri("/d") == "/d/notice.json"
-    assert layout.damaged_manifest_path("/d/checkpoints/step3") == "/d/checkpoints/step3/MANIFEST.damaged.json"
+    assert (
+        layout.damaged_manifest_path("/d/checkpoints/step3") == "/d/checkpoints/step3/MANIFEST.damaged.json"
+    )
     assert layout.join("s3://bX", "a", "b") == "s3://bX/a/b"  # only slashes are trimmed
     assert layout.join("/", "a") == "/a"
 
 
-@pytest.mark.parametrize(("uri", "step"), [("s3://b/step5X", None), ("s3://b/step5//", 5), ("a/b/c/step2", 2)])
+@pytest.mark.parametrize(
+    ("uri", "step"), [("s3://b/step5X", None), ("s3://b/step5//", 5), ("a/b/c/step2", 2)]
+)
 def test_step_of_next_to_look_alikes(uri: str, step: int | None) -> None:
     assert layout.step_of(uri) == step
 
@@ -37,7 +41,9 @@ def test_total_steps_errors_and_the_smallest_step() -> None:
         layout.total_steps(max_steps=None, max_tokens=3, tokens_per_step=0)
     with pytest.raises(ValueError, match=r"^set a budget: maxSteps or maxTokens$"):
         layout.total_steps(max_steps=None, max_tokens=None, tokens_per_step=8)
-    assert layout.total_steps(max_steps=5, max_tokens=None, tokens_per_step=0) == 5  # a step budget needs no size
+    assert (
+        layout.total_steps(max_steps=5, max_tokens=None, tokens_per_step=0) == 5
+    )  # a step budget needs no size
 
 
 def test_plan_steps_by_hand(tmp_path: Path) -> None:
@@ -55,7 +61,9 @@ def test_plan_steps_by_hand(tmp_path: Path) -> None:
     plan = layout.plan_steps(cfg, world_size=2)
     assert plan.total_tokens == 20 * 512
     assert layout.plan_steps(config(tmp_path), world_size=4).accumulation == 1
-    with pytest.raises(ValueError, match=r"^globalBatchSize 8 is not divisible by microBatchSize x world size = 2 x 3$"):
+    with pytest.raises(
+        ValueError, match=r"^globalBatchSize 8 is not divisible by microBatchSize x world size = 2 x 3$"
+    ):
         layout.plan_steps(config(tmp_path), world_size=3)
     no_batch = config(tmp_path).model_copy(update={"batch": None})
     with pytest.raises(ValueError, match=r"^a pretrain job needs `batch` and `data`$"):
@@ -73,5 +81,8 @@ def test_final_step_of_a_budget_a_soup_and_an_unknown_end(tmp_path: Path) -> Non
     assert layout.final_step(base.model_copy(update={"max_steps": None, "max_tokens": None})) is None
     soup = base.model_copy(update={"kind": "soup", "soup_from": ["s3://b/a/step7", "s3://b/b/step9/"]})
     assert layout.final_step(soup) == 9
-    assert layout.final_step(soup.model_copy(update={"soup_from": ["s3://b/a/step7", "s3://b/b/latest"]})) is None
+    assert (
+        layout.final_step(soup.model_copy(update={"soup_from": ["s3://b/a/step7", "s3://b/b/latest"]}))
+        is None
+    )
     assert layout.final_step(soup.model_copy(update={"soup_from": []})) is None

@@ -74,5 +74,10 @@ def test_run_diff_replaces_a_local_root_with_spaces_whole() -> None:
         "file:///elsewhere/x%20y/default/olmo2-tiny/archive/anneal-s1/step3"]}  # fmt: skip
     assert portable(here, roots) == portable(there, roots) == {
         "saveDir": f"{RUN_PLACEHOLDER}/phases/soup", "soupFrom": [f"{RUN_PLACEHOLDER}/archive/anneal-s1/step3"]}  # fmt: skip
-    command = "torchrun -m olmo_trainer soup --config /tmp/wd/storage/default/olmo2-tiny/phases/soup/config.json"
-    assert portable(command, roots) == f"torchrun -m olmo_trainer soup --config {RUN_PLACEHOLDER}/phases/soup/config.json"
+    command = (
+        "torchrun -m olmo_trainer soup --config /tmp/wd/storage/default/olmo2-tiny/phases/soup/config.json"
+    )
+    assert (
+        portable(command, roots)
+        == f"torchrun -m olmo_trainer soup --config {RUN_PLACEHOLDER}/phases/soup/config.json"
+    )

@@ -80,7 +80,10 @@ CASES: dict[str, tuple[Damage, dict[str, list[str]]]] = {
         {"corrupted": ["trainer.pt"]},
     ),
     "file-not-in-manifest": (
-        lambda fs, d: (fs.makedirs(f"{d}/notes", exist_ok=True), fs.pipe_file(f"{d}/notes/extra.bin", b"late")),
+        lambda fs, d: (
+            fs.makedirs(f"{d}/notes", exist_ok=True),
+            fs.pipe_file(f"{d}/notes/extra.bin", b"late"),
+        ),
         {"unlisted": ["notes/extra.bin"]},
     ),
     "manifest-omits-a-side-file": (
@@ -105,7 +108,10 @@ CASES: dict[str, tuple[Damage, dict[str, list[str]]]] = {
         {"incomplete": [".metadata"]},
     ),
     "dcp-metadata-unreadable": (
-        lambda fs, d: (fs.pipe_file(f"{d}/.metadata", b"not a pickle"), delete_and_rebuild(fs, d, "trainer.pt")),
+        lambda fs, d: (
+            fs.pipe_file(f"{d}/.metadata", b"not a pickle"),
+            delete_and_rebuild(fs, d, "trainer.pt"),
+        ),
         {"incomplete": [".metadata (unreadable)"]},
     ),
 }
@@ -206,7 +212,10 @@ def test_manifest_keys_and_entries_are_pinned(tmp_path: Path) -> None:
     assert (record["format"], record["step"], record["configHash"], record["parent"]) == (
         "olmorun.checkpoint/v1", 7, "cfg", "s3://p/step3",
     )  # fmt: skip
-    assert record["files"]["trainer.pt"] == {"sha256": hashlib.sha256(b"trainer state").hexdigest(), "size": 13}
+    assert record["files"]["trainer.pt"] == {
+        "sha256": hashlib.sha256(b"trainer state").hexdigest(),
+        "size": 13,
+    }
     # What was written is the record, with sorted keys (the bytes archive copies verbatim).
     written = fs.cat_file(f"{directory}/{manifest.MANIFEST_NAME}")
     assert written == json.dumps(record, indent=2, sort_keys=True).encode()
@@ -234,7 +243,10 @@ def test_shard_names_of_a_real_index_and_of_the_test_stand_in(tmp_path: Path) ->
     directory = str(tmp_path / "step7")
     save_checkpoint(fs, directory, directory)
     assert manifest.dcp_shard_names(fs.cat_file(f"{directory}/.metadata")) == set(SHARDS)
-    assert manifest.dcp_shard_names(dcp_metadata(["b.distcp", "a/x.distcp", "b.distcp"])) == {"a/x.distcp", "b.distcp"}
+    assert manifest.dcp_shard_names(dcp_metadata(["b.distcp", "a/x.distcp", "b.distcp"])) == {
+        "a/x.distcp",
+        "b.distcp",
+    }
     assert manifest.dcp_shard_names(dcp_metadata([])) == set()
 
 
@@ -293,9 +305,14 @@ def test_every_function_takes_a_directory_with_a_trailing_slash_on_an_object_sto
     assert record["files"]["nested/x.bin"] == {"sha256": hashlib.sha256(b"xx").hexdigest(), "size": 2}
     assert record["content"] == {"sha256": "c"} and manifest.content_sha256(record) == "c"
     created = dt.datetime.fromisoformat(record["createdAt"])
-    assert created.utcoffset() == dt.timedelta(0) and abs(dt.datetime.now(dt.UTC) - created) < dt.timedelta(minutes=5)
+    assert created.utcoffset() == dt.timedelta(0) and abs(dt.datetime.now(dt.UTC) - created) < dt.timedelta(
+        minutes=5
+    )
     manifest.commit(fs, directory + "/", record)
-    assert fs.cat_file(f"{directory}/{manifest.MANIFEST_NAME}") == json.dumps(record, indent=2, sort_keys=True).encode()
+    assert (
+        fs.cat_file(f"{directory}/{manifest.MANIFEST_NAME}")
+        == json.dumps(record, indent=2, sort_keys=True).encode()
+    )
     assert manifest.read_manifest(fs, directory + "/") == record
     report = manifest.verify(fs, directory + "/")
     assert report.ok and report.checked == 3, report
@@ -311,7 +328,9 @@ def test_known_hashes_are_taken_as_given() -> None:
     directory = f"/known-{uuid.uuid4().hex}/step1"
     fs.pipe_file(f"{directory}/a", b"aaaa")
     fs.pipe_file(f"{directory}/b", b"bb")
-    record = manifest.build_manifest(fs, directory, step=1, known={"a": {"sha256": "from-rank-3", "size": "4"}})
+    record = manifest.build_manifest(
+        fs, directory, step=1, known={"a": {"sha256": "from-rank-3", "size": "4"}}
+    )
     assert record["files"] == {
         "a": {"sha256": "from-rank-3", "size": 4},
         "b": {"sha256": hashlib.sha256(b"bb").hexdigest(), "size": 2},
@@ -325,7 +344,11 @@ def test_step_listings_are_numeric_and_only_committed_ones_count(tmp_path: Path)
         (checkpoints / name).mkdir(parents=True)
     (checkpoints / "step3").write_text("a file, not a directory")
     for step in (1, 10):
-        manifest.commit(fs, str(checkpoints / f"step{step}"), manifest.build_manifest(fs, str(checkpoints / f"step{step}"), step=step))
+        manifest.commit(
+            fs,
+            str(checkpoints / f"step{step}"),
+            manifest.build_manifest(fs, str(checkpoints / f"step{step}"), step=step),
+        )
     root = str(checkpoints)
     expected = [(1, f"{root}/step1"), (2, f"{root}/step2"), (10, f"{root}/step10")]
     assert manifest.step_dirs(fs, root) == expected
@@ -338,7 +361,13 @@ def test_step_listings_are_numeric_and_only_committed_ones_count(tmp_path: Path)
 
 @pytest.mark.parametrize(
     ("record", "expected"),
-    [(None, None), ({}, None), ({"content": "x"}, None), ({"content": {}}, None), ({"content": {"sha256": "h"}}, "h")],
+    [
+        (None, None),
+        ({}, None),
+        ({"content": "x"}, None),
+        ({"content": {}}, None),
+        ({"content": {"sha256": "h"}}, "h"),
+    ],
 )
 def test_content_sha256(record: dict[str, Any] | None, expected: str | None) -> None:
     assert manifest.content_sha256(record) == expected
@@ -358,4 +387,7 @@ def test_local_and_object_store_filesystems_are_told_apart(tmp_path: Path) -> No
 
 def test_summary_lists_every_lacking_name(tmp_path: Path) -> None:
     report = manifest.VerifyReport(uri="u", committed=True, checked=2, incomplete=["a.distcp", "b.distcp"])
-    assert report.summary() == "u: FAILED (0 missing, 0 corrupted of 2 files; MANIFEST.json lacks a.distcp, b.distcp)"
+    assert (
+        report.summary()
+        == "u: FAILED (0 missing, 0 corrupted of 2 files; MANIFEST.json lacks a.distcp, b.distcp)"
+    )

@@ -85,7 +85,14 @@ def test_dpo_logs_rewards_and_its_margin_grows(tmp_path: Path) -> None:
     result = trainer(["dpo", "--config", str(config)], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(tmp_path / "out")
-    keys = {"rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected"}
+    keys = {
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margin",
+        "rewards/accuracy",
+        "logps/chosen",
+        "logps/rejected",
+    }
     assert keys <= set(metrics[0])
     # The policy starts as its own reference: every reward is 0 at step 1 and the loss is log 2.
     assert metrics[0]["rewards/margin"] == pytest.approx(0.0, abs=1e-4)

@@ -105,8 +105,12 @@ def test_dpo_loss_and_rewards_by_hand() -> None:
 
 
 def test_rpo_adds_the_weighted_chosen_nll_to_each_pair() -> None:
-    terms = dpo_terms(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]), beta=5.0)
-    assert rpo_losses(terms, torch.tensor([0.25]), nll_coef=2.0).tolist() == pytest.approx([math.log1p(math.exp(-5)) + 0.5])
+    terms = dpo_terms(
+        torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]), beta=5.0
+    )
+    assert rpo_losses(terms, torch.tensor([0.25]), nll_coef=2.0).tolist() == pytest.approx(
+        [math.log1p(math.exp(-5)) + 0.5]
+    )
     assert torch.equal(rpo_losses(terms, torch.tensor([0.25]), nll_coef=0.0), terms.losses)
 
 
@@ -114,7 +118,9 @@ def test_rpo_adds_the_weighted_chosen_nll_to_each_pair() -> None:
 def test_dpo_objective_nll_term_is_per_chosen_token_for_both_losses(loss: str) -> None:
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny"))
-    chosen = _batch([[1, 2, 3, 4, 5], [6, 7, 8]], [[IGNORE, IGNORE, 3, 4, 5], [IGNORE, IGNORE, 8]])  # 3 and 1 trained
+    chosen = _batch(
+        [[1, 2, 3, 4, 5], [6, 7, 8]], [[IGNORE, IGNORE, 3, 4, 5], [IGNORE, IGNORE, 8]]
+    )  # 3 and 1 trained
     rejected = _batch([[1, 2, 9, 9], [6, 7, 9]], [[IGNORE, IGNORE, 9, 9], [IGNORE, IGNORE, 9]])
     batch = PreferenceBatch(chosen, rejected)
 

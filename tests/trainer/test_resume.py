@@ -67,7 +67,9 @@ def test_kill_job_leaves_no_worker_training(tmp_path: Path) -> None:
     proc = start_torchrun(["pretrain", "--config", str(config)], log=tmp_path / "run.log")
     try:
         wait_for_step(save_dir, proc, 2)
-        found = local_procs.find_processes({"job": dist_util._MARKERS[proc.pid]}, dist_util.TEST_JOB_ENV)["job"]
+        found = local_procs.find_processes({"job": dist_util._MARKERS[proc.pid]}, dist_util.TEST_JOB_ENV)[
+            "job"
+        ]
         assert len(found) >= 3 and len({r.pgid for r in found}) >= 3  # torchrun and 2 workers, apart
         kill_job(proc)
         assert not any(local_procs.alive(r) for r in found)

@@ -103,10 +103,16 @@ def _ifeval(name: str, **kwargs: object) -> str:
         ('{"a": [1, 2]}', _ifeval("validate_json_format"), True),
         ('```json\n{"a": 1}\n```', _ifeval("validate_json_format"), True),
         ("{a: 1}", _ifeval("validate_json_format"), False),
-        ("... Is there anything else I can help with?",
-         _ifeval("validate_end", end_phrase="Is there anything else I can help with?"), True),
-        ("Is there anything else I can help with? Bye",
-         _ifeval("validate_end", end_phrase="Is there anything else I can help with?"), False),
+        (
+            "... Is there anything else I can help with?",
+            _ifeval("validate_end", end_phrase="Is there anything else I can help with?"),
+            True,
+        ),
+        (
+            "Is there anything else I can help with? Bye",
+            _ifeval("validate_end", end_phrase="Is there anything else I can help with?"),
+            False,
+        ),
         # A None-valued argument is ignored, as in the public data.
         ("no commas", _ifeval("validate_no_commas", N=None), True),
     ],
@@ -131,10 +137,16 @@ def test_unknown_names_are_refused_at_load_time() -> None:
         {"messages": [], "ground_truth": _ifeval("validate_no_commas"), "dataset": "ifeval"},
     ]
     assert check_rows(good, "rl.jsonl") == 2
-    with pytest.raises(RewardError, match=r"rl.jsonl row 2: no verifier for dataset 'mbpp'; known: \['gsm8k'"):
+    with pytest.raises(
+        RewardError, match=r"rl.jsonl row 2: no verifier for dataset 'mbpp'; known: \['gsm8k'"
+    ):
         check_rows([good[0], {"ground_truth": "x", "dataset": "mbpp"}], "rl.jsonl")
-    with pytest.raises(RewardError, match="row 1: ifeval constraint 'validate_response_language' is not supported"):
-        check_rows([{"ground_truth": _ifeval("validate_response_language", language="en"), "dataset": "ifeval"}])
+    with pytest.raises(
+        RewardError, match="row 1: ifeval constraint 'validate_response_language' is not supported"
+    ):
+        check_rows(
+            [{"ground_truth": _ifeval("validate_response_language", language="en"), "dataset": "ifeval"}]
+        )
     with pytest.raises(RewardError, match="unknown \\['n'\\] and lacks \\['N'\\]"):
         check_rows([{"ground_truth": _ifeval("verify_bullet_points", n=3), "dataset": "ifeval"}])
     with pytest.raises(RewardError, match="not JSON"):

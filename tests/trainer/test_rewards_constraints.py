@@ -59,7 +59,12 @@ CASES: list[tuple[str, str, dict[str, object], bool]] = [
     ("verify_sentence_constraint", "One.", {"N": 3, "quantifier": "around"}, False),
     ("verify_sentence_constraint", "One. Two. Three. Four.", {"N": 3, "quantifier": "around"}, True),
     ("verify_sentence_constraint", "One. Two. Three. Four. Five.", {"N": 3, "quantifier": "around"}, False),
-    ("verify_sentence_constraint", "One.Two. Three.", {"N": 3, "quantifier": "at least"}, False),  # needs a space
+    (
+        "verify_sentence_constraint",
+        "One.Two. Three.",
+        {"N": 3, "quantifier": "at least"},
+        False,
+    ),  # needs a space
     # N paragraphs by blank lines, the i-th starting with a word
     ("validate_paragraphs", "Alpha one\n\nBeta two", {"N": 2, "first_word": "Beta", "i": 2}, True),
     ("validate_paragraphs", "Alpha one\n\nBeta two", {"N": 2, "first_word": "Alpha", "i": 1}, True),
@@ -72,7 +77,12 @@ CASES: list[tuple[str, str, dict[str, object], bool]] = [
     ("verify_postscript", "Body.\nP.S.   ", {"postscript_marker": "P.S."}, False),
     ("verify_postscript", "Body only", {"postscript_marker": "P.S."}, False),
     ("verify_postscript", "P.S. at the very start", {"postscript_marker": "P.S."}, True),
-    ("verify_postscript", "P.S. first, then a bare P.S.", {"postscript_marker": "P.S."}, True),  # the first marker
+    (
+        "verify_postscript",
+        "P.S. first, then a bare P.S.",
+        {"postscript_marker": "P.S."},
+        True,
+    ),  # the first marker
     # placeholders in square brackets: at least N
     ("validate_placeholders", "Send to [name] at [address]", {"N": 2}, True),
     ("validate_placeholders", "Send to [name]", {"N": 2}, False),
@@ -94,11 +104,16 @@ CASES: list[tuple[str, str, dict[str, object], bool]] = [
     # sections: at least N
     ("validate_sections", "Intro Section 1 a Section 2 b", {"N": 2, "section_splitter": "Section"}, True),
     ("validate_sections", "Intro section 1 a", {"N": 2, "section_splitter": "Section"}, False),
-    ("validate_sections", "SECTION 1 a SECTION 2 b SECTION 3 c", {"N": 2, "section_splitter": "Section"}, True),
+    (
+        "validate_sections",
+        "SECTION 1 a SECTION 2 b SECTION 3 c",
+        {"N": 2, "section_splitter": "Section"},
+        True,
+    ),
     # JSON
-    ('validate_json_format', '```\n[1, 2]\n```', {}, True),
-    ('validate_json_format', '  "text"  ', {}, True),
-    ('validate_json_format', 'text', {}, False),
+    ("validate_json_format", "```\n[1, 2]\n```", {}, True),
+    ("validate_json_format", '  "text"  ', {}, True),
+    ("validate_json_format", "text", {}, False),
     # repeat the prompt first
     ("validate_repeat_prompt", "Write a poem. Roses are red.", {"original_prompt": "Write a poem."}, True),
     ("validate_repeat_prompt", "Roses. Write a poem.", {"original_prompt": "Write a poem."}, False),
@@ -132,7 +147,9 @@ CASES: list[tuple[str, str, dict[str, object], bool]] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "response", "kwargs", "ok"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("name", "response", "kwargs", "ok"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
 def test_constraint(name: str, response: str, kwargs: dict[str, object], ok: bool) -> None:
     assert holds(name, response, **kwargs) is ok
 
@@ -146,7 +163,9 @@ def test_every_constraint_has_a_passing_and_a_failing_case() -> None:
 
 
 def test_an_unknown_quantifier_is_a_reward_error() -> None:
-    with pytest.raises(RewardError, match=r"quantifier must be 'at least', 'at most' or 'around', got 'exactly'"):
+    with pytest.raises(
+        RewardError, match=r"quantifier must be 'at least', 'at most' or 'around', got 'exactly'"
+    ):
         holds("validate_word_constraint", "a b", N=2, quantifier="exactly")
 
 
@@ -256,7 +275,12 @@ def test_gsm8k_ground_truth_without_a_number_never_verifies() -> None:
 def test_the_non_stop_penalty_applies_only_to_responses_that_did_not_stop() -> None:
     assert rewards.reward("The answer is 7", "7", "gsm8k", stopped=True, non_stop_penalty=3.0) == 10.0
     assert rewards.reward("The answer is 6", "7", "gsm8k", stopped=True, non_stop_penalty=3.0) == 0.0
-    assert rewards.reward("The answer is 7", "7", "gsm8k", correct_reward=2.5, stopped=False, non_stop_penalty=1.0) == 1.5
+    assert (
+        rewards.reward(
+            "The answer is 7", "7", "gsm8k", correct_reward=2.5, stopped=False, non_stop_penalty=1.0
+        )
+        == 1.5
+    )
 
 
 def test_reward_defaults_to_a_stopped_response() -> None:
@@ -267,7 +291,9 @@ def test_check_rows_counts_rows_and_names_the_wrong_type() -> None:
     assert rewards.check_rows([]) == 0
     assert rewards.check_rows([{"ground_truth": "1", "dataset": "math"}] * 3) == 3
     with pytest.raises(RewardError) as info:
-        rewards.check_rows([{"ground_truth": "1", "dataset": "math"}, {"ground_truth": 7, "dataset": "gsm8k"}], "rl.jsonl")
+        rewards.check_rows(
+            [{"ground_truth": "1", "dataset": "math"}, {"ground_truth": 7, "dataset": "gsm8k"}], "rl.jsonl"
+        )
     assert str(info.value) == "rl.jsonl row 2: `ground_truth` must be a string, got int"
     with pytest.raises(RewardError) as info:
         rewards.check_row({"ground_truth": "7", "dataset": None})

@@ -115,8 +115,16 @@ def test_value_loss_and_ppo_loss_by_hand() -> None:
     assert won.tolist() == [True, False]
     logp = torch.log(torch.tensor([[1.5, 0.9]]))
     out = ppo_loss(
-        logp, torch.zeros(1, 2), torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 0.6]]), torch.tensor([[0.5, 0.5]]),
-        torch.tensor([[2.0, 0.0]]), torch.tensor([[True, True]]), clip=0.2, vf_coef=0.1, num_tokens=2,
+        logp,
+        torch.zeros(1, 2),
+        torch.tensor([[1.0, 1.0]]),
+        torch.tensor([[1.0, 0.6]]),
+        torch.tensor([[0.5, 0.5]]),
+        torch.tensor([[2.0, 0.0]]),
+        torch.tensor([[True, True]]),
+        clip=0.2,
+        vf_coef=0.1,
+        num_tokens=2,
     )
     # policy -1.2 + -0.9; value 0.845 + 0.18
     close(out.loss, (-2.1 + 0.1 * 1.025) / 2)

@@ -33,7 +33,9 @@ def test_two_samples_are_the_smallest_group_and_eps_is_added_to_the_std() -> Non
     a = 1 / (math.sqrt(2) + 1)
     close(advantages, [[-a, a]])
     assert zero.tolist() == [False]
-    with pytest.raises(ValueError, match=r"^group advantages need rewards \(prompts, samples >= 2\), got shape \(3, 1\)$"):
+    with pytest.raises(
+        ValueError, match=r"^group advantages need rewards \(prompts, samples >= 2\), got shape \(3, 1\)$"
+    ):
         group_advantages(torch.zeros(3, 1))
     with pytest.raises(ValueError, match=r"got shape \(4,\)$"):
         group_advantages(torch.zeros(4))
@@ -96,7 +98,11 @@ def test_last_token_index_of_a_response_whose_only_token_is_the_first() -> None:
 def test_gae_on_one_token_responses() -> None:
     # T = 1: A = r - V, return = r
     advantages, returns = gae(
-        torch.tensor([[3.0], [1.0]]), torch.tensor([[1.0], [2.0]]), torch.tensor([[True], [True]]), gamma=1.0, lam=0.95
+        torch.tensor([[3.0], [1.0]]),
+        torch.tensor([[1.0], [2.0]]),
+        torch.tensor([[True], [True]]),
+        gamma=1.0,
+        lam=0.95,
     )
     close(advantages, [[2.0], [-1.0]])
     close(returns, [[3.0], [1.0]])
@@ -104,4 +110,7 @@ def test_gae_on_one_token_responses() -> None:
 
 def test_whiten_of_two_entries_with_an_explicit_eps() -> None:
     # 1, 3: mean 2, unbiased var 2; eps 2: (x - 2) / 2
-    close(whiten(torch.tensor([[1.0, 3.0, 7.0]]), torch.tensor([[True, True, False]]), eps=2.0), [[-0.5, 0.5, 0.0]])
+    close(
+        whiten(torch.tensor([[1.0, 3.0, 7.0]]), torch.tensor([[True, True, False]]), eps=2.0),
+        [[-0.5, 0.5, 0.0]],
+    )

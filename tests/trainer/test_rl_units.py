@@ -38,7 +38,12 @@ def test_rollout_steps_repeat_each_batch_for_every_epoch_and_resume_inside_one()
     steps = RolloutSteps(Counter(), epochs=3)
     it = iter(steps)
     seen = [next(it)[0] for _ in range(4)]
-    assert [(s.prompts[0].ids, s.rollout, s.epoch) for s in seen] == [([1], 0, 0), ([1], 0, 1), ([1], 0, 2), ([2], 1, 0)]
+    assert [(s.prompts[0].ids, s.rollout, s.epoch) for s in seen] == [
+        ([1], 0, 0),
+        ([1], 0, 1),
+        ([1], 0, 2),
+        ([2], 1, 0),
+    ]
     steps.cached = ["rollout 1"]  # what step_inputs keeps for the later epochs
     state = steps.state_dict()
     assert state["cached"] == ["rollout 1"] and state["epoch"] == 1

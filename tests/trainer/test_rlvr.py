@@ -38,11 +38,21 @@ def write_prompts(path: Path, count: int = 24) -> None:
     for i in range(count):
         if i % 2:
             a, b = rng.randint(0, 9), rng.randint(0, 9)
-            rows.append({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}],
-                         "ground_truth": str(a + b), "dataset": "gsm8k"})
+            rows.append(
+                {
+                    "messages": [{"role": "user", "content": f"What is {a} plus {b}?"}],
+                    "ground_truth": str(a + b),
+                    "dataset": "gsm8k",
+                }
+            )
         else:
-            rows.append({"messages": [{"role": "user", "content": f"Write in lowercase, please ({i})."}],
-                         "ground_truth": json.dumps({"func_name": "validate_lowercase"}), "dataset": "ifeval"})
+            rows.append(
+                {
+                    "messages": [{"role": "user", "content": f"Write in lowercase, please ({i})."}],
+                    "ground_truth": json.dumps({"func_name": "validate_lowercase"}),
+                    "dataset": "ifeval",
+                }
+            )
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -50,9 +60,13 @@ def rl_config(directory: Path, algorithm: str, strategy: str = "fsdp", **rlvr: A
     directory.mkdir(parents=True, exist_ok=True)
     write_prompts(directory / "rl.jsonl")
     config = {
-        "run": "tiny", "phase": "rl", "kind": "rlvr", "seed": 5,
+        "run": "tiny",
+        "phase": "rl",
+        "kind": "rlvr",
+        "seed": 5,
         "model": ModelConfig.preset("tiny").model_dump(),
-        "optim": {"lr": 3e-3}, "schedule": {"kind": "constant"},
+        "optim": {"lr": 3e-3},
+        "schedule": {"kind": "constant"},
         "batch": {"globalBatchSize": 4, "microBatchSize": 4},
         "maxSteps": 6,
         "checkpoint": {"intervalSteps": 3, "keepLast": 5},
@@ -60,7 +74,11 @@ def rl_config(directory: Path, algorithm: str, strategy: str = "fsdp", **rlvr: A
         "saveDir": str(directory / "out"),
         "rlvr": {
             "data": {"paths": [str(directory / "rl.jsonl")], "maxLength": 64},
-            "algorithm": algorithm, "samplesPerPrompt": 4, "klBeta": 0.05, "maxNewTokens": 8, **rlvr,
+            "algorithm": algorithm,
+            "samplesPerPrompt": 4,
+            "klBeta": 0.05,
+            "maxNewTokens": 8,
+            **rlvr,
         },
     }
     path = directory / "config.json"
@@ -89,10 +107,19 @@ def test_grpo_job_generates_scores_and_trains(tmp_path: Path) -> None:
     metrics = read_metrics(tmp_path / "out")
     assert [m["step"] for m in metrics] == list(range(1, 7))
     for record in metrics:
-        for key in ("rl/reward", "rl/accuracy", "rl/kl", "rl/clip_fraction", "rl/response_length",
-                    "rl/zero_variance_groups", "loss"):
+        for key in (
+            "rl/reward",
+            "rl/accuracy",
+            "rl/kl",
+            "rl/clip_fraction",
+            "rl/response_length",
+            "rl/zero_variance_groups",
+            "loss",
+        ):
             assert key in record, key
-        assert 0 <= record["rl/accuracy"] <= 1 and record["rl/reward"] == pytest.approx(10 * record["rl/accuracy"])
+        assert 0 <= record["rl/accuracy"] <= 1 and record["rl/reward"] == pytest.approx(
+            10 * record["rl/accuracy"]
+        )
         assert 0 < record["rl/response_length"] <= 6
     # Some groups had reward variance and produced a gradient; the policy moved away from the reference.
     assert any(m["rl/zero_variance_groups"] < 1 for m in metrics)
@@ -118,8 +145,20 @@ def test_ppo_value_model_is_checkpointed_and_export_hf_writes_the_policy(tmp_pat
 
     export = tmp_path / "hf"
     done = subprocess.run(
-        [sys.executable, "-m", "olmo_operator.cli", "export-hf", str(out / "checkpoints" / "step6"), str(export)],
-        cwd=REPO, env=_env(None), capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "olmo_operator.cli",
+            "export-hf",
+            str(out / "checkpoints" / "step6"),
+            str(export),
+        ],
+        cwd=REPO,
+        env=_env(None),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     exported = from_hf(str(export)).state_dict()

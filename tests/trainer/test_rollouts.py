@@ -17,8 +17,14 @@ PROMPTS = [[5, 17, 99], [3, 1, 4, 1, 5, 9], [42]]
 def test_pack_moves_left_padding_to_the_right() -> None:
     torch.manual_seed(0)
     model = Transformer(CONFIG).eval()
-    rollout = generate(model, PROMPTS, Sampling(max_new_tokens=5, temperature=0), eos_token_id=CONFIG.eos_token_id,
-                       pad_token_id=CONFIG.pad_token_id, vocab_size=CONFIG.vocab_size)
+    rollout = generate(
+        model,
+        PROMPTS,
+        Sampling(max_new_tokens=5, temperature=0),
+        eos_token_id=CONFIG.eos_token_id,
+        pad_token_id=CONFIG.pad_token_id,
+        vocab_size=CONFIG.vocab_size,
+    )
     packed = pack(rollout, pad_token_id=CONFIG.pad_token_id)
     assert packed.starts.tolist() == [3, 6, 1]
     for row, prompt in enumerate(PROMPTS):
@@ -34,15 +40,26 @@ def test_training_logprobs_equal_the_sampling_distribution() -> None:
     torch.manual_seed(0)
     model = Transformer(CONFIG).eval()
     temperature = 0.7
-    rollout = generate(model, PROMPTS, Sampling(max_new_tokens=7, temperature=temperature),
-                       eos_token_id=CONFIG.eos_token_id, pad_token_id=CONFIG.pad_token_id,
-                       vocab_size=CONFIG.vocab_size, generator=torch.Generator().manual_seed(5), return_logits=True)
+    rollout = generate(
+        model,
+        PROMPTS,
+        Sampling(max_new_tokens=7, temperature=temperature),
+        eos_token_id=CONFIG.eos_token_id,
+        pad_token_id=CONFIG.pad_token_id,
+        vocab_size=CONFIG.vocab_size,
+        generator=torch.Generator().manual_seed(5),
+        return_logits=True,
+    )
     assert rollout.logits is not None
     packed = pack(rollout, pad_token_id=CONFIG.pad_token_id)
     with torch.no_grad():
-        got = response_logprobs(model(packed.ids), packed, temperature=temperature, vocab_size=CONFIG.vocab_size)
+        got = response_logprobs(
+            model(packed.ids), packed, temperature=temperature, vocab_size=CONFIG.vocab_size
+        )
     sampled = rollout.logits[..., : CONFIG.vocab_size] / temperature
-    expected = torch.log_softmax(sampled, dim=-1).gather(-1, rollout.responses.clamp(max=CONFIG.vocab_size - 1)[..., None])
+    expected = torch.log_softmax(sampled, dim=-1).gather(
+        -1, rollout.responses.clamp(max=CONFIG.vocab_size - 1)[..., None]
+    )
     mask = rollout.response_mask
     torch.testing.assert_close(got[mask], expected.squeeze(-1)[mask], rtol=0, atol=1e-5)
     # Values: the output at the position before each response token.

@@ -110,7 +110,9 @@ def test_final_lr_of_each_kind(kind: str, final: float) -> None:
 def test_a_schedule_whose_t_max_is_within_warmup_ends_at_its_final_lr() -> None:
     # t_max <= warmup: no decay span; after warmup the LR is the end value (no division by zero).
     for t_max in (5 * STEP, 4 * STEP):
-        s = build_schedule(cosine(warmupSteps=5, tMaxTokens=t_max), peak_lr=1.0, tokens_per_step=STEP, total_tokens=9 * STEP)
+        s = build_schedule(
+            cosine(warmupSteps=5, tMaxTokens=t_max), peak_lr=1.0, tokens_per_step=STEP, total_tokens=9 * STEP
+        )
         assert s.lr(5 * STEP) == pytest.approx(0.1)
         assert s.lr(9 * STEP) == pytest.approx(0.1)
 

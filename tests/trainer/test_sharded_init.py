@@ -21,12 +21,20 @@ CONFIG = ModelConfig.preset("tiny", d_model=72, n_heads=4, mlp_hidden=200, embed
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     info = init_distributed()
     cfg = TrainConfig(
-        run="r", phase="p", kind="pretrain", seed=11, model=CONFIG, save_dir=out,
-        batch=BatchConfig(global_batch_size=2), parallel=ParallelConfig(strategy="fsdp", precision="fp32"),
+        run="r",
+        phase="p",
+        kind="pretrain",
+        seed=11,
+        model=CONFIG,
+        save_dir=out,
+        batch=BatchConfig(global_batch_size=2),
+        parallel=ParallelConfig(strategy="fsdp", precision="fp32"),
     )
     model = build_model(cfg, info)
     local = [p.to_local().numel() for p in model.parameters()]  # type: ignore[attr-defined]

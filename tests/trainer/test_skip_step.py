@@ -23,7 +23,9 @@ TEN_ONES_TEN_THREES = [1.0, 3.0] * 10
 """mean 2, sample variance 20 x 1^2 / 19, std sqrt(20/19) = 1.0259783520851542."""
 
 
-def rule(window: int = 20, sigma: float = 6.0, limit: int = 5, history: list[float] | None = None) -> SkipStepRule:
+def rule(
+    window: int = 20, sigma: float = 6.0, limit: int = 5, history: list[float] | None = None
+) -> SkipStepRule:
     r = SkipStepRule(sigma=sigma, window=window, limit=limit)
     for value in history or []:
         r.observe(value, value)
@@ -45,7 +47,11 @@ def test_six_sigma_threshold_by_hand() -> None:
     assert rule(history=TEN_ONES_TEN_THREES).observe(2.0, 8.157).skip
     assert rule(history=TEN_ONES_TEN_THREES).observe(-4.2, 2.0).skip
     verdict = rule(history=TEN_ONES_TEN_THREES, sigma=3.0).observe(5.1, 2.0)  # 3.1 / 1.02598 = 3.0215
-    assert verdict.skip and verdict.loss_z == pytest.approx(3.1 / math.sqrt(20 / 19)) and verdict.grad_norm_z == 0.0
+    assert (
+        verdict.skip
+        and verdict.loss_z == pytest.approx(3.1 / math.sqrt(20 / 19))
+        and verdict.grad_norm_z == 0.0
+    )
     assert not rule(history=TEN_ONES_TEN_THREES, sigma=3.0).observe(5.0, 2.0).skip  # 3 / 1.02598 = 2.924
 
 
@@ -83,14 +89,20 @@ def test_the_limit_counts_skips_and_survives_a_resume() -> None:
 @pytest.mark.parametrize(
     ("skip_step", "path", "fragment"),
     [
-        ({"window": 4, "maxSkipped": 2}, "spec.phases[0].optim.skipStep.window", "greater than or equal to 19"),
+        (
+            {"window": 4, "maxSkipped": 2},
+            "spec.phases[0].optim.skipStep.window",
+            "greater than or equal to 19",
+        ),
         ({"sigma": 0, "maxSkipped": 2}, "spec.phases[0].optim.skipStep.sigma", "greater than 0"),
         ({"sigma": 6}, "spec.phases[0].optim.skipStep.maxSkipped", "required"),
         ({"maxSkipped": -1}, "spec.phases[0].optim.skipStep.maxSkipped", "greater than or equal to 0"),
         ({"maxSkipped": 2, "sigmaFactor": 6}, "spec.phases[0].optim.skipStep.sigmaFactor", "unknown field"),
     ],
 )
-def test_a_bad_skip_step_is_refused_with_its_field_path(skip_step: dict[str, Any], path: str, fragment: str) -> None:
+def test_a_bad_skip_step_is_refused_with_its_field_path(
+    skip_step: dict[str, Any], path: str, fragment: str
+) -> None:
     document = yaml.safe_load((ROOT / "examples" / "olmorun-tiny.yaml").read_text())
     document["spec"]["phases"][0]["optim"] = {"lr": 1e-3, "skipStep": skip_step}
     problems = {p.path: p.message for p in check_olmorun(document)}

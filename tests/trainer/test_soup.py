@@ -22,16 +22,26 @@ TINY = ModelConfig.preset("tiny", n_layers=1)
 
 
 def anneal_config(tmp: Path, seed: int, model: ModelConfig = TINY) -> TrainConfig:
-    return TrainConfig(run="r", phase=f"anneal-s{seed}", kind="anneal", seed=seed, model=model,
-                       save_dir=str(tmp / f"anneal-s{seed}"))
+    return TrainConfig(
+        run="r",
+        phase=f"anneal-s{seed}",
+        kind="anneal",
+        seed=seed,
+        model=model,
+        save_dir=str(tmp / f"anneal-s{seed}"),
+    )
 
 
-def ingredient(tmp: Path, seed: int, step: int, model: ModelConfig = TINY) -> tuple[str, dict[str, torch.Tensor]]:
+def ingredient(
+    tmp: Path, seed: int, step: int, model: ModelConfig = TINY
+) -> tuple[str, dict[str, torch.Tensor]]:
     """A committed final checkpoint of a (pretend) anneal run, and its weights."""
     cfg = anneal_config(tmp, seed, model)
     torch.manual_seed(seed)
     net = Transformer(model)
-    ckpt = Checkpointer(f"{cfg.save_dir}/checkpoints", cfg.checkpoint, config_hash=cfg.config_hash(), train_config=cfg)
+    ckpt = Checkpointer(
+        f"{cfg.save_dir}/checkpoints", cfg.checkpoint, config_hash=cfg.config_hash(), train_config=cfg
+    )
     uri = ckpt.save(step, {"model": net, "optim": torch.optim.AdamW(net.parameters())}, final=True)
     return uri, {k: v.clone() for k, v in net.state_dict().items()}
 
@@ -47,7 +57,8 @@ def test_average_of_three_is_the_mean_and_names_its_ingredients(tmp_path: Path) 
     assert record is not None and record["step"] == 12 and record["configHash"] == "soup-hash"
     assert record["extra"]["final"] is True
     assert record["extra"]["soup"]["ingredients"] == [
-        {"uri": uri, "step": step, "manifestSha256": manifest_sha256(uri)} for uri, step in zip(uris, (10, 12, 11), strict=True)
+        {"uri": uri, "step": step, "manifestSha256": manifest_sha256(uri)}
+        for uri, step in zip(uris, (10, 12, 11), strict=True)
     ]
     soup = load_full_state_dict(out)
     for name, tensor in soup.items():
@@ -70,7 +81,9 @@ def test_bf16_ingredients_make_a_bf16_soup_summed_in_fp32(tmp_path: Path) -> Non
         net = nn.Linear(3, 2).to(torch.bfloat16)
         with torch.no_grad():
             net.weight.fill_(1.0 + 2**-7 * seed)  # bf16 steps of 2^-7 near 1: the fp32 mean lands on one
-        uri = Checkpointer(str(tmp_path / f"s{seed}"), CheckpointConfig(), config_hash="h").save(1, {"model": net})
+        uri = Checkpointer(str(tmp_path / f"s{seed}"), CheckpointConfig(), config_hash="h").save(
+            1, {"model": net}
+        )
         weights.append(uri)
     soup = load_full_state_dict(average_checkpoints(weights, str(tmp_path / "soup")))
     assert soup["weight"].dtype == torch.bfloat16
@@ -113,8 +126,15 @@ def test_refuses_a_corrupted_or_uncommitted_ingredient(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_soup_phase_entry_point_is_discoverable_and_idempotent(tmp_path: Path) -> None:
     uris = [ingredient(tmp_path, seed, step)[0] for seed, step in ((42, 7), (666, 9))]
-    cfg = TrainConfig(run="r", phase="soup", kind="soup", seed=0, model=TINY, save_dir=str(tmp_path / "soup"),
-                      soup_from=uris)
+    cfg = TrainConfig(
+        run="r",
+        phase="soup",
+        kind="soup",
+        seed=0,
+        model=TINY,
+        save_dir=str(tmp_path / "soup"),
+        soup_from=uris,
+    )
     config = tmp_path / "soup-config.json"
     config.write_text(cfg.to_json())
     command = [sys.executable, "-m", "olmo_trainer", "soup", "--config", str(config)]
@@ -124,7 +144,9 @@ def test_soup_phase_entry_point_is_discoverable_and_idempotent(tmp_path: Path) -
     ckpt = Checkpointer(f"{cfg.save_dir}/checkpoints", cfg.checkpoint, config_hash=cfg.config_hash())
     assert ckpt.latest() == (9, f"{cfg.save_dir}/checkpoints/step9")
     lines = [json.loads(line) for line in (tmp_path / "soup" / "metrics.jsonl").read_text().splitlines()]
-    assert lines == [{"soup": 2, "step": 9, "checkpoint": f"{cfg.save_dir}/checkpoints/step9", "ingredients": uris}]
+    assert lines == [
+        {"soup": 2, "step": 9, "checkpoint": f"{cfg.save_dir}/checkpoints/step9", "ingredients": uris}
+    ]
     before = (tmp_path / "soup" / "checkpoints" / "step9" / manifest.MANIFEST_NAME).read_bytes()
 
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)

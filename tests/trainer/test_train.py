@@ -146,7 +146,9 @@ def test_compiled_blocks_train_like_eager_ones_and_save_the_same_names(tmp_path:
     to float tolerance (fused kernels round differently) and checkpoints with the same parameter names."""
     run = reference_run()
     schedule = {"warmupSteps": 2, "finalLrRatio": 0.5, "tMaxTokens": 40 * 512}
-    config = tiny_config(tmp_path, maxSteps=5, schedule=schedule, parallel={"strategy": "fsdp", "compile": True})
+    config = tiny_config(
+        tmp_path, maxSteps=5, schedule=schedule, parallel={"strategy": "fsdp", "compile": True}
+    )
     result = torchrun(["pretrain", "--config", str(config)], timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     ours, theirs = read_metrics(tmp_path / "out"), read_metrics(run.save_dir)[:5]

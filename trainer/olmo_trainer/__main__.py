@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("kind", choices=KINDS, help="the phase kind (must match the config's), or eval")
     parser.add_argument(
-        "--config", required=True, metavar="URI", help="TrainConfig JSON (eval: EvalJobConfig): a path or fsspec URL"
+        "--config",
+        required=True,
+        metavar="URI",
+        help="TrainConfig JSON (eval: EvalJobConfig): a path or fsspec URL",
     )
     parser.add_argument("--dry-run", action="store_true", help="print what would run and exit")
     return parser

@@ -283,7 +283,9 @@ def _dcp_load(uri: str, state: dict[str, Any], reader: StorageReader, *, no_dist
     except safe_load.UnsafeCheckpointError as error:
         raise unsafe(uri, error) from None
     except CheckpointException as error:
-        unsafe_ones = [exc for exc, _ in error.failures.values() if isinstance(exc, safe_load.UnsafeCheckpointError)]
+        unsafe_ones = [
+            exc for exc, _ in error.failures.values() if isinstance(exc, safe_load.UnsafeCheckpointError)
+        ]
         if unsafe_ones:
             raise unsafe(uri, unsafe_ones[0]) from None
         reasons = sorted({f"{type(exc).__name__}: {exc}" for exc, _ in error.failures.values()})
@@ -414,7 +416,9 @@ class Checkpointer:
         record = manifest.read_manifest(fs, path) or {"files": {}}
         files = sorted(record["files"].items())
         rank, world = _rank(), _world_size()
-        bad = [rel for rel, expected in files[rank::world] if manifest.verify_file(fs, join(path, rel), expected)]
+        bad = [
+            rel for rel, expected in files[rank::world] if manifest.verify_file(fs, join(path, rel), expected)
+        ]
         if _distributed():
             gathered: list[list[str] | None] = [None] * world
             dist.all_gather_object(gathered, bad)
@@ -440,7 +444,9 @@ class Checkpointer:
             damaged.append(f"{uri} ({', '.join(bad)})")
             self.skipped.append(damaged[-1])
             if _rank() == 0:
-                log.warning("checkpoint %s is damaged: %s differ from its MANIFEST; skipping it", uri, ", ".join(bad))
+                log.warning(
+                    "checkpoint %s is damaged: %s differ from its MANIFEST; skipping it", uri, ", ".join(bad)
+                )
             _decided_by_rank0(functools.partial(self._uncommit, uri))
         if damaged:
             raise PermanentFailure(
@@ -464,7 +470,9 @@ class Checkpointer:
             if not weights_finite(module):
                 whose = "weights" if name == MODEL_KEY else f"weights of {name!r}"
                 raise PermanentFailure(
-                    "Diverged", f"the {whose} at step {step} hold NaN or inf; {uri} was not written", step=step
+                    "Diverged",
+                    f"the {whose} at step {step} hold NaN or inf; {uri} was not written",
+                    step=step,
                 )
         if _decided_by_rank0(lambda: self._prepare_dir(uri)) == "committed":
             log.warning("checkpoint %s is already committed; not overwriting it", uri)
@@ -507,6 +515,7 @@ class Checkpointer:
     def acquire_lease(self) -> None:
         """Take the job directory's lease at start (collective); raises lease.Fenced on every rank when
         a newer attempt holds it. No-op without a lease."""
+
         def acquire() -> None:
             if self.lease is not None:
                 self.lease.acquire()
@@ -586,7 +595,13 @@ class Checkpointer:
             digests = {key: value for _, part in hashed for key, value in part.items()}
             extra = {"worldSize": _world_size(), **({"final": True} if final else {})}
             record = manifest.build_manifest(
-                fs, path, step=step, config_hash=self.config_hash, parent=self.parent, extra=extra, known=known,
+                fs,
+                path,
+                step=step,
+                config_hash=self.config_hash,
+                parent=self.parent,
+                extra=extra,
+                known=known,
                 content=identity.content_record(digests),
             )
             self._fence(f"commit of {uri}")  # the last moment before the MANIFEST makes it a checkpoint
@@ -600,6 +615,7 @@ class Checkpointer:
 
     def _own_digests(self, uri: str) -> dict[str, str]:
         """This rank's share of the content identity: tensors read back from storage and hashed."""
+
         def reader() -> StorageReader:
             return _reader(uri, self.storage_options)
 
@@ -670,11 +686,11 @@ class Checkpointer:
             state: dict[str, Any] = {MODEL_KEY: model_sd, OPTIM_KEY: optim_sd}
             extras = _auxiliary(app_state)
             for name, (extra, extra_optim) in extras.items():
-                state[f"{name}_{MODEL_KEY}"], state[f"{name}_{OPTIM_KEY}"] = get_state_dict(extra, extra_optim)
+                state[f"{name}_{MODEL_KEY}"], state[f"{name}_{OPTIM_KEY}"] = get_state_dict(
+                    extra, extra_optim
+                )
             _dcp_load(uri, state, reader)
-            set_state_dict(
-                model, optim, model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIM_KEY]
-            )
+            set_state_dict(model, optim, model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIM_KEY])
             for name, (extra, extra_optim) in extras.items():
                 set_state_dict(
                     extra,
@@ -688,7 +704,10 @@ class Checkpointer:
             if saved["world_size"] != _world_size():
                 log.warning(
                     "%s was saved by %d ranks and is loaded by %d: per-rank trainer state is reused modulo %d",
-                    uri, saved["world_size"], _world_size(), saved["world_size"],
+                    uri,
+                    saved["world_size"],
+                    _world_size(),
+                    saved["world_size"],
                 )
             trainer.load_state_dict(trainer_state_for_rank(saved, _rank()))
 

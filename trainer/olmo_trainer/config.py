@@ -66,9 +66,13 @@ def parse_tokens(value: Any) -> int:
             if exact == exact.to_integral_value():
                 count = int(exact)
     if count is None:
-        raise ValueError(f"{value!r} is not a token count: write an integer or a number with K/M/B/T, e.g. '50B'")
+        raise ValueError(
+            f"{value!r} is not a token count: write an integer or a number with K/M/B/T, e.g. '50B'"
+        )
     if count > MAX_TOKENS:
-        raise ValueError(f"{value!r} tokens is beyond any corpus (at most 1000T); check the number and its unit")
+        raise ValueError(
+            f"{value!r} tokens is beyond any corpus (at most 1000T); check the number and its unit"
+        )
     return count
 
 
@@ -161,14 +165,20 @@ class ModelConfig(ConfigModel):
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
         if self.head_dim is None and self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}; set headDim")
+            raise ValueError(
+                f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}; set headDim"
+            )
         if self.kv_heads and self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}")
         if self.embedding_size is not None and self.embedding_size < self.vocab_size:
-            raise ValueError(f"embedding_size {self.embedding_size} is smaller than vocab_size {self.vocab_size}")
+            raise ValueError(
+                f"embedding_size {self.embedding_size} is smaller than vocab_size {self.vocab_size}"
+            )
         for name in ("eos_token_id", "pad_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"{name} {getattr(self, name)} is outside the vocabulary (size {self.vocab_size})")
+                raise ValueError(
+                    f"{name} {getattr(self, name)} is outside the vocabulary (size {self.vocab_size})"
+                )
         return self
 
     # Resolved dimensions -----------------------------------------------------------------------
@@ -208,7 +218,9 @@ class ModelConfig(ConfigModel):
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token: 6 N (non-embedding incl. head) + 12 L H D T (attention)."""
-        return 6 * self.num_non_embedding_params() + 12 * self.n_layers * self.n_heads * self.dim_head * seq_len
+        return (
+            6 * self.num_non_embedding_params() + 12 * self.n_layers * self.n_heads * self.dim_head * seq_len
+        )
 
     @classmethod
     def preset(cls, name: PresetName, **overrides: Any) -> ModelConfig:
@@ -223,7 +235,14 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "olmo2-1b": {"d_model": 2048, "n_layers": 16, "n_heads": 16, "mlp_hidden": 8192, **_DOLMA2},
     "olmo2-7b": {"d_model": 4096, "n_layers": 32, "n_heads": 32, "mlp_hidden": 11008, **_DOLMA2},
     "olmo2-13b": {"d_model": 5120, "n_layers": 40, "n_heads": 40, "mlp_hidden": 13824, **_DOLMA2},
-    "olmo2-32b": {"d_model": 5120, "n_layers": 64, "n_heads": 40, "n_kv_heads": 8, "mlp_hidden": 27648, **_DOLMA2},
+    "olmo2-32b": {
+        "d_model": 5120,
+        "n_layers": 64,
+        "n_heads": 40,
+        "n_kv_heads": 8,
+        "mlp_hidden": 27648,
+        **_DOLMA2,
+    },
     # CPU demo: byte-level vocab (256 bytes + specials) padded to 384; trains in seconds per step.
     "tiny": {
         "d_model": 64,
@@ -360,8 +379,11 @@ class OptimConfig(ConfigModel):
     @classmethod
     def _positive_lr(cls, lr: float | str) -> float | str:
         if isinstance(lr, float) and not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"{lr} is not a learning rate: give a positive finite number, e.g. 3e-4, or `inherit`")
+            raise ValueError(
+                f"{lr} is not a learning rate: give a positive finite number, e.g. 3e-4, or `inherit`"
+            )
         return lr
+
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(default=1e-8, gt=0)
     weight_decay: float = Field(default=0.1, ge=0)
@@ -541,14 +563,18 @@ class RLVRConfig(ConfigModel):
     @classmethod
     def _groups(cls, value: int, info: ValidationInfo) -> int:
         if info.data.get("algorithm") == "grpo" and value < 2:
-            raise ValueError("must be at least 2 for grpo: advantages are normalised within each prompt's group")
+            raise ValueError(
+                "must be at least 2 for grpo: advantages are normalised within each prompt's group"
+            )
         return value
 
     @field_validator("value_init_from")
     @classmethod
     def _ppo_only(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("algorithm") == "grpo":
-            raise ValueError("only for algorithm ppo (GRPO has no value model); remove it or set algorithm: ppo")
+            raise ValueError(
+                "only for algorithm ppo (GRPO has no value model); remove it or set algorithm: ppo"
+            )
         return value
 
 
@@ -558,7 +584,10 @@ def rlvr_batch_problem(rl: RLVRConfig, batch: BatchConfig, world_size: int) -> t
     trains prompts/rank x samplesPerPrompt of them)."""
     prompts, micro = batch.global_batch_size, batch.micro_batch_size
     if prompts % world_size:
-        return "globalBatchSize", f"{prompts} prompts per rollout do not split over {world_size} ranks; use a multiple of {world_size}"
+        return (
+            "globalBatchSize",
+            f"{prompts} prompts per rollout do not split over {world_size} ranks; use a multiple of {world_size}",
+        )
     sequences = prompts // world_size * rl.samples_per_prompt
     if sequences % micro:
         return "microBatchSize", (
@@ -588,9 +617,13 @@ class EvalTask(ConfigModel):
     @model_validator(mode="after")
     def _inputs(self) -> EvalTask:
         if self.kind == "perplexity" and (self.data is None or self.paths):
-            raise ValueError(f"eval task {self.name!r}: a perplexity task takes `data` (an LM corpus), not `paths`")
+            raise ValueError(
+                f"eval task {self.name!r}: a perplexity task takes `data` (an LM corpus), not `paths`"
+            )
         if self.kind != "perplexity" and (not self.paths or self.data is not None):
-            raise ValueError(f"eval task {self.name!r}: a {self.kind} task takes `paths` (JSONL or oe:<task>:<format>)")
+            raise ValueError(
+                f"eval task {self.name!r}: a {self.kind} task takes `paths` (JSONL or oe:<task>:<format>)"
+            )
         return self
 
 

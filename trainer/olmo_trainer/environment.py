@@ -159,7 +159,10 @@ def data_record(batches: Any) -> dict[str, Any] | None:
         "sources": [
             {
                 "name": source.name,
-                "files": [[os.path.basename(p), int(a.shape[0])] for p, a in zip(source.paths, source.arrays, strict=True)],
+                "files": [
+                    [os.path.basename(p), int(a.shape[0])]
+                    for p, a in zip(source.paths, source.arrays, strict=True)
+                ],
                 "instances": int(count),
             }
             for source, count in zip(dataset.sources, dataset.counts, strict=True)
@@ -198,5 +201,8 @@ def write_env(cfg: TrainConfig, *, batches: Any = None) -> str:
     """Write `<save_dir>/env.json` (call on rank 0 only); returns its URI."""
     fs, root = filesystem(cfg.save_dir)
     fs.makedirs(root, exist_ok=True)
-    fs.pipe_file(f"{root.rstrip('/')}/{ENV_NAME}", json.dumps(environment_record(cfg, batches=batches), indent=2).encode())
+    fs.pipe_file(
+        f"{root.rstrip('/')}/{ENV_NAME}",
+        json.dumps(environment_record(cfg, batches=batches), indent=2).encode(),
+    )
     return f"{cfg.save_dir.rstrip('/')}/{ENV_NAME}"

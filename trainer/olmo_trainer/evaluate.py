@@ -149,7 +149,9 @@ def read_mc_questions(paths: Sequence[str]) -> list[MCQuestion]:
     out = []
     for path, number, row in read_rows(paths):
         if not isinstance(row.get("choices"), list) or not isinstance(row.get("gold"), int):
-            raise ValueError(f"{path}:{number}: a multiple-choice row needs `query`, `choices` and an integer `gold`")
+            raise ValueError(
+                f"{path}:{number}: a multiple-choice row needs `query`, `choices` and an integer `gold`"
+            )
         out.append(MCQuestion(str(row["query"]), [str(c) for c in row["choices"]], row["gold"]))
     return out
 
@@ -188,7 +190,13 @@ def continuation_logprobs(
 
 @torch.no_grad()
 def greedy(
-    model: Transformer, prompts: Sequence[list[int]], *, max_new_tokens: int, eos: int, pad: int, max_length: int
+    model: Transformer,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    eos: int,
+    pad: int,
+    max_length: int,
 ) -> list[list[int]]:
     """Greedy answers of a batch of prompts (generate.py: left-padded, KV cache), without their EOS.
     A prompt longer than max_length - 1 keeps its end."""
@@ -227,7 +235,12 @@ def _rank_world() -> tuple[int, int]:
 
 
 def eval_multiple_choice(
-    model: nn.Module, task: EvalTask, tok: ChatTokenizer, device: torch.device, max_length: int, batch_size: int = 32
+    model: nn.Module,
+    task: EvalTask,
+    tok: ChatTokenizer,
+    device: torch.device,
+    max_length: int,
+    batch_size: int = 32,
 ) -> dict[str, float]:
     questions = read_mc_questions(task.paths)[: task.limit]
     rank, world = _rank_world()
@@ -246,7 +259,12 @@ def eval_multiple_choice(
 
 
 def eval_generate(
-    model: Transformer, task: EvalTask, tok: ChatTokenizer, device: torch.device, max_length: int, batch_size: int = 64
+    model: Transformer,
+    task: EvalTask,
+    tok: ChatTokenizer,
+    device: torch.device,
+    max_length: int,
+    batch_size: int = 64,
 ) -> dict[str, float]:
     rows = [row for _, _, row in read_rows(task.paths)][: task.limit]
     rank, world = _rank_world()
@@ -263,12 +281,16 @@ def eval_generate(
             pad=tok.pad_token_id,
             max_length=max_length,
         )
-        correct += sum(answer_matches(tok.decode(o), str(r["ground_truth"])) for o, r in zip(outs, chunk, strict=True))
+        correct += sum(
+            answer_matches(tok.decode(o), str(r["ground_truth"])) for o, r in zip(outs, chunk, strict=True)
+        )
     correct, count = _reduce([correct, float(len(mine))], device)
     return {"accuracy": correct / max(count, 1), "count": count}
 
 
-def eval_perplexity(model: nn.Module, task: EvalTask, device: torch.device, work_dir: str, seed: int) -> dict[str, float]:
+def eval_perplexity(
+    model: nn.Module, task: EvalTask, device: torch.device, work_dir: str, seed: int
+) -> dict[str, float]:
     from olmo_trainer.data import build_dataset
     from olmo_trainer.objectives.lm import lm_loss
 
@@ -288,7 +310,15 @@ def eval_perplexity(model: nn.Module, task: EvalTask, device: torch.device, work
     return {"ce": ce, "perplexity": math.exp(ce), "count": float(n)}
 
 
-def evaluate(model: Transformer, cfg: EvalConfig, *, device: torch.device, max_length: int, work_dir: str, seed: int = 0) -> dict[str, float]:
+def evaluate(
+    model: Transformer,
+    cfg: EvalConfig,
+    *,
+    device: torch.device,
+    max_length: int,
+    work_dir: str,
+    seed: int = 0,
+) -> dict[str, float]:
     """Every task of `cfg` on an unsharded `model` -> {"eval/<task>/<metric>": value}. Collective when a
     process group is initialised (every rank must call it)."""
     tok = load_chat_tokenizer(cfg.tokenizer)
@@ -339,7 +369,9 @@ def unsharded_copy(model: nn.Module, config: ModelConfig, device: torch.device) 
     full: dict[str, Any] = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     with torch.device("meta"):
         copy = Transformer(config)
-    copy.load_state_dict({k: torch.as_tensor(v).detach().clone() for k, v in full.items()}, strict=True, assign=True)
+    copy.load_state_dict(
+        {k: torch.as_tensor(v).detach().clone() for k, v in full.items()}, strict=True, assign=True
+    )
     return copy.to(device)
 
 
@@ -348,7 +380,9 @@ def run_eval_job(cfg: EvalJobConfig) -> dict[str, float]:
     model = load_for_eval(cfg.checkpoint)
     max_length = model.config.max_sequence_length
     with tempfile.TemporaryDirectory(prefix="olmorun-eval-") as scratch:
-        results = evaluate(model, cfg.eval, device=torch.device("cpu"), max_length=max_length, work_dir=scratch)
+        results = evaluate(
+            model, cfg.eval, device=torch.device("cpu"), max_length=max_length, work_dir=scratch
+        )
     if cfg.output is not None:
         from olmo_trainer.manifest import open_uri
 

@@ -87,7 +87,9 @@ class Rollout:
 class _LayerKV:
     """One layer's preallocated keys and values (B, KV, capacity, D)."""
 
-    def __init__(self, owner: KVCache, shape: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, owner: KVCache, shape: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype
+    ):
         self.owner = owner
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -105,7 +107,9 @@ class _LayerKV:
         B, H, T, D = q.shape
         KV = keys.shape[1]
         if T > 1:  # prefill (or the recomputation baseline): the fused kernel
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), enable_gqa=KV != H)
+            return F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=bias.to(q.dtype), enable_gqa=KV != H
+            )
         # A decode step: two batched matrix-vector products over the cache, each query group of H / KV
         # heads as the rows of one product against its shared K/V head (no K/V copy). On CPU this is
         # faster than SDPA's flash kernel on the cache's strided prefix (bench/RESULTS.md,
@@ -278,7 +282,9 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch
 def _new_cache(model: nn.Module, batch: int, capacity: int, device: torch.device) -> KVCache:
     cfg = model.config
     if not isinstance(cfg, ModelConfig):
-        raise TypeError(f"generate needs an olmo_trainer Transformer (with a ModelConfig), got {type(model).__name__}")
+        raise TypeError(
+            f"generate needs an olmo_trainer Transformer (with a ModelConfig), got {type(model).__name__}"
+        )
     return KVCache(
         batch=batch,
         n_layers=cfg.n_layers,

@@ -79,7 +79,9 @@ def digests_of(weights: Mapping[str, torch.Tensor], prefix: str = "model.") -> d
 def tensor_entries(metadata: Metadata) -> list[tuple[str, TensorStorageMetadata]]:
     """Every tensor item of a DCP checkpoint, sorted by its flattened key."""
     return sorted(
-        (key, meta) for key, meta in metadata.state_dict_metadata.items() if isinstance(meta, TensorStorageMetadata)
+        (key, meta)
+        for key, meta in metadata.state_dict_metadata.items()
+        if isinstance(meta, TensorStorageMetadata)
     )
 
 

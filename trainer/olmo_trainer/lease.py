@@ -239,7 +239,9 @@ class Lease:
         if not force and self._monotonic() - self._renewed < self.renew_seconds:
             return False
         held = self.read()
-        problem = refusal(held, attempt=self.attempt, holder=self.holder, action="renewal", where=self.save_dir)
+        problem = refusal(
+            held, attempt=self.attempt, holder=self.holder, action="renewal", where=self.save_dir
+        )
         if problem is not None:
             raise Fenced(problem)
         assert held is not None

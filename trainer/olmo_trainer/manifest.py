@@ -324,12 +324,18 @@ def dcp_shard_names(blob: bytes) -> set[str]:
         root = _InertUnpickler(io.BytesIO(blob)).load()
     except Exception as error:  # any malformed pickle: truncated, foreign, not a pickle at all
         raise ValueError(f"not a DCP {DCP_METADATA}: {error}") from None
-    storage = root.state.get("storage_data") if isinstance(root, _Inert) and isinstance(root.state, dict) else None
+    storage = (
+        root.state.get("storage_data") if isinstance(root, _Inert) and isinstance(root.state, dict) else None
+    )
     if not isinstance(storage, dict):
         raise ValueError(f"not a DCP {DCP_METADATA}: no storage_data")
     names = set()
     for info in storage.values():
-        path = info.state.get("relative_path") if isinstance(info, _Inert) and isinstance(info.state, dict) else None
+        path = (
+            info.state.get("relative_path")
+            if isinstance(info, _Inert) and isinstance(info.state, dict)
+            else None
+        )
         if not isinstance(path, str):
             raise ValueError(f"not a DCP {DCP_METADATA}: a storage entry has no relative_path")
         names.add(path)
@@ -412,11 +418,15 @@ def verify(
     report.missing = [rel for rel, p in report.problems.items() if p == MISSING]
     report.corrupted = [rel for rel, p in report.problems.items() if p != MISSING]
     listed = record["files"]
-    report.unlisted, report.incomplete = completeness(fs, directory, listed, {*report.missing, *report.corrupted})
+    report.unlisted, report.incomplete = completeness(
+        fs, directory, listed, {*report.missing, *report.corrupted}
+    )
     return report
 
 
-def step_dirs(fs: AbstractFileSystem, checkpoints_dir: str, *, uri: str | None = None) -> list[tuple[int, str]]:
+def step_dirs(
+    fs: AbstractFileSystem, checkpoints_dir: str, *, uri: str | None = None
+) -> list[tuple[int, str]]:
     """Every `step<N>/` directory (committed or not) as (N, location), by step ascending.
 
     The location is `<uri>/step<N>` when the caller's URI of `checkpoints_dir` is given (keeping its

@@ -185,7 +185,9 @@ class Transformer(nn.Module):
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
         else:
             positions = cache.positions  # (B, T)
-        rope = rotary_tables(positions, self.config.dim_head, self.config.rope_theta)  # 2 x (T, D) or (B, 1, T, D)
+        rope = rotary_tables(
+            positions, self.config.dim_head, self.config.rope_theta
+        )  # 2 x (T, D) or (B, 1, T, D)
         x = self.embeddings(input_ids)  # (B, T, d)
         for index, block in enumerate(self.blocks):
             x = block(x, rope) if cache is None else block(x, rope, cache.layers[index])

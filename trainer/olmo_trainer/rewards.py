@@ -112,16 +112,65 @@ def extract_math_answer(response: str) -> str | None:
 # Minerva's normalisation (Lewkowycz et al. 2022, appendix D.1): textual substitutions, then units
 # and decorations removed.
 _SUBSTITUTIONS = [
-    ("an ", ""), ("a ", ""), (".$", "$"), ("\\$", ""), ("\\ ", ""), (" ", ""), ("mbox", "text"),
-    (",\\text{and}", ","), ("\\text{and}", ","), ("\\text{m}", "\\text{}"), ("\\dfrac", "\\frac"),
-    ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),
+    ("an ", ""),
+    ("a ", ""),
+    (".$", "$"),
+    ("\\$", ""),
+    ("\\ ", ""),
+    (" ", ""),
+    ("mbox", "text"),
+    (",\\text{and}", ","),
+    ("\\text{and}", ","),
+    ("\\text{m}", "\\text{}"),
+    ("\\dfrac", "\\frac"),
+    ("\\tfrac", "\\frac"),
+    ("\\left", ""),
+    ("\\right", ""),
 ]
 _REMOVED = [
-    "square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km", "units", "\\ldots",
-    "sue", "points", "feet", "minutes", "digits", "cents", "degrees", "cm", "gm", "pounds", "meters",
-    "meals", "edges", "students", "childrentickets", "multiples", "\\text{s}", "\\text{.}", "\\text{\ns}",
-    "\\text{}^2", "\\text{}^3", "\\text{\n}", "\\text{}", r"\mathrm{th}", r"^\circ", r"^{\circ}", r"\;",
-    r",\!", "{,}", '"', "\\dots", "\\!",
+    "square",
+    "ways",
+    "integers",
+    "dollars",
+    "mph",
+    "inches",
+    "ft",
+    "hours",
+    "km",
+    "units",
+    "\\ldots",
+    "sue",
+    "points",
+    "feet",
+    "minutes",
+    "digits",
+    "cents",
+    "degrees",
+    "cm",
+    "gm",
+    "pounds",
+    "meters",
+    "meals",
+    "edges",
+    "students",
+    "childrentickets",
+    "multiples",
+    "\\text{s}",
+    "\\text{.}",
+    "\\text{\ns}",
+    "\\text{}^2",
+    "\\text{}^3",
+    "\\text{\n}",
+    "\\text{}",
+    r"\mathrm{th}",
+    r"^\circ",
+    r"^{\circ}",
+    r"\;",
+    r",\!",
+    "{,}",
+    '"',
+    "\\dots",
+    "\\!",
 ]
 
 
@@ -331,12 +380,30 @@ def validate_no_commas(text: str) -> bool:
 IFEVAL_CONSTRAINTS: dict[str, Callable[..., bool]] = {
     fn.__name__: fn
     for fn in (
-        verify_keywords, verify_keyword_frequency, validate_forbidden_words, verify_letter_frequency,
-        verify_paragraph_count, validate_word_constraint, verify_sentence_constraint, validate_paragraphs,
-        verify_postscript, validate_placeholders, verify_bullet_points, validate_title, validate_choice,
-        validate_highlighted_sections, validate_sections, validate_json_format, validate_repeat_prompt,
-        validate_two_responses, validate_uppercase, validate_lowercase, validate_frequency_capital_words,
-        validate_end, validate_quotation, validate_no_commas,
+        verify_keywords,
+        verify_keyword_frequency,
+        validate_forbidden_words,
+        verify_letter_frequency,
+        verify_paragraph_count,
+        validate_word_constraint,
+        verify_sentence_constraint,
+        validate_paragraphs,
+        verify_postscript,
+        validate_placeholders,
+        verify_bullet_points,
+        validate_title,
+        validate_choice,
+        validate_highlighted_sections,
+        validate_sections,
+        validate_json_format,
+        validate_repeat_prompt,
+        validate_two_responses,
+        validate_uppercase,
+        validate_lowercase,
+        validate_frequency_capital_words,
+        validate_end,
+        validate_quotation,
+        validate_no_commas,
     )
 }
 """IFEval constraint checks by `func_name`. (`validate_response_language` needs a language detector
@@ -351,7 +418,9 @@ def parse_ifeval(ground_truth: str) -> tuple[Callable[..., bool], dict[str, Any]
     except ValueError as error:
         raise RewardError(f"ifeval ground_truth is not JSON ({error}): {ground_truth[:80]!r}") from None
     if not isinstance(spec, dict) or "func_name" not in spec:
-        raise RewardError(f"ifeval ground_truth must be a JSON object with `func_name`: {ground_truth[:80]!r}")
+        raise RewardError(
+            f"ifeval ground_truth must be a JSON object with `func_name`: {ground_truth[:80]!r}"
+        )
     name = spec.pop("func_name")
     check = IFEVAL_CONSTRAINTS.get(name)
     if check is None:
@@ -410,7 +479,9 @@ def check_rows(rows: Iterable[Mapping[str, Any]], source: str = "data") -> int:
     return count
 
 
-def reward_of(verified: bool, *, correct_reward: float = 10.0, stopped: bool = True, non_stop_penalty: float = 0.0) -> float:
+def reward_of(
+    verified: bool, *, correct_reward: float = 10.0, stopped: bool = True, non_stop_penalty: float = 0.0
+) -> float:
     """`correct_reward` when verified, else 0; minus `non_stop_penalty` when the response was cut at the
     length limit instead of ending with EOS (Tülu 3 section 6: reward 10 on a verified answer)."""
     score = correct_reward if verified else 0.0
@@ -428,4 +499,6 @@ def reward(
 ) -> float:
     """The reward of one response: the dataset's verifier, then `reward_of`."""
     verified = verifier(dataset)(response, ground_truth)
-    return reward_of(verified, correct_reward=correct_reward, stopped=stopped, non_stop_penalty=non_stop_penalty)
+    return reward_of(
+        verified, correct_reward=correct_reward, stopped=stopped, non_stop_penalty=non_stop_penalty
+    )

@@ -53,7 +53,9 @@ def pack(rollout: Rollout, *, pad_token_id: int) -> Packed:
     pad = P - prompt_lengths  # (B,)
     columns = (torch.arange(P, device=pad.device)[None, :] + pad[:, None]).clamp(max=P - 1)  # (B, P)
     prompts = rollout.prompts.gather(1, columns)
-    prompts = torch.where(torch.arange(P, device=pad.device)[None, :] < prompt_lengths[:, None], prompts, pad_token_id)
+    prompts = torch.where(
+        torch.arange(P, device=pad.device)[None, :] < prompt_lengths[:, None], prompts, pad_token_id
+    )
     ids = torch.full((B, P + N), pad_token_id, dtype=torch.long, device=prompts.device)
     ids[:, :P] = prompts
     positions = prompt_lengths[:, None] + torch.arange(N, device=pad.device)[None, :]  # (B, N)
@@ -68,7 +70,9 @@ def _predicting_positions(packed: Packed) -> torch.Tensor:
     return positions.clamp(max=packed.ids.shape[1] - 1)
 
 
-def response_logprobs(logits: torch.Tensor, packed: Packed, *, temperature: float, vocab_size: int) -> torch.Tensor:
+def response_logprobs(
+    logits: torch.Tensor, packed: Packed, *, temperature: float, vocab_size: int
+) -> torch.Tensor:
     """(B, N) log-probabilities of the response tokens under softmax(logits / temperature) over the
     real vocabulary. logits (B, L, V) from the model on `packed.ids`. Masked entries are meaningless
     (multiply by `packed.mask`)."""

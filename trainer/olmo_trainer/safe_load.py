@@ -61,8 +61,13 @@ def trainer_file_globals() -> list[Any]:
 _METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
 """Where DCP's own record types live: only the dataclasses and enums defined there are allowed (they
 unpickle by setting fields), not whatever else those modules define or import (readers, writers)."""
-_METADATA_NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-                   ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")}
+_METADATA_NAMES = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+}
 """torch.Size, a layout looked up by name (torch.serialization._get_layout: one of torch's layout objects),
 OrderedDict, and the path DCP's own writer records in its StorageMeta (ours records none)."""
 
@@ -76,12 +81,16 @@ class _MetadataUnpickler(pickle.Unpickler):
             return getattr(importlib.import_module(module), name)
         if module in _METADATA_MODULES:
             found = getattr(importlib.import_module(module), name, None)
-            record = dataclasses.is_dataclass(found) or (isinstance(found, type) and issubclass(found, enum.Enum))
+            record = dataclasses.is_dataclass(found) or (
+                isinstance(found, type) and issubclass(found, enum.Enum)
+            )
             if isinstance(found, type) and found.__module__ == module and record:
                 return found
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        raise UnsafeCheckpointError(f"DCP .metadata names {module}.{name}, which a checkpoint index never holds")
+        raise UnsafeCheckpointError(
+            f"DCP .metadata names {module}.{name}, which a checkpoint index never holds"
+        )
 
 
 def read_dcp_metadata(stream: Any) -> Metadata:

@@ -55,7 +55,11 @@ def _model_of(uri: str, storage_options: dict[str, Any]) -> ModelConfig | None:
 
 
 def _differences(a: ModelConfig, b: ModelConfig) -> dict[str, tuple[Any, Any]]:
-    return {name: (getattr(a, name), getattr(b, name)) for name in type(a).model_fields if getattr(a, name) != getattr(b, name)}
+    return {
+        name: (getattr(a, name), getattr(b, name))
+        for name in type(a).model_fields
+        if getattr(a, name) != getattr(b, name)
+    }
 
 
 def check_same_model(uris: list[str], storage_options: dict[str, Any] | None = None) -> ModelConfig | None:
@@ -77,7 +81,9 @@ def check_same_model(uris: list[str], storage_options: dict[str, Any] | None = N
 def _add_into(total: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], uri: str, first: str) -> None:
     if weights.keys() != total.keys():
         missing, extra = sorted(total.keys() - weights.keys()), sorted(weights.keys() - total.keys())
-        raise SoupError(f"{uri} has different parameters than {first}: missing {missing[:5]}, extra {extra[:5]}")
+        raise SoupError(
+            f"{uri} has different parameters than {first}: missing {missing[:5]}, extra {extra[:5]}"
+        )
     for name, tensor in weights.items():
         if tensor.shape != total[name].shape:
             raise SoupError(
@@ -129,7 +135,11 @@ def average_checkpoints(
         {"uri": uri, "step": record["step"], "manifestSha256": manifest_sha256(uri, storage_options=options)}
         for uri, record in zip(uris, records, strict=True)
     ]
-    config_json = train_config.to_json() if train_config is not None else config_json_of(uris[0], storage_options=options)
+    config_json = (
+        train_config.to_json()
+        if train_config is not None
+        else config_json_of(uris[0], storage_options=options)
+    )
     try:
         return save_model_weights(
             out_uri,
@@ -166,7 +176,9 @@ def _already_done(out_uri: str, uris: list[str]) -> bool:
         return False
     made_of = [item["uri"] for item in record.get("extra", {}).get("soup", {}).get("ingredients", [])]
     if made_of != uris:
-        raise SoupError(f"{out_uri} is already committed and is not a soup of {uris}; refusing to overwrite it")
+        raise SoupError(
+            f"{out_uri} is already committed and is not a soup of {uris}; refusing to overwrite it"
+        )
     return True
 
 
@@ -191,7 +203,9 @@ def main(cfg: TrainConfig) -> int:
         return 0
     average_checkpoints(cfg.soup_from, out_uri, config_hash=cfg.config_hash(), train_config=cfg, lease=lease)
     metrics = MetricsFile(cfg.save_dir, resume_step=None)
-    metrics.append({"soup": len(cfg.soup_from), "step": step, "checkpoint": out_uri, "ingredients": cfg.soup_from})
+    metrics.append(
+        {"soup": len(cfg.soup_from), "step": step, "checkpoint": out_uri, "ingredients": cfg.soup_from}
+    )
     if cfg.eval is not None:  # the averaged model, evaluated like any phase's final model
         from olmo_trainer.evaluate import evaluate, load_for_eval
         from olmo_trainer.train import work_dir

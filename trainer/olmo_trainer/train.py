@@ -332,7 +332,11 @@ def check_finite(step: int, record: dict[str, Any]) -> None:
     The values are reduced over ranks (loss) or equal on every rank (gradient norm), so every rank
     stops at the same step, and no checkpoint of the diverged weights is saved.
     """
-    bad = {k: record[k] for k in DIVERGENCE_KEYS if isinstance(record.get(k), float) and not math.isfinite(record[k])}
+    bad = {
+        k: record[k]
+        for k in DIVERGENCE_KEYS
+        if isinstance(record.get(k), float) and not math.isfinite(record[k])
+    }
     if bad:
         values = ", ".join(f"{k} {v}" for k, v in bad.items())
         raise PermanentFailure(
@@ -392,7 +396,12 @@ class Job:
     @property
     def app_state(self) -> dict[str, Any]:
         # (model, optimizer) pairs of the objective (PPO's "value") are checkpointed beside the policy.
-        return {"model": self.model, "optim": self.optimizer, "trainer": self.state, **self.objective.auxiliary()}
+        return {
+            "model": self.model,
+            "optim": self.optimizer,
+            "trainer": self.state,
+            **self.objective.auxiliary(),
+        }
 
     def loop(self, batches: Iterator[list[torch.Tensor]]) -> bool:
         """Steps until the budget or an agreed preemption; True when preempted before the end."""
@@ -448,7 +457,9 @@ class Job:
 def skip_rule(cfg: TrainConfig) -> SkipStepRule | None:
     """The job's skip-step rule (optim.skipStep), or None when it never skips."""
     spec = cfg.optim.skip_step
-    return None if spec is None else SkipStepRule(sigma=spec.sigma, window=spec.window, limit=spec.max_skipped)
+    return (
+        None if spec is None else SkipStepRule(sigma=spec.sigma, window=spec.window, limit=spec.max_skipped)
+    )
 
 
 def setup(cfg: TrainConfig) -> tuple[Job, Any]:
@@ -531,7 +542,12 @@ def final_eval(job: Job) -> dict[str, float]:
     assert cfg.eval is not None
     model = unsharded_copy(job.model, cfg.model, info.device)
     return evaluate(
-        model, cfg.eval, device=info.device, max_length=cfg.model.max_sequence_length, work_dir=work_dir(cfg), seed=cfg.seed
+        model,
+        cfg.eval,
+        device=info.device,
+        max_length=cfg.model.max_sequence_length,
+        work_dir=work_dir(cfg),
+        seed=cfg.seed,
     )
 
 
@@ -539,7 +555,9 @@ def train(cfg: TrainConfig) -> int:
     """Run a training job (any objective) to its budget (or a SIGTERM). Returns the process exit code."""
     job, batches = setup(cfg)
     _install_sigterm(job.state)
-    job.tracker = Tracker(cfg, rank=job.info.rank, resume_step=job.state.step, may_write=job.checkpointer.holds_lease)
+    job.tracker = Tracker(
+        cfg, rank=job.info.rank, resume_step=job.state.step, may_write=job.checkpointer.holds_lease
+    )
     try:
         preempted = job.loop(iter(batches))
         if not preempted and cfg.eval is not None:

@@ -56,7 +56,9 @@ GENERATION_PROMPT = "<|assistant|>\n"
 # ---------------------------------------------------------------------------------------------
 
 
-def render(messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+def render(
+    messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = False
+) -> tuple[str, list[tuple[int, int]]]:
     """The OLMo 2 chat text of `messages` and the character spans [start, end) that are trained
     (each assistant content plus its `<|endoftext|>`). Raises ValueError on an unknown role."""
     parts = [EOS_TEXT]
@@ -65,7 +67,9 @@ def render(messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = 
     for i, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
         if role not in ROLES or not isinstance(content, str):
-            raise ValueError(f"message {i}: role must be one of {ROLES} with a string content, got {message!r}")
+            raise ValueError(
+                f"message {i}: role must be one of {ROLES} with a string content, got {message!r}"
+            )
         last = i == len(messages) - 1
         if role == "assistant":
             head = GENERATION_PROMPT

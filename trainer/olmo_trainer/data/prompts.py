@@ -42,7 +42,12 @@ class PromptDataset:
             raise ValueError("no RLVR prompt fits maxLength: nothing to train on")
         self.prompts, self.fingerprint, self.dropped = prompts, fingerprint, dropped
         datasets = sorted({p.dataset for p in prompts})
-        self.description = {"kind": "rlvr-prompts", "prompts": len(prompts), "dropped": dropped, "verifiers": datasets}
+        self.description = {
+            "kind": "rlvr-prompts",
+            "prompts": len(prompts),
+            "dropped": dropped,
+            "verifiers": datasets,
+        }
         """What the run record (environment.py) says about this data."""
 
     def __len__(self) -> int:
@@ -54,7 +59,10 @@ class PromptDataset:
 
 
 def load_prompts(
-    rows: Iterable[tuple[str, int, dict[str, Any]]], encode: Callable[[list[dict[str, str]]], Any], *, max_length: int
+    rows: Iterable[tuple[str, int, dict[str, Any]]],
+    encode: Callable[[list[dict[str, str]]], Any],
+    *,
+    max_length: int,
 ) -> PromptDataset:
     """Check and tokenise (file, line, row) triples; `encode(messages)` gives the chat prompt's ids
     with the generation prompt. Raises RewardError/ValueError naming the file and line."""

@@ -166,7 +166,13 @@ CHAT_FILES = {
 """What `write_chat_sets` writes (the names examples/olmorun-tiny.yaml points at)."""
 CHAT_SIZES = {"sft": 3000, "dpo": 1500, "rlvr": 2000, "heldout": 1000, "mc": 200}
 _DRAW_ORDER = (
-    ("heldout", 200), ("mc", None), ("rlvr", 400), ("dpo", None), ("sft", None), ("rlvr", None), ("heldout", None)
+    ("heldout", 200),
+    ("mc", None),
+    ("rlvr", 400),
+    ("dpo", None),
+    ("sft", None),
+    ("rlvr", None),
+    ("heldout", None),
 )
 """Which set claims the next questions of the one stream, up to how many rows (None: its size).
 Held-out first. The sets had 400 RL and 200 held-out rows when SFT and DPO were drawn; the rows
@@ -238,7 +244,9 @@ def chat_sets(seed: int, sizes: dict[str, int] | None = None) -> dict[str, list[
                 wrongs = sorted({_wrong(rng, answer) for _ in range(6)} - {answer})[:3]
                 choices = sorted([answer, *wrongs])
                 query = f"<|user|>\n{question}\n<|assistant|>\nThe answer is"
-                out[name].append({"query": query, "choices": [f" {c}." for c in choices], "gold": choices.index(answer)})
+                out[name].append(
+                    {"query": query, "choices": [f" {c}." for c in choices], "gold": choices.index(answer)}
+                )
             else:
                 out[name].append({"messages": [user], "ground_truth": str(answer), "dataset": "gsm8k"})
     return out

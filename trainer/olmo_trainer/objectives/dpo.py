@@ -83,7 +83,9 @@ def _stack(chosen: ChatBatch, rejected: ChatBatch, pad_id: int) -> tuple[torch.T
     return ids, labels
 
 
-def policy_logps(model: nn.Module, batch: PreferenceBatch, *, pad_id: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_logps(
+    model: nn.Module, batch: PreferenceBatch, *, pad_id: int, average: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen (B,), rejected (B,)) log-probs of each sequence's trained tokens, their mean (dpo_norm)
     or sum (dpo), from one forward pass over both."""
     ids, labels = _stack(batch.chosen, batch.rejected, pad_id)
@@ -116,7 +118,11 @@ class DPOObjective(BaseObjective):
         if info.rank == 0:
             print(f"dpo data: {len(self.dataset)} pairs, {self.dataset.dropped} dropped (no trained token)")
         plan = chat_plan(
-            cfg, len(self.dataset), epochs=self.dpo.epochs, max_length=data.max_length, world_size=info.world_size
+            cfg,
+            len(self.dataset),
+            epochs=self.dpo.epochs,
+            max_length=data.max_length,
+            world_size=info.world_size,
         )
         self.micro_batch_size = plan.micro_batch_size
         return plan, chat_batches(cfg, self.dataset, plan, info)
@@ -164,7 +170,9 @@ class DPOObjective(BaseObjective):
                 print(f"dpo: reference log-probs of {len(table)} pairs written to {uri}")
             dist.barrier()
         if table.shape != (len(self.dataset), 2):
-            raise ValueError(f"{uri}: holds {table.shape}, expected ({len(self.dataset)}, 2); delete it to recompute")
+            raise ValueError(
+                f"{uri}: holds {table.shape}, expected ({len(self.dataset)}, 2); delete it to recompute"
+            )
         self.reference = torch.from_numpy(table)
 
     @torch.no_grad()
@@ -226,6 +234,13 @@ class DPOObjective(BaseObjective):
         return LossOutput(losses.sum(), sums)
 
     def metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
-        keys = ("loss", "nll/chosen", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy")
+        keys = (
+            "loss",
+            "nll/chosen",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margin",
+            "rewards/accuracy",
+        )
         out = {k: sums[k] / denominator for k in (*keys, "logps/chosen", "logps/rejected")}
         return out

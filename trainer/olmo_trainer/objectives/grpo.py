@@ -35,7 +35,9 @@ def group_advantages(rewards: torch.Tensor, eps: float = ADVANTAGE_EPS) -> tuple
     """Group-normalised advantages of rewards (G, K) (G prompts x K samples) -> ((G, K), (G,) bool
     zero-variance flags). Zero-variance groups get advantage exactly 0. Raises ValueError for K < 2."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
-        raise ValueError(f"group advantages need rewards (prompts, samples >= 2), got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"group advantages need rewards (prompts, samples >= 2), got shape {tuple(rewards.shape)}"
+        )
     rewards = rewards.double()
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True)  # unbiased
@@ -146,10 +148,21 @@ class GRPOObjective(RLObjective):
         mask = micro_batch.packed.mask
         ref = micro_batch.ref_logprobs if micro_batch.ref_logprobs is not None else logp.detach()
         out = grpo_loss(
-            logp, micro_batch.old_logprobs, ref, micro_batch.advantages, mask,
-            clip=self.rl.clip, kl_beta=self.rl.kl_beta, num_tokens=1.0,  # a sum: the loop divides
+            logp,
+            micro_batch.old_logprobs,
+            ref,
+            micro_batch.advantages,
+            mask,
+            clip=self.rl.clip,
+            kl_beta=self.rl.kl_beta,
+            num_tokens=1.0,  # a sum: the loop divides
         )
-        sums: dict[str, torch.Tensor | float] = {"policy": out.policy_sum, "clipped": out.clipped_sum, "tokens": float(mask.sum()), **micro_batch.sums}
+        sums: dict[str, torch.Tensor | float] = {
+            "policy": out.policy_sum,
+            "clipped": out.clipped_sum,
+            "tokens": float(mask.sum()),
+            **micro_batch.sums,
+        }
         if micro_batch.ref_logprobs is not None:
             sums["kl"] = out.kl_sum
         return LossOutput(out.loss, sums)

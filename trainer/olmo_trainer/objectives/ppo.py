@@ -37,7 +37,12 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def kl_penalised_rewards(
-    old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, *, kl_beta: float
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_beta: float,
 ) -> torch.Tensor:
     """Per-token rewards (B, T): -kl_beta * (old - ref) on response tokens, plus scores (B,) at each
     row's last response token; 0 outside the mask."""
@@ -110,7 +115,9 @@ def ppo_loss(
     """Token-level PPO loss of one micro-batch: all tensors (B, T); logprobs and new_values carry grad
     (policy and value model), the rest are rollout-time constants; num_tokens as in `grpo_loss`."""
     policy, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, clip)
-    value, value_clipped = value_loss(new_values, old_values, returns, clip if value_clip is None else value_clip)
+    value, value_clipped = value_loss(
+        new_values, old_values, returns, clip if value_clip is None else value_clip
+    )
     weight = mask.to(logprobs.dtype)
     loss = ((policy + vf_coef * value) * weight).sum() / num_tokens
     return PPOLoss(
@@ -195,7 +202,9 @@ class PPOObjective(RLObjective):
         for index, part in enumerate(parts):
             reference = ref[index] if ref is not None else old[index]
             rows = slice(start, start + len(part))
-            token_rewards = kl_penalised_rewards(old[index], reference, scores[rows], part.mask, kl_beta=self.rl.kl_beta)
+            token_rewards = kl_penalised_rewards(
+                old[index], reference, scores[rows], part.mask, kl_beta=self.rl.kl_beta
+            )
             adv, ret = gae(token_rewards, values[index], part.mask, gamma=gae_cfg.gamma, lam=gae_cfg.lam)
             rewards.append(token_rewards)
             advantages.append(adv)
@@ -226,17 +235,33 @@ class PPOObjective(RLObjective):
         return batches
 
     def loss(self, model: nn.Module, micro_batch: RLBatch) -> LossOutput:
-        assert self.value_model is not None and micro_batch.values is not None and micro_batch.returns is not None
+        assert (
+            self.value_model is not None
+            and micro_batch.values is not None
+            and micro_batch.returns is not None
+        )
         logp = self.logprobs(model, micro_batch.packed)
         new_values = self.values(self.value_model, micro_batch.packed)
         mask = micro_batch.packed.mask
         out = ppo_loss(
-            logp, micro_batch.old_logprobs, micro_batch.advantages, new_values, micro_batch.values,
-            micro_batch.returns, mask, clip=self.rl.clip, vf_coef=self.rl.vf_coef, num_tokens=1.0,
+            logp,
+            micro_batch.old_logprobs,
+            micro_batch.advantages,
+            new_values,
+            micro_batch.values,
+            micro_batch.returns,
+            mask,
+            clip=self.rl.clip,
+            vf_coef=self.rl.vf_coef,
+            num_tokens=1.0,
         )
         sums: dict[str, torch.Tensor | float] = {
-            "policy": out.policy_sum, "value": out.value_sum, "clipped": out.clipped_sum,
-            "value_clipped": out.value_clipped_sum, "tokens": float(mask.sum()), **micro_batch.sums,
+            "policy": out.policy_sum,
+            "value": out.value_sum,
+            "clipped": out.clipped_sum,
+            "value_clipped": out.value_clipped_sum,
+            "tokens": float(mask.sum()),
+            **micro_batch.sums,
         }
         return LossOutput(out.loss, sums)
 

@@ -200,7 +200,9 @@ class RLObjective(BaseObjective):
         assert self.info is not None
         cfg, rl, info = self.cfg, self.rl, self.info
         prompts = [p for p in step.prompts for _ in range(rl.samples_per_prompt)]
-        generator = torch.Generator(device=info.device).manual_seed(rollout_seed(cfg.seed, step.rollout, info.rank))
+        generator = torch.Generator(device=info.device).manual_seed(
+            rollout_seed(cfg.seed, step.rollout, info.rank)
+        )
         rollout = generate(
             model,
             [p.ids for p in prompts],
@@ -216,13 +218,19 @@ class RLObjective(BaseObjective):
         parts = [packed.select(slice(i, i + micro)) for i in range(0, len(packed), micro)]
         with torch.no_grad():
             old = [self.logprobs(model, part) for part in parts]
-            ref = [self.logprobs(self.reference, part) for part in parts] if self.reference is not None else None
+            ref = (
+                [self.logprobs(self.reference, part) for part in parts]
+                if self.reference is not None
+                else None
+            )
         return self.make_batches(parts, old, ref, scores, correct, rollout.stopped)
 
     def logprobs(self, model: nn.Module, packed: Packed) -> torch.Tensor:
         """(B, N) response log-probs of `model` under the sampling temperature."""
         logits = model(packed.ids)
-        return response_logprobs(logits, packed, temperature=self.rl.temperature, vocab_size=self.cfg.model.vocab_size)
+        return response_logprobs(
+            logits, packed, temperature=self.rl.temperature, vocab_size=self.cfg.model.vocab_size
+        )
 
     def values(self, value_model: nn.Module, packed: Packed) -> torch.Tensor:
         return response_values(value_model(packed.ids), packed)
@@ -235,11 +243,17 @@ class RLObjective(BaseObjective):
         rewards, correct = [], []
         eos = self.cfg.model.eos_token_id
         for row, prompt in enumerate(prompts):
-            ids = [int(t) for t, keep in zip(responses[row].tolist(), mask[row].tolist(), strict=True) if keep and t != eos]
+            ids = [
+                int(t)
+                for t, keep in zip(responses[row].tolist(), mask[row].tolist(), strict=True)
+                if keep and t != eos
+            ]
             text = self.tokenizer.decode(ids)
             verified = verifier(prompt.dataset)(text, prompt.ground_truth)
             score = reward_of(
-                verified, correct_reward=self.rl.correct_reward, stopped=bool(stopped[row]),
+                verified,
+                correct_reward=self.rl.correct_reward,
+                stopped=bool(stopped[row]),
                 non_stop_penalty=self.rl.non_stop_penalty,
             )
             rewards.append(score)
@@ -258,8 +272,14 @@ class RLObjective(BaseObjective):
     ) -> list[RLBatch]:
         raise NotImplementedError  # GRPO and PPO compute their advantages differently
 
-    def sequence_sums(self, rows: slice, scores: torch.Tensor, correct: torch.Tensor, stopped: torch.Tensor,
-                      lengths: torch.Tensor) -> dict[str, float]:
+    def sequence_sums(
+        self,
+        rows: slice,
+        scores: torch.Tensor,
+        correct: torch.Tensor,
+        stopped: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> dict[str, float]:
         """Per-sequence metric sums of the rows of one micro-batch."""
         return {
             "sequences": float(scores[rows].numel()),

@@ -39,7 +39,9 @@ from olmo_trainer.objectives import BaseObjective, LossOutput
 from olmo_trainer.train import work_dir
 
 
-def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logps(
+    logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of each next token and whether it is trained.
 
     logits (B, L, V), input_ids and labels (B, L) -> logp (B, L-1) float32, mask (B, L-1) bool; position t
@@ -72,7 +74,9 @@ def chat_plan(cfg: TrainConfig, num_rows: int, *, epochs: int, max_length: int, 
             f"globalBatchSize {global_batch} is not divisible by microBatchSize x world size = {micro} x {world_size}"
         )
     if num_rows < global_batch:
-        raise ValueError(f"the {cfg.kind} data has {num_rows} usable rows, fewer than globalBatchSize {global_batch}")
+        raise ValueError(
+            f"the {cfg.kind} data has {num_rows} usable rows, fewer than globalBatchSize {global_batch}"
+        )
     total = cfg.max_steps if cfg.max_steps is not None else epochs * (num_rows // global_batch)
     return StepPlan(
         global_batch_size=global_batch,
@@ -106,7 +110,9 @@ def check_vocab(cfg: TrainConfig, data: ChatDataConfig, tokenizer: ChatTokenizer
     pad_id = tokenizer.pad_token_id
     if pad_id >= cfg.model.padded_vocab:
         which = data.tokenizer or "the byte-level tokenizer"
-        raise ValueError(f"{which}: PAD id {pad_id} is outside the model's {cfg.model.padded_vocab} embedding rows")
+        raise ValueError(
+            f"{which}: PAD id {pad_id} is outside the model's {cfg.model.padded_vocab} embedding rows"
+        )
 
 
 class SFTObjective(BaseObjective):
@@ -139,7 +145,11 @@ class SFTObjective(BaseObjective):
     def loss(self, model: nn.Module, micro_batch: ChatBatch) -> LossOutput:
         batch = micro_batch.to(self.device)
         ce, trained = sft_loss_sum(model(batch.input_ids), batch)
-        sums: dict[str, torch.Tensor | float] = {"ce": ce.detach(), "trained_tokens": float(trained), "tokens": float(batch.lengths.sum())}
+        sums: dict[str, torch.Tensor | float] = {
+            "ce": ce.detach(),
+            "trained_tokens": float(trained),
+            "tokens": float(batch.lengths.sum()),
+        }
         return LossOutput(ce, sums)
 
     def metrics(self, sums: dict[str, float], denominator: float) -> dict[str, float]:
