@@ -118,7 +118,8 @@ def main() -> None:
         command = " ".join(["bench/bench_archive.py", *sys.argv[1:]])
         header = [
             "",
-            f"### archive vs fs.put, SeaweedFS on loopback ({dt.date.today().isoformat()}, {os.cpu_count()} CPUs)",
+            f"### archive vs fs.put, SeaweedFS on loopback ({dt.date.today().isoformat()}, {os.cpu_count()} "
+            "CPUs)",
             "",
             f"Command: `.venv/bin/python {command}` (workers={args.workers}, median of {args.repeat})",
             "",

@@ -132,7 +132,8 @@ def run(sizes: list[int], repeat: int, workdir: str) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| params | procs | checkpoint GiB | save s | re-hash all files, 1 process s | load s | save GiB/s | load 2->1 s |",
+        "| params | procs | checkpoint GiB | save s | re-hash all files, 1 process s | load s | save GiB/s "
+        "| load 2->1 s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

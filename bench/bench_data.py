@@ -101,7 +101,8 @@ def main() -> int:
                     paths, f"{tmp}/work", ngram=ngram, gbs=args.global_batch, world=world, steps=args.steps
                 )
                 rows.append(
-                    f"| {world} | {'on' if ngram else 'off'} | {result['global'] / 1e6:.1f} | {result['rank'] / 1e6:.1f} |"
+                    f"| {world} | {'on' if ngram else 'off'} | {result['global'] / 1e6:.1f} | "
+                    f"{result['rank'] / 1e6:.1f} |"
                 )
     speed = filter_speed()
     table = "\n".join(
@@ -118,10 +119,14 @@ def main() -> int:
         command = "python bench/bench_data.py " + " ".join(sys.argv[1:])
         section = (
             f"\n## bench_data — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"
-            f"`{command.strip()}` on {platform.machine()}, 1 process, local disk (page cache warm after the write). "
-            f"Corpus {args.tokens} uint32 tokens in 4 files, windows of {SEQ}, global batch {args.global_batch} "
-            f"instances, {args.steps} steps, rank 0 of the world size shown. With the filter every rank reads "
-            "and checks the whole global batch (so skipped instances are agreed on without communication).\n\n"
+            f"`{command.strip()}` on {platform.machine()}, 1 process, local disk (page cache warm after the "
+            "write). "
+            f"Corpus {args.tokens} uint32 tokens in 4 files, windows of {SEQ}, global batch "
+            f"{args.global_batch} "
+            f"instances, {args.steps} steps, rank 0 of the world size shown. With the filter every rank "
+            "reads "
+            "and checks the whole global batch (so skipped instances are agreed on without "
+            "communication).\n\n"
             f"{table}\n\n{summary}\n"
         )
         path = HERE / "RESULTS.md"

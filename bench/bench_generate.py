@@ -183,7 +183,8 @@ def main() -> None:
             f"| {batch} | {full:.2f} | {produced / full:,.1f} | {batch * full_flops / full / 1e9:.1f} | "
             f"{cached:.2f} | {produced / cached:,.1f} | {batch * cached_flops / cached / 1e9:.1f} | "
             f"**{full / cached:.1f}x** | {full / cached / promised:.0%} | "
-            f"{(args.new_tokens - 1) * matmuls:.2f} + {cache_read:.2f} | {full / floor:.1f}x | {full / cached / (full / floor):.0%} |"
+            f"{(args.new_tokens - 1) * matmuls:.2f} + {cache_read:.2f} | {full / floor:.1f}x | "
+            f"{full / cached / (full / floor):.0%} |"
         )
         print(rows[-1], flush=True)
     command = (
@@ -197,16 +198,20 @@ def main() -> None:
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",
         "",
         f"{command}  ",
-        f"Machine: {platform.processor() or platform.machine()}, {args.threads} torch thread(s) on 2 shared cores "
-        f"(load average {load:.1f} at the end), fp32, times in CPU seconds. Model: d_model {args.d_model}, {args.layers} layers, "
-        f"vocab 4096, {cfg.n_heads} query / {cfg.kv_heads} key-value heads ({cfg.num_params() / 1e6:.1f}M params). "
+        f"Machine: {platform.processor() or platform.machine()}, {args.threads} torch thread(s) on 2 shared "
+        "cores "
+        f"(load average {load:.1f} at the end), fp32, times in CPU seconds. Model: d_model {args.d_model}, "
+        f"{args.layers} layers, "
+        f"vocab 4096, {cfg.n_heads} query / {cfg.kv_heads} key-value heads ({cfg.num_params() / 1e6:.1f}M "
+        "params). "
         f"P={args.prompt} prompt tokens, N={args.new_tokens} new tokens per row. "
         f"Measured read bandwidth: {bandwidth / 1e9:.1f} GB/s.",
         "",
         f"Promised by the complexity: {promised:.1f}x fewer forward FLOPs with the cache "
         f"({forwards:.1f}x fewer token-forwards; attention adds the rest).",
         "",
-        "| batch | no cache s | tokens/s | GFLOP/s | KV cache s | tokens/s | GFLOP/s | speed-up | of promised "
+        "| batch | no cache s | tokens/s | GFLOP/s | KV cache s | tokens/s | GFLOP/s | speed-up | of "
+        "promised "
         "| floor: decode matmuls + cache reads s | machine ceiling | of ceiling |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,

@@ -204,7 +204,8 @@ def main() -> int:
         print(json.dumps(olmocore_worker(SHAPES[names[0]], args.warmup, args.steps)))
         return 0
     lines = [
-        "| shape | implementation | params | ms/step (min) | ms/step (median) | tokens/s (min) | time vs ours |",
+        "| shape | implementation | params | ms/step (min) | ms/step (median) | tokens/s (min) | time vs "
+        "ours |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in names:
@@ -227,7 +228,8 @@ def main() -> int:
         shapes = "; ".join(f"{n}: {SHAPES[n]}" for n in names)
         section = (
             f"\n## bench_model_cpu — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"
-            f"`{command.strip()}` on {platform.machine()}, torch {torch.__version__}, {args.threads} threads, fp32. "
+            f"`{command.strip()}` on {platform.machine()}, torch {torch.__version__}, {args.threads} "
+            "threads, fp32. "
             f"Shapes (batch x seq): {shapes}.\n"
             "Step = forward + next-token cross-entropy + backward; "
             f"{args.rounds} interleaved rounds x {args.steps} timed steps; "

@@ -288,11 +288,13 @@ def report(
     args: argparse.Namespace, rows: list[dict[str, Any]], reconcile: dict[str, float], command: str
 ) -> str:
     lines = [
-        f"\n## Operator: {args.runs} concurrent OlmoRuns against the kmock emulator ({dt.date.today().isoformat()})\n",
+        f"\n## Operator: {args.runs} concurrent OlmoRuns against the kmock emulator "
+        f"({dt.date.today().isoformat()})\n",
         f"Command: `{command}`  ",
         f"Machine: {os.cpu_count()} CPU cores; operator and emulator are separate processes sharing them. "
         f"Resync (timer) {args.resync}s, {args.workers} worker threads. One pretrain phase per run.\n",
-        "| stage | wall s | latency p50 s | p95 s | p99 s | max s | operator API requests / run | operator RSS MiB | operator CPU s |",
+        "| stage | wall s | latency p50 s | p95 s | p99 s | max s | operator API requests / run | operator "
+        "RSS MiB | operator CPU s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -305,8 +307,10 @@ def report(
         kinds = ", ".join(f"{k}: {v:.2f}" for k, v in r["by_kind"].items())
         lines.append(f"- {r['stage']}: {kinds}")
     lines.append(
-        f"\nReconcile duration inside the operator (Prometheus histogram, {reconcile.get('count', 0):.0f} reconciles, "
-        f"{reconcile.get('count', 0) / args.runs:.1f} per run): p50 {reconcile.get('p50', float('nan')):.3f}s, "
+        f"\nReconcile duration inside the operator (Prometheus histogram, {reconcile.get('count', 0):.0f} "
+        "reconciles, "
+        f"{reconcile.get('count', 0) / args.runs:.1f} per run): p50 "
+        f"{reconcile.get('p50', float('nan')):.3f}s, "
         f"p95 {reconcile.get('p95', float('nan')):.3f}s, p99 {reconcile.get('p99', float('nan')):.3f}s. "
         f"Peak operator RSS {max(r['hwm'] for r in rows):.0f} MiB.\n"
     )

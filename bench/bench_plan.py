@@ -37,18 +37,32 @@ DATA = {"sequenceLength": 64, "sources": [{"name": "g", "synthetic": {"numTokens
 def recipe(phases: int, seeds: int, storage: str) -> OlmoRun:
     specs: list[dict[str, Any]] = []
     for i in range(phases):
-        phase: dict[str, Any] = {"name": f"p{i}", "kind": "pretrain" if i == 0 else "anneal", "maxSteps": 10,
-                                 "data": DATA, "batch": {"globalBatchSize": 8}}  # fmt: skip
+        phase: dict[str, Any] = {
+            "name": f"p{i}",
+            "kind": "pretrain" if i == 0 else "anneal",
+            "maxSteps": 10,
+            "data": DATA,
+            "batch": {"globalBatchSize": 8},
+        }
         if i:
             phase["from"] = f"p{i - 1}"
         if i % 2 == 1:
             phase["seeds"] = list(range(1, seeds + 1))
         specs.append(phase)
-    return parse_olmorun({
-        "apiVersion": "olmorun.dev/v1alpha1", "kind": "OlmoRun", "metadata": {"name": "bench", "uid": "u"},
-        "spec": {"image": "img", "model": {"preset": "tiny"}, "storage": {"uri": storage},
-                 "cluster": {"gpusPerNode": 0, "procsPerNode": 1}, "phases": specs},
-    })  # fmt: skip
+    return parse_olmorun(
+        {
+            "apiVersion": "olmorun.dev/v1alpha1",
+            "kind": "OlmoRun",
+            "metadata": {"name": "bench", "uid": "u"},
+            "spec": {
+                "image": "img",
+                "model": {"preset": "tiny"},
+                "storage": {"uri": storage},
+                "cluster": {"gpusPerNode": 0, "procsPerNode": 1},
+                "phases": specs,
+            },
+        }
+    )
 
 
 def drive_to_last_phase(run: OlmoRun) -> OlmoRun:
@@ -57,9 +71,16 @@ def drive_to_last_phase(run: OlmoRun) -> OlmoRun:
         result = plan(run, Observation(), NOW)
         run = run.model_copy(update={"status": result.status})
         jobs = {
-            j.name: JobObservation(j.name, "Succeeded", checkpoint=(10, layout.step_uri(layout.checkpoints_dir(layout.save_dir(run, phase, j.seed)), 10)))
+            j.name: JobObservation(
+                j.name,
+                "Succeeded",
+                checkpoint=(
+                    10,
+                    layout.step_uri(layout.checkpoints_dir(layout.save_dir(run, phase, j.seed)), 10),
+                ),
+            )
             for j in run.status.phases[phase.name].jobs
-        }  # fmt: skip
+        }
         result = plan(run, Observation(jobs=jobs), NOW)
         run = run.model_copy(update={"status": result.status})
         archives = {
@@ -123,8 +144,10 @@ def main() -> int:
     lines = [
         f"phases {args.phases}, seeds {args.seeds}: {jobs} jobs in status ({size / 1024:.0f} KiB JSON), "
         f"{len(running)} running",
-        f"plan():    median {statistics.median(plan_ms):.1f} ms, p95 {sorted(plan_ms)[int(0.95 * len(plan_ms)) - 1]:.1f} ms",
-        f"observe(): median {statistics.median(observe_ms):.1f} ms for {len(running)} running jobs on local files",
+        f"plan():    median {statistics.median(plan_ms):.1f} ms, p95 "
+        f"{sorted(plan_ms)[int(0.95 * len(plan_ms)) - 1]:.1f} ms",
+        f"observe(): median {statistics.median(observe_ms):.1f} ms for {len(running)} running jobs on local "
+        "files",
     ]
     print("\n".join(lines))
     if args.record:

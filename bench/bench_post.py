@@ -51,7 +51,8 @@ def table(workdir: Path) -> str:
     sft = [r for r in metrics(workdir, "sft") if "loss" in r]
     lines.append("")
     lines.append(
-        f"SFT loss (CE per assistant token) step 1 -> {len(sft)}: {sft[0]['loss']:.4f} -> {sft[-1]['loss']:.4f}. "
+        f"SFT loss (CE per assistant token) step 1 -> {len(sft)}: {sft[0]['loss']:.4f} -> "
+        f"{sft[-1]['loss']:.4f}. "
         f"DPO rewards/margin step 1 -> {len(dpo)}: {dpo[0]['rewards/margin']:.4f} -> "
         f"{sum(r['rewards/margin'] for r in dpo[-10:]) / min(10, len(dpo)):.4f} (mean of the last 10 steps); "
         f"rewards/accuracy {sum(r['rewards/accuracy'] for r in dpo[-10:]) / min(10, len(dpo)):.3f}."
@@ -82,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         took = f"; the whole recipe took {elapsed / 60:.1f} min" if elapsed else ""
         section = (
             f"\n## bench_post: held-out accuracy of the tiny recipe ({dt.date.today().isoformat()})\n\n"
-            f"`.venv/bin/python bench/bench_post.py --record` (2 CPU cores, shared{took}). Tasks: `arith` = greedy "
+            f"`.venv/bin/python bench/bench_post.py --record` (2 CPU cores, shared{took}). Tasks: `arith` = "
+            "greedy "
             "answers to 200 held-out word problems (last number must match); `arith-mc` = the same kind of "
-            "question as 4-way multiple choice (acc / acc_norm); `heldout-lm` = perplexity of an unseen synthetic "
+            "question as 4-way multiple choice (acc / acc_norm); `heldout-lm` = perplexity of an unseen "
+            "synthetic "
             "corpus.\n\n" + text + "\n"
         )
         with open(ROOT / "bench" / "RESULTS.md", "a") as f:

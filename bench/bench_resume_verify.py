@@ -55,7 +55,8 @@ def main() -> None:
     rate = size / seconds
     total = PARAMS_7B * BYTES_PER_PARAM
     lines = [
-        f"- measured: {size / 1e6:,.0f} MB in {args.shards} shards verified in {seconds:.2f} s by one process: "
+        f"- measured: {size / 1e6:,.0f} MB in {args.shards} shards verified in {seconds:.2f} s by one "
+        "process: "
         f"{rate / 1e6:,.0f} MB/s (sha256 + read, local disk, page cache warm from writing)",
         f"- 7B checkpoint with AdamW state: {total / 1e9:,.1f} GB; one process alone: {total / rate:,.0f} s",
     ]

@@ -65,7 +65,10 @@ def summary(workdir: Path, phases: list[str]) -> list[tuple[str, float | None, s
         if rewards:
             quarter = max(1, len(rewards) // 4)
             first, last = sum(rewards[:quarter]) / quarter, sum(rewards[-quarter:]) / quarter
-            note = f"mean reward {first:.2f} (first {quarter} steps) -> {last:.2f} (last {quarter}), {len(rewards)} steps"
+            note = (
+                f"mean reward {first:.2f} (first {quarter} steps) -> {last:.2f} (last {quarter}), "
+                f"{len(rewards)} steps"
+            )
         rows.append((label, accuracy, note))
     return rows
 
@@ -119,7 +122,8 @@ def main() -> None:
         else ""
     )
     lines = [
-        f"## bench_rlvr: held-out accuracy of the tiny recipe, {' -> '.join([stages, ' / '.join(rl)] if rl else [stages])} "
+        "## bench_rlvr: held-out accuracy of the tiny recipe, "
+        f"{' -> '.join([stages, ' / '.join(rl)] if rl else [stages])} "
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",
         "",
         f"`.venv/bin/python bench/bench_rlvr.py` (2 shared CPU cores, 2 gloo processes; "

@@ -86,8 +86,10 @@ def ensure_venv() -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     # After the side venv's own packages: torch, safetensors, ... come from the project's venv.
     Path(purelib, "zz_project.pth").write_text(site.getsitepackages()[0] + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *PINS], check=True)
@@ -114,7 +116,8 @@ def main() -> None:
             sys.exit(f"transformers 4 worker failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     lines = [
-        "| transformers | config | rope_theta read | max abs logit diff vs ours | next-token argmax agreement |",
+        "| transformers | config | rope_theta read | max abs logit diff vs ours | next-token argmax "
+        "agreement |",
         "|---|---|---|---|---|",
     ]
     for row in rows:
@@ -130,7 +133,8 @@ def main() -> None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         with open(HERE / "RESULTS.md", "a") as f:
             f.write(
-                f"\n## check_hf_transformers4 — {stamp}\n\n`.venv/bin/python bench/check_hf_transformers4.py` "
+                f"\n## check_hf_transformers4 — {stamp}\n\n`.venv/bin/python "
+                "bench/check_hf_transformers4.py` "
                 f"(tiny preset, 2 x 200 tokens, fp32, CPU)\n\n{table}\n"
             )
 

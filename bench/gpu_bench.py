@@ -147,13 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         mfu_text = f"{result['mfu'] * 100:.1f}%" if result["mfu"] is not None else "n/a"
         print(json.dumps(result, indent=2))
         print(
-            "| date | device | preset | seq | micro batch | compile | AC | tokens/s/GPU | MFU | step ms | peak GiB |"
+            "| date | device | preset | seq | micro batch | compile | AC | tokens/s/GPU | MFU | step ms | "
+            "peak GiB |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         memory = f"{result['max_memory_gib']:.1f}" if result["max_memory_gib"] is not None else "n/a"
         print(
-            f"| {result['date']} | {device_name} x{info.world_size} | {args.preset} | {args.seq} | {args.micro_batch} "
-            f"| {cfg.parallel.compile} | {args.ac} | {tokens_per_s_gpu:,.0f} | {mfu_text} | {median * 1000:.0f} | {memory} |"
+            f"| {result['date']} | {device_name} x{info.world_size} | {args.preset} | {args.seq} | "
+            f"{args.micro_batch} "
+            f"| {cfg.parallel.compile} | {args.ac} | {tokens_per_s_gpu:,.0f} | {mfu_text} | "
+            f"{median * 1000:.0f} | {memory} |"
         )
     torch.distributed.destroy_process_group()
     return 0

@@ -140,8 +140,14 @@ async def operate(
     carry anything.
     """
     with redacting_logs(secret_values(os.environ)):
-        await _operate(settings, metrics=metrics, launcher_for=launcher_for, clock=clock,
-                       stop_flag=stop_flag, ready_flag=ready_flag)  # fmt: skip
+        await _operate(
+            settings,
+            metrics=metrics,
+            launcher_for=launcher_for,
+            clock=clock,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
 
 
 async def _operate(

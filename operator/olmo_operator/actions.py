@@ -2,7 +2,8 @@
 
     observed = Observation(jobs={name: JobObservation(name, "Running", metrics=MetricsLine(step=10))})
     result = plan.plan(run, observed, now)          # decisions live in plan.py
-    for action in result.actions: ...               # SubmitJob | CancelJob | ArchiveCheckpoint | WriteRunRecord | Emit
+    for action in result.actions: ...               # SubmitJob | CancelJob | ArchiveCheckpoint |
+    WriteRunRecord | Emit
 
 reconcile.py fills the observations (launcher.describe, the save_dir, the archive) and carries out
 the actions; preview.py fills them with a world in which every job succeeds. Plain frozen dataclasses,

@@ -74,9 +74,9 @@ QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE
 a decimal number, then an optional binary suffix Ki..Ei, decimal suffix n|u|m|k|M|G|T|P|E or an
 integer exponent e<n> (k8s.io/apimachinery pkg/api/resource/quantity.go, parseQuantityString: the
 exponent takes digits only, stricter than the pattern kubebuilder emits; we also bound it to two
-digits, far beyond any request, where Python's Decimal in parse_quantity would overflow). The CRD schema carries it as
-`pattern` (with `minimum: 0` for unquoted integers) and pydantic checks it: both doors agree.
-`launcher.py` reads the values with kubernetes.utils.parse_quantity."""
+digits, far beyond any request, where Python's Decimal in parse_quantity would overflow). The CRD
+schema carries it as `pattern` (with `minimum: 0` for unquoted integers) and pydantic checks it: both
+doors agree. `launcher.py` reads the values with kubernetes.utils.parse_quantity."""
 _QUANTITY = re.compile(QUANTITY_PATTERN)
 
 
@@ -117,7 +117,8 @@ class SecretRef(ConfigModel):
     """A Secret in the run's namespace; its keys become environment variables of the jobs."""
 
     name: str = Field(min_length=1, max_length=253, json_schema_extra={"pattern": DNS_SUBDOMAIN.pattern})
-    """Secret name. Storage: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or GOOGLE_APPLICATION_CREDENTIALS); wandb: WANDB_API_KEY."""
+    """Secret name. Its keys, for storage: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    (or GOOGLE_APPLICATION_CREDENTIALS); for wandb: WANDB_API_KEY."""
 
     @field_validator("name")
     @classmethod
@@ -541,7 +542,8 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
                 problems.append(
                     Problem(
                         f"{where}.from",
-                        f"soup averages the seeds of a fanned-out phase; {parent!r} has {count} seeds (need >= 2)",
+                        f"soup averages the seeds of a fanned-out phase; {parent!r} has {count} seeds "
+                        "(need >= 2)",
                     )
                 )
             elif kind != "soup" and count >= 2:
@@ -578,7 +580,8 @@ _PERCENT_DOT = re.compile(r"%2e", re.IGNORECASE)
 
 
 def _climbs(text: str) -> bool:
-    """Whether a path or URI has a `..` segment, written plainly or percent-encoded (`%2e%2e`, `%252e%252e`)."""
+    """Whether a path or URI has a `..` segment, written plainly or percent-encoded (`%2e%2e`,
+    `%252e%252e`)."""
     decoded = _PERCENT_DOT.sub(".", text.replace("%25", "%"))
     return ".." in re.split(r"[/\\]", decoded)
 
@@ -669,7 +672,8 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
         out.append(
             Problem(
                 f"{where}.{phase.kind}.data.maxLength",
-                f"{post.data.max_length} exceeds the model's maxSequenceLength {model_max}; shorten it or raise the model's",
+                f"{post.data.max_length} exceeds the model's maxSequenceLength {model_max}; shorten it or "
+                "raise the model's",
             )
         )
     for other in POST_TRAINING_KINDS - {phase.kind}:
@@ -689,7 +693,8 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
             out.append(
                 Problem(
                     f"{where}.batch.globalBatchSize",
-                    f"{phase.batch.global_batch_size} is not divisible by nodes x procsPerNode x microBatchSize = "
+                    f"{phase.batch.global_batch_size} is not divisible by nodes x procsPerNode x "
+                    "microBatchSize = "
                     f"{phase.nodes} x {spec.cluster.procs} x {phase.batch.micro_batch_size} = {per_step}; "
                     f"use a multiple of {per_step}",
                 )
@@ -705,7 +710,8 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
         out.append(
             Problem(
                 f"{where}.data.sequenceLength",
-                f"{phase.data.sequence_length} exceeds the model's maxSequenceLength {max_len}; shorten it or raise the model's",
+                f"{phase.data.sequence_length} exceeds the model's maxSequenceLength {max_len}; shorten it "
+                "or raise the model's",
             )
         )
     return out
@@ -730,7 +736,8 @@ def _rlvr_problems(run: OlmoRun, where: str, phase: PhaseSpec) -> list[Problem]:
         out.append(
             Problem(
                 f"{where}.rlvr.maxNewTokens",
-                f"maxLength {phase.rlvr.data.max_length} + maxNewTokens {phase.rlvr.max_new_tokens} = {longest} "
+                f"maxLength {phase.rlvr.data.max_length} + maxNewTokens {phase.rlvr.max_new_tokens} = "
+                f"{longest} "
                 f"exceeds the model's maxSequenceLength {model_max}; shorten the prompts or the responses",
             )
         )

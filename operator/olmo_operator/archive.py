@@ -14,7 +14,8 @@ committed checkpoint, and never looks like one before it is complete:
 How a rerun knows a file is already there (idempotence): one listing gives the candidates with the
 right size. On S3 every object is written with its sha256 in the object metadata
 (`x-amz-meta-olmorun-sha256`), set by the same PUT (or multipart completion) that makes the content
-visible, so a HEAD showing that sha256 proves the object was written from a verified source. A plain overwrite drops that metadata, so an object replaced by
+visible, so a HEAD showing that sha256 proves the object was written from a verified source. A plain overwrite
+drops that metadata, so an object replaced by
 anything else is uploaded again. Other filesystems (local, gs://) keep no such record here: a
 destination file is skipped when its size matches and a re-hash of it matches the MANIFEST.
 `verify_checkpoint` always re-hashes everything and is the check to trust.
@@ -235,7 +236,8 @@ class _Destination:
     def write(
         self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]
     ) -> None:
-        """Write the parts to path; `check` raises CorruptSourceError after the last part if the source was bad.
+        """Write the parts to path; `check` raises CorruptSourceError after the last part if the source was
+        bad.
 
         An error removes the partial file; a crash midway leaves it here, which is no checkpoint
         without the MANIFEST, and a rerun replaces it (its size or hash differs).
@@ -266,7 +268,8 @@ class _S3Destination(_Destination):
     def write(
         self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]
     ) -> None:
-        """Upload the parts with their sha256 in the metadata. Raises what `check` raises (CorruptSourceError),
+        """Upload the parts with their sha256 in the metadata. Raises what `check` raises
+        (CorruptSourceError),
         after aborting a multipart upload, and the client's own errors."""
         bucket, key, _ = self.fs.split_path(path)
         stamp = {SHA256_METADATA: expected["sha256"]}

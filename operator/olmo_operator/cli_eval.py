@@ -29,8 +29,13 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="committed stepN/ (or a directory of steps), or an HF folder"
     )
-    parser.add_argument("--data", required=True, action="append", metavar="URI",
-                        help="JSONL(.gz) rows, .npy token arrays, or oe:<task>:<format>; repeatable")  # fmt: skip
+    parser.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="URI",
+        help="JSONL(.gz) rows, .npy token arrays, or oe:<task>:<format>; repeatable",
+    )
     parser.add_argument("--kind", choices=KINDS, help="task kind (default: guessed from the data)")
     parser.add_argument("--name", help="task name in the result keys (default: from the data's file name)")
     parser.add_argument(

@@ -66,7 +66,8 @@ def _read_train_config(uri: str) -> TrainConfig:
 
 
 def resolve_checkpoint(uri: str) -> str:
-    """A stepN/ directory as given; a directory of steps (checkpoints/, an archive) -> its latest committed."""
+    """A stepN/ directory as given; a directory of steps (checkpoints/, an archive) -> its latest
+    committed."""
     fs, path = _filesystem(uri)
     if manifest.read_manifest(fs, path) is None:
         latest = manifest.latest_committed(fs, path, uri=uri)

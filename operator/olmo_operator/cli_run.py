@@ -1,7 +1,8 @@
 """`olmorun render | local | status`: see what a run would submit, run it here, and watch it.
 
 olmorun render run.yaml                  # every job's resolved config + Volcano Job (YAML, nothing submitted)
-olmorun local run.yaml [--workdir DIR]   # the embedded runner (local.py); exit 0 ok, 1 failed, 2 invalid, 3 suspended, 4 blocked
+olmorun local run.yaml [--workdir DIR]   # the embedded runner (local.py); exit 0 ok, 1 failed, 2 invalid, 3
+suspended, 4 blocked
 olmorun status [run.yaml] [--workdir DIR]  # like `kubectl get olmo -o wide`, plus a table per phase
 """
 
@@ -162,26 +163,61 @@ def _by_seed(ps: api.PhaseStatus) -> bool:
     return len(ps.jobs) > 1
 
 
-def format_status(name: str, status: api.OlmoRunStatus, created: str | None, now: dt.datetime,
-                  kinds: dict[str, str] | None = None) -> str:  # fmt: skip
+def format_status(
+    name: str,
+    status: api.OlmoRunStatus,
+    created: str | None,
+    now: dt.datetime,
+    kinds: dict[str, str] | None = None,
+) -> str:
     """`kubectl get olmo -o wide` columns, then one row per phase (and per job of a fanned-out phase)."""
     succeeded = condition(status, "Succeeded")
     head = [["NAME", "STAGE", "ACTIVE", "SUCCEEDED", "REASON", "STEP", "TOKENS", "LOSS", "AGE"]]
-    head.append([
-        name, status.stage or "-", ",".join(status.active_phases) or "-",
-        succeeded.status if succeeded else "-", succeeded.reason if succeeded else "-",
-        _num(status.step), _num(status.tokens), _num(status.last_loss, "{:.4f}"), _age(created, now),
-    ])  # fmt: skip
+    head.append(
+        [
+            name,
+            status.stage or "-",
+            ",".join(status.active_phases) or "-",
+            succeeded.status if succeeded else "-",
+            succeeded.reason if succeeded else "-",
+            _num(status.step),
+            _num(status.tokens),
+            _num(status.last_loss, "{:.4f}"),
+            _age(created, now),
+        ]
+    )
     rows = [["PHASE", "KIND", "STATE", "ATTEMPTS", "STEP", "TOKENS", "LOSS", "ARCHIVE/CHECKPOINT", "MESSAGE"]]
     for phase, ps in status.phases.items():
         kind = (kinds or {}).get(phase, "")
         where = ps.archive or ps.checkpoint or "-"
-        rows.append([phase, kind, ps.state, str(ps.attempts), _num(ps.step), _num(ps.tokens),
-                     _num(ps.last_loss, "{:.4f}"), where, ps.message])  # fmt: skip
+        rows.append(
+            [
+                phase,
+                kind,
+                ps.state,
+                str(ps.attempts),
+                _num(ps.step),
+                _num(ps.tokens),
+                _num(ps.last_loss, "{:.4f}"),
+                where,
+                ps.message,
+            ]
+        )
         if _by_seed(ps):
             for job in ps.jobs:
-                rows.append([f"  s{job.seed}", "", job.state, str(job.attempts), _num(job.step), _num(job.tokens),
-                             _num(job.last_loss, "{:.4f}"), job.archive or job.checkpoint or "-", job.message])  # fmt: skip
+                rows.append(
+                    [
+                        f"  s{job.seed}",
+                        "",
+                        job.state,
+                        str(job.attempts),
+                        _num(job.step),
+                        _num(job.tokens),
+                        _num(job.last_loss, "{:.4f}"),
+                        job.archive or job.checkpoint or "-",
+                        job.message,
+                    ]
+                )
     text = _table(head) + "\n\n" + _table(rows)
     evals = [["PHASE", "EVAL", "VALUE"]]
     for phase, ps in status.phases.items():

@@ -61,7 +61,8 @@ def _positive(text: str) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    """`olmorun archive`. Raises UserError for refused credentials or a destination holding another checkpoint."""
+    """`olmorun archive`. Raises UserError for refused credentials or a destination holding another
+    checkpoint."""
     try:
         report = archive.archive_checkpoint(
             args.src,

@@ -20,16 +20,37 @@ CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 CRD_PATH = Path("manifests/crd") / f"{CRD_NAME}.yaml"
 CHART_CRD_PATH = Path("manifests/chart/olmorun/crds") / f"{CRD_NAME}.yaml"
 CRD_PATHS = (CRD_PATH, CHART_CRD_PATH)
-"""Every committed copy of the CRD: `kubectl apply -k manifests/` reads the first, `helm install` the second."""
+"""Every committed copy of the CRD: `kubectl apply -k manifests/` reads the first, `helm install` the
+second."""
 
 # Keys that OpenAPI v3 (Kubernetes' subset) accepts on a schema node; everything else is dropped.
 _KEEP = {
-    "type", "description", "properties", "required", "items", "additionalProperties", "enum",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern",
-    "minItems", "maxItems", "uniqueItems", "nullable", "format", "x-kubernetes-int-or-string",
-    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-validations", "x-kubernetes-list-type",
-    "x-kubernetes-list-map-keys", "x-kubernetes-map-type",
-}  # fmt: skip
+    "type",
+    "description",
+    "properties",
+    "required",
+    "items",
+    "additionalProperties",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "nullable",
+    "format",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
+}
 
 
 def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -176,7 +197,8 @@ def build_crd() -> dict[str, Any]:
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "OlmoRun reproduces the OLMo 2 recipe: phases of multi-node PyTorch jobs.",
+                            "description": "OlmoRun reproduces the OLMo 2 recipe: phases of multi-node "
+                            "PyTorch jobs.",
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},

@@ -215,10 +215,12 @@ class _Guard:
 
     kopf runs the timer beside the event handlers, and the object a handler is given may predate the
     status the previous step wrote (kopf has not seen that write come back yet), or have a new
-    resourceVersion and the old status (kopf's own annotation writes). The operator is the only writer of the status, so the
+    resourceVersion and the old status (kopf's own annotation writes). The operator is the only writer of the
+    status, so the
     status it decided last is the one to plan from, whatever the object seen says (so nothing decided is
     done twice); the patch is computed against the object's own status unless the last write succeeded
-    and the object seen predates it, so a refused or lost write is written again in full. Planning from a stale
+    and the object seen predates it, so a refused or lost write is written again in full. Planning from a
+    stale
     status resubmitted jobs (a second CREATE, answered 409: 1.56 CREATEs per run in bench/RESULTS.md).
     """
 

@@ -67,13 +67,19 @@ def torchrun_line(request: JobRequest, *, nnodes: int, nproc: int, rdzv_endpoint
 
     launcher = quoted(
         "torchrun",
-        "--nnodes", str(nnodes),
-        "--nproc_per_node", str(nproc),
-        "--rdzv_backend", "c10d",
-        "--rdzv_id", request.name,
-        "--max_restarts", "0",
-        "--tee", "3",
-    )  # fmt: skip
+        "--nnodes",
+        str(nnodes),
+        "--nproc_per_node",
+        str(nproc),
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_id",
+        request.name,
+        "--max_restarts",
+        "0",
+        "--tee",
+        "3",
+    )
     trainer = quoted(*request.command)
     return (
         f"trap 'kill -TERM $$child 2>/dev/null; wait $$child; exit {EXIT_PREEMPTED}' TERM INT; "

@@ -133,14 +133,18 @@ class LocalLauncher:
             )
         else:
             observation = JobObservation(
-                job_name, "Failed", exit_code=exit_code, preempted=exit_code == EXIT_PREEMPTED,
+                job_name,
+                "Failed",
+                exit_code=exit_code,
+                preempted=exit_code == EXIT_PREEMPTED,
                 message=f"exit code {exit_code}; logs: {self.log_dir}",
-            )  # fmt: skip
+            )
         self._finished[job_name] = observation
         return observation
 
     def describe(self, job_name: str) -> JobObservation:
-        """The job's state (Missing when this launcher did not start or adopt it); no checkpoint or metrics."""
+        """The job's state (Missing when this launcher did not start or adopt it); no checkpoint or
+        metrics."""
         if job_name in self._finished:
             return self._finished[job_name]
         if job_name in self._adopted:

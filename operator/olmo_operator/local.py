@@ -79,8 +79,10 @@ def recover(
     names = sorted(set(recorded) | active)
     found = launcher.find(names)  # also what started after the last state write (torchrun's workers)
     for name in names:
-        live = sorted({r for r in recorded.get(name, []) if local_procs.alive(r)} | set(found.get(name, [])),
-                      key=lambda r: (r.start, r.pid))  # fmt: skip
+        live = sorted(
+            {r for r in recorded.get(name, []) if local_procs.alive(r)} | set(found.get(name, [])),
+            key=lambda r: (r.start, r.pid),
+        )
         pids = ", ".join(str(r.pid) for r in live)
         if name in active and (live or launcher.has_exit_status(name)):
             launcher.adopt(name, live)

@@ -3,7 +3,8 @@ records in its state file, so that a restarted runner re-attaches to its jobs or
 
     found = find_processes({"job-a1": marker}, MARKER_ENV)   # job -> every live process carrying its marker
     alive(record)                                            # still that very process (not a reused pid)
-    terminate(records, grace=30.0)                           # SIGTERM its process groups, SIGKILL what is left
+    terminate(records, grace=30.0)                           # SIGTERM its process groups, SIGKILL what is
+    left
 
 A job's processes are not one process group: torchx starts the job's shell in a session of its own
 (its pgid is its pid) and torchrun runs in that group, but torchrun starts every worker in yet another

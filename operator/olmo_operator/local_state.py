@@ -1,6 +1,7 @@
 """The embedded runner's status store and storage: `<workdir>/state.json`, and where a local run keeps files.
 
-    run = localize(parse_olmorun(document), workdir)          # storage under the workdir unless told otherwise
+    run = localize(parse_olmorun(document), workdir)          # storage under the workdir unless told
+    otherwise
     state = start_state(run, document, workdir, now)          # resume an earlier invocation of the same run
     write_state(workdir, state)                               # atomic: never a half-written state file
 

@@ -19,7 +19,8 @@ Behaviour, per phase in topological order:
   phase of one job, into `status.phases.<p>.eval`.
 - A failed job is retried after `backoffSeconds * 2**(failures-1)` (capped) up to `backoffLimit`
   failures. A running job whose metrics gain no step for `hangTimeoutMinutes` is hung: cancelled, and
-  failed like a crash (reason Hung); its retry waits until the cancelled attempt is gone. A preempted job (exit 143) or a job that disappeared is resubmitted at once and does not
+  failed like a crash (reason Hung); its retry waits until the cancelled attempt is gone. A preempted job
+  (exit 143) or a job that disappeared is resubmitted at once and does not
   count as a failure. Every attempt shares the save_dir, so it resumes from the newest checkpoint.
 - A job that succeeded has its final checkpoint archived (copy + verify); the phase succeeds when all
   of its jobs are archived (or `archiveFinal: false`).
@@ -344,7 +345,8 @@ class _Planner:
 
     def _block(self, phase: PhaseSpec, ps: PhaseStatus) -> None:
         message = (
-            f"phase {phase.name!r} has kind {phase.kind!r}, which this release of the trainer does not implement "
+            f"phase {phase.name!r} has kind {phase.kind!r}, which this release of the trainer does not "
+            "implement "
             f"(implemented: {', '.join(sorted(IMPLEMENTED_KINDS))}); it was not run. Its parent's checkpoint "
             f"is kept; remove the phase or upgrade olmorun to continue."
         )
@@ -612,7 +614,8 @@ class _Planner:
                 "True",
                 "SpecChangeRefused",
                 f"phase(s) {names} already started; their spec, the model, image and seed cannot change. "
-                "Revert the edit (running jobs continue with the spec they started with) or create a new OlmoRun.",
+                "Revert the edit (running jobs continue with the spec they started with) or create a new "
+                "OlmoRun.",
                 now,
                 gen,
             )

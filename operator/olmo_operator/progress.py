@@ -2,7 +2,8 @@
 
 print(event_line(event))                  # "- PhaseStarted: ..." / "! KindNotImplemented: ..."
 for line in progress_lines(run, seen): print(line)      # one line per job whose step advanced
-code = finish(run, workdir, out)          # the verdict; 0 succeeded, 1 failed, 4 blocked (3 suspended: local.py)
+code = finish(run, workdir, out)          # the verdict; 0 succeeded, 1 failed, 4 blocked (3 suspended:
+local.py)
 """
 
 from __future__ import annotations
@@ -113,8 +114,12 @@ def finish(name: str, status: OlmoRunStatus, workdir: Path, out: TextIO) -> int:
     message = succeeded.message if succeeded else ""
     if code == EXIT_INVALID:
         invalid = condition(status, "Invalid")
-        print(f"run {name} INVALID: {invalid.message if invalid else ''}\n  fix the spec and run the same command again",
-              file=out, flush=True)  # fmt: skip
+        print(
+            f"run {name} INVALID: {invalid.message if invalid else ''}\n  fix the spec and run the same "
+            "command again",
+            file=out,
+            flush=True,
+        )
         return code
     if code == EXIT_SUCCEEDED:
         print(f"run {name} succeeded: {message}", file=out, flush=True)

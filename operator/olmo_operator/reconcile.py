@@ -4,7 +4,8 @@
     outcome = reconciler.step(document)            # the OlmoRun document with its current status
     persist(outcome.status); publish(outcome.events)
 
-    result = reconcile_plan(run, launcher=launcher, now=now, storage_options=opts)   # the step on a parsed run
+    result = reconcile_plan(run, launcher=launcher, now=now, storage_options=opts)   # the step on a parsed
+    run
 
 - observe: `launcher.describe` of every job the status expects to be active (or retrying: its last
   attempt may still be stopping), the newest committed

@@ -36,8 +36,14 @@ CURVES = (
 """The four curves of every training phase (metrics.jsonl keys, titles)."""
 STANDARD = frozenset({"step", "tokens", "z_loss", "mfu", *(key for key, _ in CURVES)})
 COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777")
-KIND_COLORS = {"pretrain": "#2563eb", "anneal": "#ea580c", "soup": "#16a34a", "sft": "#9333ea", "dpo": "#dc2626",
-               "rlvr": "#0891b2"}  # fmt: skip
+KIND_COLORS = {
+    "pretrain": "#2563eb",
+    "anneal": "#ea580c",
+    "soup": "#16a34a",
+    "sft": "#9333ea",
+    "dpo": "#dc2626",
+    "rlvr": "#0891b2",
+}
 
 
 def _pyplot() -> Any:
@@ -48,10 +54,18 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")  # no display: render to memory
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({
-        "font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-        "grid.alpha": 0.25, "axes.titleweight": "bold", "axes.titlesize": 10, "figure.dpi": 110,
-    })  # fmt: skip
+    plt.rcParams.update(
+        {
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.25,
+            "axes.titleweight": "bold",
+            "axes.titlesize": 10,
+            "figure.dpi": 110,
+        }
+    )
     return plt
 
 
@@ -75,8 +89,11 @@ def _time(text: str | None) -> dt.datetime | None:
 
 
 def _series(job: JobRecord, key: str) -> tuple[list[int], list[float]]:
-    points = [(int(r["step"]), float(r[key])) for r in job.metrics
-              if isinstance(r.get("step"), int) and isinstance(r.get(key), int | float)]  # fmt: skip
+    points = [
+        (int(r["step"]), float(r[key]))
+        for r in job.metrics
+        if isinstance(r.get("step"), int) and isinstance(r.get(key), int | float)
+    ]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -127,14 +144,20 @@ def timeline_figure(record: RunRecord) -> str | None:
         parent = links.get(job.phase)
         if parent in ends:
             x0, y0 = ends[parent]
-            ax.annotate("", xy=((start - origin).total_seconds(), rows[job.label]), xytext=(x0, y0),
-                        arrowprops={"arrowstyle": "->", "color": "#94a3b8", "lw": 1})  # fmt: skip
+            ax.annotate(
+                "",
+                xy=((start - origin).total_seconds(), rows[job.label]),
+                xytext=(x0, y0),
+                arrowprops={"arrowstyle": "->", "color": "#94a3b8", "lw": 1},
+            )
     ax.set_yticks(range(len(spans)), [job.label.replace("/s", "  seed ") for job, _, _ in spans])
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the run's first job started")
     ax.set_title("jobs from start to final checkpoint; arrows follow the phase DAG", loc="left")
-    handles = [_pyplot().Rectangle((0, 0), 1, 1, color=KIND_COLORS.get(k, "#64748b"))
-               for k in dict.fromkeys(job.kind for job, _, _ in spans)]  # fmt: skip
+    handles = [
+        _pyplot().Rectangle((0, 0), 1, 1, color=KIND_COLORS.get(k, "#64748b"))
+        for k in dict.fromkeys(job.kind for job, _, _ in spans)
+    ]
     ax.legend(handles, list(dict.fromkeys(job.kind for job, _, _ in spans)), frameon=False, loc="upper right")
     return _png(fig)
 
@@ -229,8 +252,13 @@ def final_evals(job: JobRecord) -> dict[str, float]:
     """The last value of every `eval/<task>/<metric>` a job logged."""
     found: dict[str, float] = {}
     for row in job.metrics:
-        found.update({k[len(EVAL_PREFIX):]: v for k, v in row.items()
-                      if k.startswith(EVAL_PREFIX) and isinstance(v, int | float)})  # fmt: skip
+        found.update(
+            {
+                k[len(EVAL_PREFIX) :]: v
+                for k, v in row.items()
+                if k.startswith(EVAL_PREFIX) and isinstance(v, int | float)
+            }
+        )
     return found
 
 
@@ -239,8 +267,11 @@ def eval_table(record: RunRecord) -> str | None:
     columns = sorted({k for found in results.values() for k in found})
     if not columns:
         return None
-    rows = [[label, *[f"{found[c]:.4f}" if c in found else None for c in columns]]
-            for label, found in results.items() if found]  # fmt: skip
+    rows = [
+        [label, *[f"{found[c]:.4f}" if c in found else None for c in columns]]
+        for label, found in results.items()
+        if found
+    ]
     return _table(["job", *columns], rows)
 
 
@@ -251,8 +282,16 @@ def checkpoint_table(record: RunRecord) -> str:
             continue  # a job that never committed a checkpoint (not run yet, or not implemented)
         step = max(job.checkpoints)
         content = job.checkpoints[step] or {}
-        rows.append([job.label, step, content.get("sha256"), content.get("model"), content.get("optim"),
-                     content.get("numTensors")])  # fmt: skip
+        rows.append(
+            [
+                job.label,
+                step,
+                content.get("sha256"),
+                content.get("model"),
+                content.get("optim"),
+                content.get("numTensors"),
+            ]
+        )
     return _table(
         ["job", "final step", "content sha256", "model", "optimizer", "tensors"], rows, mono=(2, 3, 4)
     )
@@ -268,16 +307,24 @@ def summary_table(record: RunRecord) -> str:
         seconds = [(end - start).total_seconds() for start, end in spans if start and end]
         finals = [(j.checkpoints[max(j.checkpoints)] or {}).get("sha256") for j in jobs if j.checkpoints]
         state = ((record.status or {}).get("phases") or {}).get(phase, {}).get("state")
-        rows.append([
-            phase, kind, state or ("done" if finals else "not run"), len(jobs),
-            max((r.get("step", 0) for r in last), default=None),
-            max((r.get("tokens") or 0 for r in last), default=None) or None,
-            f"{sum(losses) / len(losses):.4f}" if losses else None,
-            f"{max(seconds):.0f}s" if seconds else None,
-            finals[0] if len(finals) == 1 else f"{len(finals)} checkpoints" if finals else None,
-        ])  # fmt: skip
-    return _table(["phase", "kind", "state", "jobs", "steps", "tokens", "final loss", "duration", "content sha256"],
-                  rows, mono=(8,))  # fmt: skip
+        rows.append(
+            [
+                phase,
+                kind,
+                state or ("done" if finals else "not run"),
+                len(jobs),
+                max((r.get("step", 0) for r in last), default=None),
+                max((r.get("tokens") or 0 for r in last), default=None) or None,
+                f"{sum(losses) / len(losses):.4f}" if losses else None,
+                f"{max(seconds):.0f}s" if seconds else None,
+                finals[0] if len(finals) == 1 else f"{len(finals)} checkpoints" if finals else None,
+            ]
+        )
+    return _table(
+        ["phase", "kind", "state", "jobs", "steps", "tokens", "final loss", "duration", "content sha256"],
+        rows,
+        mono=(8,),
+    )
 
 
 def _first_env(record: RunRecord) -> dict[str, Any]:
@@ -313,12 +360,22 @@ def record_table(record: RunRecord) -> str:
         data = (job.env or {}).get("data") or {}
         if data:
             sources = ", ".join(f"{s['name']} ({s['instances']})" for s in data.get("sources", []))
-            data_rows.append([job.label, (job.env or {}).get("seeds", {}).get("data"), sources,
-                              data.get("orderSha256"), data.get("sampleSha256")])  # fmt: skip
+            data_rows.append(
+                [
+                    job.label,
+                    (job.env or {}).get("seeds", {}).get("data"),
+                    sources,
+                    data.get("orderSha256"),
+                    data.get("sampleSha256"),
+                ]
+            )
     out = _table(["", ""], rows, mono=())
     if data_rows:
-        out += "<h3>Data</h3>" + _table(["job", "data seed", "sources (instances)", "order sha256", "sample sha256"],
-                                        data_rows, mono=(3, 4))  # fmt: skip
+        out += "<h3>Data</h3>" + _table(
+            ["job", "data seed", "sources (instances)", "order sha256", "sample sha256"],
+            data_rows,
+            mono=(3, 4),
+        )
     return out
 
 
@@ -333,19 +390,24 @@ def _outcome(record: RunRecord) -> tuple[str, str]:
 
 
 STYLE = """
-body{font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0;background:#f1f5f9;color:#0f172a}
+body{font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0;background:#f1f5f9;
+  color:#0f172a}
 header{background:linear-gradient(120deg,#1e3a8a,#2563eb);color:#fff;padding:28px 40px}
 header h1{margin:0 0 6px;font-size:26px} header p{margin:2px 0;opacity:.9}
 main{max-width:1280px;margin:0 auto;padding:24px 32px}
-section{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(15,23,42,.08);padding:18px 24px;margin:0 0 20px}
+section{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(15,23,42,.08);padding:18px 24px;
+  margin:0 0 20px}
 h2{margin:0 0 12px;font-size:18px;color:#1e3a8a} h3{font-size:14px;margin:16px 0 8px;color:#334155}
 .figure{max-width:100%;display:block;margin:6px 0} .caption{color:#475569;font-size:13px;margin:10px 0 0}
 table{border-collapse:collapse;font-size:13px;width:100%}
 th{text-align:left;background:#f8fafc;color:#475569;font-weight:600}
-th,td{padding:6px 10px;border-bottom:1px solid #e2e8f0} .mono{font-family:ui-monospace,Menlo,monospace;font-size:12px}
+th,td{padding:6px 10px;border-bottom:1px solid #e2e8f0}
+.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px}
 .badge{display:inline-block;padding:3px 10px;border-radius:12px;font-size:13px;font-weight:600;margin-top:8px}
-.ok{background:#dcfce7;color:#166534} .warn{background:#fef3c7;color:#92400e} .neutral{background:#e2e8f0;color:#334155}
-details{margin-top:10px} pre{background:#0f172a;color:#e2e8f0;padding:12px;border-radius:8px;overflow:auto;font-size:12px}
+.ok{background:#dcfce7;color:#166534} .warn{background:#fef3c7;color:#92400e}
+.neutral{background:#e2e8f0;color:#334155}
+details{margin-top:10px}
+pre{background:#0f172a;color:#e2e8f0;padding:12px;border-radius:8px;overflow:auto;font-size:12px}
 """
 
 
@@ -365,7 +427,8 @@ def render(record: RunRecord, *, generated_at: str | None = None) -> str:
         if shown:
             seeds = ", ".join(str(j.seed) for j in jobs)
             sections.append(
-                f"<section><h2>{_e(phase)} <small>({_e(kind)}, seeds {_e(seeds)})</small></h2>{shown}</section>"
+                f"<section><h2>{_e(phase)} <small>({_e(kind)}, seeds "
+                f"{_e(seeds)})</small></h2>{shown}</section>"
             )
     evals = eval_table(record)
     if evals:
@@ -385,7 +448,8 @@ def render(record: RunRecord, *, generated_at: str | None = None) -> str:
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f"<title>olmorun report: {_e(record.name)}</title><style>{STYLE}</style></head><body>"
         f"<header><h1>{_e(record.name)}</h1><p>{_e(record.uri)}</p>"
-        f"<p>{len(record.jobs)} jobs in {len(phases)} phases · spec {_e(record.spec_hash)} · generated {_e(stamp)}</p>"
+        f"<p>{len(record.jobs)} jobs in {len(phases)} phases · spec {_e(record.spec_hash)} · generated "
+        f"{_e(stamp)}</p>"
         f'<span class="badge {state}">{_e(outcome)}</span></header>'
         f"<main>{''.join(sections)}</main></body></html>"
     )

@@ -107,7 +107,8 @@ class JobRequest:
     owner: OwnerReference
     image: str
     command: list[str]
-    """What each process runs under torchrun, after `python`: ['-m', 'olmo_trainer', kind, '--config', uri]."""
+    """What each process runs under torchrun, after `python`: ['-m', 'olmo_trainer', kind, '--config',
+    uri]."""
     env: dict[str, str]
     """Plain values (no credentials: those come from `secret_refs`)."""
     secret_refs: list[str]

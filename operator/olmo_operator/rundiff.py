@@ -43,7 +43,8 @@ class JobRecord:
     checkpoints: dict[int, dict[str, Any] | None] = field(default_factory=dict)
     """Committed step -> the MANIFEST's `content` (None for a checkpoint written before it existed)."""
     finished_at: str | None = None
-    """When the final checkpoint was committed (its MANIFEST's createdAt); the start is env.json's writtenAt."""
+    """When the final checkpoint was committed (its MANIFEST's createdAt); the start is env.json's
+    writtenAt."""
 
     @property
     def label(self) -> str:
@@ -243,7 +244,8 @@ class _Walk:
             k for k in tensors_a.keys() | tensors_b.keys() if tensors_a.get(k) != tensors_b.get(k)
         )
         name = (
-            f"content ({differing[0]}{f' and {len(differing) - 1} more tensors' if len(differing) > 1 else ''})"
+            f"content ({differing[0]}"
+            f"{f' and {len(differing) - 1} more tensors' if len(differing) > 1 else ''})"
             if differing
             else "content"
         )

@@ -67,7 +67,8 @@ def run_root_of(target: str) -> tuple[str, dict[str, Any] | None]:
     root = target.rstrip("/")
     if _read_json(f"{root}/{RUN_JSON}") is None:
         raise RunNotFoundError(
-            f"{target}: no {RUN_JSON} here; give a run's root (<storage>/<namespace>/<name>) or an `olmorun local` workdir"
+            f"{target}: no {RUN_JSON} here; give a run's root (<storage>/<namespace>/<name>) or an `olmorun "
+            "local` workdir"
         )
     return root, None
 

@@ -4,7 +4,8 @@
 
 | variable                     | default     | meaning                                                    |
 |------------------------------|-------------|------------------------------------------------------------|
-| OLMORUN_NAMESPACES           | (all)       | comma-separated namespaces (globs allowed); empty: cluster-wide |
+| OLMORUN_NAMESPACES           | (all)       | comma-separated namespaces (globs allowed); empty: cluster-wide
+|
 | OLMORUN_RESYNC_SECONDS       | 30          | how often each run's jobs and checkpoints are observed     |
 | OLMORUN_ERROR_DELAY_SECONDS  | 15          | retry delay after a transient API or storage error         |
 | OLMORUN_METRICS_PORT         | 9090        | Prometheus /metrics port; 0 disables                       |

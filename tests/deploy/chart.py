@@ -1,7 +1,9 @@
-"""The Helm chart (manifests/chart/olmorun) rendered with the real Helm SDK, and the plain manifests made from it.
+"""The Helm chart (manifests/chart/olmorun) rendered with the real Helm SDK, and the plain manifests made
+from it.
 
     objects = render({"watchNamespaces": ["research"]})       # every object the release would create
-    python -m tests.deploy.chart           # rewrite manifests/operator/ and manifests/training/ (`make manifests`)
+    python -m tests.deploy.chart           # rewrite manifests/operator/ and manifests/training/ (`make
+    manifests`)
 
 helm-python-sdk wraps Helm v4's Go SDK (no helm binary); rendering is offline, like `helm template`.
 The plain manifests under manifests/operator/ are the chart's default rendering for the release `olmorun` in
@@ -51,7 +53,8 @@ def render(
 def find(
     objects: list[dict[str, Any]], kind: str, name: str | None = None, namespace: str | None = None
 ) -> dict[str, Any]:
-    """The one object of `kind` (and name/namespace when given); AssertionError if there is not exactly one."""
+    """The one object of `kind` (and name/namespace when given); AssertionError if there is not exactly
+    one."""
     found = [
         o
         for o in objects
@@ -80,7 +83,8 @@ def plain(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 TRAINING_VALUES = {"trainer": {"networkPolicy": {"enabled": True}}}
-"""The rendering manifests/training/ comes from: the training pods' ServiceAccount and the NetworkPolicy example."""
+"""The rendering manifests/training/ comes from: the training pods' ServiceAccount and the NetworkPolicy
+example."""
 
 
 def _component(obj: dict[str, Any]) -> str:

@@ -115,7 +115,8 @@ def restricted_problems(template: Mapping[str, Any]) -> list[str]:
         added = set(capabilities.get("add") or [])
         if added - {"NET_BIND_SERVICE"}:
             problems.append(
-                f"{here}.capabilities.add: only NET_BIND_SERVICE is allowed, not {sorted(added - {'NET_BIND_SERVICE'})}"
+                f"{here}.capabilities.add: only NET_BIND_SERVICE is allowed, not "
+                f"{sorted(added - {'NET_BIND_SERVICE'})}"
             )
         for j, port in enumerate(container.get("ports") or []):
             if port.get("hostPort"):

@@ -3,7 +3,8 @@
     needed = permissions(calls)            # {(scope, apiGroup, resource[/subresource], verb)} of the operator
     granted = grants(rules)                # {(apiGroup, resource, verb)} of a Role/ClusterRole's rules
 
-A request is the operator's when its User-Agent is kopf's or the launcher's (olmo_operator.__main__.USER_AGENT).
+A request is the operator's when its User-Agent is kopf's or the launcher's
+(olmo_operator.__main__.USER_AGENT).
 Discovery GETs (/api, /apis, /apis/<group>/<version>) need no grant: every authenticated user may read
 them (the built-in system:discovery ClusterRole).
 """
@@ -45,7 +46,8 @@ def is_discovery(call: Call) -> bool:
 
 
 def permissions(calls: Iterable[Call]) -> set[tuple[str, Permission]]:
-    """(scope, permission) of every operator request; scope is "namespace" or "cluster" (no namespace in the URL)."""
+    """(scope, permission) of every operator request; scope is "namespace" or "cluster" (no namespace in the
+    URL)."""
     needed: set[tuple[str, Permission]] = set()
     for call in calls:
         if not is_operator(call) or is_discovery(call):

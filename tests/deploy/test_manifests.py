@@ -1,4 +1,5 @@
-"""The plain manifests (`kubectl apply -k manifests/`): generated from the chart, valid, least privilege, restricted."""
+"""The plain manifests (`kubectl apply -k manifests/`): generated from the chart, valid, least privilege,
+restricted."""
 
 from __future__ import annotations
 

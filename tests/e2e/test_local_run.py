@@ -1,6 +1,7 @@
 """End to end: `olmorun local` runs a cut-down tiny pipeline with the real trainer, torchx and torchrun.
 
-pretrain -> anneal x2 seeds -> soup -> sft -> dpo -> rlvr, a few steps each (built from examples/olmorun-tiny.yaml
+pretrain -> anneal x2 seeds -> soup -> sft -> dpo -> rlvr, a few steps each (built from
+examples/olmorun-tiny.yaml
 with the budgets and evaluations cut), in a subprocess exactly as a user
 runs it. A second test interrupts a run with SIGINT mid-pretrain and checks that rerunning the same
 command resumes from the newest checkpoint instead of starting over.
@@ -69,7 +70,8 @@ def storage(workdir: Path) -> Path:
 
 @pytest.mark.timeout(1200)
 def test_tiny_pipeline_runs_to_success_with_verified_archives_and_a_soup(tmp_path: Path) -> None:
-    """pretrain -> anneal x2 -> soup -> sft -> dpo -> rlvr, each phase evaluated as the example configures it."""
+    """pretrain -> anneal x2 -> soup -> sft -> dpo -> rlvr, each phase evaluated as the example configures
+    it."""
     spec, workdir = small_spec(tmp_path, pretrain_steps=6, phases=6), tmp_path / "wd"
     # Seven torchrun jobs and four evaluations: minutes on 2 shared cores.
     done = olmorun("local", str(spec), "--workdir", str(workdir), "--poll", "0.5", timeout=900)

@@ -239,10 +239,16 @@ def test_a_job_refused_by_admission_makes_the_run_invalid_and_is_not_retried(
     by a schema on Volcano Jobs): the user's fault, so Invalid=True with the server's message, no
     TemporaryError loop; fixing the spec proceeds."""
     kube.emulator.schemas[VCJOBS] = {
-        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                                "properties": {"queue": {"type": "string", "enum": ["default"]}}}},
-    }  # fmt: skip
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+                "properties": {"queue": {"type": "string", "enum": ["default"]}},
+            }
+        },
+    }
     body = olmorun("refused", tmp_path)  # queue: research
     with OperatorThread(kube) as operator:
         apply(kubectl, body)
@@ -257,8 +263,11 @@ def test_a_job_refused_by_admission_makes_the_run_invalid_and_is_not_retried(
         assert "refused a job of this run (422)" in invalid["message"] and "research" in invalid["message"]
         assert status_of(kube, "refused")["stage"] == "Invalid"
         time.sleep(2.0)  # 4 resync periods and error delays: a transient error would have been retried
-        creates = [c for c in kube.calls if c.action == "CREATE" and c.resource == "jobs"
-                   and c.name == "refused-pretrain-a1"]  # fmt: skip
+        creates = [
+            c
+            for c in kube.calls
+            if c.action == "CREATE" and c.resource == "jobs" and c.name == "refused-pretrain-a1"
+        ]
         assert len(creates) == 1, "the refused job was submitted again"
         assert operator.metrics.value("olmorun_reconcile_errors_total", error="temporary") == 0
         assert reasons(kube, "refused").count(INVALID_REASON) == 1

@@ -25,7 +25,8 @@ from tests.operator.kube import REQUEST_LOG, Call, KubeServer
 
 ROOT = Path(__file__).parents[2]
 # run name -> the scenario of test_operator_kmock.py that submits it (each covers requests the others do not:
-# the lifecycle deletes jobs and posts events, the retry lists a failed job's pods, one operator is namespaced).
+# the lifecycle deletes jobs and posts events, the retry lists a failed job's pods, one operator is
+# namespaced).
 SCENARIOS: dict[str, Callable[..., None]] = {
     "life": scenarios.test_run_lifecycle_jobs_phases_events_and_delete,
     "flaky": scenarios.test_failed_job_is_retried_after_backoff,

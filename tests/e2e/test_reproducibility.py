@@ -68,7 +68,10 @@ def test_one_ulp_in_one_metric_is_the_first_divergence(two_runs: tuple[Path, Pat
 
     result = olmorun("diff", str(a), str(c))
     assert result.returncode == 1, result.stdout + result.stderr
-    first = f"first divergence: phase anneal seed 42069 step 2: metric grad_norm: A={original!r} B={rows[1]['grad_norm']!r}"
+    first = (
+        "first divergence: phase anneal seed 42069 step 2: metric grad_norm: "
+        f"A={original!r} B={rows[1]['grad_norm']!r}"
+    )
     assert first in result.stdout, result.stdout
     # A tolerance larger than one ulp lets it pass and reports the deviation.
     within = olmorun("diff", str(a), str(c), "--rtol", "1e-9")
@@ -100,8 +103,9 @@ def test_one_ulp_in_one_weight_is_the_first_divergence(two_runs: tuple[Path, Pat
     )
 
 
-def test_a_run_in_s3_is_identical_to_its_local_twin(two_runs: tuple[Path, Path], s3_server: S3Server,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_run_in_s3_is_identical_to_its_local_twin(
+    two_runs: tuple[Path, Path], s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Run A uploaded to a real S3 server (SeaweedFS) under another storage root compares equal to run B."""
     a, b = two_runs
     bucket = s3_server.make_bucket("repro")

@@ -34,8 +34,14 @@ def _waiting_pod(kube: KubeServer, job: str, reason: str, message: str) -> None:
         "spec": {"containers": [{"name": "trainer-0", "image": "x"}]},
     }
     core.create_namespaced_pod(NAMESPACE, body)
-    waiting = {"name": "trainer-0", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-               "state": {"waiting": {"reason": reason, "message": message}}}  # fmt: skip
+    waiting = {
+        "name": "trainer-0",
+        "image": "x",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 0,
+        "state": {"waiting": {"reason": reason, "message": message}},
+    }
     core.patch_namespaced_pod_status(
         pod, NAMESPACE, {"status": {"phase": "Pending", "containerStatuses": [waiting]}}
     )

@@ -98,8 +98,14 @@ def save_dir(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[
 def test_takeover_fences_the_old_holder_on_every_backend(save_dir: tuple[str, dict[str, Any]]) -> None:
     where, options = save_dir
     ticks = [0.0]
-    old = Lease(where, job="r-pretrain-a1", attempt=1, storage_options=options, renew_seconds=10,
-                monotonic=lambda: ticks[0])  # fmt: skip
+    old = Lease(
+        where,
+        job="r-pretrain-a1",
+        attempt=1,
+        storage_options=options,
+        renew_seconds=10,
+        monotonic=lambda: ticks[0],
+    )
     assert old.acquire().attempt == 1
     assert old.renew() is False  # not due yet
     ticks[0] = 11.0
@@ -192,16 +198,26 @@ def test_a_fenced_checkpointer_writes_commits_and_prunes_nothing(
     optim = torch.optim.AdamW(model.parameters())
     state = {"model": model, "optim": optim, "trainer": Counter()}
     old_lease = Lease(where, job="r-a1", attempt=1, storage_options=options)
-    old = Checkpointer(checkpoints_dir(where), CheckpointConfig(keep_last=1), config_hash="h",
-                       storage_options=options, lease=old_lease)  # fmt: skip
+    old = Checkpointer(
+        checkpoints_dir(where),
+        CheckpointConfig(keep_last=1),
+        config_hash="h",
+        storage_options=options,
+        lease=old_lease,
+    )
     old.acquire_lease()
     old.save(1, state)
     old.save(2, state)  # retention (keep_last 1) deleted step 1: the lease allowed it
     assert [s for s, _ in old.committed()] == [2]
 
     new_lease = Lease(where, job="r-a2", attempt=2, storage_options=options)
-    new = Checkpointer(checkpoints_dir(where), CheckpointConfig(keep_last=5), config_hash="h",
-                       storage_options=options, lease=new_lease)  # fmt: skip
+    new = Checkpointer(
+        checkpoints_dir(where),
+        CheckpointConfig(keep_last=5),
+        config_hash="h",
+        storage_options=options,
+        lease=new_lease,
+    )
     new.acquire_lease()
     new.save(3, state)  # the newer attempt's checkpoint (it keeps 5)
     fs, root = manifest.filesystem(where, **options)
@@ -243,8 +259,9 @@ def test_a_stale_attempt_started_against_a_newer_ones_directory_is_refused(
             server.storage_options(),
         )
         env.update(server.env())
-    config = tiny_config(tmp_path, saveDir=where, maxSteps=4, checkpoint={"intervalSteps": 2},
-                         parallel={"strategy": "ddp"})  # fmt: skip
+    config = tiny_config(
+        tmp_path, saveDir=where, maxSteps=4, checkpoint={"intervalSteps": 2}, parallel={"strategy": "ddp"}
+    )
     newer = trainer(["pretrain", "--config", str(config)], env={**env, ATTEMPT_ENV: "2"}, timeout=240)
     assert newer.returncode == 0, newer.stdout[-2000:] + newer.stderr[-3000:]
     fs, root = manifest.filesystem(where, **options)
@@ -268,12 +285,18 @@ def test_a_stale_attempt_started_against_a_newer_ones_directory_is_refused(
 @pytest.mark.slow
 def test_an_attempt_taken_over_while_training_stops_at_its_next_save(tmp_path: Path) -> None:
     """The zombie: attempt 1 trains on while attempt 2 owns the directory. Its next save writes nothing."""
-    config = tiny_config(tmp_path, maxSteps=5000, checkpoint={"intervalSteps": 4, "keepLast": 1},
-                         parallel={"strategy": "ddp"})  # fmt: skip
+    config = tiny_config(
+        tmp_path, maxSteps=5000, checkpoint={"intervalSteps": 4, "keepLast": 1}, parallel={"strategy": "ddp"}
+    )
     where = tmp_path / "out"
     with open(tmp_path / "run.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "olmo_trainer", "pretrain", "--config", str(config)],
-                                cwd=REPO, env={**_env(None), ATTEMPT_ENV: "1"}, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "olmo_trainer", "pretrain", "--config", str(config)],
+            cwd=REPO,
+            env={**_env(None), ATTEMPT_ENV: "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_step(where, proc, 5, timeout=120)  # step 4 is committed
         Lease(str(where), job="tiny-pretrain-a2", attempt=2).acquire()

@@ -225,7 +225,12 @@ def test_a_sigkilled_runner_rerun_re_attaches_and_never_runs_two_trainers(tmp_pa
     assert trainers_running(workdir) == set()
 
     reference = tmp_path / "reference"
-    done = subprocess.run([*OLMORUN, "local", str(spec), "--workdir", str(reference), "--poll", "0.3"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [*OLMORUN, "local", str(spec), "--workdir", str(reference), "--poll", "0.3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert final_content(workdir) == final_content(reference) is not None

@@ -1,4 +1,5 @@
-"""Property: every data reader, given any bytes, reads them or raises ValueError naming the file; nothing else.
+"""Property: every data reader, given any bytes, reads them or raises ValueError naming the file; nothing
+else.
 
 ValueError is the one error the trainer turns into a recorded InvalidConfig (failure.json, not retried):
 a reader that raised anything else (IndexError, RecursionError, UnicodeDecodeError is a ValueError) would

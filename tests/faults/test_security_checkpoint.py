@@ -120,7 +120,8 @@ def test_what_jobs_keep_in_the_trainer_file_is_on_the_allow_list(tmp_path: Path)
 
 
 def recommit(uri: str) -> None:
-    """Re-hash the directory into a fresh MANIFEST: the files match it again, as an attacker would leave them."""
+    """Re-hash the directory into a fresh MANIFEST: the files match it again, as an attacker would leave
+    them."""
     fs, path = manifest.filesystem(uri)
     old = manifest.read_manifest(fs, path) or {}
     manifest.commit(

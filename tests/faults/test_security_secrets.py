@@ -65,9 +65,13 @@ def commit_final(save_dir: str, step: int, options: dict[str, Any]) -> None:
 
 
 def test_no_secret_value_reaches_status_events_logs_jobs_records_or_reports(
-    kube: KubeServer, kubectl: Any, s3_server: S3Server, tmp_path: Path,
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    kube: KubeServer,
+    kubectl: Any,
+    s3_server: S3Server,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     secrets = {
         "AWS_ACCESS_KEY_ID": s3_server.access_key,
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
@@ -80,8 +84,11 @@ def test_no_secret_value_reaches_status_events_logs_jobs_records_or_reports(
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)  # the job's env (request.job_env) has it
     bucket = s3_server.make_bucket("secret-scan")
     body = olmorun("keys", tmp_path)
-    body["spec"]["storage"] = {"uri": f"{bucket}/olmo", "secretRef": {"name": "s3-credentials"},
-                               "endpointUrl": s3_server.endpoint_url}  # fmt: skip
+    body["spec"]["storage"] = {
+        "uri": f"{bucket}/olmo",
+        "secretRef": {"name": "s3-credentials"},
+        "endpointUrl": s3_server.endpoint_url,
+    }
     body["spec"]["tracking"] = {"wandb": {"project": "olmo2", "secretRef": {"name": "wandb"}}}
     options = s3_server.storage_options()
     caplog.set_level(logging.DEBUG)

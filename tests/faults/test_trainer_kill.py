@@ -129,8 +129,16 @@ def anneal_reference() -> Path:
 
 def anneal_config(directory: Path) -> Path:
     parent = reference_run().save_dir / "checkpoints" / "step40"
-    return tiny_config(directory, kind="anneal", phase="anneal", initFrom=str(parent), optim={"lr": "inherit"},
-                       schedule={"kind": "linear"}, maxSteps=ANNEAL_STEPS, checkpoint={"intervalSteps": 2})  # fmt: skip
+    return tiny_config(
+        directory,
+        kind="anneal",
+        phase="anneal",
+        initFrom=str(parent),
+        optim={"lr": "inherit"},
+        schedule={"kind": "linear"},
+        maxSteps=ANNEAL_STEPS,
+        checkpoint={"intervalSteps": 2},
+    )
 
 
 def test_pretrain_killed_twice_ends_identical(tmp_path: Path) -> None:

@@ -36,8 +36,17 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_olmorun_eval_guesses_the_task_and_prints_figures(tmp_path: Path) -> None:
     ckpt = checkpoint(tmp_path)
     olmorun = [sys.executable, "-m", "olmo_operator.cli", "eval"]
-    generate = run(*olmorun, str(ckpt.parent), "--data", str(DATA / "tiny-heldout.jsonl"), "--limit", "4",
-                   "--max-new-tokens", "4", "--json")  # fmt: skip
+    generate = run(
+        *olmorun,
+        str(ckpt.parent),
+        "--data",
+        str(DATA / "tiny-heldout.jsonl"),
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    )
     assert generate.returncode == 0, generate.stderr
     figures = json.loads(generate.stdout)
     assert figures["eval/tiny-heldout/count"] == 4 and 0 <= figures["eval/tiny-heldout/accuracy"] <= 1

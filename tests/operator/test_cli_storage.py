@@ -202,5 +202,8 @@ def test_verify_names_unlisted_files_and_what_the_manifest_lacks(
     code, out, _ = run_cli(capsys, "verify", str(src), "--json")
     report = json.loads(out)
     assert (code, report["ok"], report["unlisted"], report["incomplete"]) == (
-        1, False, ["__1_0.distcp", "late.log"], ["__1_0.distcp"],
-    )  # fmt: skip
+        1,
+        False,
+        ["__1_0.distcp", "late.log"],
+        ["__1_0.distcp"],
+    )

@@ -1,7 +1,8 @@
 """The launchers: the pure JobRequest and AppDefs, the rendered Volcano Jobs (golden files), the Kubernetes
 adapter against the emulated API server (tests/operator/kube.py), and local processes.
 
-Regenerate the golden files after an intended change: `OLMORUN_UPDATE_GOLDEN=1 pytest tests/operator/test_launcher.py`.
+Regenerate the golden files after an intended change: `OLMORUN_UPDATE_GOLDEN=1 pytest
+tests/operator/test_launcher.py`.
 """
 
 from __future__ import annotations
@@ -244,8 +245,12 @@ def test_the_request_is_built_once_from_the_spec() -> None:
     request = request_of(gpu_run(), "pretrain", 6198, attempt=2)
     assert request.name == "olmo2-7b-pretrain-a2"
     assert request.command == [
-        "-m", "olmo_trainer", "pretrain", "--config", "s3://olmo-bucket/runs/research/olmo2-7b/phases/pretrain/config.json"
-    ]  # fmt: skip
+        "-m",
+        "olmo_trainer",
+        "pretrain",
+        "--config",
+        "s3://olmo-bucket/runs/research/olmo2-7b/phases/pretrain/config.json",
+    ]
     assert request.config_uri == request.command[-1] == request.env["OLMORUN_CONFIG"]
     assert (request.resources.cpu, request.resources.memory, request.resources.gpus) == ("96", "1600Gi", 8)
     assert (request.placement.nodes, request.placement.procs_per_node, request.placement.queue) == (
@@ -347,8 +352,18 @@ def _pod(kube: KubeServer, job: str, exit_code: int, reason: str | None = None) 
         "spec": {"containers": [{"name": "trainer-0", "image": "x"}]},
     }
     core.create_namespaced_pod("research", body)
-    status = {"containerStatuses": [{"name": "trainer-0", "image": "x", "imageID": "", "ready": False,
-                                     "restartCount": 0, "state": {"terminated": {"exitCode": exit_code}}}]}  # fmt: skip
+    status = {
+        "containerStatuses": [
+            {
+                "name": "trainer-0",
+                "image": "x",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit_code}},
+            }
+        ]
+    }
     if reason:
         status["reason"] = reason
     core.patch_namespaced_pod_status(f"{job}-trainer-0-0", "research", {"status": status})
@@ -479,15 +494,28 @@ def test_olmorun_render_names_every_problem_of_a_bad_file(
 
 
 def test_a_soup_is_one_process_on_one_node_without_gpus() -> None:
-    run = parse_olmorun({
-        **GPU_SPEC,
-        "spec": {**GPU_SPEC["spec"], "phases": [
-            *GPU_SPEC["spec"]["phases"],
-            {"name": "anneal", "kind": "anneal", "from": "pretrain", "seeds": [1, 2], "nodes": 2, "maxTokens": "50B",
-             "data": GPU_SPEC["spec"]["phases"][0]["data"], "batch": {"globalBatchSize": 1024, "microBatchSize": 2}},
-            {"name": "soup", "kind": "soup", "from": "anneal"},
-        ]},
-    })  # fmt: skip
+    run = parse_olmorun(
+        {
+            **GPU_SPEC,
+            "spec": {
+                **GPU_SPEC["spec"],
+                "phases": [
+                    *GPU_SPEC["spec"]["phases"],
+                    {
+                        "name": "anneal",
+                        "kind": "anneal",
+                        "from": "pretrain",
+                        "seeds": [1, 2],
+                        "nodes": 2,
+                        "maxTokens": "50B",
+                        "data": GPU_SPEC["spec"]["phases"][0]["data"],
+                        "batch": {"globalBatchSize": 1024, "microBatchSize": 2},
+                    },
+                    {"name": "soup", "kind": "soup", "from": "anneal"},
+                ],
+            },
+        }
+    )
     manifest = rendered(run, "soup", 6198)
     [task] = manifest["spec"]["tasks"]
     [container] = task["template"]["spec"]["containers"]

@@ -172,8 +172,9 @@ def test_first_step_writes_manifest_and_submits_root_phase_only() -> None:
     [manifest] = of(result, WriteRunRecord)
     assert manifest.uri == "s3://b/root/ns/r/run.json"
     assert manifest.document["seeds"] == {"pretrain": [6198], "anneal": [6198]}
-    assert manifest.document["specHash"] == run_spec_hash(run) and set(manifest.document["phaseSpecHashes"]) == {
-        "pretrain", "anneal"}  # fmt: skip
+    assert manifest.document["specHash"] == run_spec_hash(run) and set(
+        manifest.document["phaseSpecHashes"]
+    ) == {"pretrain", "anneal"}
     [submit] = of(result, SubmitJob)
     assert (submit.phase, submit.seed, submit.attempt, submit.job_name) == (
         "pretrain",
@@ -202,9 +203,11 @@ def test_first_step_writes_manifest_and_submits_root_phase_only() -> None:
 def test_progress_is_recorded_per_job_phase_and_run() -> None:
     run, _ = step(make_run())
     obs = JobObservation(
-        "r-pretrain-a1", "Running", checkpoint=(2, "s3://b/root/ns/r/phases/pretrain/checkpoints/step2"),
+        "r-pretrain-a1",
+        "Running",
+        checkpoint=(2, "s3://b/root/ns/r/phases/pretrain/checkpoints/step2"),
         metrics=MetricsLine(step=4, tokens=4096, loss=3.25, tokens_per_s=100.0),
-    )  # fmt: skip
+    )
     run, result = step(run, {"r-pretrain-a1": obs})
     assert not result.actions
     j = job(run, "pretrain")
@@ -549,9 +552,12 @@ def test_sft_and_dpo_run_like_training_phases_from_their_parents_final_checkpoin
     save = layout.save_dir(run, run.phase("sft"), 6198)
     figures = {"eval/arith/accuracy": 0.75}
     finished = JobObservation(
-        name, "Succeeded", exit_code=0, checkpoint=(20, f"{save}/checkpoints/step20"),
+        name,
+        "Succeeded",
+        exit_code=0,
+        checkpoint=(20, f"{save}/checkpoints/step20"),
         metrics=MetricsLine(step=20, eval=figures),
-    )  # fmt: skip
+    )
     run, result = step(run, {name: finished})
     run, _ = step(run, {name: finished}, [archived(a) for a in of(result, ArchiveCheckpoint)])
     assert run.status.phases["sft"].state == "Succeeded" and run.status.phases["sft"].eval == figures
@@ -909,7 +915,8 @@ def cond_of(run: OlmoRun, type_: str) -> tuple[str, str, str]:
 PRETRAIN_STARTED = ("Normal", "PhaseStarted", "phase 'pretrain' (pretrain) starts 1 job(s)")
 SFT_BLOCKED = (
     "phase 'sft' has kind 'rlvr', which this release of the trainer does not implement (implemented: anneal, "
-    "dpo, pretrain, sft, soup); it was not run. Its parent's checkpoint is kept; remove the phase or upgrade olmorun to continue."
+    "dpo, pretrain, sft, soup); it was not run. Its parent's checkpoint is kept; remove the phase or "
+    "upgrade olmorun to continue."
 )
 GAVE_UP = "exit code 1; gave up after 1 failure(s) (backoffLimit 0)"
 
@@ -1023,7 +1030,8 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
                 "Warning",
                 "PhaseFailed",
                 (
-                    f"phase 'pretrain' failed: job r-pretrain-a1: archive of {PRE}/step10 failed verification: sha256 mismatch"
+                    f"phase 'pretrain' failed: job r-pretrain-a1: archive of {PRE}/step10 failed "
+                    "verification: sha256 mismatch"
                 ),
             )
         ],
@@ -1055,7 +1063,8 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
                 "Warning",
                 "PhaseFailed",
                 (
-                    "phase 'pretrain' failed: job r-pretrain-a1: the job exited 0 but left no committed checkpoint "
+                    "phase 'pretrain' failed: job r-pretrain-a1: the job exited 0 but left no committed "
+                    "checkpoint "
                     "(no MANIFEST.json under checkpoints/)"
                 ),
             )
@@ -1069,7 +1078,8 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
             "phases.pretrain.state": "Retrying",
             "stage": "Running",
             "activePhases": ["pretrain"],
-            "phases.pretrain.message": "job r-pretrain-a1: exit code 1; retry 1/2 in 10s",  # why the phase waits
+            "phases.pretrain.message": "job r-pretrain-a1: exit code 1; retry 1/2 in "
+            "10s",  # why the phase waits
             "phases.pretrain.jobs.0.retryAt": "2026-01-01T12:00:10Z",
             "phases.pretrain.jobs.0.failures": 1,
             "phases.pretrain.jobs.0.state": "Retrying",
@@ -1172,7 +1182,8 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         {
             "phases.pretrain.state": "Pending",
             "phases.pretrain.finishedAt": None,
-            "phases.pretrain.message": "suspended: jobs cancelled; they resume from their newest checkpoint when resumed",
+            "phases.pretrain.message": "suspended: jobs cancelled; they resume from their newest checkpoint "
+            "when resumed",
             "phases.pretrain.jobs.0.state": "Pending",
             "phases.pretrain.jobs.0.message": "cancelled: suspended",
             "stage": "Suspended",
@@ -1231,7 +1242,8 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
                 "True",
                 "SpecChangeRefused",
                 (
-                    "phase(s) pretrain already started; their spec, the model, image and seed cannot change. Revert the "
+                    "phase(s) pretrain already started; their spec, the model, image and seed cannot "
+                    "change. Revert the "
                     "edit (running jobs continue with the spec they started with) or create a new OlmoRun."
                 ),
             ),
@@ -1311,7 +1323,8 @@ def test_spec_hash_recipe_is_pinned() -> None:
     run = make_run()
     phase = run.phase("pretrain")
     recipe = {
-        # the wire form: archiveFinal under its pre-rename key; `eval`, added after release, left out while unset
+        # the wire form: archiveFinal under its pre-rename key; `eval`, added after release, left out while
+        # unset
         "phase": hashed_phase(phase),
         "model": run.spec.model.model_dump(mode="json", by_alias=True),
         "image": "img@sha256:abc",
@@ -1372,8 +1385,13 @@ def test_timestamps_are_utc_whole_seconds_with_a_z() -> None:
 
 def test_run_spec_hash_ignores_where_the_run_is_written() -> None:
     run = make_run(pretrain(), anneal())
-    moved = run.model_copy(update={"spec": run.spec.model_copy(
-        update={"storage": run.spec.storage.model_copy(update={"uri": "file:///elsewhere"})})})  # fmt: skip
+    moved = run.model_copy(
+        update={
+            "spec": run.spec.model_copy(
+                update={"storage": run.spec.storage.model_copy(update={"uri": "file:///elsewhere"})}
+            )
+        }
+    )
     reseeded = run.model_copy(update={"spec": run.spec.model_copy(update={"seed": 1})})
     assert run_spec_hash(moved) == run_spec_hash(run) != run_spec_hash(reseeded)
 
@@ -1382,8 +1400,14 @@ def test_run_spec_hash_ignores_where_the_run_is_written() -> None:
 def test_a_failure_the_job_recorded_as_permanent_is_not_retried(reason: str) -> None:
     """olmo_trainer.failure: the job said why retrying cannot help; the run fails at once with it."""
     run, _ = step(make_run())
-    observed = JobObservation("r-pretrain-a1", "Failed", exit_code=1, message="loss nan at step 2",
-                              failure_reason=reason, metrics=MetricsLine(step=2, tokens=200, loss=None))  # fmt: skip
+    observed = JobObservation(
+        "r-pretrain-a1",
+        "Failed",
+        exit_code=1,
+        message="loss nan at step 2",
+        failure_reason=reason,
+        metrics=MetricsLine(step=2, tokens=200, loss=None),
+    )
     run, result = step(run, {"r-pretrain-a1": observed})
     j = job(run, "pretrain")
     assert (j.state, j.attempts, j.retry_at) == ("Failed", 1, None)
@@ -1414,8 +1438,13 @@ def test_a_notice_of_a_running_job_is_its_message_and_one_warning_event() -> Non
         "CheckpointDamaged",
         "skipped damaged checkpoint(s) s3://b/step6 (__0_0.distcp); resumed from s3://b/step4",
     )
-    observed = JobObservation("r-pretrain-a1", "Running", message="running", notice=notice,
-                              metrics=MetricsLine(step=5, tokens=500, loss=2.0))  # fmt: skip
+    observed = JobObservation(
+        "r-pretrain-a1",
+        "Running",
+        message="running",
+        notice=notice,
+        metrics=MetricsLine(step=5, tokens=500, loss=2.0),
+    )
     run, result = step(run, {"r-pretrain-a1": observed})
     assert job(run, "pretrain").message == notice[1]
     assert [e for e in result.events if e.reason == "CheckpointDamaged"] == [

@@ -34,12 +34,20 @@ SFT = {"data": {"paths": ["x.jsonl"], "maxLength": 32}}
 
 
 def make_run(phases: list[dict[str, Any]]) -> OlmoRun:
-    return parse_olmorun({
-        "apiVersion": "olmorun.dev/v1alpha1", "kind": "OlmoRun",
-        "metadata": {"name": "r", "namespace": "ns", "uid": "u-1"},
-        "spec": {"image": "img:1", "model": {"preset": "tiny"}, "storage": {"uri": "s3://b/root"},
-                 "retry": {"backoffLimit": 3, "backoffSeconds": 10}, "phases": phases},
-    })  # fmt: skip
+    return parse_olmorun(
+        {
+            "apiVersion": "olmorun.dev/v1alpha1",
+            "kind": "OlmoRun",
+            "metadata": {"name": "r", "namespace": "ns", "uid": "u-1"},
+            "spec": {
+                "image": "img:1",
+                "model": {"preset": "tiny"},
+                "storage": {"uri": "s3://b/root"},
+                "retry": {"backoffLimit": 3, "backoffSeconds": 10},
+                "phases": phases,
+            },
+        }
+    )
 
 
 def starts(submissions: list[SubmitJob]) -> dict[str, tuple[str | None, list[str]]]:
@@ -52,10 +60,26 @@ def starts(submissions: list[SubmitJob]) -> dict[str, tuple[str | None, list[str
 
 
 def test_render_of_a_parent_with_archive_false_starts_the_child_from_the_scratch_checkpoint() -> None:
-    run = make_run([
-        {"name": "pretrain", "kind": "pretrain", "maxSteps": 12, "archiveFinal": False, "data": DATA, "batch": BATCH},
-        {"name": "anneal", "kind": "anneal", "from": "pretrain", "maxSteps": 3, "data": DATA, "batch": BATCH},
-    ])  # fmt: skip
+    run = make_run(
+        [
+            {
+                "name": "pretrain",
+                "kind": "pretrain",
+                "maxSteps": 12,
+                "archiveFinal": False,
+                "data": DATA,
+                "batch": BATCH,
+            },
+            {
+                "name": "anneal",
+                "kind": "anneal",
+                "from": "pretrain",
+                "maxSteps": 3,
+                "data": DATA,
+                "batch": BATCH,
+            },
+        ]
+    )
     documents = [doc for _, doc in render_documents(run)]
     configs = [d for d in documents if "saveDir" in d]
     scratch = layout.step_uri(layout.checkpoints_dir(layout.save_dir(run, run.phase("pretrain"), 6198)), 12)
@@ -66,21 +90,31 @@ def test_render_of_a_parent_with_archive_false_starts_the_child_from_the_scratch
 
 
 def test_render_shows_the_archived_checkpoints_at_the_steps_the_budgets_end() -> None:
-    run = make_run([
-        {"name": "pretrain", "kind": "pretrain", "maxTokens": "5000", "data": DATA, "batch": BATCH},
-        {"name": "anneal", "kind": "anneal", "from": "pretrain", "seeds": [1, 2], "maxSteps": 3,
-         "data": DATA, "batch": BATCH},
-        {"name": "soup", "kind": "soup", "from": "anneal"},
-        {"name": "sft", "kind": "sft", "from": "soup", "batch": BATCH, "sft": SFT},
-    ])  # fmt: skip
+    run = make_run(
+        [
+            {"name": "pretrain", "kind": "pretrain", "maxTokens": "5000", "data": DATA, "batch": BATCH},
+            {
+                "name": "anneal",
+                "kind": "anneal",
+                "from": "pretrain",
+                "seeds": [1, 2],
+                "maxSteps": 3,
+                "data": DATA,
+                "batch": BATCH,
+            },
+            {"name": "soup", "kind": "soup", "from": "anneal"},
+            {"name": "sft", "kind": "sft", "from": "soup", "batch": BATCH, "sft": SFT},
+        ]
+    )
     preview = preview_run(run)
     by_phase = {s.job_name: s.train_config for s in preview.submissions}
     assert (
         by_phase["r-anneal-s1-a1"].init_from == "s3://b/root/ns/r/archive/pretrain/step10"
     )  # ceil(5000 / (16 x 32))
     assert by_phase["r-soup-a1"].soup_from == [
-        "s3://b/root/ns/r/archive/anneal-s1/step3", "s3://b/root/ns/r/archive/anneal-s2/step3",
-    ]  # fmt: skip
+        "s3://b/root/ns/r/archive/anneal-s1/step3",
+        "s3://b/root/ns/r/archive/anneal-s2/step3",
+    ]
     assert (
         by_phase["r-sft-a1"].init_from == "s3://b/root/ns/r/archive/soup/step3"
     )  # sft is implemented: it runs
@@ -93,10 +127,12 @@ def test_render_says_why_a_kind_not_implemented_is_not_submitted(monkeypatch: An
     from olmo_operator import plan as planner
 
     monkeypatch.setattr(planner, "IMPLEMENTED_KINDS", planner.IMPLEMENTED_KINDS - {"sft"})
-    run = make_run([
-        {"name": "pretrain", "kind": "pretrain", "maxSteps": 3, "data": DATA, "batch": BATCH},
-        {"name": "sft", "kind": "sft", "from": "pretrain", "batch": BATCH, "sft": SFT},
-    ])  # fmt: skip
+    run = make_run(
+        [
+            {"name": "pretrain", "kind": "pretrain", "maxSteps": 3, "data": DATA, "batch": BATCH},
+            {"name": "sft", "kind": "sft", "from": "pretrain", "batch": BATCH, "sft": SFT},
+        ]
+    )
     preview = preview_run(run)
     assert [s.job_name for s in preview.submissions] == ["r-pretrain-a1"]
     assert "does not implement" in preview.not_submitted["sft"]
@@ -190,8 +226,18 @@ def recipes(draw: st.DrawFn) -> list[dict[str, Any]]:
         elif single:
             parent = draw(st.sampled_from(single))
             seeds = draw(st.lists(st.integers(0, 99), min_size=0, max_size=3, unique=True))
-            phases.append({"name": name, "kind": "anneal", "from": parent["name"], "archiveFinal": draw(st.booleans()),
-                           "data": DATA, "batch": BATCH, **({"seeds": seeds} if seeds else {}), **budget()})  # fmt: skip
+            phases.append(
+                {
+                    "name": name,
+                    "kind": "anneal",
+                    "from": parent["name"],
+                    "archiveFinal": draw(st.booleans()),
+                    "data": DATA,
+                    "batch": BATCH,
+                    **({"seeds": seeds} if seeds else {}),
+                    **budget(),
+                }
+            )
     return phases
 
 

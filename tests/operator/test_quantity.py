@@ -101,9 +101,16 @@ def test_every_string_of_the_grammar_is_read_by_the_kubernetes_parser(quantity: 
 
 @pytest.mark.parametrize(
     ("quantity", "cores", "mb"),
-    [("96", 96.0, 1), ("500m", 0.5, 1), ("1600Gi", 1717986918400.0, 1717987), ("512M", 512e6, 512),
-     ("1e3", 1000.0, 1), ("1.5Gi", 1610612736.0, 1611), ("2E", 2e18, 2 * 10**12)],
-)  # fmt: skip
+    [
+        ("96", 96.0, 1),
+        ("500m", 0.5, 1),
+        ("1600Gi", 1717986918400.0, 1717987),
+        ("512M", 512e6, 512),
+        ("1e3", 1000.0, 1),
+        ("1.5Gi", 1610612736.0, 1611),
+        ("2E", 2e18, 2 * 10**12),
+    ],
+)
 def test_launcher_reads_quantities_with_the_kubernetes_parser(quantity: str, cores: float, mb: int) -> None:
     """cpu in cores, memory in MB rounded up (torchx's units), both from parse_quantity."""
     assert cpu_cores(quantity) == cores == float(parse_quantity(quantity))

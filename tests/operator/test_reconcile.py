@@ -241,8 +241,10 @@ def test_last_metrics_gives_the_latest_steps_loss_even_when_it_was_not_finite(tm
     path.write_text('{"step": 1, "tokens": 32, "loss": 9.0}\n{"step": 2, "tokens": 64, "loss": null}\n')
     metrics = last_metrics(tmp_path.as_uri())
     assert metrics is not None and (metrics.step, metrics.tokens, metrics.loss) == (2, 64, None)
-    path.write_text('{"step": 1, "tokens": 32, "loss": 9.0}\n{"step": 2, "tokens": 64, "loss": 8.5}\n'
-                    '{"step": 2, "eval/arith/accuracy": 0.25}\n')  # fmt: skip
+    path.write_text(
+        '{"step": 1, "tokens": 32, "loss": 9.0}\n{"step": 2, "tokens": 64, "loss": 8.5}\n'
+        '{"step": 2, "eval/arith/accuracy": 0.25}\n'
+    )
     metrics = last_metrics(tmp_path.as_uri())
     assert metrics is not None and (metrics.step, metrics.tokens, metrics.loss) == (2, 64, 8.5)
     assert metrics.eval == {"eval/arith/accuracy": 0.25}

@@ -24,16 +24,31 @@ IMAGES = re.compile(r'<img class="figure" alt="figure" src="data:image/png;base6
 
 def job(phase: str, kind: str, seed: int, start: str, end: str, steps: int, **extra_keys: float) -> JobRecord:
     rows = [
-        {"step": s, "tokens": 1024 * s, "loss": 5.0 / s + seed * 1e-4, "lr": 1e-3 * (1 - s / (steps + 1)),
-         "grad_norm": 1.0 + 0.1 * s, "tokens_per_s": 4000.0 + s, "mfu": None,
-         **{k: v * s for k, v in extra_keys.items()}}
+        {
+            "step": s,
+            "tokens": 1024 * s,
+            "loss": 5.0 / s + seed * 1e-4,
+            "lr": 1e-3 * (1 - s / (steps + 1)),
+            "grad_norm": 1.0 + 0.1 * s,
+            "tokens_per_s": 4000.0 + s,
+            "mfu": None,
+            **{k: v * s for k, v in extra_keys.items()},
+        }
         for s in range(1, steps + 1)
-    ]  # fmt: skip
+    ]
     content = {"sha256": f"{seed:064x}", "model": "b" * 64, "optim": "c" * 64, "numTensors": 100}
-    env = {"writtenAt": start, "seeds": {"data": seed},
-           "data": {"sources": [{"name": "general", "instances": 90}], "orderSha256": "d" * 64, "sampleSha256": "e" * 64},
-           "software": {"python": "3.11", "torch": "2.13.0", "packages": {"torch": "2.13.0"}},
-           "hardware": {"devices": [], "cpuCount": 2}, "code": {"gitCommit": "f" * 40}}  # fmt: skip
+    env = {
+        "writtenAt": start,
+        "seeds": {"data": seed},
+        "data": {
+            "sources": [{"name": "general", "instances": 90}],
+            "orderSha256": "d" * 64,
+            "sampleSha256": "e" * 64,
+        },
+        "software": {"python": "3.11", "torch": "2.13.0", "packages": {"torch": "2.13.0"}},
+        "hardware": {"devices": [], "cpuCount": 2},
+        "code": {"gitCommit": "f" * 40},
+    }
     return JobRecord(phase, seed, kind, "h", env, rows, {steps: content}, end)
 
 
@@ -54,8 +69,14 @@ def record() -> RunRecord:
         ),
     ]
     jobs[3].metrics = [{"soup": 2, "step": 4, "eval/arith/accuracy": 0.25}]
-    spec = {"phases": [{"name": "pretrain"}, {"name": "anneal", "from": "pretrain"}, {"name": "soup", "from": "anneal"},
-                       {"name": "dpo", "from": "soup"}]}  # fmt: skip
+    spec = {
+        "phases": [
+            {"name": "pretrain"},
+            {"name": "anneal", "from": "pretrain"},
+            {"name": "soup", "from": "anneal"},
+            {"name": "dpo", "from": "soup"},
+        ]
+    }
     status = {
         "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "done"}]
     }
@@ -80,8 +101,16 @@ def test_the_page_is_self_contained_and_every_figure_has_data() -> None:
         image = Image.open(io.BytesIO(base64.b64decode(data))).convert("L")
         low, high = image.getextrema()
         assert image.width > 300 and high - low > 100  # drawn, not blank
-    for text in ("rewards/margin", "arith/accuracy", "0.2500", "Succeeded: done", "anneal/s42069", "1234abcd",
-                 f"{42:064x}"[:16], "general (90)"):  # fmt: skip
+    for text in (
+        "rewards/margin",
+        "arith/accuracy",
+        "0.2500",
+        "Succeeded: done",
+        "anneal/s42069",
+        "1234abcd",
+        f"{42:064x}"[:16],
+        "general (90)",
+    ):
         assert text in page, text
 
 
@@ -97,8 +126,10 @@ def test_chromium_loads_every_figure(tmp_path: Path) -> None:
         assert not os.environ.get("CI"), "CI must install chromium (.ci/run does)"
         pytest.skip("chromium is not installed here (apt-get install chromium)")
     page = render(record())
-    probe = ("<script>addEventListener('load', () => { document.body.dataset.loaded = "
-             "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length; });</script>")  # fmt: skip
+    probe = (
+        "<script>addEventListener('load', () => { document.body.dataset.loaded = "
+        "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length; });</script>"
+    )
     path = tmp_path / "report.html"
     path.write_text(page.replace("</body>", probe + "</body>"))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"]
@@ -108,7 +139,11 @@ def test_chromium_loads_every_figure(tmp_path: Path) -> None:
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-loaded="5"' in dom.stdout
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, *flags, "--window-size=1300,2400", f"--screenshot={shot}", path.as_uri()],
-                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    subprocess.run(
+        [browser, *flags, "--window-size=1300,2400", f"--screenshot={shot}", path.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     low, high = Image.open(shot).convert("L").getextrema()
     assert high - low > 100

@@ -16,9 +16,12 @@ def job(phase: str = "pre", seed: int = 1, *, losses: tuple[float, ...] = (2.0, 
         {"step": i + 1, "loss": loss, "lr": 0.1, "tokens_per_s": 100.0 + i} for i, loss in enumerate(losses)
     ]
     defaults: dict[str, Any] = {
-        "kind": "pretrain", "config_hash": "c", "env": {"data": {"orderSha256": "o"}, "software": {"torch": "2"}},
-        "metrics": rows, "checkpoints": {len(losses): {"sha256": "w", "tensors": {"model.a": "1", "model.b": "2"}}},
-    }  # fmt: skip
+        "kind": "pretrain",
+        "config_hash": "c",
+        "env": {"data": {"orderSha256": "o"}, "software": {"torch": "2"}},
+        "metrics": rows,
+        "checkpoints": {len(losses): {"sha256": "w", "tensors": {"model.a": "1", "model.b": "2"}}},
+    }
     defaults.update(kw)
     return JobRecord(phase, seed, **defaults)
 
@@ -96,9 +99,16 @@ def test_missing_jobs_steps_and_spec_changes() -> None:
 
 @pytest.mark.parametrize(
     ("a", "b", "rtol", "atol", "close"),
-    [(1.0, 1.0, 0, 0, True), (1.0, math.nextafter(1.0, 2), 0, 0, False), (1, 1.0, 0, 0, True),
-     (None, None, 0, 0, True), (None, 1.0, 1, 1, False), (100.0, 101.0, 0.01, 0, True), (0.0, 0.5, 0, 0.4, False)],
-)  # fmt: skip
+    [
+        (1.0, 1.0, 0, 0, True),
+        (1.0, math.nextafter(1.0, 2), 0, 0, False),
+        (1, 1.0, 0, 0, True),
+        (None, None, 0, 0, True),
+        (None, 1.0, 1, 1, False),
+        (100.0, 101.0, 0.01, 0, True),
+        (0.0, 0.5, 0, 0.4, False),
+    ],
+)
 def test_numbers_close(a: Any, b: Any, rtol: float, atol: float, close: bool) -> None:
     assert numbers_close(a, b, rtol=rtol, atol=atol) is close
 

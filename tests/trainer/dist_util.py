@@ -143,7 +143,8 @@ def trainer(
 
 
 def tiny_config(directory: Path, *, name: str = "config.json", **overrides: Any) -> Path:
-    """A pretrain TrainConfig of the tiny preset on a small synthetic corpus; fields overridable (camelCase)."""
+    """A pretrain TrainConfig of the tiny preset on a small synthetic corpus; fields overridable
+    (camelCase)."""
     config: dict[str, Any] = {
         "run": "tiny",
         "phase": "pretrain",

@@ -125,8 +125,16 @@ def test_a_token_id_beyond_the_vocabulary_is_a_clear_error_not_an_index_error(tm
     with pytest.raises(TokenIdOutOfRange, match=r"outside the model's vocabulary of 260 ids") as caught:
         next(iter(batches))
     assert "source 'web'" in str(caught.value) and not isinstance(caught.value, IndexError)
-    within = DistributedBatches(dataset, global_batch_size=4, micro_batch_size=2, rank=0, world_size=1,
-                                seed=0, work_dir=str(tmp_path / "w"), vocab_size=BIG_VOCAB)  # fmt: skip
+    within = DistributedBatches(
+        dataset,
+        global_batch_size=4,
+        micro_batch_size=2,
+        rank=0,
+        world_size=1,
+        seed=0,
+        work_dir=str(tmp_path / "w"),
+        vocab_size=BIG_VOCAB,
+    )
     assert int(max(b.max() for b in next(iter(within)))) < BIG_VOCAB
 
 

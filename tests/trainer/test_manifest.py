@@ -193,7 +193,8 @@ def test_summary_counts_every_kind_of_problem(tmp_path: Path) -> None:
     flip_a_byte(fs, directory, SHARDS[1])
     report = manifest.verify(fs, directory, uri="u")
     assert report.summary() == (
-        "u: FAILED (1 missing, 1 corrupted, 1 not in MANIFEST.json of 3 files; MANIFEST.json lacks __0_0.distcp)"
+        "u: FAILED (1 missing, 1 corrupted, 1 not in MANIFEST.json of 3 files; MANIFEST.json lacks "
+        "__0_0.distcp)"
     )
 
 
@@ -210,8 +211,11 @@ def test_manifest_keys_and_entries_are_pinned(tmp_path: Path) -> None:
     assert manifest.MANIFEST_NAME == "MANIFEST.json"
     assert set(record) == {"format", "step", "configHash", "parent", "createdAt", "files"}
     assert (record["format"], record["step"], record["configHash"], record["parent"]) == (
-        "olmorun.checkpoint/v1", 7, "cfg", "s3://p/step3",
-    )  # fmt: skip
+        "olmorun.checkpoint/v1",
+        7,
+        "cfg",
+        "s3://p/step3",
+    )
     assert record["files"]["trainer.pt"] == {
         "sha256": hashlib.sha256(b"trainer state").hexdigest(),
         "size": 13,

@@ -125,8 +125,15 @@ def test_dpo_objective_nll_term_is_per_chosen_token_for_both_losses(loss: str) -
     batch = PreferenceBatch(chosen, rejected)
 
     def objective(nll_coef: float) -> DPOObjective:
-        cfg = TrainConfig(run="r", phase="dpo", kind="dpo", seed=0, model=ModelConfig.preset("tiny"), save_dir="/tmp/unused",
-                          dpo={"data": {"paths": ["unused.jsonl"]}, "loss": loss, "nllCoef": nll_coef})  # fmt: skip
+        cfg = TrainConfig(
+            run="r",
+            phase="dpo",
+            kind="dpo",
+            seed=0,
+            model=ModelConfig.preset("tiny"),
+            save_dir="/tmp/unused",
+            dpo={"data": {"paths": ["unused.jsonl"]}, "loss": loss, "nllCoef": nll_coef},
+        )
         made = DPOObjective(cfg)
         made.dataset = type("Pairs", (), {"pad_id": 0})()  # loss() reads only pad_id of the dataset
         made.reference = torch.zeros(2, 2, dtype=torch.float64)

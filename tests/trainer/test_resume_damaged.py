@@ -51,8 +51,9 @@ def test_resume_skips_the_damaged_newest_checkpoint_for_the_previous_one(tmp_pat
 
 
 def test_a_job_whose_checkpoints_are_all_damaged_fails_without_retry(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, maxSteps=2, checkpoint={"intervalSteps": 1, "keepLast": 5},
-                         parallel={"strategy": "ddp"})  # fmt: skip
+    config = tiny_config(
+        tmp_path, maxSteps=2, checkpoint={"intervalSteps": 1, "keepLast": 5}, parallel={"strategy": "ddp"}
+    )
     assert trainer(["pretrain", "--config", str(config)]).returncode == 0
     out = tmp_path / "out" / "checkpoints"
     names = [flip_a_byte(out / f"step{step}") for step in (1, 2)]

@@ -112,11 +112,16 @@ def test_a_bad_skip_step_is_refused_with_its_field_path(
 def test_an_unset_skip_step_leaves_configs_and_their_hashes_as_they_were(tmp_path: Path) -> None:
     assert "skipStep" not in OptimConfig().model_dump(by_alias=True)
     assert OptimConfig(skip_step={"maxSkipped": 1}).model_dump(by_alias=True)["skipStep"] == {
-        "sigma": 6.0, "window": 128, "maxSkipped": 1}  # fmt: skip
+        "sigma": 6.0,
+        "window": 128,
+        "maxSkipped": 1,
+    }
     cfg = TrainConfig.model_validate_json(tiny_config(tmp_path).read_text())
     assert "skipStep" not in cfg.to_json()
-    assert cfg.config_hash() != cfg.model_copy(
-        update={"optim": OptimConfig(skip_step={"maxSkipped": 1})}).config_hash()  # fmt: skip
+    assert (
+        cfg.config_hash()
+        != cfg.model_copy(update={"optim": OptimConfig(skip_step={"maxSkipped": 1})}).config_hash()
+    )
 
 
 @pytest.mark.slow
@@ -125,8 +130,13 @@ def test_a_job_skips_outliers_without_touching_the_weights_then_stops_at_the_lim
     19) the updates are skipped, the weights stay those of step 19, and the third skip (maxSkipped 2)
     stops the job as Diverged."""
     optim = {"lr": 1e-3, "skipStep": {"sigma": 1e-9, "window": 19, "maxSkipped": 2}}
-    config = tiny_config(tmp_path, parallel={"strategy": "ddp"}, optim=optim, maxSteps=30,
-                         checkpoint={"intervalSteps": 1, "keepLast": 40})  # fmt: skip
+    config = tiny_config(
+        tmp_path,
+        parallel={"strategy": "ddp"},
+        optim=optim,
+        maxSteps=30,
+        checkpoint={"intervalSteps": 1, "keepLast": 40},
+    )
     result = trainer(["pretrain", "--config", str(config)], env={"OLMORUN_ATTEMPT": "1"}, timeout=300)
     assert result.returncode == EXIT_PERMANENT, result.stdout[-2000:] + result.stderr[-3000:]
     failure = read_failure(str(tmp_path / "out"), attempt=1)

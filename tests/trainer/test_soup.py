@@ -155,7 +155,8 @@ def test_soup_phase_entry_point_is_discoverable_and_idempotent(tmp_path: Path) -
 
 
 def test_holds_one_ingredient_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Memory stays at about two models (the fp32 sum + one ingredient), whatever the number of ingredients."""
+    """Memory stays at about two models (the fp32 sum + one ingredient), whatever the number of
+    ingredients."""
     import gc
     import weakref
 

@@ -305,7 +305,8 @@ def unsafe(uri: str, error: BaseException) -> PermanentFailure:
     retrying would read the same bytes."""
     return PermanentFailure(
         UNSAFE_CHECKPOINT_REASON,
-        f"{uri} names something a checkpoint never holds ({safe_load.refusal(error)[:300]}); it was not loaded (loading it "
+        f"{uri} names something a checkpoint never holds ({safe_load.refusal(error)[:300]}); it was not "
+        "loaded (loading it "
         "could run code). Restore the checkpoint from the archive or delete it",
     )
 
@@ -508,7 +509,8 @@ class Checkpointer:
         fs.mv(manifest_path(path), damaged_manifest_path(path))
 
     def _fence(self, action: str) -> None:
-        """Rank 0, right before a commit or deletion: raise lease.Fenced unless this attempt holds the lease."""
+        """Rank 0, right before a commit or deletion: raise lease.Fenced unless this attempt holds the
+        lease."""
         if self.lease is not None:
             self.lease.check(action)
 
@@ -703,7 +705,8 @@ class Checkpointer:
             saved = _read_trainer_file(uri, self.storage_options)
             if saved["world_size"] != _world_size():
                 log.warning(
-                    "%s was saved by %d ranks and is loaded by %d: per-rank trainer state is reused modulo %d",
+                    "%s was saved by %d ranks and is loaded by %d: per-rank trainer state is reused modulo "
+                    "%d",
                     uri,
                     saved["world_size"],
                     _world_size(),

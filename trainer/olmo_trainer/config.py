@@ -472,7 +472,8 @@ class TrackingConfig(ConfigModel):
     namespace: str | None = None
     """Namespace of the OlmoRun: part of the wandb run id (same spec and name in two namespaces: two runs)."""
     run_uid: str | None = None
-    """metadata.uid of the OlmoRun: part of the wandb run id (a run deleted and created again is a new one)."""
+    """metadata.uid of the OlmoRun: part of the wandb run id (a run deleted and created again is a new
+    one)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,7 +587,8 @@ def rlvr_batch_problem(rl: RLVRConfig, batch: BatchConfig, world_size: int) -> t
     if prompts % world_size:
         return (
             "globalBatchSize",
-            f"{prompts} prompts per rollout do not split over {world_size} ranks; use a multiple of {world_size}",
+            f"{prompts} prompts per rollout do not split over {world_size} ranks; use a multiple of "
+            f"{world_size}",
         )
     sequences = prompts // world_size * rl.samples_per_prompt
     if sequences % micro:

@@ -7,7 +7,8 @@ means something else (EOS is another token). `check_data` compares every source'
 model before anything runs:
 
     check = check_data(cfg.data, cfg.model, field="data", model_field="model")
-    check.problems    # ["data.sources[0] ('web'): the token arrays were made with a vocabulary of 1002 ids ..."]
+    check.problems    # ["data.sources[0] ('web'): the token arrays were made with a vocabulary of 1002 ids
+    ..."]
     check.warnings    # sources without a record: they still train
 
 It is torch- and numpy-free: the trainer calls it at job start and `olmorun validate` calls it on
@@ -105,7 +106,8 @@ def _array_dirs(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
 def source_records(
     source: DataSource, *, remote: bool = True
 ) -> tuple[list[DataRecord], list[str], list[str], list[str]]:
-    """(records, directories without one, paths not readable from here, paths that match no file) of one source.
+    """(records, directories without one, paths not readable from here, paths that match no file) of one
+    source.
 
     remote=False looks at local paths only (reaching object storage may need credentials or a network
     this process does not have).

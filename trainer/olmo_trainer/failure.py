@@ -1,4 +1,5 @@
-"""Why a job failed when retrying cannot help: `<save_dir>/failure.json`, written by the job, read by the operator.
+"""Why a job failed when retrying cannot help: `<save_dir>/failure.json`, written by the job, read by the
+operator.
 
 torchrun reports any worker's failure as exit status 1, so the exit code cannot tell the operator that a
 job diverged or was given data it cannot train on. The job says so in a small record beside its
@@ -6,7 +7,8 @@ checkpoints; the operator (reconcile.observe) reads it for a failed attempt, mar
 the reason and does not retry it.
 
     raise PermanentFailure("Diverged", "loss nan at step 2", step=2)     # in the trainer
-    record_failure(save_dir, failure)                                     # __main__, then exit EXIT_PERMANENT (layout)
+    record_failure(save_dir, failure)                                     # __main__, then exit EXIT_PERMANENT
+    (layout)
     read_failure(save_dir, attempt=3)                                     # the operator: Failure | None
 
 A job that carries on after something worth knowing (it skipped a damaged checkpoint) leaves a
@@ -27,8 +29,15 @@ from typing import Any
 from olmo_trainer.layout import EXIT_PERMANENT, failure_uri, notice_uri
 from olmo_trainer.manifest import open_uri
 
-__all__ = ["EXIT_PERMANENT", "Failure", "PermanentFailure", "read_failure", "read_notice", "record_failure",
-           "record_notice"]  # fmt: skip
+__all__ = [
+    "EXIT_PERMANENT",
+    "Failure",
+    "PermanentFailure",
+    "read_failure",
+    "read_notice",
+    "record_failure",
+    "record_notice",
+]
 
 ATTEMPT_ENV = "OLMORUN_ATTEMPT"
 """Set by the launcher on every job: a record names the attempt that wrote it, so an old one is ignored."""

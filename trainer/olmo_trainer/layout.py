@@ -8,9 +8,12 @@ all call it, so none of them spells a path, a step regex, an exit code or a step
 Where a job writes (its `save_dir`, a local path or an fsspec URI; DESIGN.md "Object storage layout"):
 
     <save_dir>/checkpoints/step<N>/        one checkpoint: DCP shards, trainer.pt, config.json, MANIFEST.json
-                                           (MANIFEST.damaged.json instead: un-committed, found damaged on resume)
-    <save_dir>/metrics.jsonl               one JSON object per optimizer step, on a local disk (metrics_log.py)
-    <save_dir>/metrics.jsonl.d/<seq>.jsonl the same stream in segments on an object store, read back as one file
+                                           (MANIFEST.damaged.json instead: un-committed, found damaged on
+                                           resume)
+    <save_dir>/metrics.jsonl               one JSON object per optimizer step, on a local disk
+    (metrics_log.py)
+    <save_dir>/metrics.jsonl.d/<seq>.jsonl the same stream in segments on an object store, read back as one
+    file
     <save_dir>/failure.json, notice.json   why the job failed for good / what it wants shown (failure.py)
     <save_dir>/lease.json                  which attempt of the job may commit and prune here (lease.py)
 
@@ -24,7 +27,8 @@ How many optimizer steps it runs: `total_steps` (the operator's progress and ETA
 (the trainer's whole per-world-size arithmetic) and `final_step` (where its last checkpoint lands,
 which `olmorun render` shows) share one formula.
 
-    step_uri("s3://b/run/phases/pretrain/checkpoints", 100)   # 's3://b/run/phases/pretrain/checkpoints/step100'
+    step_uri("s3://b/run/phases/pretrain/checkpoints", 100)   #
+    's3://b/run/phases/pretrain/checkpoints/step100'
     step_of("s3://b/run/archive/pretrain/step100/")           # 100
 """
 
@@ -58,7 +62,8 @@ FAILURE_NAME = "failure.json"
 NOTICE_NAME = "notice.json"
 """Beside the checkpoints: a warning the running job wants on the run, the latest one (failure.py)."""
 LEASE_NAME = "lease.json"
-"""Beside the checkpoints: the attempt that owns the save_dir, the only one allowed to commit or prune (lease.py)."""
+"""Beside the checkpoints: the attempt that owns the save_dir, the only one allowed to commit or prune
+(lease.py)."""
 STEP_PREFIX = "step"
 _STEP_NAME = re.compile(rf"^{STEP_PREFIX}(\d+)$")
 
@@ -208,7 +213,8 @@ def plan_steps(cfg: TrainConfig, world_size: int) -> StepPlan:
     micro, global_batch = cfg.batch.micro_batch_size, cfg.batch.global_batch_size
     if global_batch % (micro * world_size):
         raise ValueError(
-            f"globalBatchSize {global_batch} is not divisible by microBatchSize x world size = {micro} x {world_size}"
+            f"globalBatchSize {global_batch} is not divisible by microBatchSize x world size = {micro} x "
+            f"{world_size}"
         )
     seq = cfg.data.sequence_length
     tokens_per_step = global_batch * seq

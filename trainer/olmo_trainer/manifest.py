@@ -69,7 +69,8 @@ DCP_METADATA = ".metadata"
 checkpoint of this project is a DCP one, so a MANIFEST that lacks it, or lacks a shard it names,
 describes a checkpoint that cannot be loaded (torch filesystem.py `_metadata_fn`)."""
 VERIFY_WORKERS = 8
-"""Files re-hashed at once by `verify`: hashlib releases the GIL, and object stores serve reads in parallel."""
+"""Files re-hashed at once by `verify`: hashlib releases the GIL, and object stores serve reads in
+parallel."""
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -218,7 +219,8 @@ def build_manifest(
 
 
 def content_sha256(record: dict[str, Any] | None) -> str | None:
-    """The content identity of a checkpoint from its MANIFEST (None for checkpoints made before it existed)."""
+    """The content identity of a checkpoint from its MANIFEST (None for checkpoints made before it
+    existed)."""
     content = (record or {}).get("content")
     return content.get("sha256") if isinstance(content, dict) else None
 

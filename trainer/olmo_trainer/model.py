@@ -17,7 +17,8 @@ before RoPE), SwiGLU, RoPE theta 500k, no biases, an untied LM head after a fina
 Parallelism (FSDP2 per block), activation checkpointing and compile live outside this file; they wrap
 each element of `model.blocks`. Inference lives outside it too: the one hook is the optional `cache`
 argument (the `DecodeCache` protocol), through which `olmo_trainer.generate` supplies each row's
-positions and each layer's attention over its past keys/values. It cannot live entirely outside: calling the model itself
+positions and each layer's attention over its past keys/values. It cannot live entirely outside: calling the
+model itself
 (not its submodules) is what keeps FSDP2's per-module hooks, checkpoint wrappers and compile working.
 """
 

@@ -34,7 +34,8 @@ Verifier = Callable[[str, str], bool]
 
 
 class RewardError(ValueError):
-    """A row names a verifier, constraint or argument that does not exist, or its ground truth is malformed."""
+    """A row names a verifier, constraint or argument that does not exist, or its ground truth is
+    malformed."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,7 +102,8 @@ def read_dcp_metadata(stream: Any) -> Metadata:
 
 
 def _read_metadata(reader: FileSystemReader, rank: int | None) -> Metadata:
-    """FileSystemReader.read_metadata (torch 2.13, filesystem.py) with the allow-list in place of pickle.load."""
+    """FileSystemReader.read_metadata (torch 2.13, filesystem.py) with the allow-list in place of
+    pickle.load."""
     with reader.fs.create_stream(reader._get_metadata_path(rank), "rb") as stream:
         metadata = read_dcp_metadata(stream)
     if getattr(metadata, "storage_meta", None) is None:

@@ -72,7 +72,8 @@ def check_same_model(uris: list[str], storage_options: dict[str, Any] | None = N
             continue
         if found is not None and model != found[1]:
             raise SoupError(
-                f"soup ingredients are different models: {found[0]} vs {uri} differ in {_differences(found[1], model)}"
+                f"soup ingredients are different models: {found[0]} vs {uri} differ in "
+                f"{_differences(found[1], model)}"
             )
         found = found or (uri, model)
     return None if found is None else found[1]

@@ -18,7 +18,8 @@ states, and CPU runs use deterministic algorithms, so a killed and restarted run
 to an uninterrupted one. (GPU runs are not forced deterministic: that would cost throughput.)
 
 Every rank materialises the whole model before FSDP2 keeps its shard: simple, and identical
-weights everywhere by construction; it needs one full fp32 copy per GPU at start (7B: 28 GB). On SIGTERM (preemption, a pod being evicted) the current step finishes, a
+weights everywhere by construction; it needs one full fp32 copy per GPU at start (7B: 28 GB). On SIGTERM
+(preemption, a pod being evicted) the current step finishes, a
 checkpoint is saved and the process exits with EXIT_PREEMPTED; the retried job resumes there.
 """
 
@@ -352,8 +353,11 @@ def check_skip_limit(step: int, rule: SkipStepRule | None, record: dict[str, Any
     than optim.skipStep.maxSkipped steps (the run is not recovering)."""
     assert rule is not None
     if info.rank == 0:
-        print(f"warning: step {step} skipped by optim.skipStep (loss {record['loss']:.4f}, grad_norm "
-              f"{record['grad_norm']:.3f}): {rule.skipped} skipped of {rule.limit} allowed", flush=True)  # fmt: skip
+        print(
+            f"warning: step {step} skipped by optim.skipStep (loss {record['loss']:.4f}, grad_norm "
+            f"{record['grad_norm']:.3f}): {rule.skipped} skipped of {rule.limit} allowed",
+            flush=True,
+        )
     if rule.exceeded:
         raise PermanentFailure(
             "Diverged",
@@ -413,9 +417,16 @@ class Job:
             # steps train a varying number of tokens (post-training) still follows it exactly.
             lr = self.schedule.lr((state.step + 1) * plan.tokens_per_step)
             result = train_step(
-                self.model, self.optimizer, self.objective, next(batches), cfg=cfg, info=info, lr=lr,
-                preempted=state.preempted, skip=state.skip,
-            )  # fmt: skip
+                self.model,
+                self.optimizer,
+                self.objective,
+                next(batches),
+                cfg=cfg,
+                info=info,
+                lr=lr,
+                preempted=state.preempted,
+                skip=state.skip,
+            )
             sums, stop = result.sums, result.stop
             step_tokens = int(sums.get("tokens", plan.tokens_per_step))
             state.step, state.tokens, state.lr = state.step + 1, state.tokens + step_tokens, lr
@@ -498,7 +509,8 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
         objective=objective,
     )
     job.checkpointer.acquire_lease()  # an older attempt than the directory's owner stops here (Fenced)
-    job.checkpointer.cleanup_uncommitted()  # collective: nobody lists checkpoints while rank 0 removes torn ones
+    # collective: nobody lists checkpoints while rank 0 removes torn ones
+    job.checkpointer.cleanup_uncommitted()
     latest = job.checkpointer.latest_intact()  # each rank re-hashes its share against the MANIFEST
     # The parent's weights first, on a resume too: the objective may need the frozen parent (DPO's
     # reference); a resumed job then overwrites them with its own checkpoint.
@@ -509,8 +521,11 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
         job.checkpointer.load(latest[1], job.app_state)
     if info.rank == 0 and job.checkpointer.skipped:
         resumed = f"resumed from {latest[1]}" if latest else "no intact checkpoint"
-        record_notice(cfg.save_dir, "CheckpointDamaged",
-                      f"skipped damaged checkpoint(s) {'; '.join(job.checkpointer.skipped)}; {resumed}")  # fmt: skip
+        record_notice(
+            cfg.save_dir,
+            "CheckpointDamaged",
+            f"skipped damaged checkpoint(s) {'; '.join(job.checkpointer.skipped)}; {resumed}",
+        )
     if info.rank == 0:
         write_env(cfg, batches=batches)  # the job's run record: versions, devices, determinism, data hashes
         origin = (

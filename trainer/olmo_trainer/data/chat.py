@@ -224,7 +224,8 @@ def expand_chat_paths(paths: Sequence[str]) -> list[str]:
 
 
 def read_rows(paths: Sequence[str]) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """(file, line number, row) of every non-empty line; .gz is decompressed. Raises ValueError on bad JSON."""
+    """(file, line number, row) of every non-empty line; .gz is decompressed. Raises ValueError on bad
+    JSON."""
     for path in expand_chat_paths(paths):
         with open_uri(path, "rt", compression="infer", encoding="utf-8") as stream:
             for number, line in enumerate(stream, start=1):

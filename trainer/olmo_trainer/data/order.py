@@ -166,7 +166,8 @@ class DistributedBatches:
         if state.get("seed") != self.seed or state.get("dataset") != self.dataset.fingerprint:
             raise ValueError(
                 "the saved data position belongs to another dataset or seed "
-                f"(saved {state.get('dataset')}/seed {state.get('seed')}, now {self.dataset.fingerprint}/seed {self.seed})"
+                f"(saved {state.get('dataset')}/seed {state.get('seed')}, now "
+                f"{self.dataset.fingerprint}/seed {self.seed})"
             )
         self.step, self.epoch, self.cursor = int(state["step"]), int(state["epoch"]), int(state["cursor"])
 

@@ -10,7 +10,8 @@ total = policy + vfCoef * value (vf_coef 0.1, clip 0.2 for both; ../shared/OLMO2
     rewards = kl_penalised_rewards(old_logp, ref_logp, scores, mask, kl_beta=0.05)
     adv, returns = gae(rewards, values, mask, gamma=1.0, lam=0.95)
     adv = whiten(adv, mask)
-    out = ppo_loss(logp, old_logp, adv, new_values, values, returns, mask, clip=0.2, vf_coef=0.1, num_tokens=n)
+    out = ppo_loss(logp, old_logp, adv, new_values, values, returns, mask, clip=0.2, vf_coef=0.1,
+    num_tokens=n)
 """
 
 from __future__ import annotations

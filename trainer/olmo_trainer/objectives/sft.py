@@ -71,7 +71,8 @@ def chat_plan(cfg: TrainConfig, num_rows: int, *, epochs: int, max_length: int, 
     micro, global_batch = cfg.batch.micro_batch_size, cfg.batch.global_batch_size
     if global_batch % (micro * world_size):
         raise ValueError(
-            f"globalBatchSize {global_batch} is not divisible by microBatchSize x world size = {micro} x {world_size}"
+            f"globalBatchSize {global_batch} is not divisible by microBatchSize x world size = {micro} x "
+            f"{world_size}"
         )
     if num_rows < global_batch:
         raise ValueError(
