@@ -1,7 +1,7 @@
 """The OlmoRun API: pydantic spec and status, the single source of truth.
 
-The CRD (crd.py), the README reference, `olmorun validate` and the operator's parsing all derive from
-these models. Python names are snake_case; the wire format is camelCase (Kubernetes convention).
+The CRD (crd.py), the reference (docs/reference.md), `olmorun validate` and the operator's parsing all
+derive from these models. Python names are snake_case; the wire format is camelCase (Kubernetes convention).
 
     run = parse_olmorun(yaml.safe_load(text))      # raises SpecError with every problem at once
     problems = check_olmorun(document)             # the same, as a list
@@ -148,10 +148,15 @@ class Toleration(ConfigModel):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
     key: str | None = None
+    """The taint key this toleration matches; empty with operator Exists matches every key."""
     operator: Literal["Exists", "Equal"] | None = None
+    """Equal (the default) matches the taint's value; Exists matches any value."""
     value: str | None = None
+    """The taint value to match when the operator is Equal."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """The taint effect to match; empty matches every effect."""
     toleration_seconds: int | None = None
+    """With NoExecute: how long the pod stays bound after the taint appears; empty means forever."""
 
 
 class ClusterSpec(ConfigModel):
@@ -168,12 +173,14 @@ class ClusterSpec(ConfigModel):
     shm_size: ShmQuantity = "64Gi"
     """Size of the memory-backed /dev/shm volume (data-loader workers and NCCL need it)."""
     node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels a training pod's node must carry (e.g. the GPU node pool's label)."""
     tolerations: list[Toleration] = Field(default_factory=list)
     affinity: dict[str, Any] = Field(default_factory=dict)
     """core/v1 Affinity, passed through unchanged."""
     queue: str = "default"
     """Volcano queue."""
     priority_class_name: str | None = None
+    """PriorityClass of the training pods (Volcano preempts lower priorities first)."""
     service_account_name: str | None = None
     """Service account of the training pods (e.g. for workload identity)."""
 
@@ -186,7 +193,9 @@ class WandbSpec(ConfigModel):
     """Weights & Biases tracking; offline unless the Secret provides WANDB_API_KEY."""
 
     project: str = Field(min_length=1)
+    """W&B project of every job of the run."""
     entity: str | None = None
+    """W&B entity (user or team); empty: the API key's default entity."""
     secret_ref: SecretRef | None = None
 
 

@@ -42,10 +42,14 @@ def register(sub: Any) -> None:
     gen.set_defaults(func=cmd_crd)
 
     ref = sub.add_parser(
-        "reference", help="print the OlmoRun reference (Markdown) or update the README's copy"
+        "reference",
+        help=f"print the OlmoRun reference (Markdown) or update a copy ({reference.REFERENCE_PATH})",
     )
-    ref.add_argument("--readme", help="rewrite the generated block of this README instead of printing")
-    ref.add_argument("--check", action="store_true", help="with --readme: exit 1 if the block is stale")
+    ref.add_argument(
+        "--file",
+        help=f"rewrite the generated block of this Markdown file (e.g. {reference.REFERENCE_PATH})",
+    )
+    ref.add_argument("--check", action="store_true", help="with --file: exit 1 if the block is stale")
     ref.set_defaults(func=cmd_reference)
 
 
@@ -181,19 +185,19 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    """`olmorun reference`. Raises UserError when the README cannot be read or has no markers."""
-    if not args.readme:
+    """`olmorun reference`. Raises UserError when the file cannot be read or has no markers."""
+    if not args.file:
         print(reference.render_reference())
         return 0
     try:
-        current = reference.update_readme(Path(args.readme), check=args.check)
+        current = reference.update_file(Path(args.file), check=args.check)
     except (OSError, ValueError) as error:
         raise UserError(str(error)) from None
     if args.check and not current:
         print(
-            f"{args.readme}: the OlmoRun reference is stale; run `olmorun reference --readme {args.readme}`",
+            f"{args.file}: the OlmoRun reference is stale; run `olmorun reference --file {args.file}`",
             file=sys.stderr,
         )
         return 1
-    print(f"{args.readme}: reference {'current' if current else 'updated'}")
+    print(f"{args.file}: reference {'current' if current else 'updated'}")
     return 0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from olmo_operator import reference
+
 ROOT = Path(__file__).parents[2]
 OLMORUN = [sys.executable, "-m", "olmo_operator.cli"]
 
@@ -88,8 +90,8 @@ def test_crd_writes_and_checks_every_committed_copy(tmp_path: Path) -> None:
     )
 
 
-def test_readme_reference_is_current() -> None:
-    result = run("reference", "--readme", "README.md", "--check")
+def test_docs_reference_is_current() -> None:
+    result = run("reference", "--file", str(reference.REFERENCE_PATH), "--check")
     assert result.returncode == 0, result.stderr
 
 
@@ -106,3 +108,18 @@ def test_reference_covers_every_spec_model() -> None:
     ):
         assert f"### {heading}" in text
     assert "| `maxTokens` | tokens (int or `50B`) |" in text
+
+
+def test_reference_rows_name_quantities_show_yaml_defaults_and_describe_every_field() -> None:
+    rows = [line.split(" | ") for line in reference.render_reference().splitlines() if line.startswith("| `")]
+    assert rows and all(len(row) == 4 for row in rows)
+    by_field = {row[0].strip("| `"): row for row in rows}
+    for quantity in ("cpu", "memory", "shmSize"):
+        assert by_field[quantity][1].startswith("quantity"), by_field[quantity]
+    assert by_field["betas"][2] == "`[0.9, 0.95]`" and by_field["suspend"][2] == "`false`"
+    assert not any(
+        default.strip("`") in {"True", "False", "None"} or default.startswith("`(")
+        for _, _, default, _ in rows
+    ), "a default written as a Python repr"
+    undescribed = [row[0] for row in rows if not row[3].strip(" |")]
+    assert not undescribed, f"fields without a description: {undescribed}"

@@ -327,6 +327,7 @@ class NgramFilter(ConfigModel):
     """OLMo 2 stability filter: drop instances where a short n-gram repeats too often."""
 
     enabled: bool = True
+    """Whether the filter runs; false reads every instance as it is."""
     max_period: int = Field(default=13, gt=0)
     """Longest n-gram length checked (1..max_period)."""
     max_repetitions: int = Field(default=32, gt=1)
@@ -385,8 +386,11 @@ class OptimConfig(ConfigModel):
         return lr
 
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's decay rates of the first and second moment estimates (OLMo 2: 0.9, 0.95)."""
     eps: float = Field(default=1e-8, gt=0)
+    """AdamW's epsilon, added to the second moment's square root (OLMo 2: 1e-8)."""
     weight_decay: float = Field(default=0.1, ge=0)
+    """Decoupled weight decay (OLMo 2: 0.1), applied to every parameter group but the excluded ones."""
     decay_embeddings: bool = False
     """OLMo 2 excludes embeddings from weight decay."""
     max_grad_norm: float | None = Field(default=1.0, gt=0)
@@ -460,6 +464,7 @@ class ParallelConfig(ConfigModel):
     precision: Literal["bf16", "fp32"] = "bf16"
     """bf16 autocast with fp32 master weights and reductions on GPU; CPU runs in fp32."""
     activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory, about a third more compute."""
     compile: bool = False
     """torch.compile each block."""
 
@@ -497,6 +502,7 @@ class SFTConfig(ConfigModel):
 
     data: ChatDataConfig
     epochs: int = Field(default=2, gt=0)
+    """Passes over the data (OLMo 2 SFT: 2)."""
     reduction: Literal["sum", "mean"] = "sum"
     """sum: summed CE over trained tokens per sequence (OLMo 2's LRs assume it); mean: per trained token."""
 
@@ -510,6 +516,7 @@ class DPOConfig(ConfigModel):
     loss: Literal["dpo_norm", "dpo"] = "dpo_norm"
     """dpo_norm: log-probs averaged over each sequence's trained tokens; dpo: summed (the original DPO)."""
     epochs: int = Field(default=1, gt=0)
+    """Passes over the preference pairs (OLMo 2 DPO: 1)."""
     nll_coef: float = Field(default=0.0, ge=0)
     """Weight of a negative log-likelihood term on the chosen response, per token, added to each pair's
     loss (RPO: Pang et al. 2024, arXiv:2404.19733, weight 1 there). OLMo 2: 0, pure DPO."""
