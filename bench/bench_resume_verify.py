@@ -72,7 +72,7 @@ def main() -> None:
                 f"\n## bench_resume_verify — {stamp}\n\n`.venv/bin/python bench/bench_resume_verify.py "
                 f"--shard-mb {args.shard_mb} --shards {args.shards}` (2 shared CPU cores)\n\n{text}\n\n"
                 "Network storage reads slower than local disk: a SeaweedFS S3 GET on loopback runs ~170 MB/s "
-                "per client (shared/STACK.md), which then bounds the per-rank rate.\n"
+                "per client (bench_archive's reads), which then bounds the per-rank rate.\n"
             )
 
 

@@ -2,9 +2,10 @@
 
 pydantic emits JSON Schema 2020-12 with `$ref`s, `anyOf` for optionals and numeric exclusive bounds;
 the API server wants an OpenAPI v3 *structural* schema. `structural()` converts one into the other
-(rules in ../shared/STACK.md). `build_crd()` adds the status subresource, printer columns, the short
-name and CEL rules; `olmorun crd` writes it to manifests/crd/ and to the Helm chart's crds/ (the same
-bytes in both: CRD_PATHS), and a golden test keeps both current.
+(rules: Kubernetes' CustomResourceDefinition docs, "Specifying a structural schema"). `build_crd()`
+adds the status subresource, printer columns, the short name and CEL rules; `olmorun crd` writes it to
+manifests/crd/ and to the Helm chart's crds/ (the same bytes in both: CRD_PATHS), and a golden test
+keeps both current.
 """
 
 from __future__ import annotations

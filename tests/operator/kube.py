@@ -1,6 +1,6 @@
 """A Kubernetes API for tests: kmock's emulator with the gaps that matter to kopf filled in.
 
-kmock's `KubernetesEmulator` stores objects and streams watch events, but (see shared/STACK.md) it
+kmock's `KubernetesEmulator` stores objects and streams watch events, but it
 stamps no uid/resourceVersion/generation, knows no status subresource, enforces no schema and
 names no objects created with `generateName`. `Emulator` adds, on every write:
 

@@ -2,7 +2,8 @@
 
 This module imports no torch: the operator validates and resolves the same models that the trainer
 runs. Field names are snake_case in Python and camelCase on the wire (the OlmoRun spec, config.json),
-the Kubernetes convention. Presets follow ../shared/OLMO2.md; `ModelConfig.preset("olmo2-7b")`.
+the Kubernetes convention. Presets follow the OLMo 2 paper (arXiv:2501.00656);
+`ModelConfig.preset("olmo2-7b")`.
 
 Token budgets accept integers or strings with a suffix: ``50B``, ``3.9T``, ``10M``, ``64K``.
 """

@@ -2,7 +2,8 @@
 
 Reads top to bottom: norm -> rotary -> attention -> MLP -> block -> model. The config is
 `olmo_trainer.config.ModelConfig` (presets 1B/7B/13B/32B and `tiny`). What makes it OLMo 2
-(../shared/OLMO2.md): the *reordered* norm (each sublayer's output is normalised before the residual
+(OLMo 2 paper, arXiv:2501.00656): the *reordered* norm (each sublayer's output is normalised before the
+residual
 add), RMSNorm in fp32 with eps 1e-6, QK-norm over the whole q/k projection (before splitting heads and
 before RoPE), SwiGLU, RoPE theta 500k, no biases, an untied LM head after a final norm, and GQA.
 

@@ -5,7 +5,7 @@ into a `Schedule`; `schedule.lr(tokens)` is the learning rate once `tokens` toke
 The loop asks for the LR of step s at the tokens seen *after* that step, so the first warmup step
 already moves the weights (an LR of exactly 0 would waste it).
 
-Kinds (OLMo 2, ../shared/OLMO2.md):
+Kinds (OLMo 2 paper, arXiv:2501.00656; allenai/OLMo `olmo/optim.py`):
 - ``cosine``: linear warmup to the peak, then half a cosine down to ``peak * final_lr_ratio`` at
   ``t_max_tokens`` (pretraining: 10%), flat after it (OLMo 2 7B stopped before its t_max).
 - ``linear``: warmup (usually none), then a straight line down to **zero** at ``t_max_tokens``

@@ -7,7 +7,7 @@ Rows are JSON lines (.jsonl or .jsonl.gz, local or any fsspec URL), in the publi
                  or a message list, prepended to both when they do not already start with it)
     RL/eval:     {"messages": [...], "ground_truth": "..."}              (read by evaluate.py / RL)
 
-The OLMo 2 template (tokenizer_config.json of allenai/OLMo-2-1124-*-Instruct; ../shared/OLMO2.md):
+The OLMo 2 template (tokenizer_config.json of allenai/OLMo-2-1124-*-Instruct):
 
     <|endoftext|>                                   BOS (the same token as EOS, id 100257 in dolma2)
     <|system|>\\n{c}\\n   <|user|>\\n{c}\\n   <|assistant|>\\n{c}<|endoftext|>  (+ "\\n" unless last)

@@ -1,7 +1,7 @@
 """GRPO (Shao et al. 2024, DeepSeekMath section 4.1) as OLMo 2 1B-Instruct was trained: the losses.
 
 For each prompt, `samplesPerPrompt` responses are sampled and scored; each response's advantage is
-its reward normalised within its group, (r - mean) / (std + 1e-8) (../shared/OLMO2.md "RLVR"; std is
+its reward normalised within its group, (r - mean) / (std + 1e-8) (DeepSeekMath, arXiv:2402.03300; std is
 the unbiased sample std, as torch computes it and TRL/open-instruct use). A group whose rewards are
 all equal gives every member advantage 0, so it contributes no gradient; those groups are counted.
 

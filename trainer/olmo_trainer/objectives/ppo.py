@@ -5,7 +5,7 @@ KL to the frozen reference), plus the verifiable score at the response's last to
 GAE (Schulman et al. 2016, eq. 16) with gamma 1 and lambda 0.95 over the value model's estimates,
 then whitened over all response tokens of the batch. The policy loss is the clipped surrogate
 (shared with GRPO), the value loss the clipped squared error 0.5 * max((V - R)^2, (V_clip - R)^2),
-total = policy + vfCoef * value (vf_coef 0.1, clip 0.2 for both; ../shared/OLMO2.md "RLVR").
+total = policy + vfCoef * value (vf_coef 0.1, clip 0.2 for both; open-instruct's PPO defaults).
 
     rewards = kl_penalised_rewards(old_logp, ref_logp, scores, mask, kl_beta=0.05)
     adv, returns = gae(rewards, values, mask, gamma=1.0, lam=0.95)

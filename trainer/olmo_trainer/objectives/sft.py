@@ -1,6 +1,6 @@
 """Supervised fine-tuning (Tülu 3 / OLMo 2-Instruct): cross-entropy on assistant tokens only.
 
-Reduction (`sft.reduction`, ../shared/OLMO2.md):
+Reduction (`sft.reduction`; open-instruct `finetune.py` `reduce_loss`):
 - `sum` (default, the paper's): the step's loss is the CE SUMMED over every trained token of the global
   batch, divided by the number of sequences in it (a constant: the global batch size). That equals
   open-instruct's Dec 2024 `--reduce_loss sum` at its published setting of one sequence per device and
