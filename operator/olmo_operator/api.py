@@ -190,12 +190,20 @@ class ClusterSpec(ConfigModel):
 
 
 class WandbSpec(ConfigModel):
-    """Weights & Biases tracking; offline unless the Secret provides WANDB_API_KEY."""
+    """Weights & Biases tracking; offline unless the Secret provides WANDB_API_KEY.
+
+    Without this block no job starts a W&B run. Each job is one W&B run, grouped by the OlmoRun and
+    typed by its phase (as OLMo-core's WandBCallback names `group` and `job_type`); an offline run is
+    kept with the job's records in storage (`<save dir>/wandb/`) for `wandb sync`."""
 
     project: str = Field(min_length=1)
     """W&B project of every job of the run."""
     entity: str | None = None
     """W&B entity (user or team); empty: the API key's default entity."""
+    group: str | None = Field(default=None, min_length=1, max_length=128)
+    """W&B group of the run's jobs; empty: the OlmoRun's name, so one run's jobs are one group."""
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    """W&B tags of every job; each job also gets its phase kind (`pretrain`, `sft`, ...) as a tag."""
     secret_ref: SecretRef | None = None
 
 

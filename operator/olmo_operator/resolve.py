@@ -33,12 +33,19 @@ def _data(phase: PhaseSpec, seed: int) -> DataConfig | None:
     return phase.data.model_copy(update={"seed": seed})
 
 
-def _tracking(run: OlmoRun) -> TrackingConfig:
+def _tracking(run: OlmoRun, phase: PhaseSpec) -> TrackingConfig:
     wandb = run.spec.tracking.wandb
     owner = {"namespace": run.namespace, "run_uid": run.metadata.uid}
     if wandb is None:
         return TrackingConfig(**owner)
-    return TrackingConfig(project=wandb.project, entity=wandb.entity, **owner)
+    return TrackingConfig(
+        project=wandb.project,
+        entity=wandb.entity,
+        group=wandb.group or run.name,
+        job_type=phase.name,
+        tags=[*wandb.tags, *([phase.kind] if phase.kind not in wandb.tags else [])],
+        **owner,
+    )
 
 
 def _parallel(run: OlmoRun, phase: PhaseSpec) -> ParallelConfig:
@@ -77,7 +84,7 @@ def resolve_config(
         max_steps=phase.max_steps,
         checkpoint=phase.checkpoint or CheckpointConfig(),
         parallel=_parallel(run, phase),
-        tracking=_tracking(run),
+        tracking=_tracking(run, phase),
         save_dir=layout.save_dir(run, phase, seed),
         init_from=init_from,
         soup_from=list(soup_from),

@@ -172,6 +172,7 @@ def test_anneal_inherits_the_parents_lr_and_weights(tmp_path: Path) -> None:
         optim={"lr": "inherit"},
         schedule={"kind": "linear"},
         maxSteps=4,
+        tracking={"project": "tiny"},
     )
     result = trainer(["anneal", "--config", str(config)], env={"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -471,10 +471,19 @@ class ParallelConfig(ConfigModel):
 
 
 class TrackingConfig(ConfigModel):
-    """Weights & Biases: online when WANDB_API_KEY is present, offline otherwise."""
+    """Weights & Biases: a W&B run only when `project` is set; online when WANDB_API_KEY is present,
+    offline otherwise."""
 
     project: str | None = None
+    """W&B project; null: the job starts no W&B run (metrics.jsonl is written either way)."""
     entity: str | None = None
+    """W&B entity (user or team); null: the API key's default."""
+    group: str | None = None
+    """W&B group: the OlmoRun, so a run's jobs are one group."""
+    job_type: str | None = None
+    """W&B job type: the phase's name."""
+    tags: list[str] = Field(default_factory=list)
+    """W&B tags: the spec's, then the phase kind."""
     namespace: str | None = None
     """Namespace of the OlmoRun: part of the wandb run id (same spec and name in two namespaces: two runs)."""
     run_uid: str | None = None

@@ -64,6 +64,8 @@ NOTICE_NAME = "notice.json"
 LEASE_NAME = "lease.json"
 """Beside the checkpoints: the attempt that owns the save_dir, the only one allowed to commit or prune
 (lease.py)."""
+WANDB_NAME = "wandb"
+"""Beside the checkpoints: W&B's offline runs of the job (`wandb sync <save_dir>/wandb/offline-run-*`)."""
 STEP_PREFIX = "step"
 _STEP_NAME = re.compile(rf"^{STEP_PREFIX}(\d+)$")
 
@@ -132,6 +134,12 @@ def notice_uri(save_dir: str) -> str:
 def lease_uri(save_dir: str) -> str:
     """`<save_dir>/lease.json`."""
     return join(save_dir, LEASE_NAME)
+
+
+def wandb_uri(save_dir: str) -> str:
+    """`<save_dir>/wandb`: W&B writes `offline-run-*` folders there (a local save dir) or they are
+    uploaded there when the job ends (object storage)."""
+    return join(save_dir, WANDB_NAME)
 
 
 def parse_step_name(name: str) -> int | None:

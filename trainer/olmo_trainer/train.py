@@ -580,8 +580,10 @@ def train(cfg: TrainConfig) -> int:
             job.tracker.log({"step": job.state.step, **results})
             if job.info.rank == 0:
                 print("eval: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
-    finally:
-        job.tracker.close()
+    except BaseException:
+        job.tracker.close(exit_code=1)  # W&B marks the run failed (OLMo-core's WandBCallback.on_error)
+        raise
+    job.tracker.close(exit_code=EXIT_PREEMPTED if preempted else 0)
     job.checkpointer.wait()
     # The wrapped model goes before the last collective, not at interpreter exit: a DDP Reducer
     # destroyed there (holding the GIL) can deadlock with a gloo thread that needs the GIL to free
