@@ -93,7 +93,13 @@ def _option(args: list[str], *names: str) -> str | None:
 
 
 def helm_render(cluster: Cluster, args: list[str]) -> str:
-    """`helm install|upgrade NAME CHART -n NS [--set ...]`: the Helm SDK renders exactly that, offline."""
+    """`helm install|upgrade NAME CHART -n NS [--set ...]`: the Helm SDK renders exactly that, offline.
+
+    An upgrade must take the new chart's defaults (`--reset-then-reuse-values`, never `--reuse-values`
+    alone: helm/helm#9000); the upgrade itself, from the first chart, is tests/deploy/test_chart_upgrade.py.
+    """
+    if args[1] == "upgrade":
+        assert "--reset-then-reuse-values" in args and "--reuse-values" not in args, args
     name, path = [
         a
         for a in args[2:]

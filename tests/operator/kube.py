@@ -67,6 +67,8 @@ PODS = kmock.resource("", "v1", "pods")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
+SERVER_VERSION = "v1.30.0"
+"""What the emulator reports at /version: the oldest Kubernetes the README and the chart support."""
 
 TEST_AGENT = "olmorun-tests"
 """User-Agent of the clients the tests use (playing kubectl or Volcano): not the operator's requests."""
@@ -295,6 +297,18 @@ class Emulator(kmock.KubernetesEmulator):
 
     def declare(self, resource: kmock.resource, info: kmock.ResourceInfo) -> None:
         self.resources[resource] = info
+
+    async def _serve_version(self, request: Any) -> Any:
+        """/api/v1 and /apis/<group>/<version>: kmock writes the core group's groupVersion as "/v1", which
+        a REST mapper (Helm's) cannot parse, so it finds no core kind; a cluster says "v1"."""
+        payload = await super()._serve_version(request)
+        payload["groupVersion"] = str(payload["groupVersion"]).removeprefix("/")
+        return payload
+
+    async def _serve_server_version(self, request: Any) -> dict[str, str]:
+        """/version: the oldest Kubernetes the chart supports (kmock says 1.26, which Helm then refuses
+        against the chart's kubeVersion)."""
+        return {"major": "1", "minor": "30", "gitVersion": SERVER_VERSION, "platform": "linux/amd64"}
 
     def declare_crd(self, crd: Mapping[str, Any]) -> None:
         """Register a CRD: discovery, status subresource and its schema (validated on every write)."""
