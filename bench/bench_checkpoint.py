@@ -36,6 +36,7 @@ from torch import nn
 from olmo_trainer import manifest
 from olmo_trainer.checkpoint import Checkpointer
 from olmo_trainer.config import CheckpointConfig, parse_tokens
+from olmo_trainer.storage import filesystem
 
 WIDTH = 1024  # each layer is WIDTH x WIDTH (+ bias): about 1.05M parameters
 
@@ -77,7 +78,7 @@ def timed_case(num_params: int, root: str, repeat: int) -> dict[str, float]:
         uri = ckpt.save(1, {"model": model, "optim": optim})
         times["save"].append(slowest(time.perf_counter() - start))
         if not dist.is_initialized() or dist.get_rank() == 0:
-            fs, path = manifest.filesystem(uri)
+            fs, path = filesystem(uri)
             start = time.perf_counter()
             manifest.build_manifest(fs, path, step=1)
             times["hash"].append(time.perf_counter() - start)

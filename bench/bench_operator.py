@@ -43,6 +43,7 @@ import kubernetes
 from olmo_operator import api, layout
 from olmo_operator.crd import build_crd
 from olmo_trainer import manifest
+from olmo_trainer.storage import filesystem
 from tests.dcp_files import dcp_metadata
 from tests.operator.kube import OLMORUNS, VCJOBS, Call, KubeServer
 
@@ -79,9 +80,7 @@ def olmorun(name: str, storage: Path) -> dict[str, Any]:
 
 def commit_checkpoint(body: dict[str, Any]) -> None:
     run = api.parse_olmorun(body)
-    fs, root = manifest.filesystem(
-        layout.checkpoints_dir(layout.save_dir(run, run.phase("pretrain"), run.spec.seed))
-    )
+    fs, root = filesystem(layout.checkpoints_dir(layout.save_dir(run, run.phase("pretrain"), run.spec.seed)))
     directory = layout.step_uri(root, 4)
     fs.makedirs(directory, exist_ok=True)
     fs.pipe_file(f"{directory}/__0_0.distcp", os.urandom(4096))

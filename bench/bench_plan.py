@@ -29,6 +29,7 @@ from olmo_operator.plan import plan
 from olmo_operator.reconcile import observe
 from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
+from olmo_trainer.storage import filesystem
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 DATA = {"sequenceLength": 64, "sources": [{"name": "g", "synthetic": {"numTokens": "1M"}}]}
@@ -127,7 +128,7 @@ def main() -> int:
         running = run.status.phases[last.name].jobs
         for job in running:  # what the trainer leaves behind: a committed checkpoint and metrics
             save = layout.save_dir(run, last, job.seed)
-            fs, root = manifest.filesystem(save)
+            fs, root = filesystem(save)
             step5 = layout.step_uri(layout.checkpoints_dir(root), 5)
             fs.makedirs(step5, exist_ok=True)
             fs.pipe_file(f"{step5}/shard", b"x" * 1024)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from olmo_trainer import manifest
+from olmo_trainer.storage import filesystem
 
 HERE = Path(__file__).resolve().parent
 PARAMS_7B = 7.30e9
@@ -32,7 +33,7 @@ def measure(shard_mb: int, shards: int) -> tuple[float, int]:
     """(seconds, bytes) to verify `shards` files of `shard_mb` MB, one process, page cache dropped
     where possible (files are written fresh; a re-read right after writing may hit the cache)."""
     with tempfile.TemporaryDirectory(prefix="olmorun-verify-") as directory:
-        fs, root = manifest.filesystem(directory)
+        fs, root = filesystem(directory)
         chunk = os.urandom(1 << 20)
         for i in range(shards):
             with open(os.path.join(root, f"__{i}_0.distcp"), "wb") as f:

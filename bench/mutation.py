@@ -83,6 +83,10 @@ TARGETS: dict[str, Target] = {
         ),
     ),
     "schedule": Target("olmo_trainer/schedule.py", ("tests/trainer/test_schedule.py",)),
+    "storage": Target(
+        "olmo_trainer/storage.py",
+        ("tests/trainer/test_manifest.py", "tests/trainer/test_local_uri.py"),
+    ),
     "manifest": Target(
         "olmo_trainer/manifest.py",
         (

@@ -46,6 +46,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 
 from olmo_trainer import manifest as mf
+from olmo_trainer import storage
 from olmo_trainer.layout import manifest_path, step_uri
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def _open_fs(uri: str, options: dict[str, Any] | None) -> tuple[AbstractFileSyst
     if options is None:
         options = storage_options(uri)
     try:
-        fs, path = mf.filesystem(uri, **options)
+        fs, path = storage.filesystem(uri, **options)
     except (ImportError, ValueError) as error:
         # fsspec names the missing package or the unknown protocol; options are not in the message.
         raise StorageAccessError(f"{uri}: cannot open this storage: {error}") from None
@@ -231,7 +232,7 @@ class _Destination:
 
     def present(self, path: str, expected: dict[str, Any]) -> bool:
         """Whether the file at path (already known to have the right size) is the expected one."""
-        return mf.sha256_file(self.fs, path) == expected["sha256"]
+        return storage.sha256_file(self.fs, path) == expected["sha256"]
 
     def write(
         self, path: str, expected: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]
@@ -243,7 +244,7 @@ class _Destination:
         without the MANIFEST, and a rerun replaces it (its size or hash differs).
         """
         self.fs.makedirs(self.fs._parent(path), exist_ok=True)
-        with mf.open_output(self.fs, path) as out:  # removed again when check() or a write raises
+        with storage.open_output(self.fs, path) as out:  # removed again when check() or a write raises
             for part in parts:
                 out.write(part)
             check()

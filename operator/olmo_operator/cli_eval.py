@@ -81,9 +81,9 @@ def task_name(paths: list[str]) -> str:
 
 def _max_length(checkpoint: str) -> int:
     """The model's context length from the checkpoint's config.json (a TrainConfig or an HF config)."""
-    from olmo_trainer import manifest
+    from olmo_trainer import storage
 
-    fs, path = manifest.filesystem(f"{checkpoint.rstrip('/')}/config.json")
+    fs, path = storage.filesystem(f"{checkpoint.rstrip('/')}/config.json")
     try:
         config = json.loads(fs.cat_file(path))
     except (FileNotFoundError, ValueError):

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from olmo_operator.cli import UserError
-from olmo_trainer import manifest
+from olmo_trainer import manifest, storage
 from olmo_trainer.config import TrainConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
 
 def _filesystem(uri: str) -> tuple[Any, str]:
     try:
-        return manifest.filesystem(uri)
+        return storage.filesystem(uri)
     except (ValueError, ImportError) as error:
         raise UserError(f"cannot open {uri}: {error}") from None
 

@@ -272,7 +272,7 @@ def final_contents(status: api.OlmoRunStatus) -> list[list[str]]:
     """[job, checkpoint, content sha256] of every job's final checkpoint (archive, else scratch), read
     from its MANIFEST; '-' where none is recorded or the storage cannot be read."""
     from olmo_operator.archive import storage_options
-    from olmo_trainer import manifest
+    from olmo_trainer import manifest, storage
 
     rows = []
     for phase, ps in status.phases.items():
@@ -281,7 +281,7 @@ def final_contents(status: api.OlmoRunStatus) -> list[list[str]]:
             if not uri or job.state != "Succeeded":
                 continue
             try:
-                fs, path = manifest.filesystem(uri, **storage_options(uri))
+                fs, path = storage.filesystem(uri, **storage_options(uri))
                 sha = manifest.content_sha256(manifest.read_manifest(fs, path))
             except (OSError, ImportError, ValueError):
                 sha = None

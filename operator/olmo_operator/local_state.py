@@ -21,7 +21,7 @@ from typing import Any
 
 from olmo_operator.api import OlmoRun, OlmoRunStatus
 from olmo_trainer.config import hash_json
-from olmo_trainer.manifest import path_to_uri
+from olmo_trainer.storage import path_to_uri
 
 STATE_FILE = "state.json"
 

@@ -56,7 +56,7 @@ from olmo_operator.plan import (
     plan,
 )
 from olmo_operator.request import JobRequest
-from olmo_trainer import manifest, metrics_log
+from olmo_trainer import metrics_log, storage
 from olmo_trainer.failure import read_failure, read_notice
 
 ARCHIVE_WORKERS = 8
@@ -89,7 +89,7 @@ def _options(uri: str, options: Options) -> dict[str, Any]:
 
 
 def _fs(uri: str, options: Options) -> tuple[AbstractFileSystem, str]:
-    fs, path = manifest.filesystem(uri, **_options(uri, options))
+    fs, path = storage.filesystem(uri, **_options(uri, options))
     fs.invalidate_cache()  # a long-lived operator must see what the jobs wrote since its last step
     return fs, path
 

@@ -26,7 +26,7 @@ from olmo_operator import api, layout
 from olmo_operator.archive import storage_options
 from olmo_operator.plan import run_spec_hash
 from olmo_operator.rundiff import JobRecord, RunRecord
-from olmo_trainer import manifest, metrics_log
+from olmo_trainer import manifest, metrics_log, storage
 from olmo_trainer.config import TrainConfig, hash_json
 
 RUN_JSON = "run.json"
@@ -41,7 +41,7 @@ class RunNotFoundError(Exception):
 
 
 def _fs(uri: str) -> tuple[AbstractFileSystem, str]:
-    fs, path = manifest.filesystem(uri, **storage_options(uri))
+    fs, path = storage.filesystem(uri, **storage_options(uri))
     fs.invalidate_cache()
     return fs, path
 

@@ -22,6 +22,7 @@ import yaml
 
 from olmo_operator.archive import verify_checkpoint
 from olmo_trainer import manifest
+from olmo_trainer.storage import filesystem
 
 ROOT = Path(__file__).parents[2]
 OLMORUN = [sys.executable, "-m", "olmo_operator.cli"]
@@ -109,7 +110,7 @@ def test_tiny_pipeline_runs_to_success_with_verified_archives_and_a_soup(tmp_pat
     for uri in [phases["pretrain"]["archive"], *anneal_archives, phases["soup"]["archive"]]:
         assert verify_checkpoint(uri).ok, uri
     # The soup's committed MANIFEST names both anneal checkpoints it averaged.
-    fs, soup_dir = manifest.filesystem(phases["soup"]["checkpoint"])
+    fs, soup_dir = filesystem(phases["soup"]["checkpoint"])
     soup_manifest = json.dumps(manifest.read_manifest(fs, soup_dir))
     for uri in anneal_archives:
         assert uri in soup_manifest or uri.removeprefix("file://") in soup_manifest
@@ -141,7 +142,7 @@ def _wait_for_checkpoint(checkpoints: Path, proc: subprocess.Popen[str], timeout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "olmorun local ended before it could be interrupted"
-        fs, path = manifest.filesystem(str(checkpoints))
+        fs, path = filesystem(str(checkpoints))
         found = manifest.latest_committed(fs, path)
         if found is not None:
             return found[0]

@@ -30,6 +30,7 @@ from olmo_operator.plan import INVALID_REASON
 from olmo_operator.request import LABEL_PHASE
 from olmo_operator.settings import FINALIZER, Settings, SettingsError
 from olmo_trainer import manifest
+from olmo_trainer.storage import filesystem
 from tests.operator.kube import (
     EVENTS,
     OLMORUNS,
@@ -101,7 +102,7 @@ def test_run_lifecycle_jobs_phases_events_and_delete(kube: KubeServer, kubectl: 
         wait_for(lambda: phase_state(kube, "life", "pretrain") == "Succeeded", what="pretrain Succeeded")
         archived = status_of(kube, "life")["phases"]["pretrain"]["archive"]
         assert archived.endswith("/archive/pretrain/step4")
-        assert manifest.verify(*manifest.filesystem(archived)).ok
+        assert manifest.verify(*filesystem(archived)).ok
 
         # The anneal fans out into one job per seed; the run succeeds when both are archived.
         wait_for(

@@ -21,6 +21,7 @@ from olmo_operator.rundiff import compare
 from olmo_operator.runfiles import read_run
 from olmo_trainer import manifest
 from olmo_trainer.checkpoint import load_full_state_dict, save_model_weights
+from olmo_trainer.storage import filesystem
 from tests.e2e.test_local_run import olmorun, small_spec, storage
 from tests.s3server import S3Server
 
@@ -83,10 +84,10 @@ def test_one_ulp_in_one_weight_is_the_first_divergence(two_runs: tuple[Path, Pat
     a, b = two_runs
     c = copy_run(b, tmp_path / "c")
     soup_dir = storage(c) / "phases" / "soup" / "checkpoints"
-    found = manifest.latest_committed(*manifest.filesystem(str(soup_dir)))
+    found = manifest.latest_committed(*filesystem(str(soup_dir)))
     assert found is not None
     step, path = found
-    record = manifest.read_manifest(*manifest.filesystem(path))
+    record = manifest.read_manifest(*filesystem(path))
     assert record is not None
     weights = load_full_state_dict(path)
     name = sorted(weights)[0]
@@ -130,7 +131,7 @@ def test_status_shows_final_content_hashes_and_report_renders_the_run(
     a, _ = two_runs
     soup = storage(a) / "archive" / "soup"
     step_dir = next(soup.iterdir())
-    sha = manifest.content_sha256(manifest.read_manifest(*manifest.filesystem(str(step_dir))))
+    sha = manifest.content_sha256(manifest.read_manifest(*filesystem(str(step_dir))))
     assert sha is not None
     shown = olmorun("status", "--workdir", str(a))
     assert shown.returncode == 0, shown.stderr

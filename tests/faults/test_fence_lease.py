@@ -34,6 +34,7 @@ from olmo_trainer.failure import ATTEMPT_ENV, read_failure
 from olmo_trainer.layout import EXIT_PERMANENT, checkpoints_dir, lease_uri
 from olmo_trainer.lease import FENCED_REASON, Fenced, Lease, LeaseRecord, may_acquire, refusal
 from olmo_trainer.metrics_log import MetricsFile, read_rows, read_text
+from olmo_trainer.storage import filesystem, sha256_file
 from olmo_trainer.tracking import Tracker
 from tests.s3server import S3Server
 from tests.trainer.dist_util import REPO, _env, tiny_config, trainer
@@ -130,7 +131,7 @@ def test_takeover_fences_the_old_holder_on_every_backend(save_dir: tuple[str, di
 
     # An old holder's renewal that raced the takeover (its write landed last) is undone by the newer
     # attempt's next check; the old holder is refused at its own next one.
-    fs, path = manifest.filesystem(lease_uri(where), **options)
+    fs, path = filesystem(lease_uri(where), **options)
     fs.pipe_file(path, LeaseRecord("r-pretrain-a1", 1, old.holder, "t", "t").to_json().encode())
     again.check("commit of step9")
     held = again.read()
@@ -157,7 +158,7 @@ def test_the_metrics_record_takes_no_line_from_an_attempt_that_lost_the_lease(
     metrics = MetricsFile(where, resume_step=None, flush_seconds=0.0, may_write=checkpointer.holds_lease)
     for step in (1, 2):
         metrics.append({"step": step, "loss": 1.0})
-    fs, root = manifest.filesystem(where, **options)
+    fs, root = filesystem(where, **options)
     assert [row["step"] for row in read_rows(fs, root)] == [1, 2] and not metrics.fenced
 
     Lease(where, job="r-pretrain-a2", attempt=2, storage_options=options).acquire()
@@ -186,7 +187,7 @@ class Counter:
 def files_of(fs: Any, path: str) -> dict[str, str]:
     """Every file under `path` with its sha256: the bytes a fenced writer must not change."""
     fs.invalidate_cache()
-    return {str(name): manifest.sha256_file(fs, str(name)) for name in sorted(fs.find(path))}
+    return {str(name): sha256_file(fs, str(name)) for name in sorted(fs.find(path))}
 
 
 def test_a_fenced_checkpointer_writes_commits_and_prunes_nothing(
@@ -220,7 +221,7 @@ def test_a_fenced_checkpointer_writes_commits_and_prunes_nothing(
     )
     new.acquire_lease()
     new.save(3, state)  # the newer attempt's checkpoint (it keeps 5)
-    fs, root = manifest.filesystem(where, **options)
+    fs, root = filesystem(where, **options)
     before = files_of(fs, root)
 
     with pytest.raises(Fenced, match=r"save of .*step4 refused: attempt 1 is stale"):
@@ -264,7 +265,7 @@ def test_a_stale_attempt_started_against_a_newer_ones_directory_is_refused(
     )
     newer = trainer(["pretrain", "--config", str(config)], env={**env, ATTEMPT_ENV: "2"}, timeout=240)
     assert newer.returncode == 0, newer.stdout[-2000:] + newer.stderr[-3000:]
-    fs, root = manifest.filesystem(where, **options)
+    fs, root = filesystem(where, **options)
     before = files_of(fs, root)
     assert any(name.endswith("step4/MANIFEST.json") for name in before)
 
@@ -278,7 +279,7 @@ def test_a_stale_attempt_started_against_a_newer_ones_directory_is_refused(
     after = files_of(fs, root)
     changed = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
     assert {name.rsplit("/", 1)[-1] for name in changed} <= {"failure.json"}, changed  # its own record only
-    lease = json.loads(fs.cat_file(manifest.filesystem(lease_uri(where), **options)[1]))
+    lease = json.loads(fs.cat_file(filesystem(lease_uri(where), **options)[1]))
     assert lease["attempt"] == 2
 
 
@@ -301,7 +302,7 @@ def test_an_attempt_taken_over_while_training_stops_at_its_next_save(tmp_path: P
         wait_for_step(where, proc, 5, timeout=120)  # step 4 is committed
         Lease(str(where), job="tiny-pretrain-a2", attempt=2).acquire()
         lines_at_takeover = len((where / "metrics.jsonl").read_text().splitlines())
-        fs, root = manifest.filesystem(str(where))
+        fs, root = filesystem(str(where))
         before = committed_files(fs, root)
         code = proc.wait(timeout=120)
     finally:

@@ -37,6 +37,7 @@ from olmo_operator.local import recover
 from olmo_operator.local_procs import ProcessRecord
 from olmo_operator.local_state import State
 from olmo_trainer import manifest
+from olmo_trainer.storage import filesystem
 from tests.e2e.test_local_run import OLMORUN, ROOT, _wait_for_checkpoint, small_spec, state, storage
 
 TRAP = "trap 'echo $? > \"$OLMORUN_EXIT_FILE\"' EXIT; "
@@ -177,7 +178,7 @@ def trainers_running(workdir: Path) -> set[str]:
 
 def final_content(workdir: Path) -> str | None:
     job = state(workdir)["status"]["phases"]["pretrain"]["jobs"][0]
-    fs, path = manifest.filesystem(job["checkpoint"])
+    fs, path = filesystem(job["checkpoint"])
     return manifest.content_sha256(manifest.read_manifest(fs, path))
 
 

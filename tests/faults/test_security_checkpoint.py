@@ -41,6 +41,7 @@ from olmo_trainer.data.prompts import Prompt
 from olmo_trainer.failure import PermanentFailure
 from olmo_trainer.objectives.rl import RLBatch
 from olmo_trainer.rollouts import Packed
+from olmo_trainer.storage import filesystem, uri_to_path
 
 
 class Counter:
@@ -78,7 +79,7 @@ def committed(tmp_path: Path, trainer_extra: dict[str, Any]) -> tuple[str, dict[
 def test_a_trainer_file_carrying_a_pickled_callable_is_refused_and_runs_nothing(tmp_path: Path) -> None:
     uri, state = committed(tmp_path, {})
     marker = tmp_path / "pwned"
-    fs, path = manifest.filesystem(uri)
+    fs, path = filesystem(uri)
     with fs.open(f"{path}/{TRAINER_NAME}", "wb") as stream:
         torch.save({"world_size": 1, "ranks": [{"step": 3, "x": RunsACommand(f"touch {marker}")}]}, stream)
     old = manifest.read_manifest(fs, path)
@@ -122,7 +123,7 @@ def test_what_jobs_keep_in_the_trainer_file_is_on_the_allow_list(tmp_path: Path)
 def recommit(uri: str) -> None:
     """Re-hash the directory into a fresh MANIFEST: the files match it again, as an attacker would leave
     them."""
-    fs, path = manifest.filesystem(uri)
+    fs, path = filesystem(uri)
     old = manifest.read_manifest(fs, path) or {}
     manifest.commit(
         fs, path, manifest.build_manifest(fs, path, step=3, config_hash="h", content=old.get("content"))
@@ -132,7 +133,7 @@ def recommit(uri: str) -> None:
 def test_a_hostile_dcp_index_is_refused_by_every_reader_and_runs_nothing(tmp_path: Path) -> None:
     uri, state = committed(tmp_path, {})
     marker, control = tmp_path / "pwned", tmp_path / "contr"  # same length: the pickle stays well-formed
-    metadata = Path(manifest.uri_to_path(uri)) / ".metadata"
+    metadata = Path(uri_to_path(uri)) / ".metadata"
     metadata.write_bytes(pickle.dumps(RunsACommand(f"touch {marker}")))
     recommit(uri)
     readers = [
@@ -162,7 +163,7 @@ def test_a_hostile_optimizer_item_is_refused_and_runs_nothing(tmp_path: Path) ->
     uri, state = committed(tmp_path, {})
     model_sd, optim_sd = get_state_dict(model, optim)
     optim_sd["param_groups"][0]["lr"] = RunsACommand(f"touch {marker}")
-    path = Path(manifest.uri_to_path(uri))
+    path = Path(uri_to_path(uri))
     for shard in path.glob("*.distcp"):
         shard.unlink()
     dcp.save(

@@ -26,6 +26,7 @@ from olmo_operator.report import write_report
 from olmo_trainer import manifest
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.environment import write_env
+from olmo_trainer.storage import filesystem
 from tests.dcp_files import dcp_metadata
 from tests.operator.kube import OLMORUNS, VCJOBS, KubeServer, OperatorThread, wait_for
 from tests.operator.operator_env import NS, apply, events_of, jobs_of, olmorun, set_job_phase, status_of
@@ -47,14 +48,14 @@ def leaks(corpus: dict[str, str], secrets: dict[str, str]) -> list[str]:
 
 def storage_texts(root: str, options: dict[str, Any]) -> dict[str, str]:
     """Every object under the run's root, as text (binary shards decoded with replacement)."""
-    fs, path = manifest.filesystem(root, **options)
+    fs, path = filesystem(root, **options)
     fs.invalidate_cache()
     return {str(name): bytes(fs.cat_file(str(name))).decode(errors="replace") for name in fs.find(path)}
 
 
 def commit_final(save_dir: str, step: int, options: dict[str, Any]) -> None:
     """What the trainer leaves at the end: a metrics line and a committed final checkpoint."""
-    fs, root = manifest.filesystem(save_dir, **options)
+    fs, root = filesystem(save_dir, **options)
     fs.pipe_file(
         f"{root}/metrics.jsonl", json.dumps({"step": step, "tokens": 64, "loss": 3.5}).encode() + b"\n"
     )
@@ -99,7 +100,7 @@ def test_no_secret_value_reaches_status_events_logs_jobs_records_or_reports(
         run = api.parse_olmorun(kube.get(OLMORUNS, NS, "keys") or {})
         phase = run.phase("pretrain")
         save = layout.save_dir(run, phase, run.spec.seed)
-        fs, config_path = manifest.filesystem(layout.config_uri(run, phase, run.spec.seed), **options)
+        fs, config_path = filesystem(layout.config_uri(run, phase, run.spec.seed), **options)
         write_env(TrainConfig.model_validate_json(fs.cat_file(config_path)))  # the trainer's run record
         set_job_phase(kubectl, "keys-pretrain-a1", "Running")
         commit_final(save, 4, options)

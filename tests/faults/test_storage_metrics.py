@@ -19,7 +19,7 @@ import pytest
 from olmo_operator.reconcile import last_metrics
 from olmo_trainer import metrics_log
 from olmo_trainer.layout import metrics_segments_dir, metrics_uri
-from olmo_trainer.manifest import filesystem
+from olmo_trainer.storage import filesystem
 from tests.s3server import S3Server
 
 

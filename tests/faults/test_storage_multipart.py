@@ -24,8 +24,8 @@ from fsspec.asyn import sync_wrapper
 from torch.distributed.checkpoint.api import CheckpointException
 
 from olmo_operator import archive
-from olmo_trainer import manifest as mf
 from olmo_trainer.checkpoint import _writer
+from olmo_trainer.storage import filesystem, open_output
 from tests.operator.test_archive import make_checkpoint
 from tests.s3server import S3Server
 
@@ -118,7 +118,7 @@ def test_open_output_leaves_no_object_and_no_parts(
     if fault == "a part upload fails":
         fail_s3_call(monkeypatch, nth("upload_part", 2))
     failed = (RuntimeError, botocore.exceptions.EndpointConnectionError)
-    with pytest.raises(failed), mf.open_output(fs, path, block_size=PART) as stream:
+    with pytest.raises(failed), open_output(fs, path, block_size=PART) as stream:
         for _ in range(3):
             stream.write(secrets.token_bytes(PART))  # a part goes up once the buffer holds one
         raise RuntimeError("the writer fails after its parts went up")
@@ -128,8 +128,8 @@ def test_open_output_leaves_no_object_and_no_parts(
 
 
 def test_a_local_partial_file_is_removed(tmp_path: Path) -> None:
-    fs, path = mf.filesystem(str(tmp_path / "shard.distcp"))
-    with pytest.raises(RuntimeError), mf.open_output(fs, path) as stream:
+    fs, path = filesystem(str(tmp_path / "shard.distcp"))
+    with pytest.raises(RuntimeError), open_output(fs, path) as stream:
         stream.write(b"half a shard")
         raise RuntimeError("disk full")
     assert not (tmp_path / "shard.distcp").exists()

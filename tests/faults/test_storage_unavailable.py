@@ -23,6 +23,7 @@ from olmo_operator.plan import condition
 from olmo_operator.progress import progress_lines
 from olmo_operator.reconcile import Outcome, Reconciler
 from olmo_trainer import manifest
+from olmo_trainer.storage import filesystem
 from tests.operator.test_reconcile import EXAMPLE, T0, ScriptedLauncher, train
 from tests.s3server import S3Server, free_ports
 
@@ -107,7 +108,7 @@ def test_an_unreachable_endpoint_makes_the_run_wait_and_it_proceeds_when_back(
     pretrain = waiting.status.phases["pretrain"]
     assert pretrain.state != "Failed" and pretrain.jobs[0].state != "Failed"
     assert condition(waiting.status, "StorageUnavailable").status == "True"
-    fs, path = manifest.filesystem(final)
+    fs, path = filesystem(final)
     assert manifest.verify(fs, path).ok  # the local checkpoint is untouched
 
     # Back again: archived, verified, the phase and the run succeed.

@@ -28,7 +28,8 @@ import pytest
 
 from olmo_trainer import manifest
 from olmo_trainer.layout import EXIT_PREEMPTED
-from olmo_trainer.manifest import committed_steps, filesystem
+from olmo_trainer.manifest import committed_steps
+from olmo_trainer.storage import filesystem
 from tests.trainer.dist_util import (
     kill_job,
     read_metrics,

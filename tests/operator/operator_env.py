@@ -19,6 +19,7 @@ import kubernetes
 from olmo_operator import api, layout
 from olmo_operator.request import LABEL_RUN
 from olmo_trainer import manifest
+from olmo_trainer.storage import filesystem
 from tests.dcp_files import dcp_metadata
 from tests.operator.kube import EVENTS, OLMORUNS, VCJOBS, KubeServer
 
@@ -86,7 +87,7 @@ def commit_checkpoint(body: dict[str, Any], phase: str, seed: int, step: int) ->
     """What the trainer does: a step directory with a shard and its DCP index, committed by its MANIFEST."""
     run = api.parse_olmorun(body)
     save = layout.save_dir(run, run.phase(phase), seed)
-    fs, root = manifest.filesystem(layout.checkpoints_dir(save))
+    fs, root = filesystem(layout.checkpoints_dir(save))
     directory = layout.step_uri(root, step)
     fs.makedirs(directory, exist_ok=True)
     fs.pipe_file(f"{directory}/__0_0.distcp", f"weights of {phase}/{seed} at {step}".encode())

@@ -15,6 +15,7 @@ import pytest
 
 from olmo_operator import archive, cli
 from olmo_trainer import manifest as mf
+from olmo_trainer.storage import filesystem
 from tests.operator.test_archive import make_checkpoint
 from tests.s3server import S3Server
 
@@ -186,10 +187,10 @@ def test_verify_names_unlisted_files_and_what_the_manifest_lacks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = make_checkpoint(tmp_path)
-    record = mf.read_manifest(*mf.filesystem(str(src)))
+    record = mf.read_manifest(*filesystem(str(src)))
     assert record is not None
     del record["files"]["__1_0.distcp"]  # a MANIFEST that left a shard out...
-    mf.commit(*mf.filesystem(str(src)), record)
+    mf.commit(*filesystem(str(src)), record)
     (src / "late.log").write_text("written after the commit")  # ...and a file nobody listed
     code, out, _ = run_cli(capsys, "verify", str(src))
     assert code == 1

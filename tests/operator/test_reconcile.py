@@ -24,6 +24,7 @@ from olmo_operator.reconcile import StorageInUseError, last_metrics, reconcile_p
 from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
 from olmo_trainer.config import TrainConfig
+from olmo_trainer.storage import filesystem
 from tests.dcp_files import dcp_metadata
 from tests.s3server import S3Server
 
@@ -57,7 +58,7 @@ class ScriptedLauncher:
 
 def train(save_dir: str, step: int, loss: float = 3.0) -> str:
     """What a trainer leaves in its save_dir: a committed stepN/ and a metrics line."""
-    fs, root = manifest.filesystem(save_dir)
+    fs, root = filesystem(save_dir)
     directory = f"{root}/checkpoints/step{step}"
     fs.makedirs(directory, exist_ok=True)
     fs.pipe_file(f"{directory}/model.distcp", f"weights at {step}".encode() * 100)
@@ -116,7 +117,7 @@ def test_pipeline_writes_configs_archives_and_starts_children_in_the_same_step(t
     pretrain = run.status.phases["pretrain"]
     assert pretrain.state == "Succeeded" and pretrain.checkpoint == final
     assert pretrain.archive == f"{root}/archive/pretrain/step8"
-    fs, path = manifest.filesystem(pretrain.archive)
+    fs, path = filesystem(pretrain.archive)
     assert manifest.verify(fs, path).ok
     # The same step started the anneal seeds, from the verified archive.
     assert sorted(launcher.requests) == ["olmo2-tiny-anneal-s42-a1", "olmo2-tiny-anneal-s42069-a1", name]
@@ -134,7 +135,7 @@ def test_retry_keeps_the_config_the_phase_started_with_and_run_json_is_written_o
     root = layout.run_root(run)
     config_uri = f"{root}/phases/pretrain/config.json"
     first_record = read_json(f"{root}/run.json")
-    fs, path = manifest.filesystem(config_uri)
+    fs, path = filesystem(config_uri)
     original = fs.cat_file(path)
     # An edit of the started phase (refused) must not leak into the retry's config.
     edited = yaml.safe_load(EXAMPLE.read_text())
@@ -168,7 +169,7 @@ def test_corrupt_checkpoint_fails_the_phase_instead_of_archiving_it(tmp_path: Pa
     launcher = ScriptedLauncher()
     run = step(run, launcher)
     final = train(layout.save_dir(run, run.phase("pretrain"), 6198), 8)
-    fs, path = manifest.filesystem(final)
+    fs, path = filesystem(final)
     fs.pipe_file(f"{path}/model.distcp", b"bit rot")
     launcher.set("olmo2-tiny-pretrain-a1", "Succeeded", 0)
     run = step(run, launcher)

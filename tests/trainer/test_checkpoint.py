@@ -25,6 +25,7 @@ from olmo_trainer.checkpoint import (
     steps_to_delete,
 )
 from olmo_trainer.config import CheckpointConfig, ModelConfig, TrainConfig
+from olmo_trainer.storage import filesystem
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,11 +128,11 @@ def test_round_trip_restores_model_optimizer_and_trainer_state(tmp_path: Path) -
 
     assert uri == f"{tmp_path}/ckpt/step2"
     assert ckpt.latest() == (2, uri)
-    record = manifest.read_manifest(*manifest.filesystem(uri))
+    record = manifest.read_manifest(*filesystem(uri))
     assert record is not None
     assert record["step"] == 2 and record["configHash"] == "abc" and record["parent"] == "s3://x/step9"
     assert {"config.json", "trainer.pt", ".metadata"} <= set(record["files"])
-    assert manifest.verify(*manifest.filesystem(uri)).ok
+    assert manifest.verify(*filesystem(uri)).ok
     assert read_train_config(uri) == train_config
 
     fresh_model, fresh_optim = trained(seed=1, steps=1)
@@ -195,7 +196,7 @@ def test_committed_step_is_never_overwritten(tmp_path: Path) -> None:
             p.add_(1.0)
     assert ckpt.save(5, app(model, optim, None)) == uri
     assert (Path(uri) / manifest.MANIFEST_NAME).read_bytes() == before
-    assert manifest.verify(*manifest.filesystem(uri)).ok
+    assert manifest.verify(*filesystem(uri)).ok
     other, _ = trained(seed=9)
     load_model_weights(uri, other)
     assert not torch.equal(other.proj.weight, model.proj.weight)  # the first save's weights
@@ -207,7 +208,7 @@ def test_partial_directory_of_same_step_is_replaced(tmp_path: Path) -> None:
     (tmp_path / "step3" / "__5_0.distcp").write_bytes(b"stale shard")
     model, optim = trained(seed=0)
     uri = Checkpointer(str(tmp_path), cfg(), config_hash="h").save(3, app(model, optim, None))
-    record = manifest.read_manifest(*manifest.filesystem(uri))
+    record = manifest.read_manifest(*filesystem(uri))
     assert record is not None and "__5_0.distcp" not in record["files"]
 
 
@@ -218,7 +219,7 @@ def test_retention_keeps_last_every_and_final(tmp_path: Path) -> None:
         ckpt.save(step, app(model, optim, None), final=(step == 3))
     assert [s for s, _ in ckpt.committed()] == [3, 4, 6, 7]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step3", "step4", "step6", "step7"]
-    record = manifest.read_manifest(*manifest.filesystem(str(tmp_path / "step3")))
+    record = manifest.read_manifest(*filesystem(str(tmp_path / "step3")))
     assert record is not None and record["extra"]["final"] is True
 
 
@@ -264,7 +265,7 @@ def test_fsspec_storage_round_trip() -> None:
     ckpt.load(uri, app(other, other_optim, state))
     assert_same_weights(model, other)
     assert state.step == 2
-    fs, path = manifest.filesystem(uri)
+    fs, path = filesystem(uri)
     assert manifest.verify(fs, path).ok
 
 
@@ -276,6 +277,7 @@ CRASHING_JOB = textwrap.dedent(
     """
     import os, sys, torch
     from olmo_trainer import checkpoint, manifest
+    from olmo_trainer import storage
     from olmo_trainer.config import CheckpointConfig
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)

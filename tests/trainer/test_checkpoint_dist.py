@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from olmo_trainer import manifest
 from olmo_trainer.checkpoint import Checkpointer, load_full_state_dict
 from olmo_trainer.config import CheckpointConfig
+from olmo_trainer.storage import filesystem
 
 pytestmark = pytest.mark.slow
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -167,9 +168,9 @@ def test_resharding_between_one_and_two_processes(tmp_path: Path) -> None:
         torch.manual_seed(0)
         assert trainer.step == 2 and torch.equal(trainer.rng, torch.get_rng_state())  # rank 0's
         # Each rank hashed its own shard into the MANIFEST: a full re-hash agrees with every entry.
-        report = manifest.verify(*manifest.filesystem(str(tmp_path / f"two-{strategy}" / "step2")))
+        report = manifest.verify(*filesystem(str(tmp_path / f"two-{strategy}" / "step2")))
         assert report.ok and {"__0_0.distcp", "__1_0.distcp"} <= set(
-            manifest.read_manifest(*manifest.filesystem(str(tmp_path / f"two-{strategy}" / "step2")))["files"]
+            manifest.read_manifest(*filesystem(str(tmp_path / f"two-{strategy}" / "step2")))["files"]
         )
         saved = torch.load(tmp_path / f"two-{strategy}" / "step2" / "trainer.pt", weights_only=False)
         assert saved["world_size"] == 2
@@ -177,6 +178,6 @@ def test_resharding_between_one_and_two_processes(tmp_path: Path) -> None:
 
     expected_async = torch.load(tmp_path / "expected-async.pt")
     got = load_full_state_dict(str(tmp_path / "async" / "step1"))
-    assert manifest.verify(*manifest.filesystem(str(tmp_path / "async" / "step1"))).ok
+    assert manifest.verify(*filesystem(str(tmp_path / "async" / "step1"))).ok
     for key, value in expected_async.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)

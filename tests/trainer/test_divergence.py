@@ -21,6 +21,7 @@ from olmo_trainer.checkpoint import Checkpointer, load_full_state_dict, weights_
 from olmo_trainer.config import CheckpointConfig
 from olmo_trainer.failure import PermanentFailure, read_failure
 from olmo_trainer.layout import EXIT_PERMANENT, FAILURE_NAME
+from olmo_trainer.storage import filesystem
 from olmo_trainer.train import check_finite
 from tests.trainer.dist_util import read_metrics, tiny_config, torchrun, trainer
 
@@ -32,7 +33,7 @@ DIVERGING = {
 
 
 def committed_are_finite(save_dir: Path) -> list[int]:
-    fs, root = manifest.filesystem(str(save_dir / "checkpoints"))
+    fs, root = filesystem(str(save_dir / "checkpoints"))
     steps = [step for step, _ in manifest.committed_steps(fs, root)]
     for step in steps:
         weights = load_full_state_dict(str(save_dir / "checkpoints" / f"step{step}"))

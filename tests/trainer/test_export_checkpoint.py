@@ -13,6 +13,7 @@ from olmo_trainer import manifest
 from olmo_trainer.checkpoint import Checkpointer
 from olmo_trainer.config import ModelConfig, TrainConfig
 from olmo_trainer.model import Transformer
+from olmo_trainer.storage import filesystem
 
 MODEL = ModelConfig.preset("tiny", n_kv_heads=2)
 
@@ -62,7 +63,7 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path: Path) -> None:
 def test_tokenizer_recorded_in_the_checkpoint_is_exported(tmp_path: Path) -> None:
     uri, _, _ = trained_checkpoint(tmp_path)
     # A checkpoint that carries its tokenizer (committed with it in the MANIFEST).
-    fs, path = manifest.filesystem(uri)
+    fs, path = filesystem(uri)
     (Path(uri) / "tokenizer").mkdir()
     (Path(uri) / "tokenizer" / "tokenizer_config.json").write_text("{}")
     manifest.commit(fs, path, manifest.build_manifest(fs, path, step=1))

@@ -17,12 +17,13 @@ import torch.multiprocessing as mp
 from olmo_trainer import identity, manifest
 from olmo_trainer.checkpoint import Checkpointer, load_full_state_dict, save_model_weights
 from olmo_trainer.config import CheckpointConfig
+from olmo_trainer.storage import filesystem
 from tests.s3server import S3Server
 from tests.trainer.test_checkpoint_dist import RngState, build, train_step
 
 
 def record(uri: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    found = manifest.read_manifest(*manifest.filesystem(uri, **(options or {})))
+    found = manifest.read_manifest(*filesystem(uri, **(options or {})))
     assert found is not None, uri
     return found
 

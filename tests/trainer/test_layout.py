@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from olmo_trainer import layout, manifest
+from olmo_trainer.storage import filesystem
 from tests.dcp_files import dcp_metadata
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +62,7 @@ def test_exit_codes_are_the_shell_conventions() -> None:
 
 def _commit_step(root: Path, step: int, files: dict[str, bytes]) -> Path:
     """A committed stand-in checkpoint: the files as opaque DCP shards named by a real `.metadata`."""
-    fs, _ = manifest.filesystem(str(root))
+    fs, _ = filesystem(str(root))
     directory = Path(layout.step_uri(str(root), step))
     directory.mkdir(parents=True)
     for name, blob in files.items():
@@ -72,7 +73,7 @@ def _commit_step(root: Path, step: int, files: dict[str, bytes]) -> Path:
 
 
 def test_latest_committed_skips_torn_directories_and_keeps_the_callers_uri(tmp_path: Path) -> None:
-    fs, path = manifest.filesystem(str(tmp_path))
+    fs, path = filesystem(str(tmp_path))
     assert manifest.latest_committed(fs, path) is None  # nothing yet (and no error)
     _commit_step(tmp_path, 5, {"a": b"x"})
     _commit_step(tmp_path, 20, {"a": b"y"})
@@ -87,7 +88,7 @@ def test_latest_committed_skips_torn_directories_and_keeps_the_callers_uri(tmp_p
 
 def test_commit_of_bytes_is_verbatim_and_verify_finds_every_bad_file(tmp_path: Path) -> None:
     src = _commit_step(tmp_path / "src", 3, {f"f{i}": bytes([i]) * (i + 1) for i in range(12)})
-    fs, _ = manifest.filesystem(str(tmp_path))
+    fs, _ = filesystem(str(tmp_path))
     blob = (src / layout.MANIFEST_NAME).read_bytes()
     copy = tmp_path / "copy"
     copy.mkdir()
@@ -110,7 +111,7 @@ def test_a_manifest_of_another_format_does_not_commit(tmp_path: Path) -> None:
     directory = _commit_step(tmp_path, 1, {"a": b"x"})
     record = json.loads((directory / layout.MANIFEST_NAME).read_text())
     (directory / layout.MANIFEST_NAME).write_text(json.dumps({**record, "format": "other/v9"}))
-    fs, path = manifest.filesystem(str(tmp_path))
+    fs, path = filesystem(str(tmp_path))
     assert manifest.read_manifest(fs, str(directory)) is None
     assert manifest.latest_committed(fs, path) is None
     assert not manifest.verify(fs, str(directory)).committed

@@ -1,4 +1,4 @@
-"""A local path and its file:// URI name one place (issue 11 #2): manifest.path_to_uri / uri_to_path are
+"""A local path and its file:// URI name one place (issue 11 #2): storage.path_to_uri / uri_to_path are
 the one pair that encodes and decodes, and every way to storage (filesystem, open_uri, the data readers,
 the run diff's portable roots) goes through them. Names need quoting: space, `%`, `#`, `?`, non-ASCII."""
 
@@ -15,7 +15,7 @@ from olmo_operator.api import parse_olmorun
 from olmo_operator.runfiles import RUN_PLACEHOLDER, portable, root_pattern
 from olmo_trainer.data.arrays import expand_paths
 from olmo_trainer.data.chat import read_rows
-from olmo_trainer.manifest import filesystem, open_uri, path_to_uri, uri_to_path
+from olmo_trainer.storage import filesystem, open_uri, path_to_uri, uri_to_path
 
 ROOT = Path(__file__).parents[2]
 NAMES = ["my run", "100%", "a%20b", "#1?x=2", "ü", "数据", "mixed dir #2 %41 ü 数据"]

@@ -27,6 +27,7 @@ from fsspec import AbstractFileSystem
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
 from olmo_trainer import manifest
+from olmo_trainer.storage import filesystem, is_local, sha256_file
 from tests.dcp_files import dcp_metadata
 from tests.s3server import S3Server
 
@@ -232,7 +233,7 @@ def test_manifest_keys_and_entries_are_pinned(tmp_path: Path) -> None:
 def test_sha256_of_a_known_file(tmp_path: Path) -> None:
     fs = fsspec.filesystem("file")
     (tmp_path / "f").write_bytes(b"abc")
-    assert manifest.sha256_file(fs, str(tmp_path / "f")) == (
+    assert sha256_file(fs, str(tmp_path / "f")) == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2, "abc"
     )
 
@@ -378,15 +379,15 @@ def test_content_sha256(record: dict[str, Any] | None, expected: str | None) -> 
 
 
 def test_local_and_object_store_filesystems_are_told_apart(tmp_path: Path) -> None:
-    local, _ = manifest.filesystem(str(tmp_path), auto_mkdir=True)
+    local, _ = filesystem(str(tmp_path), auto_mkdir=True)
     assert local.auto_mkdir  # storage options reach the filesystem
-    assert manifest.is_local(local) and manifest.is_local(fsspec.filesystem("local"))
-    assert not manifest.is_local(fsspec.filesystem("memory"))
+    assert is_local(local) and is_local(fsspec.filesystem("local"))
+    assert not is_local(fsspec.filesystem("memory"))
 
     class Named(fsspec.AbstractFileSystem):
         protocol = "local"
 
-    assert manifest.is_local(Named())
+    assert is_local(Named())
 
 
 def test_summary_lists_every_lacking_name(tmp_path: Path) -> None:

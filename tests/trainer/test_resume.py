@@ -19,7 +19,8 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from olmo_operator import local_procs
 from olmo_trainer.layout import EXIT_PREEMPTED
-from olmo_trainer.manifest import committed_steps, filesystem, step_dirs
+from olmo_trainer.manifest import committed_steps, step_dirs
+from olmo_trainer.storage import filesystem
 from tests.trainer import dist_util
 from tests.trainer.dist_util import kill_job, read_metrics, start_torchrun, tiny_config
 

@@ -15,6 +15,7 @@ import pytest
 
 from olmo_trainer import manifest
 from olmo_trainer.layout import DAMAGED_MANIFEST_NAME, EXIT_PERMANENT, FAILURE_NAME, NOTICE_NAME
+from olmo_trainer.storage import filesystem
 from tests.trainer.dist_util import read_metrics, tiny_config, torchrun, trainer
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def test_resume_skips_the_damaged_newest_checkpoint_for_the_previous_one(tmp_pat
     assert f"resumed from {out}/step4" in result.stdout
     notice = json.loads((tmp_path / "out" / NOTICE_NAME).read_text())  # the operator's Event and message
     assert notice["reason"] == "CheckpointDamaged" and f"step6 ({damaged})" in notice["message"]
-    fs, root = manifest.filesystem(str(out))
+    fs, root = filesystem(str(out))
     for step in (4, 6, 8):  # step 6 was trained again from step 4 and committed afresh
         assert manifest.verify(fs, f"{root}/step{step}").ok, step
     assert [m["step"] for m in read_metrics(tmp_path / "out")][-4:] == [5, 6, 7, 8]

@@ -16,6 +16,7 @@ from olmo_trainer.checkpoint import Checkpointer, load_full_state_dict, load_mod
 from olmo_trainer.config import CheckpointConfig, ModelConfig, TrainConfig
 from olmo_trainer.model import Transformer
 from olmo_trainer.soup import SoupError, average_checkpoints
+from olmo_trainer.storage import filesystem
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ModelConfig.preset("tiny", n_layers=1)
@@ -51,7 +52,7 @@ def test_average_of_three_is_the_mean_and_names_its_ingredients(tmp_path: Path) 
     uris = [uri for uri, _ in made]
     out = average_checkpoints(uris, str(tmp_path / "soup" / "step12"), config_hash="soup-hash")
 
-    fs, path = manifest.filesystem(out)
+    fs, path = filesystem(out)
     assert manifest.verify(fs, path).ok
     record = manifest.read_manifest(fs, path)
     assert record is not None and record["step"] == 12 and record["configHash"] == "soup-hash"

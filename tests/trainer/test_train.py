@@ -236,6 +236,6 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
 
 
 def _local(path: Path) -> tuple[object, str]:
-    from olmo_trainer.manifest import filesystem
+    from olmo_trainer.storage import filesystem
 
     return filesystem(str(path))

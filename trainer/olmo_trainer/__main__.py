@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def read_config(uri: str, model: type[ConfigT], what: str = "config") -> ConfigT | int:
     """The `model` JSON at `uri` (a local path or an fsspec URL), validated; or, when it does not exist or
     is invalid, EXIT_USAGE after saying so on stderr (`what` names the config in the message)."""
-    from olmo_trainer.manifest import open_uri
+    from olmo_trainer.storage import open_uri
 
     try:
         with open_uri(uri, "rb") as stream:

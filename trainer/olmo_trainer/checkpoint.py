@@ -70,7 +70,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
-from olmo_trainer import identity, manifest, safe_load
+from olmo_trainer import identity, manifest, safe_load, storage
 from olmo_trainer.config import CheckpointConfig, TrainConfig
 from olmo_trainer.failure import PermanentFailure
 from olmo_trainer.layout import damaged_manifest_path, join, manifest_path, step_uri
@@ -135,7 +135,7 @@ class _ReproducibleFileSystemWriter(dcp.FileSystemWriter):
 
 
 class _DiscardingFileSystem(FileSystem):
-    """DCP's fsspec file system, with each shard written through manifest.open_output: DCP's own stream
+    """DCP's fsspec file system, with each shard written through storage.open_output: DCP's own stream
     removes a failed file and then lets fsspec commit it (a truncated object, or orphan upload parts);
     this one aborts the upload instead."""
 
@@ -145,7 +145,7 @@ class _DiscardingFileSystem(FileSystem):
             with super().create_stream(path, mode) as stream:
                 yield stream
             return
-        with manifest.open_output(self.fs, os.fspath(path)) as stream:
+        with storage.open_output(self.fs, os.fspath(path)) as stream:
             yield stream
 
 
@@ -173,7 +173,7 @@ def remove_tree(fs: AbstractFileSystem, path: str) -> None:
     """
     if fs.exists(path):
         fs.rm(path, recursive=True)
-    if not manifest.is_local(fs):
+    if not storage.is_local(fs):
         with contextlib.suppress(FileNotFoundError):  # deleting a missing key is a no-op on S3 anyway
             fs.rm_file(path.rstrip("/") + "/")  # the marker key itself
         fs.invalidate_cache(path)
@@ -186,16 +186,16 @@ def _has_files(fs: AbstractFileSystem, path: str) -> bool:
 
 
 def _writer(uri: str, storage_options: dict[str, Any]) -> StorageWriter:
-    fs, path = manifest.filesystem(uri, **storage_options)
-    if manifest.is_local(fs):
+    fs, path = storage.filesystem(uri, **storage_options)
+    if storage.is_local(fs):
         return _ReproducibleFileSystemWriter(path)
     return _ReproducibleFsspecWriter(uri, **storage_options)
 
 
 def _reader(uri: str, storage_options: dict[str, Any]) -> StorageReader:
     """DCP's reader of `uri`, reading its `.metadata` through an allow-list (safe_load.py)."""
-    fs, path = manifest.filesystem(uri, **storage_options)
-    if manifest.is_local(fs):
+    fs, path = storage.filesystem(uri, **storage_options)
+    if storage.is_local(fs):
         return safe_load.SafeFileSystemReader(path)
     return safe_load.SafeFsspecReader(uri, **storage_options)
 
@@ -261,7 +261,7 @@ def _hash_own_shards(fs: AbstractFileSystem, path: str, rank: int) -> dict[str, 
     for name in fs.ls(path, detail=False):
         rel = str(name).rstrip("/").rsplit("/", 1)[-1]
         if rel.startswith(prefix) and rel.endswith(".distcp"):
-            entries[rel] = {"sha256": manifest.sha256_file(fs, str(name)), "size": int(fs.size(str(name)))}
+            entries[rel] = {"sha256": storage.sha256_file(fs, str(name)), "size": int(fs.size(str(name)))}
     return entries
 
 
@@ -293,7 +293,7 @@ def _dcp_load(uri: str, state: dict[str, Any], reader: StorageReader, *, no_dist
 
 
 def _require_committed(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
-    fs, path = manifest.filesystem(uri, **storage_options)
+    fs, path = storage.filesystem(uri, **storage_options)
     found = manifest.read_manifest(fs, path)
     if found is None:
         raise CheckpointError(f"{uri} is not a committed checkpoint (no valid {manifest.MANIFEST_NAME})")
@@ -391,7 +391,7 @@ class Checkpointer:
         self.parent = parent
         self.storage_options = dict(storage_options or {})
         self.train_config = train_config
-        self.fs, self.path = manifest.filesystem(self.directory, **self.storage_options)
+        self.fs, self.path = storage.filesystem(self.directory, **self.storage_options)
         self._pending: _Pending | None = None
         # A dedicated gloo group for async saves: the upload and commit threads run collectives while
         # training uses the default group, and two threads must never share one process group.
@@ -413,7 +413,7 @@ class Checkpointer:
         Rank r re-hashes every world-size-th file of the MANIFEST (sorted by name), so the ranks share
         the reading; the names found are gathered so that every rank returns the same sorted list.
         """
-        fs, path = manifest.filesystem(uri, **self.storage_options)
+        fs, path = storage.filesystem(uri, **self.storage_options)
         record = manifest.read_manifest(fs, path) or {"files": {}}
         files = sorted(record["files"].items())
         rank, world = _rank(), _world_size()
@@ -505,7 +505,7 @@ class Checkpointer:
     def _uncommit(self, uri: str) -> None:
         """Rank 0: rename a damaged checkpoint's MANIFEST aside (the lease permitting)."""
         self._fence(f"un-committing the damaged {uri}")
-        fs, path = manifest.filesystem(uri, **self.storage_options)
+        fs, path = storage.filesystem(uri, **self.storage_options)
         fs.mv(manifest_path(path), damaged_manifest_path(path))
 
     def _fence(self, action: str) -> None:
@@ -551,7 +551,7 @@ class Checkpointer:
 
     def _prepare_dir(self, uri: str) -> str:
         """Rank 0: 'committed' when the step exists, else make an empty directory for it."""
-        fs, path = manifest.filesystem(uri, **self.storage_options)
+        fs, path = storage.filesystem(uri, **self.storage_options)
         if manifest.read_manifest(fs, path) is not None:
             return "committed"
         self._fence(f"save of {uri}")  # before the first file (or deletion) of this save
@@ -566,9 +566,9 @@ class Checkpointer:
         states = _gather_to_rank0(trainer.state_dict()) if trainer is not None else None
         if _rank() != 0:
             return
-        fs, path = manifest.filesystem(uri, **self.storage_options)
+        fs, path = storage.filesystem(uri, **self.storage_options)
         if states is not None:
-            with manifest.open_output(fs, f"{path}/{TRAINER_NAME}") as stream:
+            with storage.open_output(fs, f"{path}/{TRAINER_NAME}") as stream:
                 torch.save({"world_size": len(states), "ranks": states}, stream)
         if self.train_config is not None:
             fs.pipe_file(f"{path}/{CONFIG_NAME}", self.train_config.to_json().encode())
@@ -586,7 +586,7 @@ class Checkpointer:
     def _commit(self, step: int, uri: str, final: bool, group: Any = None) -> None:
         """All shards are written: each rank hashes its own, rank 0 writes the MANIFEST last and
         applies retention. Collective over `group` (the default group for synchronous saves)."""
-        fs, path = manifest.filesystem(uri, **self.storage_options)
+        fs, path = storage.filesystem(uri, **self.storage_options)
         _barrier(group)  # every shard and .metadata are written before anyone reads tensors back
         own = (_hash_own_shards(fs, path, _rank()), self._own_digests(uri))
         hashed = _gather_to_rank0(own, group)  # also waits for every rank
@@ -728,7 +728,7 @@ def _load_problem(uri: str, app_state: dict[str, Any], storage_options: dict[str
         if not any(k.startswith(f"{name}_{MODEL_KEY}.") for k in keys):
             return f"{uri} has no {name} model: it was not written by a job of this objective"
     if app_state.get("trainer") is not None:
-        fs, path = manifest.filesystem(uri, **storage_options)
+        fs, path = storage.filesystem(uri, **storage_options)
         if not fs.exists(f"{path}/{TRAINER_NAME}"):
             return f"{uri} has no {TRAINER_NAME}: it cannot resume a training job"
     return None
@@ -738,7 +738,7 @@ def _read_trainer_file(uri: str, storage_options: dict[str, Any]) -> dict[str, A
     """trainer.pt, unpickled with torch's weights-only unpickler and `trainer_file_globals`: a file in
     storage never runs code here. Raises PermanentFailure(UnsafeCheckpoint) for anything else it names
     (a pickled callable, an unknown class): retrying would read the same bytes."""
-    fs, path = manifest.filesystem(uri, **storage_options)
+    fs, path = storage.filesystem(uri, **storage_options)
     target = f"{path}/{TRAINER_NAME}"
     if not fs.exists(target):
         raise CheckpointError(f"{uri} has no trainer state ({TRAINER_NAME}); it is a weights-only checkpoint")
@@ -792,7 +792,7 @@ def read_trainer_state(uri: str, *, storage_options: dict[str, Any] | None = Non
 
 def read_train_config(uri: str, *, storage_options: dict[str, Any] | None = None) -> TrainConfig | None:
     """The TrainConfig recorded in a checkpoint's config.json, or None when it has none."""
-    fs, path = manifest.filesystem(uri, **(storage_options or {}))
+    fs, path = storage.filesystem(uri, **(storage_options or {}))
     try:
         blob = fs.cat_file(f"{path}/{CONFIG_NAME}")
     except FileNotFoundError:
@@ -837,7 +837,7 @@ def save_model_weights(
     With the job's `lease`, checks it before deleting a crashed attempt's files and right before the
     commit (raises lease.Fenced)."""
     options = dict(storage_options or {})
-    fs, path = manifest.filesystem(uri, **options)
+    fs, path = storage.filesystem(uri, **options)
     if manifest.read_manifest(fs, path) is not None:
         raise CheckpointError(f"{uri} is already a committed checkpoint; refusing to overwrite it")
     if lease is not None:
@@ -860,13 +860,13 @@ def save_model_weights(
 
 def manifest_sha256(uri: str, *, storage_options: dict[str, Any] | None = None) -> str:
     """sha256 of a checkpoint's MANIFEST.json bytes: names one exact committed checkpoint."""
-    fs, path = manifest.filesystem(uri, **(storage_options or {}))
-    return manifest.sha256_file(fs, manifest_path(path))
+    fs, path = storage.filesystem(uri, **(storage_options or {}))
+    return storage.sha256_file(fs, manifest_path(path))
 
 
 def config_json_of(uri: str, *, storage_options: dict[str, Any] | None = None) -> str | None:
     """The raw config.json of a checkpoint, or None."""
-    fs, path = manifest.filesystem(uri, **(storage_options or {}))
+    fs, path = storage.filesystem(uri, **(storage_options or {}))
     try:
         return bytes(fs.cat_file(f"{path}/{CONFIG_NAME}")).decode()
     except FileNotFoundError:

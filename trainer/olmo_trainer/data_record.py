@@ -25,7 +25,7 @@ from typing import Any
 import fsspec
 
 from olmo_trainer.config import DataConfig, DataSource, ModelConfig
-from olmo_trainer.manifest import filesystem, is_local
+from olmo_trainer.storage import filesystem, is_local
 
 INDEX_NAME = "index.json"
 """The small JSON record `olmorun data prepare|synth` write next to the arrays."""

@@ -40,7 +40,7 @@ import torch
 
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.failure import current_attempt
-from olmo_trainer.manifest import filesystem
+from olmo_trainer.storage import filesystem
 
 ENV_NAME = "env.json"
 FORMAT = "olmorun.env/v1"

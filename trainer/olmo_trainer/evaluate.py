@@ -384,7 +384,7 @@ def run_eval_job(cfg: EvalJobConfig) -> dict[str, float]:
             model, cfg.eval, device=torch.device("cpu"), max_length=max_length, work_dir=scratch
         )
     if cfg.output is not None:
-        from olmo_trainer.manifest import open_uri
+        from olmo_trainer.storage import open_uri
 
         with open_uri(cfg.output, "w") as stream:
             json.dump({"checkpoint": cfg.checkpoint, **results}, stream, indent=2)

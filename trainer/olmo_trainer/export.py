@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 
 from olmo_trainer.config import ModelConfig
 from olmo_trainer.layout import manifest_path
-from olmo_trainer.manifest import filesystem, is_local
 from olmo_trainer.model import Transformer
+from olmo_trainer.storage import filesystem, is_local
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from olmo_trainer.layout import EXIT_PERMANENT, failure_uri, notice_uri
-from olmo_trainer.manifest import open_uri
+from olmo_trainer.storage import open_uri
 
 __all__ = [
     "EXIT_PERMANENT",

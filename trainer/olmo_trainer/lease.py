@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from olmo_trainer import manifest
+from olmo_trainer import storage
 from olmo_trainer.failure import PermanentFailure, current_attempt
 from olmo_trainer.layout import lease_uri
 
@@ -175,7 +175,7 @@ class Lease:
         return cls(save_dir, job=job, attempt=current_attempt() or 0, **kwargs)
 
     def _fs(self) -> tuple[Any, str]:
-        fs, path = manifest.filesystem(self.uri, **self.storage_options)
+        fs, path = storage.filesystem(self.uri, **self.storage_options)
         fs.invalidate_cache(path)  # another process wrote it: never trust a cached listing
         return fs, path
 
@@ -190,7 +190,7 @@ class Lease:
     def _write(self, record: LeaseRecord) -> None:
         fs, path = self._fs()
         blob = record.to_json().encode()
-        if manifest.is_local(fs):  # a reader never sees half a file: write aside, rename over
+        if storage.is_local(fs):  # a reader never sees half a file: write aside, rename over
             fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
             fs.pipe_file(tmp, blob)

@@ -6,41 +6,31 @@ This module is the ONE implementation of committing (`commit`), reading (`read_m
 verifying (`verify`, files re-hashed in parallel) and finding (`latest_committed`) checkpoints; the
 trainer's Checkpointer and soup, and the operator's archive, reconcile and CLI all call it. The names
 of files and directories come from layout.py. All I/O goes through fsspec, so the same code works on
-local disks, s3:// and gs://; this module imports no torch (the operator image has none).
+local disks, s3:// and gs://; this module imports no torch (the operator image has none). How storage
+is reached (filesystem, open_output, sha256_file) is storage.py's.
 
     fs, path = filesystem("s3://bucket/run/phases/pretrain/checkpoints/step100")
     record = build_manifest(fs, path, step=100, config_hash="...")
     commit(fs, path, record)                       # atomic where the filesystem allows
     report = verify(fs, path)                      # re-hash every file (8 threads)
     latest_committed(fs, "/ckpt", uri="s3://bucket/ckpt")   # (100, 's3://bucket/ckpt/step100') or None
-
-It is also the one home of local URIs: `path_to_uri` and `uri_to_path` are the only places that
-percent-encode and decode a `file://` URI, and `filesystem` / `open_uri` are how every module of the
-trainer and the operator reaches storage, so `/tmp/my run` and `file:///tmp/my%20run` name one place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import hashlib
 import io
 import json
-import logging
-import os
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote
 
-import fsspec
 from fsspec import AbstractFileSystem
-from fsspec.spec import AbstractBufferedFile
 
 from olmo_trainer.layout import MANIFEST_NAME, join, manifest_path, parse_step_name, step_uri
+from olmo_trainer.storage import sha256_file, write_atomic
 
 __all__ = [
     "FORMAT",
@@ -51,13 +41,9 @@ __all__ = [
     "committed_steps",
     "content_sha256",
     "encode",
-    "filesystem",
-    "is_local",
     "latest_committed",
     "list_files",
-    "open_output",
     "read_manifest",
-    "sha256_file",
     "step_dirs",
     "verify",
     "verify_file",
@@ -71,106 +57,6 @@ describes a checkpoint that cannot be loaded (torch filesystem.py `_metadata_fn`
 VERIFY_WORKERS = 8
 """Files re-hashed at once by `verify`: hashlib releases the GIL, and object stores serve reads in
 parallel."""
-_CHUNK = 8 * 1024 * 1024
-
-
-FILE_SCHEME = "file:"
-
-
-def path_to_uri(path: str | os.PathLike[str]) -> str:
-    """The `file://` URI of a local path: made absolute, percent-encoded (RFC 8089 over RFC 3986), so
-    that a space, `%`, `#`, `?` or a non-ASCII name survives every URI parser. `uri_to_path` inverts it.
-
-        path_to_uri("/tmp/my run/ü")   # 'file:///tmp/my%20run/%C3%BC'
-    """
-    return Path(os.path.abspath(path)).as_uri()
-
-
-def uri_to_path(uri: str) -> str:
-    """What fsspec is given for `uri`: the local path a `file:` URI names, percent-decoded
-    (`file:///tmp/my%20run`, `file://localhost/tmp/my%20run`, `file:/tmp/my%20run` -> `/tmp/my run`);
-    a plain path, or any other URL (s3://, gs://, memory://), unchanged.
-
-    fsspec does not decode `file://` URIs (LocalFileSystem._strip_protocol keeps `%20`), so a URI
-    made by `path_to_uri` would otherwise name a sibling directory called `my%20run`. A `%` not
-    followed by two hex digits is kept as it is (urllib.parse.unquote), so a hand-written, unencoded
-    `file:///tmp/my run` still names `/tmp/my run`.
-    """
-    if not uri.startswith(FILE_SCHEME):
-        return uri
-    rest = uri[len(FILE_SCHEME) :]
-    if rest.startswith("//"):  # an authority: empty or localhost (RFC 8089 section 2)
-        rest = rest[2:]
-        rest = rest[len("localhost") :] if rest.startswith("localhost/") else rest
-    return unquote(rest, errors="surrogateescape")  # the inverse of as_uri's os.fsencode
-
-
-def filesystem(uri: str, **storage_options: Any) -> tuple[AbstractFileSystem, str]:
-    """The fsspec filesystem of a URI and the path inside it (plain paths are local; a `file://` URI
-    is decoded by `uri_to_path`).
-
-    Raises ImportError when the URI's protocol needs a package that is not installed (s3fs, gcsfs),
-    ValueError for an unknown protocol.
-    """
-    fs, path = fsspec.core.url_to_fs(uri_to_path(uri), **storage_options)
-    return fs, path
-
-
-def open_uri(uri: str, mode: str = "rb", **kwargs: Any) -> Any:
-    """`fsspec.open` of a path or URL (a `file://` URI decoded by `uri_to_path`); kwargs are fsspec.open's
-    (compression, encoding, storage options). Use it as a context manager."""
-    return fsspec.open(uri_to_path(uri), mode, **kwargs)
-
-
-@contextlib.contextmanager
-def open_output(fs: AbstractFileSystem, path: str, **kwargs: Any) -> Iterator[Any]:
-    """`fs.open(path, "wb", **kwargs)` that never leaves a partial file or orphan upload parts behind.
-
-    fsspec's own `with fs.open(...)` closes, and so commits, what was written even when the block
-    raises: on S3 a truncated object appears (its multipart upload completed), and when the upload
-    itself is what failed, its parts stay stored, unseen, until someone aborts them. Here an exception
-    discards instead: an object store's pending upload is aborted (s3fs: AbortMultipartUpload; gcsfs
-    cancels its resumable upload) and a local partial file is removed; then the error is re-raised.
-    Only a process killed outright (SIGKILL, a lost node) can still leave parts: the bucket's
-    AbortIncompleteMultipartUpload lifecycle rule (docs/reliability.md) reaps those.
-    """
-    stream = fs.open(path, "wb", **kwargs)
-    try:
-        yield stream
-    except BaseException:
-        _discard(fs, stream, path)
-        raise
-    stream.close()
-
-
-def _discard(fs: AbstractFileSystem, stream: Any, path: str) -> None:
-    if isinstance(stream, AbstractBufferedFile):  # object stores: nothing is visible until commit
-        try:
-            stream.discard()
-        except Exception as error:  # keep the original error; the lifecycle rule reaps the parts
-            logging.getLogger(__name__).warning("could not abort the upload of %s: %s", path, error)
-        finally:
-            stream.closed = True  # so that neither close() nor __del__ commits it after all
-        return
-    stream.close()
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(path)
-
-
-def is_local(fs: AbstractFileSystem) -> bool:
-    """True for the local disk (what `filesystem` gives for a plain path or a `file://` URI): files can be
-    renamed atomically and appended to; object stores cannot."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
-def sha256_file(fs: AbstractFileSystem, path: str) -> str:
-    """Hex sha256 of one file, read in 8 MiB chunks. Raises FileNotFoundError when it does not exist."""
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def list_files(fs: AbstractFileSystem, directory: str) -> list[str]:
@@ -234,14 +120,7 @@ def commit(fs: AbstractFileSystem, directory: str, record: Mapping[str, Any] | b
     """Write the MANIFEST last, which commits the directory: a new record, or the exact bytes of an
     existing MANIFEST (an archive copies it verbatim). Local filesystems get an atomic rename; object
     stores a single PUT, which is atomic there. Raises the filesystem's OSError when it cannot write."""
-    target = manifest_path(directory)
-    blob = record if isinstance(record, bytes) else encode(record)
-    if is_local(fs):
-        tmp = f"{target}.tmp"
-        fs.pipe_file(tmp, blob)
-        fs.mv(tmp, target)
-    else:
-        fs.pipe_file(target, blob)
+    write_atomic(fs, manifest_path(directory), record if isinstance(record, bytes) else encode(record))
 
 
 def read_manifest(fs: AbstractFileSystem, directory: str) -> dict[str, Any] | None:

@@ -35,7 +35,7 @@ from olmo_trainer.layout import (
     metrics_uri,
     parse_metrics_segment_name,
 )
-from olmo_trainer.manifest import filesystem, is_local
+from olmo_trainer.storage import filesystem, is_local
 
 SEGMENT_BYTES = 1 << 20
 """A segment is closed (the next flush starts a new one) once it holds this many bytes: ~3000 lines

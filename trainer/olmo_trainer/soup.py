@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from olmo_trainer import manifest
+from olmo_trainer import manifest, storage
 from olmo_trainer.checkpoint import (
     CheckpointError,
     config_json_of,
@@ -40,7 +40,7 @@ class SoupError(ValueError):
 
 
 def _verified_manifest(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
-    fs, path = manifest.filesystem(uri, **storage_options)
+    fs, path = storage.filesystem(uri, **storage_options)
     report = manifest.verify(fs, path, uri=uri)
     if not report.ok:
         raise SoupError(f"soup ingredient {report.summary()}")
@@ -163,7 +163,7 @@ def soup_step(cfg: TrainConfig) -> int:
     """
     steps = []
     for uri in cfg.soup_from:
-        record = manifest.read_manifest(*manifest.filesystem(uri))
+        record = manifest.read_manifest(*storage.filesystem(uri))
         if record is None:
             raise SoupError(f"soup ingredient {uri} is not a committed checkpoint")
         steps.append(int(record["step"]))
@@ -172,7 +172,7 @@ def soup_step(cfg: TrainConfig) -> int:
 
 def _already_done(out_uri: str, uris: list[str]) -> bool:
     """True when `out_uri` is a committed soup of exactly these ingredients (a retried job)."""
-    record = manifest.read_manifest(*manifest.filesystem(out_uri))
+    record = manifest.read_manifest(*storage.filesystem(out_uri))
     if record is None:
         return False
     made_of = [item["uri"] for item in record.get("extra", {}).get("soup", {}).get("ingredients", [])]

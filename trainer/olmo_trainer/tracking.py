@@ -23,8 +23,8 @@ from typing import Any
 
 from olmo_trainer import layout
 from olmo_trainer.config import TrainConfig, hash_json
-from olmo_trainer.manifest import filesystem, is_local
 from olmo_trainer.metrics_log import MetricsFile
+from olmo_trainer.storage import filesystem, is_local
 
 # bf16 dense peak FLOP/s by device name fragment (H200 has H100's compute, more memory bandwidth).
 PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}

@@ -54,12 +54,12 @@ from olmo_trainer.distributed import (
 from olmo_trainer.environment import write_env
 from olmo_trainer.failure import PermanentFailure, record_notice
 from olmo_trainer.layout import EXIT_PREEMPTED, StepPlan, checkpoints_dir
-from olmo_trainer.manifest import filesystem, is_local
 from olmo_trainer.model import Transformer
 from olmo_trainer.objectives import Objective, build_objective
 from olmo_trainer.optim import build_optimizer
 from olmo_trainer.schedule import Schedule, build_schedule
 from olmo_trainer.skip_step import SkipStepRule
+from olmo_trainer.storage import filesystem, is_local
 from olmo_trainer.tracking import Tracker, mfu, peak_flops
 
 # ---------------------------------------------------------------------------------------------

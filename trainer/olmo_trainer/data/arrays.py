@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from olmo_trainer.manifest import filesystem, is_local
+from olmo_trainer.storage import filesystem, is_local
 
 
 class DataNotFoundError(ValueError):

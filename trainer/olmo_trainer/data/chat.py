@@ -40,7 +40,7 @@ import torch
 
 from olmo_trainer.data.arrays import DataNotFoundError
 from olmo_trainer.data.synth import BYTE_EOS
-from olmo_trainer.manifest import filesystem, is_local, open_uri
+from olmo_trainer.storage import filesystem, is_local, open_uri
 
 IGNORE = -100
 """Label of a token that is not trained (PyTorch's cross-entropy ignore_index)."""

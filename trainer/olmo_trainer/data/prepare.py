@@ -22,7 +22,7 @@ import numpy as np
 from olmo_trainer.data.arrays import smallest_dtype
 from olmo_trainer.data.tokenizer import Tokenizer, load_tokenizer
 from olmo_trainer.data_record import INDEX_NAME
-from olmo_trainer.manifest import open_uri
+from olmo_trainer.storage import open_uri
 
 INDEX_FORMAT = "olmorun.tokens/v1"
 _BATCH_DOCS = 512  # documents per tokenizer call: amortises the call overhead, bounds memory

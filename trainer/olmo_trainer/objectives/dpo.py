@@ -35,9 +35,9 @@ from olmo_trainer.config import TrainConfig, hash_json
 from olmo_trainer.data.chat import IGNORE, ChatBatch, PreferenceBatch, PreferenceDataset, load_chat_tokenizer
 from olmo_trainer.distributed import DistInfo
 from olmo_trainer.layout import StepPlan
-from olmo_trainer.manifest import filesystem
 from olmo_trainer.objectives import BaseObjective, LossOutput
 from olmo_trainer.objectives.sft import chat_batches, chat_plan, check_vocab, token_logps
+from olmo_trainer.storage import filesystem
 
 REFERENCE_DIR = "reference_logps"
 
