@@ -83,7 +83,7 @@ TARGETS: dict[str, Target] = {
         ),
     ),
     "schedule": Target("olmo_trainer/schedule.py", ("tests/trainer/test_schedule.py",)),
-    "storage": Target(
+    "storage_access": Target(
         "olmo_trainer/storage.py",
         ("tests/trainer/test_manifest.py", "tests/trainer/test_local_uri.py"),
     ),

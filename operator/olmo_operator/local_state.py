@@ -21,7 +21,7 @@ from typing import Any
 
 from olmo_operator.api import OlmoRun, OlmoRunStatus
 from olmo_trainer.config import hash_json
-from olmo_trainer.storage import path_to_uri
+from olmo_trainer.storage import path_to_uri, replacing
 
 STATE_FILE = "state.json"
 
@@ -85,10 +85,8 @@ def read_state(workdir: Path) -> State | None:
 
 def write_state(workdir: Path, state: State) -> None:
     """Atomic replace: an interrupted write never leaves a half state file behind."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = workdir / f"{STATE_FILE}.tmp"
-    tmp.write_text(state.to_json())
-    tmp.replace(workdir / STATE_FILE)
+    with replacing(workdir / STATE_FILE) as partial:
+        Path(partial).write_text(state.to_json())
 
 
 def start_state(run: OlmoRun, document: dict[str, Any], workdir: Path, now: dt.datetime) -> State:

@@ -189,14 +189,7 @@ class Lease:
 
     def _write(self, record: LeaseRecord) -> None:
         fs, path = self._fs()
-        blob = record.to_json().encode()
-        if storage.is_local(fs):  # a reader never sees half a file: write aside, rename over
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-            fs.pipe_file(tmp, blob)
-            fs.mv(tmp, path)
-        else:
-            fs.pipe_file(path, blob)  # one PUT: atomic on object stores
+        storage.write_atomic(fs, path, record.to_json().encode())  # a reader never sees half a file
         self._record = record
 
     def acquire(self) -> LeaseRecord:

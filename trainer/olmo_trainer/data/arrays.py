@@ -13,12 +13,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from olmo_trainer.storage import filesystem, is_local
+from olmo_trainer.storage import filesystem, is_local, replacing
 
 
 class DataNotFoundError(ValueError):
@@ -69,16 +68,9 @@ def local_copy(url: str, cache_dir: str) -> str:
     target = os.path.join(cache_dir, f"{key}-{os.path.basename(path)}")
     if os.path.exists(target) and os.path.getsize(target) == size:
         return target
-    os.makedirs(cache_dir, exist_ok=True)
     # Download beside the target and rename: concurrent ranks on one node never read a partial file.
-    fd, partial = tempfile.mkstemp(dir=cache_dir, prefix=".partial-")
-    os.close(fd)
-    try:
+    with replacing(target) as partial:
         fs.get_file(path, partial)
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     return target
 
 
@@ -100,12 +92,8 @@ def write_tokens(path: str, tokens: Iterable[int] | np.ndarray, dtype: str) -> i
     limit = np.iinfo(np.dtype(dtype)).max
     if array.size and (array.min() < 0 or array.max() > limit):
         raise ValueError(f"token ids outside 0..{limit} cannot be stored as {dtype}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
-    with os.fdopen(fd, "wb") as f:
+    with replacing(path) as partial, open(partial, "wb") as f:
         f.write(array.astype(dtype, copy=False).tobytes())
-    os.replace(partial, path)
     return int(array.size)
 
 

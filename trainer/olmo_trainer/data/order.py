@@ -28,7 +28,6 @@ instances up to that step have to be found again).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from olmo_trainer.data.mixture import TokenDataset
+from olmo_trainer.storage import replacing
 
 
 def global_indices(num_instances: int, *, seed: int, epoch: int, path: str) -> np.ndarray:
@@ -46,12 +46,9 @@ def global_indices(num_instances: int, *, seed: int, epoch: int, path: str) -> n
             return order
     dtype = np.uint32 if num_instances < 2**32 else np.uint64
     order = np.random.Generator(np.random.PCG64(seed + epoch)).permutation(num_instances).astype(dtype)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     # Written beside its final name and renamed: ranks sharing a work dir never read half a file.
-    fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".partial-", suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
+    with replacing(path) as partial, open(partial, "wb") as f:
         np.save(f, order)
-    os.replace(partial, path)
     return order
 
 

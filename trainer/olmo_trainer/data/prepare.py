@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 from olmo_trainer.data.arrays import smallest_dtype
 from olmo_trainer.data.tokenizer import Tokenizer, load_tokenizer
 from olmo_trainer.data_record import INDEX_NAME
-from olmo_trainer.storage import open_uri
+from olmo_trainer.storage import open_uri, replacing
 
 INDEX_FORMAT = "olmorun.tokens/v1"
 _BATCH_DOCS = 512  # documents per tokenizer call: amortises the call overhead, bounds memory
@@ -65,20 +64,13 @@ def tokenize_file(url: str, path: str, tokenizer: Tokenizer, dtype: str) -> tupl
     """Stream one JSONL file into a token array at `path`; returns (documents, tokens)."""
     docs = tokens = 0
     eos = np.asarray([tokenizer.eos_token_id])
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for batch in _batches(read_documents(url), _BATCH_DOCS):
-                encoded = tokenizer.encode_batch(batch)
-                flat = np.concatenate([part for ids in encoded for part in (ids, eos)])
-                out.write(flat.astype(dtype).tobytes())
-                docs += len(batch)
-                tokens += int(flat.size)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    with replacing(path) as partial, open(partial, "wb") as out:
+        for batch in _batches(read_documents(url), _BATCH_DOCS):
+            encoded = tokenizer.encode_batch(batch)
+            flat = np.concatenate([part for ids in encoded for part in (ids, eos)])
+            out.write(flat.astype(dtype).tobytes())
+            docs += len(batch)
+            tokens += int(flat.size)
     return docs, tokens
 
 

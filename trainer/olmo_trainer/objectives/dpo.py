@@ -37,7 +37,7 @@ from olmo_trainer.distributed import DistInfo
 from olmo_trainer.layout import StepPlan
 from olmo_trainer.objectives import BaseObjective, LossOutput
 from olmo_trainer.objectives.sft import chat_batches, chat_plan, check_vocab, token_logps
-from olmo_trainer.storage import filesystem
+from olmo_trainer.storage import filesystem, write_atomic
 
 REFERENCE_DIR = "reference_logps"
 
@@ -163,10 +163,7 @@ class DPOObjective(BaseObjective):
             if info.rank == 0:
                 buffer = io.BytesIO()
                 np.save(buffer, table)
-                fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                partial = path + ".partial"
-                fs.pipe_file(partial, buffer.getvalue())
-                fs.mv(partial, path)  # readers never see half a table
+                write_atomic(fs, path, buffer.getvalue())  # readers never see half a table
                 print(f"dpo: reference log-probs of {len(table)} pairs written to {uri}")
             dist.barrier()
         if table.shape != (len(self.dataset), 2):
