@@ -28,12 +28,13 @@ sys.path.insert(0, str(REPO / "trainer"))  # runnable from a checkout without in
 
 import torch
 
+from olmo_trainer.build import build_model, seed_everything
 from olmo_trainer.config import BatchConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 from olmo_trainer.distributed import init_distributed
 from olmo_trainer.objectives.lm import LMObjective
 from olmo_trainer.optim import build_optimizer
 from olmo_trainer.tracking import mfu, peak_flops
-from olmo_trainer.train import build_model, seed_everything, train_step
+from olmo_trainer.train import train_step
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -39,8 +39,7 @@ from olmo_trainer.checkpoint import (
 from olmo_trainer.config import CheckpointConfig
 from olmo_trainer.data.prompts import Prompt
 from olmo_trainer.failure import PermanentFailure
-from olmo_trainer.objectives.rl import RLBatch
-from olmo_trainer.rollouts import Packed
+from olmo_trainer.rollouts import Packed, RLBatch
 from olmo_trainer.storage import filesystem, uri_to_path
 
 
@@ -118,6 +117,25 @@ def test_what_jobs_keep_in_the_trainer_file_is_on_the_allow_list(tmp_path: Path)
     )
     kind, keys, *_ = loaded["rng"]["numpy"]
     assert kind == "MT19937" and np.array_equal(keys, np.random.get_state()[1])
+
+
+def test_a_trainer_file_naming_rl_batch_where_it_used_to_live_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RLBatch moved from objectives/rl.py to rollouts.py (issue 20's layers): a trainer.pt written
+    before names `olmo_trainer.objectives.rl.RLBatch`, and resuming from it must still work. The old
+    file is made by pickling the class under its old module name."""
+    packed = Packed(
+        ids=torch.zeros(1, 2, dtype=torch.long), starts=torch.tensor([1]), mask=torch.ones(1, 1).bool()
+    )
+    batch = RLBatch(packed, torch.zeros(1, 1), None, torch.ones(1), {"reward": 0.0})
+    monkeypatch.setattr(RLBatch, "__module__", "olmo_trainer.objectives.rl")
+    uri, _ = committed(tmp_path, {"data": {"cached": [batch]}})
+    path = uri_to_path(uri)
+    assert b"olmo_trainer.objectives.rl" in (Path(path) / "trainer.pt").read_bytes()
+    monkeypatch.undo()
+    again = read_trainer_state(uri)["data"]["cached"][0]
+    assert isinstance(again, RLBatch) and again.sums == {"reward": 0.0}
 
 
 def recommit(uri: str) -> None:

@@ -224,7 +224,7 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
     )
     torch.set_num_threads(1)
     info = init_distributed()
-    from olmo_trainer.train import build_model
+    from olmo_trainer.build import build_model
 
     cfg = TrainConfig(
         run="r",

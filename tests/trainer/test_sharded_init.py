@@ -10,10 +10,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from olmo_trainer.build import build_model
 from olmo_trainer.config import BatchConfig, ModelConfig, ParallelConfig, TrainConfig
 from olmo_trainer.distributed import init_distributed
 from olmo_trainer.model import Transformer
-from olmo_trainer.train import build_model
 from tests.trainer.dist_util import free_port
 
 # Odd sizes so that shards are uneven across two ranks (FSDP2 pads the last one).

@@ -15,17 +15,21 @@ not retry it, and exits 5 (2 for a config problem).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TypeVar
 
 from pydantic import ValidationError
 
+from olmo_trainer import soup
 from olmo_trainer.config import IMPLEMENTED_KINDS, EvalJobConfig, TrainConfig
+from olmo_trainer.evaluate import run_eval_job
 from olmo_trainer.failure import Failure, PermanentFailure, record_failure
 from olmo_trainer.layout import EXIT_NOT_IMPLEMENTED, EXIT_PERMANENT, EXIT_USAGE, plan_steps
+from olmo_trainer.storage import open_uri
+from olmo_trainer.train import train
 
 KINDS = ("pretrain", "anneal", "soup", "sft", "dpo", "rlvr", "eval")
 ConfigT = TypeVar("ConfigT", TrainConfig, EvalJobConfig)
@@ -49,8 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 def read_config(uri: str, model: type[ConfigT], what: str = "config") -> ConfigT | int:
     """The `model` JSON at `uri` (a local path or an fsspec URL), validated; or, when it does not exist or
     is invalid, EXIT_USAGE after saying so on stderr (`what` names the config in the message)."""
-    from olmo_trainer.storage import open_uri
-
     try:
         with open_uri(uri, "rb") as stream:
             return model.model_validate_json(stream.read())
@@ -63,8 +65,6 @@ def read_config(uri: str, model: type[ConfigT], what: str = "config") -> ConfigT
 
 def dry_run(cfg: TrainConfig) -> dict[str, object]:
     """What a job would do, computed without torch.distributed (world size from WORLD_SIZE, default 1)."""
-    import os
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     summary: dict[str, object] = {
         "config": cfg.model_dump(mode="json", by_alias=True),
@@ -90,8 +90,6 @@ def run_eval(uri: str) -> int:
     cfg = read_config(uri, EvalJobConfig, "eval config")
     if isinstance(cfg, int):
         return cfg
-    from olmo_trainer.evaluate import run_eval_job
-
     try:
         results = run_eval_job(cfg)
     except (ValueError, FileNotFoundError) as error:
@@ -122,10 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(dry_run(cfg), indent=2))
             return 0
         if cfg.kind == "soup":
-            soup = importlib.import_module("olmo_trainer.soup")  # B2's module; imports torch lazily here
-            return int(soup.main(cfg) or 0)
-        from olmo_trainer.train import train
-
+            return soup.main(cfg)
         return train(cfg)
     except PermanentFailure as error:  # diverged, no intact checkpoint: recorded so it is not retried
         return give_up(cfg, error.failure, error, EXIT_PERMANENT)

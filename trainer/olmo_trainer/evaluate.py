@@ -37,8 +37,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from olmo_trainer.checkpoint import load_full_state_dict, read_train_config
 from olmo_trainer.config import EvalConfig, EvalJobConfig, EvalTask, ModelConfig
+from olmo_trainer.data import build_dataset
 from olmo_trainer.data.chat import (
     ChatTokenizer,
     check_vocabulary,
@@ -46,7 +49,11 @@ from olmo_trainer.data.chat import (
     load_chat_tokenizer,
     read_rows,
 )
+from olmo_trainer.export import from_hf, is_hf_folder
+from olmo_trainer.generate import Sampling, generate
 from olmo_trainer.model import Transformer
+from olmo_trainer.objectives.lm import lm_loss
+from olmo_trainer.storage import open_uri
 
 OE_PREFIX = "oe:"
 OE_UNCOND_OFFSET = 1_000_000
@@ -200,8 +207,6 @@ def greedy(
 ) -> list[list[int]]:
     """Greedy answers of a batch of prompts (generate.py: left-padded, KV cache), without their EOS.
     A prompt longer than max_length - 1 keeps its end."""
-    from olmo_trainer.generate import Sampling, generate
-
     rollout = generate(
         model,
         [p[-(max_length - 1) :] for p in prompts],
@@ -291,9 +296,6 @@ def eval_generate(
 def eval_perplexity(
     model: nn.Module, task: EvalTask, device: torch.device, work_dir: str, seed: int
 ) -> dict[str, float]:
-    from olmo_trainer.data import build_dataset
-    from olmo_trainer.objectives.lm import lm_loss
-
     assert task.data is not None
     dataset = build_dataset(task.data, seed=seed, work_dir=work_dir)
     n = min(len(dataset), task.limit or len(dataset))
@@ -346,9 +348,6 @@ def evaluate(
 def load_for_eval(uri: str, model_config: ModelConfig | None = None) -> Transformer:
     """A committed checkpoint (model shape from its config.json, else `model_config`) or a Hugging Face
     OLMo 2 folder, as an unsharded CPU model. Raises ValueError when the shape is unknown."""
-    from olmo_trainer.checkpoint import load_full_state_dict, read_train_config
-    from olmo_trainer.export import from_hf, is_hf_folder
-
     if is_hf_folder(uri):
         return from_hf(uri)
     recorded = read_train_config(uri)
@@ -364,8 +363,6 @@ def load_for_eval(uri: str, model_config: ModelConfig | None = None) -> Transfor
 def unsharded_copy(model: nn.Module, config: ModelConfig, device: torch.device) -> Transformer:
     """A plain Transformer with the weights of a DDP/FSDP2-wrapped one (collective under FSDP2): every
     rank can then evaluate its own rows at its own pace, with no lockstep forward passes."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     full: dict[str, Any] = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     with torch.device("meta"):
         copy = Transformer(config)
@@ -384,8 +381,6 @@ def run_eval_job(cfg: EvalJobConfig) -> dict[str, float]:
             model, cfg.eval, device=torch.device("cpu"), max_length=max_length, work_dir=scratch
         )
     if cfg.output is not None:
-        from olmo_trainer.storage import open_uri
-
         with open_uri(cfg.output, "w") as stream:
             json.dump({"checkpoint": cfg.checkpoint, **results}, stream, indent=2)
     return results

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from olmo_trainer.config import ModelConfig
 from olmo_trainer.layout import manifest_path
@@ -337,8 +338,6 @@ def is_hf_folder(uri: str) -> bool:
 def load_hf_into(uri: str, model: torch.nn.Module) -> None:
     """Copy a Hugging Face OLMo 2 folder's weights into `model` (plain, DDP or FSDP2; every rank reads
     the full tensors and keeps its shard). Raises ValueError when the shapes do not fit the model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
     with _local_dir_for_reading(uri) as local:
         sd: dict[str, Any] = dict(state_dict_from_hf(load_hf_state_dict(local)))
     try:

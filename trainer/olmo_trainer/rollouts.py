@@ -93,3 +93,22 @@ def response_values(values: torch.Tensor, packed: Packed) -> torch.Tensor:
     if values.dim() == 3:
         values = values.squeeze(-1)
     return values.float().gather(1, _predicting_positions(packed))
+
+
+@dataclass
+class RLBatch:
+    """One micro-batch of a rollout: packed rows and the per-token constants of the losses."""
+
+    packed: Packed
+    old_logprobs: torch.Tensor
+    """(B, N) policy log-probs at sampling time (detached)."""
+    ref_logprobs: torch.Tensor | None
+    """(B, N) frozen reference log-probs, or None when klBeta is 0."""
+    advantages: torch.Tensor
+    """GRPO: (B,) per sequence; PPO: (B, N) per token (whitened)."""
+    sums: dict[str, float]
+    """Per-sequence metric sums of these rows (rewards, accuracy, lengths, groups)."""
+    values: torch.Tensor | None = None
+    """PPO: (B, N) value estimates at sampling time."""
+    returns: torch.Tensor | None = None
+    """PPO: (B, N) GAE returns."""

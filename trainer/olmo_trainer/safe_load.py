@@ -33,6 +33,9 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
 
+from olmo_trainer.data.prompts import Prompt
+from olmo_trainer.rollouts import Packed, RLBatch
+
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A pickled file of a checkpoint names something outside its allow-list; nothing was called."""
@@ -45,17 +48,17 @@ def refusal(error: BaseException) -> str:
     return next((p for p in parts if "global" in p.lower()), parts[-1] if parts else type(error).__name__)
 
 
-def trainer_file_globals() -> list[Any]:
+def trainer_file_globals() -> list[Any | tuple[Any, str]]:
     """Everything trainer.pt may name besides tensors and plain containers: numpy's RNG state (an
     ndarray of uint32, numpy.random.get_state) and an RL job's cached rollout (objectives/rl.py
     RolloutSteps: Prompt, Packed, RLBatch). Classes only, never a callable that acts on load; the
     checkpoints written before this allow-list existed hold exactly these types and load unchanged."""
-    from olmo_trainer.data.prompts import Prompt
-    from olmo_trainer.objectives.rl import RLBatch
-    from olmo_trainer.rollouts import Packed
-
     reconstruct = importlib.import_module("numpy._core.multiarray")._reconstruct  # how an ndarray pickles
-    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), Prompt, Packed, RLBatch]
+    return [
+        reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), Prompt, Packed, RLBatch,
+        # RLBatch lived in objectives/rl.py until the trainer's layers (issue 20): files written then name it there.
+        (RLBatch, "olmo_trainer.objectives.rl.RLBatch"),
+    ]  # fmt: skip
 
 
 _METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")

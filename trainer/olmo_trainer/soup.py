@@ -31,8 +31,11 @@ from olmo_trainer.checkpoint import (
     save_model_weights,
 )
 from olmo_trainer.config import ModelConfig, TrainConfig
+from olmo_trainer.environment import write_env
+from olmo_trainer.evaluate import evaluate, load_for_eval
 from olmo_trainer.layout import EXIT_USAGE, checkpoints_dir, step_uri
 from olmo_trainer.lease import Lease
+from olmo_trainer.metrics_log import MetricsFile
 
 
 class SoupError(ValueError):
@@ -185,15 +188,11 @@ def _already_done(out_uri: str, uris: list[str]) -> bool:
 
 def main(cfg: TrainConfig) -> int:
     """The soup phase: average `cfg.soup_from` into `<save_dir>/checkpoints/stepN` and log it."""
-    from olmo_trainer.metrics_log import MetricsFile
-
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # launched by torchrun with several processes: one writer is enough
     if not cfg.soup_from:
         print("olmo_trainer soup: soupFrom lists no checkpoints to average", file=sys.stderr)
         return EXIT_USAGE
-    from olmo_trainer.environment import write_env
-
     lease = Lease.for_job(cfg.save_dir)
     lease.acquire()  # Fenced when a newer attempt of this soup owns the directory
     write_env(cfg)
@@ -208,16 +207,13 @@ def main(cfg: TrainConfig) -> int:
         {"soup": len(cfg.soup_from), "step": step, "checkpoint": out_uri, "ingredients": cfg.soup_from}
     )
     if cfg.eval is not None:  # the averaged model, evaluated like any phase's final model
-        from olmo_trainer.evaluate import evaluate, load_for_eval
-        from olmo_trainer.train import work_dir
-
         model = load_for_eval(out_uri, cfg.model)
         results = evaluate(
             model,
             cfg.eval,
             device=torch.device("cpu"),
             max_length=cfg.model.max_sequence_length,
-            work_dir=work_dir(cfg),
+            work_dir=storage.work_dir(cfg),
             seed=cfg.seed,
         )
         metrics.append({"step": step, **results})

@@ -28,11 +28,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import os
 import random
 import signal
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,23 +40,26 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from olmo_trainer import storage
+from olmo_trainer.build import build_model, seed_everything
+from olmo_trainer.checkpoint import Checkpointer, load_model_weights, read_trainer_state
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.distributed import (
     DistInfo,
     all_reduce_sum,
     init_distributed,
-    parallelize,
     set_gradient_sync,
 )
 from olmo_trainer.environment import write_env
+from olmo_trainer.evaluate import evaluate, unsharded_copy
+from olmo_trainer.export import is_hf_folder, load_hf_into
 from olmo_trainer.failure import PermanentFailure, record_notice
 from olmo_trainer.layout import EXIT_PREEMPTED, StepPlan, checkpoints_dir
-from olmo_trainer.model import Transformer
+from olmo_trainer.lease import Lease
 from olmo_trainer.objectives import Objective, build_objective
 from olmo_trainer.optim import build_optimizer
 from olmo_trainer.schedule import Schedule, build_schedule
 from olmo_trainer.skip_step import SkipStepRule
-from olmo_trainer.storage import filesystem, is_local
 from olmo_trainer.tracking import Tracker, mfu, peak_flops
 
 # ---------------------------------------------------------------------------------------------
@@ -73,8 +73,6 @@ def peak_lr(cfg: TrainConfig) -> float:
         return float(cfg.optim.lr)
     if cfg.init_from is None:
         raise ValueError("optim.lr is `inherit` but there is no initFrom checkpoint to inherit it from")
-    from olmo_trainer.checkpoint import read_trainer_state
-
     state = read_trainer_state(cfg.init_from)
     if "lr" not in state:
         raise ValueError(f"{cfg.init_from}: its trainer state records no `lr` to inherit")
@@ -148,78 +146,6 @@ class TrainerState:
 # ---------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------
-
-
-def seed_everything(seed: int, device: torch.device) -> None:
-    """Seed every generator; on CPU also demand deterministic kernels (bit-identical reruns)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-
-
-def build_model(cfg: TrainConfig, info: DistInfo) -> torch.nn.Module:
-    """Build on the meta device (no memory), parallelise, materialise on the device, init from a seed.
-
-    FSDP2 shards the meta model before anything is allocated, so a rank only ever holds its shards
-    (plus one full weight while it is initialised): a 32B model never has to fit on one GPU. DDP
-    materialises the full model first. Either way every rank draws the same numbers from the seeded
-    generator, so all parallelisms start from the same weights.
-    """
-    with torch.device("meta"):
-        model = Transformer(cfg.model)
-    fsdp = cfg.parallel.strategy == "fsdp"
-    if fsdp:
-        parallelize(model, cfg.parallel, info)  # in place: parameters become (meta) DTensor shards
-    model.to_empty(device=info.device)
-    model.init_weights(torch.Generator(device=info.device).manual_seed(cfg.seed))
-    return model if fsdp else parallelize(model, cfg.parallel, info)
-
-
-def work_dir(cfg: TrainConfig) -> str:
-    """Local scratch for the data pipeline: OLMO_WORK_DIR, else beside a local save dir, else /tmp."""
-    if os.environ.get("OLMO_WORK_DIR"):
-        return os.environ["OLMO_WORK_DIR"]
-    fs, root = filesystem(cfg.save_dir)
-    if is_local(fs):
-        return os.path.join(root, "work")
-    return os.path.join(tempfile.gettempdir(), "olmorun-work", cfg.config_hash())
-
-
-def check_data_matches_model(cfg: TrainConfig, info: DistInfo) -> None:
-    """Refuse data whose recorded vocabulary/EOS/dtype contradict the config (ValueError); rank 0 warns
-    about sources without a record (data_record.py)."""
-    from olmo_trainer.data_record import check_data
-
-    assert cfg.data is not None
-    check = check_data(cfg.data, cfg.model)
-    if check.problems:
-        raise ValueError("the data does not match the model:\n  - " + "\n  - ".join(check.problems))
-    if info.rank == 0:
-        for warning in check.warnings:
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
-
-
-def build_batches(cfg: TrainConfig, plan: StepPlan, info: DistInfo) -> Any:
-    """This rank's DistributedBatches over the phase's data mixture."""
-    from olmo_trainer.data import DistributedBatches, build_dataset
-
-    assert cfg.data is not None
-    seed = cfg.data.seed if cfg.data.seed is not None else cfg.seed
-    scratch = work_dir(cfg)
-    check_data_matches_model(cfg, info)
-    dataset = build_dataset(cfg.data, seed=seed, work_dir=scratch)
-    return DistributedBatches(
-        dataset,
-        global_batch_size=plan.global_batch_size,
-        micro_batch_size=plan.micro_batch_size,
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=seed,
-        work_dir=scratch,
-        vocab_size=cfg.model.vocab_size,
-    )
 
 
 def _autocast(cfg: TrainConfig, info: DistInfo) -> contextlib.AbstractContextManager[Any]:
@@ -476,9 +402,6 @@ def skip_rule(cfg: TrainConfig) -> SkipStepRule | None:
 def setup(cfg: TrainConfig) -> tuple[Job, Any]:
     """Join the process group, build the objective's data, the wrapped model and optimizer, then init
     from the parent, let the objective prepare, and resume. Returns (job, batches)."""
-    from olmo_trainer.checkpoint import Checkpointer
-    from olmo_trainer.lease import Lease
-
     info = init_distributed()
     seed_everything(cfg.seed, info.device)
     objective = build_objective(cfg)
@@ -540,9 +463,6 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
 def load_initial_weights(uri: str, model: nn.Module) -> None:
     """Load `initFrom` into the (wrapped) model: a committed checkpoint, or a Hugging Face OLMo 2 folder
     (config.json + safetensors, as `olmorun export-hf` writes and the Hub's OLMo-2 repositories hold)."""
-    from olmo_trainer.checkpoint import load_model_weights
-    from olmo_trainer.export import is_hf_folder, load_hf_into
-
     if is_hf_folder(uri):
         load_hf_into(uri, model)
     else:
@@ -551,8 +471,6 @@ def load_initial_weights(uri: str, model: nn.Module) -> None:
 
 def final_eval(job: Job) -> dict[str, float]:
     """Evaluate the trained model on the phase's `eval` tasks (collective: every rank scores its share)."""
-    from olmo_trainer.evaluate import evaluate, unsharded_copy
-
     cfg, info = job.cfg, job.info
     assert cfg.eval is not None
     model = unsharded_copy(job.model, cfg.model, info.device)
@@ -561,7 +479,7 @@ def final_eval(job: Job) -> dict[str, float]:
         cfg.eval,
         device=info.device,
         max_length=cfg.model.max_sequence_length,
-        work_dir=work_dir(cfg),
+        work_dir=storage.work_dir(cfg),
         seed=cfg.seed,
     )
 

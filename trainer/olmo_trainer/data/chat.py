@@ -139,7 +139,7 @@ class HFChatTokenizer:
     local path or an fsspec URL."""
 
     def __init__(self, path: str) -> None:
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # lazy: a heavy native module only this class needs
 
         self.name = os.path.basename(os.path.dirname(path)) or path
         try:

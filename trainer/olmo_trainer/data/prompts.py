@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from olmo_trainer.config import TrainConfig, hash_json
+from olmo_trainer.data.chat import check_vocabulary, encode_prompt, load_chat_tokenizer, read_rows
+from olmo_trainer.data.order import DistributedBatches
 from olmo_trainer.distributed import DistInfo
 from olmo_trainer.rewards import check_row
+from olmo_trainer.storage import work_dir
 
 
 @dataclass
@@ -88,10 +91,6 @@ def load_prompts(
 def build_prompt_batches(cfg: TrainConfig, info: DistInfo) -> tuple[Any, Any]:
     """This rank's step source over the phase's RLVR prompts, and the chat tokenizer (which decodes
     the responses for the verifiers)."""
-    from olmo_trainer.data.chat import check_vocabulary, encode_prompt, load_chat_tokenizer, read_rows
-    from olmo_trainer.data.order import DistributedBatches
-    from olmo_trainer.train import work_dir
-
     assert cfg.rlvr is not None and cfg.batch is not None
     data = cfg.rlvr.data
     tokenizer = load_chat_tokenizer(data.tokenizer)

@@ -16,6 +16,7 @@ whether written by `olmorun data synth` or materialised for a `SyntheticSource`.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -254,8 +255,6 @@ def chat_sets(seed: int, sizes: dict[str, int] | None = None) -> dict[str, list[
 
 def write_chat_sets(out_dir: str, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, str]:
     """Write every chat set as JSON lines into `out_dir`; returns {set: path}."""
-    import json
-
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
     for name, rows in chat_sets(seed, sizes).items():

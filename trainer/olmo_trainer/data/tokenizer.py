@@ -44,7 +44,7 @@ class HFTokenizer:
     """A `tokenizers` tokenizer from a local tokenizer.json."""
 
     def __init__(self, path: str, eos_token_id: int | None = None) -> None:
-        from tokenizers import Tokenizer as RustTokenizer
+        from tokenizers import Tokenizer as RustTokenizer  # lazy: a heavy native module only this class needs
 
         self.name = path
         try:

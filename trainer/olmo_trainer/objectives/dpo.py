@@ -31,11 +31,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from olmo_trainer.checkpoint import CheckpointError, manifest_sha256
 from olmo_trainer.config import TrainConfig, hash_json
 from olmo_trainer.data.chat import IGNORE, ChatBatch, PreferenceBatch, PreferenceDataset, load_chat_tokenizer
 from olmo_trainer.distributed import DistInfo
 from olmo_trainer.layout import StepPlan
-from olmo_trainer.objectives import BaseObjective, LossOutput
+from olmo_trainer.objectives.base import BaseObjective, LossOutput
 from olmo_trainer.objectives.sft import chat_batches, chat_plan, check_vocab, token_logps
 from olmo_trainer.storage import filesystem, write_atomic
 
@@ -132,8 +133,6 @@ class DPOObjective(BaseObjective):
         parent = self.cfg.init_from
         identity: dict[str, Any] = {"uri": parent}
         if parent is not None:
-            from olmo_trainer.checkpoint import CheckpointError, manifest_sha256
-
             try:
                 identity = {"manifest": manifest_sha256(parent)}  # the same weights wherever they sit
             except (CheckpointError, FileNotFoundError, ValueError):

@@ -23,9 +23,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from olmo_trainer.objectives import LossOutput
-from olmo_trainer.objectives.rl import RLBatch, RLObjective
-from olmo_trainer.rollouts import Packed
+from olmo_trainer.objectives.base import LossOutput
+from olmo_trainer.objectives.rl import RLObjective
+from olmo_trainer.rollouts import Packed, RLBatch
 
 ADVANTAGE_EPS = 1e-8
 """Added to the group std (OLMO2.md: (r - mean)/(std + 1e-8))."""

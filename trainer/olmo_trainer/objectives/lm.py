@@ -14,11 +14,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from olmo_trainer.build import build_batches
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.distributed import DistInfo
 from olmo_trainer.layout import StepPlan, plan_steps
-from olmo_trainer.objectives import BaseObjective, LossOutput
-from olmo_trainer.train import build_batches
+from olmo_trainer.objectives.base import BaseObjective, LossOutput
 
 
 class LMLoss(NamedTuple):

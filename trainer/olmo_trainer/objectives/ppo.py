@@ -21,12 +21,15 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from olmo_trainer.checkpoint import load_model_weights
 from olmo_trainer.config import TrainConfig
-from olmo_trainer.distributed import DistInfo
-from olmo_trainer.objectives import LossOutput
+from olmo_trainer.distributed import DistInfo, parallelize
+from olmo_trainer.model import Transformer
+from olmo_trainer.objectives.base import LossOutput
 from olmo_trainer.objectives.grpo import clipped_surrogate
-from olmo_trainer.objectives.rl import RLBatch, RLObjective
-from olmo_trainer.rollouts import Packed
+from olmo_trainer.objectives.rl import RLObjective
+from olmo_trainer.optim import build_optimizer
+from olmo_trainer.rollouts import Packed, RLBatch
 
 WHITEN_EPS = 1e-8
 
@@ -141,10 +144,6 @@ def build_value_model(cfg: TrainConfig, info: DistInfo, policy: nn.Module) -> nn
     phase's model), or as `rlvr.valueInitFrom`'s when given (any committed checkpoint of this
     architecture; its head is loaded too when it is a value model's). The head starts from the
     seeded truncated normal of the model's init."""
-    from olmo_trainer.checkpoint import load_model_weights
-    from olmo_trainer.distributed import parallelize
-    from olmo_trainer.model import Transformer
-
     assert cfg.rlvr is not None
     with torch.device("meta"):
         value = Transformer(cfg.model)
@@ -175,8 +174,6 @@ class PPOObjective(RLObjective):
     value_optimizer: torch.optim.Optimizer | None = None
 
     def prepare(self, model: nn.Module, info: DistInfo) -> None:
-        from olmo_trainer.optim import build_optimizer
-
         super().prepare(model, info)
         self.value_model = build_value_model(self.cfg, info, model)
         self.value_optimizer = build_optimizer(self.value_model, self.cfg.optim, lr=0.0)

@@ -26,39 +26,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from olmo_trainer.build import build_model
 from olmo_trainer.config import RLVRConfig, TrainConfig, rlvr_batch_problem
-from olmo_trainer.data.prompts import Prompt
+from olmo_trainer.data.prompts import Prompt, build_prompt_batches
 from olmo_trainer.distributed import DistInfo
 from olmo_trainer.generate import Sampling, generate
-from olmo_trainer.objectives import BaseObjective
+from olmo_trainer.layout import StepPlan
+from olmo_trainer.model import Transformer
+from olmo_trainer.objectives.base import BaseObjective
 from olmo_trainer.rewards import reward_of, verifier
-from olmo_trainer.rollouts import Packed, pack, response_logprobs, response_values
-from olmo_trainer.train import StepPlan
+from olmo_trainer.rollouts import Packed, RLBatch, pack, response_logprobs, response_values
 
 
 def rollout_seed(seed: int, rollout: int, rank: int) -> int:
     """Seed of the sampling generator of one rollout on one rank (stable across runs and versions)."""
     digest = hashlib.sha256(f"rlvr:{seed}:{rollout}:{rank}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-@dataclass
-class RLBatch:
-    """One micro-batch of a rollout: packed rows and the per-token constants of the losses."""
-
-    packed: Packed
-    old_logprobs: torch.Tensor
-    """(B, N) policy log-probs at sampling time (detached)."""
-    ref_logprobs: torch.Tensor | None
-    """(B, N) frozen reference log-probs, or None when klBeta is 0."""
-    advantages: torch.Tensor
-    """GRPO: (B,) per sequence; PPO: (B, N) per token (whitened)."""
-    sums: dict[str, float]
-    """Per-sequence metric sums of these rows (rewards, accuracy, lengths, groups)."""
-    values: torch.Tensor | None = None
-    """PPO: (B, N) value estimates at sampling time."""
-    returns: torch.Tensor | None = None
-    """PPO: (B, N) GAE returns."""
 
 
 @dataclass
@@ -122,9 +105,6 @@ class RolloutSteps:
 def frozen_copy(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
     """A frozen copy of the (wrapped) policy's current weights, sharded like it under FSDP2, a plain
     module under DDP (DDP refuses a module with nothing to train)."""
-    from olmo_trainer.model import Transformer
-    from olmo_trainer.train import build_model
-
     if cfg.parallel.strategy == "fsdp":
         copy = build_model(cfg, info)
         with torch.no_grad():
@@ -156,8 +136,6 @@ class RLObjective(BaseObjective):
 
     # Data and plan ------------------------------------------------------------------------------
     def build(self, cfg: TrainConfig, info: DistInfo) -> tuple[StepPlan, RolloutSteps]:
-        from olmo_trainer.data.prompts import build_prompt_batches
-
         self.info = info
         if cfg.batch is None or cfg.max_steps is None:
             raise ValueError("an rlvr phase needs `batch` (prompts per rollout) and `maxSteps`")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from olmo_trainer.config import ChatDataConfig, TrainConfig
+from olmo_trainer.data import DistributedBatches
 from olmo_trainer.data.chat import (
     IGNORE,
     ChatBatch,
@@ -35,8 +36,8 @@ from olmo_trainer.data.chat import (
 )
 from olmo_trainer.distributed import DistInfo
 from olmo_trainer.layout import StepPlan
-from olmo_trainer.objectives import BaseObjective, LossOutput
-from olmo_trainer.train import work_dir
+from olmo_trainer.objectives.base import BaseObjective, LossOutput
+from olmo_trainer.storage import work_dir
 
 
 def token_logps(
@@ -92,8 +93,6 @@ def chat_plan(cfg: TrainConfig, num_rows: int, *, epochs: int, max_length: int, 
 
 def chat_batches(cfg: TrainConfig, dataset: Any, plan: StepPlan, info: DistInfo) -> Any:
     """This rank's steps over a chat dataset: the seeded global order of data/order.py, resumable."""
-    from olmo_trainer.data import DistributedBatches
-
     return DistributedBatches(
         dataset,
         global_batch_size=plan.global_batch_size,
