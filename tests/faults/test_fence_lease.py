@@ -155,7 +155,7 @@ def test_the_metrics_record_takes_no_line_from_an_attempt_that_lost_the_lease(
     checkpointer = Checkpointer(
         checkpoints_dir(where), CheckpointConfig(), config_hash="h", lease=old, storage_options=options
     )
-    metrics = MetricsFile(where, resume_step=None, flush_seconds=0.0, may_write=checkpointer.holds_lease)
+    metrics = MetricsFile(where, resume_step=None, flush_seconds=0.0, may_write=checkpointer.fence.holds)
     for step in (1, 2):
         metrics.append({"step": step, "loss": 1.0})
     fs, root = filesystem(where, **options)
@@ -206,7 +206,7 @@ def test_a_fenced_checkpointer_writes_commits_and_prunes_nothing(
         storage_options=options,
         lease=old_lease,
     )
-    old.acquire_lease()
+    old.fence.acquire()
     old.save(1, state)
     old.save(2, state)  # retention (keep_last 1) deleted step 1: the lease allowed it
     assert [s for s, _ in old.committed()] == [2]
@@ -219,7 +219,7 @@ def test_a_fenced_checkpointer_writes_commits_and_prunes_nothing(
         storage_options=options,
         lease=new_lease,
     )
-    new.acquire_lease()
+    new.fence.acquire()
     new.save(3, state)  # the newer attempt's checkpoint (it keeps 5)
     fs, root = filesystem(where, **options)
     before = files_of(fs, root)

@@ -29,7 +29,6 @@ from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from olmo_trainer import manifest
 from olmo_trainer.checkpoint import (
-    TRAINER_NAME,
     UNSAFE_CHECKPOINT_REASON,
     Checkpointer,
     load_full_state_dict,
@@ -39,6 +38,7 @@ from olmo_trainer.checkpoint import (
 from olmo_trainer.config import CheckpointConfig
 from olmo_trainer.data.prompts import Prompt
 from olmo_trainer.failure import PermanentFailure
+from olmo_trainer.layout import TRAINER_NAME
 from olmo_trainer.rollouts import Packed, RLBatch
 from olmo_trainer.storage import filesystem, uri_to_path
 

@@ -24,7 +24,7 @@ from fsspec.asyn import sync_wrapper
 from torch.distributed.checkpoint.api import CheckpointException
 
 from olmo_operator import archive
-from olmo_trainer.checkpoint import _writer
+from olmo_trainer.checkpoint.io import storage_writer
 from olmo_trainer.storage import filesystem, open_output
 from tests.operator.test_archive import make_checkpoint
 from tests.s3server import S3Server
@@ -138,7 +138,7 @@ def test_a_local_partial_file_is_removed(tmp_path: Path) -> None:
 def test_a_dcp_shard_upload_that_fails_is_aborted(
     s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The trainer's checkpoint writer (checkpoint._writer, DCP's FsspecWriter) on a network fault in the
+    """The trainer's checkpoint writer (checkpoint/io.py storage_writer, DCP's FsspecWriter) on a network fault in the
     middle of a multipart shard: the save fails, and the bucket keeps no parts and no partial shard."""
     options = s3_server.storage_options()
     uri = f"{bucket}/run/checkpoints/step1"
@@ -146,7 +146,7 @@ def test_a_dcp_shard_upload_that_fails_is_aborted(
     monkeypatch.setattr(s3fs.S3FileSystem, "default_block_size", PART)  # DCP opens shards with the default
     fail_s3_call(monkeypatch, nth("upload_part", 2))
     with pytest.raises(CheckpointException):  # DCP's wrapper of the rank's EndpointConnectionError
-        dcp.save(state, storage_writer=_writer(uri, options), no_dist=True)
+        dcp.save(state, storage_writer=storage_writer(uri, options), no_dist=True)
     monkeypatch.undo()
     assert _orphans(s3_server, bucket) == []
     assert not [key for key in _objects(s3_server, bucket) if key.endswith(".distcp")]

@@ -127,7 +127,7 @@ def test_round_trip_restores_model_optimizer_and_trainer_state(tmp_path: Path) -
     uri = ckpt.save(2, app(model, optim, state))
 
     assert uri == f"{tmp_path}/ckpt/step2"
-    assert ckpt.latest() == (2, uri)
+    assert ckpt.committed()[-1] == (2, uri)
     record = manifest.read_manifest(*filesystem(uri))
     assert record is not None
     assert record["step"] == 2 and record["configHash"] == "abc" and record["parent"] == "s3://x/step9"
@@ -177,7 +177,7 @@ def test_uncommitted_and_missing_checkpoints_are_refused(tmp_path: Path) -> None
     (tmp_path / "step7").mkdir()
     (tmp_path / "step7" / "__0_0.distcp").write_bytes(b"partial")
     ckpt = Checkpointer(str(tmp_path), cfg(), config_hash="h")
-    assert ckpt.latest() is None
+    assert ckpt.committed() == []
     with pytest.raises(CheckpointError, match="not a committed checkpoint"):
         ckpt.load(str(tmp_path / "step7"), app(model, optim, None))
     with pytest.raises(CheckpointError, match="not a committed checkpoint"):
@@ -233,14 +233,14 @@ def test_async_save_snapshots_the_state_and_commits_on_wait(tmp_path: Path) -> N
             p.mul_(0).add_(7.0)
     ckpt.cleanup_uncommitted()  # must not remove the save in flight
     ckpt.wait()
-    assert ckpt.latest() == (1, uri)
+    assert ckpt.committed()[-1] == (1, uri)
     full = load_full_state_dict(uri)
     for key, value in expected.items():
         assert torch.equal(full[key], value), key
     # The next save also finishes a pending one first.
     ckpt.save(2, app(model, optim, TrainerState(2)))
     ckpt.save(3, app(model, optim, TrainerState(3)))
-    assert ckpt.latest() == (2, f"{tmp_path}/step2")
+    assert ckpt.committed()[-1] == (2, f"{tmp_path}/step2")
     ckpt.wait()
     assert [s for s, _ in ckpt.committed()] == [1, 2, 3]
 
@@ -258,7 +258,7 @@ def test_fsspec_storage_round_trip() -> None:
     ckpt = Checkpointer("memory://olmorun-test/ckpt", cfg(keep_last=1), config_hash="h")
     ckpt.save(1, app(model, optim, TrainerState(1)))
     uri = ckpt.save(2, app(model, optim, TrainerState(2)))
-    assert ckpt.latest() == (2, "memory://olmorun-test/ckpt/step2")
+    assert ckpt.committed()[-1] == (2, "memory://olmorun-test/ckpt/step2")
     assert [s for s, _ in ckpt.committed()] == [2]
     other, other_optim = trained(seed=5)
     state = TrainerState()
@@ -307,7 +307,7 @@ def test_crash_before_manifest_keeps_previous_checkpoint(tmp_path: Path) -> None
     assert not (ckpt_dir / "step2" / manifest.MANIFEST_NAME).exists()  # ...but never committed
 
     ckpt = Checkpointer(str(ckpt_dir), CheckpointConfig(keep_last=1), config_hash="h")
-    assert ckpt.latest() == (1, f"{ckpt_dir}/step1")
+    assert ckpt.committed()[-1] == (1, f"{ckpt_dir}/step1")
     model = nn.Linear(4, 3)
     load_model_weights(str(ckpt_dir / "step1"), model)
     for key, value in torch.load(expected).items():

@@ -56,7 +56,7 @@ def test_save_retain_load_and_soup_on_s3(s3_server: S3Server) -> None:
     uri = ckpt.save(2, {"model": model, "optim": optim, "trainer": Counter(2)})
 
     assert uri == f"{bucket}/run/checkpoints/step2"
-    assert ckpt.latest() == (2, uri)
+    assert ckpt.committed()[-1] == (2, uri)
     fresh = s3_server.filesystem()  # an independent client sees the committed state
     assert [step for step, _ in manifest.committed_steps(fresh, "checkpoints/run/checkpoints")] == [2]
     assert manifest.verify(fresh, "checkpoints/run/checkpoints/step2").ok

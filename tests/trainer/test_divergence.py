@@ -86,7 +86,7 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path: Path) -
     assert not weights_finite(model)
     with pytest.raises(PermanentFailure, match="weights at step 2 hold NaN or inf"):
         ckpt.save(2, {"model": model})
-    assert ckpt.latest() == (1, str(tmp_path / "checkpoints" / "step1"))
+    assert ckpt.committed()[-1] == (1, str(tmp_path / "checkpoints" / "step1"))
     assert not (tmp_path / "checkpoints" / "step2").exists()
 
 
@@ -126,4 +126,4 @@ def test_a_value_model_with_non_finite_weights_is_never_written_either(tmp_path:
         value.bias[0] = math.inf
     with pytest.raises(PermanentFailure, match="the weights of 'value' at step 2 hold NaN or inf"):
         ckpt.save(2, state)
-    assert ckpt.latest() == (1, str(tmp_path / "checkpoints" / "step1"))
+    assert ckpt.committed()[-1] == (1, str(tmp_path / "checkpoints" / "step1"))

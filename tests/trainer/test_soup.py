@@ -143,7 +143,7 @@ def test_soup_phase_entry_point_is_discoverable_and_idempotent(tmp_path: Path) -
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     ckpt = Checkpointer(f"{cfg.save_dir}/checkpoints", cfg.checkpoint, config_hash=cfg.config_hash())
-    assert ckpt.latest() == (9, f"{cfg.save_dir}/checkpoints/step9")
+    assert ckpt.committed()[-1] == (9, f"{cfg.save_dir}/checkpoints/step9")
     lines = [json.loads(line) for line in (tmp_path / "soup" / "metrics.jsonl").read_text().splitlines()]
     assert lines == [
         {"soup": 2, "step": 9, "checkpoint": f"{cfg.save_dir}/checkpoints/step9", "ingredients": uris}

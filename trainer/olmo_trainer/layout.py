@@ -66,6 +66,12 @@ LEASE_NAME = "lease.json"
 (lease.py)."""
 WANDB_NAME = "wandb"
 """Beside the checkpoints: W&B's offline runs of the job (`wandb sync <save_dir>/wandb/offline-run-*`)."""
+CONFIG_NAME = "config.json"
+"""A TrainConfig as JSON: a phase's config (the operator writes it) and its copy in every checkpoint."""
+TRAINER_NAME = "trainer.pt"
+"""In a checkpoint: every rank's trainer state (step, tokens, data position, RNG), checkpoint/io.py."""
+ENV_NAME = "env.json"
+"""Beside the checkpoints: the environment the job ran in (environment.py)."""
 STEP_PREFIX = "step"
 _STEP_NAME = re.compile(rf"^{STEP_PREFIX}(\d+)$")
 

@@ -9,7 +9,7 @@ is loaded at a time and added into a running fp32 sum. The output is a weights-o
 by URI and by the sha256 of its MANIFEST, which pins the exact bytes that were averaged.
 
 `main(cfg)` is `python -m olmo_trainer soup --config URI`: the soup is written to
-`<save_dir>/checkpoints/step<max ingredient step>/`, marked final, so `Checkpointer.latest()` on
+`<save_dir>/checkpoints/step<max ingredient step>/`, marked final, so `Checkpointer.latest_intact()` on
 `<save_dir>/checkpoints` finds it exactly as it finds a training phase's final checkpoint. A retried
 soup job whose output is already committed with the same ingredients does nothing.
 """
@@ -197,7 +197,7 @@ def main(cfg: TrainConfig) -> int:
     lease.acquire()  # Fenced when a newer attempt of this soup owns the directory
     write_env(cfg)
     step = soup_step(cfg)
-    out_uri = step_uri(checkpoints_dir(cfg.save_dir), step)  # where Checkpointer.latest() finds it
+    out_uri = step_uri(checkpoints_dir(cfg.save_dir), step)  # where Checkpointer.latest_intact() finds it
     if _already_done(out_uri, cfg.soup_from):
         print(f"{cfg.run}/{cfg.phase}: soup {out_uri} already committed")
         return 0

@@ -42,7 +42,7 @@ from torch import nn
 
 from olmo_trainer import storage
 from olmo_trainer.build import build_model, seed_everything
-from olmo_trainer.checkpoint import Checkpointer, load_model_weights, read_trainer_state
+from olmo_trainer.checkpoint import Checkpointer, load_model_weights, read_trainer_state, save_due
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.distributed import (
     DistInfo,
@@ -370,10 +370,10 @@ class Job:
             if state.skip is not None:  # OLMo-core logs it as "optim/step skipped"
                 record.update(step_skipped=float(result.skipped), skipped_steps=state.skip.skipped)
             if self.tracker is not None and not self.tracker.log(record):
-                state.preempted = True  # the lease is lost (as in renew_lease below): stop, writing nothing
+                state.preempted = True  # the lease is lost (as in fence.renew below): stop, writing nothing
             if info.rank == 0:
                 print(_log_line(state.step, plan.total_steps, record), flush=True)
-                if not self.checkpointer.renew_lease():
+                if not self.checkpointer.fence.renew():
                     # A newer attempt owns the directory: every rank stops at the next step, and the
                     # save that stop asks for is refused by the lease (Fenced), writing nothing.
                     state.preempted = True
@@ -381,7 +381,7 @@ class Job:
             if result.skipped:
                 check_skip_limit(state.step, state.skip, record, info)
             final = state.step == plan.total_steps
-            if final or stop or state.step % cfg.checkpoint.interval_steps == 0:
+            if save_due(state.step, interval_steps=cfg.checkpoint.interval_steps, final=final, stop=stop):
                 self.checkpointer.save(state.step, self.app_state, final=final)
             last = time.perf_counter()  # a checkpoint save or a log write is not training time
             if stop and not final:
@@ -431,7 +431,7 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
         ),
         objective=objective,
     )
-    job.checkpointer.acquire_lease()  # an older attempt than the directory's owner stops here (Fenced)
+    job.checkpointer.fence.acquire()  # an older attempt than the directory's owner stops here (Fenced)
     # collective: nobody lists checkpoints while rank 0 removes torn ones
     job.checkpointer.cleanup_uncommitted()
     latest = job.checkpointer.latest_intact()  # each rank re-hashes its share against the MANIFEST
@@ -489,7 +489,7 @@ def train(cfg: TrainConfig) -> int:
     job, batches = setup(cfg)
     _install_sigterm(job.state)
     job.tracker = Tracker(
-        cfg, rank=job.info.rank, resume_step=job.state.step, may_write=job.checkpointer.holds_lease
+        cfg, rank=job.info.rank, resume_step=job.state.step, may_write=job.checkpointer.fence.holds
     )
     try:
         preempted = job.loop(iter(batches))
