@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 
 from olmo_operator.api import OlmoRun, PhaseSpec
-from olmo_trainer.layout import checkpoints_dir, join, metrics_uri, step_of, step_uri
+from olmo_trainer.layout import CONFIG_NAME, checkpoints_dir, join, metrics_uri, step_of, step_uri
 
 __all__ = [
     "MAX_JOB_NAME",
@@ -100,8 +100,13 @@ def scratch_root(run: OlmoRun) -> str:
     return join(base, run.namespace, run.name)
 
 
+RUN_NAME = "run.json"
+"""At a run's root: its reproducibility record (spec, spec hash, image, seeds), written once."""
+
+
 def run_record_uri(run: OlmoRun) -> str:
-    return join(run_root(run), "run.json")
+    """`<run root>/run.json`."""
+    return join(run_root(run), RUN_NAME)
 
 
 def _phase_dir(phase: PhaseSpec, seed: int) -> str:
@@ -110,7 +115,7 @@ def _phase_dir(phase: PhaseSpec, seed: int) -> str:
 
 def config_uri(run: OlmoRun, phase: PhaseSpec, seed: int) -> str:
     """`<run root>/phases/<p>[/s<seed>]/config.json`, written before the job is submitted."""
-    return join(run_root(run), _phase_dir(phase, seed), "config.json")
+    return join(run_root(run), _phase_dir(phase, seed), CONFIG_NAME)
 
 
 def save_dir(run: OlmoRun, phase: PhaseSpec, seed: int) -> str:

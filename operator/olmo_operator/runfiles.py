@@ -24,15 +24,14 @@ from fsspec import AbstractFileSystem
 
 from olmo_operator import api, layout
 from olmo_operator.archive import storage_options
+from olmo_operator.layout import RUN_NAME
+from olmo_operator.local_state import STATE_FILE
 from olmo_operator.plan import run_spec_hash
 from olmo_operator.rundiff import JobRecord, RunRecord
 from olmo_trainer import manifest, metrics_log, storage
 from olmo_trainer.config import TrainConfig, hash_json
+from olmo_trainer.layout import ENV_NAME
 
-RUN_JSON = "run.json"
-STATE_JSON = "state.json"
-ENV_JSON = "env.json"
-"""Written by the trainer (olmo_trainer.environment.ENV_NAME); the operator cannot import that module."""
 RUN_PLACEHOLDER = "<run>"
 
 
@@ -56,18 +55,18 @@ def _read_json(uri: str) -> Any:
 
 def run_root_of(target: str) -> tuple[str, dict[str, Any] | None]:
     """(run root, local status or None) of a run root URI or an `olmorun local` workdir."""
-    if "://" not in target and (Path(target) / STATE_JSON).exists():
-        found = sorted((Path(target) / "storage").glob(f"*/*/{RUN_JSON}"))
+    if "://" not in target and (Path(target) / STATE_FILE).exists():
+        found = sorted((Path(target) / "storage").glob(f"*/*/{RUN_NAME}"))
         if len(found) != 1:
             raise RunNotFoundError(
                 f"{target}: a workdir, but {len(found)} run.json files under {target}/storage"
             )
-        state = json.loads((Path(target) / STATE_JSON).read_text())
+        state = json.loads((Path(target) / STATE_FILE).read_text())
         return str(found[0].parent.resolve()), state.get("status")
     root = target.rstrip("/")
-    if _read_json(f"{root}/{RUN_JSON}") is None:
+    if _read_json(f"{root}/{RUN_NAME}") is None:
         raise RunNotFoundError(
-            f"{target}: no {RUN_JSON} here; give a run's root (<storage>/<namespace>/<name>) or an `olmorun "
+            f"{target}: no {RUN_NAME} here; give a run's root (<storage>/<namespace>/<name>) or an `olmorun "
             "local` workdir"
         )
     return root, None
@@ -147,7 +146,7 @@ def read_job(run: api.OlmoRun, phase: api.PhaseSpec, seed: int, roots: re.Patter
         seed=seed,
         kind=phase.kind,
         config_hash=portable_config_hash(config, roots) if isinstance(config, dict) else None,
-        env=portable(_read_json(f"{save}/{ENV_JSON}"), roots),
+        env=portable(_read_json(f"{save}/{ENV_NAME}"), roots),
         metrics=portable(_metrics(save), roots),
         checkpoints=checkpoints,
         finished_at=finished,
@@ -157,7 +156,7 @@ def read_job(run: api.OlmoRun, phase: api.PhaseSpec, seed: int, roots: re.Patter
 def read_run(target: str) -> RunRecord:
     """The whole record of a run (see the module docstring). Raises RunNotFoundError."""
     root, status = run_root_of(target)
-    document = _read_json(f"{root}/{RUN_JSON}")
+    document = _read_json(f"{root}/{RUN_NAME}")
     run = _run_at(document, root)
     roots = root_pattern(run)
     jobs = [

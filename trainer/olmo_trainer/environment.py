@@ -40,9 +40,9 @@ import torch
 
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.failure import current_attempt
+from olmo_trainer.layout import ENV_NAME
 from olmo_trainer.storage import filesystem
 
-ENV_NAME = "env.json"
 FORMAT = "olmorun.env/v1"
 IMAGE_ENV = "OLMORUN_IMAGE"
 """Set by the launcher from the OlmoRun's `spec.image` (olmo_operator.launcher)."""
