@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from olmo_operator.cli import UserError
-from olmo_operator.cli_export import resolve_checkpoint
+from olmo_operator.cli_export import checkpoint_argument
 
 KINDS = ("generate", "multiple_choice", "perplexity")
 
@@ -107,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     if args.limit is not None:
         task["limit"] = args.limit
-    checkpoint = resolve_checkpoint(args.checkpoint)
+    checkpoint = checkpoint_argument(args.checkpoint)
     if kind == "perplexity":
         task["data"] = {
             "sources": [{"name": "heldout", "paths": args.data}],

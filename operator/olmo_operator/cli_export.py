@@ -65,15 +65,14 @@ def _read_train_config(uri: str) -> TrainConfig:
         raise UserError(f"{uri} is not a valid TrainConfig: {error}") from None
 
 
-def resolve_checkpoint(uri: str) -> str:
-    """A stepN/ directory as given; a directory of steps (checkpoints/, an archive) -> its latest
-    committed."""
+def checkpoint_argument(uri: str) -> str:
+    """The checkpoint a command's CHECKPOINT argument means (manifest.resolve_checkpoint, the rule
+    `olmorun verify` follows too). Raises UserError when it is no checkpoint at all."""
     fs, path = _filesystem(uri)
-    if manifest.read_manifest(fs, path) is None:
-        latest = manifest.latest_committed(fs, path, uri=uri)
-        if latest is not None:
-            return latest[1]
-    return uri
+    try:
+        return manifest.resolve_checkpoint(fs, path, uri).uri
+    except manifest.NotACheckpointError as error:
+        raise UserError(str(error)) from None
 
 
 def resolve_inputs(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
@@ -103,7 +102,7 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
     """`olmorun export-hf`. Raises UserError when the checkpoint, its config or the tokenizer is unusable."""
-    args.checkpoint = resolve_checkpoint(args.checkpoint)
+    args.checkpoint = checkpoint_argument(args.checkpoint)
     config, tokenizer = resolve_inputs(args)
     import torch
 

@@ -22,7 +22,8 @@ from typing import Any
 from olmo_operator import archive
 from olmo_operator.cli import UserError
 from olmo_trainer import manifest as mf
-from olmo_trainer.layout import join, step_of, step_uri
+from olmo_trainer import storage
+from olmo_trainer.layout import join
 
 
 def register(sub: Any) -> None:
@@ -88,7 +89,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """`olmorun verify`. Raises UserError for a URI that is no checkpoint, or refused credentials."""
     options = archive.storage_options(args.uri, endpoint_url=args.endpoint_url)
     try:
-        target, note = resolve_checkpoint(args.uri, options)
+        target, note = _checkpoint_to_verify(args.uri, options)
         report = archive.verify_checkpoint(target, options=options, workers=args.workers)
     except archive.StorageAccessError as error:
         raise UserError(str(error)) from None
@@ -112,25 +113,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def resolve_checkpoint(uri: str, options: dict[str, Any]) -> tuple[str, str | None]:
-    """The step directory to verify for a URI, and a note when it was chosen as the latest one.
-
-    A committed directory is itself; a directory of `stepN/` gives its newest committed step; a
-    `stepN` directory without MANIFEST is returned as is (verify then says NOT COMMITTED). Raises
-    UserError for anything else, and archive.StorageAccessError for refused credentials.
-    """
-    if archive.is_committed(uri, options=options):
-        return uri, None
-    latest = archive.latest_checkpoint(uri, options=options)
-    if latest is not None:
-        return latest[1], f"latest committed checkpoint: step {latest[0]}"
-    steps = archive.list_steps(uri, options=options)
-    if steps:
-        # Step directories exist but none is committed: the data is bad, not the request.
-        return step_uri(uri, steps[-1]), f"no committed checkpoint among {len(steps)} step directories"
-    if step_of(uri) is not None and archive.exists(uri, options=options):
-        return uri, None
-    raise UserError(f"{uri} is not a checkpoint: no {mf.MANIFEST_NAME} and no stepN/ directories")
+def _checkpoint_to_verify(uri: str, options: dict[str, Any]) -> tuple[str, str | None]:
+    """The step directory to verify for a URI (manifest.resolve_checkpoint, the rule export-hf and eval
+    follow too), and a note when it was chosen. Raises UserError for a URI that is no checkpoint, and
+    archive.StorageAccessError for refused credentials or unreachable storage."""
+    try:
+        fs, path = storage.filesystem(uri, **options)
+    except (ImportError, ValueError) as error:  # a missing client package, an unknown protocol
+        raise archive.StorageAccessError(f"{uri}: cannot open this storage: {error}") from None
+    try:
+        return mf.resolve_checkpoint(fs, path.rstrip("/"), uri)
+    except mf.NotACheckpointError as error:
+        raise UserError(str(error)) from None
+    except Exception as error:
+        access = archive.access_error(uri, error)
+        if access is None:
+            raise
+        raise access from None
 
 
 def _as_json(report: mf.VerifyReport, requested: str, note: str | None) -> dict[str, Any]:

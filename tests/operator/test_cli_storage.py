@@ -208,3 +208,26 @@ def test_verify_names_unlisted_files_and_what_the_manifest_lacks(
         ["__1_0.distcp", "late.log"],
         ["__1_0.distcp"],
     )
+
+
+def test_verify_export_and_eval_mean_one_checkpoint_for_a_directory_without_a_committed_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20: export-hf/eval and verify each resolved a checkpoint URI, and on a directory of steps none
+    of which is committed they differed (export-hf took the directory itself, verify its newest step).
+    Now all three go through manifest.resolve_checkpoint: the newest step, reported NOT COMMITTED."""
+    make_checkpoint(tmp_path / "checkpoints", step=100)
+    newest = make_checkpoint(tmp_path / "checkpoints", step=200)
+    for step in (100, 200):
+        (tmp_path / "checkpoints" / f"step{step}" / mf.MANIFEST_NAME).unlink()
+    code, out, _ = run_cli(capsys, "verify", str(tmp_path / "checkpoints"))
+    assert code == 1 and f"{newest}: NOT COMMITTED" in out
+    assert "no committed checkpoint among 2 step directories" in out
+    code, _, err = run_cli(capsys, "export-hf", str(tmp_path / "checkpoints"), str(tmp_path / "hf"))
+    assert code == 2 and f"{newest}: NOT COMMITTED" in err
+    rows = tmp_path / "heldout.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "1+1?"}], "ground_truth": "2"}) + "\n")
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "checkpoints"), "--data", str(rows))
+    assert code == 2 and f"{newest} records no model config" in err  # it took the same step
+    code, _, err = run_cli(capsys, "export-hf", str(tmp_path / "nothing-here"), str(tmp_path / "hf"))
+    assert code == 2 and "is not a checkpoint" in err

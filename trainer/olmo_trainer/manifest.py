@@ -25,16 +25,18 @@ import pickle
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from fsspec import AbstractFileSystem
 
-from olmo_trainer.layout import MANIFEST_NAME, join, manifest_path, parse_step_name, step_uri
+from olmo_trainer.layout import MANIFEST_NAME, join, manifest_path, parse_step_name, step_of, step_uri
 from olmo_trainer.storage import sha256_file, write_atomic
 
 __all__ = [
     "FORMAT",
     "MANIFEST_NAME",
+    "NotACheckpointError",
+    "Resolved",
     "VerifyReport",
     "build_manifest",
     "commit",
@@ -44,6 +46,7 @@ __all__ = [
     "latest_committed",
     "list_files",
     "read_manifest",
+    "resolve_checkpoint",
     "step_dirs",
     "verify",
     "verify_file",
@@ -349,3 +352,39 @@ def latest_committed(
         if read_manifest(fs, step_uri(checkpoints_dir, step)) is not None:  # newest first: one read usually
             return step, location
     return None
+
+
+class NotACheckpointError(ValueError):
+    """A URI names neither a checkpoint directory nor a directory of `step<N>/` checkpoints."""
+
+
+class Resolved(NamedTuple):
+    """The checkpoint a URI means (`resolve_checkpoint`), and how it was chosen, in words (or None)."""
+
+    uri: str
+    note: str | None
+
+
+def resolve_checkpoint(fs: AbstractFileSystem, path: str, uri: str) -> Resolved:
+    """Which checkpoint `uri` (at `path` on `fs`) means: the one home of this rule for every command
+    that takes a checkpoint (`olmorun verify`, `export-hf`, `eval`).
+
+    - a committed directory is itself;
+    - a directory of `step<N>/` (checkpoints/, an archive) means its newest committed step;
+    - a directory of steps none of which is committed means its newest step (which then fails
+      verification as NOT COMMITTED: the data is bad, not the request), with a note saying so;
+    - a `step<N>` directory without a MANIFEST is itself (NOT COMMITTED, likewise).
+
+    Raises NotACheckpointError for anything else (nothing there, or no `step<N>/` inside).
+    """
+    if read_manifest(fs, path) is not None:
+        return Resolved(uri, None)
+    latest = latest_committed(fs, path, uri=uri)
+    if latest is not None:
+        return Resolved(latest[1], f"latest committed checkpoint: step {latest[0]}")
+    steps = step_dirs(fs, path, uri=uri)
+    if steps:
+        return Resolved(steps[-1][1], f"no committed checkpoint among {len(steps)} step directories")
+    if step_of(uri) is not None and fs.exists(path):
+        return Resolved(uri, None)
+    raise NotACheckpointError(f"{uri} is not a checkpoint: no {MANIFEST_NAME} and no stepN/ directories")
