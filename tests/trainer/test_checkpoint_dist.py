@@ -105,8 +105,7 @@ def worker(rank: int, root: str) -> None:
             model, optim = build(strategy)
             trainer = RngState()
             ckpt = Checkpointer(f"{root}/one", CheckpointConfig(), config_hash="h")
-            found = ckpt.latest()
-            assert found is not None
+            found = ckpt.committed()[-1]
             ckpt.load(found[1], {"model": model, "optim": optim, "trainer": trainer})
             assert_states_equal(full_state(model, optim), expected_1)
             assert trainer.step == 1

@@ -85,4 +85,4 @@ def test_a_damaged_checkpoint_is_uncommitted_with_its_manifest_kept_aside(tmp_pa
     assert ckpt.latest_intact() == (1, str(tmp_path / "checkpoints" / "step1"))
     step2 = tmp_path / "checkpoints" / "step2"
     assert (step2 / DAMAGED_MANIFEST_NAME).exists() and not (step2 / manifest.MANIFEST_NAME).exists()
-    assert ckpt.latest() == (1, str(tmp_path / "checkpoints" / "step1"))
+    assert ckpt.committed()[-1] == (1, str(tmp_path / "checkpoints" / "step1"))
