@@ -226,7 +226,9 @@ def test_verify_export_and_eval_mean_one_checkpoint_for_a_directory_without_a_co
     code, _, err = run_cli(capsys, "export-hf", str(tmp_path / "checkpoints"), str(tmp_path / "hf"))
     assert code == 2 and f"{newest}: NOT COMMITTED" in err
     rows = tmp_path / "heldout.jsonl"
-    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "1+1?"}], "ground_truth": "2"}) + "\n")
+    rows.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "1+1?"}], "ground_truth": "2"}) + "\n"
+    )
     code, _, err = run_cli(capsys, "eval", str(tmp_path / "checkpoints"), "--data", str(rows))
     assert code == 2 and f"{newest} records no model config" in err  # it took the same step
     code, _, err = run_cli(capsys, "export-hf", str(tmp_path / "nothing-here"), str(tmp_path / "hf"))
