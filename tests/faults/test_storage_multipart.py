@@ -138,8 +138,9 @@ def test_a_local_partial_file_is_removed(tmp_path: Path) -> None:
 def test_a_dcp_shard_upload_that_fails_is_aborted(
     s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The trainer's checkpoint writer (checkpoint/io.py storage_writer, DCP's FsspecWriter) on a network fault in the
-    middle of a multipart shard: the save fails, and the bucket keeps no parts and no partial shard."""
+    """The trainer's checkpoint writer (checkpoint/io.py storage_writer, DCP's FsspecWriter) on a network
+    fault in the middle of a multipart shard: the save fails, and the bucket keeps no parts and no partial
+    shard."""
     options = s3_server.storage_options()
     uri = f"{bucket}/run/checkpoints/step1"
     state = {"weights": torch.arange(3 * PART // 4 + 5, dtype=torch.float32)}  # ~15 MiB: multipart

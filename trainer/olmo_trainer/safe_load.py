@@ -54,11 +54,11 @@ def trainer_file_globals() -> list[Any | tuple[Any, str]]:
     RolloutSteps: Prompt, Packed, RLBatch). Classes only, never a callable that acts on load; the
     checkpoints written before this allow-list existed hold exactly these types and load unchanged."""
     reconstruct = importlib.import_module("numpy._core.multiarray")._reconstruct  # how an ndarray pickles
-    return [
-        reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), Prompt, Packed, RLBatch,
-        # RLBatch lived in objectives/rl.py until the trainer's layers (issue 20): files written then name it there.
-        (RLBatch, "olmo_trainer.objectives.rl.RLBatch"),
-    ]  # fmt: skip
+    # RLBatch lived in objectives/rl.py until the trainer's layers (issue 20): files written then name
+    # it there, and torch allows a class under a second name given as (class, name).
+    old_rl_batch = (RLBatch, "olmo_trainer.objectives.rl.RLBatch")
+    ndarray_types = [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    return [*ndarray_types, Prompt, Packed, RLBatch, old_rl_batch]
 
 
 _METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")

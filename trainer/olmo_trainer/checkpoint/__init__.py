@@ -33,10 +33,10 @@ callbacks/checkpointer.py; torchtitan's CheckpointStorage is as narrow as storag
     collective.py    rank-0 decisions that every rank shares; process-group helpers
     checkpointer.py  the Checkpointer a job uses, driving the four above
 
-Fencing (lease.py, fencing.py): given the job's `lease`, rank 0 checks it right before every MANIFEST write and
-every deletion (retention, clearing a crashed save, un-committing a damaged checkpoint), and before a
-save writes its first file. An attempt that no longer holds the lease raises lease.Fenced on every
-rank and writes nothing more: two attempts alive at once never both write one job directory.
+Fencing (lease.py, fencing.py): given the job's `lease`, rank 0 checks it right before every MANIFEST
+write and every deletion (retention, clearing a crashed save, un-committing a damaged checkpoint), and
+before a save writes its first file. An attempt that no longer holds the lease raises lease.Fenced on
+every rank and writes nothing more: two attempts alive at once never both write one job directory.
 
     ckpt = Checkpointer(f"{cfg.save_dir}/checkpoints", cfg.checkpoint, config_hash=cfg.config_hash(),
                         parent=cfg.init_from, train_config=cfg)

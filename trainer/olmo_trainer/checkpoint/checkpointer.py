@@ -390,7 +390,8 @@ class Checkpointer:
             saved = read_trainer_file(uri, self.storage_options)
             if saved["world_size"] != collective.world_size():
                 log.warning(
-                    "%s was saved by %d ranks and is loaded by %d: per-rank trainer state is reused modulo %d",
+                    "%s was saved by %d ranks and is loaded by %d: per-rank trainer state is reused modulo "
+                    "%d",
                     uri,
                     saved["world_size"],
                     collective.world_size(),

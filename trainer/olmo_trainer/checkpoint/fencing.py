@@ -26,7 +26,8 @@ class Fence:
         self.lease = lease
 
     def check(self, action: str) -> None:
-        """Rank 0, right before a commit or deletion: raise lease.Fenced unless this attempt holds the lease."""
+        """Rank 0, right before a commit or deletion: raise lease.Fenced unless this attempt holds the
+        lease."""
         if self.lease is not None:
             self.lease.check(action)
 

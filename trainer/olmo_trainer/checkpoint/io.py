@@ -174,8 +174,8 @@ def unsafe(uri: str, error: BaseException) -> PermanentFailure:
     retrying would read the same bytes."""
     return PermanentFailure(
         UNSAFE_CHECKPOINT_REASON,
-        f"{uri} names something a checkpoint never holds ({safe_load.refusal(error)[:300]}); it was not loaded (loading it "
-        "could run code). Restore the checkpoint from the archive or delete it",
+        f"{uri} names something a checkpoint never holds ({safe_load.refusal(error)[:300]}); it was not "
+        "loaded (loading it could run code). Restore the checkpoint from the archive or delete it",
     )
 
 
