@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -44,6 +44,7 @@ from olmo_operator.metrics import Metrics, run_state
 from olmo_operator.plan import is_finished
 from olmo_operator.reconcile import JobLauncher, Outcome, Reconciler, StorageInUseError
 from olmo_operator.settings import ANNOTATION_PREFIX, FINALIZER, Settings
+from olmo_trainer.config import hash_json
 
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 log = logging.getLogger(__name__)
@@ -97,6 +98,24 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     return registry
 
 
+class SpecDigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled-configuration annotation with the spec replaced by its digest.
+
+    kopf keeps the essence of the last handled object in an annotation to tell whether `spec` changed.
+    A copy of a big spec there (Ai2's 7B stage-1 data list alone is ~160 KB) passes the API server's
+    256 KiB limit on all annotations, and every later write of the object is refused (kopf #1087). Our
+    handlers only need to know *that* the spec changed (the planner reads the whole spec from the body),
+    so the essence keeps `{"spec": {"sha256": <digest>}}`: a change of any spec field is still a change
+    of the essence, and `on.update(field="spec")` still fires, at 80 bytes whatever the spec's size.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        essence: dict[str, Any] = dict(super().build(body=body, extra_fields=extra_fields))
+        if "spec" in essence:
+            essence["spec"] = {"sha256": hash_json(essence["spec"])}
+        return cast(kopf.BodyEssence, essence)
+
+
 class Requeue(kopf.TemporaryError):
     """Not a failure: the step's next timed decision falls due in `delay` seconds, before the resync tick.
 
@@ -137,7 +156,7 @@ def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     ours: Settings = memo.context.settings
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = SpecDigestDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.execution.max_workers = ours.max_workers

@@ -13,6 +13,8 @@ names no objects created with `generateName`. `Emulator` adds, on every write:
 - structural-schema validation of every write of a resource that has a schema (our generated CRD),
   where an unknown field is an ERROR (the API server would silently prune it): 422, recorded in
   `rejections` so a test fails on it;
+- the API server's size limits: annotations over 256 KiB in all (422, as ObjectMeta validation says),
+  a request body over 3 MiB (413) and a stored object over etcd's 1.5 MiB (500, "request is too large");
 - deletion with finalizers marks `deletionTimestamp` (a write like any other);
 - `watch=True` (the kubernetes client's spelling), a watch's `timeoutSeconds`, PUT, lists with
   `kind`/`apiVersion`, and a list and
@@ -46,6 +48,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp.test_utils
 import aiohttp.web
 import attrs
 import jsonpatch
@@ -67,6 +70,12 @@ PODS = kmock.resource("", "v1", "pods")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
+ANNOTATIONS_LIMIT = 256 * 1024
+"""Bytes of all of an object's annotations, keys and values (apimachinery TotalAnnotationSizeLimitB)."""
+REQUEST_LIMIT = 3 * 1024 * 1024
+"""The API server's largest request body (apiserver MaxRequestBodyBytes, 3 MiB)."""
+ETCD_LIMIT = 1536 * 1024
+"""etcd's default --max-request-bytes (1.5 MiB): a larger object cannot be stored."""
 SERVER_VERSION = "v1.30.0"
 """What the emulator reports at /version: the oldest Kubernetes the README and the chart support."""
 
@@ -631,6 +640,17 @@ class Emulator(kmock.KubernetesEmulator):
 
     def _validate(self, request: kmock.Request, body: dict[str, Any]) -> None:
         assert request.resource is not None
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        total = sum(len(k.encode()) + len(str(v).encode()) for k, v in annotations.items())
+        if total > ANNOTATIONS_LIMIT:  # apimachinery's ValidateAnnotationsSize, TotalAnnotationSizeLimitB
+            raise self._reject(
+                422, request, [f"metadata.annotations: Too long: must have at most {ANNOTATIONS_LIMIT} bytes"]
+            )
+        size = len(json.dumps(body).encode())
+        if size > REQUEST_LIMIT:
+            raise self._reject(413, request, [f"Request entity too large: limit is {REQUEST_LIMIT}"])
+        if size > ETCD_LIMIT:
+            raise self._reject(500, request, ["etcdserver: request is too large"])
         schema = self.schemas.get(request.resource)
         if schema is None:
             return
@@ -658,6 +678,20 @@ class Emulator(kmock.KubernetesEmulator):
 # ---------------------------------------------------------------------------------------------
 # Running it: a server thread, and the kopf operator in another
 # ---------------------------------------------------------------------------------------------
+
+
+class _ApiServerBodies(aiohttp.test_utils.RawTestServer):
+    """kmock's HTTP server taking request bodies up to the API server's limit (aiohttp's default is
+    1 MiB); Emulator._validate answers a larger one as the API server does."""
+
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> aiohttp.web.ServerRunner:
+        loop = self._loop
+
+        def request(*args: Any) -> aiohttp.web.BaseRequest:
+            return aiohttp.web.BaseRequest(*args, loop, client_max_size=2 * REQUEST_LIMIT)
+
+        server = aiohttp.web.Server(self._handler, loop=loop, debug=debug, request_factory=request, **kwargs)
+        return aiohttp.web.ServerRunner(server, debug=debug, **kwargs)
 
 
 class KubeServer:
@@ -721,7 +755,9 @@ class KubeServer:
         self.emulator._lock = asyncio.Lock()
         self.emulator._write_lock = asyncio.Lock()
         await self._stack.enter_async_context(self.emulator)
-        server = await self._stack.enter_async_context(kmock.Server(self.emulator))
+        server = await self._stack.enter_async_context(
+            kmock.Server(self.emulator, server_cls=_ApiServerBodies)
+        )
         return str(server.url).rstrip("/")
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
