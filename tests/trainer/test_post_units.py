@@ -1,7 +1,7 @@
-"""Post-training and evaluation arithmetic against values computed by hand on tiny tensors: SFT's
-summed cross-entropy and its reductions under accumulation, the DPO loss and rewards (and RPO's NLL
-term), acc / acc_norm,
-answer extraction. The in-process model is the tiny preset (no process group needed)."""
+"""Post-training arithmetic against values computed by hand on tiny tensors: SFT's summed
+cross-entropy and its reductions under accumulation, the DPO loss and rewards (and RPO's NLL term).
+(Evaluation's arithmetic is in test_eval_units.py.) The in-process model is the tiny preset (no
+process group needed)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 
 from olmo_trainer.config import ModelConfig, TrainConfig
 from olmo_trainer.data.chat import IGNORE, ChatBatch, PreferenceBatch, pad_rows
-from olmo_trainer.evaluate import ChoiceScores, answer_matches, last_number, mc_correct
 from olmo_trainer.model import Transformer
 from olmo_trainer.objectives.dpo import DPOObjective, dpo_terms, rpo_losses
 from olmo_trainer.objectives.sft import SFTObjective, sft_loss_sum, token_logps
@@ -144,29 +143,3 @@ def test_dpo_objective_nll_term_is_per_chosen_token_for_both_losses(loss: str) -
     mean_nll = -(logp.sum(-1) / mask.sum(-1))  # per chosen token, whatever the DPO loss sums or averages
     assert rpo.loss.item() == pytest.approx(plain.loss.item() + 3.0 * mean_nll.sum().item(), rel=1e-5)
     assert float(rpo.sums["nll/chosen"]) == pytest.approx(mean_nll.sum().item(), rel=1e-5)
-
-
-def test_acc_and_acc_norm_disagree_when_lengths_differ() -> None:
-    # choice 0: -4 over 2 chars (-2/char); choice 1: -6 over 10 chars (-0.6/char)
-    q = ChoiceScores(logprobs=[-4.0, -6.0], lengths=[2, 10], gold=1)
-    assert mc_correct(q) == (False, True)
-    assert mc_correct(ChoiceScores([-4.0, -6.0], [2, 10], gold=0)) == (True, False)
-
-
-@pytest.mark.parametrize(
-    ("output", "number"),
-    [
-        ("3 + 4 = 7. The answer is 7.", "7"),
-        ("It costs 1,234 dollars", "1234"),
-        ("down to -3", "-3"),
-        ("about 2.5 or 3.75", "3.75"),
-        ("no digits here", None),
-    ],
-)
-def test_last_number(output: str, number: str | None) -> None:
-    assert last_number(output) == number
-
-
-def test_answer_matches_numerically() -> None:
-    assert answer_matches("so 12.0", "12") and answer_matches("The answer is 1,000.", "1000")
-    assert not answer_matches("The answer is 8.", "7") and not answer_matches("none", "7")

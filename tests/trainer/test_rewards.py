@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from olmo_trainer.rewards import (
+from olmo_trainer.rewards import reward
+from olmo_trainer.verifiers import (
     RewardError,
     check_rows,
     extract_math_answer,
     last_boxed,
     last_number,
     normalize_math,
-    reward,
     verifier,
     verify_gsm8k,
     verify_ifeval,

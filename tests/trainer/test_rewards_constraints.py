@@ -1,4 +1,4 @@
-"""Every IFEval constraint check of rewards.py at the boundary of its rule (one below, at, one above),
+"""Every IFEval constraint check of verifiers.py at the boundary of its rule (one below, at, one above),
 the `around` tolerance of the quantified counts, and exact-value arithmetic of MATH answers.
 
 The cases are written from each check's docstring (the rule as open-instruct's `if_functions.py`
@@ -12,13 +12,13 @@ from fractions import Fraction
 
 import pytest
 
-from olmo_trainer import rewards
-from olmo_trainer.rewards import RewardError
+from olmo_trainer import rewards, verifiers
+from olmo_trainer.verifiers import RewardError
 
 
 def holds(name: str, response: str, **kwargs: object) -> bool:
     """The constraint `name` on `response`, through the ground-truth JSON path the data uses."""
-    return rewards.verify_ifeval(response, json.dumps({"func_name": name, **kwargs}))
+    return verifiers.verify_ifeval(response, json.dumps({"func_name": name, **kwargs}))
 
 
 CASES: list[tuple[str, str, dict[str, object], bool]] = [
@@ -158,8 +158,8 @@ def test_every_constraint_has_a_passing_and_a_failing_case() -> None:
     """A constraint added to the registry without cases here fails this test."""
     passing = {c[0] for c in CASES if c[3]}
     failing = {c[0] for c in CASES if not c[3]}
-    assert set(rewards.IFEVAL_CONSTRAINTS) == passing
-    assert set(rewards.IFEVAL_CONSTRAINTS) == failing
+    assert set(verifiers.IFEVAL_CONSTRAINTS) == passing
+    assert set(verifiers.IFEVAL_CONSTRAINTS) == failing
 
 
 def test_an_unknown_quantifier_is_a_reward_error() -> None:
@@ -171,14 +171,14 @@ def test_an_unknown_quantifier_is_a_reward_error() -> None:
 
 def test_ifeval_ground_truth_must_be_an_object_with_func_name() -> None:
     with pytest.raises(RewardError, match=r"must be a JSON object with `func_name`: '\[1\]'"):
-        rewards.parse_ifeval("[1]")
+        verifiers.parse_ifeval("[1]")
     with pytest.raises(RewardError, match=r"must be a JSON object with `func_name`"):
-        rewards.parse_ifeval('{"N": 3}')
-    check, kwargs = rewards.parse_ifeval('{"func_name": "verify_bullet_points", "N": 3, "unused": null}')
-    assert check is rewards.verify_bullet_points
+        verifiers.parse_ifeval('{"N": 3}')
+    check, kwargs = verifiers.parse_ifeval('{"func_name": "verify_bullet_points", "N": 3, "unused": null}')
+    assert check is verifiers.verify_bullet_points
     assert kwargs == {"N": 3}
     with pytest.raises(RewardError) as info:
-        rewards.parse_ifeval('{"func_name": "verify_bullet_points"}')
+        verifiers.parse_ifeval('{"func_name": "verify_bullet_points"}')
     assert str(info.value) == (
         "ifeval constraint 'verify_bullet_points' takes ['N']; ground truth has unknown [] and lacks ['N']"
     )
@@ -207,7 +207,7 @@ def test_ifeval_ground_truth_must_be_an_object_with_func_name() -> None:
     ],
 )
 def test_math_value(answer: str, value: Fraction | None) -> None:
-    assert rewards._math_value(answer) == value
+    assert verifiers._math_value(answer) == value
 
 
 @pytest.mark.parametrize(
@@ -223,7 +223,7 @@ def test_math_value(answer: str, value: Fraction | None) -> None:
     ],
 )
 def test_math_equivalent(answer: str, truth: str, same: bool) -> None:
-    assert rewards.math_equivalent(answer, truth) is same
+    assert verifiers.math_equivalent(answer, truth) is same
 
 
 @pytest.mark.parametrize(
@@ -239,12 +239,12 @@ def test_math_equivalent(answer: str, truth: str, same: bool) -> None:
     ],
 )
 def test_last_boxed(text: str, boxed: str | None) -> None:
-    assert rewards.last_boxed(text) == boxed
+    assert verifiers.last_boxed(text) == boxed
 
 
 def test_dollar_answers_ignore_escaped_dollars() -> None:
-    assert rewards.extract_math_answer("costs \\$5 and $x=3$") == "x=3"
-    assert rewards.extract_math_answer("only one $ sign") is None
+    assert verifiers.extract_math_answer("costs \\$5 and $x=3$") == "x=3"
+    assert verifiers.extract_math_answer("only one $ sign") is None
 
 
 @pytest.mark.parametrize(
@@ -263,13 +263,13 @@ def test_dollar_answers_ignore_escaped_dollars() -> None:
     ],
 )
 def test_normalize_math(answer: str, normal: str) -> None:
-    assert rewards.normalize_math(answer) == normal
+    assert verifiers.normalize_math(answer) == normal
 
 
 def test_gsm8k_ground_truth_without_a_number_never_verifies() -> None:
-    assert rewards.verify_gsm8k("The answer is 7", "seven") is False
-    assert rewards.verify_gsm8k("12,34 apples", "1234") is False  # "12,34" is no thousands separator
-    assert rewards.last_number("x 1,234,5678") == "5678"
+    assert verifiers.verify_gsm8k("The answer is 7", "seven") is False
+    assert verifiers.verify_gsm8k("12,34 apples", "1234") is False  # "12,34" is no thousands separator
+    assert verifiers.last_number("x 1,234,5678") == "5678"
 
 
 def test_the_non_stop_penalty_applies_only_to_responses_that_did_not_stop() -> None:
@@ -288,13 +288,13 @@ def test_reward_defaults_to_a_stopped_response() -> None:
 
 
 def test_check_rows_counts_rows_and_names_the_wrong_type() -> None:
-    assert rewards.check_rows([]) == 0
-    assert rewards.check_rows([{"ground_truth": "1", "dataset": "math"}] * 3) == 3
+    assert verifiers.check_rows([]) == 0
+    assert verifiers.check_rows([{"ground_truth": "1", "dataset": "math"}] * 3) == 3
     with pytest.raises(RewardError) as info:
-        rewards.check_rows(
+        verifiers.check_rows(
             [{"ground_truth": "1", "dataset": "math"}, {"ground_truth": 7, "dataset": "gsm8k"}], "rl.jsonl"
         )
     assert str(info.value) == "rl.jsonl row 2: `ground_truth` must be a string, got int"
     with pytest.raises(RewardError) as info:
-        rewards.check_row({"ground_truth": "7", "dataset": None})
+        verifiers.check_row({"ground_truth": "7", "dataset": None})
     assert str(info.value) == "row: `dataset` must be a string, got NoneType"

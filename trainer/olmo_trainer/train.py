@@ -31,7 +31,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ from olmo_trainer.distributed import (
     set_gradient_sync,
 )
 from olmo_trainer.environment import write_env
-from olmo_trainer.evaluate import evaluate, unsharded_copy
+from olmo_trainer.evaluate import InLoopEvaluator, evaluate
 from olmo_trainer.export import is_hf_folder, load_hf_into
 from olmo_trainer.failure import PermanentFailure, record_notice
 from olmo_trainer.layout import EXIT_PREEMPTED, StepPlan, checkpoints_dir
@@ -61,6 +61,9 @@ from olmo_trainer.optim import build_optimizer
 from olmo_trainer.schedule import Schedule, build_schedule
 from olmo_trainer.skip_step import SkipStepRule
 from olmo_trainer.tracking import Tracker, mfu, peak_flops
+
+StepHook = Callable[[int, int, int], dict[str, float]]
+"""(step, tokens before it, tokens after it) -> figures to add to the step's metrics line."""
 
 # ---------------------------------------------------------------------------------------------
 # Pure arithmetic of a run (the step arithmetic, plan_steps/StepPlan, is in layout.py: torch-free)
@@ -322,6 +325,9 @@ class Job:
     checkpointer: Any
     objective: Objective
     tracker: Tracker | None = None
+    after_step: list[StepHook] = field(default_factory=list)
+    """Called on every rank after each step with (step, tokens before, tokens after); what they return
+    joins that step's metrics line (in-loop evaluation: evaluate.InLoopEvaluator.after_step)."""
 
     @property
     def app_state(self) -> dict[str, Any]:
@@ -355,6 +361,7 @@ class Job:
             )
             sums, stop = result.sums, result.stop
             step_tokens = int(sums.get("tokens", plan.tokens_per_step))
+            tokens_before = state.tokens
             state.step, state.tokens, state.lr = state.step + 1, state.tokens + step_tokens, lr
             now = time.perf_counter()
             tokens_per_s = step_tokens / max(now - last, 1e-9)
@@ -369,6 +376,8 @@ class Job:
             }
             if state.skip is not None:  # OLMo-core logs it as "optim/step skipped"
                 record.update(step_skipped=float(result.skipped), skipped_steps=state.skip.skipped)
+            for hook in self.after_step:  # after tokens_per_s: an evaluation is not training time
+                record.update(hook(state.step, tokens_before, state.tokens))
             if self.tracker is not None and not self.tracker.log(record):
                 state.preempted = True  # the lease is lost (as in fence.renew below): stop, writing nothing
             if info.rank == 0:
@@ -469,18 +478,34 @@ def load_initial_weights(uri: str, model: nn.Module) -> None:
         load_model_weights(uri, model)
 
 
-def final_eval(job: Job) -> dict[str, float]:
-    """Evaluate the trained model on the phase's `eval` tasks (collective: every rank scores its share)."""
-    cfg, info = job.cfg, job.info
+def in_loop_evaluator(job: Job) -> InLoopEvaluator:
+    """The phase's `eval` tasks on the wrapped (sharded) model, run every rank in step."""
+    cfg = job.cfg
     assert cfg.eval is not None
-    model = unsharded_copy(job.model, cfg.model, info.device)
-    return evaluate(
-        model,
-        cfg.eval,
-        device=info.device,
+    return InLoopEvaluator(
+        model=job.model,
+        cfg=cfg.eval,
+        device=job.info.device,
         max_length=cfg.model.max_sequence_length,
+        vocab_size=cfg.model.vocab_size,
         work_dir=storage.work_dir(cfg),
         seed=cfg.seed,
+        total_steps=job.plan.total_steps,
+    )
+
+
+def final_eval(job: Job) -> dict[str, float]:
+    """Evaluate the trained model on the phase's `eval` tasks (collective: every rank scores its share of
+    the requests on its shard of the model; nothing is gathered onto one rank)."""
+    evaluator = in_loop_evaluator(job)
+    return evaluate(
+        job.model,
+        evaluator.cfg,
+        device=evaluator.device,
+        max_length=evaluator.max_length,
+        work_dir=evaluator.work_dir,
+        vocab_size=evaluator.vocab_size,
+        seed=evaluator.seed,
     )
 
 
@@ -491,6 +516,8 @@ def train(cfg: TrainConfig) -> int:
     job.tracker = Tracker(
         cfg, rank=job.info.rank, resume_step=job.state.step, may_write=job.checkpointer.fence.holds
     )
+    if cfg.eval is not None and cfg.eval.interval is not None:
+        job.after_step.append(in_loop_evaluator(job).after_step)
     try:
         preempted = job.loop(iter(batches))
         if not preempted and cfg.eval is not None:

@@ -2,7 +2,7 @@
 
 This is the format of `allenai/RLVR-GSM-MATH-IF-Mixed-Constraints` (and of `olmorun data synth`'s RL
 prompts). Each row's conversation is rendered with the OLMo 2 chat template and ends with the
-generation prompt (data/chat.py owns the template); its `dataset` picks the verifier (rewards.py).
+generation prompt (data/chat.py owns the template); its `dataset` picks the verifier (verifiers.py).
 Every row is checked when the data is loaded: an unknown verifier or a malformed IFEval ground truth
 stops the job there with the file and row named, never as a silent zero reward later. Prompts longer
 than `maxLength` tokens are dropped and counted.
@@ -22,8 +22,8 @@ from olmo_trainer.config import TrainConfig, hash_json
 from olmo_trainer.data.chat import check_vocabulary, encode_prompt, load_chat_tokenizer, read_rows
 from olmo_trainer.data.order import DistributedBatches
 from olmo_trainer.distributed import DistInfo
-from olmo_trainer.rewards import check_row
 from olmo_trainer.storage import work_dir
+from olmo_trainer.verifiers import check_row
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 One `rlvr` job is one torchrun job: every rank generates for its own slice of the step's prompts
 (`samplesPerPrompt` responses each, with the KV cache of generate.py, on the policy being trained),
-scores them with the verifiers of rewards.py, computes the log-probs the losses need (policy before
+scores them with the verifiers of verifiers.py, computes the log-probs the losses need (policy before
 the update, frozen reference, PPO's values) and cuts the rollout into micro-batches for the loop of
 train.py. No Ray, no vLLM, no second process.
 
@@ -34,8 +34,9 @@ from olmo_trainer.generate import Sampling, generate
 from olmo_trainer.layout import StepPlan
 from olmo_trainer.model import Transformer
 from olmo_trainer.objectives.base import BaseObjective
-from olmo_trainer.rewards import reward_of, verifier
+from olmo_trainer.rewards import reward_of
 from olmo_trainer.rollouts import Packed, RLBatch, pack, response_logprobs, response_values
+from olmo_trainer.verifiers import verifier
 
 
 def rollout_seed(seed: int, rollout: int, rank: int) -> int:
