@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from olmo_operator.pod_template import template_problems
 from olmo_trainer.config import (
     IMPLEMENTED_KINDS,
     POST_TRAINING_KINDS,
@@ -159,6 +160,26 @@ class Toleration(ConfigModel):
     """With NoExecute: how long the pod stays bound after the taint appears; empty means forever."""
 
 
+class PodTemplateMetadata(ConfigModel):
+    """Labels and annotations added to every training pod (Kueue, cost tags, a service mesh opt-out)."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Pod labels; the operator's own labels keep their values."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Pod annotations."""
+
+
+class PodTemplateOverlay(ConfigModel):
+    """A strategic-merge overlay onto every training pod (pod_template.py says how it merges)."""
+
+    metadata: PodTemplateMetadata | None = None
+    """Labels and annotations of the pods."""
+    spec: dict[str, Any] = Field(default_factory=dict)
+    """A core/v1 PodSpec fragment: env, volumes and volumeMounts, resources of any name, imagePullSecrets,
+    tolerations, ... The container named `trainer` is the training container. The merged pod must meet the
+    Pod Security "restricted" profile."""
+
+
 class ClusterSpec(ConfigModel):
     """Where and how the jobs are placed."""
 
@@ -183,6 +204,9 @@ class ClusterSpec(ConfigModel):
     """PriorityClass of the training pods (Volcano preempts lower priorities first)."""
     service_account_name: str | None = None
     """Service account of the training pods (e.g. for workload identity)."""
+    pod_template: PodTemplateOverlay | None = None
+    """Overlay onto every training pod: env (NCCL_*), volumes (a PVC dataset), RDMA resources, labels,
+    annotations, imagePullSecrets (examples/podtemplate-*.yaml)."""
 
     @property
     def procs(self) -> int:
@@ -644,6 +668,9 @@ def semantic_problems(run: OlmoRun) -> list[Problem]:
         problems.append(
             Problem("spec.storage.uri", f"scheme {scheme!r} is not supported; use one of {STORAGE_SCHEMES}")
         )
+    if spec.cluster.pod_template is not None:
+        overlay = spec.cluster.pod_template.model_dump(by_alias=True, exclude_none=True)
+        problems += [Problem(path, message) for path, message in template_problems(overlay)]
     for i, phase in enumerate(spec.phases):
         problems += _phase_problems(run, i, phase)
     return problems

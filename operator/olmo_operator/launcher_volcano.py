@@ -50,6 +50,7 @@ from torchx.specs.overlays import JOIN, set_overlay
 
 from olmo_operator.actions import JobObservation, ObservedState
 from olmo_operator.launcher import RDZV_PORT, trainer_role
+from olmo_operator.pod_template import merge_pod_template
 from olmo_operator.request import JobRequest
 from olmo_trainer.layout import EXIT_PREEMPTED
 
@@ -289,6 +290,7 @@ class VolcanoLauncher:
         info = self._scheduler().submit_dryrun(app_def(request), self.options(request))
         _name_job(info.request, request, self.namespace)
         _end_on_first_failure(info.request)
+        _apply_pod_template(info.request, request)
         return info
 
     def render(self, request: JobRequest) -> dict[str, Any]:
@@ -443,6 +445,21 @@ def _name_job(job: KubernetesJob, request: JobRequest, namespace: str) -> None:
     }
     for task in job.resource["spec"]["tasks"]:
         task["template"].metadata.labels[LABEL_UNIQUE_NAME] = request.name
+
+
+def _apply_pod_template(job: KubernetesJob, request: JobRequest) -> None:
+    """The tenant's `cluster.podTemplate`, merged into each task's pod (pod_template.py); the operator's
+    pod labels keep their values. Tested by tests/operator/test_pod_template.py."""
+    overlay = request.placement.pod_template
+    if not overlay:
+        return
+    for task in job.resource["spec"]["tasks"]:
+        with _one_model_configuration():
+            template = sanitize_for_serialization(task["template"])
+        ours = dict(template.get("metadata", {}).get("labels") or {})
+        merged = merge_pod_template(template, overlay)
+        merged.setdefault("metadata", {})["labels"] = {**(merged["metadata"].get("labels") or {}), **ours}
+        task["template"] = merged
 
 
 def _end_on_first_failure(job: KubernetesJob) -> None:

@@ -94,6 +94,8 @@ class Placement:
     affinity: dict[str, Any] = field(default_factory=dict)
     priority_class: str | None = None
     service_account: str | None = None
+    pod_template: dict[str, Any] = field(default_factory=dict)
+    """spec.cluster.podTemplate, merged into every pod (pod_template.merge_pod_template)."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,11 @@ def job_request(run: OlmoRun, phase: PhaseSpec, seed: int, attempt: int, config_
             affinity=dict(cluster.affinity),
             priority_class=cluster.priority_class_name,
             service_account=cluster.service_account_name,
+            pod_template=(
+                cluster.pod_template.model_dump(by_alias=True, exclude_none=True)
+                if cluster.pod_template
+                else {}
+            ),
         ),
         config_uri=config_uri,
     )

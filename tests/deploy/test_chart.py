@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from olmo_operator import __version__, crd, settings
+from olmo_operator.pod_security import restricted_problems
 from olmo_operator.settings import Settings
 from tests.deploy import chart
-from tests.deploy.pod_security import restricted_problems
 
 DIGEST = "sha256:" + "ab" * 32
 CUSTOM: dict[str, Any] = {

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from olmo_operator import crd
+from olmo_operator.pod_security import restricted_problems
 from tests.deploy import chart
-from tests.deploy.pod_security import restricted_problems
 
 ROOT = Path(__file__).parents[2]
 KUBE_VERSION = "1.30"

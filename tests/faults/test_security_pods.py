@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from olmo_operator import layout
 from olmo_operator.api import OlmoRun, parse_olmorun
 from olmo_operator.launcher_volcano import VolcanoLauncher
+from olmo_operator.pod_security import restricted_problems
 from olmo_operator.preview import preview_run
 from olmo_operator.request import label_value
-from tests.deploy.pod_security import restricted_problems
 from tests.operator.test_launcher import GPU_SPEC
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

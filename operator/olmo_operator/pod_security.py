@@ -3,8 +3,10 @@
     problems = restricted_problems(deployment["spec"]["template"])      # [] when the pod is admitted
 
 The rules are the policy table of https://kubernetes.io/docs/concepts/security/pod-security-standards/
-(baseline controls plus the restricted ones); no library on PyPI implements them offline and the API
-server's admission (the real judge) cannot run here. Each problem names the field at fault.
+(baseline controls plus the restricted ones); no library on PyPI implements them offline, and a
+namespace's admission (the real judge) sees a pod only after its Job was created. The operator checks
+every training pod a spec's `cluster.podTemplate` would make (pod_template.py), and the tests check the
+chart's pods. Each problem names the field at fault.
 """
 
 from __future__ import annotations
