@@ -63,7 +63,8 @@ def test_a_pretraining_phase_writes_in_loop_eval_curves_equal_to_evaluating_its_
         work_dir=str(tmp_path / "work"),
         seed=7,
     )
-    assert alone.keys() == {k for k in in_loop if k.startswith("eval/")}
+    assert alone.keys() == {k for k in in_loop if k.startswith("eval/")}  # and eval_time_s
     for key, value in alone.items():
         assert in_loop[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert in_loop["eval/arc/count"] == 5 and in_loop["eval/lm/count"] == 3
+    assert in_loop["eval_time_s"] > 0 and "eval at step 4 (" in result.stdout

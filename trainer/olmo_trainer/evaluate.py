@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -469,9 +470,12 @@ class InLoopEvaluator:
         return tokens_after // interval.tokens > tokens_before // interval.tokens
 
     def after_step(self, step: int, tokens_before: int, tokens_after: int) -> dict[str, float]:
+        """The figures of an evaluation due after `step` (and `eval_time_s`, its seconds, as OLMo-core's
+        "throughput/in-loop eval time (s)"), or {}. Collective: every rank calls it after every step."""
         if not self.due(step, tokens_before, tokens_after):
             return {}
-        return evaluate(
+        start = time.perf_counter()
+        figures = evaluate(
             self.model,
             self.cfg,
             device=self.device,
@@ -480,6 +484,11 @@ class InLoopEvaluator:
             vocab_size=self.vocab_size,
             seed=self.seed,
         )
+        seconds = time.perf_counter() - start
+        if _rank_world()[0] == 0:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in figures.items() if not k.endswith("/count"))
+            print(f"eval at step {step} ({seconds:.1f} s): {shown}", flush=True)
+        return {**figures, "eval_time_s": seconds}
 
 
 # ---------------------------------------------------------------------------------------------
