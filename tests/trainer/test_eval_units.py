@@ -4,7 +4,9 @@ in-loop evaluation is due (steps or tokens), and the generative check, which is 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from olmo_trainer.evaluate import (
     InLoopEvaluator,
     Scored,
     continuation_logprobs,
+    evaluate,
     mean_metrics,
     question_metrics,
     request_row,
@@ -115,3 +118,13 @@ def test_generative_answers_are_checked_by_the_verifiers(
     response: str, truth: str, dataset: str, ok: bool
 ) -> None:
     assert verify(dataset, response, truth) is ok
+
+
+def test_a_generation_row_no_verifier_can_check_is_refused_before_any_generation(tmp_path: Path) -> None:
+    rows = tmp_path / "gen.jsonl"
+    good = {"messages": [{"role": "user", "content": "1+1?"}], "ground_truth": 2}  # a number is fine
+    rows.write_text(json.dumps(good) + "\n" + json.dumps({**good, "dataset": "arith"}) + "\n")
+    cfg = EvalConfig.model_validate({"tasks": [{"name": "g", "kind": "generate", "paths": [str(rows)]}]})
+    model = Transformer(ModelConfig.preset("tiny")).eval()
+    with pytest.raises(ValueError, match=r"gen.jsonl:2: no verifier for dataset 'arith'"):
+        evaluate(model, cfg, device=torch.device("cpu"), max_length=128, work_dir=str(tmp_path))

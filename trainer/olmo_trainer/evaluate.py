@@ -45,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -67,7 +68,7 @@ from olmo_trainer.model import Transformer
 from olmo_trainer.objectives.lm import lm_loss
 from olmo_trainer.oe_tasks import OE_PREFIX, Choice, Question, TaskShape, check_oe_task, read_oe_questions
 from olmo_trainer.storage import open_uri
-from olmo_trainer.verifiers import verify
+from olmo_trainer.verifiers import check_row, verify
 
 LOG2_E = 1.0 / math.log(2.0)
 """bits per nat (ICLMetric's LOG_2_OF_E = 1.44269504089)."""
@@ -334,8 +335,16 @@ def eval_generate(
     batch_size: int = 64,
     progress: Progress | None = None,
 ) -> dict[str, float]:
-    """Greedy answers checked by `verifiers.verify` (each row's `dataset`, default gsm8k) -> accuracy."""
-    rows = [row for _, _, row in read_rows(task.paths)][: task.limit]
+    """Greedy answers checked by `verifiers.verify` (each row's `dataset`, default gsm8k) -> accuracy.
+    Raises ValueError (RewardError) naming the row when its answer could never be checked."""
+    rows: list[dict[str, Any]] = []
+    for path, number, row in read_rows(task.paths):
+        if task.limit is not None and len(rows) >= task.limit:
+            break
+        truth = row.get("ground_truth")
+        truth = str(truth) if isinstance(truth, int | float) and not isinstance(truth, bool) else truth
+        check_row({"ground_truth": truth, "dataset": row.get("dataset", "gsm8k")}, f"{path}:{number}")
+        rows.append(row)
     rank, world = _rank_world()
     mine = [rows[i] for i in range(rank, len(rows), world)]
     correct = 0.0
