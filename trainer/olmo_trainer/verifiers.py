@@ -6,7 +6,7 @@
 
 The public RLVR data (`allenai/RLVR-GSM-MATH-IF-Mixed-Constraints`) has rows
 `{"messages": [...], "ground_truth": "...", "dataset": "gsm8k" | "math" | "ifeval"}`; the dataset name
-picks the verifier (Tülu 3 report section 6; OLMo 2 paper section 5; ../shared/OLMO2.md "RLVR"):
+picks the verifier (Tülu 3 report section 6; OLMo 2 paper section 5; open-instruct `ground_truth_utils.py`):
 
 - `gsm8k`: thousands commas removed, the last number in the response, equal to the ground truth.
 - `math`: the answer is the content of the last `\\boxed{...}`; else the Minerva form "Final Answer: The
