@@ -47,6 +47,8 @@ from olmo_operator.settings import ANNOTATION_PREFIX, FINALIZER, Settings
 from olmo_trainer.config import hash_json
 
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+WEBHOOK_ID = "validate-olmorun"
+"""kopf serves the webhook at /<id>: the chart's ValidatingWebhookConfiguration calls this path."""
 log = logging.getLogger(__name__)
 
 LauncherFactory = Callable[[str], JobLauncher]
@@ -95,6 +97,8 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         registry=registry,
     )(on_timer)
     kopf.on.delete(*RESOURCE, registry=registry)(on_delete)
+    if settings.webhook_port:
+        kopf.on.validate(*RESOURCE, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"], registry=registry)(admit)
     return registry
 
 
@@ -162,6 +166,15 @@ def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.execution.max_workers = ours.max_workers
     settings.posting.level = logging.WARNING  # kopf's own failures become Events; its INFO chatter does not
     settings.networking.request_timeout = ours.request_timeout_seconds
+    if ours.webhook_port:
+        # Served behind the chart's Service and ValidatingWebhookConfiguration (kopf manages neither:
+        # the operator needs no permission on admission objects); kopf reloads renewed certificates.
+        settings.admission.server = kopf.WebhookServer(
+            addr="0.0.0.0",
+            port=ours.webhook_port,
+            certfile=os.path.join(ours.webhook_cert_dir, "tls.crt"),
+            pkeyfile=os.path.join(ours.webhook_cert_dir, "tls.key"),
+        )
     objects = logging.getLogger("kopf.objects")  # kopf's per-object logger, the one posted as Events
     if _QUIET_REQUEUE not in objects.filters:
         objects.addFilter(_QUIET_REQUEUE)
@@ -172,6 +185,27 @@ def login(*, memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
     if server:  # kubectl proxy, or the emulator in tests: no credentials on this side
         return kopf.ConnectionInfo(server=server, insecure=True, default_namespace="default")
     return kopf.login_via_client(**kwargs)
+
+
+def admit(*, body: kopf.Body, old: Any = None, operation: str | None = None, **_: Any) -> None:
+    """The validating admission webhook: `kubectl apply` of a spec that `olmorun validate` refuses is
+    refused with the same problems, each with its field (every check that needs no storage access).
+
+    A write that leaves the spec as it was (the operator's finalizer, annotations, a deletion) is always
+    admitted: an OlmoRun made valid by an older release must stay deletable. Raises kopf.AdmissionError.
+    """
+    if operation == "UPDATE" and (
+        body.get("metadata", {}).get("deletionTimestamp")
+        or (old is not None and old.get("spec") == body.get("spec"))
+    ):
+        return
+    try:
+        api.parse_olmorun(dict(body))
+    except api.SpecError as error:
+        problems = "; ".join(str(p) for p in error.problems)
+        raise kopf.AdmissionError(
+            f"invalid OlmoRun ({len(error.problems)} problem(s)): {problems}", code=422
+        ) from None
 
 
 def probe(*, memo: Any, **_: Any) -> int:

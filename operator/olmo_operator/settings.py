@@ -16,6 +16,8 @@
 | OLMORUN_MAX_WORKERS          | 16          | threads for blocking calls (launcher, object storage)      |
 | OLMORUN_REQUEST_TIMEOUT_SECONDS | 60       | an API request not answered by then is abandoned and retried |
 | OLMORUN_LOG_LEVEL            | INFO        | DEBUG, INFO, WARNING or ERROR                              |
+| OLMORUN_WEBHOOK_PORT         | 0           | HTTPS port of the validating admission webhook; 0 disables |
+| OLMORUN_WEBHOOK_CERT_DIR     | /etc/olmorun/webhook | the webhook's tls.crt and tls.key (a mounted Secret) |
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class Settings:
     peering: str | None = None
     max_workers: int = 16
     log_level: str = "INFO"
+    webhook_port: int = 0
+    """Port of the validating admission webhook (HTTPS); 0: no webhook (the chart sets it)."""
+    webhook_cert_dir: str = "/etc/olmorun/webhook"
+    """Folder of the webhook's `tls.crt` and `tls.key`; kopf reloads them when they change (rotation)."""
     request_timeout_seconds: float = 60.0
     """An API server request (kopf's and the launcher's) not answered by then is abandoned: kopf retries
     it, a launcher call fails the step, which is retried (a create answered late then finds its job: 409)."""
@@ -93,6 +99,10 @@ class Settings:
             request_timeout_seconds=_number(
                 env, "OLMORUN_REQUEST_TIMEOUT_SECONDS", defaults.request_timeout_seconds, low=0.1
             ),
+            webhook_port=int(
+                _number(env, "OLMORUN_WEBHOOK_PORT", defaults.webhook_port, low=0, high=65535, whole=True)
+            ),
+            webhook_cert_dir=env.get("OLMORUN_WEBHOOK_CERT_DIR") or defaults.webhook_cert_dir,
         )
 
 

@@ -82,6 +82,10 @@ def plain(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+PLAIN_VALUES = {"webhook": {"enabled": False}}
+"""The rendering manifests/operator/ comes from: the defaults without the admission webhook, whose
+certificate Helm (or cert-manager) makes at install; a committed one would be the same key everywhere.
+Without it the operator still refuses an invalid spec, before any job (stage Invalid)."""
 TRAINING_VALUES = {"trainer": {"networkPolicy": {"enabled": True}}}
 """The rendering manifests/training/ comes from: the training pods' ServiceAccount and the NetworkPolicy
 example."""
@@ -94,11 +98,11 @@ def _component(obj: dict[str, Any]) -> str:
 def plain_files() -> dict[str, str]:
     """path under manifests/ -> its YAML, one file per object kind:
 
-    operator/: the default rendering without the training pods' objects;
+    operator/: the default rendering without the webhook (PLAIN_VALUES) and the training pods' objects;
     training/: those objects (ServiceAccount, NetworkPolicy) with no namespace, for `kubectl apply -n NS -f`.
     """
     files: dict[str, list[dict[str, Any]]] = {}
-    for obj in plain(render()):
+    for obj in plain(render(PLAIN_VALUES)):
         if _component(obj) != "trainer":
             files.setdefault(f"operator/{obj['kind'].lower()}.yaml", []).append(obj)
     for obj in plain(render(TRAINING_VALUES)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -77,6 +78,8 @@ def test_default_values_serve_every_namespace_with_a_cluster_role() -> None:
         "ClusterRole",
         "ClusterRoleBinding",
         "Service",
+        "Secret",
+        "ValidatingWebhookConfiguration",
     }
     env = env_of(objects)
     assert env["OLMORUN_NAMESPACES"] == "" and env["OLMORUN_RESYNC_SECONDS"] == "30"
@@ -93,9 +96,10 @@ def test_the_default_values_give_the_operators_own_defaults_and_every_cluster_se
     its defaults are the operator's: a chart default drifting from the code's would change behaviour
     between `helm install` and `python -m olmo_operator` silently. Not chart values: OLMORUN_SCHEDULER
     (always kubernetes in a cluster), OLMORUN_KUBE_SERVER (tests) and OLMORUN_PEERING (one replica,
-    Recreate)."""
+    Recreate). One intended difference: the chart serves the admission webhook (it makes its
+    certificate), a bare `python -m olmo_operator` does not."""
     env = env_of(chart.render())
-    assert Settings.from_env(env) == Settings()
+    assert Settings.from_env(env) == dataclasses.replace(Settings(), webhook_port=9443)
     cluster_settings = set(re.findall(r"^\| (OLMORUN_[A-Z_]+)", settings.__doc__ or "", re.MULTILINE))
     assert cluster_settings - set(env) == {"OLMORUN_SCHEDULER", "OLMORUN_KUBE_SERVER", "OLMORUN_PEERING"}
 
@@ -119,7 +123,7 @@ def test_custom_values_reach_the_objects() -> None:
     assert Settings.from_env(env).request_timeout_seconds == 20
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
     assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
-    assert chart.find(objects, "Service")["spec"]["ports"][0]["port"] == 9200
+    assert chart.find(objects, "Service", "olmorun-operator-metrics")["spec"]["ports"][0]["port"] == 9200
     assert chart.find(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
 
     # Named namespaces: a Role and RoleBinding in each, only namespaces in the ClusterRole.
@@ -152,7 +156,7 @@ def test_service_monitor_is_rendered_only_where_the_monitoring_api_exists() -> N
 
 def test_metrics_off_removes_the_service_and_the_port() -> None:
     objects = chart.render({"metrics": {"enabled": False}})
-    assert not [o for o in objects if o["kind"] == "Service"]
+    assert not [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-metrics")]
     assert env_of(objects)["OLMORUN_METRICS_PORT"] == "0"
 
 
@@ -172,3 +176,61 @@ def test_schema_invalid_values_are_refused_naming_the_key(values: dict[str, Any]
     with pytest.raises(helm.HelmError) as refused:
         chart.render(values)
     assert key in str(refused.value)
+
+
+def test_the_webhook_is_served_by_the_operator_behind_a_service_with_its_own_certificate() -> None:
+    """The ValidatingWebhookConfiguration calls the operator's handler path through the Service, over a
+    certificate whose CA it carries; the operator mounts that certificate; failurePolicy is Ignore (the
+    operator re-validates every spec before any job, and a run stays deletable when the operator is
+    gone). With cert-manager, a Certificate and the CA injection replace the Helm-made Secret."""
+    import base64
+
+    from cryptography import x509
+
+    from olmo_operator.handlers import WEBHOOK_ID
+
+    objects = chart.render()
+    (hook,) = chart.find(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
+    assert hook["rules"] == [
+        {
+            "apiGroups": ["olmorun.dev"],
+            "apiVersions": ["v1alpha1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["olmoruns"],
+            "scope": "Namespaced",
+        }
+    ]
+    client = hook["clientConfig"]
+    assert client["service"]["path"] == f"/{WEBHOOK_ID}"
+    service = chart.find(objects, "Service", client["service"]["name"])
+    pod = chart.find(objects, "Deployment")["spec"]["template"]["spec"]
+    ports = {p["name"]: p["containerPort"] for p in pod["containers"][0]["ports"]}
+    assert service["spec"]["ports"][0]["targetPort"] == "webhook" and env_of(objects)[
+        "OLMORUN_WEBHOOK_PORT"
+    ] == str(ports["webhook"])
+    secret = chart.find(objects, "Secret")
+    assert {"secret": {"secretName": secret["metadata"]["name"]}, "name": "webhook-tls"} in pod["volumes"]
+    ca = x509.load_pem_x509_certificate(base64.b64decode(client["caBundle"]))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    assert cert.issuer == ca.subject
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    )
+    assert f"{client['service']['name']}.olmorun-system.svc" in names
+
+    managed = chart.render({"webhook": {"certManager": {"enabled": True}, "failurePolicy": "Fail"}})
+    kinds = {o["kind"] for o in managed}
+    assert {"Issuer", "Certificate"} <= kinds and "Secret" not in kinds
+    config = chart.find(managed, "ValidatingWebhookConfiguration")
+    assert (
+        config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        == "olmorun-system/olmorun-operator-webhook"
+    )
+    assert (
+        "caBundle" not in config["webhooks"][0]["clientConfig"]
+        and config["webhooks"][0]["failurePolicy"] == "Fail"
+    )
+    off = chart.render({"webhook": {"enabled": False}})
+    assert not {"Secret", "ValidatingWebhookConfiguration"} & {o["kind"] for o in off}
+    assert env_of(off)["OLMORUN_WEBHOOK_PORT"] == "0"

@@ -2,10 +2,11 @@
 API server (Helm's own release storage, in memory).
 
 tests/deploy/charts/olmorun-0.1.0.tgz is the first chart as it was committed (5a32bf4), packaged with
-the Helm SDK: operator image `ghcr.io/olmorun/olmorun-operator`, no request timeout. `--reuse-values`
-keeps that chart's defaults (helm/helm#9000: Helm reuses the old release's chart values), so an upgrade
-would run the old image name with a null timeout. `--reset-then-reuse-values` (Helm >= 3.14), what the
-README says, takes the new chart's defaults and keeps what the user set.
+the Helm SDK: operator image `ghcr.io/olmorun/olmorun-operator`, no request timeout, no webhook.
+`--reuse-values` renders the new templates with the previous chart's values (helm/helm#9000: Helm reuses
+the old release's chart values), which lack what the new chart added: the upgrade cannot render (and with
+a nil-safe template would run the old image name with a null timeout). `--reset-then-reuse-values`
+(Helm >= 3.14), what the README says, takes the new chart's defaults and keeps what the user set.
 
 helm-python's `Config.install/upgrade` pass only some of the options its native library (helm-c) takes;
 `release()` calls the same native action with two more that the library reads: `reset_then_reuse_values`
@@ -48,6 +49,10 @@ KINDS = {  # what the chart creates, served by the emulator as a cluster would
     ("rbac.authorization.k8s.io", "v1", "roles"): ("Role", True),
     ("rbac.authorization.k8s.io", "v1", "rolebindings"): ("RoleBinding", True),
     ("policy", "v1", "poddisruptionbudgets"): ("PodDisruptionBudget", True),
+    ("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations"): (
+        "ValidatingWebhookConfiguration",
+        False,
+    ),
 }
 
 
@@ -98,11 +103,12 @@ def test_an_upgrade_from_the_first_chart_takes_the_new_defaults_and_keeps_the_us
     assert "OLMORUN_REQUEST_TIMEOUT_SECONDS" not in {e["name"] for e in old.get("env", [])}
 
     current = chart.load()
-    # The trap the README avoids: --reuse-values renders the old chart's defaults into the new templates.
-    reused = release(helm_cluster, "upgrade", current, None, reuse_values=True)
-    assert _operator(reused)["image"].startswith("ghcr.io/olmorun/olmorun-operator:")
+    # The trap the README avoids: --reuse-values renders the new templates with the old chart's values,
+    # which lack what the new chart added (the webhook block), so this upgrade cannot even render.
+    with pytest.raises(helm.HelmReleaseError, match="webhook"):
+        release(helm_cluster, "upgrade", current, None, reuse_values=True)
 
-    # A fresh load, as the CLI does: Helm's --reuse-values wrote the old defaults into the chart it was
+    # A fresh load, as the CLI does: Helm's --reuse-values writes the old defaults into the chart it is
     # given (pkg/action/upgrade.go, reuseValues: chart.Values = oldVals).
     upgraded = release(helm_cluster, "upgrade", chart.load(), None, reset_then_reuse_values=True)
     container = _operator(upgraded)
@@ -113,7 +119,7 @@ def test_an_upgrade_from_the_first_chart_takes_the_new_defaults_and_keeps_the_us
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert float(env["OLMORUN_REQUEST_TIMEOUT_SECONDS"]) == Settings().request_timeout_seconds
     assert env["AWS_ENDPOINT_URL"] == "http://minio.storage:9000"  # what the user set survives
-    assert (upgraded["revision"], upgraded["status"]) == (3, "deployed")
+    assert (upgraded["revision"], upgraded["status"]) == (2, "deployed")
     assert upgraded["chart_version"] == current.version
 
 
@@ -124,9 +130,11 @@ def test_the_chart_packages_and_its_changelog_names_its_version(tmp_path: Path) 
     archive = Path(current.save(tmp_path))
     assert archive.name == f"olmorun-{current.version}.tgz"
     packaged = helm.Chart.load_archive(archive.read_bytes())
-    assert packaged.render({}, name=chart.RELEASE, namespace=chart.NAMESPACE, is_install=True) == (
-        current.render({}, name=chart.RELEASE, namespace=chart.NAMESPACE, is_install=True)
+    same = {"webhook": {"enabled": False}}  # the webhook's certificate is made anew at each rendering
+    assert packaged.render(same, name=chart.RELEASE, namespace=chart.NAMESPACE, is_install=True) == (
+        current.render(same, name=chart.RELEASE, namespace=chart.NAMESPACE, is_install=True)
     )
+    assert {t["name"] for t in packaged.templates} == {t["name"] for t in current.templates}
     changelog = (chart.CHART / "CHANGELOG.md").read_text()
     assert f"## {current.version}" in changelog
     assert "CHANGELOG.md" in {f["name"] for f in packaged.files}  # shipped inside the package
