@@ -41,13 +41,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
 
 from olmo_trainer import manifest as mf
 from olmo_trainer import storage
 from olmo_trainer.layout import manifest_path, step_uri
+
+if TYPE_CHECKING:
+    from olmo_operator.api import OlmoRun
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,16 @@ def storage_options(uri: str, *, endpoint_url: str | None = None) -> dict[str, A
         if endpoint_url:
             options["endpoint_url"] = endpoint_url
     return options
+
+
+def run_storage_options(run: OlmoRun, uri: str | None = None) -> dict[str, Any]:
+    """fsspec options for a file of `run` at `uri` (default: its storage URI): credentials from the
+    environment, the endpoint from the spec's `storage.endpointUrl` (else the environment's).
+
+    The one home of a run's storage options: the operator, `olmorun local`'s progress lines,
+    `olmorun status`, `diff` and `report` all read a run's files through it.
+    """
+    return storage_options(uri or run.spec.storage.uri, endpoint_url=run.spec.storage.endpoint_url)
 
 
 def _open_fs(uri: str, options: dict[str, Any] | None) -> tuple[AbstractFileSystem, str]:

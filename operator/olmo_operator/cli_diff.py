@@ -3,7 +3,8 @@
     olmorun diff .olmorun/a .olmorun/b                          # two `olmorun local` workdirs
     olmorun diff s3://bucket/olmo/default/olmo2-7b s3://bucket/olmo/default/olmo2-7b-rerun --rtol 1e-3
 
-Compares spec and config hashes, data order, every metric of every step of every phase and seed,
+Each run is read where it is given (runfiles.py): a run root (a copy or a download too), a local
+workdir or the run's spec file. Compares spec and config hashes, data order, every metric of every step of every phase and seed,
 evaluation results and checkpoint content identities (rundiff.py), and prints `identical` or the
 first divergence (phase, seed, step, metric, both values) with a table of what else differs, and the
 environments' differences. Exit codes: 0 identical (within --rtol/--atol), 1 different, 2 a run
@@ -24,13 +25,12 @@ from olmo_operator.cli import UserError
 
 EXIT_IDENTICAL = 0
 EXIT_DIFFERENT = 1
+RUN_HELP = "run root (the folder holding run.json: a copy, s3:// too), `olmorun local` workdir, or spec file"
 
 
 def register(sub: Any) -> None:
     diff = sub.add_parser("diff", help="compare two runs: identical, or where they first diverge (exit 1)")
-    diff.add_argument(
-        "run_a", metavar="RUN_A", help="run root (<storage>/<namespace>/<name>, s3:// too) or local workdir"
-    )
+    diff.add_argument("run_a", metavar="RUN_A", help=RUN_HELP)
     diff.add_argument("run_b", metavar="RUN_B", help="the run to compare with")
     diff.add_argument(
         "--rtol", type=_tolerance, default=0.0, help="relative tolerance of metrics (default 0: bit-exact)"
@@ -39,16 +39,24 @@ def register(sub: Any) -> None:
         "--atol", type=_tolerance, default=0.0, help="absolute tolerance of metrics (default 0: bit-exact)"
     )
     diff.add_argument("--json", action="store_true", help="print the whole comparison as JSON")
+    _endpoint_argument(diff)
     diff.set_defaults(func=cmd_diff)
 
     report = sub.add_parser("report", help="write a self-contained HTML report of a run (figures inline)")
-    report.add_argument(
-        "run", metavar="RUN", help="run root (<storage>/<namespace>/<name>, s3:// too) or local workdir"
-    )
+    report.add_argument("run", metavar="RUN", help=RUN_HELP)
     report.add_argument(
         "-o", "--output", default="report.html", help="HTML file to write (default: %(default)s)"
     )
+    _endpoint_argument(report)
     report.set_defaults(func=cmd_report)
+
+
+def _endpoint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint-url",
+        help="S3-compatible endpoint of every run given (default: the spec's storage.endpointUrl for the "
+        "spec's own storage, else $AWS_ENDPOINT_URL)",
+    )
 
 
 def _tolerance(text: str) -> float:
@@ -102,7 +110,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from olmo_operator.runfiles import RunNotFoundError, read_run
 
     try:
-        a, b = read_run(args.run_a), read_run(args.run_b)
+        a = read_run(args.run_a, endpoint_url=args.endpoint_url)
+        b = read_run(args.run_b, endpoint_url=args.endpoint_url)
     except RunNotFoundError as error:
         raise UserError(str(error)) from None
     result = compare(a, b, rtol=args.rtol, atol=args.atol)
@@ -124,7 +133,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from olmo_operator.runfiles import RunNotFoundError
 
     try:
-        path = write_report(args.run, args.output)
+        path = write_report(args.run, args.output, endpoint_url=args.endpoint_url)
     except RunNotFoundError as error:
         raise UserError(str(error)) from None
     print(path)

@@ -235,7 +235,10 @@ def format_status(
     return text + "\n"
 
 
-def _status_source(args: argparse.Namespace) -> tuple[str, api.OlmoRunStatus, str | None, dict[str, str]]:
+def _status_source(
+    args: argparse.Namespace,
+) -> tuple[str, api.OlmoRunStatus, str | None, dict[str, Any]]:
+    """(name, status, created, the run's document) from a spec, a state.json, `kubectl get -o yaml`."""
     from olmo_operator import local_state as local
 
     workdir = Path(args.workdir) if args.workdir else None
@@ -248,7 +251,7 @@ def _status_source(args: argparse.Namespace) -> tuple[str, api.OlmoRunStatus, st
         meta = document.get("metadata") or {}
         if document.get("status") and workdir is None:  # `kubectl get olmo NAME -o yaml`
             status = api.OlmoRunStatus.model_validate(document["status"])
-            return meta.get("name", "?"), status, meta.get("creationTimestamp"), _kinds(document)
+            return meta.get("name", "?"), status, meta.get("creationTimestamp"), document
         workdir = workdir or Path(".olmorun") / str(meta.get("name", ""))
     elif args.file:
         workdir = Path(args.file).parent
@@ -260,7 +263,7 @@ def _status_source(args: argparse.Namespace) -> tuple[str, api.OlmoRunStatus, st
             f"no local run in {workdir} (no {local.STATE_FILE}); start one with `olmorun local FILE`"
         )
     name = str(state.document.get("metadata", {}).get("name", "?"))
-    return name, state.status, state.created_at, _kinds(state.document)
+    return name, state.status, state.created_at, state.document
 
 
 def _kinds(document: dict[str, Any]) -> dict[str, str]:
@@ -268,11 +271,24 @@ def _kinds(document: dict[str, Any]) -> dict[str, str]:
     return {p["name"]: p.get("kind", "") for p in phases if isinstance(p, dict) and "name" in p}
 
 
-def final_contents(status: api.OlmoRunStatus) -> list[list[str]]:
+def _options_of(document: dict[str, Any]) -> Any:
+    """uri -> fsspec options, with the spec's endpoint (archive.run_storage_options) when it parses."""
+    from olmo_operator.archive import run_storage_options, storage_options
+
+    try:
+        run = api.parse_olmorun({k: v for k, v in document.items() if k != "status"})
+    except api.SpecError:
+        return storage_options
+    return lambda uri: run_storage_options(run, uri)
+
+
+def final_contents(status: api.OlmoRunStatus, document: dict[str, Any] | None = None) -> list[list[str]]:
     """[job, checkpoint, content sha256] of every job's final checkpoint (archive, else scratch), read
-    from its MANIFEST; '-' where none is recorded or the storage cannot be read."""
-    from olmo_operator.archive import storage_options
+    from its MANIFEST with the storage options of the run's spec; '-' where none is recorded or the
+    storage cannot be read."""
     from olmo_trainer import manifest, storage
+
+    options_for = _options_of(document or {})
 
     rows = []
     for phase, ps in status.phases.items():
@@ -281,7 +297,7 @@ def final_contents(status: api.OlmoRunStatus) -> list[list[str]]:
             if not uri or job.state != "Succeeded":
                 continue
             try:
-                fs, path = storage.filesystem(uri, **storage_options(uri))
+                fs, path = storage.filesystem(uri, **options_for(uri))
                 sha = manifest.content_sha256(manifest.read_manifest(fs, path))
             except (OSError, ImportError, ValueError):
                 sha = None
@@ -292,9 +308,9 @@ def final_contents(status: api.OlmoRunStatus) -> list[list[str]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    name, status, created, kinds = _status_source(args)
-    sys.stdout.write(format_status(name, status, created, dt.datetime.now(dt.UTC), kinds))
-    contents = final_contents(status)
+    name, status, created, document = _status_source(args)
+    sys.stdout.write(format_status(name, status, created, dt.datetime.now(dt.UTC), _kinds(document)))
+    contents = final_contents(status, document)
     if contents:
         sys.stdout.write(
             "\n" + _table([["JOB", "FINAL", "CONTENT SHA256 (tensors by name)"], *contents]) + "\n"

@@ -423,8 +423,8 @@ def spec_fault(error: BaseException) -> str | None:
 
 
 def spec_storage_options(run: OlmoRun) -> dict[str, Any]:
-    """fsspec options of the run's storage: credentials from the environment, the spec's endpoint."""
-    return arch.storage_options(run.spec.storage.uri, endpoint_url=run.spec.storage.endpoint_url)
+    """fsspec options of the run's storage (archive.run_storage_options, their one home)."""
+    return arch.run_storage_options(run)
 
 
 @dataclass(frozen=True)

@@ -455,12 +455,12 @@ def render(record: RunRecord, *, generated_at: str | None = None) -> str:
     )
 
 
-def write_report(target: str, out: str) -> str:
+def write_report(target: str, out: str, *, endpoint_url: str | None = None) -> str:
     """Read the run at `target` (runfiles.read_run) and write its report to the local file `out`."""
     from pathlib import Path
 
     from olmo_operator.runfiles import read_run
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(render(read_run(target)))
+    Path(out).write_text(render(read_run(target, endpoint_url=endpoint_url)))
     return out
