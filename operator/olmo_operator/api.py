@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from olmo_operator import spec_problems
 from olmo_operator.pod_template import template_problems
 from olmo_trainer.config import (
     IMPLEMENTED_KINDS,
@@ -494,18 +495,13 @@ def _loc_to_path(loc: Iterable[int | str], document: Any, *, missing: bool = Fal
 
 
 def _pydantic_problems(error: ValidationError, document: Any) -> list[Problem]:
-    problems = []
-    for item in error.errors():
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown field; remove it or check its spelling (fields are camelCase)"
-        elif item["type"] == "missing":
-            message = "required field is missing; add it"
-        elif item["type"] == "literal_error":
-            message = f"{message} (got {item.get('input')!r})"
-        path = _loc_to_path(item["loc"], document, missing=item["type"] == "missing")
-        problems.append(Problem(path, message))
-    return problems
+    """Each of pydantic's errors once, in our words, with "did you mean" (spec_problems.describe)."""
+    return [
+        Problem(path, message)
+        for path, message in spec_problems.describe(
+            error.errors(), lambda loc, missing: _loc_to_path(loc, document, missing=missing), OlmoRun
+        )
+    ]
 
 
 def _job_world(phase: PhaseSpec, cluster: ClusterSpec) -> int:
@@ -601,7 +597,9 @@ def graph_problems(document: dict[str, Any]) -> list[Problem]:
             if current in seen:
                 # A phase on the cycle, or one that starts from a phase on it: both never start.
                 problems.append(
-                    Problem(
+                    Problem(f"{where}.from", f"phase {names[i]!r} starts from itself; name another phase")
+                    if parent == names[i]
+                    else Problem(
                         f"{where}.from",
                         f"phase {names[i]!r} depends on itself through {parent!r}; break the cycle",
                     )
@@ -805,11 +803,23 @@ def parse_olmorun(document: Any) -> OlmoRun:
     try:
         run = OlmoRun.model_validate(document)
     except ValidationError as error:
-        raise SpecError(_merge(_pydantic_problems(error, document), problems)) from None
+        found = _merge(_pydantic_problems(error, document), problems)
+        repaired = spec_problems.repair(error.errors(), document, OlmoRun)
+        if repaired is not None:  # what the typos hid (every problem at once): validate the corrected spec
+            try:
+                parse_olmorun(repaired)
+            except SpecError as hidden:  # what a reported field's own correction would say is not news
+                found += [p for p in hidden.problems if not any(_related(p.path, q.path) for q in found)]
+        raise SpecError(found) from None
     problems += semantic_problems(run)
     if problems:
         raise SpecError(problems)
     return run
+
+
+def _related(a: str, b: str) -> bool:
+    """Whether one path is the other or inside it (`spec.phases[1].batch` and `...batch.globalBatchSize`)."""
+    return a == b or a.startswith((b + ".", b + "[")) or b.startswith((a + ".", a + "["))
 
 
 def _merge(first: list[Problem], second: list[Problem]) -> list[Problem]:

@@ -2,7 +2,7 @@
 
 Commands live in small modules that each add their subparsers (`register`) so that the CLI never
 imports torch unless a trainer command runs. User errors print the problem and exit 2, never a
-traceback.
+traceback. `olmorun` alone prints the help; `olmorun --version` the version and the git commit.
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+from olmo_trainer.provenance import git_state
 
 # Each module defines `register(subparsers)`; its handlers are set with `set_defaults(func=...)`.
 COMMAND_MODULES = (
@@ -28,10 +32,31 @@ class UserError(Exception):
     """A problem with the user's input: printed without a traceback, exit code 2."""
 
 
+def version() -> str:
+    """`olmorun <version> (git <commit>[, dirty])`: the installed distribution and the checkout it runs from.
+
+    The commit is the trainer's own record of it (olmo_trainer.provenance.git_state, what env.json
+    records); outside a git checkout (an installed wheel, an image) it reads `git unknown`.
+    """
+    try:
+        number = metadata.version("olmorun")
+    except metadata.PackageNotFoundError:
+        number = "unknown"
+    commit, dirty = git_state(Path(__file__).resolve().parent)
+    return f"olmorun {number} (git {commit or 'unknown'}{', dirty' if dirty else ''})"
+
+
+class _Version(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(version())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="olmorun", description="Reproduce the OLMo 2 recipe: validate, render, run and verify OlmoRuns."
     )
+    parser.add_argument("--version", nargs=0, action=_Version, help="print the version and the git commit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
@@ -40,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # `olmorun` alone: what it can do, not an error
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

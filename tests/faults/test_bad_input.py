@@ -57,11 +57,11 @@ CASES: dict[str, tuple[Callable[[Document], None], str, str, bool]] = {
     "wrong type: nodes is a word": (
         _set("spec.phases.0.nodes", "two"),
         "spec.phases[0].nodes",
-        "valid integer",
+        "expected a whole number",
         True,
     ),
-    "wrong type: phases is a string": (_set("spec.phases", "pretrain"), "spec.phases", "valid list", True),
-    "wrong type: seed is a list": (_set("spec.seed", [1]), "spec.seed", "valid integer", True),
+    "wrong type: phases is a string": (_set("spec.phases", "pretrain"), "spec.phases", "expected a list", True),
+    "wrong type: seed is a list": (_set("spec.seed", [1]), "spec.seed", "expected a whole number", True),
     # The API server prunes unknown fields rather than refusing them (kubectl warns: field validation).
     "unknown field (a typo)": (
         _set("spec.phases.0.maxToken", "1M"),
@@ -69,11 +69,11 @@ CASES: dict[str, tuple[Callable[[Document], None], str, str, bool]] = {
         "unknown field",
         False,
     ),
-    "0 nodes": (_set("spec.phases.0.nodes", 0), "spec.phases[0].nodes", "greater than 0", True),
+    "0 nodes": (_set("spec.phases.0.nodes", 0), "spec.phases[0].nodes", "must be > 0", True),
     "10^12 nodes": (
         _set("spec.phases.0.nodes", 10**12),
         "spec.phases[0].nodes",
-        "less than or equal to 5000",
+        "must be <= 5000",
         True,
     ),
     "a negative learning rate": (

@@ -30,9 +30,7 @@ import json
 import os
 import platform
 import socket
-import subprocess
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,35 +40,13 @@ from olmo_trainer.config import TrainConfig
 from olmo_trainer.failure import current_attempt
 from olmo_trainer.layout import ENV_NAME
 from olmo_trainer.storage import filesystem
+from olmo_trainer.provenance import git_state
 
 FORMAT = "olmorun.env/v1"
 IMAGE_ENV = "OLMORUN_IMAGE"
 """Set by the launcher from the OlmoRun's `spec.image` (olmo_operator.launcher)."""
 SAMPLE_INSTANCES = 16
 """Instances read, evenly spaced over the mixture, for the data sample hash."""
-
-
-def git_state(directory: Path | None = None) -> tuple[str | None, bool | None]:
-    """(HEAD commit, working tree dirty) of the checkout holding this package; (None, None) outside one."""
-    where = directory or Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    return head or None, bool(dirty)
 
 
 def image_digest(image: str | None) -> str | None:
