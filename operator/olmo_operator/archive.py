@@ -33,15 +33,16 @@ This module imports no torch or numpy: the operator image has neither.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsspec import AbstractFileSystem
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from olmo_operator.api import OlmoRun
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SHA256_METADATA = "olmorun-sha256"
 """S3 user-metadata key that records the sha256 of an archived object (x-amz-meta-olmorun-sha256)."""
@@ -189,6 +191,41 @@ def _access(uri: str, call: Callable[[], Any]) -> Any:
         raise access from None
 
 
+TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.EREMOTEIO})
+"""OSError numbers of a storage that is there but cannot answer now: s3fs turns `503 SlowDown` and
+`ServiceUnavailable` into EBUSY and `500 InternalError` into EREMOTEIO (s3fs/errors.py)."""
+RETRY_DELAYS = (2.0, 4.0, 8.0)
+"""Seconds between the tries of `retrying` (4 tries, ~14 s of waiting): a throttling burst or a server
+restart passes within one reconcile step; a longer outage leaves the run waiting (StorageUnavailable)."""
+
+
+def transient(error: BaseException) -> bool:
+    """Whether trying again later can succeed: unreachable or busy storage, not refused credentials,
+    a missing file or a bad checkpoint."""
+    if isinstance(error, StorageAccessError):
+        return not error.denied
+    if isinstance(error, FileNotFoundError | PermissionError | ArchiveError):
+        return False
+    access = access_error("", error)
+    return access is not None and not access.denied
+
+
+def retrying(call: Callable[[], _T], *, delays: Sequence[float] | None = None,
+             sleep: Callable[[float], None] = time.sleep) -> _T:  # fmt: skip
+    """`call()`, tried again after each of `delays` while it fails with a transient storage error
+    (`transient`); the last error is raised as it is (turned into StorageAccessError by `access_error`
+    by the caller). Other errors are raised at once. `delays` default to RETRY_DELAYS."""
+    for delay in RETRY_DELAYS if delays is None else delays:
+        try:
+            return call()
+        except Exception as error:
+            if not transient(error):
+                raise
+            log.warning("storage busy or unreachable (%s); trying again in %.0fs", _first_line(error), delay)
+        sleep(delay)
+    return call()
+
+
 def access_error(uri: str, error: BaseException) -> StorageAccessError | None:
     """`error` as a StorageAccessError when it says the storage at uri refused the credentials or cannot be
     reached (None for any other error). The message names the URI and the client's own words, which
@@ -203,6 +240,8 @@ def access_error(uri: str, error: BaseException) -> StorageAccessError | None:
         )
     if isinstance(error, ConnectionError | TimeoutError):
         return StorageAccessError(f"{uri}: storage unreachable ({_first_line(error)})")
+    if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+        return StorageAccessError(f"{uri}: storage busy ({_first_line(error)}); it answers errors for now")
     # Client libraries raise their own types (botocore NoCredentialsError, EndpointConnectionError,
     # google.auth errors): name the type and its message.
     if type(error).__module__.split(".")[0] not in _CLIENT_LIBRARIES:

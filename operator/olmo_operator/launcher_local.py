@@ -20,10 +20,12 @@ others (local_procs.terminate) before anything is resubmitted, so one job never 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,8 @@ from olmo_trainer.layout import EXIT_PREEMPTED
 LOCAL_ENDPOINT = "localhost:0"
 """Port 0: torchrun picks a free port, so jobs running side by side never collide."""
 EXIT_FILE_ENV = "OLMORUN_EXIT_FILE"
+CANCEL_GRACE_SECONDS = 30.0
+"""How long a cancelled job's processes get to save and exit after SIGTERM before they are killed."""
 _STATES: dict[str, ObservedState] = {
     "SUBMITTED": "Pending",
     "PENDING": "Pending",
@@ -77,6 +81,9 @@ class LocalLauncher:
         self._finished: dict[str, JobObservation] = {}
         self._adopted: dict[str, list[ProcessRecord]] = {}
         """Jobs an earlier runner started and this one re-attached to: their processes."""
+        self._stopping: dict[str, float] = {}
+        """Cancelled jobs whose processes may still run -> when they get SIGKILL (time.monotonic)."""
+        self.cancel_grace = CANCEL_GRACE_SECONDS
 
     def _scheduler(self) -> LocalScheduler:
         if self._torchx is None:
@@ -117,8 +124,30 @@ class LocalLauncher:
         return self._exit_code(job_name) is not None
 
     def processes(self) -> dict[str, list[ProcessRecord]]:
-        """Every live process of each job this launcher started or adopted, by job name."""
-        return self.find([n for n in [*self._ids, *self._adopted] if n not in self._finished])
+        """Every live process of each job this launcher started or adopted, by job name (a cancelled
+        job's until they are gone). Kills the processes of jobs cancelled longer than the grace ago."""
+        self.reap()
+        names = [n for n in [*self._ids, *self._adopted] if n not in self._finished or n in self._stopping]
+        return self.find(names)
+
+    def reap(self) -> None:
+        """SIGKILL what is left of every job cancelled more than `cancel_grace` seconds ago; forget the
+        cancelled jobs whose processes are all gone. Processes are found by the job's marker, not by
+        torchx's app state: a torchrun agent whose app torchx calls finished is still found."""
+        if not self._stopping:
+            return
+        found = self.find(list(self._stopping))
+        now = time.monotonic()
+        for name, deadline in list(self._stopping.items()):
+            live = found.get(name, [])
+            if not live:
+                del self._stopping[name]
+            elif now >= deadline:
+                local_procs.signal_groups(live, signal.SIGKILL)
+                for record in live:  # a process that left its group still goes
+                    if local_procs.alive(record):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(record.pid, signal.SIGKILL)
 
     def _describe_adopted(self, job_name: str) -> JobObservation:
         records = self._adopted[job_name]
@@ -145,6 +174,7 @@ class LocalLauncher:
     def describe(self, job_name: str) -> JobObservation:
         """The job's state (Missing when this launcher did not start or adopt it); no checkpoint or
         metrics."""
+        self.reap()
         if job_name in self._finished:
             return self._finished[job_name]
         if job_name in self._adopted:
@@ -170,17 +200,30 @@ class LocalLauncher:
             return None  # killed before its shell could record anything (SIGKILL)
 
     def cancel(self, job_name: str) -> None:
-        """Stop a job (its processes get SIGTERM and may checkpoint); it then reads as Missing."""
+        """Stop a job: every process carrying its marker gets SIGTERM (they may checkpoint), in every
+        session (torchrun's workers have sessions of their own), and SIGKILL once `cancel_grace` has
+        passed (`reap`, at the next `processes()` or `describe()`); it then reads as Missing. Found by
+        the marker, so a job that torchx already reports finished is stopped too (a hung torchrun agent
+        survived its cancelled app for 21 minutes when torchx's state was trusted)."""
         app_id = self._ids.get(job_name)
-        if job_name in self._finished:
+        if not app_id and job_name not in self._adopted:
             return
-        if app_id:
+        if app_id and job_name not in self._finished:
             self._scheduler().cancel(app_id)
-        elif job_name in self._adopted:
-            local_procs.signal_groups(self._adopted[job_name], signal.SIGTERM)  # as torchx cancels its own
-        else:
-            return
-        self._finished[job_name] = JobObservation(job_name, "Missing", message="cancelled")
+        live = self.find([job_name]).get(job_name, [])
+        if live:
+            local_procs.signal_groups(live, signal.SIGTERM)
+            self._stopping.setdefault(job_name, time.monotonic() + self.cancel_grace)
+        self._finished.setdefault(job_name, JobObservation(job_name, "Missing", message="cancelled"))
+
+    def wait_cancelled(self, *, poll: float = 0.2, kill_wait: float = 10.0) -> None:
+        """Return once every cancelled job's processes are gone: those still running when their grace
+        ends are killed (`reap`). Only a process stuck in the kernel outlives the SIGKILL's `kill_wait`."""
+        give_up = time.monotonic() + self.cancel_grace + kill_wait
+        while self._stopping and time.monotonic() < give_up:
+            self.reap()
+            time.sleep(poll)
+        self.reap()
 
     def close(self) -> None:
         """Stop every job this launcher started or adopted (the embedded runner's Ctrl-C)."""

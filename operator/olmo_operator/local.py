@@ -138,10 +138,12 @@ def run_local(
             for line in [event_line(e) for e in outcome.events] + progress:
                 print(line, file=out, flush=True)
             if outcome.finished:
+                launcher.wait_cancelled()  # a cancelled job's processes never outlive the run
                 break
             if run.spec.suspend and not outcome.cancelled:
                 # Nothing runs and nothing is left to stop: waiting would wait for an edit forever.
                 launcher.close()
+                launcher.wait_cancelled()  # suspended means stopped: saved and gone, or killed
                 print(SUSPENDED_MESSAGE.format(name=run.name, workdir=workdir), file=out, flush=True)
                 return EXIT_SUSPENDED
             time.sleep(poll_seconds)

@@ -211,10 +211,11 @@ _T = TypeVar("_T")
 
 
 def _stored(uri: str, call: Callable[..., _T], *args: Any) -> _T:
-    """`call(*args)`: storage I/O on uri; refused credentials and unreachable storage become
+    """`call(*args)`: storage I/O on uri, tried again with backoff while the storage is busy or
+    unreachable (archive.retrying); refused credentials and unreachable storage become
     archive.StorageAccessError."""
     try:
-        return call(*args)
+        return arch.retrying(lambda: call(*args))
     except Exception as error:
         access = arch.access_error(uri, error)
         if access is None:
@@ -305,16 +306,22 @@ def write_config(action: SubmitJob, options: Options) -> None:
 def archive(action: ArchiveCheckpoint, options: Options) -> ArchiveResult:
     """Copy a final checkpoint to the archive and re-hash it there (archive.py).
 
-    Another I/O error is worth another try; a source that is corrupt or not committed, or a destination
-    holding a different checkpoint, is not. Raises archive.StorageAccessError when the storage refuses
-    the credentials or cannot be reached: the run then waits with StorageUnavailable, the source kept.
+    Busy or unreachable storage (503 SlowDown, a restart) is tried again with backoff (archive.retrying),
+    then raises archive.StorageAccessError, as refused credentials do: the run then waits with
+    StorageUnavailable, the source kept, and the next step resumes the copy. Another I/O error is worth
+    another try; a source that is corrupt or not committed, or a destination holding a different
+    checkpoint, is not.
     """
     opts = _plain(options)
-    try:
+
+    def copy_and_verify() -> Any:  # a retry resumes the copy: objects already up are skipped
         arch.archive_checkpoint(
             action.src, action.dst, src_options=opts, dst_options=opts, workers=ARCHIVE_WORKERS
         )
-        report = arch.verify_checkpoint(action.dst, options=opts, workers=ARCHIVE_WORKERS)
+        return arch.verify_checkpoint(action.dst, options=opts, workers=ARCHIVE_WORKERS)
+
+    try:
+        report = arch.retrying(copy_and_verify)  # busy storage is retried, then the run waits
     except arch.StorageAccessError:
         raise
     except OSError as error:

@@ -235,3 +235,46 @@ def test_a_sigkilled_runner_rerun_re_attaches_and_never_runs_two_trainers(tmp_pa
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert final_content(workdir) == final_content(reference) is not None
+
+
+def test_a_cancelled_job_ends_every_process_it_started_even_when_torchx_calls_it_finished(
+    tmp_path: Path, spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    """Issue 26 #5: a hung job's torchrun agent outlived its cancelled app for 21 minutes, because the
+    launcher trusted the app's state. Here the job's shell has exited (its exit status recorded: the
+    launcher reads the job as finished) while a 'worker' in a session of its own, ignoring SIGTERM as a
+    hung process does, runs on. Cancelling it SIGTERMs every process with the job's marker, and once
+    the grace is over they are killed: no process of the attempt survives."""
+    launcher = LocalLauncher(log_dir=str(tmp_path))
+    launcher.cancel_grace = 0.5
+    name = "r-pretrain-a1"
+    shell = start_job(launcher, name, "setsid bash -c \"trap '' TERM; sleep 120\" & sleep 1; exit 3", spawned)
+    wait_until(lambda: len(launcher.find([name]).get(name, [])) == 3)
+    # What the app's state follows is the job's shell only (torchx follows its own child).
+    launcher.adopt(name, [r for r in launcher.find([name])[name] if r.pid == shell.pid])
+    wait_until(lambda: launcher.has_exit_status(name))
+    [worker] = [r for r in launcher.find([name])[name] if r.pgid != shell.pid]
+    assert launcher.describe(name).state == "Failed"  # finished, as far as the app is concerned
+    assert local_procs.alive(worker)
+
+    launcher.cancel(name)
+    assert local_procs.alive(worker)  # SIGTERM ignored: it has its grace
+    launcher.wait_cancelled()
+    assert not local_procs.alive(worker)
+    assert launcher.find([name]) == {} and launcher.processes() == {}
+
+
+def test_cancel_sigterms_every_session_of_the_job_and_a_clean_exit_needs_no_kill(
+    tmp_path: Path, spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    launcher = LocalLauncher(log_dir=str(tmp_path))
+    name = "r-anneal-a1"
+    shell = start_job(launcher, name, "setsid sleep 120 & sleep 120", spawned)
+    wait_until(lambda: len(launcher.find([name]).get(name, [])) == 3)
+    launcher.adopt(name, launcher.find([name])[name])
+    started = time.monotonic()
+    launcher.cancel(name)
+    launcher.wait_cancelled()
+    assert time.monotonic() - started < launcher.cancel_grace  # SIGTERM was enough: no wait for the kill
+    assert launcher.find([name]) == {} and shell.wait(timeout=5) != 0
+    assert launcher.describe(name).state == "Missing"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from olmo_operator import layout
+from olmo_operator import archive, layout
 from olmo_operator.api import JobStatus, PhaseStatus, parse_olmorun
 from olmo_operator.plan import condition
 from olmo_operator.progress import progress_lines
@@ -65,8 +65,9 @@ def _dump(outcome: Outcome) -> dict[str, Any]:
 
 
 def test_an_unreachable_endpoint_makes_the_run_wait_and_it_proceeds_when_back(
-    s3_server: S3Server, tmp_path: Path
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(archive, "RETRY_DELAYS", (0.1,))  # each step tries twice (a blip), then waits
     bucket = s3_server.make_bucket("unreachable-" + secrets.token_hex(3))
     storage = Storage(s3_server)
     launcher = ScriptedLauncher()
