@@ -274,9 +274,15 @@ class StorageInUseError(RuntimeError):
     from them would silently continue someone else's training."""
 
 
-def write_run_record(action: WriteRunRecord, options: Options) -> None:
+ADOPT_ANNOTATION = "olmorun.dev/adopt-storage-of"
+"""On a recreated OlmoRun: the uid of the earlier run of this name whose storage it continues (its
+run.json is kept, its checkpoints resumed, its archives verified). Said on purpose, never guessed."""
+
+
+def write_run_record(action: WriteRunRecord, options: Options, adopt: str | None = None) -> None:
     """run.json is written once: a run's reproducibility record is never rewritten. A run.json of a
-    different OlmoRun (a deleted run recreated under the same name) stops the run instead.
+    different OlmoRun (a deleted run recreated under the same name) stops the run instead, unless the
+    new run names that OlmoRun's uid in its ADOPT_ANNOTATION (`adopt`): then it continues its files.
 
     Raises StorageInUseError in that case, and the storage's own errors when it cannot be written.
     """
@@ -285,10 +291,11 @@ def write_run_record(action: WriteRunRecord, options: Options) -> None:
         previous = json.loads(fs.cat_file(path)).get("metadata", {}).get("uid")
         metadata = action.document.get("metadata")
         current = metadata.get("uid") if isinstance(metadata, dict) else None
-        if previous and current and previous != current:
+        if previous and current and previous != current and adopt != previous:
             raise StorageInUseError(
-                f"{action.uri} belongs to an earlier OlmoRun of this name (uid {previous}); its checkpoints "
-                "would be resumed. Delete that storage path or give this run another name."
+                f"{action.uri} belongs to an earlier OlmoRun of this name (uid {previous}). To continue "
+                f"it (its checkpoints and archives are kept and resumed), annotate this OlmoRun "
+                f"{ADOPT_ANNOTATION}={previous}; to start afresh, give this run another name."
             )
         return
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -341,7 +348,8 @@ def apply(
     archived = []
     for action in result.actions:
         if isinstance(action, WriteRunRecord):
-            _stored(action.uri, write_run_record, action, storage_options)
+            adopt = run.metadata.annotations.get(ADOPT_ANNOTATION)
+            _stored(action.uri, write_run_record, action, storage_options, adopt)
         elif isinstance(action, SubmitJob):
             _stored(action.config_uri, write_config, action, storage_options)
             launcher.submit(action.request)
