@@ -4,15 +4,23 @@ What it shows, from the run record (runfiles.read_run):
 - a header with the run's outcome, spec hash, image and code;
 - the timeline: every job as a bar from its start (env.json writtenAt) to its final commit (MANIFEST
   createdAt), phases in their DAG order with arrows from parent to child;
-- per training phase, loss / learning rate / grad norm / throughput against the step, the seeds of a
-  phase on the same axes and the soup that averages them marked on the loss;
+- restarts and failures on the timeline: a job's attempts and failures (from the run's status), and
+  a job that started but never committed its final checkpoint;
+- the headline result: held-out accuracy after each stage of the chain (`eval/<task>/accuracy`);
+- per training phase, loss / learning rate / grad norm / throughput against the step, smoothed as W&B
+  and TensorBoard draw them (a debiased exponential moving average, `smooth`) with the raw values faint
+  behind, the seeds of a phase on the same axes and the soup that averages them marked on the loss;
 - post-training metrics when the phase logged any (DPO `rewards/*`, RLVR reward and KL, ...);
 - the evaluation table after each phase (the last `eval/<task>/<metric>` values, like the paper's tables);
 - every final checkpoint with its content identity, and the run record (software, hardware,
   determinism, data fingerprints, spec).
 
-Figures are drawn with matplotlib's Agg backend and embedded as base64 PNG. Pure functions build the
-page from a RunRecord; `write_report` is the only I/O.
+Numbers are shown as they are: counts as integers, other values to four decimals (`number`).
+
+Figures are drawn with matplotlib's Agg backend and embedded as base64 PNG: a page of a few hundred KB
+that any browser opens offline. Interactive figures (hover, zoom) would need plotly's JavaScript inline,
+about 3.5 MB for every report; not worth it for a page whose curves are a few hundred points. Pure
+functions build the page from a RunRecord; `write_report` is the only I/O.
 """
 
 from __future__ import annotations
@@ -36,6 +44,11 @@ CURVES = (
 """The four curves of every training phase (metrics.jsonl keys, titles)."""
 STANDARD = frozenset({"step", "tokens", "z_loss", "mfu", *(key for key, _ in CURVES)})
 COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777")
+SMOOTHING = 0.6
+"""Weight of the exponential moving average drawn over noisy curves (TensorBoard's default slider)."""
+SMOOTHED = frozenset({"loss", "grad_norm", "tokens_per_s"})
+"""Curves drawn smoothed with their raw values faint behind (the learning rate is a schedule: as is)."""
+ACCURACY = "/accuracy"
 KIND_COLORS = {
     "pretrain": "#2563eb",
     "anneal": "#ea580c",
@@ -97,6 +110,38 @@ def _series(job: JobRecord, key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def smooth(values: Sequence[float], weight: float = SMOOTHING) -> list[float]:
+    """Debiased exponential moving average, as W&B's and TensorBoard's smoothing draw a curve:
+    `m_i = w * m_(i-1) + (1 - w) * v_i`, shown as `m_i / (1 - w^(i+1))` so that the start is not
+    pulled towards 0 (the bias correction of Adam, Kingma & Ba 2015, section 3). Same length as `values`."""
+    out, moving = [], 0.0
+    for i, value in enumerate(values):
+        moving = weight * moving + (1 - weight) * value
+        out.append(moving / (1 - weight ** (i + 1)))
+    return out
+
+
+def number(value: Any) -> str | None:
+    """A metric as shown: integers (and integral floats: counts) as integers, others to 4 decimals."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else str(value)
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _plot(
+    ax: Any, steps: list[int], values: list[float], color: str, label: str | None, smoothed: bool
+) -> None:
+    if smoothed and len(values) > 2:
+        ax.plot(steps, values, color=color, lw=0.8, alpha=0.25)  # raw, faint behind
+        ax.plot(steps, smooth(values), color=color, lw=1.6, label=label)
+    else:
+        ax.plot(steps, values, color=color, lw=1.4, label=label)
+
+
 def phases_in_order(record: RunRecord) -> list[tuple[str, str, list[JobRecord]]]:
     """(phase, kind, its jobs) in run order."""
     out: list[tuple[str, str, list[JobRecord]]] = []
@@ -118,14 +163,35 @@ def parents(record: RunRecord) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def job_status(record: RunRecord) -> dict[tuple[str, int], dict[str, Any]]:
+    """(phase, seed) -> the job's status (attempts, failures, state, message), when the run's status
+    is known."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for phase, status in ((record.status or {}).get("phases") or {}).items():
+        for job in status.get("jobs") or []:
+            if isinstance(job, dict) and isinstance(job.get("seed"), int):
+                found[(phase, job["seed"])] = job
+    return found
+
+
+def restarts(status: dict[str, Any] | None) -> str | None:
+    """`3 attempts, 2 failed` for a job that was restarted or failed; None for one clean attempt."""
+    attempts, failures = int((status or {}).get("attempts") or 0), int((status or {}).get("failures") or 0)
+    if attempts <= 1 and not failures:
+        return None
+    return f"{attempts} attempts, {failures} failed" if failures else f"{attempts} attempts"
+
+
 def timeline_figure(record: RunRecord) -> str | None:
-    """Gantt chart of the jobs, with arrows along the phase DAG; None when no job has timings."""
+    """Gantt chart of the jobs, with arrows along the phase DAG, restarts and failures marked; None when
+    no job has timings. A job that started and never committed its final checkpoint is a hatched stub."""
+    statuses = job_status(record)
     spans = []
     for job in record.jobs:
         start, end = _time((job.env or {}).get("writtenAt")), _time(job.finished_at)
-        if start is not None and end is not None:
-            spans.append((job, start, max(end, start)))
-    if not spans:
+        if start is not None:
+            spans.append((job, start, max(end, start) if end is not None else None))
+    if not any(end is not None for _, _, end in spans):
         return None
     plt = _pyplot()
     origin = min(s for _, s, _ in spans)
@@ -133,9 +199,35 @@ def timeline_figure(record: RunRecord) -> str | None:
     rows: dict[str, int] = {}
     ends: dict[str, tuple[float, int]] = {}
     for row, (job, start, end) in enumerate(spans):
-        left, width = (start - origin).total_seconds(), max((end - start).total_seconds(), 1.0)
-        ax.barh(row, width, left=left, color=KIND_COLORS.get(job.kind, "#64748b"), height=0.6)
-        ax.text(left + width + 0.5, row, f"{width:.0f}s", va="center", fontsize=8, color="#475569")
+        left = (start - origin).total_seconds()
+        status = statuses.get((job.phase, job.seed))
+        color = KIND_COLORS.get(job.kind, "#64748b")
+        if end is None:  # started, never finished: failed, cancelled or still running
+            ax.barh(row, 1.0, left=left, color="white", edgecolor="#dc2626", hatch="///", height=0.6)
+            state = (status or {}).get("state") or "no final checkpoint"
+            ax.text(
+                left + 1.5,
+                row,
+                f"{state}: {restarts(status) or 'no final checkpoint'}",
+                va="center",
+                fontsize=8,
+                color="#dc2626",
+            )
+            rows[job.label] = row
+            continue
+        width = max((end - start).total_seconds(), 1.0)
+        ax.barh(row, width, left=left, color=color, height=0.6)
+        note = restarts(status)
+        ax.text(
+            left + width + 0.5,
+            row,
+            f"{width:.0f}s" + (f"  ({note})" if note else ""),
+            va="center",
+            fontsize=8,
+            color="#dc2626" if note else "#475569",
+        )
+        if note:
+            ax.plot([left], [row], marker="x", color="#dc2626", ms=8, mew=2)  # restarted: not one clean run
         rows[job.label] = row
         if job.phase not in ends or left + width > ends[job.phase][0]:
             ends[job.phase] = (left + width, row)
@@ -153,13 +245,65 @@ def timeline_figure(record: RunRecord) -> str | None:
     ax.set_yticks(range(len(spans)), [job.label.replace("/s", "  seed ") for job, _, _ in spans])
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the run's first job started")
-    ax.set_title("jobs from start to final checkpoint; arrows follow the phase DAG", loc="left")
-    handles = [
-        _pyplot().Rectangle((0, 0), 1, 1, color=KIND_COLORS.get(k, "#64748b"))
-        for k in dict.fromkeys(job.kind for job, _, _ in spans)
-    ]
-    ax.legend(handles, list(dict.fromkeys(job.kind for job, _, _ in spans)), frameon=False, loc="upper right")
+    ax.set_title(
+        "jobs from start to final checkpoint; arrows follow the phase DAG; red: restarts and failures",
+        loc="left",
+    )
+    kinds = list(dict.fromkeys(job.kind for job, _, _ in spans))
+    handles = [_pyplot().Rectangle((0, 0), 1, 1, color=KIND_COLORS.get(k, "#64748b")) for k in kinds]
+    ax.legend(handles, kinds, frameon=False, loc="upper right")
     return _png(fig)
+
+
+def chain(record: RunRecord) -> list[tuple[str, dict[str, float]]]:
+    """(phase, {task: accuracy}) for every phase, in run order, that logged held-out accuracy
+    (`eval/<task>/accuracy`): each job's final value, averaged over the seeds of a phase."""
+    out: list[tuple[str, dict[str, float]]] = []
+    for phase, _, jobs in phases_in_order(record):
+        found: dict[str, list[float]] = {}
+        for job in jobs:
+            for key, value in final_evals(job).items():
+                if key.endswith(ACCURACY):
+                    found.setdefault(key[: -len(ACCURACY)], []).append(float(value))
+        if found:
+            out.append((phase, {task: sum(v) / len(v) for task, v in sorted(found.items())}))
+    return out
+
+
+def chain_figure(stages: list[tuple[str, dict[str, float]]]) -> str | None:
+    """The headline result: held-out accuracy of every task after each stage, one line per task."""
+    if not stages:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    tasks = sorted({task for _, found in stages for task in found})
+    for index, task in enumerate(tasks):
+        points = [(x, found[task]) for x, (_, found) in enumerate(stages) if task in found]
+        ax.plot(
+            [x for x, _ in points],
+            [y for _, y in points],
+            marker="o",
+            lw=1.8,
+            label=task,
+            color=COLORS[index % len(COLORS)],
+        )
+        for x, y in points:
+            ax.annotate(
+                f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8
+            )
+    ax.set_xticks(range(len(stages)), [name for name, _ in stages])
+    ax.set_ylim(0, max(1.0, max(max(found.values()) for _, found in stages) * 1.15))
+    ax.set_ylabel("accuracy")
+    ax.set_title("held-out accuracy after each stage of the chain", loc="left")
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    return _png(fig)
+
+
+def chain_table(stages: list[tuple[str, dict[str, float]]]) -> str:
+    tasks = sorted({task for _, found in stages for task in found})
+    return _table(
+        ["stage", *tasks], [[name, *[number(found.get(t)) for t in tasks]] for name, found in stages]
+    )
 
 
 def curves_figure(phase: str, jobs: Sequence[JobRecord], soup: JobRecord | None) -> str | None:
@@ -175,8 +319,8 @@ def curves_figure(phase: str, jobs: Sequence[JobRecord], soup: JobRecord | None)
             steps, values = _series(job, key)
             if steps:
                 label = f"seed {job.seed}" if len(jobs) > 1 else None
-                ax.plot(steps, values, color=COLORS[index % len(COLORS)], lw=1.2, alpha=0.9, label=label)
-        ax.set_title(title)
+                _plot(ax, steps, values, COLORS[index % len(COLORS)], label, key in SMOOTHED)
+        ax.set_title(f"{title} (smoothed {SMOOTHING})" if key in SMOOTHED else title)
         ax.set_xlabel("step")
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
@@ -213,7 +357,7 @@ def extra_figure(phase: str, jobs: Sequence[JobRecord]) -> str | None:
     for ax, key in zip(axes.flat, keys, strict=False):
         for index, job in enumerate(jobs):
             steps, values = _series(job, key)
-            ax.plot(steps, values, color=COLORS[index % len(COLORS)], lw=1.4, label=f"seed {job.seed}")
+            _plot(ax, steps, values, COLORS[index % len(COLORS)], f"seed {job.seed}", smoothed=True)
         if len(jobs) > 1:
             ax.legend(frameon=False, fontsize=8)
         ax.set_title(key)
@@ -267,11 +411,7 @@ def eval_table(record: RunRecord) -> str | None:
     columns = sorted({k for found in results.values() for k in found})
     if not columns:
         return None
-    rows = [
-        [label, *[f"{found[c]:.4f}" if c in found else None for c in columns]]
-        for label, found in results.items()
-        if found
-    ]
+    rows = [[label, *[number(found.get(c)) for c in columns]] for label, found in results.items() if found]
     return _table(["job", *columns], rows)
 
 
@@ -297,11 +437,17 @@ def checkpoint_table(record: RunRecord) -> str:
     )
 
 
+def _training_rows(job: JobRecord) -> list[dict[str, Any]]:
+    """Metrics rows of training steps (they carry `loss`), not evaluation rows."""
+    return [row for row in job.metrics if isinstance(row.get("loss"), int | float)] or job.metrics
+
+
 def summary_table(record: RunRecord) -> str:
     """One row per phase: jobs, steps, tokens, final loss (mean over seeds), duration, content identity."""
     rows: list[list[Any]] = []
     for phase, kind, jobs in phases_in_order(record):
-        last = [job.metrics[-1] for job in jobs if job.metrics]
+        # The last training row of each job: an evaluation logs rows of its own (eval/* keys only).
+        last = [rows[-1] for rows in (_training_rows(job) for job in jobs) if rows]
         losses = [row["loss"] for row in last if isinstance(row.get("loss"), int | float)]
         spans = [(_time((j.env or {}).get("writtenAt")), _time(j.finished_at)) for j in jobs]
         seconds = [(end - start).total_seconds() for start, end in spans if start and end]
@@ -313,9 +459,9 @@ def summary_table(record: RunRecord) -> str:
                 kind,
                 state or ("done" if finals else "not run"),
                 len(jobs),
-                max((r.get("step", 0) for r in last), default=None),
-                max((r.get("tokens") or 0 for r in last), default=None) or None,
-                f"{sum(losses) / len(losses):.4f}" if losses else None,
+                number(max((r.get("step", 0) for r in last), default=None)),
+                number(max((r.get("tokens") or 0 for r in last), default=None) or None),
+                number(sum(losses) / len(losses)) if losses else None,
                 f"{max(seconds):.0f}s" if seconds else None,
                 finals[0] if len(finals) == 1 else f"{len(finals)} checkpoints" if finals else None,
             ]
@@ -415,6 +561,12 @@ def render(record: RunRecord, *, generated_at: str | None = None) -> str:
     """The report page of a run record (a complete HTML document)."""
     state, outcome = _outcome(record)
     sections = [f"<section><h2>Phases</h2>{summary_table(record)}</section>"]
+    stages = chain(record)
+    if stages:
+        sections.append(
+            f'<section id="chain"><h2>Held-out accuracy by stage</h2>{chain_figure(stages)}'
+            f"{chain_table(stages)}</section>"
+        )
     timeline = timeline_figure(record)
     if timeline:
         sections.append(f"<section><h2>Timeline</h2>{timeline}</section>")

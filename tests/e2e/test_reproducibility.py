@@ -143,5 +143,6 @@ def test_status_shows_final_content_hashes_and_report_renders_the_run(
     made = olmorun("report", str(a), "-o", str(out))
     assert made.returncode == 0 and made.stdout.strip() == str(out), made.stdout + made.stderr
     page = out.read_text()
-    assert page.count('<img class="figure"') == 3  # timeline, pretrain and anneal curves
+    assert page.count('<img class="figure"') == 4  # the chain (soup's held-out accuracy), timeline, curves x2
+    assert '<section id="chain">' in page
     assert sha[:16] in page and "Succeeded" in page

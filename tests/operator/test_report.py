@@ -1,7 +1,9 @@
 """`olmorun report` (report.py): a self-contained page whose every figure has data, rendered in headless
-Chromium. The record is built in memory (pretrain -> anneal x2 -> soup -> dpo with evaluation keys), so
-every section of the page appears; the end-to-end test in tests/e2e/test_reproducibility.py renders a
-real run's record."""
+Chromium. The record is built in memory (pretrain -> anneal x2 -> soup -> dpo, the soup and the dpo
+evaluated in rows of their own as the trainer logs them, the dpo restarted once), so every section of
+the page appears: the phase table (right for a phase with an eval block, integers as integers), the
+held-out accuracy chain, smoothed curves, restarts on the timeline. The end-to-end test in
+tests/e2e/test_reproducibility.py renders a real run's record."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from olmo_operator.report import render
+from olmo_operator.report import number, render, restarts, smooth
 from olmo_operator.rundiff import JobRecord, RunRecord
 
 IMAGES = re.compile(r'<img class="figure" alt="figure" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
@@ -68,7 +70,10 @@ def record() -> RunRecord:
             **{"rewards/margin": 0.3, "rewards/accuracy": 0.1, "eval/arith/accuracy": 0.05},
         ),
     ]
-    jobs[3].metrics = [{"soup": 2, "step": 4, "eval/arith/accuracy": 0.25}]
+    jobs[3].metrics = [{"soup": 2, "step": 4, "eval/arith/accuracy": 0.25, "eval/arith/count": 1000.0}]
+    # The dpo phase has an eval block: its evaluation is a row of its own after the last training step.
+    jobs[4].metrics = [{k: v for k, v in row.items() if not k.startswith("eval/")} for row in jobs[4].metrics]
+    jobs[4].metrics.append({"step": 6, "eval/arith/accuracy": 0.375, "eval/arith/count": 1000.0})
     spec = {
         "phases": [
             {"name": "pretrain"},
@@ -78,7 +83,8 @@ def record() -> RunRecord:
         ]
     }
     status = {
-        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "done"}]
+        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "done"}],
+        "phases": {"dpo": {"state": "Succeeded", "jobs": [{"seed": 6198, "attempts": 2, "failures": 1}]}},
     }
     return RunRecord(
         "file:///runs/default/demo",
@@ -95,8 +101,8 @@ def test_the_page_is_self_contained_and_every_figure_has_data() -> None:
     page = render(record(), generated_at="now")
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing from the network
     figures = IMAGES.findall(page)
-    # timeline, pretrain, anneal, dpo curves, dpo post-training metrics
-    assert len(figures) == 5 == page.count("<img")
+    # chain, timeline, pretrain, anneal, dpo curves, dpo post-training metrics
+    assert len(figures) == 6 == page.count("<img")
     for data in figures:
         image = Image.open(io.BytesIO(base64.b64decode(data))).convert("L")
         low, high = image.getextrema()
@@ -104,7 +110,7 @@ def test_the_page_is_self_contained_and_every_figure_has_data() -> None:
     for text in (
         "rewards/margin",
         "arith/accuracy",
-        "0.2500",
+        "0.3750",
         "Succeeded: done",
         "anneal/s42069",
         "1234abcd",
@@ -137,7 +143,7 @@ def test_chromium_loads_every_figure(tmp_path: Path) -> None:
         [browser, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert 'data-loaded="5"' in dom.stdout
+    assert 'data-loaded="6"' in dom.stdout
     shot = tmp_path / "shot.png"
     subprocess.run(
         [browser, *flags, "--window-size=1300,2400", f"--screenshot={shot}", path.as_uri()],
@@ -147,3 +153,41 @@ def test_chromium_loads_every_figure(tmp_path: Path) -> None:
     )
     low, high = Image.open(shot).convert("L").getextrema()
     assert high - low > 100
+
+
+def cells(page: str, first: str) -> list[str]:
+    """The cells of the first table row whose first cell is `first`."""
+    row = re.search(rf"<tr><td>{re.escape(first)}</td>(.*?)</tr>", page)
+    assert row is not None, first
+    return [first, *re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))]
+
+
+def test_the_phase_table_reads_training_rows_and_shows_integers_as_integers() -> None:
+    """Before, a phase with an eval block lost its loss and tokens (the eval row was taken for the last
+    training row), and counts read `1000.0000`."""
+    page = render(record(), generated_at="now")
+    phases = page.split("<h2>Phases</h2>")[1].split("</section>")[0]
+    dpo = cells(phases, "dpo")
+    assert dpo[1:7] == ["dpo", "Succeeded", "1", "6", "6144", f"{5.0 / 6 + 6198e-4:.4f}"], dpo
+    assert cells(phases, "pretrain")[4:6] == ["12", "12288"]
+    evaluation = page.split("<h2>Evaluation")[1].split("</section>")[0]
+    assert cells(evaluation, "soup/s6198")[1:] == ["0.2500", "1000"]
+    assert "1000.0000" not in page
+
+
+def test_the_chain_chart_shows_held_out_accuracy_after_each_stage() -> None:
+    page = render(record(), generated_at="now")
+    section = page.split('<section id="chain">')[1].split("</section>")[0]
+    assert len(IMAGES.findall(section)) == 1
+    assert cells(section, "soup") == ["soup", "0.2500"] and cells(section, "dpo") == ["dpo", "0.3750"]
+    assert section.index("<td>soup</td>") < section.index("<td>dpo</td>")  # in the order of the chain
+
+
+def test_restarts_are_on_the_timeline_and_curves_are_smoothed_with_the_raw_behind() -> None:
+    assert restarts({"attempts": 2, "failures": 1}) == "2 attempts, 1 failed"
+    assert restarts({"attempts": 1}) is None
+    assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # debiased: no pull towards 0
+    noisy = [1.0, 3.0] * 20
+    smoothed = smooth(noisy)
+    assert smoothed[0] == 1.0 and max(smoothed[10:]) - min(smoothed[10:]) < 0.6 * 2.0
+    assert (number(1000.0), number(7), number(0.25), number(None)) == ("1000", "7", "0.2500", None)
