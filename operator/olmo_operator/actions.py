@@ -36,6 +36,9 @@ class MetricsLine:
     tokens_per_s: float | None = None
     eval: dict[str, float] = field(default_factory=dict)
     """The job's final evaluation, `eval/<task>/<metric>` keys, once it logged one."""
+    lr: float | None = None
+    grad_norm: float | None = None
+    """Learning rate and gradient norm of the last training step (the progress line shows them)."""
 
 
 @dataclass(frozen=True)

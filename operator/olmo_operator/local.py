@@ -43,9 +43,9 @@ from olmo_operator.progress import (
     EXIT_INTERRUPTED,
     EXIT_SUSPENDED,
     SUSPENDED_MESSAGE,
+    Display,
     event_line,
     finish,
-    progress_lines,
 )
 from olmo_operator.reconcile import Reconciler
 
@@ -126,7 +126,7 @@ def run_local(
     reconciler = Reconciler(lambda _namespace: launcher, clock=clock)
     recover(launcher, state, out)  # before any planning: a live job is never submitted twice
     print(f"olmorun local: {run.name} in {workdir} (storage {layout.run_root(run)})", file=out, flush=True)
-    seen: dict[str, int] = {}
+    display = Display(out)  # bars on a terminal, plain lines in a log
     try:
         while True:
             status = state.status.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -134,14 +134,17 @@ def run_local(
             state.status = outcome.status
             _record_processes(launcher, state)
             write_state(workdir, state)
-            progress = progress_lines(outcome.run, seen) if outcome.run is not None else []
-            for line in [event_line(e) for e in outcome.events] + progress:
-                print(line, file=out, flush=True)
+            for event in outcome.events:
+                display.print(event_line(event))
+            if outcome.run is not None:
+                display.show(outcome.run)
             if outcome.finished:
+                display.close()
                 launcher.wait_cancelled()  # a cancelled job's processes never outlive the run
                 break
             if run.spec.suspend and not outcome.cancelled:
                 # Nothing runs and nothing is left to stop: waiting would wait for an edit forever.
+                display.close()
                 launcher.close()
                 launcher.wait_cancelled()  # suspended means stopped: saved and gone, or killed
                 print(SUSPENDED_MESSAGE.format(name=run.name, workdir=workdir), file=out, flush=True)
@@ -149,6 +152,7 @@ def run_local(
             time.sleep(poll_seconds)
     except (KeyboardInterrupt, SignalException):
         # Ctrl-C: torchx's local scheduler turns SIGINT/SIGTERM into its SignalException.
+        display.close()
         launcher.close()
         _record_processes(launcher, state)  # still saving after SIGTERM: the next runner finds them
         write_state(workdir, state)
@@ -159,6 +163,7 @@ def run_local(
         )
         return EXIT_INTERRUPTED
     except Exception:
+        display.close()
         launcher.close()  # never leave training processes behind a crashed runner
         _record_processes(launcher, state)
         write_state(workdir, state)

@@ -147,6 +147,8 @@ def last_metrics(save_dir: str, options: Options = None) -> MetricsLine | None:
         loss=source.get("loss"),
         tokens_per_s=source.get("tokens_per_s"),
         eval=evaluation,
+        lr=source.get("lr"),
+        grad_norm=source.get("grad_norm"),
     )
 
 
