@@ -60,7 +60,12 @@ CASES: dict[str, tuple[Callable[[Document], None], str, str, bool]] = {
         "expected a whole number",
         True,
     ),
-    "wrong type: phases is a string": (_set("spec.phases", "pretrain"), "spec.phases", "expected a list", True),
+    "wrong type: phases is a string": (
+        _set("spec.phases", "pretrain"),
+        "spec.phases",
+        "expected a list",
+        True,
+    ),
     "wrong type: seed is a list": (_set("spec.seed", [1]), "spec.seed", "expected a whole number", True),
     # The API server prunes unknown fields rather than refusing them (kubectl warns: field validation).
     "unknown field (a typo)": (

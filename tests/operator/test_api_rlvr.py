@@ -58,7 +58,11 @@ def test_examples_carry_the_papers_settings() -> None:
     [
         ({"rlvr": {"samplesPerPrompt": 1}}, "rlvr.samplesPerPrompt", "at least 2 for grpo"),
         ({"rlvr": {"samplesPerPrompt": 0}}, "rlvr.samplesPerPrompt", "must be > 0"),
-        ({"rlvr": {"algorithm": "reinforce"}}, "rlvr.algorithm", "expected one of grpo, ppo, got 'reinforce'"),
+        (
+            {"rlvr": {"algorithm": "reinforce"}},
+            "rlvr.algorithm",
+            "expected one of grpo, ppo, got 'reinforce'",
+        ),
         ({"rlvr": {"klBeta": -0.1}}, "rlvr.klBeta", "must be >= 0"),
         ({"rlvr": {"clip": 1.5}}, "rlvr.clip", "must be < 1"),
         ({"rlvr": {"ppoEpochs": 0}}, "rlvr.ppoEpochs", "must be > 0"),
