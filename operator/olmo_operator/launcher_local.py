@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -42,6 +43,13 @@ from olmo_trainer.layout import EXIT_PREEMPTED
 LOCAL_ENDPOINT = "localhost:0"
 """Port 0: torchrun picks a free port, so jobs running side by side never collide."""
 EXIT_FILE_ENV = "OLMORUN_EXIT_FILE"
+LOG_TAIL_BYTES = 64 * 1024
+"""How much of the end of a failed job's stderr is searched for the error that ended it."""
+_ERROR_LINE = re.compile(
+    r"^(?:\[[^\]]*\]:?\s*)*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)\b.*)$"
+)
+_WRAPPERS = ("ChildFailedError",)
+"""Errors that only say a worker failed (torchrun's own): the worker's error is the reason."""
 CANCEL_GRACE_SECONDS = 30.0
 """How long a cancelled job's processes get to save and exit after SIGTERM before they are killed."""
 _STATES: dict[str, ObservedState] = {
@@ -69,6 +77,25 @@ def app_def(request: JobRequest, exit_file: str) -> AppDef:
     role.env["PATH"] = escape(os.path.dirname(sys.executable))
     role.env[EXIT_FILE_ENV] = escape(exit_file)
     return AppDef(name=request.name, roles=[role])
+
+
+def failure_reason(log_dir: Path) -> str | None:
+    """The error that ended a failed job, from the end of its processes' stderr: the last Python
+    exception line that is not torchrun's own wrapper (`OSError: [Errno 28] No space left on device`
+    for a save that found the disk full). None when there is none (killed, or no log)."""
+    found: str | None = None
+    for path in sorted(log_dir.rglob("stderr*")) if log_dir.is_dir() else []:
+        try:
+            with path.open("rb") as stream:
+                stream.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+                text = stream.read().decode(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            match = _ERROR_LINE.match(line.strip())
+            if match and not any(wrapper in match.group(1) for wrapper in _WRAPPERS):
+                found = match.group(1)[:300]
+    return found
 
 
 class LocalLauncher:
@@ -185,7 +212,10 @@ class LocalLauncher:
             return JobObservation(job_name, "Missing")
         state = _STATES.get(response.state.name, "Missing")
         exit_code = self._exit_code(job_name) if state == "Failed" else None
-        message = f"exit code {exit_code}; logs: {response.ui_url}" if state == "Failed" else ""
+        message = ""
+        if state == "Failed":
+            reason = failure_reason(Path(str(response.ui_url).removeprefix("file://")))
+            message = f"exit code {exit_code}{f': {reason}' if reason else ''}; logs: {response.ui_url}"
         observation = JobObservation(
             job_name, state, exit_code=exit_code, preempted=exit_code == EXIT_PREEMPTED, message=message
         )

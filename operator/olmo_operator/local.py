@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from olmo_operator import layout, local_procs
 from olmo_operator.api import OlmoRun
 from olmo_operator.local_procs import ProcessRecord
-from olmo_operator.local_state import State, start_state, write_state
+from olmo_operator.local_state import STATE_FILE, State, start_state, write_state
 from olmo_operator.progress import (
     EXIT_INTERRUPTED,
     EXIT_SUSPENDED,
@@ -100,6 +100,18 @@ def _record_processes(launcher: LocalLauncher, state: State) -> None:
     state.processes = {name: [r.to_json() for r in records] for name, records in launcher.processes().items()}
 
 
+def save_state(workdir: Path, state: State, out: TextIO) -> bool:
+    """Write the state file; a full or failing disk is said on `out`, never raised: the runner goes on
+    (its jobs keep running and are followed; a later write succeeds once there is room). True if written."""
+    try:
+        write_state(workdir, state)
+    except OSError as error:
+        print(f"! StateNotSaved: {workdir / STATE_FILE}: {error.strerror or error}; the run goes on, and a "
+              "runner started later finds its jobs only once the file is written again", file=out, flush=True)  # fmt: skip
+        return False
+    return True
+
+
 def run_local(
     run: OlmoRun,
     *,
@@ -133,7 +145,7 @@ def run_local(
             outcome = reconciler.step({**spec, "status": status})
             state.status = outcome.status
             _record_processes(launcher, state)
-            write_state(workdir, state)
+            save_state(workdir, state, out)
             for event in outcome.events:
                 display.print(event_line(event))
             if outcome.run is not None:
@@ -155,7 +167,7 @@ def run_local(
         display.close()
         launcher.close()
         _record_processes(launcher, state)  # still saving after SIGTERM: the next runner finds them
-        write_state(workdir, state)
+        save_state(workdir, state, out)
         print(
             f"interrupted: jobs stopped; run the same command again to resume ({workdir})",
             file=out,
@@ -166,6 +178,6 @@ def run_local(
         display.close()
         launcher.close()  # never leave training processes behind a crashed runner
         _record_processes(launcher, state)
-        write_state(workdir, state)
+        save_state(workdir, state, out)
         raise
     return finish(run.name, state.status, workdir, out)
