@@ -210,8 +210,12 @@ def transient(error: BaseException) -> bool:
     return access is not None and not access.denied
 
 
-def retrying(call: Callable[[], _T], *, delays: Sequence[float] | None = None,
-             sleep: Callable[[float], None] = time.sleep) -> _T:  # fmt: skip
+def retrying(
+    call: Callable[[], _T],
+    *,
+    delays: Sequence[float] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> _T:
     """`call()`, tried again after each of `delays` while it fails with a transient storage error
     (`transient`); the last error is raised as it is (turned into StorageAccessError by `access_error`
     by the caller). Other errors are raised at once. `delays` default to RETRY_DELAYS."""

@@ -4,11 +4,11 @@
     olmorun diff s3://bucket/olmo/default/olmo2-7b s3://bucket/olmo/default/olmo2-7b-rerun --rtol 1e-3
 
 Each run is read where it is given (runfiles.py): a run root (a copy or a download too), a local
-workdir or the run's spec file. Compares spec and config hashes, data order, every metric of every step of every phase and seed,
-evaluation results and checkpoint content identities (rundiff.py), and prints `identical` or the
-first divergence (phase, seed, step, metric, both values) with a table of what else differs, and the
-environments' differences. Exit codes: 0 identical (within --rtol/--atol), 1 different, 2 a run
-cannot be read.
+workdir or the run's spec file. Compares spec and config hashes, data order, every metric of every
+step of every phase and seed, evaluation results and checkpoint content identities (rundiff.py), and
+prints `identical` or the first divergence (phase, seed, step, metric, both values) with a table of
+what else differs, and the environments' differences. Exit codes: 0 identical (within
+--rtol/--atol), 1 different, 2 a run cannot be read.
 
     olmorun report .olmorun/a -o report.html      # one self-contained page (report.py); prints its path
 """
@@ -105,13 +105,20 @@ def format_result(result: Any, a: Any, b: Any, *, rtol: float, atol: float) -> s
     return "\n".join(lines) + "\n"
 
 
+def load_spec(path: str) -> Any:
+    """A run's spec file, as `olmorun validate` reads it (its first document)."""
+    from olmo_operator.cli_spec import load_documents
+
+    return load_documents(path)[0]
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from olmo_operator.rundiff import compare
     from olmo_operator.runfiles import RunNotFoundError, read_run
 
     try:
-        a = read_run(args.run_a, endpoint_url=args.endpoint_url)
-        b = read_run(args.run_b, endpoint_url=args.endpoint_url)
+        a = read_run(args.run_a, endpoint_url=args.endpoint_url, load_spec=load_spec)
+        b = read_run(args.run_b, endpoint_url=args.endpoint_url, load_spec=load_spec)
     except RunNotFoundError as error:
         raise UserError(str(error)) from None
     result = compare(a, b, rtol=args.rtol, atol=args.atol)
@@ -133,7 +140,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from olmo_operator.runfiles import RunNotFoundError
 
     try:
-        path = write_report(args.run, args.output, endpoint_url=args.endpoint_url)
+        path = write_report(args.run, args.output, endpoint_url=args.endpoint_url, load_spec=load_spec)
     except RunNotFoundError as error:
         raise UserError(str(error)) from None
     print(path)

@@ -106,8 +106,12 @@ def save_state(workdir: Path, state: State, out: TextIO) -> bool:
     try:
         write_state(workdir, state)
     except OSError as error:
-        print(f"! StateNotSaved: {workdir / STATE_FILE}: {error.strerror or error}; the run goes on, and a "
-              "runner started later finds its jobs only once the file is written again", file=out, flush=True)  # fmt: skip
+        print(
+            f"! StateNotSaved: {workdir / STATE_FILE}: {error.strerror or error}; the run goes on, and a "
+            "runner started later finds its jobs only once the file is written again",
+            file=out,
+            flush=True,
+        )
         return False
     return True
 

@@ -30,7 +30,7 @@ import datetime as dt
 import html
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from olmo_operator.rundiff import EVAL_PREFIX, JobRecord, RunRecord
@@ -607,12 +607,14 @@ def render(record: RunRecord, *, generated_at: str | None = None) -> str:
     )
 
 
-def write_report(target: str, out: str, *, endpoint_url: str | None = None) -> str:
+def write_report(
+    target: str, out: str, *, endpoint_url: str | None = None, load_spec: Callable[[str], Any] | None = None
+) -> str:
     """Read the run at `target` (runfiles.read_run) and write its report to the local file `out`."""
     from pathlib import Path
 
     from olmo_operator.runfiles import read_run
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(render(read_run(target, endpoint_url=endpoint_url)))
+    Path(out).write_text(render(read_run(target, endpoint_url=endpoint_url, load_spec=load_spec)))
     return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -132,19 +133,18 @@ def _not_a_run(target: str) -> RunNotFoundError:
     return RunNotFoundError(f"{target}: not a run (no {RUN_NAME} here); {hint}")
 
 
-def locate(target: str, endpoint_url: str | None = None) -> RunLocation:
-    """Where the run named by `target` is read (see the module docstring). Raises RunNotFoundError."""
+def locate(
+    target: str, endpoint_url: str | None = None, load_spec: Callable[[str], Any] | None = None
+) -> RunLocation:
+    """Where the run named by `target` is read (see the module docstring). A spec file is read with
+    `load_spec` (the CLI's: cli_spec.load_documents). Raises RunNotFoundError."""
     local = Path(target) if "://" not in target else None
     if local is not None and (local / STATE_FILE).is_file():
         return _locate_workdir(local, endpoint_url)
     if local is not None and local.is_file() and local.name != RUN_NAME:
-        from olmo_operator.cli import UserError
-        from olmo_operator.cli_spec import load_documents
-
-        try:
-            run = _parse(load_documents(target)[0], target)
-        except UserError as error:
-            raise RunNotFoundError(str(error)) from None
+        if load_spec is None:
+            raise RunNotFoundError(f"{target}: a file, not a run; give the folder holding {RUN_NAME}")
+        run = _parse(load_spec(target), target)
         return RunLocation(run, layout.run_root(run), endpoint_url, from_spec=True)
     root = str(local.parent) if local is not None and local.name == RUN_NAME else target.rstrip("/")
     document = _read_json(f"{root}/{RUN_NAME}", storage_options(root, endpoint_url=endpoint_url))
@@ -242,12 +242,14 @@ def read_job(where: RunLocation, phase: api.PhaseSpec, seed: int, roots: re.Patt
     )
 
 
-def read_run(target: str, *, endpoint_url: str | None = None) -> RunRecord:
+def read_run(
+    target: str, *, endpoint_url: str | None = None, load_spec: Callable[[str], Any] | None = None
+) -> RunRecord:
     """The whole record of the run at `target`, read there (see the module docstring).
 
     Raises RunNotFoundError when `target` is not a run, or its storage holds no run.json.
     """
-    where = locate(target, endpoint_url)
+    where = locate(target, endpoint_url, load_spec)
     record_uri = f"{where.root}/{RUN_NAME}"
     document = _read_json(record_uri, where.options(record_uri))
     if document is None:

@@ -49,8 +49,11 @@ def test_a_burst_of_503_slowdown_during_the_archive_ends_succeeded(
     # botocore tries each request 5 times with up to 15 s of backoff, and s3fs each call 5 times: one
     # try each keeps the test short and leaves the whole burst to the backoff under test.
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
-    options = {**s3_server.storage_options(), "endpoint_url": proxy.url,
-               "config_kwargs": {"retries": {"max_attempts": 1}}}  # fmt: skip
+    options = {
+        **s3_server.storage_options(),
+        "endpoint_url": proxy.url,
+        "config_kwargs": {"retries": {"max_attempts": 1}},
+    }
     reconciler = Reconciler(lambda _ns: launcher, options_for=lambda _run: options)
 
     def step(status: dict[str, Any], minutes: int) -> Any:
@@ -103,5 +106,6 @@ def test_busy_storage_is_transient_and_refused_credentials_are_not() -> None:
     assert archive.retrying(call, delays=(1.0, 2.0, 4.0), sleep=waits.append) == "done"
     assert waits == [1.0, 2.0]
     with pytest.raises(OSError):
-        archive.retrying(lambda: (_ for _ in ()).throw(OSError(errno.EBUSY, "busy")), delays=(1.0,),
-                         sleep=waits.append)  # fmt: skip
+        archive.retrying(
+            lambda: (_ for _ in ()).throw(OSError(errno.EBUSY, "busy")), delays=(1.0,), sleep=waits.append
+        )

@@ -78,8 +78,14 @@ def test_sft_with_max_steps_has_a_total_and_an_eta_and_the_line_has_lr_and_grad_
 
 
 def test_one_number_format_for_counts_and_rates() -> None:
-    assert [count(v) for v in (358400, 360448, 999, 5123.4, 2.5e9, None)] == ["358k", "360k", "999", "5.12k",
-                                                                              "2.5G", "-"]  # fmt: skip
+    assert [count(v) for v in (358400, 360448, 999, 5123.4, 2.5e9, None)] == [
+        "358k",
+        "360k",
+        "999",
+        "5.12k",
+        "2.5G",
+        "-",
+    ]
 
 
 def test_a_terminal_gets_a_bar_and_a_log_gets_plain_lines(tmp_path: Path) -> None:

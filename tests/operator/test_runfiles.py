@@ -20,6 +20,7 @@ import yaml
 
 from olmo_operator import api, layout
 from olmo_operator.cli import main
+from olmo_operator.cli_diff import load_spec
 from olmo_operator.local_state import localize
 from olmo_operator.plan import run_spec_hash
 from olmo_operator.rundiff import compare
@@ -39,9 +40,13 @@ def tiny_document(uri: str, endpoint: str | None = None) -> dict[str, Any]:
 
 def write_run(run: api.OlmoRun, put: Any) -> None:
     """Every file of a finished run at its layout place; `put(uri, bytes)` writes one file."""
-    record = {"apiVersion": run.api_version, "kind": run.kind, "specHash": run_spec_hash(run),
-              "metadata": {"name": run.name, "namespace": run.namespace},
-              "spec": run.spec.model_dump(mode="json", by_alias=True)}  # fmt: skip
+    record = {
+        "apiVersion": run.api_version,
+        "kind": run.kind,
+        "specHash": run_spec_hash(run),
+        "metadata": {"name": run.name, "namespace": run.namespace},
+        "spec": run.spec.model_dump(mode="json", by_alias=True),
+    }
     put(layout.run_record_uri(run), json.dumps(record).encode())
     for phase in run.spec.phases:
         for seed in layout.job_seeds(run, phase):
@@ -52,8 +57,13 @@ def write_run(run: api.OlmoRun, put: Any) -> None:
             put(f"{save}/metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
             step_dir = layout.step_uri(layout.archive_dir(run, phase, seed), 3)
             put(f"{step_dir}/model.bin", b"weights")
-            manifest_record = {"format": manifest.FORMAT, "step": 3, "files": {}, "createdAt": "2026-01-01T00:01:00+00:00",
-                               "content": {"sha256": f"{seed:064x}"}}  # fmt: skip
+            manifest_record = {
+                "format": manifest.FORMAT,
+                "step": 3,
+                "files": {},
+                "createdAt": "2026-01-01T00:01:00+00:00",
+                "content": {"sha256": f"{seed:064x}"},
+            }
             put(manifest.manifest_path(step_dir), manifest.encode(manifest_record))
 
 
@@ -149,8 +159,16 @@ def s3_run(s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     archive = layout.archive_uri(
         api.parse_olmorun(document), api.parse_olmorun(document).phase("pretrain"), 6198, 3
     )
-    status = {"phases": {"pretrain": {"state": "Succeeded", "jobs": [
-        {"name": "olmo2-tiny-pretrain-a1", "seed": 6198, "state": "Succeeded", "archive": archive}]}}}  # fmt: skip
+    status = {
+        "phases": {
+            "pretrain": {
+                "state": "Succeeded",
+                "jobs": [
+                    {"name": "olmo2-tiny-pretrain-a1", "seed": 6198, "state": "Succeeded", "archive": archive}
+                ],
+            }
+        }
+    }
     state = {"document": document, "generation": 1, "specHash": "", "createdAt": "", "status": status}
     (workdir / "state.json").write_text(json.dumps(state))
     return spec, workdir
@@ -160,7 +178,7 @@ def test_diff_report_and_status_use_the_endpoint_of_the_spec(
     s3_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec, workdir = s3_run
-    from_spec, from_workdir = read_run(str(spec)), read_run(str(workdir))
+    from_spec, from_workdir = read_run(str(spec), load_spec=load_spec), read_run(str(workdir))
     assert from_spec.uri == "s3://spec-endpoint/olmo/default/olmo2-tiny"
     assert [len(j.metrics) for j in from_spec.jobs] == [3, 3, 3]
     assert compare(from_spec, from_workdir).identical

@@ -55,21 +55,26 @@ def test_an_unknown_field_gets_did_you_mean_and_is_one_problem() -> None:
 
 def test_an_unknown_value_gets_did_you_mean_in_our_words() -> None:
     assert problems(lambda d: phase(d, 0)["schedule"].update(kind="cosin")) == [
-        ("spec.phases[0].schedule.kind",
-         "expected one of cosine, linear, constant, got 'cosin'; did you mean 'cosine'?")
-    ]  # fmt: skip
+        (
+            "spec.phases[0].schedule.kind",
+            "expected one of cosine, linear, constant, got 'cosin'; did you mean 'cosine'?",
+        )
+    ]
 
 
 @pytest.mark.parametrize(
     ("edit", "path", "message"),
     [
-        (lambda d: phase(d, 0)["batch"].update(globalBatchSize="abc"), "spec.phases[0].batch.globalBatchSize",
-         "expected a whole number, got 'abc'"),
+        (
+            lambda d: phase(d, 0)["batch"].update(globalBatchSize="abc"),
+            "spec.phases[0].batch.globalBatchSize",
+            "expected a whole number, got 'abc'",
+        ),
         (lambda d: d["spec"].update(seed=[1]), "spec.seed", "expected a whole number, got a list"),
         (lambda d: d["spec"].update(phases="pretrain"), "spec.phases", "expected a list, got 'pretrain'"),
         (lambda d: d["spec"].update(seed=-1), "spec.seed", "must be >= 0, got -1"),
     ],
-)  # fmt: skip
+)
 def test_type_errors_say_what_is_expected_and_what_was_given(
     edit: Callable[[dict[str, Any]], Any], path: str, message: str
 ) -> None:

@@ -39,8 +39,8 @@ import torch
 from olmo_trainer.config import TrainConfig
 from olmo_trainer.failure import current_attempt
 from olmo_trainer.layout import ENV_NAME
-from olmo_trainer.storage import filesystem
 from olmo_trainer.provenance import git_state
+from olmo_trainer.storage import filesystem
 
 FORMAT = "olmorun.env/v1"
 IMAGE_ENV = "OLMORUN_IMAGE"
