@@ -4,13 +4,14 @@ with its reason, and the runner never crashes.
 The full disk is real: /dev/full answers every write with ENOSPC. A job started through torchx's
 local scheduler and torchrun (the local runner's own launcher) whose worker writes its "checkpoint"
 there fails; the launcher reads it Failed with the worker's own error as the reason (was: only "exit
-code 1", and a runner that crashed reported the attempt later as "disappeared"). The runner's state
-file on a full disk is said, not raised.
+code 1", and a runner that crashed reported the attempt later as "disappeared"). A state file the
+runner cannot write is said, not raised.
 """
 
 from __future__ import annotations
 
 import io
+import shutil
 import time
 from pathlib import Path
 
@@ -54,11 +55,14 @@ def test_the_reason_is_the_workers_last_error_not_torchruns_wrapper(tmp_path: Pa
     assert failure_reason(tmp_path / "absent") is None
 
 
-def test_a_state_file_on_a_full_disk_is_said_and_the_runner_goes_on(tmp_path: Path) -> None:
-    (tmp_path / f"{STATE_FILE}.tmp").symlink_to("/dev/full")  # the write-aside file is on a full disk
+def test_a_state_file_that_cannot_be_written_is_said_and_the_runner_goes_on(tmp_path: Path) -> None:
+    """The state file cannot be replaced (a directory stands at its name: the kernel refuses the rename,
+    as it refuses a write on a full disk): `save_state` says so on the runner's output, never raises."""
+    (tmp_path / STATE_FILE).mkdir()
+    (tmp_path / STATE_FILE / "in-the-way").write_text("x")
     out = io.StringIO()
     state = State({"metadata": {"name": "r"}}, OlmoRunStatus(), 1, "h", "now")
     assert save_state(tmp_path, state, out) is False
-    assert "StateNotSaved" in out.getvalue() and "No space left on device" in out.getvalue()
-    (tmp_path / f"{STATE_FILE}.tmp").unlink()
-    assert save_state(tmp_path, state, out) is True and (tmp_path / STATE_FILE).exists()
+    assert "StateNotSaved" in out.getvalue() and "Is a directory" in out.getvalue(), out.getvalue()
+    shutil.rmtree(tmp_path / STATE_FILE)
+    assert save_state(tmp_path, state, out) is True and (tmp_path / STATE_FILE).is_file()
