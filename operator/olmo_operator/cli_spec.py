@@ -16,6 +16,7 @@ import yaml
 
 from olmo_operator import api, crd, reference
 from olmo_operator.cli import UserError
+from olmo_operator.inputs import missing_inputs
 from olmo_trainer.config import format_tokens
 from olmo_trainer.data_record import check_data
 
@@ -143,6 +144,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                     print(f"  - {problem}", file=sys.stderr)
                 continue
             mismatches, warnings = check_run_data(run, remote=args.remote_data)
+            mismatches += missing_inputs(run, remote=args.remote_data)
             if mismatches:
                 failed = True
                 print(f"{label}: the data cannot be used ({len(mismatches)} problem(s)):", file=sys.stderr)
