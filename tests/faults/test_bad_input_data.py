@@ -1,11 +1,12 @@
 """Bad data is found when the job starts and said in the run's status, not as a traceback in a pod log.
 
 The trainer runs for real (`python -m olmo_trainer pretrain`, a world of one): given data that does not
-exist, is cut short, or has another dtype, it exits 2 with one line naming the file and records
-`failure.json` (InvalidConfig). The operator's step (reconcile, the scripted launcher of
-tests/operator/test_reconcile.py standing in for the scheduler) reads that record: the job fails at once,
-not retried, with the message in its status and a Warning event. A chat tokenizer larger than the
-model's vocabulary is refused before any forward pass, the same way (a ValueError the trainer records).
+exist or has another dtype, it exits 2 with one line naming the file and records `failure.json`
+(InvalidConfig); a token file cut short is a storage fault, retried (exit 1, no record). The operator's
+step (reconcile, the scripted launcher of tests/operator/test_reconcile.py standing in for the
+scheduler) reads that record: the job fails at once, not retried, with the message in its status and a
+Warning event. A chat tokenizer larger than the model's vocabulary is refused before any forward pass,
+the same way (a DataError the trainer records).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from olmo_operator.reconcile import reconcile_plan
 from olmo_trainer.data.arrays import write_tokens
 from olmo_trainer.data.chat import ByteChatTokenizer, HFChatTokenizer, check_vocabulary
 from olmo_trainer.failure import read_failure
-from olmo_trainer.layout import EXIT_USAGE
+from olmo_trainer.layout import EXIT_FAILED, EXIT_USAGE
 from tests.operator.test_reconcile import EXAMPLE, T0, ScriptedLauncher
 from tests.trainer.dist_util import tiny_config, trainer
 
@@ -69,12 +70,44 @@ def test_data_that_does_not_exist_fails_the_job_with_a_clear_condition(tmp_path:
     assert ("Warning", "InvalidConfig") in [(e.type, e.reason) for e in result_plan.events]
 
 
-def test_a_truncated_token_file_is_named(tmp_path: Path) -> None:
+def test_a_truncated_token_file_fails_the_attempt_and_is_retried(tmp_path: Path) -> None:
+    """A token file cut short (an upload still running, or killed midway) may be whole at the next attempt:
+    a StorageError (errors.py), so the job exits 1 naming the file, records no failure.json (not
+    InvalidConfig) and the operator retries it within the phase's backoff limit."""
     path = tmp_path / "web.npy"
     write_tokens(str(path), np.arange(1000) % 250, "uint32")
-    path.write_bytes(path.read_bytes()[:-3])  # the last token cut short: an upload killed midway
+    path.write_bytes(path.read_bytes()[:-3])  # the last token cut short
     result, save = _start(tmp_path, {"paths": [str(path)]}, dtype="uint32")
-    _refused(result, save, "is not a whole number of uint32 tokens (wrong dtype?)")
+    assert result.returncode == EXIT_FAILED, result.stderr[-2000:]
+    assert "is not a whole number of uint32 tokens" in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr and "the job is retried" in result.stderr
+    assert read_failure(str(save), attempt=1) is None
+
+
+def test_an_untyped_value_error_is_a_crash_that_is_retried(tmp_path: Path) -> None:
+    """Only the typed errors decide InvalidConfig. numpy raises a bare ValueError for a truncated .npy
+    (here the data order cached in the work dir, cut short behind the trainer's back): before issue 20
+    any ValueError became a permanent InvalidConfig; now it is a crash (exit 1, traceback, no record)."""
+    work = tmp_path / "work"
+    first = tiny_config(tmp_path, name="first.json", maxSteps=1, saveDir=str(tmp_path / "first"))
+    assert trainer(["pretrain", "--config", str(first)], env={"OLMO_WORK_DIR": str(work)}).returncode == 0
+    [cached] = (work / "global_indices").glob("*.npy")
+    cached.write_bytes(cached.read_bytes()[:-8])
+    second = tiny_config(tmp_path, name="second.json", maxSteps=1, saveDir=str(tmp_path / "second"))
+    result = trainer(
+        ["pretrain", "--config", str(second)], env={"OLMO_WORK_DIR": str(work), "OLMORUN_ATTEMPT": "1"}
+    )
+    assert result.returncode == EXIT_FAILED and "ValueError" in result.stderr, result.stderr[-2000:]
+    assert read_failure(str(tmp_path / "second"), attempt=1) is None
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_stays_invalid_config(tmp_path: Path) -> None:
+    """A config error is typed (errors.ConfigurationError): recorded InvalidConfig, not retried."""
+    config = tiny_config(
+        tmp_path, batch={"globalBatchSize": 9, "microBatchSize": 2}, saveDir=str(tmp_path / "save")
+    )
+    result = trainer(["pretrain", "--config", str(config)], env={"OLMORUN_ATTEMPT": "1"})
+    _refused(result, tmp_path / "save", "globalBatchSize 9 is not divisible by microBatchSize x world size")
 
 
 def test_a_token_file_of_another_dtype_is_named(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from olmo_trainer.data.chat import ByteChatTokenizer, PreferenceDataset, SFTData
 from olmo_trainer.data.prepare import read_documents
 from olmo_trainer.data.prompts import load_prompts
 from olmo_trainer.data_record import read_record
+from olmo_trainer.errors import DataError, StorageError
 from olmo_trainer.failure import read_failure
 
 FUZZ = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,10 +67,12 @@ def _file(content: bytes, name: str) -> Iterator[Path]:
 
 
 def _reads_or_value_error(read: Callable[[], Any]) -> None:
+    """The reader reads, or raises a typed error (errors.py) that says what is wrong: DataError, or
+    StorageError for a token file cut short. A bare ValueError would now be a crash, retried."""
     try:
         read()
-    except ValueError as error:
-        assert str(error), "a ValueError must say what is wrong"
+    except (DataError, StorageError) as error:
+        assert str(error), "a typed error must say what is wrong"
 
 
 @FUZZ

@@ -9,7 +9,9 @@ refused with exit code 3, never run under another name. `--dry-run` prints the r
 count, FLOPs per token and tokens per step, and trains nothing. A bad command line or config exits 2 with a
 message; a job that cannot succeed by retrying (it diverged, its config or data cannot train, no checkpoint
 to resume from is intact) also writes `<save_dir>/failure.json` (failure.py) so that the operator does
-not retry it, and exits 5 (2 for a config problem).
+not retry it, and exits 5 (2 for a config problem). Only the typed errors of errors.py decide that a
+config or its data cannot train (ConfigurationError, DataError); a storage fault (StorageError) exits 1
+with one line, and any other exception is a crash (exit 1, traceback): the operator retries both.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from pydantic import ValidationError
 
 from olmo_trainer import soup
 from olmo_trainer.config import IMPLEMENTED_KINDS, EvalJobConfig, TrainConfig
+from olmo_trainer.errors import ConfigurationError, DataError, StorageError
 from olmo_trainer.evaluate import run_eval_job
 from olmo_trainer.failure import Failure, PermanentFailure, record_failure
-from olmo_trainer.layout import EXIT_NOT_IMPLEMENTED, EXIT_PERMANENT, EXIT_USAGE, plan_steps
+from olmo_trainer.layout import EXIT_FAILED, EXIT_NOT_IMPLEMENTED, EXIT_PERMANENT, EXIT_USAGE, plan_steps
 from olmo_trainer.storage import open_uri
 from olmo_trainer.train import train
 
@@ -92,7 +95,7 @@ def run_eval(uri: str) -> int:
         return cfg
     try:
         results = run_eval_job(cfg)
-    except (ValueError, FileNotFoundError) as error:
+    except (ConfigurationError, DataError, FileNotFoundError) as error:
         print(f"olmo_trainer eval: {error}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(results, indent=2))
@@ -124,8 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return train(cfg)
     except PermanentFailure as error:  # diverged, no intact checkpoint: recorded so it is not retried
         return give_up(cfg, error.failure, error, EXIT_PERMANENT)
-    except ValueError as error:  # budget/batch/inherit/data problems: the config cannot train
+    except (ConfigurationError, DataError) as error:  # only these typed errors say the config cannot train
         return give_up(cfg, Failure("InvalidConfig", str(error)), error, EXIT_USAGE)
+    except StorageError as error:  # transient: no record, a failed attempt that the operator retries
+        print(f"olmo_trainer {cfg.kind}: {error} (a storage fault: the job is retried)", file=sys.stderr)
+        return EXIT_FAILED
+    # Anything else is a crash: its traceback, exit 1, and the operator retries the job (errors.py).
 
 
 def give_up(cfg: TrainConfig, failure: Failure, error: Exception, code: int) -> int:

@@ -22,6 +22,7 @@ from olmo_trainer.config import TrainConfig
 from olmo_trainer.data import DistributedBatches, build_dataset
 from olmo_trainer.data_record import check_data
 from olmo_trainer.distributed import DistInfo, parallelize
+from olmo_trainer.errors import DataError
 from olmo_trainer.layout import StepPlan
 from olmo_trainer.model import Transformer
 from olmo_trainer.storage import work_dir
@@ -62,7 +63,7 @@ def check_data_matches_model(cfg: TrainConfig, info: DistInfo) -> None:
     assert cfg.data is not None
     check = check_data(cfg.data, cfg.model)
     if check.problems:
-        raise ValueError("the data does not match the model:\n  - " + "\n  - ".join(check.problems))
+        raise DataError("the data does not match the model:\n  - " + "\n  - ".join(check.problems))
     if info.rank == 0:
         for warning in check.warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)

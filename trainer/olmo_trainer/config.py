@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from olmo_trainer.errors import ConfigurationError
 from olmo_trainer.oe_tasks import OE_PREFIX, check_oe_task, oe_root
 
 # ---------------------------------------------------------------------------------------------
@@ -53,11 +54,11 @@ def parse_tokens(value: Any) -> int:
     Raises ValueError for anything else: a negative, fractional or non-numeric value, or more than
     MAX_TOKENS."""
     if isinstance(value, bool):
-        raise ValueError("a token count is a number or a string like '50B', not a boolean")
+        raise ConfigurationError("a token count is a number or a string like '50B', not a boolean")
     count: int | None = None
     if isinstance(value, int):
         if value < 0:
-            raise ValueError("a token count cannot be negative")
+            raise ConfigurationError("a token count cannot be negative")
         count = value
     elif isinstance(value, float) and value.is_integer() and value >= 0:
         count = int(value)
@@ -69,11 +70,11 @@ def parse_tokens(value: Any) -> int:
             if exact == exact.to_integral_value():
                 count = int(exact)
     if count is None:
-        raise ValueError(
+        raise ConfigurationError(
             f"{value!r} is not a token count: write an integer or a number with K/M/B/T, e.g. '50B'"
         )
     if count > MAX_TOKENS:
-        raise ValueError(
+        raise ConfigurationError(
             f"{value!r} tokens is beyond any corpus (at most 1000T); check the number and its unit"
         )
     return count
@@ -168,18 +169,20 @@ class ModelConfig(ConfigModel):
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
         if self.head_dim is None and self.d_model % self.n_heads:
-            raise ValueError(
+            raise ConfigurationError(
                 f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}; set headDim"
             )
         if self.kv_heads and self.n_heads % self.kv_heads:
-            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}")
+            raise ConfigurationError(
+                f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}"
+            )
         if self.embedding_size is not None and self.embedding_size < self.vocab_size:
-            raise ValueError(
+            raise ConfigurationError(
                 f"embedding_size {self.embedding_size} is smaller than vocab_size {self.vocab_size}"
             )
         for name in ("eos_token_id", "pad_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(
+                raise ConfigurationError(
                     f"{name} {getattr(self, name)} is outside the vocabulary (size {self.vocab_size})"
                 )
         return self
@@ -229,7 +232,7 @@ class ModelConfig(ConfigModel):
     def preset(cls, name: PresetName, **overrides: Any) -> ModelConfig:
         """A named preset of OLMO2.md (or `tiny`, the CPU demo), with optional field overrides."""
         if name not in _PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(_PRESETS)}")
+            raise ConfigurationError(f"unknown model preset {name!r}; choose one of {sorted(_PRESETS)}")
         return cls.model_validate({**_PRESETS[name], **overrides})
 
 
@@ -283,7 +286,7 @@ class ModelSpec(ConfigModel):
         for key, value in self.overrides.items():
             name = by_alias.get(key, key)
             if name not in fields:
-                raise ValueError(f"model.overrides: unknown field {key!r}; known: {sorted(by_alias)}")
+                raise ConfigurationError(f"model.overrides: unknown field {key!r}; known: {sorted(by_alias)}")
             base[name] = value
         return ModelConfig.model_validate(base)
 
@@ -322,7 +325,7 @@ class DataSource(ConfigModel):
     @model_validator(mode="after")
     def _one_origin(self) -> DataSource:
         if bool(self.paths) == (self.synthetic is not None):
-            raise ValueError(f"data source {self.name!r}: give exactly one of `paths` or `synthetic`")
+            raise ConfigurationError(f"data source {self.name!r}: give exactly one of `paths` or `synthetic`")
         return self
 
 
@@ -383,7 +386,7 @@ class OptimConfig(ConfigModel):
     @classmethod
     def _positive_lr(cls, lr: float | str) -> float | str:
         if isinstance(lr, float) and not (math.isfinite(lr) and lr > 0):
-            raise ValueError(
+            raise ConfigurationError(
                 f"{lr} is not a learning rate: give a positive finite number, e.g. 3e-4, or `inherit`"
             )
         return lr
@@ -433,7 +436,7 @@ class ScheduleConfig(ConfigModel):
     def _one_warmup(self) -> ScheduleConfig:
         given = [x for x in (self.warmup_tokens, self.warmup_steps, self.warmup_fraction) if x is not None]
         if len(given) > 1:
-            raise ValueError("give at most one of warmupTokens, warmupSteps, warmupFraction")
+            raise ConfigurationError("give at most one of warmupTokens, warmupSteps, warmupFraction")
         return self
 
 
@@ -583,7 +586,7 @@ class RLVRConfig(ConfigModel):
     @classmethod
     def _groups(cls, value: int, info: ValidationInfo) -> int:
         if info.data.get("algorithm") == "grpo" and value < 2:
-            raise ValueError(
+            raise ConfigurationError(
                 "must be at least 2 for grpo: advantages are normalised within each prompt's group"
             )
         return value
@@ -592,10 +595,23 @@ class RLVRConfig(ConfigModel):
     @classmethod
     def _ppo_only(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("algorithm") == "grpo":
-            raise ValueError(
+            raise ConfigurationError(
                 "only for algorithm ppo (GRPO has no value model); remove it or set algorithm: ppo"
             )
         return value
+
+
+def batch_split_problem(global_batch: int, micro_batch: int, world_size: int) -> str | None:
+    """Why `global_batch` sequences per step cannot be cut into micro-batches of `micro_batch` on each of
+    `world_size` ranks (it must be a multiple of micro batch x world size), or None. The one home of this
+    rule: the trainer's step plans (layout.plan_steps, objectives/sft.py), the data order (data/order.py)
+    and the operator's spec check (api.py) all ask it."""
+    if global_batch % (micro_batch * world_size):
+        return (
+            f"globalBatchSize {global_batch} is not divisible by microBatchSize x world size = "
+            f"{micro_batch} x {world_size}"
+        )
+    return None
 
 
 def rlvr_batch_problem(rl: RLVRConfig, batch: BatchConfig, world_size: int) -> tuple[str, str] | None:
@@ -642,11 +658,11 @@ class EvalTask(ConfigModel):
     @model_validator(mode="after")
     def _inputs(self) -> EvalTask:
         if self.kind == "perplexity" and (self.data is None or self.paths):
-            raise ValueError(
+            raise ConfigurationError(
                 f"eval task {self.name!r}: a perplexity task takes `data` (an LM corpus), not `paths`"
             )
         if self.kind != "perplexity" and (not self.paths or self.data is not None):
-            raise ValueError(
+            raise ConfigurationError(
                 f"eval task {self.name!r}: a {self.kind} task takes `paths` (JSONL or oe:<task>:<format>)"
             )
         oe = [p for p in self.paths if p.startswith(OE_PREFIX)]
@@ -697,7 +713,7 @@ class EvalConfig(ConfigModel):
     def _unique(self) -> EvalConfig:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
-            raise ValueError(f"eval task names repeat: {names}")
+            raise ConfigurationError(f"eval task names repeat: {names}")
         return self
 
 
@@ -712,7 +728,6 @@ class EvalJobConfig(ConfigModel):
 
 
 PhaseKind = Literal["pretrain", "anneal", "soup", "sft", "dpo", "rlvr"]
-TRAINING_KINDS: frozenset[str] = frozenset({"pretrain", "anneal", "sft", "dpo", "rlvr"})
 POST_TRAINING_KINDS: frozenset[str] = frozenset({"sft", "dpo", "rlvr"})
 # Kinds whose trainer objective exists in this release. Others are refused, never run under another name.
 IMPLEMENTED_KINDS: frozenset[str] = frozenset({"pretrain", "anneal", "soup", "sft", "dpo", "rlvr"})

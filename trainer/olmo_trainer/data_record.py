@@ -25,6 +25,7 @@ from typing import Any
 import fsspec
 
 from olmo_trainer.config import DataConfig, DataSource, ModelConfig
+from olmo_trainer.errors import DataError
 from olmo_trainer.storage import filesystem, is_local
 
 INDEX_NAME = "index.json"
@@ -76,11 +77,11 @@ def read_record(fs: fsspec.AbstractFileSystem, directory: str) -> DataRecord | N
         try:
             index = json.load(f)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{fs.unstrip_protocol(path)}: not JSON ({error.msg})") from None
+            raise DataError(f"{fs.unstrip_protocol(path)}: not JSON ({error.msg})") from None
         except (RecursionError, UnicodeDecodeError) as error:  # nested too deeply, or not text
-            raise ValueError(f"{fs.unstrip_protocol(path)}: not JSON ({type(error).__name__})") from None
+            raise DataError(f"{fs.unstrip_protocol(path)}: not JSON ({type(error).__name__})") from None
     if not isinstance(index, dict):
-        raise ValueError(f"{fs.unstrip_protocol(path)}: not a JSON object")
+        raise DataError(f"{fs.unstrip_protocol(path)}: not a JSON object")
     tokenizer = index.get("tokenizer")
     return DataRecord(
         location=fs.unstrip_protocol(path),

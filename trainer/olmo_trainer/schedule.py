@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 from olmo_trainer.config import ScheduleConfig
+from olmo_trainer.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def build_schedule(
     `peak_lr` is the configured LR, or the parent's last LR when the phase inherits it.
     """
     if peak_lr < 0 or tokens_per_step <= 0 or total_tokens <= 0:
-        raise ValueError(
+        raise ConfigurationError(
             f"bad schedule inputs: peak_lr={peak_lr}, tokens_per_step={tokens_per_step}, total={total_tokens}"
         )
     t_max = cfg.t_max_tokens if cfg.t_max_tokens is not None else total_tokens

@@ -32,13 +32,14 @@ from olmo_trainer.checkpoint import (
 )
 from olmo_trainer.config import ModelConfig, TrainConfig
 from olmo_trainer.environment import write_env
+from olmo_trainer.errors import ConfigurationError
 from olmo_trainer.evaluate import evaluate, load_for_eval
 from olmo_trainer.layout import EXIT_USAGE, checkpoints_dir, step_uri
 from olmo_trainer.lease import Lease
 from olmo_trainer.metrics_log import MetricsFile
 
 
-class SoupError(ValueError):
+class SoupError(ConfigurationError):
     """The ingredients cannot be averaged (uncommitted, corrupted, or different models)."""
 
 

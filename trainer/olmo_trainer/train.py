@@ -51,6 +51,7 @@ from olmo_trainer.distributed import (
     set_gradient_sync,
 )
 from olmo_trainer.environment import write_env
+from olmo_trainer.errors import ConfigurationError
 from olmo_trainer.evaluate import InLoopEvaluator, evaluate
 from olmo_trainer.export import is_hf_folder, load_hf_into
 from olmo_trainer.failure import PermanentFailure, record_notice
@@ -75,10 +76,12 @@ def peak_lr(cfg: TrainConfig) -> float:
     if cfg.optim.lr != "inherit":
         return float(cfg.optim.lr)
     if cfg.init_from is None:
-        raise ValueError("optim.lr is `inherit` but there is no initFrom checkpoint to inherit it from")
+        raise ConfigurationError(
+            "optim.lr is `inherit` but there is no initFrom checkpoint to inherit it from"
+        )
     state = read_trainer_state(cfg.init_from)
     if "lr" not in state:
-        raise ValueError(f"{cfg.init_from}: its trainer state records no `lr` to inherit")
+        raise ConfigurationError(f"{cfg.init_from}: its trainer state records no `lr` to inherit")
     return float(state["lr"])
 
 

@@ -29,11 +29,13 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
+from olmo_trainer.errors import DataError
+
 Verifier = Callable[[str, str], bool]
 """(response text, ground truth) -> verified."""
 
 
-class RewardError(ValueError):
+class RewardError(DataError):
     """A row names a verifier, constraint or argument that does not exist, or its ground truth is
     malformed."""
 

@@ -17,12 +17,20 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from olmo_trainer.errors import DataError, StorageError
 from olmo_trainer.storage import filesystem, is_local, replacing
 
 
-class DataNotFoundError(ValueError):
-    """A data location that matches no file. A ValueError: the job cannot train on this config, so the
+class DataNotFoundError(DataError):
+    """A data location that matches no file. A DataError: the job cannot train on this config, so the
     trainer records it as InvalidConfig (failure.json) and the operator does not retry it."""
+
+
+class TokenFileCutShort(StorageError):
+    """A token file whose size is not a whole number of tokens: cut short (an upload still running, or
+    killed midway) or written as another dtype. A StorageError: the job fails and is retried, since the
+    file may be whole by then; a file that stays so fails every attempt, and the phase's backoff limit
+    ends it."""
 
 
 def _has_glob(path: str) -> bool:
@@ -80,7 +88,9 @@ def open_tokens(path: str, dtype: str, *, cache_dir: str) -> np.ndarray:
     itemsize = np.dtype(dtype).itemsize
     size = os.path.getsize(local)
     if size % itemsize:
-        raise ValueError(f"{path}: {size} bytes is not a whole number of {dtype} tokens (wrong dtype?)")
+        raise TokenFileCutShort(
+            f"{path}: {size} bytes is not a whole number of {dtype} tokens (cut short, or another dtype?)"
+        )
     if size == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(local, dtype=dtype, mode="r")
@@ -91,7 +101,7 @@ def write_tokens(path: str, tokens: Iterable[int] | np.ndarray, dtype: str) -> i
     array = np.asarray(tokens)
     limit = np.iinfo(np.dtype(dtype)).max
     if array.size and (array.min() < 0 or array.max() > limit):
-        raise ValueError(f"token ids outside 0..{limit} cannot be stored as {dtype}")
+        raise DataError(f"token ids outside 0..{limit} cannot be stored as {dtype}")
     with replacing(path) as partial, open(partial, "wb") as f:
         f.write(array.astype(dtype, copy=False).tobytes())
     return int(array.size)

@@ -39,7 +39,9 @@ import numpy as np
 import torch
 
 from olmo_trainer.data.arrays import DataNotFoundError
+from olmo_trainer.data.jsonl import read_jsonl
 from olmo_trainer.data.synth import BYTE_EOS
+from olmo_trainer.errors import DataError
 from olmo_trainer.storage import filesystem, is_local, open_uri
 
 IGNORE = -100
@@ -67,7 +69,7 @@ def render(
     for i, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
         if role not in ROLES or not isinstance(content, str):
-            raise ValueError(
+            raise DataError(
                 f"message {i}: role must be one of {ROLES} with a string content, got {message!r}"
             )
         last = i == len(messages) - 1
@@ -148,12 +150,12 @@ class HFChatTokenizer:
             with open_uri(path, "rt", encoding="utf-8") as stream:  # a local path or any fsspec URL
                 self._tok = Tokenizer.from_str(stream.read())
         except FileNotFoundError:
-            raise ValueError(f"{path}: no such tokenizer.json") from None
+            raise DataError(f"{path}: no such tokenizer.json") from None
         except Exception as error:  # the Rust library raises a bare Exception for unreadable files
-            raise ValueError(f"{path}: not a usable tokenizer.json ({error})") from None
+            raise DataError(f"{path}: not a usable tokenizer.json ({error})") from None
         eos, pad = self._tok.token_to_id(EOS_TEXT), self._tok.token_to_id(PAD_TEXT)
         if eos is None:
-            raise ValueError(f"{path}: has no {EOS_TEXT} token; the OLMo 2 chat template needs it")
+            raise DataError(f"{path}: has no {EOS_TEXT} token; the OLMo 2 chat template needs it")
         self.eos_token_id = int(eos)
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_id
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
@@ -173,7 +175,7 @@ def check_vocabulary(tokenizer: ChatTokenizer, vocab_size: int, *, source: str |
     Raises ValueError naming the tokenizer (`source`, None: the byte-level one) and both sizes."""
     if tokenizer.vocab_size > vocab_size:
         which = source or "the byte-level tokenizer"
-        raise ValueError(
+        raise DataError(
             f"{which} has {tokenizer.vocab_size} token ids but the model's vocabulary has {vocab_size} "
             "(model vocabSize): use the tokenizer the model was trained with (dolma2 for the OLMo 2 presets, "
             "none for `tiny`), or a model whose vocabulary holds this one"
@@ -226,22 +228,11 @@ def expand_chat_paths(paths: Sequence[str]) -> list[str]:
 
 
 def read_rows(paths: Sequence[str]) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """(file, line number, row) of every non-empty line; .gz is decompressed. Raises ValueError on bad
-    JSON."""
+    """(file, line number, row) of every non-empty line of every file the paths match (data/jsonl.py:
+    .gz is decompressed). Raises DataError on a line that is no JSON object."""
     for path in expand_chat_paths(paths):
-        with open_uri(path, "rt", compression="infer", encoding="utf-8") as stream:
-            for number, line in enumerate(stream, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-                except RecursionError:  # json recurses once per bracket: a hostile line must not crash
-                    raise ValueError(f"{path}:{number}: not JSON (nested too deeply)") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{number}: a row is a JSON object")
-                yield path, number, row
+        for number, row in read_jsonl(path):
+            yield path, number, row
 
 
 def _files_fingerprint(paths: Sequence[str]) -> list[tuple[str, int]]:
@@ -255,7 +246,7 @@ def _files_fingerprint(paths: Sequence[str]) -> list[tuple[str, int]]:
 def preference_pair(row: dict[str, Any], where: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(chosen, rejected) message lists of a preference row, with a shared `prompt` prepended."""
     if not isinstance(row.get("chosen"), list) or not isinstance(row.get("rejected"), list):
-        raise ValueError(f"{where}: a preference row needs `chosen` and `rejected` message lists")
+        raise DataError(f"{where}: a preference row needs `chosen` and `rejected` message lists")
     prompt = row.get("prompt")
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
@@ -334,10 +325,6 @@ class _RowStore:
         lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
         return self.ids[lo:hi], self.labels[lo:hi]
 
-    def trained_tokens(self, i: int) -> int:
-        _, labels = self[i]
-        return int((labels != IGNORE).sum())
-
 
 class _ChatDataset:
     """Shared by SFT and preference data: the DistributedBatches dataset protocol."""
@@ -366,11 +353,11 @@ class SFTDataset(_ChatDataset):
         for path, number, row in read_rows(paths):
             messages = row.get("messages")
             if not isinstance(messages, list):
-                raise ValueError(f"{path}:{number}: an SFT row needs a `messages` list")
+                raise DataError(f"{path}:{number}: an SFT row needs a `messages` list")
             try:
                 ids, labels = encode_chat(tokenizer, messages, max_length=max_length)
             except ValueError as error:
-                raise ValueError(f"{path}:{number}: {error}") from None
+                raise DataError(f"{path}:{number}: {error}") from None
             if (labels == IGNORE).all():  # nothing to learn (no assistant turn, or truncated away)
                 self.dropped += 1
                 continue
@@ -412,7 +399,7 @@ class PreferenceDataset(_ChatDataset):
                 pair = preference_pair(row, where)
                 encoded = [encode_chat(tokenizer, m, max_length=max_length) for m in pair]
             except ValueError as error:
-                raise ValueError(f"{where}: {error}") from None
+                raise DataError(f"{where}: {error}") from None
             if any((labels == IGNORE).all() for _, labels in encoded):
                 self.dropped += 1
                 continue

@@ -29,6 +29,7 @@ from olmo_trainer.config import DataConfig, DataSource, NgramFilter
 from olmo_trainer.data.arrays import expand_paths, open_tokens
 from olmo_trainer.data.ngram import repeated_ngram_mask
 from olmo_trainer.data.synth import SYNTH_DTYPE, write_synthetic
+from olmo_trainer.errors import DataError
 
 
 @dataclass
@@ -88,7 +89,7 @@ class TokenDataset:
         self.ngram_filter = ngram_filter if ngram_filter is not None and ngram_filter.enabled else None
         for source in sources:
             if source.num_instances == 0:
-                raise ValueError(
+                raise DataError(
                     f"data source {source.name!r} has no complete instance of {sequence_length} tokens"
                 )
         self.counts = mixture_counts([s.num_instances for s in sources], weights)

@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from olmo_trainer.config import batch_split_problem
 from olmo_trainer.data.mixture import TokenDataset
+from olmo_trainer.errors import ConfigurationError, DataError
 from olmo_trainer.storage import replacing
 
 
@@ -52,7 +54,7 @@ def global_indices(num_instances: int, *, seed: int, epoch: int, path: str) -> n
     return order
 
 
-class TokenIdOutOfRange(ValueError):
+class TokenIdOutOfRange(DataError):
     """A token id is not below the model's vocabulary size."""
 
 
@@ -74,13 +76,10 @@ class DistributedBatches:
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size}")
-        if global_batch_size % (world_size * micro_batch_size):
-            raise ValueError(
-                f"global batch {global_batch_size} is not a multiple of world size x micro batch "
-                f"({world_size} x {micro_batch_size})"
-            )
+        if (problem := batch_split_problem(global_batch_size, micro_batch_size, world_size)) is not None:
+            raise ConfigurationError(problem)
         if global_batch_size > len(dataset):
-            raise ValueError(
+            raise DataError(
                 f"global batch {global_batch_size} exceeds the dataset's {len(dataset)} instances"
             )
         self.dataset = dataset
@@ -161,7 +160,7 @@ class DistributedBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position (world size and batch size may differ from the saver's)."""
         if state.get("seed") != self.seed or state.get("dataset") != self.dataset.fingerprint:
-            raise ValueError(
+            raise DataError(
                 "the saved data position belongs to another dataset or seed "
                 f"(saved {state.get('dataset')}/seed {state.get('seed')}, now "
                 f"{self.dataset.fingerprint}/seed {self.seed})"

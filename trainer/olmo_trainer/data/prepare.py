@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from olmo_trainer.data.arrays import smallest_dtype
+from olmo_trainer.data.jsonl import read_jsonl
 from olmo_trainer.data.tokenizer import Tokenizer, load_tokenizer
 from olmo_trainer.data_record import INDEX_NAME
-from olmo_trainer.storage import open_uri, replacing
+from olmo_trainer.errors import DataError
+from olmo_trainer.storage import replacing
 
 INDEX_FORMAT = "olmorun.tokens/v1"
 _BATCH_DOCS = 512  # documents per tokenizer call: amortises the call overhead, bounds memory
@@ -29,19 +31,10 @@ _BATCH_DOCS = 512  # documents per tokenizer call: amortises the call overhead, 
 
 def read_documents(url: str) -> Iterator[str]:
     """The `text` of each JSON line of a (possibly gzipped) JSONL file."""
-    with open_uri(url, "rt", compression="infer", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{url}:{number}: not JSON ({error.msg})") from None
-            except RecursionError:  # json recurses once per bracket: a hostile line must not crash
-                raise ValueError(f"{url}:{number}: not JSON (nested too deeply)") from None
-            if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
-                raise ValueError(f'{url}:{number}: a document needs a string "text" field')
-            yield doc["text"]
+    for number, doc in read_jsonl(url):
+        if not isinstance(doc.get("text"), str):
+            raise DataError(f'{url}:{number}: a document needs a string "text" field')
+        yield doc["text"]
 
 
 def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -84,11 +77,11 @@ def prepare(
 ) -> dict[str, Any]:
     """Tokenize every input into `out_dir` and write `index.json`; returns the index."""
     if not inputs:
-        raise ValueError("no input files")
+        raise DataError("no input files")
     tokenizer = load_tokenizer(tokenizer_path, eos_token_id)
     dtype = dtype or smallest_dtype(tokenizer.vocab_size)
     if tokenizer.vocab_size - 1 > np.iinfo(np.dtype(dtype)).max:
-        raise ValueError(f"a vocabulary of {tokenizer.vocab_size} does not fit {dtype}; use uint32")
+        raise DataError(f"a vocabulary of {tokenizer.vocab_size} does not fit {dtype}; use uint32")
     os.makedirs(out_dir, exist_ok=True)
     files: list[dict[str, Any]] = []
     for index, url in enumerate(inputs):

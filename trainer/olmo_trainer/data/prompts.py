@@ -22,6 +22,7 @@ from olmo_trainer.config import TrainConfig, hash_json
 from olmo_trainer.data.chat import check_vocabulary, encode_prompt, load_chat_tokenizer, read_rows
 from olmo_trainer.data.order import DistributedBatches
 from olmo_trainer.distributed import DistInfo
+from olmo_trainer.errors import DataError
 from olmo_trainer.storage import work_dir
 from olmo_trainer.verifiers import check_row
 
@@ -42,7 +43,7 @@ class PromptDataset:
 
     def __init__(self, prompts: list[Prompt], *, fingerprint: str, dropped: int = 0) -> None:
         if not prompts:
-            raise ValueError("no RLVR prompt fits maxLength: nothing to train on")
+            raise DataError("no RLVR prompt fits maxLength: nothing to train on")
         self.prompts, self.fingerprint, self.dropped = prompts, fingerprint, dropped
         datasets = sorted({p.dataset for p in prompts})
         self.description = {
@@ -68,18 +69,18 @@ def load_prompts(
     max_length: int,
 ) -> PromptDataset:
     """Check and tokenise (file, line, row) triples; `encode(messages)` gives the chat prompt's ids
-    with the generation prompt. Raises RewardError/ValueError naming the file and line."""
+    with the generation prompt. Raises DataError naming the file and line."""
     prompts, dropped = [], 0
     for path, number, row in rows:
         where = f"{path}:{number}"
-        check_row(row, where)
+        check_row(row, where)  # verifiers.RewardError, a DataError: unknown verifier, malformed ground truth
         messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise ValueError(f"{where}: `messages` must be a non-empty list of {{role, content}}")
+            raise DataError(f"{where}: `messages` must be a non-empty list of {{role, content}}")
         try:
             ids = [int(i) for i in encode(messages)]
         except ValueError as error:
-            raise ValueError(f"{where}: {error}") from None
+            raise DataError(f"{where}: {error}") from None
         if len(ids) > max_length:
             dropped += 1
             continue

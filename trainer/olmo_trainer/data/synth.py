@@ -25,6 +25,7 @@ import numpy as np
 
 from olmo_trainer.data.arrays import write_tokens
 from olmo_trainer.data_record import BYTE_EOS
+from olmo_trainer.errors import ConfigurationError
 
 SYNTH_DTYPE = "uint16"
 _LANGUAGE_SEED = 20250101  # fixes the invented lexicon; independent of the per-corpus seed
@@ -117,7 +118,7 @@ _KINDS: dict[str, Callable[[random.Random], str]] = {"general": _general_documen
 def documents(kind: str, seed: int) -> Iterator[str]:
     """An endless, deterministic stream of documents of one kind."""
     if kind not in _KINDS:
-        raise ValueError(f"unknown synthetic kind {kind!r}; choose one of {sorted(_KINDS)}")
+        raise ConfigurationError(f"unknown synthetic kind {kind!r}; choose one of {sorted(_KINDS)}")
     rng = random.Random(f"olmorun-{kind}-{seed}")
     make = _KINDS[kind]
     while True:

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from olmo_trainer.data_record import BYTE_EOS, BYTE_VOCAB_SIZE
+from olmo_trainer.errors import DataError
 
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>")
 
@@ -50,12 +51,12 @@ class HFTokenizer:
         try:
             self._tok = RustTokenizer.from_file(path)
         except Exception as error:  # the Rust library raises a bare Exception for unreadable files
-            raise ValueError(f"{path}: not a usable tokenizer.json ({error})") from None
+            raise DataError(f"{path}: not a usable tokenizer.json ({error})") from None
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         if eos_token_id is None:
             found = [i for i in map(self._tok.token_to_id, _EOS_CANDIDATES) if i is not None]
             if not found:
-                raise ValueError(f"{path}: no end-of-text token among {_EOS_CANDIDATES}; give the EOS id")
+                raise DataError(f"{path}: no end-of-text token among {_EOS_CANDIDATES}; give the EOS id")
             eos_token_id = found[0]
         self.eos_token_id = int(eos_token_id)
 

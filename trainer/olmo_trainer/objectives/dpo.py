@@ -35,6 +35,7 @@ from olmo_trainer.checkpoint import CheckpointError, manifest_sha256
 from olmo_trainer.config import TrainConfig, hash_json
 from olmo_trainer.data.chat import IGNORE, ChatBatch, PreferenceBatch, PreferenceDataset, load_chat_tokenizer
 from olmo_trainer.distributed import DistInfo
+from olmo_trainer.errors import ConfigurationError
 from olmo_trainer.layout import StepPlan
 from olmo_trainer.objectives.base import BaseObjective, LossOutput
 from olmo_trainer.objectives.sft import chat_batches, chat_plan, check_vocab, token_logps
@@ -102,7 +103,7 @@ class DPOObjective(BaseObjective):
 
     def __init__(self, cfg: TrainConfig) -> None:
         if cfg.dpo is None:
-            raise ValueError("a dpo job needs its `dpo` settings")
+            raise ConfigurationError("a dpo job needs its `dpo` settings")
         self.cfg, self.dpo = cfg, cfg.dpo
         self.average = cfg.dpo.loss == "dpo_norm"
         self.device = torch.device("cpu")
@@ -166,7 +167,7 @@ class DPOObjective(BaseObjective):
                 print(f"dpo: reference log-probs of {len(table)} pairs written to {uri}")
             dist.barrier()
         if table.shape != (len(self.dataset), 2):
-            raise ValueError(
+            raise ConfigurationError(
                 f"{uri}: holds {table.shape}, expected ({len(self.dataset)}, 2); delete it to recompute"
             )
         self.reference = torch.from_numpy(table)

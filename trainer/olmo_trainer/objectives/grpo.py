@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from olmo_trainer.errors import ConfigurationError
 from olmo_trainer.objectives.base import LossOutput
 from olmo_trainer.objectives.rl import RLObjective
 from olmo_trainer.rollouts import Packed, RLBatch
@@ -35,7 +36,7 @@ def group_advantages(rewards: torch.Tensor, eps: float = ADVANTAGE_EPS) -> tuple
     """Group-normalised advantages of rewards (G, K) (G prompts x K samples) -> ((G, K), (G,) bool
     zero-variance flags). Zero-variance groups get advantage exactly 0. Raises ValueError for K < 2."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
-        raise ValueError(
+        raise ConfigurationError(
             f"group advantages need rewards (prompts, samples >= 2), got shape {tuple(rewards.shape)}"
         )
     rewards = rewards.double()

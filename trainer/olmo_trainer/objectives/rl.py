@@ -30,6 +30,7 @@ from olmo_trainer.build import build_model
 from olmo_trainer.config import RLVRConfig, TrainConfig, rlvr_batch_problem
 from olmo_trainer.data.prompts import Prompt, build_prompt_batches
 from olmo_trainer.distributed import DistInfo
+from olmo_trainer.errors import ConfigurationError
 from olmo_trainer.generate import Sampling, generate
 from olmo_trainer.layout import StepPlan
 from olmo_trainer.model import Transformer
@@ -132,17 +133,17 @@ class RLObjective(BaseObjective):
 
     def __post_init__(self) -> None:
         if self.cfg.rlvr is None:
-            raise ValueError("an rlvr phase needs its `rlvr` section")
+            raise ConfigurationError("an rlvr phase needs its `rlvr` section")
         self.rl = self.cfg.rlvr
 
     # Data and plan ------------------------------------------------------------------------------
     def build(self, cfg: TrainConfig, info: DistInfo) -> tuple[StepPlan, RolloutSteps]:
         self.info = info
         if cfg.batch is None or cfg.max_steps is None:
-            raise ValueError("an rlvr phase needs `batch` (prompts per rollout) and `maxSteps`")
+            raise ConfigurationError("an rlvr phase needs `batch` (prompts per rollout) and `maxSteps`")
         problem = rlvr_batch_problem(self.rl, cfg.batch, info.world_size)
         if problem is not None:
-            raise ValueError(f"batch.{problem[0]}: {problem[1]}")
+            raise ConfigurationError(f"batch.{problem[0]}: {problem[1]}")
         prompts, micro = cfg.batch.global_batch_size, cfg.batch.micro_batch_size
         sequences = prompts // info.world_size * self.rl.samples_per_prompt
         seq_len = self.rl.data.max_length + self.rl.max_new_tokens

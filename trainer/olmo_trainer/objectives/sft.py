@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from olmo_trainer.config import ChatDataConfig, TrainConfig
+from olmo_trainer.config import ChatDataConfig, TrainConfig, batch_split_problem
 from olmo_trainer.data import DistributedBatches
 from olmo_trainer.data.chat import (
     IGNORE,
@@ -35,6 +35,7 @@ from olmo_trainer.data.chat import (
     load_chat_tokenizer,
 )
 from olmo_trainer.distributed import DistInfo
+from olmo_trainer.errors import ConfigurationError
 from olmo_trainer.layout import StepPlan
 from olmo_trainer.objectives.base import BaseObjective, LossOutput
 from olmo_trainer.storage import work_dir
@@ -68,15 +69,12 @@ def chat_plan(cfg: TrainConfig, num_rows: int, *, epochs: int, max_length: int, 
     nominal count makes a warmup fraction a fraction of the steps, as in open-instruct.
     """
     if cfg.batch is None:
-        raise ValueError(f"a {cfg.kind} job needs `batch`")
+        raise ConfigurationError(f"a {cfg.kind} job needs `batch`")
     micro, global_batch = cfg.batch.micro_batch_size, cfg.batch.global_batch_size
-    if global_batch % (micro * world_size):
-        raise ValueError(
-            f"globalBatchSize {global_batch} is not divisible by microBatchSize x world size = {micro} x "
-            f"{world_size}"
-        )
+    if (problem := batch_split_problem(global_batch, micro, world_size)) is not None:
+        raise ConfigurationError(problem)
     if num_rows < global_batch:
-        raise ValueError(
+        raise ConfigurationError(
             f"the {cfg.kind} data has {num_rows} usable rows, fewer than globalBatchSize {global_batch}"
         )
     total = cfg.max_steps if cfg.max_steps is not None else epochs * (num_rows // global_batch)
@@ -110,7 +108,7 @@ def check_vocab(cfg: TrainConfig, data: ChatDataConfig, tokenizer: ChatTokenizer
     pad_id = tokenizer.pad_token_id
     if pad_id >= cfg.model.padded_vocab:
         which = data.tokenizer or "the byte-level tokenizer"
-        raise ValueError(
+        raise ConfigurationError(
             f"{which}: PAD id {pad_id} is outside the model's {cfg.model.padded_vocab} embedding rows"
         )
 
@@ -120,7 +118,7 @@ class SFTObjective(BaseObjective):
 
     def __init__(self, cfg: TrainConfig) -> None:
         if cfg.sft is None:
-            raise ValueError("an sft job needs its `sft` settings")
+            raise ConfigurationError("an sft job needs its `sft` settings")
         self.cfg, self.sft = cfg, cfg.sft
         self.device = torch.device("cpu")
 
