@@ -123,11 +123,8 @@ def last_metrics(save_dir: str, options: Options = None) -> MetricsLine | None:
     loss_row: dict[str, Any] | None = None
     evaluation: dict[str, float] = {}
     for line in reversed(text.splitlines()):
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            continue  # a line being written, the cut-off first line of the tail, or nested too deeply
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+        row = metrics_log.parse_line(line)  # None: being written, the tail's cut-off first line, ...
+        if row is None or not isinstance(row.get("step"), int):
             continue
         last = last or row
         if loss_row is None and "loss" in row:

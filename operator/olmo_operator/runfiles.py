@@ -204,7 +204,7 @@ def portable_config_hash(config: dict[str, Any], roots: re.Pattern[str]) -> str:
 
 def _metrics(where: RunLocation, save_dir: str) -> list[dict[str, Any]]:
     fs, path = _fs(save_dir, where.options(save_dir))
-    return metrics_log.read_rows(fs, path.rstrip("/"))
+    return metrics_log.read_records(fs, path.rstrip("/"))
 
 
 def _checkpoints(

@@ -134,10 +134,10 @@ def test_records_the_operator_reads_never_raise(content: bytes) -> None:
     fs = fsspec.filesystem("file")
     with _file(content, "metrics.jsonl") as path:
         directory = str(path.parent)
-        assert isinstance(metrics_log.read_rows(fs, directory), list)
+        assert isinstance(metrics_log.read_records(fs, directory), list)
         assert isinstance(metrics_log.tail_text(fs, directory, 64), str)
         metrics_log.MetricsFile(directory, resume_step=3).close()  # a resume truncating it
-        assert all(isinstance(row.get("step", 0), object) for row in metrics_log.read_rows(fs, directory))
+        assert all(isinstance(row.get("step", 0), object) for row in metrics_log.read_records(fs, directory))
         (path.parent / manifest.MANIFEST_NAME).write_bytes(content)
         assert manifest.read_manifest(fs, directory) is None or isinstance(
             manifest.read_manifest(fs, directory), dict

@@ -2,7 +2,7 @@
 
 Object stores cannot append; the record used to be re-uploaded whole every 30 s, quadratic over a run.
 Now a flush uploads only the current segment (metrics_log.MetricsFile), every reader
-(metrics_log.read_rows, reconcile.last_metrics, runfiles) sees one ordered stream, and a resume drops
+(metrics_log.read_records, reconcile.last_metrics, runfiles) sees one ordered stream, and a resume drops
 the lines of steps beyond its checkpoint in whichever segment they are. Byte counts come from a spy
 that wraps the real s3fs `pipe_file` (it still uploads), not from a mock.
 """
@@ -70,7 +70,7 @@ def test_uploaded_bytes_grow_linearly_and_readers_see_one_stream(save_dir: str, 
     assert not fs.exists(metrics_uri(path))  # no whole-file copy on the object store
     segments = fs.ls(metrics_segments_dir(path), detail=False)
     assert len(segments) > 5
-    rows = metrics_log.read_rows(fs, path)
+    rows = metrics_log.read_records(fs, path)
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     observed = last_metrics(save_dir, s3_server.storage_options())
     assert observed is not None and (observed.step, observed.tokens) == (steps, 64 * steps)
@@ -94,14 +94,14 @@ def test_a_resume_after_a_kill_drops_the_redone_steps_across_segments(
     before = len(fs.ls(metrics_segments_dir(path), detail=False))
     second = metrics_log.MetricsFile(save_dir, resume_step=30, flush_seconds=0.0, segment_bytes=1024)
     fs.invalidate_cache()
-    assert [r["step"] for r in metrics_log.read_rows(fs, path)] == list(range(1, 31))
+    assert [r["step"] for r in metrics_log.read_records(fs, path)] == list(range(1, 31))
     assert len(fs.ls(metrics_segments_dir(path), detail=False)) < before  # later segments deleted
     for step in range(31, 41):
         second.append(_row(step))
     second.append({"step": 40, "eval/arith/accuracy": 0.5})
     second.close()
     fs.invalidate_cache()
-    assert [r["step"] for r in metrics_log.read_rows(fs, path)] == [*range(1, 41), 40]
+    assert [r["step"] for r in metrics_log.read_records(fs, path)] == [*range(1, 41), 40]
     observed = last_metrics(save_dir, s3_server.storage_options())
     assert observed is not None and observed.step == 40 and observed.loss == _row(40)["loss"]
     assert observed.eval == {"eval/arith/accuracy": 0.5}
@@ -109,7 +109,7 @@ def test_a_resume_after_a_kill_drops_the_redone_steps_across_segments(
     # A fresh start (resume_step None) owns the record from scratch.
     metrics_log.MetricsFile(save_dir, resume_step=None).close()
     fs.invalidate_cache()
-    assert metrics_log.read_rows(fs, path) == []
+    assert metrics_log.read_records(fs, path) == []
 
 
 def test_a_whole_file_from_an_older_release_is_read_before_the_segments(
@@ -122,11 +122,11 @@ def test_a_whole_file_from_an_older_release_is_read_before_the_segments(
     writer.append(_row(6))
     writer.close()
     fs.invalidate_cache()
-    assert [r["step"] for r in metrics_log.read_rows(fs, path)] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in metrics_log.read_records(fs, path)] == [1, 2, 3, 4, 5, 6]
     # Resuming before the old file's end rewrites it and drops the segments after it.
     metrics_log.MetricsFile(save_dir, resume_step=3).close()
     fs.invalidate_cache()
-    assert [r["step"] for r in metrics_log.read_rows(fs, path)] == [1, 2, 3]
+    assert [r["step"] for r in metrics_log.read_records(fs, path)] == [1, 2, 3]
 
 
 def test_a_local_record_stays_one_appended_file_with_torn_lines_skipped(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_a_local_record_stays_one_appended_file_with_torn_lines_skipped(tmp_path
     with (tmp_path / "metrics.jsonl").open("a") as stream:
         stream.write('{"step": 4, "lo')  # a kill mid-line
     fs, root = filesystem(str(tmp_path))
-    assert [r["step"] for r in metrics_log.read_rows(fs, root)] == [1, 2, 3]
+    assert [r["step"] for r in metrics_log.read_records(fs, root)] == [1, 2, 3]
     assert not (tmp_path / "metrics.jsonl.d").exists()
     observed = last_metrics(tmp_path.as_uri())
     assert observed is not None and observed.step == 3

@@ -9,13 +9,13 @@ Object stores cannot append. Re-uploading the whole file every 30 s costs O(line
 O(steps^2) over a run; here a flush re-uploads only the current segment, which is closed once it
 holds `SEGMENT_BYTES`, so a flush costs at most one segment and a whole run O(steps).
 
-Readers never see the difference: `read_text`, `read_rows` and `tail_text` give the concatenation of
+Readers never see the difference: `read_text`, `read_records` and `tail_text` give the concatenation of
 metrics.jsonl (a local file, or one an older release uploaded whole) and then every segment in
 order. A torn last line (a kill mid-write on a local disk) is skipped by every reader.
 
     writer = MetricsFile(save_dir, resume_step=100)   # drops lines of steps > 100 (redone work)
     writer.append({"step": 101, "loss": 2.5}); writer.close()
-    rows = read_rows(*filesystem(save_dir))           # one list, in the order they were written
+    rows = read_records(*filesystem(save_dir))           # one list, in the order they were written
 """
 
 from __future__ import annotations
@@ -83,22 +83,25 @@ def read_text(fs: AbstractFileSystem, save_dir: str) -> str:
     return "".join(_text(fs, path) for path in parts(fs, save_dir))
 
 
-def read_rows(fs: AbstractFileSystem, save_dir: str) -> list[dict[str, Any]]:
+def read_records(fs: AbstractFileSystem, save_dir: str) -> list[dict[str, Any]]:
     """Every JSON object of the record, in order; torn or non-object lines are skipped."""
     return rows_of(read_text(fs, save_dir))
 
 
+def parse_line(line: str) -> dict[str, Any] | None:
+    """The JSON object of one metrics line; None for a line torn by a kill, nested too deeply to read, or
+    not an object. The one parser of a metrics line: every reader (rows_of, clean_lines, the operator's
+    reconcile.last_metrics) skips exactly what it skips."""
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def rows_of(text: str) -> list[dict[str, Any]]:
     """The JSON objects of a metrics text, in order; lines that do not parse (torn by a kill) are skipped."""
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):  # torn by a kill, or nested too deeply
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return [row for line in text.splitlines() if (row := parse_line(line)) is not None]
 
 
 def tail_text(fs: AbstractFileSystem, save_dir: str, limit: int) -> str:
@@ -127,11 +130,8 @@ def clean_lines(text: str, *, up_to_step: int | None) -> list[str]:
     """Parseable lines whose step is <= up_to_step (all parseable lines when None)."""
     kept = []
     for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            continue  # a line torn by a kill (or nested too deeply to read)
-        if isinstance(record, dict) and (up_to_step is None or record.get("step", 0) <= up_to_step):
+        record = parse_line(line)  # None: a line torn by a kill (or nested too deeply to read)
+        if record is not None and (up_to_step is None or record.get("step", 0) <= up_to_step):
             kept.append(line)
     return kept
 
