@@ -28,7 +28,7 @@ from olmo_operator.api import OlmoRun, OlmoRunStatus, PhaseSpec
 from olmo_operator.archive import access_error
 from olmo_operator.plan import INVALID_REASON, condition
 from olmo_operator.reconcile import last_metrics, spec_storage_options
-from olmo_trainer.layout import total_steps
+from olmo_trainer.layout import budget_steps
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -56,12 +56,14 @@ def _tokens_per_step(phase: PhaseSpec) -> int | None:
 
 
 def _total_steps(phase: PhaseSpec) -> int | None:
-    """The phase's optimizer steps (the trainer's own arithmetic), None when they depend on its data
-    (an SFT or DPO phase that trains for `epochs`)."""
-    per_step = _tokens_per_step(phase)
-    if phase.max_steps is None and (phase.max_tokens is None or per_step is None):
-        return None
-    return total_steps(max_steps=phase.max_steps, max_tokens=phase.max_tokens, tokens_per_step=per_step or 0)
+    """The phase's optimizer steps (the trainer's own arithmetic: layout.budget_steps), None when they
+    depend on its data (an SFT or DPO phase that trains for `epochs`)."""
+    return budget_steps(
+        max_steps=phase.max_steps,
+        max_tokens=phase.max_tokens,
+        global_batch_size=phase.batch.global_batch_size if phase.batch else None,
+        sequence_length=phase.data.sequence_length if phase.data else None,
+    )
 
 
 def count(value: float | None) -> str:

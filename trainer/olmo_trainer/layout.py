@@ -256,7 +256,27 @@ def final_step(cfg: TrainConfig) -> int | None:
         steps = [step_of(uri) for uri in cfg.soup_from]
         known = [s for s in steps if s is not None]
         return max(known) if known and len(known) == len(steps) else None
-    if cfg.batch is None or cfg.data is None or (cfg.max_steps is None and cfg.max_tokens is None):
+    if cfg.batch is None or cfg.data is None:
         return None
-    tokens_per_step = cfg.batch.global_batch_size * cfg.data.sequence_length
-    return total_steps(max_steps=cfg.max_steps, max_tokens=cfg.max_tokens, tokens_per_step=tokens_per_step)
+    return budget_steps(
+        max_steps=cfg.max_steps,
+        max_tokens=cfg.max_tokens,
+        global_batch_size=cfg.batch.global_batch_size,
+        sequence_length=cfg.data.sequence_length,
+    )
+
+
+def budget_steps(
+    *,
+    max_steps: int | None,
+    max_tokens: int | None,
+    global_batch_size: int | None,
+    sequence_length: int | None,
+) -> int | None:
+    """The optimizer steps of a step or token budget (`total_steps`), None when the budget does not fix
+    them (no maxSteps, and no maxTokens with a batch and a sequence length). `final_step` (a job's
+    config) and the operator's progress (a phase's spec) both count steps with it."""
+    if max_steps is None and (max_tokens is None or global_batch_size is None or sequence_length is None):
+        return None
+    per_step = global_batch_size * sequence_length if global_batch_size and sequence_length else 0
+    return total_steps(max_steps=max_steps, max_tokens=max_tokens, tokens_per_step=per_step)
