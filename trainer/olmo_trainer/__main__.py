@@ -21,12 +21,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 from pydantic import ValidationError
 
 from olmo_trainer import soup
-from olmo_trainer.config import IMPLEMENTED_KINDS, EvalJobConfig, TrainConfig
+from olmo_trainer.config import IMPLEMENTED_KINDS, EvalJobConfig, PhaseKind, TrainConfig
 from olmo_trainer.errors import ConfigurationError, DataError, StorageError
 from olmo_trainer.evaluate import run_eval_job
 from olmo_trainer.failure import Failure, PermanentFailure, record_failure
@@ -34,7 +34,8 @@ from olmo_trainer.layout import EXIT_FAILED, EXIT_NOT_IMPLEMENTED, EXIT_PERMANEN
 from olmo_trainer.storage import open_uri
 from olmo_trainer.train import train
 
-KINDS = ("pretrain", "anneal", "soup", "sft", "dpo", "rlvr", "eval")
+COMMANDS = (*get_args(PhaseKind), "eval")
+"""What the command runs: a phase of any kind (config.PhaseKind), or an evaluation."""
 ConfigT = TypeVar("ConfigT", TrainConfig, EvalJobConfig)
 
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m olmo_trainer", description="Run one phase of an OLMo 2 recipe."
     )
-    parser.add_argument("kind", choices=KINDS, help="the phase kind (must match the config's), or eval")
+    parser.add_argument("kind", choices=COMMANDS, help="the phase kind (must match the config's), or eval")
     parser.add_argument(
         "--config",
         required=True,
