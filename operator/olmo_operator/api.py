@@ -49,6 +49,7 @@ from olmo_trainer.config import (
     ScheduleConfig,
     SFTConfig,
     Tokens,
+    batch_split_problem,
     rlvr_batch_problem,
 )
 
@@ -731,7 +732,11 @@ def _phase_problems(run: OlmoRun, i: int, phase: PhaseSpec) -> list[Problem]:
     elif phase.batch is not None:
         world = _job_world(phase, spec.cluster)
         per_step = world * phase.batch.micro_batch_size
-        if phase.batch.global_batch_size % per_step:
+        # The trainer's rule (config.batch_split_problem), said here in the spec's own terms.
+        if (
+            batch_split_problem(phase.batch.global_batch_size, phase.batch.micro_batch_size, world)
+            is not None
+        ):
             out.append(
                 Problem(
                     f"{where}.batch.globalBatchSize",
