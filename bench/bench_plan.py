@@ -25,8 +25,8 @@ from typing import Any
 from olmo_operator import layout
 from olmo_operator.actions import ArchiveCheckpoint, ArchiveResult, JobObservation, Observation
 from olmo_operator.api import OlmoRun, parse_olmorun
+from olmo_operator.observe import observe
 from olmo_operator.plan import plan
-from olmo_operator.reconcile import observe
 from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
 from olmo_trainer.storage import filesystem

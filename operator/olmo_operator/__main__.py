@@ -24,7 +24,7 @@ from olmo_operator import __version__, api
 from olmo_operator.handlers import Context, LauncherFactory, StatusWriter, build_registry
 from olmo_operator.kube_status import redact, secret_values
 from olmo_operator.metrics import Metrics
-from olmo_operator.reconcile import JobLauncher
+from olmo_operator.observe import JobLauncher
 from olmo_operator.settings import Settings, SettingsError
 
 USER_AGENT = f"olmorun-operator/{__version__}"

@@ -39,10 +39,12 @@ import kopf
 
 from olmo_operator import api
 from olmo_operator.actions import Emit
+from olmo_operator.effects import StorageInUseError
 from olmo_operator.kube_status import merge_patch, plain, redact, secret_values
 from olmo_operator.metrics import Metrics, run_state
+from olmo_operator.observe import JobLauncher
 from olmo_operator.plan import is_finished
-from olmo_operator.reconcile import JobLauncher, Outcome, Reconciler, StorageInUseError
+from olmo_operator.reconcile import Outcome, Reconciler
 from olmo_operator.settings import ANNOTATION_PREFIX, FINALIZER, Settings
 from olmo_trainer.config import hash_json
 

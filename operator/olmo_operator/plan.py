@@ -3,7 +3,7 @@
 Its inputs and outputs (Observation, SubmitJob, ...) are defined in actions.py; this module decides.
 
     result = plan(run, Observation(jobs={...}, archives={...}), now)
-    for action in result.actions: ...              # reconcile.apply does the I/O
+    for action in result.actions: ...              # effects.apply does the I/O
     patch_status(result.status)                     # decided in memory, written once
 
 No kopf, Kubernetes, torchx or fsspec here: the kopf handlers and the local runner both call this through

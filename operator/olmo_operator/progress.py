@@ -26,8 +26,8 @@ from olmo_operator import layout
 from olmo_operator.actions import Emit, MetricsLine
 from olmo_operator.api import OlmoRun, OlmoRunStatus, PhaseSpec
 from olmo_operator.archive import access_error
+from olmo_operator.observe import last_metrics, spec_storage_options
 from olmo_operator.plan import INVALID_REASON, condition
-from olmo_operator.reconcile import last_metrics, spec_storage_options
 from olmo_trainer.layout import budget_steps
 
 EXIT_SUCCEEDED = 0

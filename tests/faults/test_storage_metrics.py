@@ -2,7 +2,7 @@
 
 Object stores cannot append; the record used to be re-uploaded whole every 30 s, quadratic over a run.
 Now a flush uploads only the current segment (metrics_log.MetricsFile), every reader
-(metrics_log.read_records, reconcile.last_metrics, runfiles) sees one ordered stream, and a resume drops
+(metrics_log.read_records, observe.last_metrics, runfiles) sees one ordered stream, and a resume drops
 the lines of steps beyond its checkpoint in whichever segment they are. Byte counts come from a spy
 that wraps the real s3fs `pipe_file` (it still uploads), not from a mock.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from olmo_operator.reconcile import last_metrics
+from olmo_operator.observe import last_metrics
 from olmo_trainer import metrics_log
 from olmo_trainer.layout import metrics_segments_dir, metrics_uri
 from olmo_trainer.storage import filesystem

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from olmo_operator import archive, layout
-from olmo_operator.reconcile import ADOPT_ANNOTATION, StorageInUseError, reconcile_plan
+from olmo_operator.effects import ADOPT_ANNOTATION, StorageInUseError
+from olmo_operator.reconcile import reconcile_plan
 from tests.operator.test_reconcile import T0, ScriptedLauncher, make_run, step, train
 
 

@@ -1,7 +1,7 @@
 """Progress people trust (issue 26 #3): a smoothed step rate and ETA for every kind with a budget (SFT
 and DPO with `maxSteps` too), one number format, lr and grad norm on the line, a tqdm bar on a terminal
 and plain lines elsewhere. The job's metrics are a real metrics.jsonl in local storage, read by the
-operator's own reader (reconcile.last_metrics); the clock is the test's."""
+operator's own reader (observe.last_metrics); the clock is the test's."""
 
 from __future__ import annotations
 

@@ -20,7 +20,9 @@ import yaml
 from olmo_operator import layout
 from olmo_operator.actions import JobObservation, ObservedState
 from olmo_operator.api import OlmoRun, parse_olmorun
-from olmo_operator.reconcile import StorageInUseError, last_metrics, reconcile_plan
+from olmo_operator.effects import StorageInUseError
+from olmo_operator.observe import last_metrics
+from olmo_operator.reconcile import reconcile_plan
 from olmo_operator.request import JobRequest
 from olmo_trainer import manifest
 from olmo_trainer.config import TrainConfig

@@ -3,7 +3,7 @@ operator.
 
 torchrun reports any worker's failure as exit status 1, so the exit code cannot tell the operator that a
 job diverged or was given data it cannot train on. The job says so in a small record beside its
-checkpoints; the operator (reconcile.observe) reads it for a failed attempt, marks the job Failed with
+checkpoints; the operator (observe.py) reads it for a failed attempt, marks the job Failed with
 the reason and does not retry it.
 
     raise PermanentFailure("Diverged", "loss nan at step 2", step=2)     # in the trainer

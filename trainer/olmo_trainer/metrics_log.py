@@ -91,7 +91,7 @@ def read_records(fs: AbstractFileSystem, save_dir: str) -> list[dict[str, Any]]:
 def parse_line(line: str) -> dict[str, Any] | None:
     """The JSON object of one metrics line; None for a line torn by a kill, nested too deeply to read, or
     not an object. The one parser of a metrics line: every reader (rows_of, clean_lines, the operator's
-    reconcile.last_metrics) skips exactly what it skips."""
+    observe.last_metrics) skips exactly what it skips."""
     try:
         row = json.loads(line)
     except (json.JSONDecodeError, RecursionError):
