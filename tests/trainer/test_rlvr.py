@@ -26,6 +26,7 @@ import torch
 from olmo_trainer.checkpoint import load_full_state_dict, read_trainer_state
 from olmo_trainer.config import ModelConfig
 from olmo_trainer.export import from_hf
+from olmo_trainer.objectives import TRAINER_STATE_TYPES
 from tests.trainer.dist_util import REPO, _env, read_metrics, torchrun
 from tests.trainer.test_resume import flatten, full_state
 
@@ -125,7 +126,7 @@ def test_grpo_job_generates_scores_and_trains(tmp_path: Path) -> None:
     assert any(m["rl/zero_variance_groups"] < 1 for m in metrics)
     assert metrics[-1]["rl/kl"] > 0
     # tokens counts the response tokens trained on.
-    state = read_trainer_state(str(tmp_path / "out" / "checkpoints" / "step6"))
+    state = read_trainer_state(str(tmp_path / "out" / "checkpoints" / "step6"), allowed=TRAINER_STATE_TYPES)
     assert state["tokens"] == metrics[-1]["tokens"] <= 6 * 4 * 4 * 6
 
 

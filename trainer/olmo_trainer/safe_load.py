@@ -3,7 +3,7 @@
 A checkpoint holds three kinds of pickles, all unpickled here under an allow-list instead of Python's
 pickle (which calls whatever a file names: `os.system` through `__reduce__`, for one):
 
-    trainer.pt       torch.load(weights_only=True) with TRAINER_FILE globals (trainer_file_globals)
+    trainer.pt       torch.load(weights_only=True) with the globals of trainer_file_globals
     .metadata        DCP's index: SafeFileSystemReader / SafeFsspecReader (torch reads it with pickle.load)
     bytes items      DCP's non-tensor values (the optimizer's param_groups): SafeLoadPlanner.load_bytes
                      with weights_only=True (torch's DefaultLoadPlanner uses weights_only=False)
@@ -22,6 +22,7 @@ import enum
 import importlib
 import io
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,9 +33,6 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
-
-from olmo_trainer.data.prompts import Prompt
-from olmo_trainer.rollouts import Packed, RLBatch
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -48,17 +46,14 @@ def refusal(error: BaseException) -> str:
     return next((p for p in parts if "global" in p.lower()), parts[-1] if parts else type(error).__name__)
 
 
-def trainer_file_globals() -> list[Any | tuple[Any, str]]:
+def trainer_file_globals(extra: Sequence[Any] = ()) -> list[Any]:
     """Everything trainer.pt may name besides tensors and plain containers: numpy's RNG state (an
-    ndarray of uint32, numpy.random.get_state) and an RL job's cached rollout (objectives/rl.py
-    RolloutSteps: Prompt, Packed, RLBatch). Classes only, never a callable that acts on load; the
-    checkpoints written before this allow-list existed hold exactly these types and load unchanged."""
+    ndarray of uint32, numpy.random.get_state), plus `extra`, the classes a job's step source keeps in
+    its state, which the caller names (objectives.TRAINER_STATE_TYPES: an RL job's cached rollout).
+    Classes only, never a callable that acts on load; a `(class, "module.Name")` pair allows a class
+    under the name an older file gives it."""
     reconstruct = importlib.import_module("numpy._core.multiarray")._reconstruct  # how an ndarray pickles
-    # RLBatch lived in objectives/rl.py until the trainer's layers (issue 20): files written then name
-    # it there, and torch allows a class under a second name given as (class, name).
-    old_rl_batch = (RLBatch, "olmo_trainer.objectives.rl.RLBatch")
-    ndarray_types = [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-    return [*ndarray_types, Prompt, Packed, RLBatch, old_rl_batch]
+    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), *extra]
 
 
 _METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")

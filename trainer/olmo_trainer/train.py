@@ -57,7 +57,7 @@ from olmo_trainer.export import is_hf_folder, load_hf_into
 from olmo_trainer.failure import PermanentFailure, record_notice
 from olmo_trainer.layout import EXIT_PREEMPTED, StepPlan, checkpoints_dir
 from olmo_trainer.lease import Lease
-from olmo_trainer.objectives import Objective, build_objective
+from olmo_trainer.objectives import TRAINER_STATE_TYPES, Objective, build_objective
 from olmo_trainer.optim import build_optimizer
 from olmo_trainer.schedule import Schedule, build_schedule
 from olmo_trainer.skip_step import SkipStepRule
@@ -79,7 +79,7 @@ def peak_lr(cfg: TrainConfig) -> float:
         raise ConfigurationError(
             "optim.lr is `inherit` but there is no initFrom checkpoint to inherit it from"
         )
-    state = read_trainer_state(cfg.init_from)
+    state = read_trainer_state(cfg.init_from, allowed=TRAINER_STATE_TYPES)  # the parent may be RL
     if "lr" not in state:
         raise ConfigurationError(f"{cfg.init_from}: its trainer state records no `lr` to inherit")
     return float(state["lr"])
@@ -440,6 +440,7 @@ def setup(cfg: TrainConfig) -> tuple[Job, Any]:
             parent=cfg.init_from,
             train_config=cfg,  # each checkpoint carries the config that produced it
             lease=Lease.for_job(cfg.save_dir) if info.rank == 0 else None,  # rank 0 commits and prunes
+            trainer_types=TRAINER_STATE_TYPES,
         ),
         objective=objective,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -107,8 +108,11 @@ class Checkpointer:
         storage_options: dict[str, Any] | None = None,
         train_config: TrainConfig | None = None,
         lease: Lease | None = None,
+        trainer_types: Sequence[Any] = (),
     ) -> None:
-        """`lease`: the job's lease (rank 0's; None on other ranks and outside a job: nothing is fenced)."""
+        """`lease`: the job's lease (rank 0's; None on other ranks and outside a job: nothing is fenced).
+        `trainer_types`: the classes the trainer state may hold besides plain data (read_trainer_file)."""
+        self.trainer_types = tuple(trainer_types)
         self.directory = directory.rstrip("/")
         self.fence = Fence(lease)
         """Checks the job's lease before every commit and deletion (fencing.py)."""
@@ -387,7 +391,7 @@ class Checkpointer:
                 )
         trainer = app_state.get("trainer")
         if trainer is not None:
-            saved = read_trainer_file(uri, self.storage_options)
+            saved = read_trainer_file(uri, self.storage_options, self.trainer_types)
             if saved["world_size"] != collective.world_size():
                 log.warning(
                     "%s was saved by %d ranks and is loaded by %d: per-rank trainer state is reused modulo "

@@ -13,7 +13,7 @@ import contextlib
 import io
 import os
 import pickle
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import torch
@@ -191,15 +191,21 @@ def saved_keys(uri: str, storage_options: dict[str, Any]) -> set[str]:
     return set(dcp_metadata(uri, storage_options).state_dict_metadata)
 
 
-def read_trainer_file(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
-    """trainer.pt, unpickled with torch's weights-only unpickler and `trainer_file_globals`: a file in
+def read_trainer_file(
+    uri: str, storage_options: dict[str, Any], allowed: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """trainer.pt, unpickled with torch's weights-only unpickler and `trainer_file_globals(allowed)`
+    (`allowed`: the classes the job's step source keeps, objectives.TRAINER_STATE_TYPES): a file in
     storage never runs code here. Raises PermanentFailure(UnsafeCheckpoint) for anything else it names
     (a pickled callable, an unknown class): retrying would read the same bytes."""
     fs, path = storage.filesystem(uri, **storage_options)
     target = f"{path}/{TRAINER_NAME}"
     if not fs.exists(target):
         raise CheckpointError(f"{uri} has no trainer state ({TRAINER_NAME}); it is a weights-only checkpoint")
-    with fs.open(target, "rb") as stream, torch.serialization.safe_globals(safe_load.trainer_file_globals()):
+    with (
+        fs.open(target, "rb") as stream,
+        torch.serialization.safe_globals(safe_load.trainer_file_globals(allowed)),
+    ):
         try:
             saved: dict[str, Any] = torch.load(stream, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
@@ -235,11 +241,14 @@ def load_model_weights(
     set_model_state_dict(model, state[MODEL_KEY], options=StateDictOptions(strict=not skip_mismatched))
 
 
-def read_trainer_state(uri: str, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The trainer state rank 0 saved (step, tokens, last LR, ...); no model needed."""
+def read_trainer_state(
+    uri: str, *, storage_options: dict[str, Any] | None = None, allowed: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """The trainer state rank 0 saved (step, tokens, last LR, ...); no model needed. `allowed`: the
+    classes its step source may keep (read_trainer_file)."""
     options = dict(storage_options or {})
     require_committed(uri, options)
-    return trainer_state_for_rank(read_trainer_file(uri, options), 0)
+    return trainer_state_for_rank(read_trainer_file(uri, options, allowed), 0)
 
 
 def read_train_config(uri: str, *, storage_options: dict[str, Any] | None = None) -> TrainConfig | None:

@@ -46,9 +46,19 @@ from olmo_trainer.objectives.dpo import DPOObjective
 from olmo_trainer.objectives.grpo import GRPOObjective
 from olmo_trainer.objectives.lm import LMObjective
 from olmo_trainer.objectives.ppo import PPOObjective
+from olmo_trainer.objectives.rl import TRAINER_STATE_TYPES
 from olmo_trainer.objectives.sft import SFTObjective
 
-__all__ = ["BaseObjective", "LossOutput", "Objective", "StepSource", "build_objective"]
+__all__ = [
+    "TRAINER_STATE_TYPES",
+    "BaseObjective",
+    "LossOutput",
+    "Objective",
+    "StepSource",
+    "build_objective",
+]
+"""TRAINER_STATE_TYPES: every class an objective's step source keeps in the trainer state (only RL's
+cached rollout), which the loop allows when it reads a trainer file (safe_load.py)."""
 
 
 def build_objective(cfg: TrainConfig) -> Objective:

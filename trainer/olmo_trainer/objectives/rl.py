@@ -39,6 +39,11 @@ from olmo_trainer.rewards import reward_of
 from olmo_trainer.rollouts import Packed, RLBatch, pack, response_logprobs, response_values
 from olmo_trainer.verifiers import verifier
 
+TRAINER_STATE_TYPES = (Prompt, Packed, RLBatch, (RLBatch, "olmo_trainer.objectives.rl.RLBatch"))
+"""What RolloutSteps keeps in the trainer state (the rollout a step reuses), for the trainer file's
+allow-list (safe_load.py). RLBatch lived here until issue 20 moved it to rollouts.py: files written
+before name it here, which the (class, name) pair allows."""
+
 
 def rollout_seed(seed: int, rollout: int, rank: int) -> int:
     """Seed of the sampling generator of one rollout on one rank (stable across runs and versions)."""
