@@ -12,7 +12,8 @@ import torch
 
 from olmo_trainer.config import DataConfig
 from olmo_trainer.data import DistributedBatches, TokenDataset, build_dataset, mixture_counts
-from olmo_trainer.data.arrays import DataNotFoundError, write_tokens
+from olmo_trainer.data.arrays import DataNotFoundError, TokenFileCutShort, write_tokens
+from olmo_trainer.errors import ConfigurationError
 
 
 def data_config(
@@ -83,11 +84,11 @@ def test_reading_through_an_fsspec_memory_url(tmp_path: Path) -> None:
 def test_a_wrong_dtype_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "odd.npy"
     path.write_bytes(b"\x00" * 6)  # 6 bytes: uint16 yes, uint32 no
-    with pytest.raises(ValueError, match="whole number of uint32"):
+    with pytest.raises(TokenFileCutShort, match="whole number of uint32"):  # a StorageError: retried
         build_dataset(
             data_config([{"name": "o", "paths": [str(path)]}], dtype="uint32"), seed=0, work_dir=str(tmp_path)
         )
-    with pytest.raises(DataNotFoundError, match="no token files"):  # a ValueError: recorded InvalidConfig
+    with pytest.raises(DataNotFoundError, match="no token files"):  # a DataError: recorded InvalidConfig
         build_dataset(
             data_config([{"name": "o", "paths": [str(tmp_path / "none-*.npy")]}]),
             seed=0,
@@ -214,7 +215,7 @@ def test_batch_geometry_is_checked(tmp_path: Path) -> None:
         seed=0,
         work_dir=str(tmp_path),
     )
-    with pytest.raises(ValueError, match="multiple"):
+    with pytest.raises(ConfigurationError, match="not divisible by microBatchSize x world size"):
         batches(ds, tmp_path, global_batch_size=6, micro_batch_size=4)
     with pytest.raises(ValueError, match="exceeds"):
         batches(ds, tmp_path, global_batch_size=16, micro_batch_size=2)
