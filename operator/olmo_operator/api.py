@@ -5,9 +5,6 @@ derive from these models. Python names are snake_case; the wire format is camelC
 
     run = parse_olmorun(yaml.safe_load(text))      # raises SpecError with every problem at once
     problems = check_olmorun(document)             # the same, as a list
-
-Phase kinds that the trainer does not implement yet are valid API (so a spec can carry the whole
-recipe) but are reported by `unimplemented_phases()`; the planner refuses to run them.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from pydantic.alias_generators import to_camel
 from olmo_operator import spec_problems
 from olmo_operator.pod_template import template_problems
 from olmo_trainer.config import (
-    IMPLEMENTED_KINDS,
     POST_TRAINING_KINDS,
     BatchConfig,
     CheckpointConfig,
@@ -322,7 +318,7 @@ class OlmoRunSpec(ConfigModel):
 # Status (Kubernetes API conventions)
 # ---------------------------------------------------------------------------------------------
 
-PhaseState = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Blocked"]
+PhaseState = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed"]
 
 
 class StatusModel(BaseModel):
@@ -389,13 +385,13 @@ class PhaseStatus(StatusModel):
     finished_at: str | None = None
 
 
-RUN_STAGES = ("Pending", "Running", "Succeeded", "Failed", "Suspended", "Blocked", "Invalid")
+RUN_STAGES = ("Pending", "Running", "Succeeded", "Failed", "Suspended", "Invalid")
 
 
 class OlmoRunStatus(StatusModel):
     observed_generation: int | None = None
     stage: str | None = None
-    """Where the run is: Pending | Running | Succeeded | Failed | Suspended | Blocked | Invalid."""
+    """Where the run is: Pending | Running | Succeeded | Failed | Suspended | Invalid."""
     active_phases: list[str] = Field(default_factory=list)
     """The phases with jobs submitted or waiting to be retried now (topological order)."""
     conditions: list[Condition] = Field(default_factory=list)
@@ -831,11 +827,6 @@ def _merge(first: list[Problem], second: list[Problem]) -> list[Problem]:
     """Both lists in order, without repeating a path already reported."""
     paths = {p.path for p in first}
     return first + [p for p in second if p.path not in paths]
-
-
-def unimplemented_phases(run: OlmoRun) -> list[PhaseSpec]:
-    """Phases whose kind the trainer does not implement in this release (refused when reached)."""
-    return [p for p in run.spec.phases if p.kind not in IMPLEMENTED_KINDS]
 
 
 def topological_order(run: OlmoRun) -> list[PhaseSpec]:

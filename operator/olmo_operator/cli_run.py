@@ -2,7 +2,7 @@
 
 olmorun render run.yaml                  # every job's resolved config + Volcano Job (YAML, nothing submitted)
 olmorun local run.yaml [--workdir DIR]   # the embedded runner (local.py); exit 0 ok, 1 failed, 2 invalid, 3
-suspended, 4 blocked
+suspended
 olmorun status [run.yaml] [--workdir DIR]  # like `kubectl get olmo -o wide`, plus a table per phase
 """
 

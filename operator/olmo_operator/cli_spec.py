@@ -157,13 +157,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{label}: {summarize(run)}")
             for message in api.deprecations(run):
                 print(f"{label}: warning: {message}", file=sys.stderr)
-            blocked = [f"{p.name} ({p.kind})" for p in api.unimplemented_phases(run)]
-            if blocked:
-                print(
-                    f"{label}: note: not implemented in this release: {', '.join(blocked)}; "
-                    "the run stops at the first of them with reason KindNotImplemented",
-                    file=sys.stderr,
-                )
     return 1 if failed else 0
 
 

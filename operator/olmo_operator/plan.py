@@ -12,9 +12,7 @@ reconcile.py, and the table-driven tests in tests/operator/test_plan.py call it 
 Behaviour, per phase in topological order:
 - A phase starts when its parent succeeded (its final checkpoint archived and verified). It submits one
   job per seed (a soup: one job averaging the parent's per-seed checkpoints). Its spec hash is stored.
-- sft, dpo and rlvr phases run like any training phase (from their parent's final checkpoint); a phase
-  whose kind is missing from IMPLEMENTED_KINDS (none in this release) becomes `Blocked` (reason
-  KindNotImplemented) when reached; nothing else ever runs under its name.
+- sft, dpo and rlvr phases run like any training phase (from their parent's final checkpoint).
 - A job's final evaluation (`eval/<task>/<metric>` in its metrics) is copied into its status and, for a
   phase of one job, into `status.phases.<p>.eval`.
 - A failed job is retried after `backoffSeconds * 2**(failures-1)` (capped) up to `backoffLimit`
@@ -62,7 +60,7 @@ from olmo_operator.api import (
 )
 from olmo_operator.request import job_request
 from olmo_operator.resolve import resolve_config
-from olmo_trainer.config import IMPLEMENTED_KINDS, TrainConfig, hash_json
+from olmo_trainer.config import TrainConfig, hash_json
 from olmo_trainer.layout import EXIT_PREEMPTED
 
 
@@ -80,7 +78,7 @@ class Plan:
 
     @property
     def finished(self) -> bool:
-        """Nothing more will happen without a spec change: succeeded, failed, or blocked."""
+        """Nothing more will happen without a spec change: succeeded or failed."""
         return is_finished(self.status)
 
 
@@ -175,7 +173,7 @@ def _condition_order(c: Condition) -> tuple[int, str]:
 
 
 def is_finished(status: OlmoRunStatus) -> bool:
-    """Succeeded, failed, or stopped at a blocked phase with nothing else running."""
+    """Succeeded or failed: nothing more happens without a spec change."""
     succeeded = condition(status, "Succeeded")
     progressing = condition(status, "Progressing")
     if succeeded is None or succeeded.status == "Unknown":
@@ -322,9 +320,6 @@ class _Planner:
                 ps.state = "Pending"
                 ps.message = f"waiting for phase {phase.from_!r} ({parent.state})"
                 return
-        if phase.kind not in IMPLEMENTED_KINDS:
-            self._block(phase, ps)
-            return
         if self.run.spec.suspend:
             if ps.spec_hash is None:
                 ps.message = "suspended before it started"
@@ -342,18 +337,6 @@ class _Planner:
         for job in ps.jobs:
             self._plan_job(phase, ps, job)
         self._aggregate(phase, ps)
-
-    def _block(self, phase: PhaseSpec, ps: PhaseStatus) -> None:
-        message = (
-            f"phase {phase.name!r} has kind {phase.kind!r}, which this release of the trainer does not "
-            "implement "
-            f"(implemented: {', '.join(sorted(IMPLEMENTED_KINDS))}); it was not run. Its parent's checkpoint "
-            f"is kept; remove the phase or upgrade olmorun to continue."
-        )
-        if ps.state != "Blocked":
-            self.emit("Warning", "KindNotImplemented", message)
-        ps.state = "Blocked"
-        ps.message = message
 
     def _aggregate(self, phase: PhaseSpec, ps: PhaseStatus) -> None:
         jobs = ps.jobs
@@ -597,7 +580,6 @@ class _Planner:
             (n for n, s in states.items() if s.state == "Failed"),
             key=lambda n: states[n].message == CANCELLED_BY_FAILURE,
         )
-        blocked = [n for n, s in states.items() if s.state == "Blocked"]
         active = [n for n, s in states.items() if s.state in ACTIVE_JOB_STATES and s.jobs]
         suspended = self.run.spec.suspend
         current = next((states[n] for n in active), None) or next(
@@ -654,18 +636,9 @@ class _Planner:
             set_condition(st, "Succeeded", "Unknown", "Suspended", "the run is suspended", now, gen)
             set_condition(st, "Progressing", "False", "Suspended", "spec.suspend is true", now, gen)
             st.stage, st.active_phases = "Suspended", []
-        elif blocked and not active:
-            message = states[blocked[0]].message
-            set_condition(st, "Succeeded", "False", "KindNotImplemented", message, now, gen)
-            set_condition(
-                st, "Progressing", "False", "KindNotImplemented", f"stopped at phase {blocked[0]!r}", now, gen
-            )
-            st.stage, st.active_phases = "Blocked", []
         else:
             running = ", ".join(active) or "starting"
-            reason = "KindNotImplemented" if blocked else "Running"
-            message = f"running: {running}" + (f"; blocked: {', '.join(blocked)}" if blocked else "")
-            set_condition(st, "Succeeded", "False" if blocked else "Unknown", reason, message, now, gen)
+            set_condition(st, "Succeeded", "Unknown", "Running", f"running: {running}", now, gen)
             set_condition(st, "Progressing", "True", "Running", f"running: {running}", now, gen)
             st.stage, st.active_phases = ("Running" if active else "Pending"), active
 

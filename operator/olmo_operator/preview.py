@@ -35,7 +35,7 @@ class Preview:
 
     submissions: list[SubmitJob] = field(default_factory=list)
     status: OlmoRunStatus = field(default_factory=OlmoRunStatus)
-    """The status the planner reaches: Succeeded, or stopped at a phase it does not run."""
+    """The status the planner reaches: Succeeded, or Suspended before a phase starts."""
     unknown_steps: list[str] = field(default_factory=list)
     """Job names whose final step is a placeholder (UNKNOWN_STEP)."""
 

@@ -1,9 +1,9 @@
 """What `olmorun local` prints, and the exit code it ends with: pure functions of the run and its files.
 
-print(event_line(event))                  # "- PhaseStarted: ..." / "! KindNotImplemented: ..."
+print(event_line(event))                  # "- PhaseStarted: ..." / "! JobFailed: ..."
 display = Display(sys.stdout)             # a bar per running job on a terminal, plain lines otherwise
 display.show(run)                         # after every reconcile step
-code = finish(run, workdir, out)          # the verdict: 0 succeeded, 1 failed, 4 blocked (3 suspended)
+code = finish(run, workdir, out)          # the verdict: 0 succeeded, 1 failed (3 suspended)
 
 Progress. Every running job shows its step of the total (known up front for every kind with a budget:
 `maxTokens` / `maxSteps`; an SFT or DPO phase that trains for `epochs` learns its total only from its
@@ -33,8 +33,6 @@ from olmo_trainer.layout import budget_steps
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
-EXIT_BLOCKED = 4
-"""The run stopped at a phase whose kind this release does not implement (all it could run succeeded)."""
 EXIT_INVALID = 2
 """The spec cannot become jobs (the same code as any other user error of the CLI)."""
 EXIT_SUSPENDED = 3
@@ -246,15 +244,13 @@ def event_line(event: Emit) -> str:
 
 
 def exit_code(status: OlmoRunStatus) -> int:
-    """0 succeeded, 2 invalid spec, 4 stopped at a kind not implemented (all before it succeeded), else 1."""
+    """0 succeeded, 2 invalid spec, else 1."""
     invalid = condition(status, "Invalid")
     if invalid is not None and (invalid.status, invalid.reason) == ("True", INVALID_REASON):
         return EXIT_INVALID
     succeeded = condition(status, "Succeeded")
     if succeeded is not None and succeeded.status == "True":
         return EXIT_SUCCEEDED
-    if succeeded is not None and succeeded.reason == "KindNotImplemented":
-        return EXIT_BLOCKED
     return EXIT_FAILED
 
 
@@ -274,10 +270,6 @@ def finish(name: str, status: OlmoRunStatus, workdir: Path, out: TextIO) -> int:
         return code
     if code == EXIT_SUCCEEDED:
         print(f"run {name} succeeded: {message}", file=out, flush=True)
-    elif code == EXIT_BLOCKED:
-        done = [n for n, p in status.phases.items() if p.state == "Succeeded"]
-        print(f"run {name} BLOCKED: {message}", file=out, flush=True)
-        print(f"  succeeded: {', '.join(done) or 'none'}; exit code {EXIT_BLOCKED}", file=out, flush=True)
     else:
         print(f"run {name} FAILED: {message}\n  logs: {workdir / 'logs'}", file=out, flush=True)
     return code

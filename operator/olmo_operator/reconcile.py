@@ -143,7 +143,7 @@ class Outcome:
 
     @property
     def finished(self) -> bool:
-        """Nothing more happens without a spec change: succeeded, failed, blocked, or invalid."""
+        """Nothing more happens without a spec change: succeeded, failed, or invalid."""
         return self.run is None or is_finished(self.status)
 
 

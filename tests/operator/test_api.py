@@ -116,11 +116,6 @@ def test_non_mapping_documents_are_rejected_cleanly() -> None:
         assert error.value.problems[0].path == "(document)"
 
 
-def test_unimplemented_kinds_are_listed_not_hidden() -> None:
-    run = api.parse_olmorun(tiny())
-    assert [p.kind for p in api.unimplemented_phases(run)] == []  # every kind is implemented now
-
-
 def test_status_uses_kubernetes_conventions() -> None:
     status = api.OlmoRunStatus(
         observed_generation=3,

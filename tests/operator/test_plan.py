@@ -469,68 +469,6 @@ def test_edit_of_a_started_phase_is_refused_and_running_jobs_are_untouched() -> 
     assert cond(reverted, "Invalid") == ("False", "Valid")
 
 
-@pytest.fixture
-def rlvr_unimplemented(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every kind is implemented in this release; the refusal path is exercised by taking rlvr away."""
-    from olmo_operator import api, plan
-    from olmo_trainer.config import IMPLEMENTED_KINDS
-
-    monkeypatch.setattr(plan, "IMPLEMENTED_KINDS", IMPLEMENTED_KINDS - {"rlvr"})
-    monkeypatch.setattr(api, "IMPLEMENTED_KINDS", IMPLEMENTED_KINDS - {"rlvr"})
-
-
-@pytest.mark.usefixtures("rlvr_unimplemented")
-@pytest.mark.parametrize("kind", ["rlvr"])
-def test_unimplemented_kind_blocks_when_reached_and_never_runs(kind: str) -> None:
-    post = {
-        "name": kind,
-        "kind": kind,
-        "from": "soup",
-        "maxSteps": 3,
-        "batch": BATCH,
-        kind: {"data": {"paths": ["x.jsonl"], "maxLength": 64}, "maxNewTokens": 16},
-    }
-    run, _ = step(make_run(pretrain(), anneal([1, 2]), SOUP, post))
-    assert run.status.phases[kind].state == "Pending"  # not reached yet: not blocked
-    assert cond(run, "Succeeded") == ("Unknown", "Running")
-    for phase in ("pretrain", "anneal", "soup"):
-        run = finish_phase(run, phase)
-    ps = run.status.phases[kind]
-    assert ps.state == "Blocked" and not ps.jobs
-    assert f"kind {kind!r}" in ps.message and "does not implement" in ps.message
-    assert cond(run, "Succeeded") == ("False", "KindNotImplemented")
-    assert cond(run, "Progressing") == ("False", "KindNotImplemented")
-    assert run.status.stage == "Blocked" and is_finished(run.status)
-    run, again = step(run)
-    assert not of(again, SubmitJob)
-    assert "KindNotImplemented" not in reasons(again)  # emitted once, on the transition
-
-
-@pytest.mark.usefixtures("rlvr_unimplemented")
-def test_blocked_branch_reports_while_another_branch_still_runs() -> None:
-    run, _ = step(
-        make_run(
-            pretrain(),
-            {
-                "name": "rl",
-                "kind": "rlvr",
-                "from": "pretrain",
-                "maxSteps": 3,
-                "batch": BATCH,
-                "rlvr": {**SFT["sft"], "maxNewTokens": 16},
-            },
-            anneal(),
-        )
-    )
-    run = finish_phase(run, "pretrain")
-    assert run.status.phases["rl"].state == "Blocked"
-    assert run.status.phases["anneal"].state == "Pending" and run.status.phases["anneal"].jobs
-    assert cond(run, "Succeeded") == ("False", "KindNotImplemented")
-    assert cond(run, "Progressing") == ("True", "Running")
-    assert not is_finished(run.status)
-    assert (run.status.stage, run.status.active_phases) == ("Running", ["anneal"])
-
-
 def test_sft_and_dpo_run_like_training_phases_from_their_parents_final_checkpoint() -> None:
     dpo = {
         "name": "dpo",
@@ -862,34 +800,6 @@ def row_suspended_before_start() -> tuple[OlmoRun, Plan]:
     return step(make_run(suspend=True))
 
 
-RLVR = {
-    "name": "sft",
-    "kind": "rlvr",
-    "from": "pretrain",
-    "maxSteps": 3,
-    "batch": BATCH,
-    "rlvr": {**SFT["sft"], "maxNewTokens": 16},
-}
-"""A phase of a kind taken out of IMPLEMENTED_KINDS by `rlvr_unimplemented` (named `sft` only so that the
-table's paths stay short)."""
-
-
-def row_blocked() -> tuple[OlmoRun, Plan]:
-    run, _ = step(make_run(pretrain(), RLVR))
-    run, result = row_job_succeeded_of(run)
-    return step(run, archives=[archived(a) for a in of(result, ArchiveCheckpoint)], now=T1)
-
-
-def row_job_succeeded_of(run: OlmoRun) -> tuple[OlmoRun, Plan]:
-    return step(run, {"r-pretrain-a1": _pretrain_done(run)})
-
-
-def row_blocked_while_a_branch_runs() -> tuple[OlmoRun, Plan]:
-    run, _ = step(make_run(pretrain(), RLVR, anneal()))
-    run = finish_phase(run, "pretrain")
-    return step(run, {"r-anneal-a1": running("r-anneal-a1")}, now=T1)
-
-
 def row_edit_refused() -> tuple[OlmoRun, Plan]:
     run, _ = step(make_run())
     edited = make_run(pretrain(maxSteps=99), generation=2).model_copy(update={"status": run.status})
@@ -913,11 +823,6 @@ def cond_of(run: OlmoRun, type_: str) -> tuple[str, str, str]:
 
 
 PRETRAIN_STARTED = ("Normal", "PhaseStarted", "phase 'pretrain' (pretrain) starts 1 job(s)")
-SFT_BLOCKED = (
-    "phase 'sft' has kind 'rlvr', which this release of the trainer does not implement (implemented: anneal, "
-    "dpo, pretrain, sft, soup); it was not run. Its parent's checkpoint is kept; remove the phase or "
-    "upgrade olmorun to continue."
-)
 GAVE_UP = "exit code 1; gave up after 1 failure(s) (backoffLimit 0)"
 
 # (situation, expected events (type, reason, message), expected status fields: wire path -> value)
@@ -1204,34 +1109,6 @@ TABLE: list[tuple[Any, list[tuple[str, str, str]], dict[str, Any]]] = [
         },
     ),
     (
-        row_blocked,
-        [
-            ("Normal", "Archived", f"{PRE}/step10 archived and verified at {ARC}/pretrain/step10"),
-            ("Normal", "PhaseSucceeded", "phase 'pretrain' succeeded"),
-            ("Warning", "KindNotImplemented", SFT_BLOCKED),
-        ],
-        {
-            "phases.sft.state": "Blocked",
-            "phases.sft.message": SFT_BLOCKED,
-            "phases.sft.jobs": [],
-            "phases.sft.specHash": None,
-            "stage": "Blocked",
-            "cond.Succeeded": ("False", "KindNotImplemented", SFT_BLOCKED),
-            "cond.Progressing": ("False", "KindNotImplemented", "stopped at phase 'sft'"),
-        },
-    ),
-    (
-        row_blocked_while_a_branch_runs,
-        [],
-        {
-            "stage": "Running",
-            "activePhases": ["anneal"],
-            "phases.sft.state": "Blocked",
-            "cond.Succeeded": ("False", "KindNotImplemented", "running: anneal; blocked: sft"),
-            "cond.Progressing": ("True", "Running", "running: anneal"),
-        },
-    ),
-    (
         row_edit_refused,
         [],
         {
@@ -1292,7 +1169,6 @@ def _subset(actual: Any, expected: Any) -> Any:
 
 
 @pytest.mark.parametrize(("situation", "events", "fields"), TABLE, ids=[row[0].__name__[4:] for row in TABLE])
-@pytest.mark.usefixtures("rlvr_unimplemented")
 def test_status_fields_and_events(
     situation: Any, events: list[tuple[str, str, str]], fields: dict[str, Any]
 ) -> None:
@@ -1300,15 +1176,6 @@ def test_status_fields_and_events(
     assert [(e.type, e.reason, e.message) for e in result.events] == events
     for path, expected in fields.items():
         assert _subset(field_of(run, path), expected) == expected, path
-
-
-@pytest.mark.usefixtures("rlvr_unimplemented")
-def test_kind_not_implemented_is_emitted_once_on_the_transition() -> None:
-    run, first = row_blocked()
-    assert reasons(first).count("KindNotImplemented") == 1
-    for later in (T1, T1 + dt.timedelta(hours=1)):
-        run, again = step(run, now=later)
-        assert not again.actions and run.status.phases["sft"].state == "Blocked"
 
 
 # ---------------------------------------------------------------------------------------------

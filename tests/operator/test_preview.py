@@ -24,7 +24,6 @@ from olmo_operator.api import OlmoRun, OlmoRunStatus, parse_olmorun
 from olmo_operator.cli_run import render_documents
 from olmo_operator.plan import is_finished, plan
 from olmo_operator.preview import preview_run
-from olmo_trainer.config import IMPLEMENTED_KINDS
 from olmo_trainer.layout import plan_steps
 
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -118,24 +117,6 @@ def test_render_shows_the_archived_checkpoints_at_the_steps_the_budgets_end() ->
     assert (
         by_phase["r-sft-a1"].init_from == "s3://b/root/ns/r/archive/soup/step3"
     )  # sft is implemented: it runs
-
-
-def test_render_says_why_a_kind_not_implemented_is_not_submitted(monkeypatch: Any) -> None:
-    """The planner blocks a phase whose kind is not in IMPLEMENTED_KINDS; render submits nothing for it
-    and prints the planner's reason. The kind is taken out of the set here, so the refusal path stays
-    tested whatever this release implements."""
-    from olmo_operator import plan as planner
-
-    monkeypatch.setattr(planner, "IMPLEMENTED_KINDS", planner.IMPLEMENTED_KINDS - {"sft"})
-    run = make_run(
-        [
-            {"name": "pretrain", "kind": "pretrain", "maxSteps": 3, "data": DATA, "batch": BATCH},
-            {"name": "sft", "kind": "sft", "from": "pretrain", "batch": BATCH, "sft": SFT},
-        ]
-    )
-    preview = preview_run(run)
-    assert [s.job_name for s in preview.submissions] == ["r-pretrain-a1"]
-    assert "does not implement" in preview.not_submitted["sft"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,11 +253,9 @@ def test_render_output_is_yaml_with_a_line_per_phase_not_submitted(capsys: Any) 
 
     main(["render", "examples/olmorun-tiny.yaml"])
     out = capsys.readouterr().out
-    # Every phase up to the first whose kind this release does not implement runs; the rest are listed.
+    # Every phase of the example is submitted (one job per seed); none is listed as not submitted.
     phases = yaml.safe_load(Path("examples/olmorun-tiny.yaml").read_text())["spec"]["phases"]
-    blocked = next((i for i, p in enumerate(phases) if p["kind"] not in IMPLEMENTED_KINDS), len(phases))
-    expected = [p["name"] for p in phases[:blocked] for _ in p.get("seeds") or [None]]
+    expected = [p["name"] for p in phases for _ in p.get("seeds") or [None]]
     assert expected[:4] == ["pretrain", "anneal", "anneal", "soup"]
     assert [d["phase"] for d in yaml.safe_load_all(out) if d and "saveDir" in d] == expected
-    not_submitted = [line.split("'")[1] for line in out.splitlines() if line.startswith("# NOT SUBMITTED")]
-    assert not_submitted == [p["name"] for p in phases[blocked:]]
+    assert not [line for line in out.splitlines() if line.startswith("# NOT SUBMITTED")]

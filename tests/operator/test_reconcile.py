@@ -292,7 +292,7 @@ def test_local_state_resumes_and_counts_spec_edits_as_generations(tmp_path: Path
 
 def test_local_exit_codes_and_status_table(tmp_path: Path) -> None:
     from olmo_operator.cli_run import format_status
-    from olmo_operator.progress import EXIT_BLOCKED, EXIT_FAILED, EXIT_SUCCEEDED, exit_code
+    from olmo_operator.progress import EXIT_FAILED, EXIT_SUCCEEDED, exit_code
 
     run = make_run(tmp_path.as_uri())
     launcher = ScriptedLauncher()
@@ -323,13 +323,11 @@ def test_local_exit_codes_and_status_table(tmp_path: Path) -> None:
     run = step(run, launcher, T0 + dt.timedelta(minutes=2))
     run = step(run, launcher, T0 + dt.timedelta(minutes=3))
     assert run.status.stage == "Failed" and exit_code(run.status) == EXIT_FAILED
-    blocked = run.status.model_copy(deep=True)
-    blocked.conditions[0] = blocked.conditions[0].model_copy(
-        update={"status": "False", "reason": "KindNotImplemented"}
+    succeeded = run.status.model_copy(deep=True)
+    succeeded.conditions[0] = succeeded.conditions[0].model_copy(
+        update={"status": "True", "reason": "Succeeded"}
     )
-    assert exit_code(blocked) == EXIT_BLOCKED
-    blocked.conditions[0] = blocked.conditions[0].model_copy(update={"status": "True", "reason": "Succeeded"})
-    assert exit_code(blocked) == EXIT_SUCCEEDED
+    assert exit_code(succeeded) == EXIT_SUCCEEDED
 
 
 def test_a_failure_the_job_recorded_stops_retries_and_an_older_attempts_record_does_not(

@@ -57,7 +57,14 @@ def test_total_steps_is_max_steps_else_the_ceiling_of_tokens_at_least_one() -> N
 
 def test_exit_codes_are_the_shell_conventions() -> None:
     assert layout.EXIT_PREEMPTED == 128 + 15  # SIGTERM
-    assert len({layout.EXIT_OK, layout.EXIT_USAGE, layout.EXIT_NOT_IMPLEMENTED, layout.EXIT_PREEMPTED}) == 4
+    codes = {
+        layout.EXIT_OK,
+        layout.EXIT_FAILED,
+        layout.EXIT_USAGE,
+        layout.EXIT_PERMANENT,
+        layout.EXIT_PREEMPTED,
+    }
+    assert len(codes) == 5
 
 
 def _commit_step(root: Path, step: int, files: dict[str, bytes]) -> Path:

@@ -210,19 +210,6 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_unimplemented_kinds_are_refused_not_substituted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Every kind is implemented in this release; the refusal path is exercised by taking rlvr away."""
-    from olmo_trainer import __main__ as cli
-    from olmo_trainer.config import IMPLEMENTED_KINDS
-
-    monkeypatch.setattr(cli, "IMPLEMENTED_KINDS", IMPLEMENTED_KINDS - {"rlvr"})
-    assert cli.main(["rlvr", "--config", str(tiny_config(tmp_path))]) == cli.EXIT_NOT_IMPLEMENTED
-    assert "not implemented in this release" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
 def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     mismatch = trainer(["anneal", "--config", str(tiny_config(tmp_path))])
     assert mismatch.returncode == 2 and "config is a pretrain phase" in mismatch.stderr

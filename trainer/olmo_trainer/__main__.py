@@ -4,8 +4,7 @@
 
 `pretrain`, `anneal`, `sft`, `dpo` and `rlvr` run the one loop of train.py with their objective
 (objectives/; rlvr: GRPO or PPO, generating its rollouts inside the job), `soup` averages checkpoints
-(soup.py), `eval` evaluates a checkpoint (evaluate.py). A kind missing from IMPLEMENTED_KINDS would be
-refused with exit code 3, never run under another name. `--dry-run` prints the resolved config, parameter
+(soup.py), `eval` evaluates a checkpoint (evaluate.py). `--dry-run` prints the resolved config, parameter
 count, FLOPs per token and tokens per step, and trains nothing. A bad command line or config exits 2 with a
 message; a job that cannot succeed by retrying (it diverged, its config or data cannot train, no checkpoint
 to resume from is intact) also writes `<save_dir>/failure.json` (failure.py) so that the operator does
@@ -26,11 +25,11 @@ from typing import TypeVar, get_args
 from pydantic import ValidationError
 
 from olmo_trainer import soup
-from olmo_trainer.config import IMPLEMENTED_KINDS, EvalJobConfig, PhaseKind, TrainConfig
+from olmo_trainer.config import EvalJobConfig, PhaseKind, TrainConfig
 from olmo_trainer.errors import ConfigurationError, DataError, StorageError
 from olmo_trainer.evaluate import run_eval_job
 from olmo_trainer.failure import Failure, PermanentFailure, record_failure
-from olmo_trainer.layout import EXIT_FAILED, EXIT_NOT_IMPLEMENTED, EXIT_PERMANENT, EXIT_USAGE, plan_steps
+from olmo_trainer.layout import EXIT_FAILED, EXIT_PERMANENT, EXIT_USAGE, plan_steps
 from olmo_trainer.storage import open_uri
 from olmo_trainer.train import train
 
@@ -107,9 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.kind == "eval":
         return run_eval(args.config)
-    if args.kind not in IMPLEMENTED_KINDS:
-        print(f"olmo_trainer: `{args.kind}` is not implemented in this release", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
     cfg = read_config(args.config, TrainConfig)
     if isinstance(cfg, int):
         return cfg

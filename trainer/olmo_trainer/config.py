@@ -729,8 +729,6 @@ class EvalJobConfig(ConfigModel):
 
 PhaseKind = Literal["pretrain", "anneal", "soup", "sft", "dpo", "rlvr"]
 POST_TRAINING_KINDS: frozenset[str] = frozenset({"sft", "dpo", "rlvr"})
-# Kinds whose trainer objective exists in this release. Others are refused, never run under another name.
-IMPLEMENTED_KINDS: frozenset[str] = frozenset({"pretrain", "anneal", "soup", "sft", "dpo", "rlvr"})
 
 
 # ---------------------------------------------------------------------------------------------

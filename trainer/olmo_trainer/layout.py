@@ -20,7 +20,7 @@ Where a job writes (its `save_dir`, a local path or an fsspec URI; DESIGN.md "Ob
 How a job ends (its process exit code, read by the operator's launcher and planner):
 
     0 done   1 failed (torchrun's code for any worker failure)   2 bad command line or config
-    3 kind not implemented   5 failed for good, recorded in failure.json (not retried)
+    5 failed for good, recorded in failure.json (not retried)
     143 stopped by SIGTERM after saving a checkpoint (preempted: resubmit)
 
 How many optimizer steps it runs: `total_steps` (the operator's progress and ETA), `plan_steps`
@@ -168,8 +168,6 @@ EXIT_FAILED = 1
 torchrun reports any worker's failure with this code too."""
 EXIT_USAGE = 2
 """A bad command line, an unreadable or invalid config, or an impossible budget: retrying cannot help."""
-EXIT_NOT_IMPLEMENTED = 3
-"""The phase kind is not implemented by this release; nothing was run."""
 EXIT_PERMANENT = 5
 """The job failed in a way retrying cannot help (diverged, no intact checkpoint) and recorded why in
 failure.json, which the operator reads."""
