@@ -1,6 +1,6 @@
 """What a training job and the operator that watches it agree on: pure, torch-free, no I/O.
 
-This is the ONE home of these rules; the trainer (train.py, checkpoint.py, soup.py, tracking.py), the
+This is the ONE home of these rules; the trainer (train.py, checkpoint/, soup.py, tracking.py), the
 checkpoint MANIFEST (manifest.py: the I/O on top of these names) and the operator (layout.py of
 olmo_operator builds the run-level paths on top of these; archive.py, reconcile.py, local.py, the CLI)
 all call it, so none of them spells a path, a step regex, an exit code or a step count of its own.

@@ -30,7 +30,7 @@ Contract (`Objective`; `build_objective(cfg)` picks one by `cfg.kind`):
 5. `auxiliary() -> {name: (module, optimizer)}`: models the objective trains besides the policy (PPO's
    value model), built in `prepare`. The loss's backward reaches them; the loop sets their LR, syncs,
    clips and steps them with the policy, and checkpoints them under `<name>_model`/`<name>_optim`
-   (checkpoint.py), so they resume and are archived with it. Default: none.
+   (checkpoint/), so they resume and are archived with it. Default: none.
 6. `metrics(sums, D) -> dict`: the logged values of a step from the global sums. Must contain `loss`
    (the number the operator shows as lastLoss). Keys are flat (`rewards/margin`), floats.
 
