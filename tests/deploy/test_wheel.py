@@ -58,8 +58,8 @@ def test_the_wheel_installs_the_cli_into_a_fresh_venv_and_validates_a_spec(tmp_p
         f"olmorun[operator] @ {wheel.as_uri()}",
         cwd=tmp_path,
     )
-    spec = tmp_path / "run.yaml"
-    shutil.copy(ROOT / "examples" / "olmorun-tiny.yaml", spec)
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # the spec and the data it names
+    spec = tmp_path / "examples" / "olmorun-tiny.yaml"
     result = _run(venv / "bin" / "olmorun", "validate", spec, cwd=tmp_path)
     assert "valid" in result.stdout and "olmo2-tiny" in result.stdout
     imported = _run(python, "-c", "import olmo_operator, kopf; print(olmo_operator.__file__)", cwd=tmp_path)
