@@ -33,7 +33,7 @@ from olmo_trainer.config import CheckpointConfig
 from olmo_trainer.failure import ATTEMPT_ENV, read_failure
 from olmo_trainer.layout import EXIT_PERMANENT, checkpoints_dir, lease_uri
 from olmo_trainer.lease import FENCED_REASON, Fenced, Lease, LeaseRecord, may_acquire, refusal
-from olmo_trainer.metrics_log import MetricsFile, read_rows, read_text
+from olmo_trainer.metrics_log import MetricsFile, read_records, read_text
 from olmo_trainer.storage import filesystem, sha256_file
 from olmo_trainer.tracking import Tracker
 from tests.s3server import S3Server
@@ -159,14 +159,14 @@ def test_the_metrics_record_takes_no_line_from_an_attempt_that_lost_the_lease(
     for step in (1, 2):
         metrics.append({"step": step, "loss": 1.0})
     fs, root = filesystem(where, **options)
-    assert [row["step"] for row in read_rows(fs, root)] == [1, 2] and not metrics.fenced
+    assert [row["step"] for row in read_records(fs, root)] == [1, 2] and not metrics.fenced
 
     Lease(where, job="r-pretrain-a2", attempt=2, storage_options=options).acquire()
     before = read_text(fs, root)
     metrics.append({"step": 3, "loss": 1.0})
     metrics.close()
     assert metrics.fenced and read_text(fs, root) == before
-    assert [row["step"] for row in read_rows(fs, root)] == [1, 2]
+    assert [row["step"] for row in read_records(fs, root)] == [1, 2]
 
     tracker = Tracker.__new__(Tracker)  # the Tracker's own logic around a fenced record (no wandb)
     tracker.metrics, tracker.wandb_run = metrics, None
