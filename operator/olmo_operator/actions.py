@@ -39,6 +39,9 @@ class MetricsLine:
     lr: float | None = None
     grad_norm: float | None = None
     """Learning rate and gradient norm of the last training step (the progress line shows them)."""
+    total_steps: int | None = None
+    """The job's budget in steps as the trainer planned it (every kind; the only source for an SFT or DPO
+    phase that trains for `epochs`)."""
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,7 @@ def last_metrics(save_dir: str, options: Options = None) -> MetricsLine | None:
         eval=evaluation,
         lr=source.get("lr"),
         grad_norm=source.get("grad_norm"),
+        total_steps=total if isinstance(total := source.get("total_steps"), int) and total > 0 else None,
     )
 
 

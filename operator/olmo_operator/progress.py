@@ -7,7 +7,7 @@ code = finish(run, workdir, out)          # the verdict: 0 succeeded, 1 failed (
 
 Progress. Every running job shows its step of the total (known up front for every kind with a budget:
 `maxTokens` / `maxSteps`; an SFT or DPO phase that trains for `epochs` learns its total only from its
-data), loss, learning rate, grad norm, tokens and throughput, and an ETA from a smoothed step rate
+data, and the trainer writes it on every metrics line: `total_steps`), loss, learning rate, grad norm, tokens and throughput, and an ETA from a smoothed step rate
 (`Rate`: an exponential moving average of the rate between observations, so one slow or fast step
 does not swing it). Counts are shown in one format (`count`: 3 significant digits, k/M/G/T). On a
 terminal each job is a tqdm bar; elsewhere (CI logs, a pipe) one plain line per job whose step advanced.
@@ -125,7 +125,7 @@ class JobProgress:
 def job_progress(phase: PhaseSpec, key: str, metrics: MetricsLine, rate: Rate) -> JobProgress:
     """The progress of a job from its last metrics and its smoothed rate. Before the rate has two
     observations, the trainer's own throughput gives it (tokens/s over tokens per step)."""
-    total = _total_steps(phase)
+    total = _total_steps(phase) or metrics.total_steps
     per_s = rate.per_s
     per_step = _tokens_per_step(phase)
     if per_s is None and metrics.tokens_per_s and per_step:

@@ -42,7 +42,7 @@ CURVES = (
     ("tokens_per_s", "tokens / s"),
 )
 """The four curves of every training phase (metrics.jsonl keys, titles)."""
-STANDARD = frozenset({"step", "tokens", "z_loss", "mfu", *(key for key, _ in CURVES)})
+STANDARD = frozenset({"step", "tokens", "z_loss", "mfu", "total_steps", *(key for key, _ in CURVES)})
 COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777")
 SMOOTHING = 0.6
 """Weight of the exponential moving average drawn over noisy curves (TensorBoard's default slider)."""

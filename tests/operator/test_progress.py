@@ -19,12 +19,13 @@ from olmo_operator.progress import Display, Rate, Tracker, count, progress_lines
 ROOT = Path(__file__).parents[2]
 
 
-def running(tmp_path: Path, phase_name: str) -> tuple[OlmoRun, Path]:
-    """The tiny example with one job of `phase_name` Running; returns its metrics.jsonl path."""
+def running(tmp_path: Path, phase_name: str, *, epochs: bool = False) -> tuple[OlmoRun, Path]:
+    """The tiny example with one job of `phase_name` Running; returns its metrics.jsonl path. The SFT
+    phase gets a `maxSteps` budget unless `epochs` (as the example: its total comes from its data)."""
     document = yaml.safe_load((ROOT / "examples" / "olmorun-tiny.yaml").read_text())
     document["spec"]["storage"] = {"uri": tmp_path.as_uri()}
     for phase in document["spec"]["phases"]:
-        if phase["kind"] == "sft":
+        if phase["kind"] == "sft" and not epochs:
             phase["maxSteps"] = 50  # the example trains for epochs; a budget in steps is known up front
     run = parse_olmorun(document)
     phase = run.phase(phase_name)
@@ -75,6 +76,22 @@ def test_sft_with_max_steps_has_a_total_and_an_eta_and_the_line_has_lr_and_grad_
     assert "tokens 360k" in line and "tok/s 999" in line
     assert f"ETA {__import__('datetime').timedelta(seconds=round(total - 12))}" in line  # 1 step/s
     assert "ETA ?" in first[0]  # one observation and no tokens per step known for SFT: not yet
+
+
+def test_sft_for_epochs_takes_its_total_from_the_trainers_metrics_line(tmp_path: Path) -> None:
+    """An SFT phase that trains for `epochs` knows its steps only from its data: the trainer writes the
+    total on every metrics line (`total_steps`), and the line shows it and an ETA."""
+    run, metrics = running(tmp_path, "sft", epochs=True)
+    assert run.phase("sft").max_steps is None and run.phase("sft").max_tokens is None
+    clock = iter([0.0, 10.0])
+    tracker = Tracker(clock=lambda: next(clock))
+    log(metrics, {"step": 2, "loss": 2.5, "lr": 3e-4, "grad_norm": 1.0, "tokens": 100, "total_steps": 40})
+    progress_lines(run, {}, tracker)
+    log(metrics, {"step": 12, "loss": 2.0, "lr": 2e-4, "grad_norm": 0.5, "tokens": 600, "total_steps": 40})
+    [line] = progress_lines(run, {}, tracker)
+    assert "step 12/40" in line and "ETA 0:00:28" in line  # 28 steps left at 1 step/s
+    log(metrics, {"step": 13, "loss": 2.0, "lr": 2e-4, "grad_norm": 0.5, "tokens": 650, "total_steps": "40"})
+    assert "step 13/?" in progress_lines(run, {}, Tracker(clock=lambda: 0.0))[0]  # not a count: ignored
 
 
 def test_one_number_format_for_counts_and_rates() -> None:

@@ -178,6 +178,7 @@ def test_anneal_inherits_the_parents_lr_and_weights(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     metrics = read_metrics(tmp_path / "out")
     assert [m["lr"] for m in metrics] == pytest.approx([parent_lr * f for f in (0.75, 0.5, 0.25, 0.0)])
+    assert {m["total_steps"] for m in metrics} == {4}  # the whole budget on every line (the ETA reads it)
     # Starts from the parent's weights: the loss continues where pretraining ended, not at log(V).
     assert metrics[0]["loss"] < read_metrics(run.save_dir)[-1]["loss"] + 0.3
     manifest = read_manifest(*_local(tmp_path / "out" / "checkpoints" / "step4"))

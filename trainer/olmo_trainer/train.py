@@ -376,6 +376,9 @@ class Job:
                 "lr": lr,
                 "tokens_per_s": tokens_per_s,
                 "mfu": mfu(tokens_per_s, plan.flops_per_token, peak, info.world_size),
+                # The job's whole budget in steps: an SFT/DPO phase that trains for `epochs` knows it
+                # only from its data, and the operator's progress line and ETA read it here.
+                "total_steps": plan.total_steps,
             }
             if state.skip is not None:  # OLMo-core logs it as "optim/step skipped"
                 record.update(step_skipped=float(result.skipped), skipped_steps=state.skip.skipped)
