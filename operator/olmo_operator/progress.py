@@ -7,10 +7,11 @@ code = finish(run, workdir, out)          # the verdict: 0 succeeded, 1 failed (
 
 Progress. Every running job shows its step of the total (known up front for every kind with a budget:
 `maxTokens` / `maxSteps`; an SFT or DPO phase that trains for `epochs` learns its total only from its
-data, and the trainer writes it on every metrics line: `total_steps`), loss, learning rate, grad
-norm, tokens and throughput, and an ETA from a smoothed step rate (`Rate`: an exponential moving
-average of the rate between observations, so one slow or fast step does not swing it). Counts are shown in one format (`count`: 3 significant digits, k/M/G/T). On a
-terminal each job is a tqdm bar; elsewhere (CI logs, a pipe) one plain line per job whose step advanced.
+data, and the trainer writes it on every metrics line: `total_steps`), loss, learning rate, grad norm,
+tokens and throughput, and an ETA from a smoothed step rate (`Rate`: an exponential moving average of the
+rate between observations, so one slow or fast step does not swing it). Counts are shown in one format
+(`count`: 3 significant digits, k/M/G/T). On a terminal each job is a tqdm bar; elsewhere (CI logs, a
+pipe) one plain line per job whose step advanced.
 """
 
 from __future__ import annotations
