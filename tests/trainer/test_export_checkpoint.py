@@ -95,8 +95,9 @@ def test_refusals_are_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     (Path(uri) / manifest.MANIFEST_NAME).unlink()
     assert export(uri, str(tmp_path / "hf2")) == 2
     assert "NOT COMMITTED" in capsys.readouterr().err
+    # Nothing there: no checkpoint at all, as `olmorun verify` says too (manifest.resolve_checkpoint).
     assert export(str(tmp_path / "nowhere" / "step1"), str(tmp_path / "hf2")) == 2
-    assert "NOT COMMITTED" in capsys.readouterr().err
+    assert "is not a checkpoint: no MANIFEST.json and no stepN/ directories" in capsys.readouterr().err
 
 
 def test_checkpoint_without_config_needs_config_flag(
