@@ -92,12 +92,16 @@ def test_the_limit_counts_skips_and_survives_a_resume() -> None:
         (
             {"window": 4, "maxSkipped": 2},
             "spec.phases[0].optim.skipStep.window",
-            "greater than or equal to 19",
+            "must be >= 19, got 4",
         ),
-        ({"sigma": 0, "maxSkipped": 2}, "spec.phases[0].optim.skipStep.sigma", "greater than 0"),
+        ({"sigma": 0, "maxSkipped": 2}, "spec.phases[0].optim.skipStep.sigma", "must be > 0.0, got 0"),
         ({"sigma": 6}, "spec.phases[0].optim.skipStep.maxSkipped", "required"),
-        ({"maxSkipped": -1}, "spec.phases[0].optim.skipStep.maxSkipped", "greater than or equal to 0"),
-        ({"maxSkipped": 2, "sigmaFactor": 6}, "spec.phases[0].optim.skipStep.sigmaFactor", "unknown field"),
+        ({"maxSkipped": -1}, "spec.phases[0].optim.skipStep.maxSkipped", "must be >= 0, got -1"),
+        (
+            {"maxSkipped": 2, "sigmaFactor": 6},
+            "spec.phases[0].optim.skipStep.sigmaFactor",
+            "unknown field; did you mean `sigma`?",
+        ),
     ],
 )
 def test_a_bad_skip_step_is_refused_with_its_field_path(
