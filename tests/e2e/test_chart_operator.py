@@ -140,6 +140,7 @@ class _ServiceConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         sock = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+        # http.client keeps its SSL context in the private `_context` (typeshed does not declare it).
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
